@@ -1,0 +1,172 @@
+"""``beamstream`` command line: check specs, produce, consume, demo.
+
+Library code raises typed errors; this module alone turns them into messages and exit
+codes (0 success, 1 failure or incomplete stream, 2 bad usage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from beamstream.display import console
+from beamstream.errors import BeamstreamError
+
+app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+spec_app = typer.Typer(help="Check stream specs and show their schema.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@spec_app.command("check")
+def spec_check(files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)")]) -> None:
+    """Validate spec files; print every problem with its location."""
+    from beamstream.spec import load_spec
+
+    failed = 0
+    for path in files:
+        try:
+            spec = load_spec(path)
+        except BeamstreamError as exc:
+            console.print(f"[red]✗[/] {exc}", highlight=False)
+            failed += 1
+            continue
+        steps = " → ".join(step.type for step in spec.steps) or "(no steps)"
+        sinks = ", ".join(sink.type for sink in spec.sinks)
+        console.print(f"[green]✓[/] {path}: {spec.source.type} → {steps} → {spec.serializer.type} → {sinks}",
+                      highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@spec_app.command("schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of stream specs (for the installed plugins)."""
+    from beamstream.spec import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+
+
+@app.command()
+def plugins() -> None:
+    """List the installed sources, steps, serializers and sinks."""
+    from beamstream.plugins import installed_plugins
+
+    for kind, names in installed_plugins().items():
+        console.print(f"[bold]{kind}[/]: {', '.join(names)}")
+
+
+def _mpi_launched() -> bool:
+    return any(name in os.environ for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
+
+
+@app.command()
+def produce(
+    spec_file: Annotated[Path, typer.Argument(help="stream spec (YAML or JSON)", metavar="SPEC")],
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="local worker processes")] = 1,
+    stream_id: Annotated[Optional[str], typer.Option(help="stream id (default: random)")] = None,
+    rank: Annotated[Optional[int], typer.Option(min=0, help="run only this rank (with --ranks and --stream-id)")] = None,
+    ranks: Annotated[Optional[int], typer.Option(min=1, help="how many ranks share the run (with --rank)")] = None,
+) -> None:
+    """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
+    from beamstream.display import ProducerProgress, workers_table
+    from beamstream.producer import run_local, run_mpi, run_worker
+    from beamstream.spec import load_spec
+
+    spec = load_spec(spec_file)
+    spec.source.open()  # fail fast on a missing file or detector, before any worker starts
+    if rank is not None or ranks is not None:
+        if rank is None or ranks is None or stream_id is None or rank >= ranks:
+            fail("--rank R needs --ranks N (R < N) and --stream-id ID, the same for every rank", code=2)
+        stats = run_worker(spec, rank, ranks, stream_id)
+        console.print(workers_table([stats], f"stream {stream_id}, rank {rank} of {ranks}"))
+        if stats.status != "ok":
+            fail(f"rank {rank} {stats.status}: {stats.reason}")
+        return
+    if _mpi_launched():
+        result = run_mpi(spec, stream_id)
+        if result is None:  # not rank 0: rank 0 prints the summary
+            return
+    else:
+        with ProducerProgress() as progress:
+            result = run_local(spec, workers, stream_id, on_progress=progress.update)
+    console.print(workers_table(result.workers, f"stream {result.stream_id}"))
+    seconds = result.seconds
+    console.print(f"{result.events:,} events, {result.bytes / 1e9:.3f} GB in {seconds:.2f} s: "
+                  f"{result.events / seconds:,.0f} events/s, {result.bytes / 1e9 / seconds:.3f} GB/s", highlight=False)
+    for rank, reason in sorted(result.errors.items()):
+        console.print(f"[red]worker {rank} failed:[/] {reason}", highlight=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def consume(
+    endpoints: Annotated[list[str], typer.Argument(help="endpoints to read, e.g. tcp://127.0.0.1:5555")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="directory for .h5 files, or FILE.tar")] = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1, help="stop after this many events")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds of silence before giving up")] = 30.0,
+    bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
+    subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
+) -> None:
+    """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
+    from beamstream.client import Client
+    from beamstream.display import ConsumerProgress
+    from beamstream.errors import StreamIncomplete
+    from beamstream.saving import MessageSaver
+
+    saver = MessageSaver.open(out) if out else None
+    client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull")
+    try:
+        with client, ConsumerProgress() as progress:
+            for message in client.messages():
+                if saver:
+                    saver.save(message.header)
+                progress.update(client.report)
+                if max_events is not None and client.report.events >= max_events:
+                    console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")
+                    return
+    except StreamIncomplete as exc:
+        console.print(exc.report.summary(), highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        if saver:
+            saver.close()
+    console.print(client.report.summary(), highlight=False)
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(min=1, help="producer processes")] = 2,
+    events: Annotated[int, typer.Option(min=1, help="events to stream")] = 2000,
+    shape: Annotated[tuple[int, int], typer.Option(help="image shape")] = (1024, 1024),
+    serializer: Annotated[str, typer.Option(help="arrays or hdf5")] = "arrays",
+    batch: Annotated[int, typer.Option(min=1, help="events per message")] = 1,
+) -> None:
+    """Stream simulated detector images end to end on this machine and print the rates."""
+    from beamstream.demo import run_demo
+
+    outcome = run_demo(workers=workers, events=events, shape=shape, serializer=serializer, batch=batch)
+    console.print(outcome, highlight=False)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning beamstream errors into one clear line and exit code 1."""
+    try:
+        app(prog_name="beamstream")
+    except BeamstreamError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

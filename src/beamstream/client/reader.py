@@ -1,0 +1,153 @@
+"""``Client``: connect to a stream, yield messages or events, account for every event.
+
+    with Client("tcp://127.0.0.1:5555", timeout=10.0) as client:
+        for event in client.events():
+            use(event.seq, event.data["image"])
+    print(client.report.summary())
+
+Iteration ends when every producer has sent its end-of-stream message. If the stream
+then lacks events, or goes silent for ``timeout`` seconds first, StreamIncomplete is
+raised (its ``report`` names the missing sequence ranges): nothing incomplete passes
+as complete. Received arrays are read-only views that keep their message alive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from beamstream.client.report import StreamReport
+from beamstream.errors import StreamIncomplete, StreamTimeout, TransportError
+from beamstream.serializers import decode_payload
+from beamstream.transport import open_socket
+from beamstream.wire import DataMessage, EndMessage, parse_message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: its sequence number, time (s since the epoch), producer rank and arrays."""
+
+    seq: int
+    time: float
+    rank: int
+    data: dict[str, np.ndarray]
+
+
+@dataclass(slots=True)
+class Message:
+    """One received data message with its decoded arrays (batch axis first)."""
+
+    header: DataMessage
+    arrays: dict[str, np.ndarray]
+    received: float
+
+    @property
+    def seq(self) -> np.ndarray:
+        return self.header.seq
+
+    @property
+    def time(self) -> np.ndarray:
+        return self.header.time
+
+    def events(self) -> Iterator[Event]:
+        for index, seq in enumerate(self.header.seq):
+            data = {name: array[index] for name, array in self.arrays.items()}
+            yield Event(int(seq), float(self.header.time[index]), self.header.rank, data)
+
+
+class Client:
+    """Reads one stream from one or more endpoints.
+
+    Args:
+        endpoints: an endpoint or a list (e.g. one per producer that binds its own).
+        timeout: seconds of silence before giving up (None waits forever).
+        bind: bind the endpoints instead of connecting (producers then connect).
+        pattern: ``pull`` (default) or ``sub`` (broadcast streams).
+        verify: check every payload's checksum.
+        stream: accept only this stream id (default: the first one seen).
+        hwm: messages queued in this client before the sender waits.
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
+                 pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
+                 hwm: int = 4) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.timeout = timeout
+        self.verify = verify
+        self.report = StreamReport(endpoints=self.endpoints, stream=stream)
+        self._context = zmq.Context()
+        self._socket = self._open(bind, pattern, hwm)
+        self._seen: set[tuple[int, int]] = set()
+        self._closed = False
+
+    def _open(self, bind: bool, pattern: str, hwm: int) -> zmq.Socket:
+        kind = zmq.PULL if pattern == "pull" else zmq.SUB
+        try:
+            socket = open_socket(self._context, kind, self.endpoints[0], bind=bind, hwm=hwm)
+            for endpoint in self.endpoints[1:]:
+                (socket.bind if bind else socket.connect)(endpoint)
+        except (TransportError, zmq.ZMQError):
+            self._context.term()
+            raise
+        if kind == zmq.SUB:
+            socket.setsockopt(zmq.SUBSCRIBE, b"")
+        return socket
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the socket; safe to call twice."""
+        if not self._closed:
+            self._socket.close(linger=0)
+            self._context.term()
+            self._closed = True
+
+    def _receive(self) -> list[zmq.Frame]:
+        if self._closed:
+            raise TransportError("this Client is closed; create a new one to read again")
+        wait_ms = None if self.timeout is None else int(self.timeout * 1000)
+        if not self._socket.poll(wait_ms):
+            where = ", ".join(self.endpoints)
+            if self.report.producers is None:
+                raise StreamTimeout(f"nothing arrived from {where} within {self.timeout} s: is a producer sending there?")
+            raise StreamIncomplete(
+                f"the stream from {where} went silent for {self.timeout} s before it ended:\n{self.report.summary()}",
+                self.report,
+            )
+        return self._socket.recv_multipart(copy=False)
+
+    def messages(self) -> Iterator[Message]:
+        """Data messages in arrival order, each once, until every producer has ended."""
+        while not self.report.all_ended:
+            message = parse_message(self._receive(), verify=self.verify)
+            if self.report.stream is None:
+                self.report.stream = message.stream
+            elif message.stream != self.report.stream:
+                self.report.foreign += 1
+                continue
+            if isinstance(message, EndMessage):
+                self.report.add_end(message)
+                continue
+            key = (message.rank, message.index)
+            if key in self._seen:
+                self.report.duplicates += 1
+                continue
+            self._seen.add(key)
+            self.report.add_data(message)
+            yield Message(message, decode_payload(message), time.time())
+        if not self.report.complete:
+            raise StreamIncomplete(f"the stream ended incomplete:\n{self.report.summary()}", self.report)
+
+    def events(self) -> Iterator[Event]:
+        """Events of every message, in arrival order."""
+        for message in self.messages():
+            yield from message.events()

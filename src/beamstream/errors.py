@@ -1,0 +1,71 @@
+"""The exceptions beamstream raises.
+
+    BeamstreamError
+    ├── SpecError (ValueError)            a stream spec is malformed or names something unknown
+    ├── SourceError (ValueError)          a source cannot read what the spec asks for
+    │                                     (missing file, unknown detector, absent dataset)
+    ├── StepError (ValueError)            a processing step cannot apply to the data it got
+    ├── MissingDependency (ImportError)   an optional package is not installed
+    ├── WireFormatError (ValueError)      a message does not follow docs/wire-format.md
+    │   └── ChecksumMismatch              a payload's checksum does not match its header
+    ├── TransportError (ConnectionError)  a socket could not be bound, connected or used
+    │   └── StreamTimeout (TimeoutError)  nothing arrived (or could be sent) within the timeout
+    └── StreamIncomplete                  a stream ended, or went silent, with events missing
+
+Library code raises these; only the CLI turns them into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from beamstream.client.report import StreamReport
+
+
+class BeamstreamError(Exception):
+    """Base class of every error beamstream raises on purpose."""
+
+
+class SpecError(BeamstreamError, ValueError):
+    """A stream spec is malformed; the message lists every problem with its location."""
+
+
+class SourceError(BeamstreamError, ValueError):
+    """A source cannot read what its spec asks for."""
+
+
+class StepError(BeamstreamError, ValueError):
+    """A processing step cannot be applied to the events it received."""
+
+
+class MissingDependency(BeamstreamError, ImportError):
+    """An optional dependency is not installed; the message says what to install."""
+
+
+class WireFormatError(BeamstreamError, ValueError):
+    """A message does not follow the wire format (docs/wire-format.md)."""
+
+
+class ChecksumMismatch(WireFormatError):
+    """The payload of a message does not match the checksum in its header."""
+
+
+class TransportError(BeamstreamError, ConnectionError):
+    """A socket could not be bound, connected or used."""
+
+
+class StreamTimeout(TransportError, TimeoutError):
+    """Nothing arrived from (or could be sent to) an endpoint within the timeout."""
+
+
+class StreamIncomplete(BeamstreamError):
+    """A stream ended, or went silent, without every event it announced.
+
+    ``report`` is the :class:`~beamstream.client.report.StreamReport` that says which
+    producers ended and which sequence numbers never arrived.
+    """
+
+    def __init__(self, message: str, report: StreamReport) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,235 @@
+"""Run a stream spec: source → steps → serializer → sinks, in one or several worker processes.
+
+Each worker owns a share of the run's events (``source.partition``), sends its messages to
+every sink, and ends with one end-of-stream message saying how many it sent and whether it
+finished (``status`` ok, error or aborted). Workers are local processes
+(:func:`run_local`) or MPI ranks (:func:`run_mpi`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from beamstream.batch import Batch
+from beamstream.errors import BeamstreamError
+from beamstream.spec import spec_from_json, spec_to_json
+from beamstream.stages import SinkContext
+from beamstream.steps.batch import BatchStep
+from beamstream.wire import EndMessage, message_from_batch
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What one worker has sent so far."""
+
+    rank: int
+    events: int = 0
+    messages: int = 0
+    bytes: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    status: str = "running"
+    reason: str = ""
+
+
+def new_stream_id() -> str:
+    """A short random stream id."""
+    return uuid.uuid4().hex[:12]
+
+
+def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The spec's steps applied to ``source_batches``; one event per message unless a batch step says otherwise."""
+    batches = source_batches
+    for step in spec.steps:
+        batches = step.build()(batches)
+    if not any(isinstance(step, BatchStep) for step in spec.steps):
+        batches = BatchStep(size=1).build()(batches)
+    return batches
+
+
+class _Aborted(BaseException):
+    """Raised inside a worker on SIGTERM so it can still send its end message."""
+
+
+def _raise_aborted(signum: int, frame: Any) -> None:
+    raise _Aborted(f"stopped by signal {signum}")
+
+
+def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
+               report: Callable[[WorkerStats], None] = lambda stats: None) -> WorkerStats:
+    """Produce rank ``rank``'s share of ``spec``; return what was sent.
+
+    ``report`` is called after every message with the running totals. On an error the
+    worker still sends an end message with status ``error`` and the reason, then re-raises.
+    """
+    stats = WorkerStats(rank=rank, started=time.time())
+    source = spec.source.open()
+    share = source.partition(rank, ranks)
+    codec = spec.serializer.build()
+    context = SinkContext(stream_id=stream_id, rank=rank, ranks=ranks)
+    sinks = [sink.open(context) for sink in spec.sinks]
+    last_seq = None
+    try:
+        for batch in pipeline(spec, source.read(share)):
+            message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=ranks,
+                                         index=stats.messages, share=share)
+            for sink in sinks:
+                sink.send(message)
+            stats.messages += 1
+            stats.events += len(batch)
+            stats.bytes += message.nbytes
+            last_seq = message.last_seq
+            report(stats)
+        stats.status = "ok"
+    except _Aborted as exc:
+        stats.status, stats.reason = "aborted", str(exc)
+    except Exception as exc:
+        stats.status, stats.reason = "error", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        stats.finished = time.time()
+        end = EndMessage(stream=stream_id, rank=rank, producers=ranks, share=share, messages=stats.messages,
+                         events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason)
+        for sink in sinks:
+            sink.close(end)
+        report(stats)
+    return stats
+
+
+# --- local worker processes -------------------------------------------------------------
+
+_COUNTERS = ("events", "messages", "bytes")
+
+
+def _local_worker(spec_json: str, rank: int, ranks: int, stream_id: str, counters: Any, errors: Any) -> None:
+    signal.signal(signal.SIGTERM, _raise_aborted)
+    spec = spec_from_json(spec_json)
+
+    def report(stats: WorkerStats) -> None:
+        base = rank * len(_COUNTERS)
+        for offset, name in enumerate(_COUNTERS):
+            counters[base + offset] = getattr(stats, name)
+
+    try:
+        stats = run_worker(spec, rank, ranks, stream_id, report)
+    except BeamstreamError as exc:
+        errors.put((rank, str(exc)))
+        raise SystemExit(1) from None
+    except Exception as exc:
+        errors.put((rank, f"{type(exc).__name__}: {exc}"))
+        raise
+    if stats.status != "ok":
+        errors.put((rank, stats.reason))
+        raise SystemExit(1)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Outcome of a producer run: per-worker stats, errors by rank, wall time."""
+
+    stream_id: str
+    workers: list[WorkerStats]
+    errors: dict[int, str]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def events(self) -> int:
+        return sum(worker.events for worker in self.workers)
+
+    @property
+    def bytes(self) -> int:
+        return sum(worker.bytes for worker in self.workers)
+
+
+def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
+              on_progress: Callable[[list[WorkerStats]], None] = lambda stats: None,
+              poll_interval: float = 0.5) -> RunResult:
+    """Run ``spec`` in ``workers`` local processes and wait for all of them.
+
+    ``on_progress`` receives every worker's running totals about every ``poll_interval`` seconds.
+    A worker that dies is reported in ``RunResult.errors`` with its exit code.
+    """
+    stream_id = stream_id or new_stream_id()
+    ctx = multiprocessing.get_context("spawn")
+    counters = ctx.Array("q", workers * len(_COUNTERS), lock=False)
+    errors_queue = ctx.SimpleQueue()
+    spec_json = spec_to_json(spec)
+    processes = [
+        ctx.Process(target=_local_worker, args=(spec_json, rank, workers, stream_id, counters, errors_queue),
+                    name=f"beamstream-worker-{rank}")
+        for rank in range(workers)
+    ]
+    started = time.time()
+    for process in processes:
+        process.start()
+
+    def snapshot() -> list[WorkerStats]:
+        result = []
+        for rank, process in enumerate(processes):
+            values = counters[rank * len(_COUNTERS) : (rank + 1) * len(_COUNTERS)]
+            status = "running" if process.exitcode is None else "ok" if process.exitcode == 0 else "failed"
+            result.append(WorkerStats(rank, *values, started=started, status=status))
+        return result
+
+    try:
+        while any(process.is_alive() for process in processes):
+            alive = [process.sentinel for process in processes if process.is_alive()]
+            multiprocessing.connection.wait(alive, timeout=poll_interval)
+            on_progress(snapshot())
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join()
+        raise
+    final = snapshot()
+    errors: dict[int, str] = {}
+    while not errors_queue.empty():
+        rank, reason = errors_queue.get()
+        errors[rank] = reason
+    for rank, process in enumerate(processes):
+        if process.exitcode != 0 and rank not in errors:
+            errors[rank] = f"worker exited with code {process.exitcode}"
+        final[rank].finished = time.time()
+    return RunResult(stream_id, final, errors, time.time() - started)
+
+
+# --- MPI ranks --------------------------------------------------------------------------
+
+
+def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
+    """Run this MPI rank's share of ``spec``; rank 0 returns everyone's result, other ranks None.
+
+    Every rank reaches the final gather even when its share fails, so one failure never
+    leaves the others hanging; the failure is reported in ``RunResult.errors``.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise BeamstreamError(f"running under mpirun needs mpi4py: pip install 'beamstream[mpi]' ({exc})") from None
+    comm = MPI.COMM_WORLD
+    rank, ranks = comm.Get_rank(), comm.Get_size()
+    stream_id = comm.bcast(stream_id or new_stream_id() if rank == 0 else None, root=0)
+    started = time.time()
+    signal.signal(signal.SIGTERM, _raise_aborted)
+    try:
+        stats = run_worker(spec, rank, ranks, stream_id)
+        error = None if stats.status == "ok" else stats.reason
+    except Exception as exc:
+        stats, error = WorkerStats(rank=rank, started=started, finished=time.time(), status="error"), str(exc)
+    gathered = comm.gather((stats, error), root=0)
+    if rank != 0:
+        return None
+    errors = {worker.rank: reason for worker, reason in gathered if reason}
+    return RunResult(stream_id, [worker for worker, _ in gathered], errors, time.time() - started)

@@ -1,0 +1,84 @@
+"""Saving received messages as .h5 files, in a directory or a tar archive (``beamstream consume --out``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from beamstream.errors import TransportError, WireFormatError
+from beamstream.serializers import decode_payload
+from beamstream.serializers.hdf5 import Compression, batch_to_hdf5_bytes
+
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return UNSAFE.sub("_", text)
+
+
+def message_filename(message: Any) -> str:
+    """``{stream}-r{rank:03d}-m{index:06d}.h5``: unique per message of a stream."""
+    return f"{safe_name(message.stream)}-r{message.rank:03d}-m{message.index:06d}.h5"
+
+
+def message_h5_bytes(message: Any, compression: Compression = "none", level: int | None = None) -> bytes:
+    """The message as an HDF5 file image: an ``hdf5`` payload as it is, others encoded with ``compression``."""
+    if message.serializer == "hdf5":
+        if len(message.payload) != 1:
+            raise WireFormatError(f"an hdf5 message has one payload frame, got {len(message.payload)}")
+        return bytes(message.payload[0])
+    return bytes(batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), compression, level))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a ``.part`` file, so ``path`` is complete or absent."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise TransportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+class MessageSaver:
+    """Writes each message as one .h5 file into a directory, or as one member of a tar archive."""
+
+    def __init__(self, directory: Path | None = None, archive: tarfile.TarFile | None = None) -> None:
+        self.directory = directory
+        self.archive = archive
+
+    @classmethod
+    def open(cls, out: Path) -> MessageSaver:
+        """A saver for ``out``: a tar archive when it ends in .tar, else a directory (created if needed)."""
+        try:
+            if out.suffix == ".tar":
+                return cls(archive=tarfile.open(out, "w"))
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransportError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        return cls(directory=out)
+
+    def save(self, message: Any) -> None:
+        name = message_filename(message)
+        image = message_h5_bytes(message)
+        if self.archive is None:
+            write_atomically(self.directory / name, image)
+            return
+        info = tarfile.TarInfo(name)
+        info.size = len(image)
+        info.mtime = int(time.time())
+        try:
+            self.archive.addfile(info, io.BytesIO(image))
+        except OSError as exc:
+            raise TransportError(f"cannot add {name} to {self.archive.name}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()

@@ -1,0 +1,1 @@
+"""Sinks: where encoded messages go."""

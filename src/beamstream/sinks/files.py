@@ -1,0 +1,203 @@
+"""``files``: messages written as HDF5 files into a directory, one per message or one per worker.
+
+Every worker (producer rank) writes its own files, named ``{stream}-r{rank:03d}...``, so
+workers never share a file. Characters other than letters, digits, ``.``, ``_`` and ``-``
+in the stream id become ``_`` in file names. Files appear complete or not at all: each is
+written under a temporary name and renamed when done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the bitshuffle and zstd filters)
+import numpy as np
+from pydantic import Field
+
+from beamstream.errors import TransportError
+from beamstream.serializers import decode_payload
+from beamstream.serializers.hdf5 import Compression, filter_options
+from beamstream.stages import SinkContext, SinkSpec
+from beamstream.saving import message_h5_bytes, safe_name, write_atomically
+from beamstream.wire import DataMessage, EndMessage
+
+CXI_VERSION = 150
+CXI_FIELDS = "/entry_1/data_1"
+CXI_META = "/entry_1/_beamstream"
+
+
+def file_prefix(context: SinkContext) -> str:
+    """``{stream}-r{rank:03d}``, the start of every file name this worker writes."""
+    return f"{safe_name(context.stream_id)}-r{context.rank:03d}"
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create ``directory`` if needed; TransportError naming it if it cannot be created or written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransportError(f"files sink: cannot create directory {str(directory)!r}: {exc.strerror or exc}; "
+                             "set dir: to a writable directory") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise TransportError(f"files sink: directory {str(directory)!r} is not writable; set dir: to a writable directory")
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _write_failed(path: Path, exc: OSError) -> TransportError:
+    return TransportError(f"files sink: cannot write {str(path)!r}: {exc.strerror or exc}")
+
+
+class FilesWriter:
+    """Common part of both layouts: where files go, and the end-of-stream JSON file."""
+
+    def __init__(self, directory: Path, context: SinkContext) -> None:
+        self.directory = directory
+        self.prefix = file_prefix(context)
+
+    def close(self, end: EndMessage) -> None:
+        """Finish the data files, then write ``{prefix}.end.json`` with what ``end`` reports."""
+        self.finish()
+        path = self.directory / f"{self.prefix}.end.json"
+        info = {
+            "stream": end.stream,
+            "rank": end.rank,
+            "producers": end.producers,
+            "share": end.share.to_wire(),
+            "messages": end.messages,
+            "events": end.events,
+            "last_seq": end.last_seq,
+            "status": end.status,
+            "reason": end.reason,
+            "extra": end.extra,
+        }
+        write_atomically(path, (json.dumps(info, indent=2, default=str) + "\n").encode())
+
+    def finish(self) -> None:
+        """Complete and release the data files (nothing to do for one file per message)."""
+
+
+class MessageFiles(FilesWriter):
+    """Layout ``messages``: data message ``index`` becomes ``{prefix}-m{index:06d}.h5``.
+
+    An ``hdf5`` payload is written byte for byte; other payloads are decoded and written with
+    :func:`beamstream.serializers.hdf5.write_batch`, so both read the same: one dataset per
+    field at the root, plus ``/_beamstream/seq`` and ``/_beamstream/time``.
+    """
+
+    def __init__(self, directory: Path, context: SinkContext, compression: Compression, level: int | None) -> None:
+        super().__init__(directory, context)
+        self.compression = compression
+        self.level = level
+
+    def send(self, message: DataMessage) -> None:
+        path = self.directory / f"{self.prefix}-m{message.index:06d}.h5"
+        write_atomically(path, message_h5_bytes(message, self.compression, self.level))
+
+
+class CxiFile(FilesWriter):
+    """Layout ``cxi``: one ``{prefix}.cxi`` per worker, every message appended along axis 0.
+
+    Field ``name`` goes to ``/entry_1/data_1/<name>`` (so the usual ``data`` field lands at
+    CXI's ``/entry_1/data_1/data``), sequence numbers and times to ``/entry_1/_beamstream/seq``
+    and ``/entry_1/_beamstream/time``; ``/cxi_version`` is 150. Every message must carry the
+    same fields with the same dtypes and frame shapes as the first. The file is written as
+    ``{prefix}.cxi.part`` and renamed by ``close``.
+    """
+
+    def __init__(self, directory: Path, context: SinkContext, compression: Compression, level: int | None) -> None:
+        super().__init__(directory, context)
+        self.path = directory / f"{self.prefix}.cxi"
+        self.options = filter_options(compression, level)
+        try:
+            self.h5 = h5py.File(_partial(self.path), "w", libver="latest")
+            self.h5["cxi_version"] = CXI_VERSION
+            meta = self.h5.require_group(CXI_META)
+            meta.create_dataset("seq", shape=(0,), maxshape=(None,), dtype="<i8", chunks=True)
+            meta.create_dataset("time", shape=(0,), maxshape=(None,), dtype="<f8", chunks=True)
+        except OSError as exc:
+            raise _write_failed(self.path, exc) from None
+        self.fields: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+
+    def send(self, message: DataMessage) -> None:
+        arrays = decode_payload(message)
+        if self.fields is None:
+            self._create_fields(arrays)
+        else:
+            self._check_fields(message, arrays)
+        try:
+            _append(self.h5[f"{CXI_META}/seq"], message.seq)
+            _append(self.h5[f"{CXI_META}/time"], message.time)
+            for name, array in arrays.items():
+                _append(self.h5[f"{CXI_FIELDS}/{name}"], array)
+        except OSError as exc:
+            raise _write_failed(self.path, exc) from None
+
+    def _create_fields(self, arrays: dict[str, np.ndarray]) -> None:
+        self.fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+        group = self.h5.require_group(CXI_FIELDS)
+        for name, (dtype, frame) in self.fields.items():
+            chunks = (1, *frame) if frame else True
+            group.create_dataset(name, shape=(0, *frame), maxshape=(None, *frame), dtype=dtype,
+                                 chunks=chunks, **self.options)
+
+    def _check_fields(self, message: DataMessage, arrays: dict[str, np.ndarray]) -> None:
+        got = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+        if got != self.fields:
+            raise TransportError(
+                f"files sink: message {message.index} has fields {_describe(got)} but the first message had "
+                f"{_describe(self.fields)}; the cxi layout needs them all alike (use layout: messages)"
+            )
+
+    def finish(self) -> None:
+        """Close the file and give it its final name."""
+        try:
+            self.h5.close()
+            os.replace(_partial(self.path), self.path)
+        except OSError as exc:
+            raise _write_failed(self.path, exc) from None
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    """Grow ``dataset`` along axis 0 by ``values``."""
+    old = dataset.shape[0]
+    dataset.resize(old + len(values), axis=0)
+    dataset[old:] = values
+
+
+def _describe(fields: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> str:
+    return ", ".join(f"{name} {dtype} {shape}" for name, (dtype, shape) in fields.items())
+
+
+class FilesSink(SinkSpec):
+    """Writes each worker's messages as HDF5 files into a directory.
+
+    Attributes:
+        dir: the directory (created if missing).
+        layout: ``messages``: one ``{stream}-r{rank:03d}-m{index:06d}.h5`` per message;
+            ``cxi``: one ``{stream}-r{rank:03d}.cxi`` per worker, all events appended.
+            Either way ``close`` writes ``{stream}-r{rank:03d}.end.json`` (messages, events,
+            last_seq, status, reason of the worker's end message).
+        compression: none, gzip, bitshuffle_lz4 or zstd, for arrays the sink writes itself
+            (an ``hdf5`` message in the ``messages`` layout keeps its serializer's choice).
+        level: compression level for gzip (0-9) or zstd (1-22); default 4 and 3.
+    """
+
+    type: Literal["files"] = "files"
+    dir: str
+    layout: Literal["messages", "cxi"] = "messages"
+    compression: Compression = "none"
+    level: int | None = Field(None, ge=0, le=22)
+
+    def open(self, context: SinkContext) -> FilesWriter:
+        """A writer for worker ``context.rank``; TransportError if ``dir`` is not usable."""
+        directory = Path(self.dir).expanduser()
+        prepare_directory(directory)
+        writer = MessageFiles if self.layout == "messages" else CxiFile
+        return writer(directory, context, self.compression, self.level)

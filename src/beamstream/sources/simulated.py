@@ -1,0 +1,217 @@
+"""``simulated``: detector images with Bragg-like peaks and digitizer waveforms with hits.
+
+Deterministic from ``seed``: event ``seq`` shows frame ``seq % bank_size`` of a bank that
+each worker draws once from the seed, so any number of workers yields the same data for the
+same sequence numbers. Ground truth travels with each event: for an image detector ``NAME``
+the field ``NAME_peaks`` holds the peak centres (one row per peak, one column per image
+axis); for a waveform detector ``NAME_hits`` holds the hit times in samples.
+With ``rate_hz`` events come out in real time, like a live facility.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from beamstream.batch import Batch, Share
+from beamstream.stages import SourceSpec, SpecModel
+
+
+def _check_dtype(value: str) -> str:
+    try:
+        np.dtype(value)
+    except TypeError:
+        raise ValueError(f"not a numpy dtype: {value!r} (e.g. uint16, float32)") from None
+    return value
+
+
+class ImageDetector(SpecModel):
+    """An area detector (single or multi-panel).
+
+    Attributes:
+        kind: ``image``.
+        name: output field name (truth goes to ``NAME_peaks``); default ``image``.
+        shape: event shape; the last two axes are pixels, any leading axes are panels.
+        dtype: pixel type; default uint16.
+        background: mean of the Gaussian noise; noise: its standard deviation.
+        peaks: Bragg-like peaks per frame; peak_sigma their width in pixels; peak_amplitude their height.
+    """
+
+    kind: Literal["image"] = "image"
+    name: str = "image"
+    shape: list[int] = Field(default_factory=lambda: [1024, 1024], min_length=2)
+    dtype: str = "uint16"
+    background: float = 10.0
+    noise: float = 3.0
+    peaks: int = Field(10, ge=0)
+    peak_sigma: float = Field(1.5, gt=0)
+    peak_amplitude: float = 500.0
+
+    _dtype = field_validator("dtype")(_check_dtype)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        frame = rng.normal(self.background, self.noise, self.shape)
+        rows, cols = self.shape[-2:]
+        margin = min(rows, cols) * 0.05
+        panels = rng.integers(0, np.prod(self.shape[:-2], dtype=int), self.peaks)
+        centres = np.column_stack(
+            [rng.uniform(margin, rows - margin, self.peaks), rng.uniform(margin, cols - margin, self.peaks)]
+        )
+        planes = frame.reshape(-1, rows, cols)
+        for panel, (row, col) in zip(panels, centres, strict=True):
+            self._add_peak(planes[panel], row, col)
+        panel_index = np.column_stack(np.unravel_index(panels, self.shape[:-2])) if len(self.shape) > 2 else np.empty((self.peaks, 0))
+        truth = np.column_stack([panel_index, centres]).astype(np.float32)
+        return {self.name: _cast(frame, self.dtype), f"{self.name}_peaks": truth}
+
+    def _add_peak(self, plane: np.ndarray, row: float, col: float) -> None:
+        radius = int(np.ceil(4 * self.peak_sigma))
+        r0, r1 = max(0, int(row) - radius), min(plane.shape[0], int(row) + radius + 1)
+        c0, c1 = max(0, int(col) - radius), min(plane.shape[1], int(col) + radius + 1)
+        rr, cc = np.ogrid[r0:r1, c0:c1]
+        plane[r0:r1, c0:c1] += self.peak_amplitude * np.exp(-((rr - row) ** 2 + (cc - col) ** 2) / (2 * self.peak_sigma**2))
+
+
+class WaveformDetector(SpecModel):
+    """A digitizer recording time-of-flight waveforms.
+
+    Attributes:
+        kind: ``waveform``.
+        name: output field name (truth goes to ``NAME_hits``); default ``waveform``.
+        samples: samples per waveform (4096 float32 = 16 kB); dtype: sample type, default float32.
+        hits: hits per waveform, at uniformly drawn times; hit_width (samples, Gaussian sigma) and hit_amplitude.
+        baseline, noise: mean and standard deviation of the Gaussian noise.
+    """
+
+    kind: Literal["waveform"] = "waveform"
+    name: str = "waveform"
+    samples: int = Field(4096, gt=0)
+    dtype: str = "float32"
+    hits: int = Field(5, ge=0)
+    hit_width: float = Field(2.0, gt=0)
+    hit_amplitude: float = 100.0
+    baseline: float = 0.0
+    noise: float = 1.0
+
+    _dtype = field_validator("dtype")(_check_dtype)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        times = np.sort(rng.uniform(0, self.samples, self.hits))
+        samples = np.arange(self.samples)
+        trace = rng.normal(self.baseline, self.noise, self.samples)
+        for hit in times:
+            trace += self.hit_amplitude * np.exp(-((samples - hit) ** 2) / (2 * self.hit_width**2))
+        return {self.name: _cast(trace, self.dtype), f"{self.name}_hits": times.astype(np.float32)}
+
+
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(target)
+
+
+Detector = Annotated[ImageDetector | WaveformDetector, Field(discriminator="kind")]
+
+
+class SimulatedSource(SourceSpec):
+    """Simulated detectors with known ground truth.
+
+    Attributes:
+        n_events: events in the run; None streams until stopped. Default 100.
+        seed: seed of every random draw. Default 0.
+        rate_hz: events per second over all workers; None runs as fast as possible.
+        bank_size: distinct frames drawn per detector; events cycle through them. Default 16.
+        events_per_read: events generated together, and the block size of the worker partition. Default 16.
+        detectors: what to simulate; default one 1024×1024 uint16 image detector.
+    """
+
+    type: Literal["simulated"] = "simulated"
+    n_events: int | None = Field(100, ge=1)
+    seed: int = 0
+    rate_hz: float | None = Field(None, gt=0)
+    bank_size: int = Field(16, ge=1)
+    events_per_read: int = Field(16, ge=1)
+    detectors: list[Detector] = Field(default_factory=lambda: [ImageDetector()], min_length=1)
+
+    @field_validator("detectors")
+    @classmethod
+    def _unique_names(cls, detectors: list[ImageDetector | WaveformDetector]) -> list[ImageDetector | WaveformDetector]:
+        names = [detector.name for detector in detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detector names must be unique, got {names}")
+        return detectors
+
+    def open(self) -> SimulatedReader:
+        return SimulatedReader(self)
+
+
+class SimulatedReader:
+    """Runtime side of :class:`SimulatedSource`; draws its bank on first read."""
+
+    def __init__(self, spec: SimulatedSource) -> None:
+        self.spec = spec
+
+    def partition(self, rank: int, ranks: int) -> Share:
+        return Share(rank=rank, ranks=ranks, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
+
+    def bank(self) -> dict[str, np.ndarray]:
+        """Every field for each of the ``bank_size`` frames, stacked and read-only."""
+        frames: list[dict[str, np.ndarray]] = []
+        for index in range(self.spec.bank_size):
+            frame: dict[str, np.ndarray] = {}
+            for number, detector in enumerate(self.spec.detectors):
+                frame |= detector.draw(np.random.default_rng([self.spec.seed, number, index]))
+            frames.append(frame)
+        stacked = {name: np.stack([frame[name] for frame in frames]) for name in frames[0]}
+        for array in stacked.values():
+            array.setflags(write=False)
+        return stacked
+
+    def read(self, share: Share) -> Iterator[Batch]:
+        bank = self.bank()
+        pace = _Pacer(self.spec.rate_hz)
+        for block in share.blocks():
+            first, stop = share.block_range(block)
+            if first >= stop:
+                return
+            if pace.active:
+                for seq in range(first, stop):
+                    pace.wait_for(seq)
+                    yield _from_bank(bank, seq, seq + 1, self.spec.bank_size)
+            else:
+                yield _from_bank(bank, first, stop, self.spec.bank_size)
+
+
+def _from_bank(bank: dict[str, np.ndarray], first: int, stop: int, bank_size: int) -> Batch:
+    """Events ``first..stop-1``: views into the bank where they are contiguous in it, else copies."""
+    offset = first % bank_size
+    if offset + (stop - first) <= bank_size:
+        data = {name: frames[offset : offset + stop - first] for name, frames in bank.items()}
+    else:
+        index = np.arange(first, stop) % bank_size
+        data = {name: frames[index] for name, frames in bank.items()}
+    now = time.time()
+    return Batch(np.arange(first, stop, dtype=np.int64), np.full(stop - first, now), data)
+
+
+class _Pacer:
+    """Holds event ``seq`` back until ``seq / rate_hz`` seconds after the first event."""
+
+    def __init__(self, rate_hz: float | None) -> None:
+        self.rate_hz = rate_hz
+        self.active = rate_hz is not None
+        self.origin: float | None = None
+
+    def wait_for(self, seq: int) -> None:
+        now = time.monotonic()
+        if self.origin is None:
+            self.origin = now - seq / self.rate_hz
+        delay = self.origin + seq / self.rate_hz - now
+        if delay > 0:
+            time.sleep(delay)

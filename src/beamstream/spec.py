@@ -1,0 +1,199 @@
+"""The stream spec: source → steps → serializer → sinks, validated, from YAML or JSON.
+
+Each stage is chosen by its ``type:`` among the installed plugins (:mod:`beamstream.plugins`);
+the model is assembled from them when first asked for, so a facility's plugin validates
+exactly like a built-in one. Every model forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from beamstream.errors import MissingDependency, SpecError
+from beamstream.plugins import plugin, plugin_names
+from beamstream.stages import SerializerSpec, SinkSpec, SourceSpec, SpecModel, StepSpec
+
+SPEC_DOC = """A stream: where events come from, how they are processed, encoded and delivered.
+
+Attributes:
+    name: a label for logs and the service (optional).
+    source: where events come from (``type`` picks the plugin).
+    steps: processing steps applied in order; without a ``batch`` step every event is its own message.
+    serializer: how a message's arrays are encoded (default ``arrays``).
+    sinks: where messages go (at least one).
+"""
+
+
+def _union(kind: str) -> Any:
+    models = []
+    for name in plugin_names(kind):
+        try:
+            models.append(plugin(kind, name))
+        except MissingDependency:
+            continue  # reported with its install hint when a spec asks for it
+    return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+
+
+@cache
+def spec_model() -> type[SpecModel]:
+    """The StreamSpec model built from the installed plugins."""
+    return create_model(
+        "StreamSpec",
+        __base__=SpecModel,
+        __doc__=SPEC_DOC,
+        name=(str | None, Field(None, description="a label for logs and the service")),
+        source=(_union("sources"), Field(description="where events come from")),
+        steps=(list[_union("steps")], Field(default_factory=list, description="processing steps, in order")),
+        serializer=(
+            _union("serializers"),
+            Field(default_factory=lambda: plugin("serializers", "arrays")(type="arrays"), description="message encoding"),
+        ),
+        sinks=(list[_union("sinks")], Field(min_length=1, description="where messages go")),
+    )
+
+
+class StreamSpecView:
+    """Typing aid: the attributes every StreamSpec instance has."""
+
+    name: str | None
+    source: SourceSpec
+    steps: list[StepSpec]
+    serializer: SerializerSpec
+    sinks: list[SinkSpec]
+
+
+def parse_spec(data: Any, origin: str = "spec") -> Any:
+    """Validate ``data`` (a dict, as parsed from YAML/JSON) into a StreamSpec.
+
+    Raises SpecError whose message lists every problem as ``location: what is wrong``.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping with keys source, steps, serializer, sinks; got {type(data).__name__}")
+    _raise_missing_plugins(data, origin)
+    try:
+        return spec_model().model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{origin}: {len(exc.errors())} problem(s) in the stream spec:"]
+        lines += [f"  {describe_error(error, data)}" for error in exc.errors()]
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(path: str | Path) -> Any:
+    """Read and validate a spec file (YAML, or JSON which is YAML too)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise SpecError(f"{path}: not valid YAML at {where}: {exc.problem}") from None
+    return parse_spec(data, origin=str(path))
+
+
+def spec_to_json(spec: BaseModel) -> str:
+    """The spec as JSON, as handed to workers and stored with jobs."""
+    return spec.model_dump_json()
+
+
+def spec_from_json(text: str) -> Any:
+    """Inverse of :func:`spec_to_json`."""
+    return parse_spec(json.loads(text), origin="spec (JSON)")
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of StreamSpec for the installed plugins."""
+    return spec_model().model_json_schema()
+
+
+def _stage_entries(data: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(location, plugin kind, raw value) of every stage in a raw spec."""
+    entries = [("source", "sources", data.get("source")), ("serializer", "serializers", data.get("serializer"))]
+    for key, kind in (("steps", "steps"), ("sinks", "sinks")):
+        values = data.get(key)
+        if isinstance(values, list):
+            entries += [(f"{key}[{index}]", kind, value) for index, value in enumerate(values)]
+    return entries
+
+
+def _raise_missing_plugins(data: dict[str, Any], origin: str) -> None:
+    for where, kind, value in _stage_entries(data):
+        if isinstance(value, dict) and isinstance(value.get("type"), str) and value["type"] in plugin_names(kind):
+            try:
+                plugin(kind, value["type"])
+            except MissingDependency as exc:
+                raise SpecError(f"{origin}: {where}.type: {exc}") from None
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseModel] | None:
+    """The spec model a location points into, for listing its allowed keys."""
+    if not loc:
+        return spec_model()
+    for where, kind, value in _stage_entries(data):
+        stage_loc = where.replace("[", ".").replace("]", "").split(".")
+        if [str(part) for part in loc[: len(stage_loc)]] == stage_loc and isinstance(value, dict):
+            if value.get("type") in plugin_names(kind):
+                model: Any = plugin(kind, value["type"])
+                for part in loc[len(stage_loc) :]:
+                    field = model.model_fields.get(part) if isinstance(part, str) else None
+                    annotation = getattr(field, "annotation", None)
+                    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                        return None
+                    model = annotation
+                return model
+    return None
+
+
+def describe_error(error: Any, data: dict[str, Any]) -> str:
+    """One line for one pydantic error: where, what is wrong, what to write instead."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "union_tag_invalid":
+        expected = ctx["expected_tags"].replace("'", "")
+        return f"{_location(loc)}.type: unknown {ctx['tag']!r}; expected one of: {expected}"
+    if kind == "union_tag_not_found":
+        plugin_kind = {"source": "sources", "serializer": "serializers"}.get(loc[0], loc[0])
+        return f"{_location(loc)}.type: missing; expected one of: {', '.join(plugin_names(plugin_kind))}"
+    # pydantic puts the union tag in the location (steps.0.batch.size): drop it for readers
+    readable = _drop_tags(loc, data)
+    if kind == "extra_forbidden":
+        model = _model_at(readable[:-1], data)
+        allowed = f"; allowed: {', '.join(k for k in model.model_fields if k != 'type')}" if model else ""
+        return f"{_location(readable)}: unknown option{allowed}"
+    if kind == "missing":
+        return f"{_location(readable)}: required, not given"
+    return f"{_location(readable)}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def _drop_tags(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """``loc`` without the union tags pydantic inserts (``steps.0.batch.size`` → ``steps.0.size``)."""
+    readable: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("kind")):
+            continue
+        readable.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(readable)

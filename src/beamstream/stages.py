@@ -1,0 +1,126 @@
+"""What each stage of a stream promises, as protocols, and the spec base class of each plugin kind.
+
+A plugin is a pydantic model (its options, ``extra="forbid"``, tagged by a ``type`` literal)
+registered under an entry point group (see :mod:`beamstream.plugins`). The model builds the
+runtime object that does the work: ``open()`` for sources, ``build()`` for steps and
+serializers, ``open(context)`` for sinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from beamstream.batch import Batch, Share
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Protocol):
+    """Reads events. ``partition`` says which events a rank owns, ``read`` yields them."""
+
+    def partition(self, rank: int, ranks: int) -> Share:
+        """The share of rank ``rank`` among ``ranks`` producers; shares never overlap."""
+        ...
+
+    def read(self, share: Share) -> Iterator[Batch]:
+        """The events of ``share`` in increasing sequence order, in batches of any size."""
+        ...
+
+
+class Step(Protocol):
+    """Transforms a stream of batches (e.g. calibrates, crops, re-batches)."""
+
+    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    """Name, dtype and shape (batch axis first) of one array in a message."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.dtype, list(self.shape)]
+
+    @classmethod
+    def from_wire(cls, value: Sequence[Any]) -> FieldInfo:
+        name, dtype, shape = value
+        return cls(name=name, dtype=dtype, shape=tuple(shape))
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray) -> FieldInfo:
+        return cls(name=name, dtype=array.dtype.str, shape=tuple(array.shape))
+
+
+class Serializer(Protocol):
+    """Turns a batch into payload frames; its class turns frames back into arrays."""
+
+    name: str
+
+    def encode(self, batch: Batch) -> list[Any]:
+        """Payload frames (bytes-like) holding every field of ``batch``."""
+        ...
+
+    def decode(self, fields: Sequence[FieldInfo], frames: Sequence[Any]) -> dict[str, np.ndarray]:
+        """The arrays of a payload, shaped as ``fields`` says."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkContext:
+    """Where a sink runs: the stream and this producer's rank among all producers."""
+
+    stream_id: str
+    rank: int
+    ranks: int
+
+
+class Sink(Protocol):
+    """Delivers encoded messages (see :mod:`beamstream.wire`) somewhere."""
+
+    def send(self, message: Any) -> None:
+        """Deliver one data message; raise on failure, never drop silently."""
+        ...
+
+    def close(self, end: Any) -> None:
+        """Deliver the end-of-stream message ``end`` and release resources."""
+        ...
+
+
+class SourceSpec(SpecModel):
+    """Options of a source plugin."""
+
+    def open(self) -> Source:
+        raise NotImplementedError
+
+
+class StepSpec(SpecModel):
+    """Options of a processing step plugin."""
+
+    def build(self) -> Step:
+        raise NotImplementedError
+
+
+class SerializerSpec(SpecModel):
+    """Options of a serializer plugin."""
+
+    def build(self) -> Serializer:
+        raise NotImplementedError
+
+
+class SinkSpec(SpecModel):
+    """Options of a sink plugin."""
+
+    def open(self, context: SinkContext) -> Sink:
+        raise NotImplementedError

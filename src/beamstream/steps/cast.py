@@ -1,0 +1,64 @@
+"""``cast``: convert fields to another numeric dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from beamstream.batch import Batch
+from beamstream.stages import StepSpec
+from beamstream.steps import require_field
+
+NUMERIC_KINDS = "biufc"
+DTYPE_EXAMPLES = "float32, float64, uint16, int32, bool, complex64, '<f4'"
+
+
+class CastStep(StepSpec):
+    """Convert ``fields`` (or every field) to ``dtype`` with numpy's ``astype``.
+
+    Conversion follows numpy's unsafe casting: floats truncate toward zero when cast to
+    integers, and values the target cannot hold are not checked. Fields already of
+    ``dtype`` pass without a copy.
+
+    Attributes:
+        fields: the fields to convert, or None for every field of the batch (default None).
+        dtype: the target dtype, any numeric numpy dtype name (required), e.g. ``float32``.
+    """
+
+    type: Literal["cast"] = "cast"
+    fields: list[str] | None = Field(None, min_length=1, description="fields to convert (default: all)")
+    dtype: str = Field(description="target numpy dtype, e.g. float32")
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str) -> str:
+        try:
+            kind = np.dtype(value).kind
+        except TypeError:
+            raise ValueError(f"{value!r} is not a numpy dtype; use one such as {DTYPE_EXAMPLES}") from None
+        if kind not in NUMERIC_KINDS:
+            raise ValueError(f"{value!r} is not a numeric dtype; use one such as {DTYPE_EXAMPLES}")
+        return value
+
+    def build(self) -> Caster:
+        return Caster(self.fields, np.dtype(self.dtype))
+
+
+class Caster:
+    """Converts the chosen fields of every batch to one dtype."""
+
+    def __init__(self, fields: list[str] | None, dtype: np.dtype) -> None:
+        self.fields = fields
+        self.dtype = dtype
+
+    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        return map(self.apply, batches)
+
+    def apply(self, batch: Batch) -> Batch:
+        """``batch`` with the chosen fields as ``dtype``."""
+        names = list(batch.data) if self.fields is None else self.fields
+        converted = {name: require_field(batch, name, "cast").astype(self.dtype, copy=False) for name in names}
+        return batch.replace({**batch.data, **converted})

@@ -1,0 +1,81 @@
+"""``roi``: crop a field to a rectangular region of interest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from beamstream.batch import Batch
+from beamstream.errors import StepError
+from beamstream.stages import StepSpec
+from beamstream.steps import require_field
+
+
+class RoiStep(StepSpec):
+    """Keep ``start[i] <= index < stop[i]`` along event axis ``i`` of ``field``.
+
+    ``start``/``stop`` apply to the leading event axes (the first axes after the batch
+    axis); axes they do not cover are kept whole. For ``(n, y, x)`` images,
+    ``start: [y0, x0]``, ``stop: [y1, x1]``; for ``(n, panel, y, x)`` stacks,
+    ``start: [p0]``, ``stop: [p1]`` keeps panels ``p0..p1-1``. The result is a view of the
+    input, not a copy.
+
+    Attributes:
+        field: the array to crop (required).
+        start: first index kept per axis (required, each >= 0).
+        stop: index after the last one kept per axis (required, same length as ``start``,
+            each > ``start``, at most the axis length).
+    """
+
+    type: Literal["roi"] = "roi"
+    field: str = Field(min_length=1, description="the array to crop")
+    start: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="first index kept per axis")
+    stop: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="index after the last kept per axis")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> RoiStep:
+        if len(self.start) != len(self.stop):
+            raise ValueError(f"start {self.start} and stop {self.stop} must have the same length (one entry per axis)")
+        empty = [axis for axis, (a, b) in enumerate(zip(self.start, self.stop, strict=True)) if a >= b]
+        if empty:
+            raise ValueError(
+                f"start must be below stop on every axis; not so on axes {empty} of start {self.start}, stop {self.stop}"
+            )
+        return self
+
+    def build(self) -> Cropper:
+        return Cropper(self.field, self.start, self.stop)
+
+
+class Cropper:
+    """Crops one field of every batch to ``start:stop`` on its leading event axes."""
+
+    def __init__(self, field: str, start: list[int], stop: list[int]) -> None:
+        self.field = field
+        self.start = start
+        self.stop = stop
+
+    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        return map(self.apply, batches)
+
+    def apply(self, batch: Batch) -> Batch:
+        """``batch`` with ``field`` replaced by a view of its region of interest."""
+        array = require_field(batch, self.field, "roi")
+        self._check_shape(array.shape[1:])
+        region = (slice(None), *(slice(a, b) for a, b in zip(self.start, self.stop, strict=True)))
+        return batch.replace({**batch.data, self.field: array[region]})
+
+    def _check_shape(self, event_shape: tuple[int, ...]) -> None:
+        """StepError unless the region lies inside ``event_shape``."""
+        if len(self.stop) > len(event_shape):
+            raise StepError(
+                f"roi: start/stop give {len(self.stop)} axes but field {self.field!r} has event shape "
+                f"{event_shape} ({len(event_shape)} axes); give at most {len(event_shape)} entries."
+            )
+        if any(b > size for b, size in zip(self.stop, event_shape)):
+            raise StepError(
+                f"roi: stop {self.stop} lies outside field {self.field!r} of event shape {event_shape}; "
+                f"each stop must be at most the axis length {list(event_shape[: len(self.stop)])}."
+            )

@@ -1,0 +1,48 @@
+"""``select``: keep only some fields, in a given order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from beamstream.batch import Batch
+from beamstream.stages import StepSpec
+from beamstream.steps import require_field
+
+
+class SelectStep(StepSpec):
+    """Keep only ``fields``, in that order; every other field is dropped.
+
+    Attributes:
+        fields: the fields to keep (required, at least one, no repeats).
+    """
+
+    type: Literal["select"] = "select"
+    fields: list[str] = Field(min_length=1, description="fields to keep, in order")
+
+    @field_validator("fields")
+    @classmethod
+    def _check_unique(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"fields {repeated} are listed more than once; list each field once")
+        return value
+
+    def build(self) -> Selector:
+        return Selector(self.fields)
+
+
+class Selector:
+    """Keeps the chosen fields of every batch."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+
+    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        return map(self.apply, batches)
+
+    def apply(self, batch: Batch) -> Batch:
+        """``batch`` with only the chosen fields, in their order."""
+        return batch.replace({name: require_field(batch, name, "select") for name in self.fields})

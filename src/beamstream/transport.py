@@ -1,0 +1,59 @@
+"""ZeroMQ sockets for streams: endpoints per rank, bind/connect, errors translated at the edge."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import zmq
+
+from beamstream.errors import TransportError
+
+
+def rank_endpoint(endpoint: str, rank: int) -> str:
+    """The endpoint producer ``rank`` binds when every producer binds its own.
+
+    ``tcp://host:PORT`` → ``tcp://host:PORT+rank``; ``ipc://PATH`` → ``ipc://PATH-rank``
+    (rank 0 keeps the endpoint as written).
+    """
+    if rank == 0:
+        return endpoint
+    parts = urlsplit(endpoint)
+    if parts.scheme == "tcp":
+        return f"tcp://{parts.hostname}:{parts.port + rank}"
+    if parts.scheme == "ipc":
+        return f"{endpoint}-{rank}"
+    raise TransportError(f"{endpoint}: several producers can only bind tcp:// or ipc:// endpoints")
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is a tcp://host:port, ipc://path or inproc://name address."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("tcp", "ipc", "inproc"):
+        raise TransportError(f"{endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise TransportError(f"{endpoint!r}: a tcp endpoint needs a host and a port, e.g. tcp://127.0.0.1:5555")
+    return endpoint
+
+
+def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
+    """A socket of ``kind`` bound or connected to ``endpoint``, with send and receive HWM ``hwm``."""
+    check_endpoint(endpoint)
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.SNDHWM, hwm)
+    socket.setsockopt(zmq.RCVHWM, hwm)
+    try:
+        if bind:
+            socket.bind(endpoint)
+        else:
+            socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        action = "bind" if bind else "connect to"
+        hint = " (is another process using it?)" if exc.errno == zmq.EADDRINUSE else ""
+        raise TransportError(f"cannot {action} {endpoint}: {exc.strerror}{hint}") from None
+    return socket
