@@ -198,12 +198,19 @@ def test_calibrate_missing_constants_file_fails_at_build(tmp_path) -> None:
         spec.build()
 
 
+def test_calibrate_unreadable_constants_file_names_it(tmp_path) -> None:
+    (tmp_path / "gain.npy").write_bytes(b"not an array")
+    with pytest.raises(StepError, match=r"cannot read constants from \S+gain\.npy"):
+        CalibrateStep(field="x", gain={"file": tmp_path / "gain.npy"}).build()
+
+
 def test_calibrate_missing_hdf5_dataset_lists_datasets(tmp_path) -> None:
     path = tmp_path / "constants.h5"
     with h5py.File(path, "w") as file:
         file["calib/pedestal"] = np.zeros((4, 6))
     spec = CalibrateStep(field="x", pedestal={"file": path, "dataset": "pedestal"})
-    with pytest.raises(StepError, match=r"no dataset 'pedestal'; datasets there: calib/pedestal"):
+    message = r"^calibrate: \S+constants\.h5 has no dataset 'pedestal'; datasets there: calib/pedestal$"
+    with pytest.raises(StepError, match=message):
         spec.build()
 
 

@@ -8,6 +8,9 @@ import zmq
 
 from beamstream.errors import TransportError
 
+ACK = b"beamstream-ack"
+"""What a consumer sends back upstream when an end-of-stream message arrives."""
+
 
 def rank_endpoint(endpoint: str, rank: int) -> str:
     """The endpoint producer ``rank`` binds when every producer binds its own.

@@ -24,7 +24,7 @@ import zmq
 from beamstream.client.report import StreamReport
 from beamstream.errors import StreamIncomplete, StreamTimeout, TransportError
 from beamstream.serializers import decode_payload
-from beamstream.transport import open_socket
+from beamstream.transport import ACK, open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
 
@@ -67,7 +67,8 @@ class Client:
         endpoints: an endpoint or a list (e.g. one per producer that binds its own).
         timeout: seconds of silence before giving up (None waits forever).
         bind: bind the endpoints instead of connecting (producers then connect).
-        pattern: ``pull`` (default) or ``sub`` (broadcast streams).
+        pattern: ``pull`` (default) or ``sub`` (broadcast streams). Either way the client
+            acknowledges each end-of-stream message upstream, so producers close only once it arrived.
         verify: check every payload's checksum.
         stream: accept only this stream id (default: the first one seen).
         hwm: messages queued in this client before the sender waits.
@@ -86,7 +87,7 @@ class Client:
         self._closed = False
 
     def _open(self, bind: bool, pattern: str, hwm: int) -> zmq.Socket:
-        kind = zmq.PULL if pattern == "pull" else zmq.SUB
+        kind = zmq.ROUTER if pattern == "pull" else zmq.XSUB
         try:
             socket = open_socket(self._context, kind, self.endpoints[0], bind=bind, hwm=hwm)
             for endpoint in self.endpoints[1:]:
@@ -94,8 +95,8 @@ class Client:
         except (TransportError, zmq.ZMQError):
             self._context.term()
             raise
-        if kind == zmq.SUB:
-            socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if kind == zmq.XSUB:
+            socket.send(b"\x01")  # subscribe to everything
         return socket
 
     def __enter__(self) -> Client:
@@ -111,7 +112,8 @@ class Client:
             self._context.term()
             self._closed = True
 
-    def _receive(self) -> list[zmq.Frame]:
+    def _receive(self) -> tuple[list[zmq.Frame], list[zmq.Frame]]:
+        """(routing frames, message frames) of the next message."""
         if self._closed:
             raise TransportError("this Client is closed; create a new one to read again")
         wait_ms = None if self.timeout is None else int(self.timeout * 1000)
@@ -123,12 +125,20 @@ class Client:
                 f"the stream from {where} went silent for {self.timeout} s before it ended:\n{self.report.summary()}",
                 self.report,
             )
-        return self._socket.recv_multipart(copy=False)
+        frames = self._socket.recv_multipart(copy=False)
+        routing = 1 if self._socket.type == zmq.ROUTER else 0
+        return frames[:routing], frames[routing:]
+
+    def _acknowledge(self, routing: list[zmq.Frame]) -> None:
+        self._socket.send_multipart([*routing, ACK])
 
     def messages(self) -> Iterator[Message]:
         """Data messages in arrival order, each once, until every producer has ended."""
         while not self.report.all_ended:
-            message = parse_message(self._receive(), verify=self.verify)
+            routing, frames = self._receive()
+            message = parse_message(frames, verify=self.verify)
+            if isinstance(message, EndMessage):
+                self._acknowledge(routing)
             if self.report.stream is None:
                 self.report.stream = message.stream
             elif message.stream != self.report.stream:

@@ -35,7 +35,9 @@ class ArraysCodec:
                 raise WireFormatError(
                     f"field {info.name!r}: {memoryview(frame).nbytes} bytes, header says {expected} ({info.dtype} {info.shape})"
                 )
-            arrays[info.name] = np.frombuffer(frame, dtype=dtype).reshape(info.shape)
+            array = np.frombuffer(frame, dtype=dtype).reshape(info.shape)
+            array.setflags(write=False)
+            arrays[info.name] = array
         return arrays
 
 

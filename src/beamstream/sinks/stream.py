@@ -1,13 +1,19 @@
-"""``stream``: deliver messages over ZeroMQ, load-balanced (PUSH) or broadcast (PUB).
+"""``stream``: deliver messages over ZeroMQ, load-balanced (push) or broadcast (pub).
 
-Broadcast uses an XPUB socket with ZMQ_XPUB_NODROP, so a slow subscriber slows the producer
-instead of losing messages silently; ``subscribers`` makes the producer wait until that many
-subscribers are connected before the first message (no slow-joiner losses).
+push uses a DEALER socket (each message to one consumer, like PUSH, blocking at the HWM);
+pub an XPUB socket with ZMQ_XPUB_NODROP, so a slow subscriber slows the producer instead of
+losing messages silently; ``subscribers`` makes the producer wait for that many subscribers
+before the first message (no slow-joiner losses).
+
+A producer closes only after its end-of-stream message is acknowledged (:data:`ACK`) by the
+consumer (push) or by every subscriber (pub): ZeroMQ's linger alone can drop the last
+messages of a closing socket (libzmq issues 1922, 3774, 4660), and that loss would be silent.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import zmq
@@ -15,7 +21,7 @@ from pydantic import Field, field_validator
 
 from beamstream.errors import StreamTimeout, TransportError
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import ACK, check_endpoint, open_socket, rank_endpoint
 
 
 class StreamSink(SinkSpec):
@@ -59,24 +65,41 @@ class StreamSender:
         self.spec = spec
         self.endpoint = endpoint
         self.context = zmq.Context()
-        kind = zmq.PUSH if spec.pattern == "push" else zmq.XPUB
+        kind = zmq.DEALER if spec.pattern == "push" else zmq.XPUB
         self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm)
         if spec.send_timeout_s is not None:
             self.socket.setsockopt(zmq.SNDTIMEO, int(spec.send_timeout_s * 1000))
+        self.subscribers = 0
+        self.acks = 0
         if spec.pattern == "pub":
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
-            self._wait_for_subscribers(spec.subscribers)
-
-    def _wait_for_subscribers(self, count: int) -> None:
-        deadline = None if self.spec.send_timeout_s is None else time.monotonic() + self.spec.send_timeout_s
-        seen = 0
-        while seen < count:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if remaining == 0.0 or not self.socket.poll(None if remaining is None else int(remaining * 1000)):
+            self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, not only the first
+            try:
+                self._wait_until(lambda: self.subscribers >= spec.subscribers, f"{spec.subscribers} subscribers")
+            except StreamTimeout:
                 self.close_now()
-                raise StreamTimeout(f"{self.endpoint}: {seen} of {count} subscribers connected within {self.spec.send_timeout_s} s")
-            if self.socket.recv()[:1] == b"\x01":
-                seen += 1
+                raise
+
+    def _handle_incoming(self, wait_ms: int | None) -> None:
+        """Read one upstream message if one comes within ``wait_ms``: a (un)subscription or an ack."""
+        if not self.socket.poll(wait_ms):
+            return
+        frame = self.socket.recv()
+        if frame == ACK:
+            self.acks += 1
+        elif frame[:1] == b"\x01" and self.spec.pattern == "pub":
+            self.subscribers += 1
+        elif frame[:1] == b"\x00" and self.spec.pattern == "pub":
+            self.subscribers -= 1
+
+    def _wait_until(self, done: Callable[[], bool], what: str) -> None:
+        timeout = self.spec.send_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise StreamTimeout(f"{self.endpoint}: waited {timeout} s for {what}")
+            self._handle_incoming(None if remaining is None else max(1, int(remaining * 1000)))
 
     def _send(self, frames: list[Any]) -> None:
         try:
@@ -90,16 +113,19 @@ class StreamSender:
             raise TransportError(f"{self.endpoint}: send failed: {exc.strerror}") from None
 
     def send(self, message: Any) -> None:
+        if self.spec.pattern == "pub":
+            while self.socket.poll(0):
+                self._handle_incoming(0)
         self._send(message.to_frames())
 
     def close(self, end: Any) -> None:
-        """Send ``end``, then wait (up to the send timeout) for queued messages to leave."""
+        """Send ``end`` and wait until it is acknowledged (StreamTimeout after ``send_timeout_s``)."""
         try:
             self._send(end.to_frames())
+            expected = 1 if self.spec.pattern == "push" else max(1, self.subscribers)
+            self._wait_until(lambda: self.acks >= expected, "the consumer to acknowledge the end of the stream")
         finally:
-            linger = -1 if self.spec.send_timeout_s is None else int(self.spec.send_timeout_s * 1000)
-            self.socket.close(linger=linger)
-            self.context.term()
+            self.close_now()
 
     def close_now(self) -> None:
         """Drop anything queued and release the socket."""

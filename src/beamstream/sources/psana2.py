@@ -12,8 +12,9 @@ each rank reads every event's datagrams and evaluates the detectors only for tho
 
 Timestamps: psana's ``evt.timestamp`` is ``seconds << 32 | nanoseconds`` counted from
 1990-01-01 00:00 UTC (psana's ``Event.datetime`` and ``psana.detector.utils_psana.seconds``
-use that epoch). ``time`` is that instant in seconds since the Unix epoch as float64 (about
-0.5 µs resolution today), so the exact value travels as the uint64 field ``timestamp``.
+use that epoch). ``time`` is that instant in seconds since the Unix epoch as float64, which
+resolves about 0.24 µs at today's dates: events closer than that share a ``time``, so the exact
+value also travels as the uint64 field ``timestamp``.
 """
 
 from __future__ import annotations
@@ -130,14 +131,15 @@ class Psana2Reader:
         self.psana = psana
 
     def partition(self, rank: int, ranks: int) -> Share:
-        """Rank ``rank`` of ``ranks``: round robin by event index over ``[0, max_events)``.
+        """Rank ``rank`` of ``ranks``: round robin by event index.
 
-        The event count of an XTC2 file is not known before reading it, so without
-        ``max_events`` the share has no end.
+        The event count of an XTC2 file is not known before reading it (and may be below
+        ``max_events``), so the share has no end: a consumer learns it from the producer's
+        end-of-stream message.
         """
         if not 0 <= rank < ranks:
             raise ValueError(f"rank {rank} is not in 0..{ranks - 1}")
-        return Share(rank=rank, ranks=ranks, start=0, stop=self.spec.max_events, block=1)
+        return Share(rank=rank, ranks=ranks, start=0, stop=None, block=1)
 
     def check(self) -> None:
         """SourceError unless every file opens and its first run has every field (and the exp/run given)."""
@@ -155,13 +157,15 @@ class Psana2Reader:
         An event where a field returns None raises SourceError naming the event and field,
         or, with ``on_missing: skip``, is left out (not sent; its ``seq`` is not reused).
         """
+        stops = [stop for stop in (share.stop, self.spec.max_events) if stop is not None]
+        stop = min(stops, default=None)
         seq = -1
         for file in self.spec.files:
             for run in self._runs(file):
                 getters = {name: bind(run, path, file) for name, path in self.spec.fields.items()}
                 for evt in run.events():
                     seq += 1
-                    if share.stop is not None and seq >= share.stop:
+                    if stop is not None and seq >= stop:
                         return
                     if share.owns(np.array([seq]))[0]:
                         batch = self._event(seq, evt, getters, file)

@@ -15,8 +15,10 @@ from beamstream.stages import StepSpec
 class BatchStep(StepSpec):
     """Group events into batches of exactly ``size`` events; the last batch may be smaller.
 
-    Events keep their order and each appears exactly once. At most ``size - 1`` held-back
-    events (copied out of their batch) plus the incoming batch are in memory at a time.
+    Events keep their order and each appears exactly once. Besides the incoming batch, at
+    most ``size - 1`` held-back events are kept; the tail of a batch is copied when held back,
+    so it does not keep the rest of its batch alive. Full-size output batches cut from an
+    incoming batch are views of it.
 
     Attributes:
         size: events per output batch (required, > 0).

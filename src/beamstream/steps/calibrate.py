@@ -52,6 +52,8 @@ class ConstantsFile(SpecModel):
             if self.dataset is None:
                 return np.load(self.file, allow_pickle=False)
             return _read_hdf5(self.file, self.dataset)
+        except StepError:
+            raise
         except (OSError, ValueError) as exc:
             raise StepError(f"calibrate: cannot read constants from {self.file}: {exc}") from exc
 

@@ -41,7 +41,8 @@ class RoiStep(StepSpec):
         empty = [axis for axis, (a, b) in enumerate(zip(self.start, self.stop, strict=True)) if a >= b]
         if empty:
             raise ValueError(
-                f"start must be below stop on every axis; not so on axes {empty} of start {self.start}, stop {self.stop}"
+                f"start must be below stop on every axis; not so on axes {empty} "
+                f"of start {self.start}, stop {self.stop}"
             )
         return self
 
