@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import socket
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from beamstream.errors import MissingDependency
+from beamstream.sources.psana2 import import_psana
 
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 
@@ -64,3 +68,23 @@ def start_cli(*args: str) -> subprocess.Popen:
     """Start ``beamstream ARGS`` in the background."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.Popen([*BEAMSTREAM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def psana():
+    """The psana module, imported as the source imports it; tests using it are skipped without it."""
+    try:
+        return import_psana()
+    except MissingDependency:
+        pytest.skip("psana is not installed (pip install 'beamstream[psana]')")
+
+
+@pytest.fixture(scope="module")
+def xtc(psana, tmp_path_factory) -> str:
+    """A 10-event XTC2 file (events 0-9) written by the psana wheel's ``bin/xtcwriter``."""
+    writer = Path(psana.__file__).parent.parent / "bin" / "xtcwriter"
+    if not os.access(writer, os.X_OK):
+        writer.chmod(writer.stat().st_mode | stat.S_IXUSR)
+    path = tmp_path_factory.mktemp("xtc") / "data.xtc2"
+    subprocess.run([str(writer), "-f", str(path), "-n", "10"], check=True, capture_output=True)
+    return str(path)

@@ -36,26 +36,6 @@ FIELDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def psana():
-    """The psana module, imported as the source imports it; tests using it are skipped without it."""
-    try:
-        return import_psana()
-    except MissingDependency:
-        pytest.skip("psana is not installed (pip install 'beamstream[psana]')")
-
-
-@pytest.fixture(scope="module")
-def xtc(psana, tmp_path_factory) -> str:
-    """A 10-event XTC2 file written by the psana wheel's ``bin/xtcwriter``."""
-    writer = Path(psana.__file__).parent.parent / "bin" / "xtcwriter"
-    if not os.access(writer, os.X_OK):
-        writer.chmod(writer.stat().st_mode | stat.S_IXUSR)
-    path = tmp_path_factory.mktemp("xtc") / "data.xtc2"
-    subprocess.run([str(writer), "-f", str(path), "-n", str(EVENTS)], check=True, capture_output=True)
-    return str(path)
-
-
 def read_all(source: Psana2Source, ranks: int = 1) -> list[list[Batch]]:
     """The batches each of ``ranks`` ranks reads."""
     reader = source.open()
@@ -250,3 +230,33 @@ def test_exp_and_run_must_match_the_files(xtc):
         Psana2Source(files=[xtc], run=15, fields={"image": "xppcspad.raw.raw"}).open()
     with pytest.raises(SourceError, match=r"is exp 'xpptut15', not 'mfx123'; fix exp:"):
         Psana2Source(files=[xtc], exp="mfx123", fields={"image": "xppcspad.raw.raw"}).open()
+
+
+@pytest.mark.psana
+def test_client_receives_what_psana_reads(psana, xtc, tmp_path):
+    """Two producer processes stream the run; the client's arrays equal psana's own read, element for element."""
+    import threading
+
+    from beamstream.client import Client
+    from beamstream.producer import run_local
+    from beamstream.spec import parse_spec
+
+    endpoint = f"ipc://{tmp_path / 'stream'}"
+    spec = parse_spec({
+        "source": {"type": "psana2", "files": [xtc], "fields": {"image": "xppcspad.raw.raw", "hsd": "xpphsd.raw.calib"}},
+        "steps": [{"type": "batch", "size": 2}],
+        "serializer": {"type": "hdf5"},
+        "sinks": [{"type": "stream", "endpoint": endpoint}],
+    })
+    outcome: dict = {}
+    with Client(endpoint, bind=True, timeout=120) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=2)))
+        producers.start()
+        events = {event.seq: event for event in client.events()}
+        producers.join()
+    assert outcome["result"].ok, outcome["result"].errors
+    assert client.report.complete and sorted(events) == list(range(EVENTS))
+    for seq, (timestamp, values) in enumerate(psana_events(psana, xtc)):
+        np.testing.assert_array_equal(events[seq].data["image"], values["image"])
+        np.testing.assert_array_equal(events[seq].data["hsd"], values["hsd"])
+        assert events[seq].data["timestamp"] == timestamp

@@ -1,0 +1,342 @@
+"""beamstream throughput and latency on this machine, next to raw pyzmq.
+
+    python benchmarks/throughput.py            # full run (>= 2 GB per throughput row)
+    python benchmarks/throughput.py --quick    # about 4x less data
+    python benchmarks/throughput.py --only baseline,arrays   # some rows only
+
+Every row uses the same transport: ipc:// in a temporary folder (what ``beamstream demo``
+uses). The consumer runs in this process; producers run in spawned processes, as in
+production (``beamstream.producer.run_local``). Rates are measured from the first message
+received to the last, so process start-up (and the simulated source drawing its bank) is
+left out: rate = bytes (or events) received after the first message / (t_last - t_first).
+
+Rows:
+  baseline      raw pyzmq PUSH/PULL, one 8 MiB frame per message, zero-copy send of one
+                preallocated buffer, recv(copy=False).
+  arrays ×N     simulated 2048×2048 uint16 images (8 MiB), ``arrays`` serializer, one event
+                per message, N producer workers.
+  hdf5 ×N       the same with the ``hdf5`` serializer (compression none).
+  small ×N      simulated 4096-sample float32 waveforms (16 kB/event), ``arrays``, a batch
+                step of BATCH events per message, N workers.
+  latency       16 kB waveforms at 1 kHz, one event per message, one worker: client receive
+                time (time.time() when the message is yielded) minus event creation time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+IMAGE_SHAPE = (2048, 2048)  # uint16: 8 MiB per event
+FRAME_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * 2
+
+# Spec options tuned for throughput (see benchmarks/README.md for what was tried).
+SINK_HWM = 4  # the StreamSink default; for 8 MiB frames more queueing gains nothing measurable
+CLIENT_HWM = 4  # the Client default
+IMAGE_BANK = 4  # distinct images drawn per worker (drawing a 2048×2048 frame takes ~0.3 s)
+SMALL_BATCH = 1000  # waveforms per message in the small-event rows
+WAVEFORM_SAMPLES = 4096  # float32: 16 kB per event
+
+
+@dataclass
+class Row:
+    name: str
+    value: float  # GB/s, events/s or ms (see unit)
+    unit: str
+    ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# --- raw pyzmq baseline ---------------------------------------------------------------------
+
+
+def _raw_sender(endpoint: str, count: int, nbytes: int) -> None:
+    """Send ``count`` zero-copy messages of one preallocated buffer, then an empty end frame."""
+    context = zmq.Context()
+    socket = context.socket(zmq.PUSH)
+    socket.connect(endpoint)
+    buffer = np.ones(nbytes, dtype=np.uint8)  # touched, so its pages exist before the first send
+    for _ in range(count):
+        socket.send(buffer, copy=False)
+    socket.send(b"")
+    socket.close()  # linger: waits until everything is delivered
+    context.term()
+
+
+def bench_baseline(folder: Path, count: int) -> Row:
+    endpoint = f"ipc://{folder / 'raw'}"
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    socket.bind(endpoint)
+    sender = multiprocessing.get_context("spawn").Process(target=_raw_sender, args=(endpoint, count, FRAME_BYTES))
+    sender.start()
+    first = last = None
+    received = 0
+    try:
+        while True:
+            if not socket.poll(60_000):
+                raise RuntimeError("baseline: nothing arrived for 60 s")
+            frame = socket.recv(copy=False)
+            size = len(frame.buffer)
+            if size == 0:
+                break
+            last = time.perf_counter()
+            if first is None:
+                first = last
+            else:
+                received += size
+    finally:
+        sender.join()
+        socket.close(linger=0)
+        context.term()
+    rate = received / (last - first) / 1e9
+    return Row("baseline: raw pyzmq PUSH/PULL 8 MiB", rate, "GB/s", 1.0,
+               extra={"messages": count, "seconds": last - first})
+
+
+# --- beamstream producer → client -----------------------------------------------------------
+
+
+def _spec(endpoint: str, source: dict, serializer: dict, steps: list | None = None) -> object:
+    from beamstream.spec import parse_spec
+
+    return parse_spec({
+        "name": "benchmark",
+        "source": {"type": "simulated", **source},
+        "steps": steps or [],
+        "serializer": serializer,
+        "sinks": [{"type": "stream", "endpoint": endpoint, "hwm": SINK_HWM}],
+    }, origin="benchmark")
+
+
+@dataclass
+class StreamRun:
+    seconds: float  # first message to last
+    bytes: int  # payload bytes after the first message
+    events: int  # events after the first message
+    messages: int
+    latencies: np.ndarray  # per event, seconds (receive time - creation time)
+    sent_lag: np.ndarray  # per event, seconds (header.sent - creation time): time spent in the producer
+
+
+def run_stream(folder: Path, name: str, spec_for, workers: int, verify: bool = True,
+               keep_latency: bool = False) -> StreamRun:
+    """Run ``spec_for(endpoint)`` in ``workers`` processes into a Client in this process."""
+    from beamstream.client import Client
+    from beamstream.producer import run_local
+
+    endpoint = f"ipc://{folder / name}"
+    spec = spec_for(endpoint)
+    outcome: dict = {}
+    latencies: list[np.ndarray] = []
+    sent_lag: list[np.ndarray] = []
+    with Client(endpoint, bind=True, timeout=120.0, verify=verify, hwm=CLIENT_HWM) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("run", run_local(spec, workers, poll_interval=2.0)))
+        producers.start()
+        first = last = None
+        nbytes = events = messages = 0
+        try:
+            for message in client.messages():
+                now = time.time()
+                last = time.perf_counter()
+                messages += 1
+                if keep_latency:
+                    latencies.append(now - message.header.time)
+                    sent_lag.append(message.header.sent - message.header.time)
+                if first is None:
+                    first = last
+                else:
+                    nbytes += message.header.nbytes
+                    events += len(message.header.seq)
+        finally:
+            producers.join()
+        report = client.report
+    result = outcome.get("run")
+    if result is None or not result.ok:
+        raise RuntimeError(f"{name}: producers failed: {result.errors if result else 'no result'}")
+    if not report.complete:
+        raise RuntimeError(f"{name}: stream incomplete:\n{report.summary()}")
+    return StreamRun(last - first, nbytes, events, messages,
+                     np.concatenate(latencies) if latencies else np.empty(0),
+                     np.concatenate(sent_lag) if sent_lag else np.empty(0))
+
+
+def bench_images(folder: Path, serializer: dict, workers: int, events: int, baseline: float, verify: bool) -> Row:
+    label = serializer["type"] + ("" if serializer.get("compression", "none") == "none" else f"/{serializer['compression']}")
+    name = f"{label}-{workers}"
+
+    def spec_for(endpoint: str) -> object:
+        return _spec(endpoint, {
+            "n_events": events, "bank_size": IMAGE_BANK, "events_per_read": 1,
+            "detectors": [{"kind": "image", "shape": list(IMAGE_SHAPE), "dtype": "uint16"}],
+        }, serializer)
+
+    run = run_stream(folder, name, spec_for, workers, verify=verify)
+    rate = run.bytes / run.seconds / 1e9
+    ratio = rate / baseline
+    checksum = "" if verify else ", verify=False"
+    return Row(f"{label} 8 MiB images, {workers} worker{'s' * (workers > 1)}{checksum}", rate, "GB/s", ratio,
+               "ratio >= 0.85", ratio >= 0.85, extra={"messages": run.messages, "seconds": run.seconds})
+
+
+def bench_small(folder: Path, workers: int, events: int, batch: int, baseline: float, verify: bool) -> Row:
+    name = f"small-{workers}-{batch}"
+
+    def spec_for(endpoint: str) -> object:
+        return _spec(endpoint, {
+            "n_events": events, "bank_size": batch, "events_per_read": batch,
+            "detectors": [{"kind": "waveform", "samples": WAVEFORM_SAMPLES, "dtype": "float32", "hits": 2}],
+        }, {"type": "arrays"}, steps=[{"type": "batch", "size": batch}])
+
+    run = run_stream(folder, name, spec_for, workers, verify=verify)
+    rate = run.events / run.seconds
+    checksum = "" if verify else ", verify=False"
+    return Row(f"small 16 kB waveforms, batch {batch}, {workers} worker{'s' * (workers > 1)}{checksum}",
+               rate, "events/s", run.bytes / run.seconds / 1e9 / baseline, ">= 100000 events/s", rate >= 100_000,
+               note=f"{run.bytes / run.seconds / 1e9:.2f} GB/s",
+               extra={"messages": run.messages, "seconds": run.seconds})
+
+
+def bench_latency(folder: Path, events: int, verify: bool) -> Row:
+    def spec_for(endpoint: str) -> object:
+        return _spec(endpoint, {
+            "n_events": events, "rate_hz": 1000.0, "bank_size": 16, "events_per_read": 1,
+            "detectors": [{"kind": "waveform", "samples": WAVEFORM_SAMPLES, "dtype": "float32", "hits": 2}],
+        }, {"type": "arrays"})
+
+    run = run_stream(folder, "latency", spec_for, 1, verify=verify, keep_latency=True)
+    ms = run.latencies * 1e3
+    p50, p99, worst = np.percentile(ms, 50), np.percentile(ms, 99), ms.max()
+    lag = run.sent_lag * 1e3
+    rate = run.events / run.seconds
+    return Row(f"latency 16 kB waveform @1 kHz, batch 1, {len(ms)} events", p99, "ms p99", None,
+               "p99 < 5 ms", p99 < 5.0,
+               note=f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms; "
+                    f"in producer p50 {np.percentile(lag, 50):.3f} / p99 {np.percentile(lag, 99):.3f} ms; "
+                    f"delivered {rate:,.0f} events/s")
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def machine_facts() -> str:
+    import beamstream
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import importlib.metadata as md
+
+        version = md.version("beamstream")
+    except Exception:
+        version = "?"
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return "\n".join([
+        f"machine : {platform.node()}  {platform.platform()}",
+        f"cpus    : nproc {affinity} (os.cpu_count {os.cpu_count()}), load average {load}",
+        f"python  : {sys.version.split()[0]} ({sys.executable})",
+        f"zmq     : pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}",
+        f"numpy   : {np.__version__}; beamstream {version} from {Path(beamstream.__file__).parent}",
+        "transport: ipc:// in a temporary folder (all rows)",
+    ])
+
+
+def format_value(row: Row) -> str:
+    if row.unit == "GB/s":
+        return f"{row.value:7.2f} GB/s"
+    if row.unit == "events/s":
+        return f"{row.value:11,.0f} ev/s"
+    return f"{row.value:8.3f} {row.unit}"
+
+
+def print_row(row: Row) -> None:
+    ratio = "" if row.ratio is None else f"{row.ratio:5.2f}x"
+    verdict = "" if row.passed is None else ("PASS" if row.passed else "FAIL")
+    print(f"{row.name:<52} {format_value(row):>17} {ratio:>7}  {row.target:<20} {verdict:<4}"
+          + (f"  ({row.note})" if row.note else ""), flush=True)
+
+
+ROWS = ("baseline", "arrays", "hdf5", "small", "latency")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 4x less data per row")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows among {','.join(ROWS)}")
+    parser.add_argument("--workers", default="1,2", help="worker counts for the producer rows (default 1,2)")
+    parser.add_argument("--batch", type=int, default=SMALL_BATCH, help=f"events per message in the small rows (default {SMALL_BATCH})")
+    parser.add_argument("--no-verify", action="store_true", help="also run the throughput rows with Client(verify=False)")
+    args = parser.parse_args()
+    rows = set(args.only.split(","))
+    unknown = rows - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose among {','.join(ROWS)}")
+    workers = [int(w) for w in args.workers.split(",")]
+    scale = 4 if args.quick else 1
+    image_events = 320 // scale  # 320 × 8.4 MB = 2.7 GB
+    raw_messages = 320 // scale
+    small_events = 200_000 // scale  # 200k × 16 kB = 3.3 GB
+    latency_events = 3000 // scale
+
+    print(machine_facts())
+    print(f"mode    : {'quick' if args.quick else 'full'}; images {image_events} × 8.4 MB per row, "
+          f"small {small_events:,} events per row, latency {latency_events} events")
+    print(f"options : sink hwm {SINK_HWM}, client hwm {CLIENT_HWM}, image bank_size {IMAGE_BANK}, "
+          f"events_per_read 1 (images) / {args.batch} (small), small batch {args.batch}, "
+          f"bank_size {args.batch} (small)")
+    print()
+    print(f"{'row':<52} {'rate':>17} {'/base':>7}  {'target':<20} {'':<4}")
+    print("-" * 110)
+    baseline = None
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="beamstream-bench-") as tmp:
+        folder = Path(tmp)
+        results: list[Row] = []
+
+        def emit(row: Row) -> None:
+            nonlocal failures
+            results.append(row)
+            failures += row.passed is False
+            print_row(row)
+
+        if "baseline" in rows or rows & {"arrays", "hdf5", "small"}:
+            row = bench_baseline(folder, raw_messages)
+            baseline = row.value
+            emit(row)
+        verifies = [True, False] if args.no_verify else [True]
+        for verify in verifies:
+            if "arrays" in rows:
+                for n in workers:
+                    emit(bench_images(folder, {"type": "arrays"}, n, image_events, baseline, verify))
+            if "hdf5" in rows:
+                for n in workers:
+                    emit(bench_images(folder, {"type": "hdf5", "compression": "none"}, n, image_events, baseline, verify))
+            if "small" in rows:
+                for n in workers:
+                    emit(bench_small(folder, n, small_events, args.batch, baseline, verify))
+        if "latency" in rows:
+            emit(bench_latency(folder, latency_events, True))
+    print("-" * 110)
+    print(f"{failures} of {sum(r.passed is not None for r in results)} targets missed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The command line as a user meets it: real processes, messages checked word for word."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from beamstream.client import Client
+from conftest import run_cli
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_spec_check_lists_every_problem_with_what_to_write(write_spec):
+    path = write_spec({
+        "source": {"type": "simulated", "detectors": [{"kind": "image", "shapee": [4, 4]}]},
+        "steps": [{"type": "batch", "size": 2}, {"type": "batchx", "size": 3}],
+        "sinks": [{"type": "stream", "endpoint": "tcp://localhost"}],
+    })
+    result = run_cli("spec", "check", str(path))
+    assert result.returncode == 1
+    assert "steps[1].type: unknown 'batchx'; expected one of: batch, bin, calibrate, cast, pad, roi, select" in result.stderr
+    assert "source.detectors[0].shapee: unknown option" in result.stderr
+    assert "sinks[0].endpoint: 'tcp://localhost': a tcp endpoint needs a host and a port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_spec_check_names_unknown_stage_options_and_allowed_ones(write_spec):
+    path = write_spec({"source": {"type": "simulated"}, "steps": [{"type": "batch", "sizee": 2}],
+                       "sinks": [{"type": "stream", "endpoint": "tcp://127.0.0.1:5555"}]})
+    result = run_cli("spec", "check", str(path))
+    assert "steps[0].sizee: unknown option; allowed: size" in result.stderr
+    assert "steps[0].size: required, not given" in result.stderr
+
+
+def test_spec_check_reports_yaml_position(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("source: {type: simulated\nsteps: [\n")
+    result = run_cli("spec", "check", str(path))
+    assert result.returncode == 1 and "not valid YAML at line 2" in result.stderr
+
+
+def test_spec_check_accepts_the_examples():
+    result = run_cli("spec", "check", *map(str, sorted(EXAMPLES.glob("*.y*ml"))))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("✓") == len(list(EXAMPLES.glob("*.y*ml")))
+
+
+def test_spec_schema_is_json_schema_of_installed_plugins():
+    result = run_cli("spec", "schema")
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "StreamSpec" and {"source", "steps", "serializer", "sinks"} <= set(schema["properties"])
+    text = result.stdout
+    assert all(f'"const": "{name}"' in text for name in ("simulated", "hdf5", "psana2", "calibrate", "stream", "files"))
+
+
+def test_plugins_lists_installed_names():
+    result = run_cli("plugins")
+    assert "sources: hdf5, psana2, simulated" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ({"type": "hdf5", "files": ["nowhere/run.cxi"]}, "nowhere/run.cxi"),
+        ({"type": "hdf5", "files": ["{data}"], "datasets": {"data": "/entry_1/nope"}}, "/entry_1/data_1/data"),
+    ],
+)
+def test_produce_refuses_bad_input_in_one_line(write_spec, tmp_path, source, expected):
+    data = tmp_path / "run.h5"
+    with h5py.File(data, "w") as h5:
+        h5["/entry_1/data_1/data"] = np.zeros((3, 2, 2))
+    source = {**source, "files": [name.format(data=data) for name in source["files"]]}
+    path = write_spec({"source": source, "sinks": [{"type": "stream", "endpoint": "tcp://127.0.0.1:5555"}]})
+    result = run_cli("produce", str(path))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and expected in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.psana
+def test_produce_names_the_detectors_that_exist(write_spec, xtc):
+    path = write_spec({"source": {"type": "psana2", "files": [xtc], "fields": {"image": "cspadx.raw.raw"}},
+                       "sinks": [{"type": "stream", "endpoint": "tcp://127.0.0.1:5555"}]})
+    result = run_cli("produce", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cspadx" in result.stderr and "epicsinfo, xppcspad, xpphsd" in result.stderr
+
+
+def test_produce_missing_spec_file():
+    result = run_cli("produce", "no-such-spec.yaml")
+    assert result.returncode == 1 and "no-such-spec.yaml: no such spec file" in result.stderr
+
+
+@pytest.mark.mpi
+def test_mpirun_ranks_are_the_workers(write_spec, tmp_path):
+    mpirun = Path(sys.executable).parent / "mpirun"
+    if not mpirun.exists() and not shutil.which("mpirun"):
+        pytest.skip("mpirun not installed (pip install 'beamstream[mpi]')")
+    endpoint = f"ipc://{tmp_path / 'stream'}"
+    path = write_spec({"source": {"type": "simulated", "n_events": 30, "events_per_read": 5,
+                                  "detectors": [{"kind": "waveform", "samples": 64}]},
+                       "sinks": [{"type": "stream", "endpoint": endpoint}]})
+    outcome: dict = {}
+    import subprocess
+
+    command = [str(mpirun if mpirun.exists() else shutil.which("mpirun")), "-n", "2",
+               sys.executable, "-m", "beamstream.cli", "produce", str(path)]
+    with Client(endpoint, bind=True, timeout=120) as client:
+        runner = threading.Thread(target=lambda: outcome.setdefault(
+            "run", subprocess.run(command, capture_output=True, text=True, timeout=300)))
+        runner.start()
+        events = list(client.events())
+        runner.join()
+    assert outcome["run"].returncode == 0, outcome["run"].stderr
+    assert sorted(event.seq for event in events) == list(range(30))
+    assert client.report.producers == 2 and {event.rank for event in events} == {0, 1}
+    assert "30 events" in outcome["run"].stderr
+
+
+def test_client_imports_no_heavy_packages():
+    code = ("import sys, beamstream.client; heavy = {'h5py', 'psana', 'torch', 'mpi4py', 'typer'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,77 @@
+"""The wire format: round trips, checksums, versions, shares."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from beamstream.batch import Batch, Share
+from beamstream.errors import ChecksumMismatch, WireFormatError
+from beamstream.serializers import decode_payload
+from beamstream.serializers.arrays import ArraysSerializer
+from beamstream.serializers.hdf5 import HDF5Serializer
+from beamstream.wire import EndMessage, message_from_batch, parse_message
+
+SHARE = Share(rank=1, ranks=2, start=0, stop=100, block=10)
+
+
+def batch() -> Batch:
+    seq = np.array([10, 11, 12], dtype=np.int64)
+    data = {"image": np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5), "energy": np.array([1.5, 2.5, 3.5])}
+    return Batch(seq, np.array([1.0, 2.0, 3.0]), data)
+
+
+def frames_of(serializer) -> list:
+    message = message_from_batch(batch(), serializer.build(), stream="s1", rank=1, producers=2, index=0, share=SHARE)
+    return [bytes(memoryview(frame)) for frame in message.to_frames()]
+
+
+@pytest.mark.parametrize("serializer", [ArraysSerializer(), HDF5Serializer(compression="zstd")])
+def test_round_trip(serializer):
+    message = parse_message(frames_of(serializer))
+    assert (message.stream, message.rank, message.producers, message.share) == ("s1", 1, 2, SHARE)
+    assert message.seq.tolist() == [10, 11, 12] and message.time.tolist() == [1.0, 2.0, 3.0]
+    arrays = decode_payload(message)
+    for name, array in batch().data.items():
+        np.testing.assert_array_equal(arrays[name], array)
+        assert arrays[name].dtype == array.dtype
+
+
+def test_corrupted_payload_is_refused_with_its_location():
+    frames = frames_of(ArraysSerializer())
+    frames[1] = b"\xff" + frames[1][1:]
+    with pytest.raises(ChecksumMismatch, match="message 0 from producer 1 \\(events 10-12\\)"):
+        parse_message(frames)
+
+
+def test_other_wire_version_is_refused_clearly():
+    frames = frames_of(ArraysSerializer())
+    header = msgpack.unpackb(frames[0])
+    frames[0] = msgpack.packb({**header, "v": 99})
+    with pytest.raises(WireFormatError, match="version 99; this beamstream reads version 1"):
+        parse_message(frames)
+
+
+@pytest.mark.parametrize("junk", [[b"not msgpack \xc1"], [msgpack.packb([1, 2])], []])
+def test_junk_is_a_wire_format_error(junk):
+    with pytest.raises(WireFormatError):
+        parse_message(junk)
+
+
+def test_end_message_round_trip():
+    end = EndMessage(stream="s1", rank=0, producers=2, share=SHARE, messages=5, events=50, last_seq=89,
+                     status="error", reason="disk full")
+    parsed = parse_message(end.to_frames())
+    assert parsed == end
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 7])
+@pytest.mark.parametrize("block", [1, 4, 10])
+def test_shares_cover_the_range_exactly_once(ranks, block):
+    shares = [Share(rank=rank, ranks=ranks, start=5, stop=103, block=block) for rank in range(ranks)]
+    everything = np.concatenate([share.seqs() for share in shares])
+    assert sorted(everything.tolist()) == list(range(5, 103))
+    for share in shares:
+        assert share.owns(share.seqs()).all()
+        assert share.owns(np.arange(5, 103)).sum() == len(share.seqs())
