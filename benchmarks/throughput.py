@@ -25,6 +25,7 @@ Rows:
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import platform
@@ -48,6 +49,9 @@ CLIENT_HWM = 4  # the Client default
 IMAGE_BANK = 4  # distinct images drawn per worker (drawing a 2048×2048 frame takes ~0.3 s)
 SMALL_BATCH = 1000  # waveforms per message in the small-event rows
 WAVEFORM_SAMPLES = 4096  # float32: 16 kB per event
+
+
+_RUNS = itertools.count()
 
 
 @dataclass
@@ -79,7 +83,7 @@ def _raw_sender(endpoint: str, count: int, nbytes: int) -> None:
 
 
 def bench_baseline(folder: Path, count: int) -> Row:
-    endpoint = f"ipc://{folder / 'raw'}"
+    endpoint = f"ipc://{folder / 'raw'}-{next(_RUNS)}"
     context = zmq.Context()
     socket = context.socket(zmq.PULL)
     socket.bind(endpoint)
@@ -140,7 +144,7 @@ def run_stream(folder: Path, name: str, spec_for, workers: int, verify: bool = T
     from beamstream.client import Client
     from beamstream.producer import run_local
 
-    endpoint = f"ipc://{folder / name}"
+    endpoint = f"ipc://{folder / name}-{next(_RUNS)}"
     spec = spec_for(endpoint)
     outcome: dict = {}
     latencies: list[np.ndarray] = []
@@ -282,8 +286,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(ROWS), help=f"comma-separated rows among {','.join(ROWS)}")
     parser.add_argument("--workers", default="1,2", help="worker counts for the producer rows (default 1,2)")
     parser.add_argument("--batch", type=int, default=SMALL_BATCH, help=f"events per message in the small rows (default {SMALL_BATCH})")
+    parser.add_argument("--sink-hwm", type=int, default=SINK_HWM, help=f"StreamSink hwm (default {SINK_HWM})")
+    parser.add_argument("--client-hwm", type=int, default=CLIENT_HWM, help=f"Client hwm (default {CLIENT_HWM})")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per row; the median is shown (default 3)")
     parser.add_argument("--no-verify", action="store_true", help="also run the throughput rows with Client(verify=False)")
     args = parser.parse_args()
+    globals().update(SINK_HWM=args.sink_hwm, CLIENT_HWM=args.client_hwm)
     rows = set(args.only.split(","))
     unknown = rows - set(ROWS)
     if unknown:
@@ -310,6 +318,15 @@ def main() -> int:
         folder = Path(tmp)
         results: list[Row] = []
 
+        def measure(bench, *a) -> Row:
+            """Median of ``--repeat`` runs of one row (the machine is noisy)."""
+            runs = [bench(*a) for _ in range(args.repeat)]
+            row = sorted(runs, key=lambda r: r.value)[len(runs) // 2]
+            if len(runs) > 1:
+                values = ", ".join(format_value(r).strip().split()[0] for r in runs)
+                row.note = f"median of {len(runs)}: {values}" + (f"; {row.note}" if row.note else "")
+            return row
+
         def emit(row: Row) -> None:
             nonlocal failures
             results.append(row)
@@ -317,20 +334,20 @@ def main() -> int:
             print_row(row)
 
         if "baseline" in rows or rows & {"arrays", "hdf5", "small"}:
-            row = bench_baseline(folder, raw_messages)
+            row = measure(bench_baseline, folder, raw_messages)
             baseline = row.value
             emit(row)
         verifies = [True, False] if args.no_verify else [True]
         for verify in verifies:
             if "arrays" in rows:
                 for n in workers:
-                    emit(bench_images(folder, {"type": "arrays"}, n, image_events, baseline, verify))
+                    emit(measure(bench_images, folder, {"type": "arrays"}, n, image_events, baseline, verify))
             if "hdf5" in rows:
                 for n in workers:
-                    emit(bench_images(folder, {"type": "hdf5", "compression": "none"}, n, image_events, baseline, verify))
+                    emit(measure(bench_images, folder, {"type": "hdf5", "compression": "none"}, n, image_events, baseline, verify))
             if "small" in rows:
                 for n in workers:
-                    emit(bench_small(folder, n, small_events, args.batch, baseline, verify))
+                    emit(measure(bench_small, folder, n, small_events, args.batch, baseline, verify))
         if "latency" in rows:
             emit(bench_latency(folder, latency_events, True))
     print("-" * 110)

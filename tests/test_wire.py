@@ -75,3 +75,19 @@ def test_shares_cover_the_range_exactly_once(ranks, block):
     for share in shares:
         assert share.owns(share.seqs()).all()
         assert share.owns(np.arange(5, 103)).sum() == len(share.seqs())
+
+
+def test_report_names_a_producer_never_heard_from():
+    from beamstream.client.report import StreamReport
+    from beamstream.wire import DataMessage
+
+    report = StreamReport(endpoints=["tcp://127.0.0.1:1"])
+    share = Share(rank=0, ranks=2, start=0, stop=8, block=2)
+    report.add_data(DataMessage(stream="s", rank=0, producers=2, index=0, share=share, seq=np.array([0, 1]),
+                                time=np.zeros(2), serializer="arrays", fields=[], payload=[]))
+    assert not report.complete
+    assert report.missing == [(2, 3), (4, 5), (6, 7)]
+    problems = "\n".join(report.problems())
+    assert "producer 0: no end-of-stream after 1 messages" in problems
+    assert "producer 1: nothing arrived and no end-of-stream" in problems
+    assert "producer 1: 4 events never arrived: 2-3, 6-7" in problems

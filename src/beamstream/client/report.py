@@ -129,10 +129,10 @@ class StreamReport:
         if self.producers is None:
             return [f"nothing arrived from {', '.join(self.endpoints)}"]
         for rank, record in self.all_records().items():
-            if rank not in self.ranks:
-                lines.append(f"producer {rank}: nothing arrived")
             missing, unknown_after = record.missing()
-            if record.end is None and rank in self.ranks:
+            if rank not in self.ranks:
+                lines.append(f"producer {rank}: nothing arrived and no end-of-stream (did it die?)")
+            elif record.end is None:
                 lines.append(f"producer {rank}: no end-of-stream after {record.messages} messages (did it die?)")
             elif record.end.status != "ok":
                 lines.append(f"producer {rank}: ended with status {record.end.status}: {record.end.reason}")
