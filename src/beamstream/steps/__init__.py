@@ -7,6 +7,8 @@ saying what to change when the events do not fit its options.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from beamstream.batch import Batch
@@ -23,3 +25,13 @@ def require_field(batch: Batch, name: str, step: str) -> np.ndarray:
             f"{step}: field {name!r} is not in the events; fields present: {present}. "
             "Name one of those, or add an earlier step that produces it."
         ) from None
+
+
+class BatchwiseStep:
+    """A step that transforms each batch on its own; subclasses define ``apply(batch)``."""
+
+    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        return map(self.apply, batches)
+
+    def apply(self, batch: Batch) -> Batch:
+        raise NotImplementedError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from math import prod
 from typing import Annotated, Literal
 
@@ -12,7 +11,7 @@ from pydantic import Field
 from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.stages import StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 SIGNED = (np.int8, np.int16, np.int32, np.int64)
 UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
@@ -49,16 +48,13 @@ class BinStep(StepSpec):
         return Binner(self.field, self.factors, self.reduce)
 
 
-class Binner:
+class Binner(BatchwiseStep):
     """Bins one field of every batch."""
 
     def __init__(self, field: str, factors: list[int], reduce: Literal["sum", "mean"]) -> None:
         self.field = field
         self.factors = factors
         self.reduce = reduce
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with ``field`` replaced by its binned array."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +11,7 @@ from pydantic import Field, model_validator
 from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.stages import SpecModel, StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 NUMPY_SUFFIXES = (".npy",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi")
@@ -118,7 +117,7 @@ def _constant(value: Constant) -> np.ndarray:
     return value.load() if isinstance(value, ConstantsFile) else np.asarray(value)
 
 
-class Calibrator:
+class Calibrator(BatchwiseStep):
     """Applies pedestal, gain and mask to one field of every batch."""
 
     def __init__(
@@ -136,9 +135,6 @@ class Calibrator:
         self.gain = gain
         self.masked = masked
         self.masked_value = masked_value
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with the calibrated float32 array under ``output``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -10,7 +9,7 @@ from pydantic import Field, field_validator
 
 from beamstream.batch import Batch
 from beamstream.stages import StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 NUMERIC_KINDS = "biufc"
 DTYPE_EXAMPLES = "float32, float64, uint16, int32, bool, complex64, '<f4'"
@@ -47,15 +46,12 @@ class CastStep(StepSpec):
         return Caster(self.fields, np.dtype(self.dtype))
 
 
-class Caster:
+class Caster(BatchwiseStep):
     """Converts the chosen fields of every batch to one dtype."""
 
     def __init__(self, fields: list[str] | None, dtype: np.dtype) -> None:
         self.fields = fields
         self.dtype = dtype
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with the chosen fields as ``dtype``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import numpy as np
@@ -11,7 +10,7 @@ from pydantic import Field
 from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.stages import StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 
 class PadStep(StepSpec):
@@ -36,16 +35,13 @@ class PadStep(StepSpec):
         return Padder(self.field, tuple(self.shape), self.value)
 
 
-class Padder:
+class Padder(BatchwiseStep):
     """Pads one field of every batch to the target trailing shape."""
 
     def __init__(self, field: str, shape: tuple[int, ...], value: float) -> None:
         self.field = field
         self.shape = shape
         self.value = value
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with ``field`` padded to the target shape."""

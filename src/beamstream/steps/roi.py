@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -10,7 +9,7 @@ from pydantic import Field, model_validator
 from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.stages import StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 
 class RoiStep(StepSpec):
@@ -50,16 +49,13 @@ class RoiStep(StepSpec):
         return Cropper(self.field, self.start, self.stop)
 
 
-class Cropper:
+class Cropper(BatchwiseStep):
     """Crops one field of every batch to ``start:stop`` on its leading event axes."""
 
     def __init__(self, field: str, start: list[int], stop: list[int]) -> None:
         self.field = field
         self.start = start
         self.stop = stop
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with ``field`` replaced by a view of its region of interest."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from beamstream.batch import Batch
 from beamstream.stages import StepSpec
-from beamstream.steps import require_field
+from beamstream.steps import BatchwiseStep, require_field
 
 
 class SelectStep(StepSpec):
@@ -34,14 +33,11 @@ class SelectStep(StepSpec):
         return Selector(self.fields)
 
 
-class Selector:
+class Selector(BatchwiseStep):
     """Keeps the chosen fields of every batch."""
 
     def __init__(self, fields: list[str]) -> None:
         self.fields = fields
-
-    def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        return map(self.apply, batches)
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with only the chosen fields, in their order."""
