@@ -82,7 +82,8 @@ def _raw_sender(endpoint: str, count: int, nbytes: int) -> None:
     context.term()
 
 
-def bench_baseline(folder: Path, count: int) -> Row:
+def bench_baseline(folder: Path, count: int) -> float:
+    """GB/s of raw pyzmq PUSH/PULL, 8 MiB messages, sender in a spawned process."""
     endpoint = f"ipc://{folder / 'raw'}-{next(_RUNS)}"
     context = zmq.Context()
     socket = context.socket(zmq.PULL)
@@ -108,9 +109,7 @@ def bench_baseline(folder: Path, count: int) -> Row:
         sender.join()
         socket.close(linger=0)
         context.term()
-    rate = received / (last - first) / 1e9
-    return Row("baseline: raw pyzmq PUSH/PULL 8 MiB", rate, "GB/s", 1.0,
-               extra={"messages": count, "seconds": last - first})
+    return received / (last - first) / 1e9
 
 
 # --- beamstream producer → client -----------------------------------------------------------
@@ -180,59 +179,69 @@ def run_stream(folder: Path, name: str, spec_for, workers: int, verify: bool = T
                      np.concatenate(sent_lag) if sent_lag else np.empty(0))
 
 
-def bench_images(folder: Path, serializer: dict, workers: int, events: int, baseline: float, verify: bool) -> Row:
-    label = serializer["type"] + ("" if serializer.get("compression", "none") == "none" else f"/{serializer['compression']}")
-    name = f"{label}-{workers}"
-
+def _image_spec(serializer: dict, events: int):
     def spec_for(endpoint: str) -> object:
         return _spec(endpoint, {
             "n_events": events, "bank_size": IMAGE_BANK, "events_per_read": 1,
             "detectors": [{"kind": "image", "shape": list(IMAGE_SHAPE), "dtype": "uint16"}],
         }, serializer)
-
-    run = run_stream(folder, name, spec_for, workers, verify=verify)
-    rate = run.bytes / run.seconds / 1e9
-    ratio = rate / baseline
-    checksum = "" if verify else ", verify=False"
-    return Row(f"{label} 8 MiB images, {workers} worker{'s' * (workers > 1)}{checksum}", rate, "GB/s", ratio,
-               "ratio >= 0.85", ratio >= 0.85, extra={"messages": run.messages, "seconds": run.seconds})
+    return spec_for
 
 
-def bench_small(folder: Path, workers: int, events: int, batch: int, baseline: float, verify: bool) -> Row:
-    name = f"small-{workers}-{batch}"
-
+def _small_spec(events: int, batch: int):
     def spec_for(endpoint: str) -> object:
         return _spec(endpoint, {
             "n_events": events, "bank_size": batch, "events_per_read": batch,
             "detectors": [{"kind": "waveform", "samples": WAVEFORM_SAMPLES, "dtype": "float32", "hits": 2}],
         }, {"type": "arrays"}, steps=[{"type": "batch", "size": batch}])
-
-    run = run_stream(folder, name, spec_for, workers, verify=verify)
-    rate = run.events / run.seconds
-    checksum = "" if verify else ", verify=False"
-    return Row(f"small 16 kB waveforms, batch {batch}, {workers} worker{'s' * (workers > 1)}{checksum}",
-               rate, "events/s", run.bytes / run.seconds / 1e9 / baseline, ">= 100000 events/s", rate >= 100_000,
-               note=f"{run.bytes / run.seconds / 1e9:.2f} GB/s",
-               extra={"messages": run.messages, "seconds": run.seconds})
+    return spec_for
 
 
-def bench_latency(folder: Path, events: int, verify: bool) -> Row:
+def _latency_spec(events: int):
     def spec_for(endpoint: str) -> object:
         return _spec(endpoint, {
             "n_events": events, "rate_hz": 1000.0, "bank_size": 16, "events_per_read": 1,
             "detectors": [{"kind": "waveform", "samples": WAVEFORM_SAMPLES, "dtype": "float32", "hits": 2}],
         }, {"type": "arrays"})
+    return spec_for
 
-    run = run_stream(folder, "latency", spec_for, 1, verify=verify, keep_latency=True)
+
+def paired_row(folder: Path, name: str, spec_for, workers: int, repeat: int, raw_messages: int,
+               verify: bool, per_event: bool, target: str, check) -> tuple[Row, list[float]]:
+    """``repeat`` runs of one beamstream row, each right after a baseline run; medians of rate and ratio.
+
+    Pairing each run with a baseline measured just before it keeps the ratio meaningful on a
+    machine whose speed drifts (shared cores, other jobs).
+    """
+    rates, ratios, gbps, baselines = [], [], [], []
+    for _ in range(repeat):
+        base = bench_baseline(folder, raw_messages)
+        run = run_stream(folder, name.split()[0].replace("/", "-"), spec_for, workers, verify=verify)
+        bandwidth = run.bytes / run.seconds / 1e9
+        baselines.append(base)
+        gbps.append(bandwidth)
+        ratios.append(bandwidth / base)
+        rates.append(run.events / run.seconds if per_event else bandwidth)
+    rate, ratio = statistics.median(rates), statistics.median(ratios)
+    shown = ", ".join(f"{r:,.0f}" if per_event else f"{r:.2f}" for r in rates)
+    note = f"runs {shown}; paired baselines " + ", ".join(f"{b:.2f}" for b in baselines)
+    if per_event:
+        note = f"{statistics.median(gbps):.2f} GB/s; " + note
+    label = f"{name}, {workers} worker{'s' * (workers > 1)}" + ("" if verify else ", verify=False")
+    row = Row(label, rate, "events/s" if per_event else "GB/s", ratio, target, check(rate, ratio), note)
+    return row, baselines
+
+
+def latency_row(folder: Path, events: int) -> Row:
+    run = run_stream(folder, "latency", _latency_spec(events), 1, keep_latency=True)
     ms = run.latencies * 1e3
     p50, p99, worst = np.percentile(ms, 50), np.percentile(ms, 99), ms.max()
     lag = run.sent_lag * 1e3
-    rate = run.events / run.seconds
-    return Row(f"latency 16 kB waveform @1 kHz, batch 1, {len(ms)} events", p99, "ms p99", None,
+    return Row(f"latency 16 kB waveform @1 kHz, batch 1, 1 worker", p99, "ms p99", None,
                "p99 < 5 ms", p99 < 5.0,
-               note=f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms; "
-                    f"in producer p50 {np.percentile(lag, 50):.3f} / p99 {np.percentile(lag, 99):.3f} ms; "
-                    f"delivered {rate:,.0f} events/s")
+               note=f"{len(ms)} events: p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {worst:.3f} ms; "
+                    f"of which in the producer (creation→send) p50 {np.percentile(lag, 50):.3f} ms, "
+                    f"p99 {np.percentile(lag, 99):.3f} ms; {run.events / run.seconds:,.0f} events/s delivered")
 
 
 # --- report -------------------------------------------------------------------------------
@@ -312,46 +321,47 @@ def main() -> int:
     print()
     print(f"{'row':<52} {'rate':>17} {'/base':>7}  {'target':<20} {'':<4}")
     print("-" * 110)
-    baseline = None
-    failures = 0
+    failures = checked = 0
+    all_baselines: list[float] = []
+
+    def emit(row: Row) -> None:
+        nonlocal failures, checked
+        failures += row.passed is False
+        checked += row.passed is not None
+        print_row(row)
+
     with tempfile.TemporaryDirectory(prefix="beamstream-bench-") as tmp:
         folder = Path(tmp)
-        results: list[Row] = []
-
-        def measure(bench, *a) -> Row:
-            """Median of ``--repeat`` runs of one row (the machine is noisy)."""
-            runs = [bench(*a) for _ in range(args.repeat)]
-            row = sorted(runs, key=lambda r: r.value)[len(runs) // 2]
-            if len(runs) > 1:
-                values = ", ".join(format_value(r).strip().split()[0] for r in runs)
-                row.note = f"median of {len(runs)}: {values}" + (f"; {row.note}" if row.note else "")
-            return row
-
-        def emit(row: Row) -> None:
-            nonlocal failures
-            results.append(row)
-            failures += row.passed is False
-            print_row(row)
-
-        if "baseline" in rows or rows & {"arrays", "hdf5", "small"}:
-            row = measure(bench_baseline, folder, raw_messages)
-            baseline = row.value
+        if "baseline" in rows:
+            runs = [bench_baseline(folder, raw_messages) for _ in range(args.repeat)]
+            all_baselines += runs
+            emit(Row("baseline: raw pyzmq PUSH/PULL 8 MiB", statistics.median(runs), "GB/s", 1.0,
+                     note="runs " + ", ".join(f"{r:.2f}" for r in runs)))
+        planned = []
+        for verify in ([True, False] if args.no_verify else [True]):
+            for n in workers:
+                if "arrays" in rows:
+                    planned.append(("arrays 8 MiB images", _image_spec({"type": "arrays"}, image_events), n, verify,
+                                    False, "ratio >= 0.85", lambda rate, ratio: ratio >= 0.85))
+            for n in workers:
+                if "hdf5" in rows:
+                    planned.append(("hdf5 8 MiB images", _image_spec({"type": "hdf5", "compression": "none"}, image_events),
+                                    n, verify, False, "ratio >= 0.85", lambda rate, ratio: ratio >= 0.85))
+            for n in workers:
+                if "small" in rows:
+                    planned.append((f"small 16 kB waveforms, batch {args.batch}", _small_spec(small_events, args.batch),
+                                    n, verify, True, ">= 100000 events/s", lambda rate, ratio: rate >= 100_000))
+        for name, spec_for, n, verify, per_event, target, check in planned:
+            row, baselines = paired_row(folder, name, spec_for, n, args.repeat, raw_messages, verify, per_event, target, check)
+            all_baselines += baselines
             emit(row)
-        verifies = [True, False] if args.no_verify else [True]
-        for verify in verifies:
-            if "arrays" in rows:
-                for n in workers:
-                    emit(measure(bench_images, folder, {"type": "arrays"}, n, image_events, baseline, verify))
-            if "hdf5" in rows:
-                for n in workers:
-                    emit(measure(bench_images, folder, {"type": "hdf5", "compression": "none"}, n, image_events, baseline, verify))
-            if "small" in rows:
-                for n in workers:
-                    emit(measure(bench_small, folder, n, small_events, args.batch, baseline, verify))
         if "latency" in rows:
-            emit(bench_latency(folder, latency_events, True))
+            emit(latency_row(folder, latency_events))
     print("-" * 110)
-    print(f"{failures} of {sum(r.passed is not None for r in results)} targets missed")
+    if all_baselines:
+        print(f"baseline over all {len(all_baselines)} runs: median {statistics.median(all_baselines):.2f} GB/s, "
+              f"min {min(all_baselines):.2f}, max {max(all_baselines):.2f}")
+    print(f"{failures} of {checked} targets missed")
     return 0
 
 

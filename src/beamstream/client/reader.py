@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
+from beamstream.buffer.protocol import pack, unpack
 from beamstream.client.report import StreamReport
 from beamstream.errors import StreamIncomplete, StreamTimeout, TransportError
 from beamstream.serializers import decode_payload
@@ -71,23 +72,36 @@ class Client:
             acknowledges each end-of-stream message upstream, so producers close only once it arrived.
         verify: check every payload's checksum.
         stream: accept only this stream id (default: the first one seen).
-        hwm: messages queued in this client before the sender waits.
+        hwm: messages queued in this client before the sender waits (with a group: messages
+            the buffer may hand this client before it acknowledges one).
+        group: read from a buffer (``beamstream buffer``) as a member of this consumer group;
+            members of a group share the messages, every group gets all of them. A message is
+            acknowledged when the application asks for the next one, so one a client was
+            still working on when it died goes to another member.
+        lossy: with a group: always hand over the newest message, skipping older ones
+            (counted in ``report.skipped``), e.g. for a live viewer.
+        start: with a group that does not exist yet: ``earliest`` message held, or ``now``.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
-                 hwm: int = 4) -> None:
+                 hwm: int = 4, group: str | None = None, lossy: bool = False,
+                 start: Literal["earliest", "now"] = "earliest") -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.timeout = timeout
         self.verify = verify
+        self.group = group
         self.report = StreamReport(endpoints=self.endpoints, stream=stream)
         self._context = zmq.Context()
         self._socket = self._open(bind, pattern, hwm)
+        if group is not None:
+            self._socket.send(pack("hello", group=group, lossy=lossy, start=start, credit=hwm))
         self._seen: set[tuple[int, int]] = set()
+        self._last_delivery = time.monotonic()
         self._closed = False
 
     def _open(self, bind: bool, pattern: str, hwm: int) -> zmq.Socket:
-        kind = zmq.ROUTER if pattern == "pull" else zmq.XSUB
+        kind = zmq.DEALER if self.group is not None else zmq.ROUTER if pattern == "pull" else zmq.XSUB
         try:
             socket = open_socket(self._context, kind, self.endpoints[0], bind=bind, hwm=hwm)
             for endpoint in self.endpoints[1:]:
@@ -118,44 +132,82 @@ class Client:
             raise TransportError("this Client is closed; create a new one to read again")
         wait_ms = None if self.timeout is None else int(self.timeout * 1000)
         if not self._socket.poll(wait_ms):
-            where = ", ".join(self.endpoints)
-            if self.report.producers is None:
-                raise StreamTimeout(f"nothing arrived from {where} within {self.timeout} s: is a producer sending there?")
-            raise StreamIncomplete(
-                f"the stream from {where} went silent for {self.timeout} s before it ended:\n{self.report.summary()}",
-                self.report,
-            )
+            self._silent()
         frames = self._socket.recv_multipart(copy=False)
         routing = 1 if self._socket.type == zmq.ROUTER else 0
         return frames[:routing], frames[routing:]
 
+    def _silent(self) -> None:
+        """Raise for a stream that said nothing for ``timeout`` seconds."""
+        where = ", ".join(self.endpoints)
+        if self.report.producers is None:
+            raise StreamTimeout(f"nothing arrived from {where} within {self.timeout} s: is a producer sending there?")
+        raise StreamIncomplete(
+            f"the stream from {where} went silent for {self.timeout} s before it ended:\n{self.report.summary()}",
+            self.report,
+        )
+
     def _acknowledge(self, routing: list[zmq.Frame]) -> None:
         self._socket.send_multipart([*routing, ACK])
 
+    def _from_buffer(self, frames: list[zmq.Frame]) -> tuple[int | None, list[zmq.Frame]]:
+        """(offset, message frames) of a delivery; records the buffer's verdict at the end (offset None).
+
+        The buffer's liveness pings are read past here.
+        """
+        control = unpack(frames[0])
+        while control["op"] == "ping":
+            if self.timeout is not None and time.monotonic() - self._last_delivery > self.timeout:
+                self._silent()
+            _, frames = self._receive()
+            control = unpack(frames[0])
+        self._last_delivery = time.monotonic()
+        if control["op"] == "error":
+            raise TransportError(f"the buffer at {', '.join(self.endpoints)} refused this client: {control['reason']}")
+        if control["op"] == "end":
+            self.report.verdict = (bool(control["complete"]), str(control["summary"]))
+            self.report.skipped = int(control["skipped"])
+            return None, []
+        self.report.skipped = int(control["skipped"])
+        return int(control["offset"]), frames[1:]
+
+    def _ended(self) -> bool:
+        return self.report.verdict is not None if self.group is not None else self.report.all_ended
+
     def messages(self) -> Iterator[Message]:
         """Data messages in arrival order, each once, until every producer has ended."""
-        while not self.report.all_ended:
+        while not self._ended():
             routing, frames = self._receive()
-            message = parse_message(frames, verify=self.verify)
-            if isinstance(message, EndMessage):
-                self._acknowledge(routing)
-            if self.report.stream is None:
-                self.report.stream = message.stream
-            elif message.stream != self.report.stream:
-                self.report.foreign += 1
+            if self.group is not None:
+                offset, frames = self._from_buffer(frames)
+                if offset is None:
+                    break
+                yield from self._accept(parse_message(frames, verify=self.verify), routing)
+                self._socket.send(pack("ack", offsets=[offset], credit=1))
                 continue
-            if isinstance(message, EndMessage):
-                self.report.add_end(message)
-                continue
-            key = (message.rank, message.index)
-            if key in self._seen:
-                self.report.duplicates += 1
-                continue
-            self._seen.add(key)
-            self.report.add_data(message)
-            yield Message(message, decode_payload(message), time.time())
+            yield from self._accept(parse_message(frames, verify=self.verify), routing)
         if not self.report.complete:
             raise StreamIncomplete(f"the stream ended incomplete:\n{self.report.summary()}", self.report)
+
+    def _accept(self, message: DataMessage | EndMessage, routing: list[zmq.Frame]) -> Iterator[Message]:
+        """The message, unless it is an end message, of another stream, or a duplicate."""
+        if isinstance(message, EndMessage):
+            self._acknowledge(routing)
+        if self.report.stream is None:
+            self.report.stream = message.stream
+        elif message.stream != self.report.stream:
+            self.report.foreign += 1
+            return
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+            return
+        key = (message.rank, message.index)
+        if key in self._seen:
+            self.report.duplicates += 1
+            return
+        self._seen.add(key)
+        self.report.add_data(message)
+        yield Message(message, decode_payload(message), time.time())
 
     def events(self) -> Iterator[Event]:
         """Events of every message, in arrival order."""

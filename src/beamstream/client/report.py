@@ -72,6 +72,8 @@ class StreamReport:
     bytes: int = 0
     duplicates: int = 0
     foreign: int = 0
+    skipped: int = 0
+    verdict: tuple[bool, str] | None = None  # (complete, summary) from a buffer, for a consumer group
 
     def add_data(self, message: DataMessage) -> None:
         record = self._record(message.rank, message.share, message.producers)
@@ -117,6 +119,8 @@ class StreamReport:
 
     @property
     def complete(self) -> bool:
+        if self.verdict is not None:
+            return self.verdict[0]
         return (
             self.all_ended
             and all(record.end.status == "ok" for record in self.ranks.values())
@@ -146,7 +150,11 @@ class StreamReport:
         return lines
 
     def summary(self) -> str:
-        """One line on what arrived, then the problems, if any."""
+        """One line on what arrived, then the problems, if any (a buffer's own summary for a group)."""
+        if self.verdict is not None:
+            mine = f"this consumer: {self.events} events in {self.messages} messages ({self.bytes / 1e6:.1f} MB)"
+            skipped = f", {self.skipped} messages skipped (lossy group)" if self.skipped else ""
+            return f"{self.verdict[1]}\n{mine}{skipped}"
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.ranks)}/{self.producers or '?'} producers")

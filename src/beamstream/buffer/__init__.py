@@ -1,0 +1,1 @@
+"""The buffer: many producers in, consumer groups out, bounded memory, acknowledgements."""

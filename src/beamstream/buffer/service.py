@@ -1,0 +1,215 @@
+"""``BufferService``: producers in on one endpoint, consumer groups out on another.
+
+Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER;
+consumers (``Client(endpoint, group=...)``) connect their DEALER to the consumer ROUTER.
+One thread runs the loop: it reads producers only while the log has room (so producers block
+on their HWM otherwise), hands messages to group members that have credit, takes
+acknowledgements, and gives a departed member's unacknowledged messages to the rest of its
+group. A departed member is found by probing: every ``probe_interval`` seconds the buffer
+sends each member a tiny ``ping`` with ZMQ_ROUTER_MANDATORY, which fails at once for a
+connection that is gone (ZMQ_ROUTER_NOTIFY would say so directly, but it is a draft API
+that the released libzmq wheels do not build).
+
+Memory bound: the log holds at most ``max_bytes`` of payload, plus at most one message over
+it, plus what ZeroMQ queues: ``hwm`` messages per connected producer; a consumer holds at most
+its credit (its ``hwm``), and those messages are in the log already.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from beamstream.buffer.protocol import pack, unpack
+from beamstream.buffer.store import Group, Log
+from beamstream.client.report import StreamReport
+from beamstream.errors import WireFormatError
+from beamstream.transport import ACK, open_socket
+from beamstream.wire import EndMessage, parse_message
+
+log = logging.getLogger(__name__)
+PING = pack("ping")
+
+
+@dataclass(slots=True)
+class Consumer:
+    """Which group a connected consumer joined."""
+
+    group: Group
+
+
+class BufferService:
+    """The buffer; call :meth:`serve` (blocks until ``stop`` is set) or use :meth:`start` for a thread."""
+
+    def __init__(self, producers: str, consumers: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
+                 bind: bool = True, probe_interval: float = 0.5) -> None:
+        self.context = zmq.Context()
+        self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm)
+        self.consumers = open_socket(self.context, zmq.ROUTER, consumers, bind=bind, hwm=0)  # credit bounds it
+        self.consumers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.probe_interval = probe_interval
+        self.next_probe = 0.0
+        self.log = Log(max_bytes)
+        self.report = StreamReport(endpoints=[producers])
+        self.members: dict[bytes, Consumer] = {}
+        self.stop = threading.Event()
+        self.last_size = 0
+        self.counters = {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0, "rejected": 0}
+        self._thread: threading.Thread | None = None
+
+    # --- running ----------------------------------------------------------------------------
+
+    def start(self) -> BufferService:
+        """Serve on a background thread; :meth:`close` stops it."""
+        self._thread = threading.Thread(target=self.serve, name="beamstream-buffer", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.producers.close(linger=0)
+        self.consumers.close(linger=0)
+        self.context.term()
+
+    def serve(self, poll_ms: int = 100) -> None:
+        """Run the loop until ``stop`` is set."""
+        poller = zmq.Poller()
+        poller.register(self.consumers, zmq.POLLIN)
+        reading_producers = False
+        while not self.stop.is_set():
+            room = self.log.has_room(self.last_size)
+            if room != reading_producers:
+                (poller.register(self.producers, zmq.POLLIN) if room else poller.unregister(self.producers))
+                reading_producers = room
+            events = dict(poller.poll(poll_ms))
+            if self.consumers in events:
+                self._drain(self.consumers, self._on_consumer)
+            if self.producers in events:
+                self._drain(self.producers, self._on_producer, limit=16)
+            self._dispatch()
+            if time.monotonic() >= self.next_probe:
+                self._probe()
+
+    def _drain(self, socket: zmq.Socket, handle: Any, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(frames)
+            if socket is self.producers and not self.log.has_room(self.last_size):
+                return
+
+    # --- producers --------------------------------------------------------------------------
+
+    def _on_producer(self, frames: list[zmq.Frame]) -> None:
+        identity, message_frames = frames[0].bytes, frames[1:]
+        try:
+            message = parse_message(message_frames, verify=False)
+        except WireFormatError as exc:
+            self.counters["rejected"] += 1
+            log.warning("refused a message from a producer: %s", exc)
+            self.producers.send_multipart([identity, b"beamstream-error: " + str(exc).encode()])
+            return
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+            self.producers.send_multipart([identity, ACK])
+            return
+        if self.report.stream is None:
+            self.report.stream = message.stream
+        self.report.add_data(message)
+        nbytes = message.nbytes
+        self.log.append(message_frames, nbytes, "data")
+        self.last_size = nbytes
+        self.counters["messages_in"] += 1
+        self.counters["bytes_in"] += nbytes
+
+    # --- consumers --------------------------------------------------------------------------
+
+    def _on_consumer(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        try:
+            control = unpack(frames[1])
+            if control["op"] == "hello":
+                self._hello(identity, control)
+            elif control["op"] == "ack":
+                consumer = self.members[identity]
+                self.log.acknowledge(consumer.group, consumer.group.members[identity],
+                                     list(control.get("offsets", [])), int(control.get("credit", 0)))
+            else:
+                raise WireFormatError(f"unknown op {control['op']!r}")
+        except (WireFormatError, KeyError, TypeError, ValueError) as exc:
+            reason = f"malformed control message: {exc!r}" if not isinstance(exc, WireFormatError) else str(exc)
+            log.warning("consumer %s: %s", identity.hex(), reason)
+            self._send_consumer(identity, [pack("error", reason=reason)])
+
+    def _hello(self, identity: bytes, control: dict[str, Any]) -> None:
+        start = control.get("start", "earliest")
+        if start not in ("earliest", "now"):
+            raise WireFormatError(f"start must be 'earliest' or 'now', got {start!r}")
+        group = self.log.group(str(control["group"]), bool(control.get("lossy", False)), start)
+        self.log.join(group, identity, int(control.get("credit", 1)))
+        self.members[identity] = Consumer(group)
+        log.info("consumer %s joined group %s", identity.hex(), group.name)
+
+    def _forget(self, identity: bytes) -> None:
+        consumer = self.members.pop(identity, None)
+        if consumer is not None:
+            returned = self.log.leave(consumer.group, identity)
+            log.info("consumer %s left group %s; %d messages go to the others", identity.hex(),
+                     consumer.group.name, returned)
+
+    def _send_consumer(self, identity: bytes, frames: list[Any]) -> bool:
+        """Send, or forget the consumer if its connection is gone (ROUTER_MANDATORY says so at once)."""
+        try:
+            self.consumers.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._forget(identity)
+            return False
+
+    def _probe(self) -> None:
+        self.next_probe = time.monotonic() + self.probe_interval
+        for identity in list(self.members):
+            self._send_consumer(identity, [PING])
+
+    def _dispatch(self) -> None:
+        for group, member, entry in list(self.log.dispatch()):
+            control = pack("deliver", offset=entry.offset, skipped=group.skipped)
+            if self._send_consumer(member.identity, [control, *entry.frames]):
+                self.counters["messages_out"] += 1
+                self.counters["bytes_out"] += entry.nbytes
+        if self.report.all_ended:
+            self._send_ends()
+
+    def _send_ends(self) -> None:
+        for group in self.log.groups.values():
+            if group.next_offset < self.log.next_offset or group.redeliver or group.outstanding():
+                continue
+            for identity in list(group.members):
+                if identity not in group.end_sent:
+                    group.end_sent.add(identity)
+                    self._send_consumer(identity, [pack("end", complete=self.report.complete,
+                                                        summary=self.report.summary(), skipped=group.skipped,
+                                                        missing=self.report.missing)])
+
+
+def run_buffer(producers: str, consumers: str, max_bytes: int, hwm: int = 4) -> None:
+    """Serve until interrupted (the CLI's ``beamstream buffer``)."""
+    service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm)
+    try:
+        service.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+
