@@ -95,3 +95,62 @@ def test_memory_bound_holds_back_until_lossless_group_acknowledges():
     list(log.dispatch())
     log.acknowledge(group, member, [0, 1], credit=0)
     assert log.has_room(1) and log.resident_bytes == 9
+
+
+def test_killed_consumer_loses_nothing_its_group_needs(buffer, tmp_path):
+    """kill -9 a group member mid-stream: the other member gets every message the dead one had not finished."""
+    import os
+    import signal
+    import time
+
+    import h5py
+
+    from conftest import start_cli
+
+    consumers = f"ipc://{tmp_path / 'out'}"
+    saved = tmp_path / "saved"
+    victim = start_cli("consume", consumers, "--group", "g", "--out", str(saved), "--timeout", "60")
+    results: dict = {}
+    survivor = consume_in_thread(consumers, results, "survivor", group="g")
+    producer = threading.Thread(target=lambda: results.setdefault(
+        "run", run_local(spec_to(f"ipc://{tmp_path / 'in'}", n_events=300, rate_hz=300), workers=1)))
+    producer.start()
+    deadline = time.monotonic() + 60
+    while len(list(saved.glob("*.h5"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    producer.join(timeout=120)
+    survivor.join(timeout=120)
+    assert results["run"].ok
+    victim_seqs = set()
+    for path in saved.glob("*.h5"):
+        with h5py.File(path) as h5:
+            victim_seqs.update(h5["_beamstream/seq"][()].tolist())
+    survivor_seqs = results["survivor"]
+    assert len(victim_seqs) >= 10
+    assert victim_seqs | set(survivor_seqs) == set(range(300)), "nothing accepted was lost"
+    assert len(victim_seqs & set(survivor_seqs)) <= 4, "at most the dead member's unacknowledged messages repeat"
+    assert results["survivor.report"].complete
+
+
+def test_buffer_command_serves_until_interrupted(tmp_path):
+    import signal
+
+    from conftest import run_cli, start_cli
+
+    consumers = f"ipc://{tmp_path / 'out'}"
+    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+                        "--max-memory", "64MiB")
+    try:
+        results: dict = {}
+        reader = consume_in_thread(consumers, results, "all", group="everything")
+        result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+        reader.join(timeout=120)
+        assert result.ok and sorted(results["all"]) == list(range(60))
+    finally:
+        service.send_signal(signal.SIGINT)
+        _, err = service.communicate(timeout=30)
+    assert "complete: 60 events" in err
+    bad = run_cli("buffer", "--max-memory", "lots")
+    assert bad.returncode == 2 and "not a size: 'lots'" in bad.stderr

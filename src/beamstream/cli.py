@@ -118,6 +118,9 @@ def consume(
     timeout: Annotated[float, typer.Option(help="seconds of silence before giving up")] = 30.0,
     bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
     subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
+    group: Annotated[Optional[str], typer.Option(help="read from a buffer as a member of this consumer group")] = None,
+    lossy: Annotated[bool, typer.Option(help="with --group: always take the newest message, skipping older ones")] = False,
+    start: Annotated[str, typer.Option(help="with --group: a new group starts at the 'earliest' message held or 'now'")] = "earliest",
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
@@ -126,7 +129,10 @@ def consume(
     from beamstream.saving import MessageSaver
 
     saver = MessageSaver.open(out) if out else None
-    client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull")
+    if start not in ("earliest", "now"):
+        fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
+    client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
+                    group=group, lossy=lossy, start=start)
     try:
         with client, ConsumerProgress() as progress:
             for message in client.messages():
@@ -143,6 +149,31 @@ def consume(
         if saver:
             saver.close()
     console.print(client.report.summary(), highlight=False)
+
+
+@app.command()
+def buffer(
+    producers: Annotated[str, typer.Option(help="endpoint producers connect to")] = "tcp://127.0.0.1:5555",
+    consumers: Annotated[str, typer.Option(help="endpoint consumers connect to")] = "tcp://127.0.0.1:5556",
+    max_memory: Annotated[str, typer.Option(help="payload held in memory at most, e.g. 2GiB or 500MB")] = "2GiB",
+    hwm: Annotated[int, typer.Option(min=1, help="messages ZeroMQ queues per producer")] = 4,
+) -> None:
+    """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery."""
+    from beamstream.buffer.service import BufferService
+    from beamstream.units import parse_size
+
+    try:
+        max_bytes = parse_size(max_memory)
+    except ValueError as exc:
+        fail(f"--max-memory: {exc}", code=2)
+    service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm)
+    console.print(f"buffer: producers → {producers}, consumers → {consumers}, memory ≤ {max_memory}", highlight=False)
+    try:
+        service.serve()
+    except KeyboardInterrupt:
+        console.print(service.report.summary(), highlight=False)
+    finally:
+        service.close()
 
 
 @app.command()

@@ -201,15 +201,3 @@ class BufferService:
                     self._send_consumer(identity, [pack("end", complete=self.report.complete,
                                                         summary=self.report.summary(), skipped=group.skipped,
                                                         missing=self.report.missing)])
-
-
-def run_buffer(producers: str, consumers: str, max_bytes: int, hwm: int = 4) -> None:
-    """Serve until interrupted (the CLI's ``beamstream buffer``)."""
-    service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm)
-    try:
-        service.serve()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.close()
-
