@@ -154,3 +154,33 @@ def test_buffer_command_serves_until_interrupted(tmp_path):
     assert "complete: 60 events" in err
     bad = run_cli("buffer", "--max-memory", "lots")
     assert bad.returncode == 2 and "not a size: 'lots'" in bad.stderr
+
+
+def test_producer_speaking_another_wire_version_is_told_and_others_are_served(buffer, tmp_path):
+    import msgpack
+    import zmq
+
+    from beamstream.errors import TransportError
+    from beamstream.sinks.stream import StreamSink
+    from beamstream.stages import SinkContext
+
+    stranger = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.connect(f"ipc://{tmp_path / 'in'}")
+    stranger.send_multipart([msgpack.packb({"v": 2, "kind": "data"}), b"payload"])
+    assert stranger.poll(10_000)
+    reply = stranger.recv()
+    stranger.close(linger=0)
+    assert reply.startswith(b"beamstream-refused: ") and b"wire format version 2" in reply
+
+    sender = StreamSink(endpoint=f"ipc://{tmp_path / 'in'}").open(SinkContext("s", 0, 1))
+    sender.socket.send_multipart([b"\xc1 not msgpack"])
+    with pytest.raises(TransportError, match="refused a message: message header is not msgpack"):
+        sender._handle_incoming(10_000)
+    sender.close_now()
+
+    results: dict = {}
+    reader = consume_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
+    assert run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=1).ok
+    reader.join(timeout=60)
+    assert sorted(results["ok"]) == list(range(60))
+    assert buffer.counters["rejected"] == 2

@@ -10,6 +10,8 @@ from beamstream.errors import TransportError
 
 ACK = b"beamstream-ack"
 """What a consumer sends back upstream when an end-of-stream message arrives."""
+REFUSED = b"beamstream-refused: "
+"""Start of what a buffer sends back upstream for a message it cannot accept, followed by why."""
 
 
 def rank_endpoint(endpoint: str, rank: int) -> str:

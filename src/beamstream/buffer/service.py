@@ -29,7 +29,7 @@ from beamstream.buffer.protocol import pack, unpack
 from beamstream.buffer.store import Group, Log
 from beamstream.client.report import StreamReport
 from beamstream.errors import WireFormatError
-from beamstream.transport import ACK, open_socket
+from beamstream.transport import ACK, REFUSED, open_socket
 from beamstream.wire import EndMessage, parse_message
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class BufferService:
         except WireFormatError as exc:
             self.counters["rejected"] += 1
             log.warning("refused a message from a producer: %s", exc)
-            self.producers.send_multipart([identity, b"beamstream-error: " + str(exc).encode()])
+            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
             return
         if isinstance(message, EndMessage):
             self.report.add_end(message)

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from beamstream.errors import StreamTimeout, TransportError
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import ACK, check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import ACK, REFUSED, check_endpoint, open_socket, rank_endpoint
 
 
 class StreamSink(SinkSpec):
@@ -87,6 +87,8 @@ class StreamSender:
         frame = self.socket.recv()
         if frame == ACK:
             self.acks += 1
+        elif frame.startswith(REFUSED):
+            raise TransportError(f"{self.endpoint} refused a message: {frame[len(REFUSED):].decode(errors='replace')}")
         elif frame[:1] == b"\x01" and self.spec.pattern == "pub":
             self.subscribers += 1
         elif frame[:1] == b"\x00" and self.spec.pattern == "pub":
@@ -113,9 +115,8 @@ class StreamSender:
             raise TransportError(f"{self.endpoint}: send failed: {exc.strerror}") from None
 
     def send(self, message: Any) -> None:
-        if self.spec.pattern == "pub":
-            while self.socket.poll(0):
-                self._handle_incoming(0)
+        while self.socket.poll(0):
+            self._handle_incoming(0)
         self._send(message.to_frames())
 
     def close(self, end: Any) -> None:
