@@ -184,3 +184,40 @@ def test_producer_speaking_another_wire_version_is_told_and_others_are_served(bu
     reader.join(timeout=60)
     assert sorted(results["ok"]) == list(range(60))
     assert buffer.counters["rejected"] == 2
+
+
+def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
+    """A consumer 10× slower than the producer: the buffer's resident memory stays within its bound."""
+    import time
+
+    import psutil
+
+    from conftest import start_cli
+
+    consumers = f"ipc://{tmp_path / 'out'}"
+    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+                        "--max-memory", "64MiB")
+    process = psutil.Process(service.pid)
+    spec = parse_spec({
+        "source": {"type": "simulated", "n_events": 80, "bank_size": 2, "events_per_read": 1,
+                   "detectors": [{"kind": "image", "shape": [2048, 2048], "peaks": 0}]},  # 8 MiB events
+        "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}],
+    })
+    peak = 0
+    try:
+        with Client(consumers, group="slow", timeout=60, hwm=2) as client:
+            baseline = process.memory_info().rss
+            producer = threading.Thread(target=lambda: run_local(spec, workers=1))
+            producer.start()
+            seqs = []
+            for event in client.events():
+                seqs.append(event.seq)
+                peak = max(peak, process.memory_info().rss)
+                time.sleep(0.05)  # the application's work: 10× slower than the producer
+            producer.join()
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    assert seqs == list(range(80))
+    overhead = 4 * 8 * 2**20 + 8 * 2**20  # producer HWM of 4 messages, one message over the bound
+    assert peak - baseline < 64 * 2**20 + overhead + 16 * 2**20, f"peak {(peak - baseline) / 2**20:.0f} MiB over baseline"
