@@ -219,5 +219,6 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
         service.terminate()
         service.wait(timeout=30)
     assert seqs == list(range(80))
-    overhead = 4 * 8 * 2**20 + 8 * 2**20  # producer HWM of 4 messages, one message over the bound
-    assert peak - baseline < 64 * 2**20 + overhead + 16 * 2**20, f"peak {(peak - baseline) / 2**20:.0f} MiB over baseline"
+    stated_overhead = (4 + 2) * 8 * 2**20  # (hwm + 2) × message size, see beamstream.buffer.service
+    allowed = 64 * 2**20 + stated_overhead + 24 * 2**20  # + slack for the interpreter's own allocations
+    assert peak - baseline < allowed, f"peak {(peak - baseline) / 2**20:.0f} MiB over baseline"

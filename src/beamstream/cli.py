@@ -159,13 +159,14 @@ def buffer(
     hwm: Annotated[int, typer.Option(min=1, help="messages ZeroMQ queues per producer")] = 4,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery."""
-    from beamstream.buffer.service import BufferService
+    from beamstream.buffer.service import BufferService, release_freed_buffers
     from beamstream.units import parse_size
 
     try:
         max_bytes = parse_size(max_memory)
     except ValueError as exc:
         fail(f"--max-memory: {exc}", code=2)
+    release_freed_buffers()
     service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm)
     console.print(f"buffer: producers → {producers}, consumers → {consumers}, memory ≤ {max_memory}", highlight=False)
     try:

@@ -10,9 +10,11 @@ sends each member a tiny ``ping`` with ZMQ_ROUTER_MANDATORY, which fails at once
 connection that is gone (ZMQ_ROUTER_NOTIFY would say so directly, but it is a draft API
 that the released libzmq wheels do not build).
 
-Memory bound: the log holds at most ``max_bytes`` of payload, plus at most one message over
-it, plus what ZeroMQ queues: ``hwm`` messages per connected producer; a consumer holds at most
-its credit (its ``hwm``), and those messages are in the log already.
+Memory bound: the log holds at most ``max_bytes`` of payload plus one message; ZeroMQ adds,
+per connected producer, its receive queue of ``hwm`` messages and one being decoded. So resident
+memory stays under ``max_bytes + (hwm + 2) × largest message`` beyond the process's own
+(messages handed to consumers are those in the log, not copies). :func:`release_freed_buffers`
+makes freed message buffers go back to the system at once, so RSS shows this bound.
 """
 
 from __future__ import annotations
@@ -201,3 +203,24 @@ class BufferService:
                     self._send_consumer(identity, [pack("end", complete=self.report.complete,
                                                         summary=self.report.summary(), skipped=group.skipped,
                                                         missing=self.report.missing)])
+
+
+def release_freed_buffers(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations ≥ ``threshold`` bytes with mmap, so a freed message returns to the system.
+
+    By default glibc raises its mmap threshold after the first large free (up to 32 MiB), after
+    which freed 8 MiB messages stay in the heap and RSS no longer tracks what the buffer holds.
+    Returns False where glibc's ``mallopt`` is not available (nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, threshold))
