@@ -198,6 +198,7 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
     service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
                         "--max-memory", "64MiB")
     process = psutil.Process(service.pid)
+    assert "buffer: producers" in service.stderr.readline()  # serving: its own memory is all allocated now
     spec = parse_spec({
         "source": {"type": "simulated", "n_events": 80, "bank_size": 2, "events_per_read": 1,
                    "detectors": [{"kind": "image", "shape": [2048, 2048], "peaks": 0}]},  # 8 MiB events

@@ -1,0 +1,98 @@
+"""Throughput through the buffer, against raw ZeroMQ measured in the same run.
+
+    .venv/bin/python benchmarks/buffer.py [--quick] [--repeat N]
+
+Rows, each a median of ``--repeat`` runs paired with a raw baseline run just before it:
+  baseline   raw pyzmq PUSH/PULL, 8 MiB messages (as in throughput.py)
+  1 group    simulated 8 MiB images: producer → `beamstream buffer` → one consumer. Target ≥ 0.6×.
+  2 groups   the same with a second group read by `beamstream consume` in its own process;
+             the rate is the slower of the two groups.
+The buffer runs as `beamstream buffer` in its own process; everything uses ipc:// endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import bench_baseline, image_spec  # noqa: E402
+
+BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
+
+
+def through_buffer(folder: Path, run: int, images: int, groups: int) -> float:
+    """GB/s of ``images`` 8 MiB messages through a buffer process to ``groups`` consumer groups (the slowest)."""
+    from beamstream.client import Client
+    from beamstream.producer import run_local
+
+    producers, consumers = f"ipc://{folder}/in-{run}", f"ipc://{folder}/out-{run}"
+    buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producers", producers, "--consumers", consumers,
+                               "--max-memory", "512MiB"], stderr=subprocess.DEVNULL)
+    others = [subprocess.Popen([*BEAMSTREAM, "consume", consumers, "--group", f"g{number}", "--timeout", "120"],
+                               stderr=subprocess.PIPE, text=True) for number in range(1, groups)]
+    try:
+        with Client(consumers, group="g0", timeout=120) as client:
+            spec = image_spec({"type": "arrays"}, images)(producers)
+            producer = threading.Thread(target=lambda: run_local(spec, 1, poll_interval=2.0), daemon=True)
+            producer.start()
+            first = last = None
+            received = 0
+            for message in client.messages():
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                else:
+                    received += message.header.nbytes
+            producer.join(120)
+        rate = received / (last - first) / 1e9
+        for other in others:
+            _, err = other.communicate(timeout=120)
+            rate = min(rate, _rate_from_consume(err, rate))
+        return rate
+    finally:
+        buffer.terminate()
+        buffer.wait(30)
+        for other in others:
+            other.kill()
+
+
+def _rate_from_consume(stderr: str, fallback: float) -> float:
+    """The MB/s `beamstream consume` logs last, in GB/s (the fallback if it logged none)."""
+    rates = [float(part.split()[0].replace(",", "")) / 1000 for line in stderr.splitlines()
+             for part in line.split(", ") if part.endswith("MB/s")]
+    return rates[-1] if rates else fallback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the data, one run per row")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per row (default 5, 1 with --quick)")
+    args = parser.parse_args()
+    images = 80 if args.quick else 320
+    repeat = args.repeat or (1 if args.quick else 5)
+    print(f"{images} × 8 MiB per run, {repeat} run(s) per row, ipc://, buffer --max-memory 512MiB")
+    with tempfile.TemporaryDirectory(prefix="beamstream-buffer-bench-") as tmp:
+        folder = Path(tmp)
+        for groups, target in ((1, 0.6), (2, None)):
+            rates, ratios, baselines = [], [], []
+            for run in range(repeat):
+                baselines.append(bench_baseline(folder, images))
+                rates.append(through_buffer(folder, run + 10 * groups, images, groups))
+                ratios.append(rates[-1] / baselines[-1])
+            ratio = statistics.median(ratios)
+            verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL")
+            label = f"producer → buffer → {groups} group{'s' * (groups > 1)}"
+            goal = f"ratio ≥ {target}" if target else ""
+            print(f"{label:<38} {statistics.median(rates):6.2f} GB/s  {ratio:5.2f}×  {goal:<12} {verdict:<4} "
+                  f"(runs {', '.join(f'{r:.2f}' for r in rates)}; baselines {', '.join(f'{b:.2f}' for b in baselines)})")
+
+
+if __name__ == "__main__":
+    main()
