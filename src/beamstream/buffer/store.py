@@ -79,6 +79,7 @@ class Log:
         self.first_offset = 0  # oldest offset still held
         self.next_offset = 0
         self.resident_bytes = 0
+        self.spilled_bytes = 0  # bytes in segment files on disk (0 without a spill directory)
         self.groups: dict[str, Group] = {}
 
     # --- producers --------------------------------------------------------------------------
