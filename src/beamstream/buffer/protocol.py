@@ -6,7 +6,7 @@ producer's original message frames, unchanged.
 
 consumer → buffer: ``hello`` {group, lossy, start, credit}, ``ack`` {offsets, credit}
 buffer → consumer: ``deliver`` {offset, skipped} + message frames, ``end`` {complete, summary, missing},
-``error`` {reason}
+``ping``, ``rejoin`` (the buffer does not know this consumer: send ``hello`` again), ``error`` {reason}
 """
 
 from __future__ import annotations

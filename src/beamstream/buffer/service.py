@@ -19,15 +19,19 @@ makes freed message buffers go back to the system at once, so RSS shows this bou
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from beamstream.buffer.protocol import pack, unpack
+from beamstream.buffer.segments import Segments
 from beamstream.buffer.store import Group, Log
 from beamstream.client.report import StreamReport
 from beamstream.errors import WireFormatError
@@ -49,20 +53,58 @@ class BufferService:
     """The buffer; call :meth:`serve` (blocks until ``stop`` is set) or use :meth:`start` for a thread."""
 
     def __init__(self, producers: str, consumers: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
-                 bind: bool = True, probe_interval: float = 0.5) -> None:
+                 bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
+                 max_spill: int | None = None, retention_s: float | None = None) -> None:
         self.context = zmq.Context()
         self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm)
         self.consumers = open_socket(self.context, zmq.ROUTER, consumers, bind=bind, hwm=0)  # credit bounds it
         self.consumers.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.probe_interval = probe_interval
         self.next_probe = 0.0
-        self.log = Log(max_bytes)
+        self.spill = Path(spill) if spill is not None else None
+        self.ends = Segments(self.spill / "ends") if self.spill else None
+        # segments small enough that a full spill always has whole, deletable segments
+        segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
+        segments = Segments(self.spill, segment_bytes) if self.spill else None
+        self.log = Log(max_bytes, segments, max_spill, retention_s)
         self.report = StreamReport(endpoints=[producers])
+        self.groups_saved = 0.0
+        self._restore()
         self.members: dict[bytes, Consumer] = {}
         self.stop = threading.Event()
         self.last_size = 0
         self.counters = {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0, "rejected": 0}
         self._thread: threading.Thread | None = None
+
+    # --- spill: state that survives a restart ---------------------------------------------------
+
+    def _restore(self) -> None:
+        """Rebuild the stream's account and the groups' positions from the spill directory."""
+        if self.spill is None:
+            return
+        for _, _, frames in self.log.segments.records(first_frame_only=True):
+            message = parse_message(frames, verify=False)
+            self.report.stream = self.report.stream or message.stream
+            self.report.add_data(message)
+        for _, _, frames in self.ends.records():
+            self.report.add_end(parse_message(frames, verify=False))
+        saved = self.spill / "groups.json"
+        for name, state in (json.loads(saved.read_text()) if saved.exists() else {}).items():
+            offset = max(int(state["low_water"]), self.log.first_offset)
+            self.log.groups[name] = Group(name=name, lossy=bool(state["lossy"]), next_offset=offset, low_water=offset)
+        if self.log.next_offset:
+            log.info("restored %d messages and %d groups from %s", self.log.next_offset - self.log.first_offset,
+                     len(self.log.groups), self.spill)
+
+    def save_groups(self) -> None:
+        """Write every group's acknowledged position to ``groups.json`` in the spill directory."""
+        if self.spill is None:
+            return
+        state = {name: {"lossy": group.lossy, "low_water": group.low_water} for name, group in self.log.groups.items()}
+        partial = self.spill / "groups.json.part"
+        partial.write_text(json.dumps(state))
+        os.replace(partial, self.spill / "groups.json")
+        self.groups_saved = time.monotonic()
 
     # --- running ----------------------------------------------------------------------------
 
@@ -76,6 +118,7 @@ class BufferService:
         self.stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.save_groups()
         self.producers.close(linger=0)
         self.consumers.close(linger=0)
         self.context.term()
@@ -98,6 +141,7 @@ class BufferService:
             self._dispatch()
             if time.monotonic() >= self.next_probe:
                 self._probe()
+                self.save_groups()
 
     def _drain(self, socket: zmq.Socket, handle: Any, limit: int = 1000) -> None:
         for _ in range(limit):
@@ -121,6 +165,8 @@ class BufferService:
             self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
             return
         if isinstance(message, EndMessage):
+            if self.ends is not None:
+                self.ends.append(len(self.ends.index), message_frames, "end")
             self.report.add_end(message)
             self.producers.send_multipart([identity, ACK])
             return
@@ -141,6 +187,8 @@ class BufferService:
             control = unpack(frames[1])
             if control["op"] == "hello":
                 self._hello(identity, control)
+            elif control["op"] == "ack" and identity not in self.members:
+                self._send_consumer(identity, [pack("rejoin")])  # e.g. this buffer restarted
             elif control["op"] == "ack":
                 consumer = self.members[identity]
                 self.log.acknowledge(consumer.group, consumer.group.members[identity],
@@ -156,6 +204,8 @@ class BufferService:
         start = control.get("start", "earliest")
         if start not in ("earliest", "now"):
             raise WireFormatError(f"start must be 'earliest' or 'now', got {start!r}")
+        if identity in self.members:
+            return  # a repeated hello (the client could not tell whether we heard the first)
         group = self.log.group(str(control["group"]), bool(control.get("lossy", False)), start)
         self.log.join(group, identity, int(control.get("credit", 1)))
         self.members[identity] = Consumer(group)

@@ -6,9 +6,13 @@ group keeps every message until a member acknowledges it; a message a member did
 acknowledge before leaving goes back to the group. A lossy group (a live viewer) is always handed the newest
 message and told how many older ones it skipped.
 
-Memory is bounded: a message stays resident until every lossless group has acknowledged it;
-:meth:`Log.has_room` says whether another message of a given size fits, and the service stops
-reading from producers (so they block) while it does not.
+Memory is bounded. Without a spill directory a message stays resident until every lossless
+group has acknowledged it; :meth:`Log.has_room` says whether another message fits, and the
+service stops reading from producers (so they block) while it does not. With a spill directory
+(:class:`~beamstream.buffer.segments.Segments`) every message is also written to disk as it
+arrives; memory then only caches the newest messages, groups read older ones from disk, a new
+group can replay the whole retained stream, and producers block only when the spill is full
+of messages some lossless group still needs.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from beamstream.buffer.segments import Segments
 
 
 @dataclass(slots=True)
@@ -71,30 +78,57 @@ class Group:
 
 
 class Log:
-    """The in-memory log with its groups; ``max_bytes`` bounds the payload held."""
+    """The log with its groups; ``max_bytes`` bounds the payload held in memory.
 
-    def __init__(self, max_bytes: int) -> None:
+    With ``segments`` every message is also on disk; ``max_spill`` (None: no bound) bounds the
+    disk, ``retention_s`` (None: keep while there is room) how long messages every lossless
+    group has acknowledged stay there for replay.
+    """
+
+    def __init__(self, max_bytes: int, segments: Segments | None = None, max_spill: int | None = None,
+                 retention_s: float | None = None) -> None:
         self.max_bytes = max_bytes
+        self.segments = segments
+        self.max_spill = max_spill
+        self.retention_s = retention_s
         self.entries: dict[int, Entry] = {}
-        self.first_offset = 0  # oldest offset still held
-        self.next_offset = 0
         self.resident_bytes = 0
-        self.spilled_bytes = 0  # bytes in segment files on disk (0 without a spill directory)
         self.groups: dict[str, Group] = {}
+        on_disk = sorted(segments.index) if segments else []
+        self.first_offset = on_disk[0] if on_disk else 0  # oldest offset still held (memory or disk)
+        self.next_offset = on_disk[-1] + 1 if on_disk else 0
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes in segment files on disk (0 without a spill directory)."""
+        return self.segments.total_bytes if self.segments else 0
 
     # --- producers --------------------------------------------------------------------------
 
     def has_room(self, nbytes: int) -> bool:
-        """True if a message of ``nbytes`` can be held now (always true for an empty log)."""
+        """True if a message of ``nbytes`` can be accepted now (always true for an empty log)."""
         self.evict(nbytes)
-        return self.resident_bytes + nbytes <= self.max_bytes or not self.entries
+        if self.segments is None:
+            return self.resident_bytes + nbytes <= self.max_bytes or not self.entries
+        return self.max_spill is None or self.spilled_bytes + nbytes <= self.max_spill or not self.segments.index
 
     def append(self, frames: list[Any], nbytes: int, kind: Literal["data", "end"]) -> Entry:
+        """Accept a message (written through to disk first, with a spill directory)."""
         entry = Entry(self.next_offset, frames, nbytes, kind)
+        if self.segments is not None:
+            self.segments.append(entry.offset, frames, kind)
         self.entries[entry.offset] = entry
         self.next_offset += 1
         self.resident_bytes += nbytes
         return entry
+
+    def entry(self, offset: int) -> Entry:
+        """Message ``offset``, from memory or else from disk."""
+        cached = self.entries.get(offset)
+        if cached is not None:
+            return cached
+        frames = self.segments.read(offset)
+        return Entry(offset, frames, sum(len(frame) for frame in frames[1:]), "data")
 
     # --- groups -------------------------------------------------------------------------------
 
@@ -139,10 +173,12 @@ class Log:
         if group.lossy and group.next_offset < self.next_offset - 1:
             self._skip_to(group, max(self.next_offset - 1, self.first_offset))
         if group.redeliver:
-            return self.entries[group.redeliver.popleft()]  # lossless groups hold back eviction
+            return self.entry(group.redeliver.popleft())  # lossless groups hold back deletion
+        if group.next_offset < self.first_offset:
+            self._skip_to(group, self.first_offset)
         if group.next_offset >= self.next_offset:
             return None
-        entry = self.entries[group.next_offset]
+        entry = self.entry(group.next_offset)
         group.next_offset += 1
         return entry
 
@@ -172,14 +208,27 @@ class Log:
     # --- memory -------------------------------------------------------------------------------
 
     def evict(self, needed: int = 0) -> None:
-        """Drop oldest messages until ``needed`` more bytes fit, never one a lossless group still needs.
+        """Make room for ``needed`` more bytes, never dropping a message a lossless group still needs.
 
-        Messages stay while memory allows, so a group that joins later can start from the
-        earliest one held; lossy groups never hold messages back.
+        Memory keeps messages while it can, so a late group can start from the earliest. With
+        a spill directory, memory drops its oldest copies freely (the disk has them) and whole
+        segments go once every lossless group is past them and they are older than the retention
+        (or, with no retention set, once the spill is full).
         """
-        lossless = [group.low_water for group in self.groups.values() if not group.lossy]
-        keep_from = min(lossless, default=self.next_offset)
-        while self.first_offset < keep_from and self.resident_bytes + needed > self.max_bytes:
-            entry = self.entries.pop(self.first_offset)
-            self.resident_bytes -= entry.nbytes
-            self.first_offset += 1
+        needed_by = min((group.low_water for group in self.groups.values() if not group.lossy),
+                        default=self.next_offset)
+        if self.segments is None:
+            self._drop_memory(needed, until=needed_by)
+            self.first_offset = max(self.first_offset, min(self.entries, default=self.next_offset))
+            return
+        self._drop_memory(needed, until=self.next_offset)
+        full = self.max_spill is not None and self.spilled_bytes + needed > self.max_spill
+        if self.retention_s is not None or full:
+            self.segments.delete_before(needed_by, older_than=None if full else self.retention_s)
+            self.first_offset = min(self.segments.index, default=self.next_offset)
+
+    def _drop_memory(self, needed: int, until: int) -> None:
+        for offset in list(self.entries):
+            if offset >= until or self.resident_bytes + needed <= self.max_bytes:
+                return
+            self.resident_bytes -= self.entries.pop(offset).nbytes

@@ -94,8 +94,9 @@ class Client:
         self.report = StreamReport(endpoints=self.endpoints, stream=stream)
         self._context = zmq.Context()
         self._socket = self._open(bind, pattern, hwm)
+        self._hello = pack("hello", group=group, lossy=lossy, start=start, credit=hwm)
         if group is not None:
-            self._socket.send(pack("hello", group=group, lossy=lossy, start=start, credit=hwm))
+            self._socket.send(self._hello)
         self._seen: set[tuple[int, int]] = set()
         self._last_delivery = time.monotonic()
         self._closed = False
@@ -130,12 +131,21 @@ class Client:
         """(routing frames, message frames) of the next message."""
         if self._closed:
             raise TransportError("this Client is closed; create a new one to read again")
-        wait_ms = None if self.timeout is None else int(self.timeout * 1000)
-        if not self._socket.poll(wait_ms):
+        if self.group is not None:
+            self._wait_for_buffer()
+        elif not self._socket.poll(None if self.timeout is None else int(self.timeout * 1000)):
             self._silent()
         frames = self._socket.recv_multipart(copy=False)
         routing = 1 if self._socket.type == zmq.ROUTER else 0
         return frames[:routing], frames[routing:]
+
+    def _wait_for_buffer(self) -> None:
+        """Wait for the buffer; say hello again after every second of silence (it may have restarted)."""
+        started = time.monotonic()
+        while not self._socket.poll(1000):
+            if self.timeout is not None and time.monotonic() - started > self.timeout:
+                self._silent()
+            self._socket.send(self._hello)
 
     def _silent(self) -> None:
         """Raise for a stream that said nothing for ``timeout`` seconds."""
@@ -156,7 +166,9 @@ class Client:
         The buffer's liveness pings are read past here.
         """
         control = unpack(frames[0])
-        while control["op"] == "ping":
+        while control["op"] in ("ping", "rejoin"):
+            if control["op"] == "rejoin":
+                self._socket.send(self._hello)
             if self.timeout is not None and time.monotonic() - self._last_delivery > self.timeout:
                 self._silent()
             _, frames = self._receive()
