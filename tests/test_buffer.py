@@ -223,3 +223,31 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
     stated_overhead = (4 + 2) * 8 * 2**20  # (hwm + 2) × message size, see beamstream.buffer.service
     allowed = 64 * 2**20 + stated_overhead + 24 * 2**20  # + slack for the interpreter's own allocations
     assert peak - baseline < allowed, f"peak {(peak - baseline) / 2**20:.0f} MiB over baseline"
+
+
+def test_producer_gone_without_end_is_reported_to_every_group(tmp_path, write_spec):
+    """kill -9 the only producer: after producer_timeout_s the group is told what never arrived."""
+    import os
+    import signal
+
+    from conftest import start_cli
+
+    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20,
+                            producer_timeout_s=2.0).start()
+    path = write_spec({"source": {"type": "simulated", "n_events": 400, "rate_hz": 100, "events_per_read": 10,
+                                  "detectors": [{"kind": "waveform", "samples": 64}]},
+                       "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}]})
+    producer = start_cli("produce", str(path), "--rank", "0", "--ranks", "1", "--stream-id", "s1")
+    try:
+        with Client(f"ipc://{tmp_path / 'out'}", group="g", timeout=60) as client:
+            with pytest.raises(StreamIncomplete) as raised:
+                for event in client.events():
+                    if event.seq == 30:
+                        os.kill(producer.pid, signal.SIGKILL)
+    finally:
+        producer.wait()
+        service.close()
+    report = raised.value.report
+    assert not report.complete and report.events >= 31
+    assert "INCOMPLETE" in report.summary() and "producer 0: no end-of-stream" in report.summary()
+    assert "events never arrived" in report.summary()

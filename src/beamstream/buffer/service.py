@@ -54,7 +54,8 @@ class BufferService:
 
     def __init__(self, producers: str, consumers: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
-                 max_spill: int | None = None, retention_s: float | None = None) -> None:
+                 max_spill: int | None = None, retention_s: float | None = None,
+                 producer_timeout_s: float = 60.0) -> None:
         self.context = zmq.Context()
         self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm)
         self.consumers = open_socket(self.context, zmq.ROUTER, consumers, bind=bind, hwm=0)  # credit bounds it
@@ -69,6 +70,8 @@ class BufferService:
         self.log = Log(max_bytes, segments, max_spill, retention_s)
         self.report = StreamReport(endpoints=[producers])
         self.groups_saved = 0.0
+        self.producer_timeout_s = producer_timeout_s
+        self.last_producer_message = time.monotonic()
         self._restore()
         self.members: dict[bytes, Consumer] = {}
         self.stop = threading.Event()
@@ -157,6 +160,7 @@ class BufferService:
 
     def _on_producer(self, frames: list[zmq.Frame]) -> None:
         identity, message_frames = frames[0].bytes, frames[1:]
+        self.last_producer_message = time.monotonic()
         try:
             message = parse_message(message_frames, verify=False)
         except WireFormatError as exc:
@@ -240,8 +244,13 @@ class BufferService:
             if self._send_consumer(member.identity, [control, *entry.frames]):
                 self.counters["messages_out"] += 1
                 self.counters["bytes_out"] += entry.nbytes
-        if self.report.all_ended:
+        if self.report.all_ended or self._producers_gone():
             self._send_ends()
+
+    def _producers_gone(self) -> bool:
+        """True once a stream has begun and no producer spoke for ``producer_timeout_s`` without ending."""
+        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
+        return silent and self.report.producers is not None and not self.report.all_ended
 
     def _send_ends(self) -> None:
         for group in self.log.groups.values():

@@ -150,6 +150,10 @@ class Client:
     def _silent(self) -> None:
         """Raise for a stream that said nothing for ``timeout`` seconds."""
         where = ", ".join(self.endpoints)
+        if self.group is not None and self.report.producers is not None:
+            raise StreamIncomplete(f"the buffer at {where} sent nothing for {self.timeout} s and has not ended the "
+                                   f"stream (group {self.group}; this consumer got {self.report.events} events)",
+                                   self.report)
         if self.report.producers is None:
             raise StreamTimeout(f"nothing arrived from {where} within {self.timeout} s: is a producer sending there?")
         raise StreamIncomplete(
