@@ -151,30 +151,77 @@ def consume(
     console.print(client.report.summary(), highlight=False)
 
 
-@app.command()
+buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
+app.add_typer(buffer_app, name="buffer")
+
+
+@buffer_app.callback(invoke_without_command=True)
 def buffer(
+    ctx: typer.Context,
     producers: Annotated[str, typer.Option(help="endpoint producers connect to")] = "tcp://127.0.0.1:5555",
     consumers: Annotated[str, typer.Option(help="endpoint consumers connect to")] = "tcp://127.0.0.1:5556",
     max_memory: Annotated[str, typer.Option(help="payload held in memory at most, e.g. 2GiB or 500MB")] = "2GiB",
     hwm: Annotated[int, typer.Option(min=1, help="messages ZeroMQ queues per producer")] = 4,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        min=0, max=65535, help="serve Prometheus metrics on this port, 0 for any free one (default: off)")] = None,
+    metrics_addr: Annotated[str, typer.Option(help="address the metrics server listens on")] = "127.0.0.1",
+    spill_dir: Annotated[Optional[Path], typer.Option(
+        help="write every message to segment files here: replay by new groups, survive a restart")] = None,
+    max_spill: Annotated[Optional[str], typer.Option(help="disk the spill may use, e.g. 50GiB (default: no bound)")] = None,
+    retention: Annotated[Optional[float], typer.Option(
+        help="seconds acknowledged messages stay on disk for replay (default: until the spill is full)")] = None,
+    producer_timeout: Annotated[float, typer.Option(
+        help="seconds without a word from producers that have not ended before the stream is declared incomplete")] = 60.0,
 ) -> None:
-    """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery."""
+    """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
+
+    `beamstream buffer status URL` instead shows a running buffer (and serves nothing).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from contextlib import ExitStack
+
     from beamstream.buffer.service import BufferService, release_freed_buffers
     from beamstream.units import parse_size
 
     try:
         max_bytes = parse_size(max_memory)
+        max_spill_bytes = parse_size(max_spill) if max_spill else None
     except ValueError as exc:
-        fail(f"--max-memory: {exc}", code=2)
+        fail(f"--max-memory/--max-spill: {exc}", code=2)
     release_freed_buffers()
-    service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm)
-    console.print(f"buffer: producers → {producers}, consumers → {consumers}, memory ≤ {max_memory}", highlight=False)
-    try:
-        service.serve()
-    except KeyboardInterrupt:
-        console.print(service.report.summary(), highlight=False)
-    finally:
-        service.close()
+    with ExitStack() as cleanup:
+        service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm, spill=spill_dir,
+                                max_spill=max_spill_bytes, retention_s=retention, producer_timeout_s=producer_timeout)
+        cleanup.callback(service.close)
+        metrics = ""
+        if metrics_port is not None:
+            from beamstream.buffer.metrics import start_metrics_server, stop_metrics_server
+
+            server, thread = start_metrics_server(service, metrics_port, metrics_addr)
+            cleanup.callback(stop_metrics_server, server, thread)  # before service.close: LIFO
+            metrics = f", metrics → http://{metrics_addr}:{server.server_port}/metrics"
+        console.print(f"buffer: producers → {producers}, consumers → {consumers}, memory ≤ {max_memory}{metrics}",
+                      highlight=False)
+        try:
+            service.serve()
+        except KeyboardInterrupt:
+            console.print(service.report.summary(), highlight=False)
+
+
+@buffer_app.command("status")
+def buffer_status(
+    target: Annotated[str, typer.Argument(help="the buffer's metrics: URL or HOST:PORT, e.g. 127.0.0.1:9100",
+                                          metavar="URL")],
+) -> None:
+    """Show a running buffer's totals, groups and consumers, read from its metrics endpoint."""
+    from rich.console import Console
+
+    from beamstream.buffer.metrics import fetch_status, status_tables
+
+    out = Console()
+    for table in status_tables(fetch_status(target)):
+        out.print(table)
 
 
 @app.command()
