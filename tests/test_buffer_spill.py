@@ -10,6 +10,7 @@ import pytest
 from beamstream.buffer.segments import Segments, SpillError
 from beamstream.buffer.service import BufferService
 from beamstream.client import Client
+from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
 
