@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install beamstream with every extra the tests use (psana, MPI).
+# Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS).
 # Idempotent: a second run only checks. Needs Debian's libkrb5-dev for psana (installed when root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,5 @@ if ! dpkg -s libkrb5-dev >/dev/null 2>&1; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,mpi,psana]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import beamstream, psana, mpi4py" 
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,mpi,psana,nats]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import beamstream, psana, mpi4py, nats"

@@ -9,11 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from beamstream.batch import Batch, Share
-from beamstream.buffer.nats_backend import NatsGroupReader, NatsStore
-from beamstream.errors import TransportError, WireFormatError
-from beamstream.serializers.arrays import ArraysSerializer
-from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message
+pytest.importorskip("nats", reason="the NATS backend needs nats-py: pip install 'beamstream[nats]'")
+
+from beamstream.batch import Batch, Share  # noqa: E402
+from beamstream.buffer.nats_backend import NatsGroupReader, NatsStore  # noqa: E402
+from beamstream.errors import TransportError, WireFormatError  # noqa: E402
+from beamstream.serializers.arrays import ArraysSerializer  # noqa: E402
+from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message  # noqa: E402
 
 URL = "nats://127.0.0.1:4222"
 N = 1000
