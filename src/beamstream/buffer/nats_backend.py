@@ -41,6 +41,7 @@ from beamstream.wire import EndMessage, parse_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Self = TypeVar("_Self", bound="_UsesConnection")
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
@@ -153,7 +154,23 @@ def cut_frames(data: bytes, lengths: str) -> list[memoryview]:
     return frames
 
 
-class NatsStore:
+class _UsesConnection:
+    """Owns ``self.conn``; closing (or leaving a ``with`` block) closes it. For a group reader
+    that means leaving the group: its durable consumer, position and pending messages stay on the server."""
+
+    conn: NatsConnection
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NatsStore(_UsesConnection):
     """Appends beamstream messages to JetStream stream ``BEAMSTREAM_<name>`` (created if missing).
 
     Promises: when :meth:`append` returns, the message is stored by the server (every part's
@@ -214,17 +231,9 @@ class NatsStore:
         """Delete the JetStream stream with every message and consumer in it."""
         self.conn.call(self.conn.js.delete_stream(self.stream))
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> NatsStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class NatsGroupReader:
+class NatsGroupReader(_UsesConnection):
     """One member of consumer group ``group`` of stream ``name``: a durable pull consumer.
 
     Members of one group (in any process, on any machine) share the messages; every group
@@ -297,12 +306,3 @@ class NatsGroupReader:
         except nats.js.errors.NotFoundError:
             return None
 
-    def close(self) -> None:
-        """Leave the group (its durable consumer, position and pending messages stay on the server)."""
-        self.conn.close()
-
-    def __enter__(self) -> NatsGroupReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

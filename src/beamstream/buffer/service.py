@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ from beamstream.wire import EndMessage, parse_message
 
 log = logging.getLogger(__name__)
 PING = pack("ping")
-
-
-@dataclass(slots=True)
-class Consumer:
-    """Which group a connected consumer joined."""
-
-    group: Group
 
 
 class BufferService:
@@ -69,11 +61,11 @@ class BufferService:
         segments = Segments(self.spill, segment_bytes) if self.spill else None
         self.log = Log(max_bytes, segments, max_spill, retention_s)
         self.report = StreamReport(endpoints=[producers])
-        self.groups_saved = 0.0
+        self._saved_groups: dict[str, dict[str, Any]] = {}
         self.producer_timeout_s = producer_timeout_s
         self.last_producer_message = time.monotonic()
         self._restore()
-        self.members: dict[bytes, Consumer] = {}
+        self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
         self.stop = threading.Event()
         self.last_size = 0
         self.counters = {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0, "rejected": 0}
@@ -86,9 +78,7 @@ class BufferService:
         if self.spill is None:
             return
         for _, _, frames in self.log.segments.records(first_frame_only=True):
-            message = parse_message(frames, verify=False)
-            self.report.stream = self.report.stream or message.stream
-            self.report.add_data(message)
+            self.report.add_data(parse_message(frames, verify=False))
         for _, _, frames in self.ends.records():
             self.report.add_end(parse_message(frames, verify=False))
         saved = self.spill / "groups.json"
@@ -100,14 +90,16 @@ class BufferService:
                      len(self.log.groups), self.spill)
 
     def save_groups(self) -> None:
-        """Write every group's acknowledged position to ``groups.json`` in the spill directory."""
+        """Write every group's acknowledged position to ``groups.json`` in the spill directory, if one changed."""
         if self.spill is None:
             return
         state = {name: {"lossy": group.lossy, "low_water": group.low_water} for name, group in self.log.groups.items()}
+        if state == self._saved_groups:
+            return
         partial = self.spill / "groups.json.part"
         partial.write_text(json.dumps(state))
         os.replace(partial, self.spill / "groups.json")
-        self.groups_saved = time.monotonic()
+        self._saved_groups = state
 
     # --- running ----------------------------------------------------------------------------
 
@@ -174,8 +166,6 @@ class BufferService:
             self.report.add_end(message)
             self.producers.send_multipart([identity, ACK])
             return
-        if self.report.stream is None:
-            self.report.stream = message.stream
         self.report.add_data(message)
         nbytes = message.nbytes
         self.log.append(message_frames, nbytes, "data")
@@ -194,8 +184,8 @@ class BufferService:
             elif control["op"] == "ack" and identity not in self.members:
                 self._send_consumer(identity, [pack("rejoin")])  # e.g. this buffer restarted
             elif control["op"] == "ack":
-                consumer = self.members[identity]
-                self.log.acknowledge(consumer.group, consumer.group.members[identity],
+                group = self.members[identity]
+                self.log.acknowledge(group, group.members[identity],
                                      list(control.get("offsets", [])), int(control.get("credit", 0)))
             else:
                 raise WireFormatError(f"unknown op {control['op']!r}")
@@ -212,15 +202,14 @@ class BufferService:
             return  # a repeated hello (the client could not tell whether we heard the first)
         group = self.log.group(str(control["group"]), bool(control.get("lossy", False)), start)
         self.log.join(group, identity, int(control.get("credit", 1)))
-        self.members[identity] = Consumer(group)
+        self.members[identity] = group
         log.info("consumer %s joined group %s", identity.hex(), group.name)
 
     def _forget(self, identity: bytes) -> None:
-        consumer = self.members.pop(identity, None)
-        if consumer is not None:
-            returned = self.log.leave(consumer.group, identity)
-            log.info("consumer %s left group %s; %d messages go to the others", identity.hex(),
-                     consumer.group.name, returned)
+        group = self.members.pop(identity, None)
+        if group is not None:
+            returned = self.log.leave(group, identity)
+            log.info("consumer %s left group %s; %d messages go to the others", identity.hex(), group.name, returned)
 
     def _send_consumer(self, identity: bytes, frames: list[Any]) -> bool:
         """Send, or forget the consumer if its connection is gone (ROUTER_MANDATORY says so at once)."""

@@ -94,8 +94,8 @@ class Client:
         self.report = StreamReport(endpoints=self.endpoints, stream=stream)
         self._context = zmq.Context()
         self._socket = self._open(bind, pattern, hwm)
-        self._hello = pack("hello", group=group, lossy=lossy, start=start, credit=hwm)
-        if group is not None:
+        self._hello = None if group is None else pack("hello", group=group, lossy=lossy, start=start, credit=hwm)
+        if self._hello is not None:
             self._socket.send(self._hello)
         self._seen: set[tuple[int, int]] = set()
         self._last_delivery = time.monotonic()
@@ -209,9 +209,7 @@ class Client:
         """The message, unless it is an end message, of another stream, or a duplicate."""
         if isinstance(message, EndMessage):
             self._acknowledge(routing)
-        if self.report.stream is None:
-            self.report.stream = message.stream
-        elif message.stream != self.report.stream:
+        if self.report.stream is not None and message.stream != self.report.stream:
             self.report.foreign += 1
             return
         if isinstance(message, EndMessage):

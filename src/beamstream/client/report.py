@@ -76,6 +76,8 @@ class StreamReport:
     verdict: tuple[bool, str] | None = None  # (complete, summary) from a buffer, for a consumer group
 
     def add_data(self, message: DataMessage) -> None:
+        """Count a data message (the first message names the stream, if nothing did before)."""
+        self.stream = self.stream or message.stream
         record = self._record(message.rank, message.share, message.producers)
         record.seqs.append(message.seq)
         record.messages += 1
@@ -84,6 +86,8 @@ class StreamReport:
         self.bytes += message.nbytes
 
     def add_end(self, end: EndMessage) -> None:
+        """Record a producer's end message (the first message names the stream, if nothing did before)."""
+        self.stream = self.stream or end.stream
         self._record(end.rank, end.share, end.producers).end = end
 
     def _record(self, rank: int, share: Share, producers: int) -> ProducerRecord:
