@@ -9,6 +9,7 @@ serializers, ``open(context)`` for sinks.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,26 +102,30 @@ class Sink(Protocol):
 class SourceSpec(SpecModel):
     """Options of a source plugin."""
 
+    @abstractmethod
     def open(self) -> Source:
-        raise NotImplementedError
+        """Open the source for reading."""
 
 
 class StepSpec(SpecModel):
     """Options of a processing step plugin."""
 
+    @abstractmethod
     def build(self) -> Step:
-        raise NotImplementedError
+        """The step these options describe."""
 
 
 class SerializerSpec(SpecModel):
     """Options of a serializer plugin."""
 
+    @abstractmethod
     def build(self) -> Serializer:
-        raise NotImplementedError
+        """The codec these options describe."""
 
 
 class SinkSpec(SpecModel):
     """Options of a sink plugin."""
 
+    @abstractmethod
     def open(self, context: SinkContext) -> Sink:
-        raise NotImplementedError
+        """A sink for the producer described by ``context``."""

@@ -7,6 +7,7 @@ saying what to change when the events do not fit its options.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,11 +28,12 @@ def require_field(batch: Batch, name: str, step: str) -> np.ndarray:
         ) from None
 
 
-class BatchwiseStep:
+class BatchwiseStep(ABC):
     """A step that transforms each batch on its own; subclasses define ``apply(batch)``."""
 
     def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         return map(self.apply, batches)
 
+    @abstractmethod
     def apply(self, batch: Batch) -> Batch:
-        raise NotImplementedError
+        """``batch`` transformed."""
