@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import uuid
 from collections import Counter
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
 pytest.importorskip("nats", reason="the NATS backend needs nats-py: pip install 'beamstream[nats]'")
 
@@ -44,15 +48,16 @@ def stream_name(store: NatsStore) -> str:
     return store.stream.removeprefix("BEAMSTREAM_")
 
 
-def data_frames(index: int, nbytes: int = 4000) -> list:
-    """Frames of data message ``index`` whose ``image`` field holds about ``nbytes`` bytes."""
+def data_frames(index: int, nbytes: int = 4000, total: int = N) -> list:
+    """Frames of data message ``index`` (4 events) whose ``image`` field holds about ``nbytes`` bytes,
+    from a producer whose share is events 0 to ``total`` - 1."""
     rng = np.random.default_rng(index)
     events = 4
     image = rng.integers(0, 60000, size=(events, max(1, nbytes // (2 * events))), dtype=np.uint16)
     batch = Batch(np.arange(index * events, (index + 1) * events, dtype=np.int64), np.full(events, 1.7e9),
                   {"image": image, "energy": rng.random(events)})
     message = message_from_batch(batch, ArraysSerializer().build(), stream="run1", rank=0, producers=1,
-                                 index=index, share=Share(0, 1, 0, N, 1))
+                                 index=index, share=Share(0, 1, 0, total, 1))
     return message.to_frames()
 
 
@@ -147,3 +152,165 @@ def test_bad_server_url_is_a_transport_error_naming_it():
 def test_append_refuses_what_is_not_a_beamstream_message(store):
     with pytest.raises(WireFormatError):
         store.append([b"not msgpack \xc1"])
+
+
+# --- the buffer with --backend nats:// and Client("nats://…") ------------------------------------
+
+from beamstream.buffer.nats_bridge import NatsBridge  # noqa: E402
+from beamstream.client import Client  # noqa: E402
+from beamstream.errors import StreamIncomplete  # noqa: E402
+from beamstream.producer import run_local  # noqa: E402
+from beamstream.spec import parse_spec  # noqa: E402
+from beamstream.transport import ACK, REFUSED, open_socket  # noqa: E402
+
+
+def spec_to(endpoint: str, n_events: int = 60, rate_hz: float | None = None, samples: int = 1024):
+    return parse_spec({
+        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 5, "rate_hz": rate_hz,
+                   "detectors": [{"kind": "waveform", "samples": samples}]},
+        "sinks": [{"type": "stream", "endpoint": endpoint}],
+    })
+
+
+@pytest.fixture
+def bridge(tmp_path):
+    """A buffer keeping a fresh stream in NATS; yields (bridge, stream URL); deletes the stream afterwards."""
+    url = f"{URL}/test-{uuid.uuid4().hex[:12]}"
+    service = NatsBridge(f"ipc://{tmp_path / 'in'}", url, producer_timeout_s=3.0).start()
+    yield service, url
+    service.close()
+    with NatsStore(URL, url.rsplit("/", 1)[1]) as store:
+        store.delete()
+
+
+def read_in_thread(url: str, results: dict, key: str, **options) -> threading.Thread:
+    def read() -> None:
+        with Client(url, timeout=60, **options) as client:
+            try:
+                results[key] = [event.seq for event in client.events()]
+            except StreamIncomplete as exc:
+                results[key] = exc
+            results[key + ".report"] = client.report
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridge, tmp_path):
+    service, url = bridge
+    results: dict = {}
+    threads = [read_in_thread(url, results, f"shared{n}", group="crystallography") for n in range(3)]
+    threads.append(read_in_thread(url, results, "training", group="training"))
+    result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert result.ok, result.errors
+    assert sorted(results["training"]) == list(range(60))
+    shared = Counter(seq for n in range(3) for seq in results[f"shared{n}"])
+    assert sorted(shared) == list(range(60)) and set(shared.values()) == {1}
+    assert all(results[f"{key}.report"].complete for key in ("shared0", "training"))
+    assert "complete" in results["training.report"].summary()
+    with Client(url, group="epoch-2", timeout=30) as late:
+        assert sorted(event.seq for event in late.events()) == list(range(60)), "a finished stream replays"
+    with Client(url, timeout=30) as whole:  # no group: the whole stream, for this client alone
+        assert len(list(whole.events())) == 60
+
+
+def test_lossy_reader_over_nats_takes_the_newest_and_counts_the_rest(bridge, tmp_path):
+    service, url = bridge
+    assert run_local(spec_to(f"ipc://{tmp_path / 'in'}", n_events=50), workers=1).ok
+    with Client(url, group="viewer", lossy=True, timeout=30) as viewer:
+        messages = list(viewer.messages())
+    assert [message.header.index for message in messages] == [49], "only the newest of 50 stored"
+    assert viewer.report.skipped == 49 and viewer.report.complete
+    assert "49 messages skipped" in viewer.report.summary()
+
+
+class FakeProducer:
+    """A producer's DEALER speaking to the bridge directly, so a test decides what it sends (and what not)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = open_socket(self.context, zmq.DEALER, endpoint, bind=False, hwm=4)
+
+    def send(self, frames: list) -> None:
+        self.socket.send_multipart(frames, copy=False)
+
+    def reply(self, timeout: float = 10.0) -> bytes:
+        assert self.socket.poll(int(timeout * 1000)), "the bridge did not answer"
+        return self.socket.recv()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def test_producer_without_an_end_is_reported_with_missing_ranges(bridge, tmp_path):
+    """Three messages, then silence: after producer_timeout_s every reader is told what never came."""
+    service, url = bridge
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        for index in range(3):
+            producer.send(data_frames(index, total=24))
+        with pytest.raises(StreamIncomplete) as raised, Client(url, group="g", timeout=30) as client:
+            list(client.events())
+    finally:
+        producer.close()
+    report = raised.value.report
+    assert report.events == 12 and report.verdict is not None and not report.complete
+    assert "no end-of-stream" in report.summary() and "12-23" in report.summary()
+
+
+def test_bridge_refuses_another_wire_version_and_keeps_serving(bridge, tmp_path):
+    service, url = bridge
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        frames = data_frames(0, total=4)
+        header = msgpack.unpackb(frames[0])
+        producer.send([msgpack.packb({**header, "v": 99}), *frames[1:]])
+        assert producer.reply().startswith(REFUSED) and service.counters["rejected"] == 1
+        producer.send(frames)
+        producer.send(end_frames(messages=1, events=4))
+        assert producer.reply() == ACK
+    finally:
+        producer.close()
+    with Client(url, group="g", timeout=30) as client:
+        assert [event.seq for event in client.events()] == [0, 1, 2, 3]
+    assert client.report.complete
+
+
+def test_restarted_bridge_accounts_for_what_was_stored_before(bridge, tmp_path):
+    """A new bridge on the same stream: its verdict covers the messages the first one stored."""
+    service, url = bridge
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        for index in range(3):
+            producer.send(data_frames(index, total=24))
+        wait_until(lambda: service.counters["messages_in"] == 3)
+        service.close()
+        second = NatsBridge(f"ipc://{tmp_path / 'in'}", url, producer_timeout_s=3.0).start()
+        try:
+            for index in range(3, 6):
+                producer.send(data_frames(index, total=24))
+            producer.send(end_frames(messages=6, events=24))
+            assert producer.reply() == ACK
+            with Client(url, group="g", timeout=30) as client:
+                assert sorted(event.seq for event in client.events()) == list(range(24))
+            assert client.report.complete, client.report.summary()
+        finally:
+            second.close()
+    finally:
+        producer.close()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def end_frames(messages: int, events: int) -> list:
+    return EndMessage(stream="run1", rank=0, producers=1, share=Share(0, 1, 0, events, 1), messages=messages,
+                      events=events, last_seq=events - 1).to_frames()

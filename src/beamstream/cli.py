@@ -172,6 +172,9 @@ def buffer(
         help="seconds acknowledged messages stay on disk for replay (default: until the spill is full)")] = None,
     producer_timeout: Annotated[float, typer.Option(
         help="seconds without a word from producers that have not ended before the stream is declared incomplete")] = 60.0,
+    backend: Annotated[Optional[str], typer.Option(
+        help="keep the stream in NATS JetStream instead, nats://HOST:PORT/NAME; consumers read that URL "
+             "(--max-spill and --retention then limit the JetStream stream)")] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
 
@@ -189,6 +192,12 @@ def buffer(
         max_spill_bytes = parse_size(max_spill) if max_spill else None
     except ValueError as exc:
         fail(f"--max-memory/--max-spill: {exc}", code=2)
+    if backend is not None:
+        for given, option in ((spill_dir, "--spill-dir"), (metrics_port, "--metrics-port")):
+            if given is not None:
+                fail(f"{option} is for the local buffer; with --backend NATS keeps the stream", code=2)
+        serve_nats(producers, backend, hwm, max_spill_bytes, retention, producer_timeout)
+        return
     release_freed_buffers()
     with ExitStack() as cleanup:
         service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm, spill=spill_dir,
@@ -207,6 +216,28 @@ def buffer(
             service.serve()
         except KeyboardInterrupt:
             console.print(service.report.summary(), highlight=False)
+
+
+def serve_nats(producers: str, url: str, hwm: int, max_bytes: int | None, retention: float | None,
+               producer_timeout: float) -> None:
+    """Run the buffer with its stream in NATS JetStream until interrupted."""
+    try:
+        from beamstream.buffer.nats_bridge import NatsBridge
+    except ImportError as exc:
+        fail(f"--backend nats:// needs nats-py: pip install 'beamstream[nats]' ({exc})", code=2)
+    try:
+        bridge = NatsBridge(producers, url, hwm=hwm, max_bytes=max_bytes, retention_s=retention,
+                            producer_timeout_s=producer_timeout)
+    except ValueError as exc:
+        fail(f"--backend: {exc}", code=2)
+    console.print(f"buffer: producers → {producers}, stream kept in NATS → {url} (consumers read that URL)",
+                  highlight=False)
+    try:
+        bridge.serve()
+    except KeyboardInterrupt:
+        console.print(bridge.report.summary(), highlight=False)
+    finally:
+        bridge.close()
 
 
 @buffer_app.command("status")

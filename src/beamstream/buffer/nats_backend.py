@@ -14,10 +14,19 @@ Layout of stream ``name`` (JetStream stream ``BEAMSTREAM_<name>``, subjects ``be
   published only after every part is stored, so a reader never sees half a message, and all
   parts of a message go to the one group member that got its manifest.
 - ``beamstream.<name>.end``: end-of-stream messages, stored the same way.
+- ``beamstream.<name>.verdict``: written by the buffer once every producer has ended (or
+  went silent): msgpack ``{complete, summary, missing}`` about everything stored, the same
+  verdict the local buffer sends its groups. The newest one counts.
 
-Group members share one durable pull consumer named after the group, filtered on the data
-subject, so each message goes to one member of each group; a message not acknowledged within
-the consumer's ``ack_wait`` is delivered again (possibly to another member).
+``Bs-Msg`` is ``<stream id>-<rank>-<index>`` (``…-end`` for an end message) and is also the
+``Nats-Msg-Id``, so the server drops a message stored twice within its duplicate window
+(a buffer resending after a lost PubAck, or a producer resending after a reconnect).
+
+Members of a lossless group share one durable pull consumer named after the group, filtered
+on the data subject, so each message goes to one member of each group; a message not
+acknowledged within the consumer's ``ack_wait`` is delivered again (possibly to another
+member). A lossy reader (:class:`NatsLatestReader`) has an ephemeral consumer of its own that
+delivers headers only; it reads the newest message in full and counts the ones it passed over.
 """
 
 from __future__ import annotations
@@ -25,19 +34,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import urllib.parse
 import re
 import threading
-import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StreamConfig
+
+from beamstream.buffer.protocol import pack, unpack
 
 from beamstream.errors import TransportError
-from beamstream.wire import EndMessage, parse_message
+from beamstream.wire import DataMessage, EndMessage, parse_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +132,15 @@ class NatsConnection:
         self.loop.close()
 
 
+def split_url(url: str) -> tuple[str, str]:
+    """(server URL, stream name) of ``nats://HOST:PORT/NAME``; ValueError saying what to write otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.strip("/")
+    if parts.scheme != "nats" or not parts.netloc or not name:
+        raise ValueError(f"{url!r}: name the NATS server and the stream, e.g. nats://127.0.0.1:4222/run42")
+    return f"nats://{parts.netloc}", check_name("stream name", name)
+
+
 def stream_names(name: str) -> tuple[str, str]:
     """(JetStream stream name, subject prefix) of beamstream stream ``name``."""
     check_name("stream name", name)
@@ -173,27 +193,32 @@ class _UsesConnection:
 class NatsStore(_UsesConnection):
     """Appends beamstream messages to JetStream stream ``BEAMSTREAM_<name>`` (created if missing).
 
+    A stream this store creates keeps messages ``max_age_s`` seconds (None: until deleted) and
+    at most ``max_bytes`` bytes (None: no bound); when full, the server refuses new messages
+    (nothing stored is discarded) and :meth:`append` raises TransportError saying so. An
+    existing stream keeps its own limits.
+
     Promises: when :meth:`append` returns, the message is stored by the server (every part's
     PubAck arrived); messages appended by one store keep their order on the data subject.
     """
 
-    def __init__(self, url: str, stream_name: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, stream_name: str, timeout: float = 10.0, max_age_s: float | None = None,
+                 max_bytes: int | None = None) -> None:
         self.stream, self.prefix = stream_names(stream_name)
         self.conn = NatsConnection(url, timeout)
-        self.store_id = uuid.uuid4().hex[:12]
-        self.count = 0
         try:
-            self.conn.call(self._ensure_stream())
+            self.conn.call(self._ensure_stream(max_age_s, max_bytes))
         except BaseException:
             self.conn.close()
             raise
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self, max_age_s: float | None, max_bytes: int | None) -> None:
         try:
             await self.conn.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
-            await self.conn.js.add_stream(StreamConfig(name=self.stream, subjects=[f"{self.prefix}.>"],
-                                                       allow_direct=True))
+            await self.conn.js.add_stream(StreamConfig(
+                name=self.stream, subjects=[f"{self.prefix}.>"], allow_direct=True, max_age=max_age_s,
+                max_bytes=max_bytes or -1, discard=DiscardPolicy.NEW))
 
     def append(self, frames: Sequence[Any]) -> int:
         """Store one beamstream message (all its frames); returns its stream sequence number.
@@ -204,8 +229,8 @@ class NatsStore(_UsesConnection):
         message = parse_message(frames, verify=False)
         kind = "end" if isinstance(message, EndMessage) else "data"
         data, lengths = join_frames(frames)
-        self.count += 1
-        headers = {"Bs-Msg": f"{self.store_id}-{self.count}", "Bs-Frames": lengths}
+        suffix = "end" if kind == "end" else str(message.index)
+        headers = {"Bs-Msg": f"{message.stream}-{message.rank}-{suffix}", "Bs-Frames": lengths}
         subject = f"{self.prefix}.{kind}"
         if header_bytes(headers) + len(data) <= self.conn.max_payload:
             return self.conn.call(self._publish(subject, data, headers))
@@ -214,7 +239,8 @@ class NatsStore(_UsesConnection):
         return self.conn.call(self._publish_split(subject, parts, headers), timeout=timeout)
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
-        ack = await self.conn.js.publish(subject, data, stream=self.stream, headers=headers)
+        msg_id = headers["Bs-Msg"] + (f"-part-{headers['Bs-Part']}" if "Bs-Part" in headers else "")
+        ack = await self.conn.js.publish(subject, data, stream=self.stream, headers={**headers, "Nats-Msg-Id": msg_id})
         return ack.seq
 
     async def _publish_split(self, subject: str, parts: list[bytes], headers: dict[str, str]) -> int:
@@ -227,39 +253,128 @@ class NatsStore(_UsesConnection):
         manifest = {**headers, "Bs-Parts": count, "Bs-Part-Seqs": ",".join(map(str, seqs))}
         return await self._publish(subject, b"", manifest)
 
+    def write_verdict(self, complete: bool, summary: str, missing: list[tuple[int, int]]) -> None:
+        """Store the stream's verdict (readers end with the newest one)."""
+        data = pack("verdict", complete=complete, summary=summary, missing=[list(pair) for pair in missing])
+        self.conn.call(self.conn.js.publish(f"{self.prefix}.verdict", data, stream=self.stream))
+
+    def stored(self) -> Iterator[DataMessage | EndMessage]:
+        """Every message stored so far (data, then ends), parsed from its header frame alone.
+
+        One request per message, and an inline message comes whole: meant for rebuilding a
+        buffer's account of the stream after a restart, not for reading data.
+        """
+        for kind in ("data", "end"):
+            seq = 0
+            while (found := self.conn.call(_next_on(self.conn, self.stream, f"{self.prefix}.{kind}", seq + 1))):
+                seq = found.seq
+                yield parse_message(self.conn.call(_frames(self.conn, self.stream, found, first_only=True)),
+                                    verify=False)
+
     def delete(self) -> None:
         """Delete the JetStream stream with every message and consumer in it."""
         self.conn.call(self.conn.js.delete_stream(self.stream))
 
 
+async def _next_on(conn: NatsConnection, stream: str, subject: str, seq: int) -> Any:
+    """The first message on ``subject`` at or after stream sequence ``seq``, or None."""
+    try:
+        return await conn.js.get_msg(stream, seq, subject=subject, direct=True, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
 
-class NatsGroupReader(_UsesConnection):
+
+async def _frames(conn: NatsConnection, stream: str, msg: Any, first_only: bool = False) -> list[memoryview]:
+    """The frames of a stored message (inline or manifest), its parts fetched by sequence number.
+
+    With ``first_only`` just the header frame, from the first part alone.
+    """
+    headers = msg.headers or {}
+    if "Bs-Part-Seqs" not in headers:
+        frames = cut_frames(msg.data, headers["Bs-Frames"])
+        return frames[:1] if first_only else frames
+    seqs = [int(seq) for seq in headers["Bs-Part-Seqs"].split(",")]
+    lengths = headers["Bs-Frames"]
+    if first_only:
+        seqs, lengths = seqs[:1], lengths.split(",")[0]
+    parts = await asyncio.gather(*(conn.js.get_msg(stream, seq, direct=True) for seq in seqs))
+    for i, part in enumerate(parts):
+        if part.headers.get("Bs-Msg") != headers["Bs-Msg"] or part.headers.get("Bs-Part") != str(i):
+            raise TransportError(f"{stream} sequence {seqs[i]} is not part {i} of message {headers['Bs-Msg']}")
+    data = b"".join(part.data for part in parts)
+    return cut_frames(data[:int(lengths)] if first_only else data, lengths)
+
+
+
+class _NatsReader(_UsesConnection):
+    """What every reader of stream ``name`` has: its pull subscription, the end messages, the verdict."""
+
+    sub: Any
+
+    def __init__(self, url: str, stream_name: str, timeout: float) -> None:
+        self.stream, self.prefix = stream_names(stream_name)
+        self.conn = NatsConnection(url, timeout)
+        self.end_messages: list[EndMessage] = []
+        self.end_seq = 0
+
+    def _subscribe(self, durable: str | None, config: ConsumerConfig) -> None:
+        try:
+            self.sub = self.conn.call(self.conn.js.pull_subscribe(
+                f"{self.prefix}.data", durable=durable, stream=self.stream, config=config))
+        except BaseException:
+            self.conn.close()
+            raise
+
+    async def _next(self, timeout: float, batch: int = 1) -> list[Any]:
+        try:
+            return await self.sub.fetch(batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return []
+
+    def settled(self) -> bool:
+        """True if this reader's consumer has nothing left: no message pending, none awaiting an ack."""
+        info = self.conn.call(self.sub.consumer_info())
+        return info.num_pending == 0 and not info.num_ack_pending
+
+    def verdict(self) -> dict[str, Any] | None:
+        """The stream's newest verdict (``complete``, ``summary``, ``missing``), or None before there is one."""
+        found = self.conn.call(self._last(f"{self.prefix}.verdict"))
+        return None if found is None else unpack(found.data)
+
+    async def _last(self, subject: str) -> Any:
+        try:
+            return await self.conn.js.get_msg(self.stream, subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    def ends(self) -> list[EndMessage]:
+        """Every end-of-stream message stored so far, in stream order (this call reads the new ones)."""
+        subject = f"{self.prefix}.end"
+        while (found := self.conn.call(_next_on(self.conn, self.stream, subject, self.end_seq + 1))) is not None:
+            self.end_seq = found.seq
+            self.end_messages.append(parse_message(self.conn.call(_frames(self.conn, self.stream, found))))
+        return list(self.end_messages)
+
+
+class NatsGroupReader(_NatsReader):
     """One member of consumer group ``group`` of stream ``name``: a durable pull consumer.
 
     Members of one group (in any process, on any machine) share the messages; every group
     sees all of them. A group that does not exist yet starts at the earliest stored message
     (``start="earliest"``) or at the next one appended (``start="now"``); an existing group
-    goes on where it is. ``ack_wait`` applies only when this call creates the group.
+    goes on where it is. ``ack_wait`` applies only when this call creates the group. With
+    ``group=None`` the reader has an ephemeral consumer of its own (the server removes it a
+    minute after the reader stops asking).
     """
 
-    def __init__(self, url: str, stream_name: str, group: str, start: str = "earliest",
+    def __init__(self, url: str, stream_name: str, group: str | None, start: str = "earliest",
                  ack_wait: float = 30.0, timeout: float = 10.0) -> None:
-        if start not in ("earliest", "now"):
-            raise ValueError(f"start must be 'earliest' or 'now', not {start!r}")
-        self.stream, self.prefix = stream_names(stream_name)
         config = ConsumerConfig(
-            durable_name=check_name("group", group), ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait,
-            deliver_policy=DeliverPolicy.ALL if start == "earliest" else DeliverPolicy.NEW,
+            durable_name=None if group is None else check_name("group", group), ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, deliver_policy=_deliver_policy(start), inactive_threshold=None if group else 60.0,
         )
-        self.conn = NatsConnection(url, timeout)
-        try:
-            self.sub = self.conn.call(self.conn.js.pull_subscribe(
-                f"{self.prefix}.data", durable=group, stream=self.stream, config=config))
-        except BaseException:
-            self.conn.close()
-            raise
-        self.end_messages: list[EndMessage] = []
-        self.end_seq = 0
+        super().__init__(url, stream_name, timeout)
+        self._subscribe(group, config)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The next message of the group as (frames, ack), or None if none came within ``timeout``.
@@ -267,42 +382,48 @@ class NatsGroupReader(_UsesConnection):
         Calling ``ack()`` returns once the server has recorded the acknowledgement; a message
         not acknowledged within ``ack_wait`` goes to a member again.
         """
-        msg = self.conn.call(self._next(timeout), timeout=timeout + self.conn.timeout)
-        if msg is None:
+        found = self.conn.call(self._next(timeout), timeout=timeout + self.conn.timeout)
+        if not found:
             return None
-        frames = self.conn.call(self._frames(msg))
+        msg = found[0]
+        frames = self.conn.call(_frames(self.conn, self.stream, msg))
         return frames, lambda: self.conn.call(msg.ack_sync(self.conn.timeout))
 
-    async def _next(self, timeout: float) -> Any:
-        try:
-            (msg,) = await self.sub.fetch(1, timeout=timeout)
-        except nats.errors.TimeoutError:
+
+class NatsLatestReader(_NatsReader):
+    """A lossy reader of stream ``name`` (a live viewer): always the newest message, never a backlog.
+
+    Its ephemeral consumer delivers only the headers of data messages; :meth:`fetch` takes
+    every header waiting, reads the newest message whole and counts the others in ``skipped``.
+    ``start="earliest"`` counts the messages stored before it began as skipped too; ``now``
+    waits for the next one.
+    """
+
+    BATCH = 1024
+
+    def __init__(self, url: str, stream_name: str, start: str = "earliest", timeout: float = 10.0) -> None:
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, headers_only=True, deliver_policy=_deliver_policy(start),
+                                inactive_threshold=60.0)
+        super().__init__(url, stream_name, timeout)
+        self.skipped = 0
+        self._subscribe(None, config)
+
+    def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
+        """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing."""
+        found = self.conn.call(self._next(timeout, self.BATCH), timeout=timeout + self.conn.timeout)
+        while len(found) % self.BATCH == 0 and found:  # a full batch: more may be waiting
+            more = self.conn.call(self._next(0.05, self.BATCH))
+            found += more
+            if not more:
+                break
+        if not found:
             return None
-        return msg
+        self.skipped += len(found) - 1
+        newest = self.conn.call(self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream, direct=True))
+        return self.conn.call(_frames(self.conn, self.stream, newest)), lambda: None
 
-    async def _frames(self, msg: Any) -> list[memoryview]:
-        """The frames of a stored message (inline or manifest), its parts fetched by sequence number."""
-        headers = msg.headers or {}
-        if "Bs-Part-Seqs" not in headers:
-            return cut_frames(msg.data, headers["Bs-Frames"])
-        seqs = [int(seq) for seq in headers["Bs-Part-Seqs"].split(",")]
-        parts = await asyncio.gather(*(self.conn.js.get_msg(self.stream, seq, direct=True) for seq in seqs))
-        for i, part in enumerate(parts):
-            if part.headers.get("Bs-Msg") != headers["Bs-Msg"] or part.headers.get("Bs-Part") != str(i):
-                raise TransportError(f"{self.stream} sequence {seqs[i]} is not part {i} of message {headers['Bs-Msg']}")
-        return cut_frames(b"".join(part.data for part in parts), headers["Bs-Frames"])
 
-    def ends(self) -> list[EndMessage]:
-        """Every end-of-stream message stored so far, in stream order (this call reads the new ones)."""
-        while (found := self.conn.call(self._next_end())) is not None:
-            self.end_seq = found.seq
-            self.end_messages.append(parse_message(self.conn.call(self._frames(found))))
-        return list(self.end_messages)
-
-    async def _next_end(self) -> Any:
-        try:
-            return await self.conn.js.get_msg(self.stream, self.end_seq + 1, subject=f"{self.prefix}.end",
-                                              direct=True, next=True)
-        except nats.js.errors.NotFoundError:
-            return None
-
+def _deliver_policy(start: str) -> DeliverPolicy:
+    if start not in ("earliest", "now"):
+        raise ValueError(f"start must be 'earliest' or 'now', not {start!r}")
+    return DeliverPolicy.ALL if start == "earliest" else DeliverPolicy.NEW

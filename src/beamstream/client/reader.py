@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zmq
@@ -27,6 +27,9 @@ from beamstream.errors import StreamIncomplete, StreamTimeout, TransportError
 from beamstream.serializers import decode_payload
 from beamstream.transport import ACK, open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
+
+if TYPE_CHECKING:
+    from beamstream.client.nats_source import NatsDeliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,10 @@ class Client:
     """Reads one stream from one or more endpoints.
 
     Args:
-        endpoints: an endpoint or a list (e.g. one per producer that binds its own).
+        endpoints: an endpoint or a list (e.g. one per producer that binds its own), or
+            ``nats://HOST:PORT/NAME``: the stream a buffer keeps in NATS JetStream
+            (``beamstream buffer --backend``), read as a member of ``group`` or, without one,
+            whole by this client alone.
         timeout: seconds of silence before giving up (None waits forever).
         bind: bind the endpoints instead of connecting (producers then connect).
         pattern: ``pull`` (default) or ``sub`` (broadcast streams). Either way the client
@@ -81,25 +87,36 @@ class Client:
         lossy: with a group: always hand over the newest message, skipping older ones
             (counted in ``report.skipped``), e.g. for a live viewer.
         start: with a group that does not exist yet: ``earliest`` message held, or ``now``.
+        redeliver_after: with ``nats://`` and a group this client creates: seconds after which a
+            message a member has not acknowledged goes to another member (the local buffer
+            instead notices a departed member within a second).
     """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
                  hwm: int = 4, group: str | None = None, lossy: bool = False,
-                 start: Literal["earliest", "now"] = "earliest") -> None:
+                 start: Literal["earliest", "now"] = "earliest", redeliver_after: float = 30.0) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.timeout = timeout
         self.verify = verify
         self.group = group
         self.report = StreamReport(endpoints=self.endpoints, stream=stream)
+        self._seen: set[tuple[int, int]] = set()
+        self._closed = False
+        self._nats: NatsDeliveries | None = None
+        if self.endpoints[0].startswith("nats://"):
+            from beamstream.client.nats_source import NatsDeliveries
+
+            if len(self.endpoints) > 1:
+                raise ValueError(f"read one nats:// stream per Client, not {len(self.endpoints)} endpoints")
+            self._nats = NatsDeliveries(self.endpoints[0], group, lossy, start, redeliver_after)
+            return
         self._context = zmq.Context()
         self._socket = self._open(bind, pattern, hwm)
         self._hello = None if group is None else pack("hello", group=group, lossy=lossy, start=start, credit=hwm)
         if self._hello is not None:
             self._socket.send(self._hello)
-        self._seen: set[tuple[int, int]] = set()
         self._last_delivery = time.monotonic()
-        self._closed = False
 
     def _open(self, bind: bool, pattern: str, hwm: int) -> zmq.Socket:
         kind = zmq.DEALER if self.group is not None else zmq.ROUTER if pattern == "pull" else zmq.XSUB
@@ -122,10 +139,14 @@ class Client:
 
     def close(self) -> None:
         """Release the socket; safe to call twice."""
-        if not self._closed:
-            self._socket.close(linger=0)
-            self._context.term()
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        if self._nats is not None:
+            self._nats.close()
+            return
+        self._socket.close(linger=0)
+        self._context.term()
 
     def _receive(self) -> tuple[list[zmq.Frame], list[zmq.Frame]]:
         """(routing frames, message frames) of the next message."""
@@ -188,10 +209,18 @@ class Client:
         return int(control["offset"]), frames[1:]
 
     def _ended(self) -> bool:
-        return self.report.verdict is not None if self.group is not None else self.report.all_ended
+        by_verdict = self.group is not None or self._nats is not None
+        return self.report.verdict is not None if by_verdict else self.report.all_ended
+
+    def _from_nats(self, deliveries: NatsDeliveries) -> Iterator[Message]:
+        for frames, ack in deliveries.deliveries(self.report, self.timeout, self._silent):
+            yield from self._accept(parse_message(frames, verify=self.verify), [])
+            ack()
 
     def messages(self) -> Iterator[Message]:
         """Data messages in arrival order, each once, until every producer has ended."""
+        if self._nats is not None:
+            yield from self._from_nats(self._nats)
         while not self._ended():
             routing, frames = self._receive()
             if self.group is not None:

@@ -1,0 +1,157 @@
+"""``NatsBridge``: the buffer with ``--backend nats://HOST:PORT/NAME``: producers in, the stream kept in NATS.
+
+Producers connect exactly as to the local buffer (the ``stream`` sink's DEALER to this ROUTER);
+consumers do not connect here but read JetStream stream ``BEAMSTREAM_<NAME>`` themselves
+(``Client("nats://HOST:PORT/NAME", group=...)``), from any machine that reaches the server.
+Layout of the stream: :mod:`beamstream.buffer.nats_backend`.
+
+Promises:
+
+- **Backpressure, bounded memory.** One message is stored at a time, and the next is read from
+  the producers only once the server has stored it; producers block on their HWM while NATS is
+  slower. The bridge holds at most the message being stored, plus ZeroMQ's ``hwm`` queued
+  messages per producer.
+- **Nothing accepted is dropped.** If the server fails or the stream is full, the message in
+  hand is kept and stored again every ``retry_s`` (producers blocked meanwhile), with one
+  warning per outage. A second copy that reached the server anyway is dropped by it
+  (``Nats-Msg-Id``).
+- **End of stream.** A producer's end message is acknowledged once stored. When every producer
+  has ended, or those that have not said nothing for ``producer_timeout_s``, the verdict on
+  everything stored is written to the stream, and again whenever it changes.
+- **Restart.** A new bridge on the same stream first reads what is stored (headers only) so
+  that its verdict covers the messages stored before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from beamstream.buffer.nats_backend import NatsStore, split_url
+from beamstream.client.report import StreamReport
+from beamstream.errors import TransportError, WireFormatError
+from beamstream.transport import ACK, REFUSED, open_socket
+from beamstream.wire import DataMessage, EndMessage, parse_message
+
+log = logging.getLogger(__name__)
+
+
+class NatsBridge:
+    """Call :meth:`serve` (blocks until ``stop`` is set) or :meth:`start` for a thread; :meth:`close` ends it."""
+
+    def __init__(self, producers: str, url: str, *, hwm: int = 4, bind: bool = True,
+                 retention_s: float | None = None, max_bytes: int | None = None,
+                 producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0) -> None:
+        self.server, self.name = split_url(url)
+        self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
+        self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
+        self.report = StreamReport(endpoints=[producers])
+        for message in self.store.stored():
+            (self.report.add_end if isinstance(message, EndMessage) else self.report.add_data)(message)
+        if self.report.producers is not None:
+            log.info("%s holds %d messages of stream %s already", url, self.report.messages, self.report.stream)
+        self.context = zmq.Context()
+        self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm)
+        self.producer_timeout_s = producer_timeout_s
+        self.retry_s = retry_s
+        self.last_producer_message = time.monotonic()
+        self.pending: tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None = None
+        self.outage: str | None = None
+        self.written_verdict: tuple[bool, str] | None = None
+        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0}
+        self.stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> NatsBridge:
+        self._thread = threading.Thread(target=self.serve, name="beamstream-nats-bridge", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.producers.close(linger=0)
+        self.context.term()
+        self._drop_store()
+
+    def serve(self, poll_ms: int = 100) -> None:
+        """Run the loop until ``stop`` is set."""
+        while not self.stop.is_set():
+            if self.pending is not None and not self._store_pending():
+                self.stop.wait(self.retry_s)
+                continue
+            if self.producers.poll(poll_ms):
+                self._on_producer(self.producers.recv_multipart(copy=False))
+            self._write_verdict()
+
+    def _on_producer(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
+        self.last_producer_message = time.monotonic()
+        try:
+            message = parse_message(frames[1:], verify=False)
+        except WireFormatError as exc:
+            self.counters["rejected"] += 1
+            log.warning("refused a message from a producer: %s", exc)
+            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
+            return
+        self.pending = (identity, frames[1:], message)
+        self._store_pending()
+
+    def _store_pending(self) -> bool:
+        """Store the message in hand; False (and keep it) if the server did not take it."""
+        assert self.pending is not None
+        identity, frames, message = self.pending
+        try:
+            if self.store is None:
+                self.store = NatsStore(self.server, self.name, **self.store_options)
+            self.store.append(frames)
+        except TransportError as exc:
+            if self.outage is None:
+                log.warning("could not store in NATS (retrying every %g s, producers wait): %s", self.retry_s, exc)
+            self.outage = str(exc)
+            self._drop_store()
+            return False
+        if self.outage is not None:
+            log.warning("NATS stores again after: %s", self.outage)
+            self.outage = None
+        self.pending = None
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+            self.producers.send_multipart([identity, ACK])
+        else:
+            self.report.add_data(message)
+            self.counters["messages_in"] += 1
+            self.counters["bytes_in"] += message.nbytes
+        return True
+
+    def _drop_store(self) -> None:
+        """Close the store after a failure; the next attempt connects afresh."""
+        store, self.store = self.store, None
+        if store is not None:
+            try:
+                store.close()
+            except TransportError:
+                pass  # the connection is already gone
+
+    def _write_verdict(self) -> None:
+        """Write the verdict once the producers are done (all ended, or silent too long), when it changed."""
+        if self.report.producers is None or self.store is None:
+            return
+        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
+        if not (self.report.all_ended or silent):
+            return
+        verdict = (self.report.complete, self.report.summary())
+        if verdict == self.written_verdict:
+            return
+        try:
+            self.store.write_verdict(*verdict, self.report.missing)
+        except TransportError as exc:
+            log.warning("could not store the verdict in NATS (will retry): %s", exc)
+            return
+        self.written_verdict = verdict
+        log.info("verdict stored: %s", verdict[1].splitlines()[0])
