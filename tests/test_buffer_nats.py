@@ -314,3 +314,62 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 def end_frames(messages: int, events: int) -> list:
     return EndMessage(stream="run1", rank=0, producers=1, share=Share(0, 1, 0, events, 1), messages=messages,
                       events=events, last_seq=events - 1).to_frames()
+
+
+def test_buffer_command_with_nats_backend_and_consume_processes(tmp_path, write_spec):
+    """`beamstream buffer --backend`, `beamstream produce` and `beamstream consume nats://…`, each its own process;
+    kill -9 of one member mid-stream: the other member gets every message the dead one had not acknowledged."""
+    import os
+    import signal
+
+    import h5py
+
+    from conftest import run_cli, start_cli
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    url = f"{URL}/{name}"
+    producers = f"ipc://{tmp_path / 'in'}"
+    service = start_cli("buffer", "--producers", producers, "--backend", url, "--retention", "600")
+    saved = tmp_path / "saved"
+    try:
+        victim = start_cli("consume", url, "--group", "g", "--out", str(saved), "--redeliver-after", "2")
+        spec = write_spec({"source": {"type": "simulated", "n_events": 300, "events_per_read": 5, "rate_hz": 300,
+                                      "detectors": [{"kind": "waveform", "samples": 1024}]},
+                           "sinks": [{"type": "stream", "endpoint": producers}]})
+        producer = start_cli("produce", str(spec), "--workers", "1")
+        survivor = start_cli("consume", url, "--group", "g", "--out", str(tmp_path / "kept"))
+        wait_until(lambda: len(list(saved.glob("*.h5"))) >= 10, timeout=60)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert producer.wait(120) == 0, producer.communicate()
+        out, err = survivor.communicate(timeout=120)
+        assert survivor.returncode == 0, out + err
+        assert "complete: 300 events" in out + err
+    finally:
+        service.send_signal(signal.SIGINT)
+        service.communicate(timeout=30)
+
+    def seqs(folder):
+        found = set()
+        for path in folder.glob("*.h5"):
+            with h5py.File(path) as h5:
+                found.update(h5["_beamstream/seq"][()].tolist())
+        return found
+
+    victim_seqs, survivor_seqs = seqs(saved), seqs(tmp_path / "kept")
+    assert victim_seqs | survivor_seqs == set(range(300)), "nothing stored was lost"
+    assert len(victim_seqs & survivor_seqs) <= 1, "only the message the dead member was holding repeats"
+    with NatsStore(URL, name) as store:
+        assert store.conn.call(store.conn.js.stream_info(store.stream)).config.max_age == 600
+        store.delete()
+
+
+def test_buffer_command_with_bad_backend_says_what_to_write():
+    from conftest import run_cli
+
+    nameless = run_cli("buffer", "--backend", URL)
+    assert nameless.returncode == 2 and "e.g. nats://127.0.0.1:4222/run42" in nameless.stdout + nameless.stderr
+    nobody = run_cli("buffer", "--backend", "nats://127.0.0.1:4223/x")
+    assert nobody.returncode == 1 and "no NATS server at nats://127.0.0.1:4223" in nobody.stdout + nobody.stderr
+    spill = run_cli("buffer", "--backend", f"{URL}/x", "--spill-dir", "/tmp")
+    assert spill.returncode == 2 and "--spill-dir is for the local buffer" in spill.stdout + spill.stderr

@@ -121,6 +121,8 @@ def consume(
     group: Annotated[Optional[str], typer.Option(help="read from a buffer as a member of this consumer group")] = None,
     lossy: Annotated[bool, typer.Option(help="with --group: always take the newest message, skipping older ones")] = False,
     start: Annotated[str, typer.Option(help="with --group: a new group starts at the 'earliest' message held or 'now'")] = "earliest",
+    redeliver_after: Annotated[float, typer.Option(
+        help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another")] = 30.0,
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
@@ -132,7 +134,7 @@ def consume(
     if start not in ("earliest", "now"):
         fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
     client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
-                    group=group, lossy=lossy, start=start)
+                    group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
     try:
         with client, ConsumerProgress() as progress:
             for message in client.messages():
