@@ -7,7 +7,10 @@ Rows, each a median of ``--repeat`` runs paired with a raw baseline run just bef
   1 group    simulated 8 MiB images: producer → `beamstream buffer` → one consumer. Target ≥ 0.6×.
   2 groups   the same with a second group read by `beamstream consume` in its own process;
              the rate is the slower of the two groups.
-The buffer runs as `beamstream buffer` in its own process; everything uses ipc:// endpoints.
+  NATS       the same as 1 group with `beamstream buffer --backend nats://127.0.0.1:4222/NAME`:
+             the stream goes into JetStream (file storage) and the consumer reads it from there.
+             Skipped when no NATS server listens there.
+The buffer runs as `beamstream buffer` in its own process; everything else uses ipc:// endpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,14 +31,20 @@ from throughput import bench_baseline, image_spec  # noqa: E402
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 
 
-def through_buffer(folder: Path, run: int, images: int, groups: int) -> float:
+NATS = "nats://127.0.0.1:4222"
+
+
+def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool = False) -> float:
     """GB/s of ``images`` 8 MiB messages through a buffer process to ``groups`` consumer groups (the slowest)."""
     from beamstream.client import Client
     from beamstream.producer import run_local
 
     producers, consumers = f"ipc://{folder}/in-{run}", f"ipc://{folder}/out-{run}"
-    buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producers", producers, "--consumers", consumers,
-                               "--max-memory", "512MiB"], stderr=subprocess.DEVNULL)
+    if nats:
+        consumers = f"{NATS}/bench-{uuid.uuid4().hex[:8]}"
+    where = ["--backend" if nats else "--consumers", consumers]
+    buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producers", producers, *where, "--max-memory", "512MiB"],
+                              stderr=subprocess.DEVNULL)
     others = [subprocess.Popen([*BEAMSTREAM, "consume", consumers, "--group", f"g{number}", "--timeout", "120"],
                                stderr=subprocess.PIPE, text=True) for number in range(1, groups)]
     try:
@@ -61,6 +71,26 @@ def through_buffer(folder: Path, run: int, images: int, groups: int) -> float:
         buffer.wait(30)
         for other in others:
             other.kill()
+        if nats:
+            delete_nats_stream(consumers)
+
+
+def delete_nats_stream(url: str) -> None:
+    from beamstream.buffer.nats_backend import NatsStore, split_url
+
+    server, name = split_url(url)
+    with NatsStore(server, name) as store:
+        store.delete()
+
+
+def nats_listening() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _rate_from_consume(stderr: str, fallback: float) -> float:
@@ -80,15 +110,16 @@ def main() -> None:
     print(f"{images} × 8 MiB per run, {repeat} run(s) per row, ipc://, buffer --max-memory 512MiB")
     with tempfile.TemporaryDirectory(prefix="beamstream-buffer-bench-") as tmp:
         folder = Path(tmp)
-        for groups, target in ((1, 0.6), (2, None)):
+        rows = [(1, 0.6, False), (2, None, False)] + ([(1, None, True)] if nats_listening() else [])
+        for groups, target, nats in rows:
             rates, ratios, baselines = [], [], []
             for run in range(repeat):
                 baselines.append(bench_baseline(folder, images))
-                rates.append(through_buffer(folder, run + 10 * groups, images, groups))
+                rates.append(through_buffer(folder, run + 10 * groups + 100 * nats, images, groups, nats))
                 ratios.append(rates[-1] / baselines[-1])
             ratio = statistics.median(ratios)
             verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL")
-            label = f"producer → buffer → {groups} group{'s' * (groups > 1)}"
+            label = f"producer → buffer → {groups} group{'s' * (groups > 1)}" + (" (NATS)" if nats else "")
             goal = f"ratio ≥ {target}" if target else ""
             print(f"{label:<38} {statistics.median(rates):6.2f} GB/s  {ratio:5.2f}×  {goal:<12} {verdict:<4} "
                   f"(runs {', '.join(f'{r:.2f}' for r in rates)}; baselines {', '.join(f'{b:.2f}' for b in baselines)})")

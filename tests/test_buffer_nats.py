@@ -132,16 +132,30 @@ def test_unacknowledged_message_goes_to_another_member_after_ack_wait(store):
         assert first.fetch(timeout=1.5) is None, "acknowledged: never again"
 
 
-def test_end_messages_are_read_from_the_end_subject(store):
-    end = EndMessage(stream="run1", rank=0, producers=1, share=Share(0, 1, 0, N, 1), messages=1, events=4,
-                     last_seq=3)
+def test_stored_lists_data_then_end_messages_from_their_headers(store):
+    end = EndMessage(stream="run1", rank=0, producers=1, share=Share(0, 1, 0, N, 1), messages=2, events=8,
+                     last_seq=7)
     store.append(data_frames(0))
-    with NatsGroupReader(URL, stream_name(store), "ends") as reader:
-        assert reader.ends() == []
-        store.append(end.to_frames())
-        assert reader.ends() == [end]
-        assert reader.ends() == [end], "seen ends stay, none is read twice"
-        assert parse_message(reader.fetch(timeout=2)[0]).index == 0, "ends are not data"
+    store.append(end.to_frames())
+    store.append(data_frames(1, 5 << 20))  # split: its header comes from its first part
+    assert [(type(m).__name__, getattr(m, "index", None)) for m in store.stored()] == [
+        ("DataMessage", 0), ("DataMessage", 1), ("EndMessage", None)]
+    assert list(store.stored())[-1] == end
+    with NatsGroupReader(URL, stream_name(store), "data-only") as reader:
+        assert [parse_message(reader.fetch(timeout=2)[0]).index for _ in range(2)] == [0, 1], "ends are not data"
+        assert reader.fetch(timeout=0.2) is None
+
+
+def test_reader_may_come_before_its_stream(store):
+    late_name = f"test-{uuid.uuid4().hex[:12]}"
+    with NatsGroupReader(URL, late_name, "early") as reader:
+        assert reader.fetch(timeout=0.1) is None and reader.verdict() is None and not reader.settled()
+        with NatsStore(URL, late_name) as late:
+            late.append(data_frames(3))
+            try:
+                assert parse_message(reader.fetch(timeout=5)[0]).index == 3
+            finally:
+                late.delete()
 
 
 def test_bad_server_url_is_a_transport_error_naming_it():

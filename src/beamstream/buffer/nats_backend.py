@@ -37,6 +37,7 @@ import logging
 import urllib.parse
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -307,23 +308,42 @@ async def _frames(conn: NatsConnection, stream: str, msg: Any, first_only: bool 
 
 
 class _NatsReader(_UsesConnection):
-    """What every reader of stream ``name`` has: its pull subscription, the end messages, the verdict."""
+    """What every reader of stream ``name`` has: its pull subscription and the stream's verdict.
 
-    sub: Any
+    A reader may come before its stream: until a buffer creates the stream, fetches find
+    nothing (each waits its timeout) and there is no verdict.
+    """
 
-    def __init__(self, url: str, stream_name: str, timeout: float) -> None:
+    def __init__(self, url: str, stream_name: str, timeout: float, durable: str | None,
+                 config: ConsumerConfig) -> None:
         self.stream, self.prefix = stream_names(stream_name)
+        self.durable, self.config = durable, config
+        self.sub: Any = None
         self.conn = NatsConnection(url, timeout)
-        self.end_messages: list[EndMessage] = []
-        self.end_seq = 0
-
-    def _subscribe(self, durable: str | None, config: ConsumerConfig) -> None:
         try:
-            self.sub = self.conn.call(self.conn.js.pull_subscribe(
-                f"{self.prefix}.data", durable=durable, stream=self.stream, config=config))
+            self._subscribed()
         except BaseException:
             self.conn.close()
             raise
+
+    def _subscribed(self) -> bool:
+        """Subscribe if not yet done; False while the stream does not exist."""
+        if self.sub is None:
+            try:
+                self.sub = self.conn.call(self.conn.js.pull_subscribe(
+                    f"{self.prefix}.data", durable=self.durable, stream=self.stream, config=self.config))
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                    raise
+        return self.sub is not None
+
+    def _fetch(self, timeout: float, batch: int = 1) -> list[Any]:
+        """Up to ``batch`` messages, waiting at most ``timeout`` for the first (the stream's arrival included)."""
+        if not self._subscribed():
+            time.sleep(timeout)  # polling for the stream to be created: there is no event for it
+            if not self._subscribed():
+                return []
+        return self.conn.call(self._next(timeout, batch), timeout=timeout + self.conn.timeout)
 
     async def _next(self, timeout: float, batch: int = 1) -> list[Any]:
         try:
@@ -333,11 +353,15 @@ class _NatsReader(_UsesConnection):
 
     def settled(self) -> bool:
         """True if this reader's consumer has nothing left: no message pending, none awaiting an ack."""
+        if not self._subscribed():
+            return False
         info = self.conn.call(self.sub.consumer_info())
         return info.num_pending == 0 and not info.num_ack_pending
 
     def verdict(self) -> dict[str, Any] | None:
         """The stream's newest verdict (``complete``, ``summary``, ``missing``), or None before there is one."""
+        if not self._subscribed():
+            return None
         found = self.conn.call(self._last(f"{self.prefix}.verdict"))
         return None if found is None else unpack(found.data)
 
@@ -346,14 +370,6 @@ class _NatsReader(_UsesConnection):
             return await self.conn.js.get_msg(self.stream, subject=subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
-
-    def ends(self) -> list[EndMessage]:
-        """Every end-of-stream message stored so far, in stream order (this call reads the new ones)."""
-        subject = f"{self.prefix}.end"
-        while (found := self.conn.call(_next_on(self.conn, self.stream, subject, self.end_seq + 1))) is not None:
-            self.end_seq = found.seq
-            self.end_messages.append(parse_message(self.conn.call(_frames(self.conn, self.stream, found))))
-        return list(self.end_messages)
 
 
 class NatsGroupReader(_NatsReader):
@@ -373,8 +389,7 @@ class NatsGroupReader(_NatsReader):
             durable_name=None if group is None else check_name("group", group), ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait, deliver_policy=_deliver_policy(start), inactive_threshold=None if group else 60.0,
         )
-        super().__init__(url, stream_name, timeout)
-        self._subscribe(group, config)
+        super().__init__(url, stream_name, timeout, group, config)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The next message of the group as (frames, ack), or None if none came within ``timeout``.
@@ -382,7 +397,7 @@ class NatsGroupReader(_NatsReader):
         Calling ``ack()`` returns once the server has recorded the acknowledgement; a message
         not acknowledged within ``ack_wait`` goes to a member again.
         """
-        found = self.conn.call(self._next(timeout), timeout=timeout + self.conn.timeout)
+        found = self._fetch(timeout)
         if not found:
             return None
         msg = found[0]
@@ -404,15 +419,14 @@ class NatsLatestReader(_NatsReader):
     def __init__(self, url: str, stream_name: str, start: str = "earliest", timeout: float = 10.0) -> None:
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, headers_only=True, deliver_policy=_deliver_policy(start),
                                 inactive_threshold=60.0)
-        super().__init__(url, stream_name, timeout)
         self.skipped = 0
-        self._subscribe(None, config)
+        super().__init__(url, stream_name, timeout, None, config)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing."""
-        found = self.conn.call(self._next(timeout, self.BATCH), timeout=timeout + self.conn.timeout)
+        found = self._fetch(timeout, self.BATCH)
         while len(found) % self.BATCH == 0 and found:  # a full batch: more may be waiting
-            more = self.conn.call(self._next(0.05, self.BATCH))
+            more = self._fetch(0.05, self.BATCH)
             found += more
             if not more:
                 break
