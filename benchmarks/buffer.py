@@ -76,7 +76,8 @@ def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool 
 
 
 def delete_nats_stream(url: str) -> None:
-    from beamstream.buffer.nats_backend import NatsStore, split_url
+    from beamstream.buffer.nats_backend import NatsStore
+    from beamstream.buffer.nats_url import split_url
 
     server, name = split_url(url)
     with NatsStore(server, name) as store:

@@ -386,4 +386,4 @@ def test_buffer_command_with_bad_backend_says_what_to_write():
     nobody = run_cli("buffer", "--backend", "nats://127.0.0.1:4223/x")
     assert nobody.returncode == 1 and "no NATS server at nats://127.0.0.1:4223" in nobody.stdout + nobody.stderr
     spill = run_cli("buffer", "--backend", f"{URL}/x", "--spill-dir", "/tmp")
-    assert spill.returncode == 2 and "--spill-dir is for the local buffer" in spill.stdout + spill.stderr
+    assert spill.returncode == 2 and "spill_dir is for the local buffer" in spill.stdout + spill.stderr

@@ -10,12 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from beamstream.display import console
 from beamstream.errors import BeamstreamError
+
+if TYPE_CHECKING:
+    from beamstream.buffer.config import BufferConfig
 
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -23,7 +26,7 @@ spec_app = typer.Typer(help="Check stream specs and show their schema.", no_args
 app.add_typer(spec_app, name="spec")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -160,20 +163,23 @@ app.add_typer(buffer_app, name="buffer")
 @buffer_app.callback(invoke_without_command=True)
 def buffer(
     ctx: typer.Context,
-    producers: Annotated[str, typer.Option(help="endpoint producers connect to")] = "tcp://127.0.0.1:5555",
-    consumers: Annotated[str, typer.Option(help="endpoint consumers connect to")] = "tcp://127.0.0.1:5556",
-    max_memory: Annotated[str, typer.Option(help="payload held in memory at most, e.g. 2GiB or 500MB")] = "2GiB",
-    hwm: Annotated[int, typer.Option(min=1, help="messages ZeroMQ queues per producer")] = 4,
+    spec: Annotated[Optional[Path], typer.Option(
+        help="take the settings from this stream spec's buffer: section (options given here override them)")] = None,
+    producers: Annotated[Optional[str], typer.Option(help="endpoint producers connect to [default: tcp://127.0.0.1:5555]")] = None,
+    consumers: Annotated[Optional[str], typer.Option(help="endpoint consumers connect to [default: tcp://127.0.0.1:5556]")] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help="payload held in memory at most, e.g. 2GiB or 500MB [default: 2GiB]")] = None,
+    hwm: Annotated[Optional[int], typer.Option(help="messages ZeroMQ queues per producer [default: 4]")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(
-        min=0, max=65535, help="serve Prometheus metrics on this port, 0 for any free one (default: off)")] = None,
-    metrics_addr: Annotated[str, typer.Option(help="address the metrics server listens on")] = "127.0.0.1",
+        help="serve Prometheus metrics on this port, 0 for any free one (default: off)")] = None,
+    metrics_addr: Annotated[Optional[str], typer.Option(help="address the metrics server listens on [default: 127.0.0.1]")] = None,
     spill_dir: Annotated[Optional[Path], typer.Option(
         help="write every message to segment files here: replay by new groups, survive a restart")] = None,
     max_spill: Annotated[Optional[str], typer.Option(help="disk the spill may use, e.g. 50GiB (default: no bound)")] = None,
     retention: Annotated[Optional[float], typer.Option(
         help="seconds acknowledged messages stay on disk for replay (default: until the spill is full)")] = None,
-    producer_timeout: Annotated[float, typer.Option(
-        help="seconds without a word from producers that have not ended before the stream is declared incomplete")] = 60.0,
+    producer_timeout: Annotated[Optional[float], typer.Option(
+        help="seconds without a word from producers that have not ended before the stream is declared incomplete "
+             "[default: 60]")] = None,
     backend: Annotated[Optional[str], typer.Option(
         help="keep the stream in NATS JetStream instead, nats://HOST:PORT/NAME; consumers read that URL "
              "(--max-spill and --retention then limit the JetStream stream)")] = None,
@@ -184,62 +190,72 @@ def buffer(
     """
     if ctx.invoked_subcommand is not None:
         return
+    options = {"producers": producers, "consumers": consumers, "max_memory": max_memory, "hwm": hwm,
+               "metrics_port": metrics_port, "metrics_addr": metrics_addr, "spill_dir": spill_dir,
+               "max_spill": max_spill, "retention_s": retention, "producer_timeout_s": producer_timeout,
+               "backend": backend}
+    serve_buffer(buffer_config(spec, {key: value for key, value in options.items() if value is not None}))
+
+
+# BufferConfig fields whose command-line option has another name
+OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout"}
+
+
+def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
+    """The buffer settings: the spec's ``buffer:`` section (if a spec is named) overridden by ``given`` options."""
+    from pydantic import ValidationError
+
+    from beamstream.buffer.config import BufferConfig
+    from beamstream.spec import load_spec
+
+    base: dict[str, object] = {}
+    if spec is not None:
+        section = load_spec(spec).buffer
+        if section is None:
+            fail(f"{spec} has no buffer: section; add one (`beamstream spec schema` lists its keys) or pass options",
+                 code=2)
+        base = section.model_dump(exclude_unset=True)
+    try:
+        return BufferConfig.model_validate({**base, **given})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            text = error["msg"].removeprefix("Value error, ")
+            if error["loc"]:
+                field = str(error["loc"][0])
+                text = f"{OPTION_NAMES.get(field, '--' + field.replace('_', '-'))}: {text}"
+            problems.append(text)
+        fail("; ".join(problems), code=2)
+
+
+def serve_buffer(config: BufferConfig) -> None:
+    """Run the buffer ``config`` describes until interrupted, then print its account of the stream."""
     from contextlib import ExitStack
 
-    from beamstream.buffer.service import BufferService, release_freed_buffers
-    from beamstream.units import parse_size
+    from beamstream.buffer.service import release_freed_buffers
 
-    try:
-        max_bytes = parse_size(max_memory)
-        max_spill_bytes = parse_size(max_spill) if max_spill else None
-    except ValueError as exc:
-        fail(f"--max-memory/--max-spill: {exc}", code=2)
-    if backend is not None:
-        for given, option in ((spill_dir, "--spill-dir"), (metrics_port, "--metrics-port")):
-            if given is not None:
-                fail(f"{option} is for the local buffer; with --backend NATS keeps the stream", code=2)
-        serve_nats(producers, backend, hwm, max_spill_bytes, retention, producer_timeout)
-        return
     release_freed_buffers()
+    try:
+        service = config.open()
+    except ImportError as exc:
+        fail(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})", code=2)
     with ExitStack() as cleanup:
-        service = BufferService(producers, consumers, max_bytes=max_bytes, hwm=hwm, spill=spill_dir,
-                                max_spill=max_spill_bytes, retention_s=retention, producer_timeout_s=producer_timeout)
         cleanup.callback(service.close)
-        metrics = ""
-        if metrics_port is not None:
+        if config.backend is not None:
+            where = f"stream kept in NATS → {config.backend} (consumers read that URL)"
+        else:
+            where = f"consumers → {config.consumers}, memory ≤ {config.max_memory / 2**30:g} GiB"
+        if config.metrics_port is not None:
             from beamstream.buffer.metrics import start_metrics_server, stop_metrics_server
 
-            server, thread = start_metrics_server(service, metrics_port, metrics_addr)
+            server, thread = start_metrics_server(service, config.metrics_port, config.metrics_addr)
             cleanup.callback(stop_metrics_server, server, thread)  # before service.close: LIFO
-            metrics = f", metrics → http://{metrics_addr}:{server.server_port}/metrics"
-        console.print(f"buffer: producers → {producers}, consumers → {consumers}, memory ≤ {max_memory}{metrics}",
-                      highlight=False)
+            where += f", metrics → http://{config.metrics_addr}:{server.server_port}/metrics"
+        console.print(f"buffer: producers → {config.producers}, {where}", highlight=False)
         try:
             service.serve()
         except KeyboardInterrupt:
             console.print(service.report.summary(), highlight=False)
-
-
-def serve_nats(producers: str, url: str, hwm: int, max_bytes: int | None, retention: float | None,
-               producer_timeout: float) -> None:
-    """Run the buffer with its stream in NATS JetStream until interrupted."""
-    try:
-        from beamstream.buffer.nats_bridge import NatsBridge
-    except ImportError as exc:
-        fail(f"--backend nats:// needs nats-py: pip install 'beamstream[nats]' ({exc})", code=2)
-    try:
-        bridge = NatsBridge(producers, url, hwm=hwm, max_bytes=max_bytes, retention_s=retention,
-                            producer_timeout_s=producer_timeout)
-    except ValueError as exc:
-        fail(f"--backend: {exc}", code=2)
-    console.print(f"buffer: producers → {producers}, stream kept in NATS → {url} (consumers read that URL)",
-                  highlight=False)
-    try:
-        bridge.serve()
-    except KeyboardInterrupt:
-        console.print(bridge.report.summary(), highlight=False)
-    finally:
-        bridge.close()
 
 
 @buffer_app.command("status")

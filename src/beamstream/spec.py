@@ -15,6 +15,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from beamstream.buffer.config import BufferConfig
 from beamstream.errors import MissingDependency, SpecError
 from beamstream.plugins import plugin, plugin_names
 from beamstream.stages import SerializerSpec, SinkSpec, SourceSpec, SpecModel, StepSpec
@@ -27,6 +28,8 @@ Attributes:
     steps: processing steps applied in order; without a ``batch`` step every event is its own message.
     serializer: how a message's arrays are encoded (default ``arrays``).
     sinks: where messages go (at least one).
+    buffer: the buffer between producers and consumer groups, for the service that runs the
+        stream to start (``beamstream buffer --spec``); the stream sinks connect to its ``producers``.
 """
 
 
@@ -55,6 +58,7 @@ def spec_model() -> type[SpecModel]:
             Field(default_factory=lambda: plugin("serializers", "arrays")(type="arrays"), description="message encoding"),
         ),
         sinks=(list[_union("sinks")], Field(min_length=1, description="where messages go")),
+        buffer=(BufferConfig | None, Field(None, description="the buffer between producers and consumer groups")),
     )
 
 
@@ -66,6 +70,7 @@ class StreamSpecView:
     steps: list[StepSpec]
     serializer: SerializerSpec
     sinks: list[SinkSpec]
+    buffer: BufferConfig | None
 
 
 def parse_spec(data: Any, origin: str = "spec") -> Any:
@@ -147,6 +152,8 @@ def _model_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseModel] | N
     """The spec model a location points into, for listing its allowed keys."""
     if not loc:
         return spec_model()
+    if loc == ("buffer",):
+        return BufferConfig
     for where, kind, value in _stage_entries(data):
         stage_loc = where.replace("[", ".").replace("]", "").split(".")
         if [str(part) for part in loc[: len(stage_loc)]] == stage_loc and isinstance(value, dict):

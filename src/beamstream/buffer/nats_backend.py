@@ -34,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import urllib.parse
-import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -46,6 +44,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StreamConfig
 
+from beamstream.buffer.nats_url import check_name
 from beamstream.buffer.protocol import pack, unpack
 
 from beamstream.errors import TransportError
@@ -54,16 +53,8 @@ from beamstream.wire import DataMessage, EndMessage, parse_message
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Self = TypeVar("_Self", bound="_UsesConnection")
-NAME = re.compile(r"[A-Za-z0-9_-]+")
 HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
-
-
-def check_name(kind: str, name: str) -> str:
-    """``name`` if it is usable as a NATS subject token and stream/consumer name, else ValueError."""
-    if not NAME.fullmatch(name):
-        raise ValueError(f"{kind} {name!r} may contain only letters, digits, '_' and '-'")
-    return name
 
 
 class NatsConnection:
@@ -131,15 +122,6 @@ class NatsConnection:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """(server URL, stream name) of ``nats://HOST:PORT/NAME``; ValueError saying what to write otherwise."""
-    parts = urllib.parse.urlsplit(url)
-    name = parts.path.strip("/")
-    if parts.scheme != "nats" or not parts.netloc or not name:
-        raise ValueError(f"{url!r}: name the NATS server and the stream, e.g. nats://127.0.0.1:4222/run42")
-    return f"nats://{parts.netloc}", check_name("stream name", name)
 
 
 def stream_names(name: str) -> tuple[str, str]:

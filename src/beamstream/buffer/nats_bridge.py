@@ -31,7 +31,8 @@ from typing import Any
 
 import zmq
 
-from beamstream.buffer.nats_backend import NatsStore, split_url
+from beamstream.buffer.nats_backend import NatsStore
+from beamstream.buffer.nats_url import split_url
 from beamstream.client.report import StreamReport
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.transport import ACK, REFUSED, open_socket

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from beamstream.buffer.nats_url import split_url
 from beamstream.client.report import StreamReport
 
 POLL_S = 0.5  # how long one fetch waits before the reader checks whether the stream has ended
@@ -33,11 +34,11 @@ class NatsDeliveries:
 
     def __init__(self, url: str, group: str | None, lossy: bool, start: str, redeliver_after: float,
                  timeout: float = 10.0) -> None:
+        server, name = split_url(url)
         try:
-            from beamstream.buffer.nats_backend import NatsGroupReader, NatsLatestReader, split_url
+            from beamstream.buffer.nats_backend import NatsGroupReader, NatsLatestReader
         except ImportError as exc:
             raise ImportError(f"reading {url} needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
-        server, name = split_url(url)
         self.reader: Any = (NatsLatestReader(server, name, start, timeout=timeout) if lossy else
                             NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=timeout))
 

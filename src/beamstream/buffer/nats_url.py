@@ -1,0 +1,24 @@
+"""Names in the NATS backend: ``nats://HOST:PORT/NAME`` URLs, stream and group names (no nats-py needed)."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is usable as a NATS subject token and stream/consumer name, else ValueError."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{kind} {name!r} may contain only letters, digits, '_' and '-'")
+    return name
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(server URL, stream name) of ``nats://HOST:PORT/NAME``; ValueError saying what to write otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.strip("/")
+    if parts.scheme != "nats" or not parts.netloc or not name:
+        raise ValueError(f"{url!r}: name the NATS server and the stream, e.g. nats://127.0.0.1:4222/run42")
+    return f"nats://{parts.netloc}", check_name("stream name", name)

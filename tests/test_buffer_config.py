@@ -1,0 +1,61 @@
+"""A buffer started from a stream spec's ``buffer:`` section, from Python and as `beamstream buffer --spec`."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from beamstream.client import Client
+from beamstream.errors import SpecError
+from beamstream.producer import run_local
+from beamstream.spec import load_spec, parse_spec
+from conftest import run_cli, start_cli
+
+
+def buffered_spec(tmp_path, **buffer) -> dict:
+    producers = f"ipc://{tmp_path / 'in'}"
+    return {
+        "source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
+                   "detectors": [{"kind": "waveform", "samples": 512}]},
+        "sinks": [{"type": "stream", "endpoint": producers}],
+        "buffer": {"producers": producers, "consumers": f"ipc://{tmp_path / 'out'}", **buffer},
+    }
+
+
+def test_spec_buffer_opens_the_buffer_it_describes(tmp_path):
+    spec = parse_spec(buffered_spec(tmp_path, max_memory="64MiB", spill_dir=str(tmp_path / "spill")))
+    assert spec.buffer.max_memory == 64 << 20
+    service = spec.buffer.open().start()
+    try:
+        with Client(spec.buffer.consumers, group="g", timeout=60) as client:
+            result = run_local(spec, workers=2)
+            assert sorted(event.seq for event in client.events()) == list(range(40))
+        assert result.ok and client.report.complete
+        assert service.log.max_bytes == 64 << 20 and service.log.spilled_bytes > 0
+    finally:
+        service.close()
+
+
+def test_buffer_command_takes_its_settings_from_the_spec_and_options_override_them(tmp_path, write_spec):
+    path = write_spec(buffered_spec(tmp_path, max_memory="lots of it"))
+    with pytest.raises(SpecError, match=r"buffer\.max_memory: not a size: 'lots of it'"):
+        load_spec(path)
+    path = write_spec(buffered_spec(tmp_path, max_memory="1GiB"))
+    service = start_cli("buffer", "--spec", str(path), "--max-memory", "64MiB")
+    try:
+        with Client(f"ipc://{tmp_path / 'out'}", group="g", timeout=60) as client:
+            produced = run_cli("produce", str(path), "--workers", "1")
+            assert len(list(client.events())) == 40 and produced.returncode == 0, produced.stderr
+    finally:
+        service.send_signal(signal.SIGINT)
+        out, err = service.communicate(timeout=30)
+    assert "memory ≤ 0.0625 GiB" in out + err, "--max-memory overrides the spec's 1GiB"
+    assert "complete: 40 events" in out + err
+
+
+def test_buffer_command_says_when_the_spec_has_no_buffer(tmp_path, write_spec):
+    spec = buffered_spec(tmp_path)
+    del spec["buffer"]
+    result = run_cli("buffer", "--spec", str(write_spec(spec)))
+    assert result.returncode == 2 and "has no buffer: section" in result.stdout + result.stderr
