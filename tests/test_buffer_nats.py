@@ -387,3 +387,26 @@ def test_buffer_command_with_bad_backend_says_what_to_write():
     assert nobody.returncode == 1 and "no NATS server at nats://127.0.0.1:4223" in nobody.stdout + nobody.stderr
     spill = run_cli("buffer", "--backend", f"{URL}/x", "--spill-dir", "/tmp")
     assert spill.returncode == 2 and "spill_dir is for the local buffer" in spill.stdout + spill.stderr
+
+
+def test_metrics_of_the_nats_backend_come_from_the_bridge_and_the_server(bridge, tmp_path):
+    from beamstream.buffer.metrics import fetch_status, start_metrics_server, status_tables, stop_metrics_server
+    from beamstream.display import console
+
+    service, url = bridge
+    server, thread = start_metrics_server(service, 0)
+    try:
+        assert run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2).ok
+        with Client(url, group="analysis", timeout=30) as client:
+            assert len(list(client.events())) == 60
+        status = fetch_status(f"127.0.0.1:{server.server_port}")
+    finally:
+        stop_metrics_server(server, thread)
+    assert status.totals["messages_in_total"] == 60 and status.totals["producers_ended"] == 2
+    assert status.totals["stored_bytes"] > status.totals["bytes_in_total"] > 0
+    analysis = status.groups["analysis"]
+    assert analysis["group_depth"] == analysis["group_lag"] == 0 and analysis["group_delivered_total"] == 60
+    with console.capture() as captured:
+        for table in status_tables(status):
+            console.print(table)
+    assert "stored in NATS" in captured.get() and "analysis" in captured.get()

@@ -52,7 +52,7 @@ class BufferConfig(SpecModel):
             stream is declared incomplete.
         backend: ``nats://HOST:PORT/NAME`` keeps the stream in NATS JetStream instead of this
             process; consumers then read that URL.
-        metrics_port: serve Prometheus metrics on this port (0: any free one; None: off); local backend only.
+        metrics_port: serve Prometheus metrics on this port (0: any free one; None: off).
         metrics_addr: the address the metrics server listens on.
     """
 
@@ -77,10 +77,8 @@ class BufferConfig(SpecModel):
 
     @model_validator(mode="after")
     def _local_options_without_backend(self) -> BufferConfig:
-        if self.backend is not None:
-            for option in ("spill_dir", "metrics_port"):
-                if getattr(self, option) is not None:
-                    raise ValueError(f"{option} is for the local buffer; with backend, NATS keeps the stream")
+        if self.backend is not None and self.spill_dir is not None:
+            raise ValueError("spill_dir is for the local buffer; with backend, NATS keeps the stream")
         return self
 
     def open(self) -> BufferService | NatsBridge:

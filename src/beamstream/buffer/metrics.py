@@ -23,6 +23,14 @@ Every metric is named ``beamstream_buffer_`` + one of these:
 - per consumer, labels ``group`` and ``consumer``: ``consumer_credit``, ``consumer_unacknowledged``.
 
 ``consumer`` is the member's ZeroMQ identity in hex.
+
+With the NATS backend (:class:`~beamstream.buffer.nats_bridge.NatsBridge`) the stream and its
+groups live in JetStream, so the metrics are what the bridge and the server know:
+``messages_in_total``, ``bytes_in_total``, ``rejected_messages_total``, ``producers_connected``,
+``producers_ended``, ``stored_bytes`` (the JetStream stream's size) and, per JetStream consumer
+(label ``group``: a group's name, or the server's name for a lossy or lone reader),
+``group_depth`` (messages not yet delivered), ``group_lag`` (not yet acknowledged),
+``group_delivered_total`` and ``group_unacknowledged``, read from the server at each scrape.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -45,6 +53,7 @@ from rich.table import Table
 from beamstream.errors import TransportError
 
 if TYPE_CHECKING:
+    from beamstream.buffer.nats_bridge import NatsBridge
     from beamstream.buffer.service import BufferService
     from beamstream.buffer.store import Group, Log
 
@@ -60,29 +69,31 @@ SERVICE_COUNTERS = {
 }
 
 
-# the unlabelled samples a buffer always exposes (names without PREFIX)
-TOTALS = {f"{name}_total" for name, _ in SERVICE_COUNTERS.values()} | {
-    "producers_connected", "producers_ended", "resident_bytes", "max_bytes", "spilled_bytes",
-    "log_first_offset", "log_next_offset"}
+# the unlabelled samples every buffer exposes, whatever its backend (names without PREFIX)
+TOTALS = {"messages_in_total", "bytes_in_total", "rejected_messages_total", "producers_connected", "producers_ended"}
 
 
 class BufferCollector(Collector):
-    """Collects a buffer service's metrics from its state at the moment of each scrape."""
+    """Collects a buffer's metrics from its state at the moment of each scrape."""
 
-    def __init__(self, service: BufferService) -> None:
+    def __init__(self, service: BufferService | NatsBridge) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
         yield from service_metrics(self.service)
-        yield from log_metrics(self.service.log)
-        yield from group_metrics(list(self.service.log.groups.values()), self.service.log.next_offset)
+        if hasattr(self.service, "log"):
+            yield from log_metrics(self.service.log)
+            yield from group_metrics(list(self.service.log.groups.values()), self.service.log.next_offset)
+        else:
+            yield from nats_metrics(self.service)
 
 
-def service_metrics(service: BufferService) -> Iterator[Metric]:
+def service_metrics(service: BufferService | NatsBridge) -> Iterator[Metric]:
     """The service's message counters and how many producer ranks are connected or ended."""
     counters = dict(service.counters)
     for key, (name, text) in SERVICE_COUNTERS.items():
-        yield CounterMetricFamily(PREFIX + name, text, value=counters[key])
+        if key in counters:
+            yield CounterMetricFamily(PREFIX + name, text, value=counters[key])
     records = list(service.report.ranks.values())
     ended = sum(record.end is not None for record in records)
     yield GaugeMetricFamily(PREFIX + "producers_connected", "Producer ranks heard from that have not ended.",
@@ -133,7 +144,39 @@ def group_metrics(groups: list[Group], head: int) -> Iterator[Metric]:
     yield from (depth, lag, delivered, skipped, members, unacked, credit, consumer_unacked)
 
 
-def start_metrics_server(service: BufferService, port: int,
+def nats_metrics(bridge: NatsBridge) -> Iterator[Metric]:
+    """The JetStream stream's size and, per JetStream consumer, depth, lag, deliveries and unacknowledged.
+
+    Nothing (rather than a failed scrape) while the bridge has no connection to the server.
+    """
+    store = bridge.store
+    if store is None:
+        return
+    try:
+        stream, consumers = store.conn.call(_stream_and_consumers(store))
+    except TransportError:
+        return
+    yield GaugeMetricFamily(PREFIX + "stored_bytes", "Bytes in the JetStream stream.", value=stream.state.bytes)
+    depth = GaugeMetricFamily(PREFIX + "group_depth", "Messages not yet delivered to the group.", labels=["group"])
+    lag = GaugeMetricFamily(PREFIX + "group_lag", "Messages the group has not acknowledged.", labels=["group"])
+    delivered = CounterMetricFamily(PREFIX + "group_delivered", "Deliveries to the group's members.",
+                                    labels=["group"])
+    unacked = GaugeMetricFamily(PREFIX + "group_unacknowledged", "Messages delivered to the group's members "
+                                "and not yet acknowledged.", labels=["group"])
+    for info in consumers:
+        name = [info.name]
+        depth.add_metric(name, info.num_pending)
+        lag.add_metric(name, info.num_pending + (info.num_ack_pending or 0))
+        delivered.add_metric(name, info.delivered.consumer_seq)
+        unacked.add_metric(name, info.num_ack_pending or 0)
+    yield from (depth, lag, delivered, unacked)
+
+
+async def _stream_and_consumers(store: Any) -> tuple[Any, list[Any]]:
+    return await store.conn.js.stream_info(store.stream), await store.conn.js.consumers_info(store.stream)
+
+
+def start_metrics_server(service: BufferService | NatsBridge, port: int,
                          addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
     """Serve ``service``'s metrics at ``http://ADDR:PORT/metrics`` on a daemon thread.
 
@@ -231,19 +274,24 @@ def megabytes(value: float) -> str:
 
 
 def totals_table(totals: dict[str, float]) -> Table:
-    """One row each: messages and bytes in and out, rejected, memory used of its bound, spilled, offsets, producers."""
-    used, bound = totals["resident_bytes"], totals["max_bytes"]
+    """One row each: messages and bytes in and out, rejected, memory used of its bound, spilled or stored,
+    offsets, producers (the rows the buffer's backend has)."""
     rows = {
         "messages in": count(totals["messages_in_total"]),
         "bytes in": megabytes(totals["bytes_in_total"]),
-        "messages out": count(totals["messages_out_total"]),
-        "bytes out": megabytes(totals["bytes_out_total"]),
-        "rejected": count(totals["rejected_messages_total"]),
-        "memory": f"{megabytes(used)} of {megabytes(bound)} ({100 * used / bound:.0f}%)" if bound else megabytes(used),
-        "spilled": megabytes(totals["spilled_bytes"]),
-        "offsets held": f"{count(totals['log_first_offset'])} to {count(totals['log_next_offset'])} (next)",
-        "producers": f"{count(totals['producers_connected'])} connected, {count(totals['producers_ended'])} ended",
     }
+    if "messages_out_total" in totals:
+        rows["messages out"] = count(totals["messages_out_total"])
+        rows["bytes out"] = megabytes(totals["bytes_out_total"])
+    rows["rejected"] = count(totals["rejected_messages_total"])
+    if "resident_bytes" in totals:
+        used, bound = totals["resident_bytes"], totals["max_bytes"]
+        rows["memory"] = f"{megabytes(used)} of {megabytes(bound)} ({100 * used / bound:.0f}%)" if bound else megabytes(used)
+        rows["spilled"] = megabytes(totals["spilled_bytes"])
+        rows["offsets held"] = f"{count(totals['log_first_offset'])} to {count(totals['log_next_offset'])} (next)"
+    if "stored_bytes" in totals:
+        rows["stored in NATS"] = megabytes(totals["stored_bytes"])
+    rows["producers"] = f"{count(totals['producers_connected'])} connected, {count(totals['producers_ended'])} ended"
     table = Table(title="buffer", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -253,13 +301,13 @@ def totals_table(totals: dict[str, float]) -> Table:
 
 
 def groups_table(groups: dict[str, dict[str, float]]) -> Table:
-    """One row per group: depth, lag, delivered, skipped, members, unacknowledged."""
+    """One row per group: depth, lag, delivered, skipped, members, unacknowledged ("–" where the backend has none)."""
     table = Table(title="groups")
     table.add_column("group")
     for column in ("depth", "lag", "delivered", "skipped", "members", "unacked"):
         table.add_column(column, justify="right")
     for name, samples in sorted(groups.items()):
-        table.add_row(name, *(count(samples[key]) for key in (
+        table.add_row(name, *(count(samples[key]) if key in samples else "–" for key in (
             "group_depth", "group_lag", "group_delivered_total", "group_skipped_total", "group_members",
             "group_unacknowledged")))
     return table
