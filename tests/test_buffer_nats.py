@@ -410,3 +410,29 @@ def test_metrics_of_the_nats_backend_come_from_the_bridge_and_the_server(bridge,
         for table in status_tables(status):
             console.print(table)
     assert "stored in NATS" in captured.get() and "analysis" in captured.get()
+
+
+def test_full_stream_makes_the_bridge_hold_the_message_and_retry(tmp_path):
+    """--max-spill reached: the server refuses, the bridge keeps the message and stores it once there is room."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    service = NatsBridge(f"ipc://{tmp_path / 'in'}", f"{URL}/{name}", max_bytes=12_000, retry_s=0.1).start()
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        for index in range(4):  # about 4.3 kB each: the third does not fit
+            producer.send(data_frames(index, total=16))
+        wait_until(lambda: service.outage is not None)
+        assert "maximum bytes" in service.outage and service.counters["messages_in"] == 2
+        with NatsStore(URL, name) as admin:  # make room
+            config = admin.conn.call(admin.conn.js.stream_info(admin.stream)).config
+            config.max_bytes = 1 << 20
+            admin.conn.call(admin.conn.js.update_stream(config))
+        producer.send(end_frames(messages=4, events=16))
+        assert producer.reply() == ACK
+        assert service.counters["messages_in"] == 4 and service.outage is None
+    finally:
+        producer.close()
+        service.close()
+    with Client(f"{URL}/{name}", group="g", timeout=30) as client:
+        assert sorted(event.seq for event in client.events()) == list(range(16))
+    with NatsStore(URL, name) as store:
+        store.delete()
