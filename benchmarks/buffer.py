@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import bench_baseline, image_spec  # noqa: E402
 
+from beamstream.buffer.nats_url import listening  # noqa: E402
+
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 
 
@@ -84,16 +86,6 @@ def delete_nats_stream(url: str) -> None:
         store.delete()
 
 
-def nats_listening() -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _rate_from_consume(stderr: str, fallback: float) -> float:
     """The MB/s `beamstream consume` logs last, in GB/s (the fallback if it logged none)."""
     rates = [float(part.split()[0].replace(",", "")) / 1000 for line in stderr.splitlines()
@@ -111,7 +103,7 @@ def main() -> None:
     print(f"{images} × 8 MiB per run, {repeat} run(s) per row, ipc://, buffer --max-memory 512MiB")
     with tempfile.TemporaryDirectory(prefix="beamstream-buffer-bench-") as tmp:
         folder = Path(tmp)
-        rows = [(1, 0.6, False), (2, None, False)] + ([(1, None, True)] if nats_listening() else [])
+        rows = [(1, 0.6, False), (2, None, False)] + ([(1, None, True)] if listening(NATS) else [])
         for groups, target, nats in rows:
             rates, ratios, baselines = [], [], []
             for run in range(repeat):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ pytest.importorskip("nats", reason="the NATS backend needs nats-py: pip install 
 
 from beamstream.batch import Batch, Share  # noqa: E402
 from beamstream.buffer.nats_backend import NatsGroupReader, NatsStore  # noqa: E402
+from beamstream.buffer.nats_url import listening  # noqa: E402
 from beamstream.errors import TransportError, WireFormatError  # noqa: E402
 from beamstream.serializers.arrays import ArraysSerializer  # noqa: E402
 from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message  # noqa: E402
@@ -25,15 +25,7 @@ URL = "nats://127.0.0.1:4222"
 N = 1000
 
 
-def nats_listening() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not nats_listening(), reason=f"no NATS server listens at {URL}")
+pytestmark = pytest.mark.skipif(not listening(URL), reason=f"no NATS server listens at {URL}")
 
 
 @pytest.fixture
