@@ -73,9 +73,14 @@ class NatsBridge:
         return self
 
     def close(self) -> None:
+        """Stop serving; a message still not stored is named in a warning (readers will find it missing)."""
         self.stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.pending is not None:
+            message = self.pending[2]
+            log.warning("stopped before NATS stored a message of producer %d (%s): readers will find it missing",
+                        message.rank, f"index {message.index}" if isinstance(message, DataMessage) else "its end")
         self.producers.close(linger=0)
         self.context.term()
         self._drop_store()

@@ -107,8 +107,8 @@ class Client:
         if self.endpoints[0].startswith("nats://"):
             from beamstream.client.nats_source import NatsDeliveries
 
-            if len(self.endpoints) > 1:
-                raise ValueError(f"read one nats:// stream per Client, not {len(self.endpoints)} endpoints")
+            if len(self.endpoints) > 1 or bind or pattern != "pull":
+                raise ValueError("a nats:// stream is read by one Client from one URL, without bind or pattern='sub'")
             self._nats = NatsDeliveries(self.endpoints[0], group, lossy, start, redeliver_after)
             return
         self._context = zmq.Context()
