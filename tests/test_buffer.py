@@ -251,3 +251,109 @@ def test_producer_gone_without_end_is_reported_to_every_group(tmp_path, write_sp
     assert not report.complete and report.events >= 31
     assert "INCOMPLETE" in report.summary() and "producer 0: no end-of-stream" in report.summary()
     assert "events never arrived" in report.summary()
+
+
+def _minor_faults(pid: int) -> int:
+    """Page faults served without I/O so far (each first touch of a fresh page is one), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
+
+
+def test_the_buffer_reuses_message_memory_once_its_log_is_full(tmp_path):
+    """Past the first --max-memory of messages, receiving one does not touch fresh pages (2048 per 8 MiB)."""
+    from conftest import start_cli
+
+    consumers = f"ipc://{tmp_path / 'out'}"
+    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+                        "--max-memory", "64MiB")
+    assert "buffer: producers" in service.stderr.readline()
+    spec = parse_spec({
+        "source": {"type": "simulated", "n_events": 48, "bank_size": 2, "events_per_read": 1,
+                   "detectors": [{"kind": "image", "shape": [2048, 2048], "peaks": 0}]},  # 8 MiB events
+        "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}],
+    })
+    faults = {}
+    try:
+        with Client(consumers, group="g", timeout=60) as client:
+            producer = threading.Thread(target=lambda: run_local(spec, workers=1))
+            producer.start()
+            seqs = []
+            for event in client.events():
+                seqs.append(event.seq)
+                if len(seqs) in (24, 48):  # the log (8 messages) has been full since about the 12th
+                    faults[len(seqs)] = _minor_faults(service.pid)
+            producer.join()
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    assert seqs == list(range(48))
+    per_message = (faults[48] - faults[24]) / 24
+    assert per_message < 2048 / 4, f"{per_message:.0f} fresh pages per 8 MiB message (2048 is one message's worth)"
+
+
+def test_freed_buffers_are_reused_while_busy_and_given_back_when_trimmed():
+    """In a fresh interpreter: after release_freed_buffers, freed 8 MiB buffers are reused; trimming returns them."""
+    import subprocess
+    import sys
+
+    program = """
+import os, psutil
+from beamstream.buffer.service import release_freed_buffers, trim_freed_buffers
+
+def minor_faults():
+    with open(f"/proc/{os.getpid()}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
+
+def fill():
+    return [bytearray(b"x" * (8 << 20)) for _ in range(16)]  # 128 MiB, every page written
+
+assert release_freed_buffers()
+held = fill()
+del held
+before = minor_faults()
+held = fill()
+refaulted = minor_faults() - before
+del held
+busy = psutil.Process().memory_info().rss
+assert trim_freed_buffers()
+print(refaulted, (busy - psutil.Process().memory_info().rss) >> 20)
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    refaulted, returned_mib = map(int, out.stdout.split())
+    assert refaulted < 16 * 2048 // 4, f"{refaulted} fresh pages for 16 reused 8 MiB buffers"
+    assert returned_mib >= 100, f"trimming gave back only {returned_mib} MiB of 128 MiB freed"
+
+
+def test_producers_and_consumers_have_an_io_thread_each(tmp_path):
+    import zmq
+
+    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
+    try:
+        assert service.context.get(zmq.IO_THREADS) == 2
+        assert (service.producers.getsockopt(zmq.AFFINITY), service.consumers.getsockopt(zmq.AFFINITY)) == (1, 2)
+    finally:
+        service.close()
+
+
+def test_freed_memory_is_given_back_once_the_buffer_is_idle(tmp_path, monkeypatch):
+    """Trimming happens after a probe interval with no message in or out, once per idle spell."""
+    import beamstream.buffer.service as service_module
+
+    trims = []
+    monkeypatch.setattr(service_module, "trim_freed_buffers", lambda: trims.append(True) or True)
+    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
+    try:
+        service._trim_when_idle()
+        assert trims == [], "nothing has moved since start: nothing to give back"
+        service.counters["messages_in"] += 3
+        service._trim_when_idle()
+        assert trims == [], "busy during the last interval"
+        service._trim_when_idle()
+        service._trim_when_idle()
+        assert trims == [True], "idle for an interval: trimmed once, not again while still idle"
+        service.counters["messages_out"] += 1
+        service._trim_when_idle()
+        service._trim_when_idle()
+        assert trims == [True, True]
+    finally:
+        service.close()

@@ -45,12 +45,19 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
-def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int) -> zmq.Socket:
-    """A socket of ``kind`` bound or connected to ``endpoint``, with send and receive HWM ``hwm``."""
+def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int,
+                affinity: int = 0) -> zmq.Socket:
+    """A socket of ``kind`` bound or connected to ``endpoint``, with send and receive HWM ``hwm``.
+
+    ``affinity`` (ZMQ_AFFINITY, a bit mask of the context's I/O threads; 0: any) pins the
+    socket's connections to those I/O threads.
+    """
     check_endpoint(endpoint)
     socket = context.socket(kind)
     socket.setsockopt(zmq.SNDHWM, hwm)
     socket.setsockopt(zmq.RCVHWM, hwm)
+    if affinity:
+        socket.setsockopt(zmq.AFFINITY, affinity)
     try:
         if bind:
             socket.bind(endpoint)
