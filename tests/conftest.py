@@ -7,13 +7,17 @@ import stat
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from beamstream.errors import MissingDependency
+from beamstream.client import Client
+from beamstream.errors import MissingDependency, StreamIncomplete
 from beamstream.sources.psana2 import import_psana
+from beamstream.spec import parse_spec
 
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 
@@ -88,3 +92,37 @@ def xtc(psana, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("xtc") / "data.xtc2"
     subprocess.run([str(writer), "-f", str(path), "-n", "10"], check=True, capture_output=True)
     return str(path)
+
+
+def waveform_spec(endpoint: str, n_events: int = 60, rate_hz: float | None = None, samples: int = 1024):
+    """A simulated stream of ``n_events`` waveforms, one per message, to the stream sink at ``endpoint``."""
+    return parse_spec({
+        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 5, "rate_hz": rate_hz,
+                   "detectors": [{"kind": "waveform", "samples": samples}]},
+        "sinks": [{"type": "stream", "endpoint": endpoint}],
+    })
+
+
+def read_in_thread(endpoint: str, results: dict, key: str, **options) -> threading.Thread:
+    """Read ``endpoint`` with a Client on a thread: ``results[key]`` gets the event seqs (or the
+    StreamIncomplete raised), ``results[key + ".report"]`` the client's report."""
+
+    def read() -> None:
+        with Client(endpoint, timeout=60, **options) as client:
+            try:
+                results[key] = [event.seq for event in client.events()]
+            except StreamIncomplete as exc:
+                results[key] = exc
+            results[key + ".report"] = client.report
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, what: str = "the condition", timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.01)

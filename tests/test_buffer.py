@@ -13,14 +13,9 @@ from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
+from conftest import read_in_thread, wait_until, waveform_spec
 
 
-def spec_to(endpoint: str, n_events: int = 60, rate_hz: float | None = None):
-    return parse_spec({
-        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 5, "rate_hz": rate_hz,
-                   "detectors": [{"kind": "waveform", "samples": 1024}]},
-        "sinks": [{"type": "stream", "endpoint": endpoint}],
-    })
 
 
 @pytest.fixture
@@ -30,26 +25,14 @@ def buffer(tmp_path):
     service.close()
 
 
-def consume_in_thread(endpoint: str, results: dict, key: str, **options) -> threading.Thread:
-    def consume() -> None:
-        with Client(endpoint, timeout=60, **options) as client:
-            try:
-                results[key] = [event.seq for event in client.events()]
-            except StreamIncomplete as exc:
-                results[key] = exc
-            results[key + ".report"] = client.report
-
-    thread = threading.Thread(target=consume)
-    thread.start()
-    return thread
 
 
 def test_shared_and_broadcast_groups_get_the_expected_events(buffer, tmp_path):
     consumers = f"ipc://{tmp_path / 'out'}"
     results: dict = {}
-    threads = [consume_in_thread(consumers, results, f"shared{n}", group="crystallography") for n in range(3)]
-    threads.append(consume_in_thread(consumers, results, "training", group="training"))
-    result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+    threads = [read_in_thread(consumers, results, f"shared{n}", group="crystallography") for n in range(3)]
+    threads.append(read_in_thread(consumers, results, "training", group="training"))
+    result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
     for thread in threads:
         thread.join(timeout=120)
     assert result.ok, result.errors
@@ -101,7 +84,6 @@ def test_killed_consumer_loses_nothing_its_group_needs(buffer, tmp_path):
     """kill -9 a group member mid-stream: the other member gets every message the dead one had not finished."""
     import os
     import signal
-    import time
 
     import h5py
 
@@ -111,13 +93,11 @@ def test_killed_consumer_loses_nothing_its_group_needs(buffer, tmp_path):
     saved = tmp_path / "saved"
     victim = start_cli("consume", consumers, "--group", "g", "--out", str(saved), "--timeout", "60")
     results: dict = {}
-    survivor = consume_in_thread(consumers, results, "survivor", group="g")
+    survivor = read_in_thread(consumers, results, "survivor", group="g")
     producer = threading.Thread(target=lambda: results.setdefault(
-        "run", run_local(spec_to(f"ipc://{tmp_path / 'in'}", n_events=300, rate_hz=300), workers=1)))
+        "run", run_local(waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=300, rate_hz=300), workers=1)))
     producer.start()
-    deadline = time.monotonic() + 60
-    while len(list(saved.glob("*.h5"))) < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(list(saved.glob("*.h5"))) >= 10, "the doomed member to save 10 messages", timeout=60)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     producer.join(timeout=120)
@@ -144,8 +124,8 @@ def test_buffer_command_serves_until_interrupted(tmp_path):
                         "--max-memory", "64MiB")
     try:
         results: dict = {}
-        reader = consume_in_thread(consumers, results, "all", group="everything")
-        result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+        reader = read_in_thread(consumers, results, "all", group="everything")
+        result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
         reader.join(timeout=120)
         assert result.ok and sorted(results["all"]) == list(range(60))
     finally:
@@ -179,8 +159,8 @@ def test_producer_speaking_another_wire_version_is_told_and_others_are_served(bu
     sender.close_now()
 
     results: dict = {}
-    reader = consume_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
-    assert run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=1).ok
+    reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
+    assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=1).ok
     reader.join(timeout=60)
     assert sorted(results["ok"]) == list(range(60))
     assert buffer.counters["rejected"] == 2

@@ -16,17 +16,11 @@ from beamstream.buffer.metrics import fetch_status, metrics_url, start_metrics_s
 from beamstream.buffer.service import BufferService
 from beamstream.client import Client
 from beamstream.producer import run_local
-from beamstream.spec import parse_spec
+from conftest import waveform_spec
 
 GROUPS = {"alpha": 2, "beta": 1}  # group → members
 
 
-def spec_to(endpoint: str, n_events: int = 60):
-    return parse_spec({
-        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 5,
-                   "detectors": [{"kind": "waveform", "samples": 1024}]},
-        "sinks": [{"type": "stream", "endpoint": endpoint}],
-    })
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -77,7 +71,7 @@ def test_metrics_and_status_after_a_stream_through_two_groups(served, tmp_path):
     members = [consume_until_scraped(f"ipc://{tmp_path / 'out'}", group, seqs[group], scraped)
                for group, count in GROUPS.items() for _ in range(count)]
     try:
-        result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+        result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
         assert result.ok, result.errors
         assert all(finished.wait(60) for _, finished in members)
         samples = scrape(url)
@@ -136,7 +130,7 @@ def test_buffer_command_serves_metrics_on_request(tmp_path):
     try:
         banner = service.stderr.readline()
         url = re.search(r"metrics → (\S+)", banner).group(1)
-        result = run_local(spec_to(f"ipc://{tmp_path / 'in'}", n_events=20), workers=2)
+        result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=20), workers=2)
         status = fetch_status(url)
     finally:
         service.send_signal(signal.SIGINT)

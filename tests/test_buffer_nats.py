@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections import Counter
 
@@ -166,16 +164,10 @@ from beamstream.buffer.nats_bridge import NatsBridge  # noqa: E402
 from beamstream.client import Client  # noqa: E402
 from beamstream.errors import StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
-from beamstream.spec import parse_spec  # noqa: E402
 from beamstream.transport import ACK, REFUSED, open_socket  # noqa: E402
+from conftest import read_in_thread, wait_until, waveform_spec  # noqa: E402
 
 
-def spec_to(endpoint: str, n_events: int = 60, rate_hz: float | None = None, samples: int = 1024):
-    return parse_spec({
-        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 5, "rate_hz": rate_hz,
-                   "detectors": [{"kind": "waveform", "samples": samples}]},
-        "sinks": [{"type": "stream", "endpoint": endpoint}],
-    })
 
 
 @pytest.fixture
@@ -189,18 +181,6 @@ def bridge(tmp_path):
         store.delete()
 
 
-def read_in_thread(url: str, results: dict, key: str, **options) -> threading.Thread:
-    def read() -> None:
-        with Client(url, timeout=60, **options) as client:
-            try:
-                results[key] = [event.seq for event in client.events()]
-            except StreamIncomplete as exc:
-                results[key] = exc
-            results[key + ".report"] = client.report
-
-    thread = threading.Thread(target=read)
-    thread.start()
-    return thread
 
 
 def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridge, tmp_path):
@@ -208,7 +188,7 @@ def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridg
     results: dict = {}
     threads = [read_in_thread(url, results, f"shared{n}", group="crystallography") for n in range(3)]
     threads.append(read_in_thread(url, results, "training", group="training"))
-    result = run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2)
+    result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
     for thread in threads:
         thread.join(timeout=120)
     assert result.ok, result.errors
@@ -225,7 +205,7 @@ def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridg
 
 def test_lossy_reader_over_nats_takes_the_newest_and_counts_the_rest(bridge, tmp_path):
     service, url = bridge
-    assert run_local(spec_to(f"ipc://{tmp_path / 'in'}", n_events=50), workers=1).ok
+    assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=50), workers=1).ok
     with Client(url, group="viewer", lossy=True, timeout=30) as viewer:
         messages = list(viewer.messages())
     assert [message.header.index for message in messages] == [49], "only the newest of 50 stored"
@@ -310,11 +290,6 @@ def test_restarted_bridge_accounts_for_what_was_stored_before(bridge, tmp_path):
         producer.close()
 
 
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def end_frames(messages: int, events: int) -> list:
@@ -388,7 +363,7 @@ def test_metrics_of_the_nats_backend_come_from_the_bridge_and_the_server(bridge,
     service, url = bridge
     server, thread = start_metrics_server(service, 0)
     try:
-        assert run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2).ok
+        assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2).ok
         with Client(url, group="analysis", timeout=30) as client:
             assert len(list(client.events())) == 60
         status = fetch_status(f"127.0.0.1:{server.server_port}")

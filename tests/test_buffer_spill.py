@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
+from conftest import wait_until
 
 
 def spec_to(endpoint: str, n_events: int = 60):
@@ -31,11 +31,6 @@ def read_group(endpoint: str, group: str) -> tuple[list, Client]:
     return messages, client
 
 
-def wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.01)
 
 
 def test_a_new_group_replays_identical_bytes_from_disk(tmp_path):
@@ -64,7 +59,7 @@ def test_retained_stream_survives_a_restart(tmp_path):
                 if len(half) == 10:
                     break
             # the acknowledgements of the first 9 travel on; close only once the buffer has them
-            wait_for(lambda: service.log.groups["slow"].low_water >= 9, "the buffer to record 9 acknowledgements")
+            wait_until(lambda: service.log.groups["slow"].low_water >= 9, "the buffer to record 9 acknowledgements")
     finally:
         service.close()
     restarted = BufferService(*endpoints, max_bytes=1 << 20, spill=tmp_path / "spill").start()

@@ -25,24 +25,23 @@ Promises:
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any
 
 import zmq
 
+from beamstream.buffer.intake import ProducerIntake
 from beamstream.buffer.nats_backend import NatsStore
 from beamstream.buffer.nats_url import split_url
-from beamstream.client.report import StreamReport
-from beamstream.errors import TransportError, WireFormatError
-from beamstream.transport import ACK, REFUSED, open_socket
-from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.errors import TransportError
+from beamstream.wire import DataMessage, EndMessage
 
 log = logging.getLogger(__name__)
 
 
-class NatsBridge:
+class NatsBridge(ProducerIntake):
     """Call :meth:`serve` (blocks until ``stop`` is set) or :meth:`start` for a thread; :meth:`close` ends it."""
+
+    thread_name = "beamstream-nats-bridge"
 
     def __init__(self, producers: str, url: str, *, hwm: int = 4, bind: bool = True,
                  retention_s: float | None = None, max_bytes: int | None = None,
@@ -50,39 +49,26 @@ class NatsBridge:
         self.server, self.name = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
-        self.report = StreamReport(endpoints=[producers])
+        try:
+            super().__init__(zmq.Context(), producers, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s)
+        except BaseException:
+            self._drop_store()
+            raise
         for message in self.store.stored():
             (self.report.add_end if isinstance(message, EndMessage) else self.report.add_data)(message)
         if self.report.producers is not None:
             log.info("%s holds %d messages of stream %s already", url, self.report.messages, self.report.stream)
-        self.context = zmq.Context()
-        self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm)
-        self.producer_timeout_s = producer_timeout_s
         self.retry_s = retry_s
-        self.last_producer_message = time.monotonic()
         self.pending: tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None = None
         self.outage: str | None = None
         self.written_verdict: tuple[bool, str] | None = None
-        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0}
-        self.stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> NatsBridge:
-        self._thread = threading.Thread(target=self.serve, name="beamstream-nats-bridge", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop serving; a message still not stored is named in a warning (readers will find it missing)."""
-        self.stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _release(self) -> None:
+        """Close the connection; a message still not stored is named in a warning (readers will find it missing)."""
         if self.pending is not None:
             message = self.pending[2]
             log.warning("stopped before NATS stored a message of producer %d (%s): readers will find it missing",
                         message.rank, f"index {message.index}" if isinstance(message, DataMessage) else "its end")
-        self.producers.close(linger=0)
-        self.context.term()
         self._drop_store()
 
     def serve(self, poll_ms: int = 100) -> None:
@@ -92,21 +78,10 @@ class NatsBridge:
                 self.stop.wait(self.retry_s)
                 continue
             if self.producers.poll(poll_ms):
-                self._on_producer(self.producers.recv_multipart(copy=False))
+                self.pending = self.receive(self.producers.recv_multipart(copy=False))
+                if self.pending is not None:
+                    self._store_pending()
             self._write_verdict()
-
-    def _on_producer(self, frames: list[zmq.Frame]) -> None:
-        identity = frames[0].bytes
-        self.last_producer_message = time.monotonic()
-        try:
-            message = parse_message(frames[1:], verify=False)
-        except WireFormatError as exc:
-            self.counters["rejected"] += 1
-            log.warning("refused a message from a producer: %s", exc)
-            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
-            return
-        self.pending = (identity, frames[1:], message)
-        self._store_pending()
 
     def _store_pending(self) -> bool:
         """Store the message in hand; False (and keep it) if the server did not take it."""
@@ -126,13 +101,7 @@ class NatsBridge:
             log.warning("NATS stores again after: %s", self.outage)
             self.outage = None
         self.pending = None
-        if isinstance(message, EndMessage):
-            self.report.add_end(message)
-            self.producers.send_multipart([identity, ACK])
-        else:
-            self.report.add_data(message)
-            self.counters["messages_in"] += 1
-            self.counters["bytes_in"] += message.nbytes
+        self.kept(identity, message)
         return True
 
     def _drop_store(self) -> None:
@@ -146,10 +115,7 @@ class NatsBridge:
 
     def _write_verdict(self) -> None:
         """Write the verdict once the producers are done (all ended, or silent too long), when it changed."""
-        if self.report.producers is None or self.store is None:
-            return
-        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
-        if not (self.report.all_ended or silent):
+        if self.store is None or not self.producers_done():
             return
         verdict = (self.report.complete, self.report.summary())
         if verdict == self.written_verdict:

@@ -29,26 +29,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from beamstream.buffer.intake import ProducerIntake
 from beamstream.buffer.protocol import pack, unpack
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.store import Group, Log
-from beamstream.client.report import StreamReport
 from beamstream.errors import WireFormatError
-from beamstream.transport import ACK, REFUSED, open_socket
+from beamstream.transport import open_socket
 from beamstream.wire import EndMessage, parse_message
 
 log = logging.getLogger(__name__)
 PING = pack("ping")
 
 
-class BufferService:
+class BufferService(ProducerIntake):
     """The buffer; call :meth:`serve` (blocks until ``stop`` is set) or use :meth:`start` for a thread."""
 
     def __init__(self, producers: str, consumers: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
@@ -57,8 +56,8 @@ class BufferService:
                  producer_timeout_s: float = 60.0) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
-        self.context = zmq.Context(io_threads=2)
-        self.producers = open_socket(self.context, zmq.ROUTER, producers, bind=bind, hwm=hwm, affinity=0b01)
+        super().__init__(zmq.Context(io_threads=2), producers, hwm=hwm, bind=bind,
+                         producer_timeout_s=producer_timeout_s, affinity=0b01)
         self.consumers = open_socket(self.context, zmq.ROUTER, consumers, bind=bind, hwm=0,  # credit bounds it
                                      affinity=0b10)
         self.consumers.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -70,16 +69,11 @@ class BufferService:
         segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
         segments = Segments(self.spill, segment_bytes) if self.spill else None
         self.log = Log(max_bytes, segments, max_spill, retention_s)
-        self.report = StreamReport(endpoints=[producers])
         self._saved_groups: dict[str, dict[str, Any]] = {}
-        self.producer_timeout_s = producer_timeout_s
-        self.last_producer_message = time.monotonic()
         self._restore()
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
-        self.stop = threading.Event()
         self.last_size = 0
-        self.counters = {"messages_in": 0, "bytes_in": 0, "messages_out": 0, "bytes_out": 0, "rejected": 0}
-        self._thread: threading.Thread | None = None
+        self.counters.update(messages_out=0, bytes_out=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
 
     # --- spill: state that survives a restart ---------------------------------------------------
@@ -114,20 +108,9 @@ class BufferService:
 
     # --- running ----------------------------------------------------------------------------
 
-    def start(self) -> BufferService:
-        """Serve on a background thread; :meth:`close` stops it."""
-        self._thread = threading.Thread(target=self.serve, name="beamstream-buffer", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    def _release(self) -> None:
         self.save_groups()
-        self.producers.close(linger=0)
         self.consumers.close(linger=0)
-        self.context.term()
 
     def serve(self, poll_ms: int = 100) -> None:
         """Run the loop until ``stop`` is set."""
@@ -171,27 +154,17 @@ class BufferService:
     # --- producers --------------------------------------------------------------------------
 
     def _on_producer(self, frames: list[zmq.Frame]) -> None:
-        identity, message_frames = frames[0].bytes, frames[1:]
-        self.last_producer_message = time.monotonic()
-        try:
-            message = parse_message(message_frames, verify=False)
-        except WireFormatError as exc:
-            self.counters["rejected"] += 1
-            log.warning("refused a message from a producer: %s", exc)
-            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
+        received = self.receive(frames)
+        if received is None:
             return
+        identity, message_frames, message = received
         if isinstance(message, EndMessage):
             if self.ends is not None:
                 self.ends.append(len(self.ends.index), message_frames, "end")
-            self.report.add_end(message)
-            self.producers.send_multipart([identity, ACK])
-            return
-        self.report.add_data(message)
-        nbytes = message.nbytes
-        self.log.append(message_frames, nbytes, "data")
-        self.last_size = nbytes
-        self.counters["messages_in"] += 1
-        self.counters["bytes_in"] += nbytes
+        else:
+            self.log.append(message_frames, message.nbytes, "data")
+            self.last_size = message.nbytes
+        self.kept(identity, message)
 
     # --- consumers --------------------------------------------------------------------------
 
@@ -253,13 +226,8 @@ class BufferService:
             if self._send_consumer(member.identity, [control, *entry.frames]):
                 self.counters["messages_out"] += 1
                 self.counters["bytes_out"] += entry.nbytes
-        if self.report.all_ended or self._producers_gone():
+        if self.producers_done():
             self._send_ends()
-
-    def _producers_gone(self) -> bool:
-        """True once a stream has begun and no producer spoke for ``producer_timeout_s`` without ending."""
-        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
-        return silent and self.report.producers is not None and not self.report.all_ended
 
     def _send_ends(self) -> None:
         for group in self.log.groups.values():

@@ -1,0 +1,100 @@
+"""``ProducerIntake``: what every buffer backend does on its producer side, and running its loop.
+
+Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER that
+a buffer binds. Every backend reads their messages the same way: a message that is not a
+beamstream message of this wire version is refused with a ``beamstream-refused:`` reply that
+says why (and counted); an end message is acknowledged once the backend has kept it; producers
+that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
+declared gone, so the stream's verdict can be given without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+
+import zmq
+
+from beamstream.client.report import StreamReport
+from beamstream.errors import WireFormatError
+from beamstream.transport import ACK, REFUSED, open_socket
+from beamstream.wire import DataMessage, EndMessage, parse_message
+
+log = logging.getLogger(__name__)
+
+
+class ProducerIntake(ABC):
+    """The producer socket, the account of the stream (``report``) and the counters of one buffer.
+
+    Subclasses run their loop in :meth:`serve` until ``stop`` is set, and release what they
+    hold in :meth:`_release`; :meth:`start` runs the loop on a thread, :meth:`close` stops it.
+    """
+
+    thread_name = "beamstream-buffer"
+
+    def __init__(self, context: zmq.Context, producers: str, *, hwm: int, bind: bool, producer_timeout_s: float,
+                 affinity: int = 0) -> None:
+        self.context = context
+        self.producers = open_socket(context, zmq.ROUTER, producers, bind=bind, hwm=hwm, affinity=affinity)
+        self.report = StreamReport(endpoints=[producers])
+        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0}
+        self.producer_timeout_s = producer_timeout_s
+        self.last_producer_message = time.monotonic()
+        self.stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @abstractmethod
+    def serve(self) -> None:
+        """Run the loop until ``stop`` is set."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close what the backend holds, after the loop has stopped."""
+
+    def start(self) -> ProducerIntake:
+        """Serve on a background thread; :meth:`close` stops it."""
+        self._thread = threading.Thread(target=self.serve, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and release the sockets; safe to call once, after or without :meth:`start`."""
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._release()
+        self.producers.close(linger=0)
+        self.context.term()
+
+    def receive(self, frames: list[zmq.Frame]) -> tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None:
+        """(producer identity, message frames, parsed header) of what a producer sent, or None if refused."""
+        identity = frames[0].bytes
+        self.last_producer_message = time.monotonic()
+        try:
+            message = parse_message(frames[1:], verify=False)
+        except WireFormatError as exc:
+            self.counters["rejected"] += 1
+            log.warning("refused a message from a producer: %s", exc)
+            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
+            return None
+        return identity, frames[1:], message
+
+    def kept(self, identity: bytes, message: DataMessage | EndMessage) -> None:
+        """Account for a message the backend has kept; an end message is acknowledged to its producer now."""
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+            self.producers.send_multipart([identity, ACK])
+            return
+        self.report.add_data(message)
+        self.counters["messages_in"] += 1
+        self.counters["bytes_in"] += message.nbytes
+
+    def producers_done(self) -> bool:
+        """True once every producer has ended, or those that began a stream without ending have been
+        silent for ``producer_timeout_s``: the stream's verdict can be given."""
+        if self.report.producers is None:
+            return False
+        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
+        return self.report.all_ended or silent
