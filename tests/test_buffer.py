@@ -152,11 +152,13 @@ def test_producer_speaking_another_wire_version_is_told_and_others_are_served(bu
     stranger.close(linger=0)
     assert reply.startswith(b"beamstream-refused: ") and b"wire format version 2" in reply
 
-    sender = StreamSink(endpoint=f"ipc://{tmp_path / 'in'}").open(SinkContext("s", 0, 1))
-    sender.socket.send_multipart([b"\xc1 not msgpack"])
-    with pytest.raises(TransportError, match="refused a message: message header is not msgpack"):
-        sender._handle_incoming(10_000)
-    sender.close_now()
+    sender = StreamSink(endpoint=f"ipc://{tmp_path / 'in'}", send_timeout_s=10).open(SinkContext("s", 0, 1))
+    try:
+        sender.socket.send_multipart([b"\xc1 not msgpack"])
+        with pytest.raises(TransportError, match="refused a message: message header is not msgpack"):
+            sender._wait_until(lambda: False, "the buffer's answer")
+    finally:
+        sender.close_now()
 
     results: dict = {}
     reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")

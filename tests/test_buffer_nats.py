@@ -164,7 +164,7 @@ from beamstream.buffer.nats_bridge import NatsBridge  # noqa: E402
 from beamstream.client import Client  # noqa: E402
 from beamstream.errors import StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
-from beamstream.transport import ACK, REFUSED, open_socket  # noqa: E402
+from beamstream.transport import ACK, KEPT, REFUSED, open_socket  # noqa: E402
 from conftest import read_in_thread, wait_until, waveform_spec  # noqa: E402
 
 
@@ -219,13 +219,19 @@ class FakeProducer:
     def __init__(self, endpoint: str) -> None:
         self.context = zmq.Context()
         self.socket = open_socket(self.context, zmq.DEALER, endpoint, bind=False, hwm=4)
+        self.kept: list[int] = []
 
     def send(self, frames: list) -> None:
         self.socket.send_multipart(frames, copy=False)
 
     def reply(self, timeout: float = 10.0) -> bytes:
-        assert self.socket.poll(int(timeout * 1000)), "the bridge did not answer"
-        return self.socket.recv()
+        """The next answer other than a ``beamstream-kept`` acknowledgement (those are counted in ``kept``)."""
+        while True:
+            assert self.socket.poll(int(timeout * 1000)), "the bridge did not answer"
+            frame = self.socket.recv()
+            if not frame.startswith(KEPT):
+                return frame
+            self.kept.append(int(frame[len(KEPT):]))
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -248,7 +254,7 @@ def test_producer_without_an_end_is_reported_with_missing_ranges(bridge, tmp_pat
     assert "no end-of-stream" in report.summary() and "12-23" in report.summary()
 
 
-def test_bridge_refuses_another_wire_version_and_keeps_serving(bridge, tmp_path):
+def test_bridge_refuses_another_wire_version_acknowledges_and_drops_resent_messages(bridge, tmp_path):
     service, url = bridge
     producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
     try:
@@ -257,8 +263,11 @@ def test_bridge_refuses_another_wire_version_and_keeps_serving(bridge, tmp_path)
         producer.send([msgpack.packb({**header, "v": 99}), *frames[1:]])
         assert producer.reply().startswith(REFUSED) and service.counters["rejected"] == 1
         producer.send(frames)
+        producer.send(frames)  # resent, as after a reconnect
         producer.send(end_frames(messages=1, events=4))
         assert producer.reply() == ACK
+        assert producer.kept == [0, 0], "the copy is acknowledged too, so the producer forgets it"
+        assert service.counters["messages_in"] == 1 and service.counters["duplicates"] == 1
     finally:
         producer.close()
     with Client(url, group="g", timeout=30) as client:

@@ -67,7 +67,8 @@ def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
     """Produce rank ``rank``'s share of ``spec``; return what was sent.
 
     ``report`` is called after every message with the running totals. On an error the
-    worker still sends an end message with status ``error`` and the reason, then re-raises.
+    worker still sends an end message with status ``error`` and the reason (to every sink,
+    even if closing one fails), then re-raises that error.
     """
     stats = WorkerStats(rank=rank, started=time.time())
     source = spec.source.open()
@@ -97,9 +98,15 @@ def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
         stats.finished = time.time()
         end = EndMessage(stream=stream_id, rank=rank, producers=ranks, share=share, messages=stats.messages,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason)
+        failures = []
         for sink in sinks:
-            sink.close(end)
+            try:
+                sink.close(end)
+            except Exception as exc:  # every sink gets its end; the first failure is raised below
+                failures.append(exc)
         report(stats)
+        if failures and stats.status != "error":  # an error already on its way is the one to report
+            raise failures[0]
     return stats
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 import zmq
@@ -12,6 +13,14 @@ ACK = b"beamstream-ack"
 """What a consumer sends back upstream when an end-of-stream message arrives."""
 REFUSED = b"beamstream-refused: "
 """Start of what a buffer sends back upstream for a message it cannot accept, followed by why."""
+KEPT = b"beamstream-kept "
+"""Start of what a receiver (buffer or client) sends back to a push producer for each data message
+it has, followed by the message's index in ASCII: the producer may then forget the message."""
+
+
+def kept(index: int) -> bytes:
+    """The frame that tells a push producer its data message ``index`` arrived."""
+    return KEPT + str(index).encode()
 
 
 def rank_endpoint(endpoint: str, rank: int) -> str:
@@ -46,16 +55,18 @@ def check_endpoint(endpoint: str) -> str:
 
 
 def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int,
-                affinity: int = 0) -> zmq.Socket:
+                affinity: int = 0, replies: Literal["in", "out"] | None = None) -> zmq.Socket:
     """A socket of ``kind`` bound or connected to ``endpoint``, with send and receive HWM ``hwm``.
 
     ``affinity`` (ZMQ_AFFINITY, a bit mask of the context's I/O threads; 0: any) pins the
-    socket's connections to those I/O threads.
+    socket's connections to those I/O threads. ``replies`` names the direction that carries
+    only small replies to the data (``kept``, end acknowledgements): it gets no HWM, because a
+    ROUTER silently drops what it cannot queue, and a lost reply would stall a producer.
     """
     check_endpoint(endpoint)
     socket = context.socket(kind)
-    socket.setsockopt(zmq.SNDHWM, hwm)
-    socket.setsockopt(zmq.RCVHWM, hwm)
+    socket.setsockopt(zmq.SNDHWM, 0 if replies == "out" else hwm)
+    socket.setsockopt(zmq.RCVHWM, 0 if replies == "in" else hwm)
     if affinity:
         socket.setsockopt(zmq.AFFINITY, affinity)
     try:

@@ -3,7 +3,9 @@
 Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER that
 a buffer binds. Every backend reads their messages the same way: a message that is not a
 beamstream message of this wire version is refused with a ``beamstream-refused:`` reply that
-says why (and counted); an end message is acknowledged once the backend has kept it; producers
+says why (and counted); a data message is acknowledged (``beamstream-kept INDEX``) and an end
+message with ``beamstream-ack`` once the backend has kept it; a message that arrives again (a
+producer resending after a reconnect) is acknowledged again and otherwise dropped; producers
 that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
 declared gone, so the stream's verdict can be given without them.
 """
@@ -19,7 +21,7 @@ import zmq
 
 from beamstream.client.report import StreamReport
 from beamstream.errors import WireFormatError
-from beamstream.transport import ACK, REFUSED, open_socket
+from beamstream.transport import ACK, REFUSED, kept, open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,11 @@ class ProducerIntake(ABC):
     def __init__(self, context: zmq.Context, producers: str, *, hwm: int, bind: bool, producer_timeout_s: float,
                  affinity: int = 0) -> None:
         self.context = context
-        self.producers = open_socket(context, zmq.ROUTER, producers, bind=bind, hwm=hwm, affinity=affinity)
+        self.producers = open_socket(context, zmq.ROUTER, producers, bind=bind, hwm=hwm, affinity=affinity,
+                                     replies="out")
         self.report = StreamReport(endpoints=[producers])
-        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0}
+        self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
+        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
         self.producer_timeout_s = producer_timeout_s
         self.last_producer_message = time.monotonic()
         self.stop = threading.Event()
@@ -69,7 +73,7 @@ class ProducerIntake(ABC):
         self.context.term()
 
     def receive(self, frames: list[zmq.Frame]) -> tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None:
-        """(producer identity, message frames, parsed header) of what a producer sent, or None if refused."""
+        """(producer identity, message frames, parsed header) of what a producer sent; None if refused or already kept."""
         identity = frames[0].bytes
         self.last_producer_message = time.monotonic()
         try:
@@ -79,17 +83,29 @@ class ProducerIntake(ABC):
             log.warning("refused a message from a producer: %s", exc)
             self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
             return None
+        if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
+            self.counters["duplicates"] += 1
+            self.producers.send_multipart([identity, kept(message.index)])
+            return None
         return identity, frames[1:], message
 
-    def kept(self, identity: bytes, message: DataMessage | EndMessage) -> None:
-        """Account for a message the backend has kept; an end message is acknowledged to its producer now."""
+    def acknowledge(self, identity: bytes, message: DataMessage | EndMessage) -> None:
+        """Account for a message the backend has kept, and tell its producer so."""
+        self.account(message)
         if isinstance(message, EndMessage):
-            self.report.add_end(message)
             self.producers.send_multipart([identity, ACK])
             return
-        self.report.add_data(message)
         self.counters["messages_in"] += 1
         self.counters["bytes_in"] += message.nbytes
+        self.producers.send_multipart([identity, kept(message.index)])
+
+    def account(self, message: DataMessage | EndMessage) -> None:
+        """Add a kept message to the stream's account (also for messages kept before a restart)."""
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+        else:
+            self.report.add_data(message)
+            self.seen.add((message.rank, message.index))
 
     def producers_done(self) -> bool:
         """True once every producer has ended, or those that began a stream without ending have been

@@ -55,7 +55,7 @@ class NatsBridge(ProducerIntake):
             self._drop_store()
             raise
         for message in self.store.stored():
-            (self.report.add_end if isinstance(message, EndMessage) else self.report.add_data)(message)
+            self.account(message)
         if self.report.producers is not None:
             log.info("%s holds %d messages of stream %s already", url, self.report.messages, self.report.stream)
         self.retry_s = retry_s
@@ -64,10 +64,11 @@ class NatsBridge(ProducerIntake):
         self.written_verdict: tuple[bool, str] | None = None
 
     def _release(self) -> None:
-        """Close the connection; a message still not stored is named in a warning (readers will find it missing)."""
+        """Close the connection; a message still not stored is named in a warning (it was not acknowledged,
+        so its producer sends it again to the next buffer it connects to)."""
         if self.pending is not None:
             message = self.pending[2]
-            log.warning("stopped before NATS stored a message of producer %d (%s): readers will find it missing",
+            log.warning("stopped before NATS stored a message of producer %d (%s); not acknowledged to it",
                         message.rank, f"index {message.index}" if isinstance(message, DataMessage) else "its end")
         self._drop_store()
 
@@ -101,7 +102,7 @@ class NatsBridge(ProducerIntake):
             log.warning("NATS stores again after: %s", self.outage)
             self.outage = None
         self.pending = None
-        self.kept(identity, message)
+        self.acknowledge(identity, message)
         return True
 
     def _drop_store(self) -> None:

@@ -83,9 +83,9 @@ class BufferService(ProducerIntake):
         if self.spill is None:
             return
         for _, _, frames in self.log.segments.records(first_frame_only=True):
-            self.report.add_data(parse_message(frames, verify=False))
+            self.account(parse_message(frames, verify=False))
         for _, _, frames in self.ends.records():
-            self.report.add_end(parse_message(frames, verify=False))
+            self.account(parse_message(frames, verify=False))
         saved = self.spill / "groups.json"
         for name, state in (json.loads(saved.read_text()) if saved.exists() else {}).items():
             offset = max(int(state["low_water"]), self.log.first_offset)
@@ -164,7 +164,7 @@ class BufferService(ProducerIntake):
         else:
             self.log.append(message_frames, message.nbytes, "data")
             self.last_size = message.nbytes
-        self.kept(identity, message)
+        self.acknowledge(identity, message)
 
     # --- consumers --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from beamstream.buffer.protocol import pack, unpack
 from beamstream.client.report import StreamReport
 from beamstream.errors import StreamIncomplete, StreamTimeout, TransportError
 from beamstream.serializers import decode_payload
-from beamstream.transport import ACK, open_socket
+from beamstream.transport import ACK, kept, open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
 if TYPE_CHECKING:
@@ -121,7 +121,8 @@ class Client:
     def _open(self, bind: bool, pattern: str, hwm: int) -> zmq.Socket:
         kind = zmq.DEALER if self.group is not None else zmq.ROUTER if pattern == "pull" else zmq.XSUB
         try:
-            socket = open_socket(self._context, kind, self.endpoints[0], bind=bind, hwm=hwm)
+            socket = open_socket(self._context, kind, self.endpoints[0], bind=bind, hwm=hwm,
+                                 replies="out" if kind == zmq.ROUTER else None)
             for endpoint in self.endpoints[1:]:
                 (socket.bind if bind else socket.connect)(endpoint)
         except (TransportError, zmq.ZMQError):
@@ -238,6 +239,8 @@ class Client:
         """The message, unless it is an end message, of another stream, or a duplicate."""
         if isinstance(message, EndMessage):
             self._acknowledge(routing)
+        elif routing:  # a push producer keeps each message until told it arrived
+            self._socket.send_multipart([*routing, kept(message.index)])
         if self.report.stream is not None and message.stream != self.report.stream:
             self.report.foreign += 1
             return

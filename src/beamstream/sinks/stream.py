@@ -8,6 +8,14 @@ before the first message (no slow-joiner losses).
 A producer closes only after its end-of-stream message is acknowledged (:data:`ACK`) by the
 consumer (push) or by every subscriber (pub): ZeroMQ's linger alone can drop the last
 messages of a closing socket (libzmq issues 1922, 3774, 4660), and that loss would be silent.
+
+push also keeps every message until its receiver (a buffer or a client) says it has it
+(:func:`~beamstream.transport.kept`), at most ``2 × hwm + 2`` of them (a send waits while
+that many are unacknowledged). When the connection drops and comes back (a buffer killed and
+restarted), the producer sends them all again, in order; receivers drop what they already had
+by (rank, message index). So a message in flight to a buffer that died is not lost. With
+several consumers connected at once a producer cannot tell which one had a message, so it
+resends only when the connection that came back is its only one.
 """
 
 from __future__ import annotations
@@ -16,12 +24,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from zmq.utils.monitor import recv_monitor_message
+
 import zmq
 from pydantic import Field, field_validator
 
 from beamstream.errors import StreamTimeout, TransportError
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import ACK, REFUSED, check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import ACK, KEPT, REFUSED, check_endpoint, open_socket, rank_endpoint
 
 
 class StreamSink(SinkSpec):
@@ -66,11 +76,21 @@ class StreamSender:
         self.endpoint = endpoint
         self.context = zmq.Context()
         kind = zmq.DEALER if spec.pattern == "push" else zmq.XPUB
-        self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm)
+        self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm, replies="in")
         if spec.send_timeout_s is not None:
             self.socket.setsockopt(zmq.SNDTIMEO, int(spec.send_timeout_s * 1000))
         self.subscribers = 0
         self.acks = 0
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.unacked: dict[int | str, list[Any]] = {}  # push: message index (or "end") → frames, until kept
+        self.window = 2 * spec.hwm + 2
+        self.peers = 0
+        self.lost_peer = False
+        self.monitor: zmq.Socket | None = None
+        if spec.pattern == "push":
+            self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self.poller.register(self.monitor, zmq.POLLIN)
         if spec.pattern == "pub":
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, not only the first
@@ -81,12 +101,19 @@ class StreamSender:
                 raise
 
     def _handle_incoming(self, wait_ms: int | None) -> None:
-        """Read one upstream message if one comes within ``wait_ms``: a (un)subscription or an ack."""
-        if not self.socket.poll(wait_ms):
+        """Handle what comes within ``wait_ms``: connection events, and one upstream message
+        (a (un)subscription, a kept data message or an end acknowledgement)."""
+        ready = dict(self.poller.poll(wait_ms))
+        if self.monitor is not None and self.monitor in ready:
+            self._on_connection_event(recv_monitor_message(self.monitor)["event"])
+        if self.socket not in ready:
             return
         frame = self.socket.recv()
-        if frame == ACK:
+        if frame.startswith(KEPT):
+            self.unacked.pop(int(frame[len(KEPT):]), None)
+        elif frame == ACK:
             self.acks += 1
+            self.unacked.pop("end", None)
         elif frame.startswith(REFUSED):
             raise TransportError(f"{self.endpoint} refused a message: {frame[len(REFUSED):].decode(errors='replace')}")
         elif frame[:1] == b"\x01" and self.spec.pattern == "pub":
@@ -94,35 +121,56 @@ class StreamSender:
         elif frame[:1] == b"\x00" and self.spec.pattern == "pub":
             self.subscribers -= 1
 
-    def _wait_until(self, done: Callable[[], bool], what: str) -> None:
+    def _on_connection_event(self, event: int) -> None:
+        """Count connections; when the only one comes back after a loss, send every unacknowledged message again."""
+        if event == zmq.EVENT_DISCONNECTED:
+            self.peers = max(self.peers - 1, 0)  # a connection that failed its handshake was never counted
+            self.lost_peer = True
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.peers += 1
+            if self.lost_peer and self.peers == 1:
+                for frames in list(self.unacked.values()):
+                    self._send(frames)
+            self.lost_peer = self.lost_peer and self.peers != 1
+
+    def _wait_until(self, done: Callable[[], bool], what: str, failure: str | None = None) -> None:
+        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the send timeout."""
         timeout = self.spec.send_timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise StreamTimeout(f"{self.endpoint}: waited {timeout} s for {what}")
+                raise StreamTimeout(failure or f"{self.endpoint}: waited {timeout} s for {what}")
             self._handle_incoming(None if remaining is None else max(1, int(remaining * 1000)))
+
+    def _nobody_takes(self) -> str:
+        return (f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s: "
+                "start a consumer (beamstream consume) or raise send_timeout_s")
 
     def _send(self, frames: list[Any]) -> None:
         try:
             self.socket.send_multipart(frames, copy=False)
         except zmq.Again:
-            raise StreamTimeout(
-                f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s: "
-                "start a consumer (beamstream consume) or raise send_timeout_s"
-            ) from None
+            raise StreamTimeout(self._nobody_takes()) from None
         except zmq.ZMQError as exc:
             raise TransportError(f"{self.endpoint}: send failed: {exc.strerror}") from None
 
     def send(self, message: Any) -> None:
-        while self.socket.poll(0):
+        while self.poller.poll(0):
             self._handle_incoming(0)
-        self._send(message.to_frames())
+        frames = message.to_frames()
+        if self.monitor is not None:
+            self._wait_until(lambda: len(self.unacked) < self.window, "", self._nobody_takes())
+            self.unacked[message.index] = frames
+        self._send(frames)
 
     def close(self, end: Any) -> None:
         """Send ``end`` and wait until it is acknowledged (StreamTimeout after ``send_timeout_s``)."""
         try:
-            self._send(end.to_frames())
+            frames = end.to_frames()
+            if self.monitor is not None:
+                self.unacked["end"] = frames
+            self._send(frames)
             expected = 1 if self.spec.pattern == "push" else max(1, self.subscribers)
             self._wait_until(lambda: self.acks >= expected, "the consumer to acknowledge the end of the stream")
         finally:
@@ -130,5 +178,8 @@ class StreamSender:
 
     def close_now(self) -> None:
         """Drop anything queued and release the socket."""
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
         self.socket.close(linger=0)
         self.context.term()
