@@ -120,6 +120,21 @@ def read_in_thread(endpoint: str, results: dict, key: str, **options) -> threadi
     return thread
 
 
+def read_shared_and_broadcast(endpoint: str, producers: str) -> dict:
+    """Stream 60 waveforms from 2 workers to ``producers`` while group ``crystallography`` (3 members,
+    ``shared0``-``shared2``) and group ``training`` read ``endpoint``; the readers' results (see read_in_thread)."""
+    from beamstream.producer import run_local
+
+    results: dict = {}
+    threads = [read_in_thread(endpoint, results, f"shared{n}", group="crystallography") for n in range(3)]
+    threads.append(read_in_thread(endpoint, results, "training", group="training"))
+    result = run_local(waveform_spec(producers), workers=2)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert result.ok, result.errors
+    return results
+
+
 def wait_until(condition, what: str = "the condition", timeout: float = 30.0) -> None:
     """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

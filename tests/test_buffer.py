@@ -13,7 +13,7 @@ from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
-from conftest import read_in_thread, wait_until, waveform_spec
+from conftest import read_in_thread, read_shared_and_broadcast, wait_until, waveform_spec
 
 
 
@@ -28,14 +28,7 @@ def buffer(tmp_path):
 
 
 def test_shared_and_broadcast_groups_get_the_expected_events(buffer, tmp_path):
-    consumers = f"ipc://{tmp_path / 'out'}"
-    results: dict = {}
-    threads = [read_in_thread(consumers, results, f"shared{n}", group="crystallography") for n in range(3)]
-    threads.append(read_in_thread(consumers, results, "training", group="training"))
-    result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
-    for thread in threads:
-        thread.join(timeout=120)
-    assert result.ok, result.errors
+    results = read_shared_and_broadcast(f"ipc://{tmp_path / 'out'}", f"ipc://{tmp_path / 'in'}")
     assert sorted(results["training"]) == list(range(60))
     shared = Counter(seq for n in range(3) for seq in results[f"shared{n}"])
     assert sorted(shared) == list(range(60)) and set(shared.values()) == {1}

@@ -165,9 +165,7 @@ from beamstream.client import Client  # noqa: E402
 from beamstream.errors import StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
 from beamstream.transport import ACK, KEPT, REFUSED, open_socket  # noqa: E402
-from conftest import read_in_thread, wait_until, waveform_spec  # noqa: E402
-
-
+from conftest import read_shared_and_broadcast, wait_until, waveform_spec  # noqa: E402
 
 
 @pytest.fixture
@@ -181,17 +179,9 @@ def bridge(tmp_path):
         store.delete()
 
 
-
-
 def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridge, tmp_path):
     service, url = bridge
-    results: dict = {}
-    threads = [read_in_thread(url, results, f"shared{n}", group="crystallography") for n in range(3)]
-    threads.append(read_in_thread(url, results, "training", group="training"))
-    result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2)
-    for thread in threads:
-        thread.join(timeout=120)
-    assert result.ok, result.errors
+    results = read_shared_and_broadcast(url, f"ipc://{tmp_path / 'in'}")
     assert sorted(results["training"]) == list(range(60))
     shared = Counter(seq for n in range(3) for seq in results[f"shared{n}"])
     assert sorted(shared) == list(range(60)) and set(shared.values()) == {1}
@@ -297,8 +287,6 @@ def test_restarted_bridge_accounts_for_what_was_stored_before(bridge, tmp_path):
             second.close()
     finally:
         producer.close()
-
-
 
 
 def end_frames(messages: int, events: int) -> list:

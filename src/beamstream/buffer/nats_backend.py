@@ -46,7 +46,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
 
 from beamstream.buffer.nats_url import check_name
 from beamstream.buffer.protocol import pack, unpack
-
 from beamstream.errors import TransportError
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
@@ -203,13 +202,14 @@ class NatsStore(_UsesConnection):
                 name=self.stream, subjects=[f"{self.prefix}.>"], allow_direct=True, max_age=max_age_s,
                 max_bytes=max_bytes or -1, discard=DiscardPolicy.NEW))
 
-    def append(self, frames: Sequence[Any]) -> int:
+    def append(self, frames: Sequence[Any], message: DataMessage | EndMessage | None = None) -> int:
         """Store one beamstream message (all its frames); returns its stream sequence number.
 
-        Raises WireFormatError if ``frames`` is not a beamstream message, TransportError if
-        the server does not store it within the timeout.
+        ``message`` is its parsed header, if the caller has it already. Raises WireFormatError
+        if ``frames`` is not a beamstream message, TransportError if the server does not store
+        it within the timeout.
         """
-        message = parse_message(frames, verify=False)
+        message = message or parse_message(frames, verify=False)
         kind = "end" if isinstance(message, EndMessage) else "data"
         data, lengths = join_frames(frames)
         suffix = "end" if kind == "end" else str(message.index)
@@ -286,7 +286,6 @@ async def _frames(conn: NatsConnection, stream: str, msg: Any, first_only: bool 
             raise TransportError(f"{stream} sequence {seqs[i]} is not part {i} of message {headers['Bs-Msg']}")
     data = b"".join(part.data for part in parts)
     return cut_frames(data[:int(lengths)] if first_only else data, lengths)
-
 
 
 class _NatsReader(_UsesConnection):

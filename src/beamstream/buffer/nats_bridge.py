@@ -61,7 +61,7 @@ class NatsBridge(ProducerIntake):
         self.retry_s = retry_s
         self.pending: tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None = None
         self.outage: str | None = None
-        self.written_verdict: tuple[bool, str] | None = None
+        self.verdict_for: tuple[int, int] | None = None  # (messages, ended producers) the stored verdict covers
 
     def _release(self) -> None:
         """Close the connection; a message still not stored is named in a warning (it was not acknowledged,
@@ -91,7 +91,7 @@ class NatsBridge(ProducerIntake):
         try:
             if self.store is None:
                 self.store = NatsStore(self.server, self.name, **self.store_options)
-            self.store.append(frames)
+            self.store.append(frames, message)
         except TransportError as exc:
             if self.outage is None:
                 log.warning("could not store in NATS (retrying every %g s, producers wait): %s", self.retry_s, exc)
@@ -115,16 +115,16 @@ class NatsBridge(ProducerIntake):
                 pass  # the connection is already gone
 
     def _write_verdict(self) -> None:
-        """Write the verdict once the producers are done (all ended, or silent too long), when it changed."""
-        if self.store is None or not self.producers_done():
+        """Write the verdict once the producers are done (all ended, or silent too long), and again
+        whenever a message arrives after that (it is computed only then, not on every idle poll)."""
+        state = (self.report.messages, len(self.report.ended))
+        if self.store is None or state == self.verdict_for or not self.producers_done():
             return
-        verdict = (self.report.complete, self.report.summary())
-        if verdict == self.written_verdict:
-            return
+        summary = self.report.summary()
         try:
-            self.store.write_verdict(*verdict, self.report.missing)
+            self.store.write_verdict(self.report.complete, summary, self.report.missing)
         except TransportError as exc:
             log.warning("could not store the verdict in NATS (will retry): %s", exc)
             return
-        self.written_verdict = verdict
-        log.info("verdict stored: %s", verdict[1].splitlines()[0])
+        self.verdict_for = state
+        log.info("verdict stored: %s", summary.splitlines()[0])

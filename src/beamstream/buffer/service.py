@@ -26,6 +26,7 @@ copy between kernel and memory) run side by side.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -241,8 +242,9 @@ class BufferService(ProducerIntake):
                                                         missing=self.report.missing)])
 
 
+@functools.cache
 def _libc() -> Any:
-    """glibc, or None where it is not the C library (then the allocator is left alone)."""
+    """glibc, or None where it is not the C library (then the allocator is left alone); looked up once."""
     import ctypes
     import ctypes.util
 

@@ -129,11 +129,11 @@ class StreamSender:
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.peers += 1
             if self.lost_peer and self.peers == 1:
+                self.lost_peer = False
                 for frames in list(self.unacked.values()):
                     self._send(frames)
-            self.lost_peer = self.lost_peer and self.peers != 1
 
-    def _wait_until(self, done: Callable[[], bool], what: str, failure: str | None = None) -> None:
+    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None) -> None:
         """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the send timeout."""
         timeout = self.spec.send_timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -160,7 +160,8 @@ class StreamSender:
             self._handle_incoming(0)
         frames = message.to_frames()
         if self.monitor is not None:
-            self._wait_until(lambda: len(self.unacked) < self.window, "", self._nobody_takes())
+            self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements",
+                             failure=self._nobody_takes())
             self.unacked[message.index] = frames
         self._send(frames)
 
