@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import bench_baseline, image_spec  # noqa: E402
 
-from beamstream.buffer.nats_url import listening  # noqa: E402
+from beamstream.jetstream.urls import listening  # noqa: E402
 
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 
@@ -78,8 +78,8 @@ def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool 
 
 
 def delete_nats_stream(url: str) -> None:
-    from beamstream.buffer.nats_backend import NatsStore
-    from beamstream.buffer.nats_url import split_url
+    from beamstream.jetstream.store import NatsStore
+    from beamstream.jetstream.urls import split_url
 
     server, name = split_url(url)
     with NatsStore(server, name) as store:

@@ -13,8 +13,9 @@ import zmq
 pytest.importorskip("nats", reason="the NATS backend needs nats-py: pip install 'beamstream[nats]'")
 
 from beamstream.batch import Batch, Share  # noqa: E402
-from beamstream.buffer.nats_backend import NatsGroupReader, NatsStore  # noqa: E402
-from beamstream.buffer.nats_url import listening  # noqa: E402
+from beamstream.jetstream.readers import NatsGroupReader  # noqa: E402
+from beamstream.jetstream.store import NatsStore  # noqa: E402
+from beamstream.jetstream.urls import listening  # noqa: E402
 from beamstream.errors import TransportError, WireFormatError  # noqa: E402
 from beamstream.serializers.arrays import ArraysSerializer  # noqa: E402
 from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message  # noqa: E402
@@ -164,7 +165,8 @@ from beamstream.buffer.nats_bridge import NatsBridge  # noqa: E402
 from beamstream.client import Client  # noqa: E402
 from beamstream.errors import StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
-from beamstream.transport import ACK, KEPT, REFUSED, open_socket  # noqa: E402
+from beamstream.transport import open_socket  # noqa: E402
+from beamstream.wire.replies import ACK, KEPT, REFUSED  # noqa: E402
 from conftest import read_shared_and_broadcast, wait_until, waveform_spec  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from beamstream.batch import Batch, Share
 from beamstream.errors import ChecksumMismatch, WireFormatError
-from beamstream.serializers import decode_payload
+from beamstream.codecs import decode_payload
 from beamstream.serializers.arrays import ArraysSerializer
 from beamstream.serializers.hdf5 import HDF5Serializer
 from beamstream.wire import EndMessage, message_from_batch, parse_message
@@ -78,7 +78,7 @@ def test_shares_cover_the_range_exactly_once(ranks, block):
 
 
 def test_report_names_a_producer_never_heard_from():
-    from beamstream.client.report import StreamReport
+    from beamstream.accounting import StreamReport
     from beamstream.wire import DataMessage
 
     report = StreamReport(endpoints=["tcp://127.0.0.1:1"])

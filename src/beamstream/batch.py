@@ -7,8 +7,13 @@ whose first axis runs over the batch's events, so steps work on all events at on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
+import msgspec
 import numpy as np
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +64,25 @@ class Batch:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
+class Share(msgspec.Struct, frozen=True, array_like=True):
     """The events one producer rank owns: block-cyclic over a range of sequence numbers.
 
     Rank ``rank`` of ``ranks`` owns every ``seq`` with ``start <= seq < stop`` (``stop``
     None: no end known) and ``((seq - start) // block) % ranks == rank``. Shares of all
     ranks cover the range exactly once. Every data message carries its producer's share,
-    so a consumer can name the events of a producer that died without saying goodbye.
+    so a consumer can name the events of a producer that died without saying goodbye. On the
+    wire a share is the array ``[rank, ranks, start, stop, block]``.
     """
 
-    rank: int
-    ranks: int
+    rank: NonNegative
+    ranks: Positive
     start: int = 0
     stop: int | None = None
-    block: int = 1
+    block: Positive = 1
+
+    def __post_init__(self) -> None:
+        if self.rank >= self.ranks:
+            raise ValueError(f"share of rank {self.rank} among {self.ranks} ranks: the rank must be below {self.ranks}")
 
     def owns(self, seq: np.ndarray) -> np.ndarray:
         """Boolean mask of the sequence numbers in ``seq`` that this share owns."""
@@ -107,9 +116,9 @@ class Share:
         return seqs[seqs < limit]
 
     def to_wire(self) -> list[int | None]:
-        return [self.rank, self.ranks, self.start, self.stop, self.block]
+        """``[rank, ranks, start, stop, block]``, as in a message header."""
+        return list(msgspec.structs.astuple(self))
 
-    @classmethod
-    def from_wire(cls, value: list[int | None]) -> Share:
-        rank, ranks, start, stop, block = value
-        return cls(rank=rank, ranks=ranks, start=start, stop=stop, block=block)
+    def with_rank(self, rank: int) -> Share:
+        """The share of another rank of the same run."""
+        return msgspec.structs.replace(self, rank=rank)

@@ -122,22 +122,28 @@ def consume(
     bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
     subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
     group: Annotated[Optional[str], typer.Option(help="read from a buffer as a member of this consumer group")] = None,
-    lossy: Annotated[bool, typer.Option(help="with --group: always take the newest message, skipping older ones")] = False,
-    start: Annotated[str, typer.Option(help="with --group: a new group starts at the 'earliest' message held or 'now'")] = "earliest",
-    redeliver_after: Annotated[float, typer.Option(
-        help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another")] = 30.0,
+    lossy: Annotated[bool, typer.Option(
+        help="with --group or nats://: always take the newest message, skipping older ones")] = False,
+    start: Annotated[Optional[str], typer.Option(
+        help="with --group or nats://: a new group starts at the 'earliest' message held or 'now' [default: earliest]")] = None,
+    redeliver_after: Annotated[Optional[float], typer.Option(
+        help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another "
+             "[default: 30]")] = None,
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
     from beamstream.display import ConsumerProgress
-    from beamstream.errors import StreamIncomplete
+    from beamstream.errors import OptionError, StreamIncomplete
     from beamstream.saving import MessageSaver
 
-    saver = MessageSaver.open(out) if out else None
-    if start not in ("earliest", "now"):
+    if start not in (None, "earliest", "now"):
         fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
-    client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
-                    group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
+    try:
+        client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
+                        group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
+    except OptionError as exc:
+        fail(_option_names(str(exc)), code=2)
+    saver = MessageSaver.open(out) if out else None
     try:
         with client, ConsumerProgress() as progress:
             for message in client.messages():
@@ -154,6 +160,14 @@ def consume(
         if saver:
             saver.close()
     console.print(client.report.summary(), highlight=False)
+
+
+def _option_names(text: str) -> str:
+    """A Client's OptionError in the command line's words (``lossy`` → ``--lossy``)."""
+    for name, option in (("pattern='sub'", "--sub"), ("redeliver_after", "--redeliver-after"), ("group=...", "--group"),
+                         ("lossy", "--lossy"), ("start", "--start"), ("bind", "--bind")):
+        text = text.replace(name, option)
+    return text
 
 
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")

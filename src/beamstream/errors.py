@@ -6,6 +6,7 @@
     │                                     (missing file, unknown detector, absent dataset)
     ├── StepError (ValueError)            a processing step cannot apply to the data it got
     ├── MissingDependency (ImportError)   an optional package is not installed
+    ├── OptionError (ValueError)          an option was given that does not apply (e.g. lossy= without a group)
     ├── WireFormatError (ValueError)      a message does not follow docs/wire-format.md
     │   └── ChecksumMismatch              a payload's checksum does not match its header
     ├── TransportError (ConnectionError)  a socket could not be bound, connected or used
@@ -17,10 +18,7 @@ Library code raises these; only the CLI turns them into messages and exit codes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from beamstream.client.report import StreamReport
+from typing import Any
 
 
 class BeamstreamError(Exception):
@@ -43,6 +41,10 @@ class MissingDependency(BeamstreamError, ImportError):
     """An optional dependency is not installed; the message says what to install."""
 
 
+class OptionError(BeamstreamError, ValueError):
+    """An option was given where it does not apply; the message says where it does."""
+
+
 class WireFormatError(BeamstreamError, ValueError):
     """A message does not follow the wire format (docs/wire-format.md)."""
 
@@ -62,10 +64,11 @@ class StreamTimeout(TransportError, TimeoutError):
 class StreamIncomplete(BeamstreamError):
     """A stream ended, or went silent, without every event it announced.
 
-    ``report`` is the :class:`~beamstream.client.report.StreamReport` that says which
-    producers ended and which sequence numbers never arrived.
+    ``report`` is the :class:`~beamstream.accounting.StreamReport` that says which
+    producers ended and which sequence numbers never arrived. (Typed loosely so that this
+    module, imported by every other, imports none of them.)
     """
 
-    def __init__(self, message: str, report: StreamReport) -> None:
+    def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report

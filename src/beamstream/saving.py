@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.serializers import decode_payload
-from beamstream.serializers.hdf5 import Compression, batch_to_hdf5_bytes
+from beamstream.codecs import decode_payload
+from beamstream.codecs.hdf5 import Compression, batch_to_hdf5_bytes
 
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from beamstream.batch import Batch, Share
+from beamstream.wire import FieldInfo
 
 
 class SpecModel(BaseModel):
@@ -41,27 +42,6 @@ class Step(Protocol):
     """Transforms a stream of batches (e.g. calibrates, crops, re-batches)."""
 
     def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class FieldInfo:
-    """Name, dtype and shape (batch axis first) of one array in a message."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    def to_wire(self) -> list[Any]:
-        return [self.name, self.dtype, list(self.shape)]
-
-    @classmethod
-    def from_wire(cls, value: Sequence[Any]) -> FieldInfo:
-        name, dtype, shape = value
-        return cls(name=name, dtype=dtype, shape=tuple(shape))
-
-    @classmethod
-    def of(cls, name: str, array: np.ndarray) -> FieldInfo:
-        return cls(name=name, dtype=array.dtype.str, shape=tuple(array.shape))
 
 
 class Serializer(Protocol):

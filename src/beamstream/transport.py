@@ -1,4 +1,7 @@
-"""ZeroMQ sockets for streams: endpoints per rank, bind/connect, errors translated at the edge."""
+"""ZeroMQ sockets for streams: endpoints per rank, bind/connect, errors translated at the edge.
+
+What travels over them is defined in :mod:`beamstream.wire`.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,6 @@ from urllib.parse import urlsplit
 import zmq
 
 from beamstream.errors import TransportError
-
-ACK = b"beamstream-ack"
-"""What a consumer sends back upstream when an end-of-stream message arrives."""
-REFUSED = b"beamstream-refused: "
-"""Start of what a buffer sends back upstream for a message it cannot accept, followed by why."""
-KEPT = b"beamstream-kept "
-"""Start of what a receiver (buffer or client) sends back to a push producer for each data message
-it has, followed by the message's index in ASCII: the producer may then forget the message."""
-
-
-def kept(index: int) -> bytes:
-    """The frame that tells a push producer its data message ``index`` arrived."""
-    return KEPT + str(index).encode()
-
 
 def rank_endpoint(endpoint: str, rank: int) -> str:
     """The endpoint producer ``rank`` binds when every producer binds its own.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from beamstream.buffer.nats_url import split_url
+from beamstream.jetstream.urls import split_url
 from beamstream.stages import SpecModel
 from beamstream.units import parse_size
 

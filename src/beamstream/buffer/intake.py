@@ -19,10 +19,11 @@ from abc import ABC, abstractmethod
 
 import zmq
 
-from beamstream.client.report import StreamReport
+from beamstream.accounting import StreamReport
 from beamstream.errors import WireFormatError
-from beamstream.transport import ACK, REFUSED, kept, open_socket
+from beamstream.transport import open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.wire.replies import ACK, kept, refused
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ProducerIntake(ABC):
         except WireFormatError as exc:
             self.counters["rejected"] += 1
             log.warning("refused a message from a producer: %s", exc)
-            self.producers.send_multipart([identity, REFUSED + str(exc).encode()])
+            self.producers.send_multipart([identity, refused(str(exc))])
             return None
         if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
             self.counters["duplicates"] += 1

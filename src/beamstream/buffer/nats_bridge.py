@@ -3,7 +3,7 @@
 Producers connect exactly as to the local buffer (the ``stream`` sink's DEALER to this ROUTER);
 consumers do not connect here but read JetStream stream ``BEAMSTREAM_<NAME>`` themselves
 (``Client("nats://HOST:PORT/NAME", group=...)``), from any machine that reaches the server.
-Layout of the stream: :mod:`beamstream.buffer.nats_backend`.
+Layout of the stream: :mod:`beamstream.wire.nats`.
 
 Promises:
 
@@ -30,9 +30,9 @@ from typing import Any
 import zmq
 
 from beamstream.buffer.intake import ProducerIntake
-from beamstream.buffer.nats_backend import NatsStore
-from beamstream.buffer.nats_url import split_url
 from beamstream.errors import TransportError
+from beamstream.jetstream.store import NatsStore
+from beamstream.jetstream.urls import split_url
 from beamstream.wire import DataMessage, EndMessage
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,11 @@ class NatsBridge(ProducerIntake):
         state = (self.report.messages, len(self.report.ended))
         if self.store is None or state == self.verdict_for or not self.producers_done():
             return
-        summary = self.report.summary()
+        verdict = self.report.final_verdict()
         try:
-            self.store.write_verdict(self.report.complete, summary, self.report.missing)
+            self.store.write_verdict(verdict)
         except TransportError as exc:
             log.warning("could not store the verdict in NATS (will retry): %s", exc)
             return
         self.verdict_for = state
-        log.info("verdict stored: %s", summary.splitlines()[0])
+        log.info("verdict stored: %s", verdict.summary.splitlines()[0])

@@ -37,15 +37,16 @@ from typing import Any
 import zmq
 
 from beamstream.buffer.intake import ProducerIntake
-from beamstream.buffer.protocol import pack, unpack
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.store import Group, Log
 from beamstream.errors import WireFormatError
 from beamstream.transport import open_socket
 from beamstream.wire import EndMessage, parse_message
+from beamstream.wire.control import Deliver, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 
 log = logging.getLogger(__name__)
-PING = pack("ping")
+PING = pack(Ping())
+REJOIN = pack(Rejoin())
 
 
 class BufferService(ProducerIntake):
@@ -172,30 +173,26 @@ class BufferService(ProducerIntake):
     def _on_consumer(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         try:
-            control = unpack(frames[1])
-            if control["op"] == "hello":
-                self._hello(identity, control)
-            elif control["op"] == "ack" and identity not in self.members:
-                self._send_consumer(identity, [pack("rejoin")])  # e.g. this buffer restarted
-            elif control["op"] == "ack":
-                group = self.members[identity]
-                self.log.acknowledge(group, group.members[identity],
-                                     list(control.get("offsets", [])), int(control.get("credit", 0)))
-            else:
-                raise WireFormatError(f"unknown op {control['op']!r}")
-        except (WireFormatError, KeyError, TypeError, ValueError) as exc:
-            reason = f"malformed control message: {exc!r}" if not isinstance(exc, WireFormatError) else str(exc)
-            log.warning("consumer %s: %s", identity.hex(), reason)
-            self._send_consumer(identity, [pack("error", reason=reason)])
+            if len(frames) != 2:
+                raise WireFormatError(f"a control message is one frame, got {len(frames) - 1}")
+            control = unpack(frames[1], ToBuffer)
+        except WireFormatError as exc:
+            log.warning("consumer %s: %s", identity.hex(), exc)
+            self._send_consumer(identity, [pack(Error(reason=str(exc)))])
+            return
+        if isinstance(control, Hello):
+            self._hello(identity, control)
+        elif identity not in self.members:
+            self._send_consumer(identity, [REJOIN])  # e.g. this buffer restarted
+        else:
+            group = self.members[identity]
+            self.log.acknowledge(group, group.members[identity], control.offsets, control.credit)
 
-    def _hello(self, identity: bytes, control: dict[str, Any]) -> None:
-        start = control.get("start", "earliest")
-        if start not in ("earliest", "now"):
-            raise WireFormatError(f"start must be 'earliest' or 'now', got {start!r}")
+    def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
             return  # a repeated hello (the client could not tell whether we heard the first)
-        group = self.log.group(str(control["group"]), bool(control.get("lossy", False)), start)
-        self.log.join(group, identity, int(control.get("credit", 1)))
+        group = self.log.group(hello.group, hello.lossy, hello.start)
+        self.log.join(group, identity, hello.credit)
         self.members[identity] = group
         log.info("consumer %s joined group %s", identity.hex(), group.name)
 
@@ -223,7 +220,7 @@ class BufferService(ProducerIntake):
 
     def _dispatch(self) -> None:
         for group, member, entry in list(self.log.dispatch()):
-            control = pack("deliver", offset=entry.offset, skipped=group.skipped)
+            control = pack(Deliver(offset=entry.offset, skipped=group.skipped))
             if self._send_consumer(member.identity, [control, *entry.frames]):
                 self.counters["messages_out"] += 1
                 self.counters["bytes_out"] += entry.nbytes
@@ -231,15 +228,17 @@ class BufferService(ProducerIntake):
             self._send_ends()
 
     def _send_ends(self) -> None:
+        verdict = None
         for group in self.log.groups.values():
             if group.next_offset < self.log.next_offset or group.redeliver or group.outstanding():
                 continue
             for identity in list(group.members):
                 if identity not in group.end_sent:
                     group.end_sent.add(identity)
-                    self._send_consumer(identity, [pack("end", complete=self.report.complete,
-                                                        summary=self.report.summary(), skipped=group.skipped,
-                                                        missing=self.report.missing)])
+                    verdict = verdict or self.report.final_verdict()
+                    end = End(complete=verdict.complete, summary=verdict.summary, skipped=group.skipped,
+                              missing=verdict.missing)
+                    self._send_consumer(identity, [pack(end)])
 
 
 @functools.cache

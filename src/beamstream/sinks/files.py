@@ -19,8 +19,8 @@ import numpy as np
 from pydantic import Field
 
 from beamstream.errors import TransportError
-from beamstream.serializers import decode_payload
-from beamstream.serializers.hdf5 import Compression, filter_options
+from beamstream.codecs import decode_payload
+from beamstream.codecs.hdf5 import Compression, filter_options
 from beamstream.stages import SinkContext, SinkSpec
 from beamstream.saving import message_h5_bytes, safe_name, write_atomically
 from beamstream.wire import DataMessage, EndMessage
@@ -87,7 +87,7 @@ class MessageFiles(FilesWriter):
     """Layout ``messages``: data message ``index`` becomes ``{prefix}-m{index:06d}.h5``.
 
     An ``hdf5`` payload is written byte for byte; other payloads are decoded and written with
-    :func:`beamstream.serializers.hdf5.write_batch`, so both read the same: one dataset per
+    :func:`beamstream.codecs.hdf5.write_batch`, so both read the same: one dataset per
     field at the root, plus ``/_beamstream/seq`` and ``/_beamstream/time``.
     """
 

@@ -5,12 +5,12 @@ pub an XPUB socket with ZMQ_XPUB_NODROP, so a slow subscriber slows the producer
 losing messages silently; ``subscribers`` makes the producer wait for that many subscribers
 before the first message (no slow-joiner losses).
 
-A producer closes only after its end-of-stream message is acknowledged (:data:`ACK`) by the
+A producer closes only after its end-of-stream message is acknowledged (``beamstream-ack``, :mod:`beamstream.wire.replies`) by the
 consumer (push) or by every subscriber (pub): ZeroMQ's linger alone can drop the last
 messages of a closing socket (libzmq issues 1922, 3774, 4660), and that loss would be silent.
 
 push also keeps every message until its receiver (a buffer or a client) says it has it
-(:func:`~beamstream.transport.kept`), at most ``2 × hwm + 2`` of them (a send waits while
+(:func:`~beamstream.wire.replies.kept`), at most ``2 × hwm + 2`` of them (a send waits while
 that many are unacknowledged). When the connection drops and comes back (a buffer killed and
 restarted), the producer sends them all again, in order; receivers drop what they already had
 by (rank, message index). So a message in flight to a buffer that died is not lost. With
@@ -20,6 +20,7 @@ resends only when the connection that came back is its only one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -29,9 +30,12 @@ from zmq.utils.monitor import recv_monitor_message
 import zmq
 from pydantic import Field, field_validator
 
-from beamstream.errors import StreamTimeout, TransportError
+from beamstream.errors import StreamTimeout, TransportError, WireFormatError
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import ACK, KEPT, REFUSED, check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import check_endpoint, open_socket, rank_endpoint
+from beamstream.wire.replies import parse_reply
+
+log = logging.getLogger(__name__)
 
 
 class StreamSink(SinkSpec):
@@ -108,18 +112,20 @@ class StreamSender:
             self._on_connection_event(recv_monitor_message(self.monitor)["event"])
         if self.socket not in ready:
             return
-        frame = self.socket.recv()
-        if frame.startswith(KEPT):
-            self.unacked.pop(int(frame[len(KEPT):]), None)
-        elif frame == ACK:
+        try:
+            reply = parse_reply(self.socket.recv())
+        except WireFormatError as exc:
+            log.warning("%s: ignored a reply: %s", self.endpoint, exc)
+            return
+        if reply.kind == "kept":
+            self.unacked.pop(reply.index, None)
+        elif reply.kind == "ack":
             self.acks += 1
             self.unacked.pop("end", None)
-        elif frame.startswith(REFUSED):
-            raise TransportError(f"{self.endpoint} refused a message: {frame[len(REFUSED):].decode(errors='replace')}")
-        elif frame[:1] == b"\x01" and self.spec.pattern == "pub":
-            self.subscribers += 1
-        elif frame[:1] == b"\x00" and self.spec.pattern == "pub":
-            self.subscribers -= 1
+        elif reply.kind == "refused":
+            raise TransportError(f"{self.endpoint} refused a message: {reply.reason}")
+        elif self.spec.pattern == "pub":
+            self.subscribers += 1 if reply.kind == "subscribe" else -1
 
     def _on_connection_event(self, event: int) -> None:
         """Count connections; when the only one comes back after a loss, send every unacknowledged message again."""

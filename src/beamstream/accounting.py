@@ -1,13 +1,19 @@
-"""What a consumer knows about a stream: who ended, what arrived, what never will."""
+"""A stream's account: who ended, what arrived, what never will.
+
+Kept by every reader of a stream — a consumer (``Client.report``) and a buffer, which turns
+its account into the stream's :class:`~beamstream.wire.control.Verdict` — so both count the
+same way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from beamstream.batch import Share
 from beamstream.wire import DataMessage, EndMessage
+from beamstream.wire.control import Verdict
 
 
 def to_ranges(seqs: np.ndarray) -> list[tuple[int, int]]:
@@ -73,7 +79,7 @@ class StreamReport:
     duplicates: int = 0
     foreign: int = 0
     skipped: int = 0
-    verdict: tuple[bool, str] | None = None  # (complete, summary) from a buffer, for a consumer group
+    verdict: Verdict | None = None  # a buffer's verdict on the whole stream, for a consumer of a group
 
     def add_data(self, message: DataMessage) -> None:
         """Count a data message (the first message names the stream, if nothing did before)."""
@@ -111,7 +117,7 @@ class StreamReport:
             return {}
         known = next(iter(self.ranks.values())).share
         return {
-            rank: self.ranks.get(rank) or ProducerRecord(share=replace(known, rank=rank))
+            rank: self.ranks.get(rank) or ProducerRecord(share=known.with_rank(rank))
             for rank in range(self.producers or 0)
         }
 
@@ -124,12 +130,16 @@ class StreamReport:
     @property
     def complete(self) -> bool:
         if self.verdict is not None:
-            return self.verdict[0]
+            return self.verdict.complete
         return (
             self.all_ended
             and all(record.end.status == "ok" for record in self.ranks.values())
             and not self.missing
         )
+
+    def final_verdict(self) -> Verdict:
+        """This account as the stream's verdict (what a buffer tells every group once the producers are done)."""
+        return Verdict(complete=self.complete, summary=self.summary(), missing=self.missing)
 
     def problems(self) -> list[str]:
         """One sentence per reason the stream is not complete."""
@@ -158,7 +168,7 @@ class StreamReport:
         if self.verdict is not None:
             mine = f"this consumer: {self.events} events in {self.messages} messages ({self.bytes / 1e6:.1f} MB)"
             skipped = f", {self.skipped} messages skipped (lossy group)" if self.skipped else ""
-            return f"{self.verdict[1]}\n{mine}{skipped}"
+            return f"{self.verdict.summary}\n{mine}{skipped}"
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.ranks)}/{self.producers or '?'} producers")

@@ -1,19 +1,11 @@
-"""Names in the NATS backend: ``nats://HOST:PORT/NAME`` URLs, stream and group names (no nats-py needed)."""
+"""``nats://HOST:PORT/NAME`` URLs of beamstream streams kept in NATS JetStream (no nats-py needed)."""
 
 from __future__ import annotations
 
-import re
 import socket
 import urllib.parse
 
-NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def check_name(kind: str, name: str) -> str:
-    """``name`` if it is usable as a NATS subject token and stream/consumer name, else ValueError."""
-    if not NAME.fullmatch(name):
-        raise ValueError(f"{kind} {name!r} may contain only letters, digits, '_' and '-'")
-    return name
+from beamstream.wire.nats import check_name
 
 
 def split_url(url: str) -> tuple[str, str]:

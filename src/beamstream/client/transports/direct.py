@@ -1,0 +1,66 @@
+"""Reading straight from producers: a ROUTER (their push DEALERs) or an XSUB (their pub XPUBs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import zmq
+
+from beamstream.client.transports.base import Delivery, Transport
+from beamstream.errors import TransportError
+from beamstream.transport import open_socket
+from beamstream.wire import DataMessage, EndMessage
+from beamstream.wire.replies import ACK, kept
+
+
+class DirectTransport(Transport):
+    """Producers' messages from ``endpoints``, bound or connected.
+
+    ``pattern="pull"``: a ROUTER; each data message is answered ``kept`` and each end message
+    ``ack`` to the producer that sent it. ``pattern="sub"``: an XSUB subscribed to everything;
+    each end message is answered ``ack``. ``hwm``: messages queued here before senders wait.
+    """
+
+    ends_with_verdict = False
+
+    def __init__(self, endpoints: Sequence[str], *, bind: bool, pattern: Literal["pull", "sub"], hwm: int) -> None:
+        self.where = ", ".join(endpoints)
+        self.context = zmq.Context()
+        kind = zmq.ROUTER if pattern == "pull" else zmq.XSUB
+        try:
+            self.socket = open_socket(self.context, kind, endpoints[0], bind=bind, hwm=hwm,
+                                      replies="out" if kind == zmq.ROUTER else None)
+            for endpoint in endpoints[1:]:
+                (self.socket.bind if bind else self.socket.connect)(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            self.context.term()
+            raise TransportError(f"cannot {'bind' if bind else 'connect to'} {self.where}: {exc.strerror}") from None
+        except TransportError:
+            self.context.term()
+            raise
+        if kind == zmq.XSUB:
+            self.socket.send(b"\x01")  # subscribe to everything
+        self.routed = kind == zmq.ROUTER
+
+    def deliveries(self, timeout: float | None) -> Iterator[Delivery | None]:
+        wait_ms = None if timeout is None else int(timeout * 1000)
+        while True:
+            if not self.socket.poll(wait_ms):
+                yield None
+                continue
+            frames = self.socket.recv_multipart(copy=False)
+            routing = frames[:1] if self.routed else []
+            yield Delivery(frames[len(routing):], receipt=lambda message, routing=routing: self._reply(routing, message))
+
+    def _reply(self, routing: list[zmq.Frame], message: DataMessage | EndMessage) -> None:
+        if isinstance(message, EndMessage):
+            self.socket.send_multipart([*routing, ACK])
+        elif routing:  # a push producer keeps each message until told it arrived
+            self.socket.send_multipart([*routing, kept(message.index)])
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close(linger=0)
+            self.context.term()

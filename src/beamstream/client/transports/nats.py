@@ -1,0 +1,61 @@
+"""Reading a stream kept in NATS JetStream (``beamstream buffer --backend nats://…``; docs/nats-backend.md).
+
+nats-py is imported only here (and only when such a transport is made), so a client that
+never reads NATS does not need it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from beamstream.client.transports.base import Delivery, StreamEnd, Transport
+from beamstream.errors import MissingDependency
+from beamstream.jetstream.urls import split_url
+
+POLL_S = 0.5  # how long one fetch waits before the reader checks whether the stream has ended
+
+
+class NatsTransport(Transport):
+    """One reader of ``nats://HOST:PORT/NAME``: a member of a lossless group, a lossy reader, or (no group) alone.
+
+    The stream ends for this reader once the buffer has stored its verdict and the reader's
+    consumer has nothing left: no message waiting and none handed to a member of its group
+    unacknowledged. ``redeliver_after``: for a group this reader creates, seconds after which a
+    message a member did not acknowledge goes to another member.
+    """
+
+    ends_with_verdict = True
+
+    def __init__(self, url: str, *, group: str | None, lossy: bool, start: Literal["earliest", "now"],
+                 redeliver_after: float, request_timeout: float = 10.0) -> None:
+        server, name = split_url(url)
+        try:
+            from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
+        except ImportError as exc:
+            raise MissingDependency(f"reading {url} needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
+        self.where = url if group is None else f"{url} (group {group})"
+        self.reader: Any = (
+            NatsLatestReader(server, name, start, timeout=request_timeout) if lossy else
+            NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=request_timeout))
+
+    def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
+        quiet_since = time.monotonic()
+        while True:
+            item = self.reader.fetch(POLL_S)
+            if item is not None:
+                frames, ack = item
+                yield Delivery(frames, done=ack, skipped=self.reader.skipped)
+                quiet_since = time.monotonic()
+                continue
+            verdict = self.reader.verdict()
+            if verdict is not None and self.reader.settled():
+                yield StreamEnd(verdict, self.reader.skipped)
+                return
+            if timeout is not None and time.monotonic() - quiet_since > timeout:
+                yield None
+                quiet_since = time.monotonic()
+
+    def close(self) -> None:
+        self.reader.close()

@@ -1,0 +1,150 @@
+"""A synchronous NATS connection, and reading stored beamstream messages back from JetStream.
+
+nats-py is asyncio only; :class:`NatsConnection` runs its loop in a background thread so that
+the buffer's and the client's synchronous code can call it with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+
+from beamstream.errors import TransportError, WireFormatError
+from beamstream.wire import nats as layout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_Self = TypeVar("_Self", bound="UsesConnection")
+NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+class NatsConnection:
+    """A synchronous NATS connection: one asyncio loop in a background thread runs nats-py.
+
+    Promises: every call returns within its timeout; every failure (no server, timeout,
+    JetStream error) is raised as TransportError whose text names the server URL.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"nats {url}", daemon=True)
+        self.thread.start()
+        try:
+            self.nc = self.call(self._connect(), prefix=f"no NATS server at {url}")
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.js = self.nc.jetstream(timeout=timeout)
+
+    async def _connect(self) -> Any:
+        """Connect once (one retry after 0.1 s); raise the connection's own error if that fails."""
+        failures: list[Exception] = []
+
+        async def report(exc: Exception) -> None:
+            failures.append(exc)
+            log.debug("NATS at %s: %s", self.url, exc)
+
+        try:
+            return await nats.connect(self.url, connect_timeout=self.timeout, error_cb=report, allow_reconnect=False,
+                                      max_reconnect_attempts=1, reconnect_time_wait=0.1)
+        except nats.errors.NoServersError:
+            raise failures[-1] if failures else nats.errors.NoServersError() from None
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None, prefix: str | None = None) -> T:
+        """Run ``coro`` on the loop and return its result; TransportError on failure or after ``timeout``."""
+        timeout = self.timeout if timeout is None else timeout
+        prefix = prefix or f"NATS server at {self.url}"
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TransportError(f"{prefix}: no answer within {timeout:g} s") from None
+        except NATS_ERRORS as exc:
+            raise TransportError(f"{prefix}: {exc or type(exc).__name__}") from exc
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (its ``max_payload``; 1 MiB unless configured)."""
+        return self.nc.max_payload
+
+    def close(self) -> None:
+        """Close the connection and stop the loop thread; safe to call twice."""
+        if self.loop.is_closed():
+            return
+        try:
+            self.call(self.nc.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class UsesConnection:
+    """Owns ``self.conn``; closing (or leaving a ``with`` block) closes it. For a group reader
+    that means leaving the group: its durable consumer, position and pending messages stay on the server."""
+
+    conn: NatsConnection
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def next_on(conn: NatsConnection, stream: str, subject: str, seq: int) -> Any:
+    """The first message on ``subject`` at or after stream sequence ``seq``, or None."""
+    try:
+        return await conn.js.get_msg(stream, seq, subject=subject, direct=True, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def last_on(conn: NatsConnection, stream: str, subject: str) -> Any:
+    """The newest message on ``subject``, or None."""
+    try:
+        return await conn.js.get_msg(stream, subject=subject, direct=True)
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def stored_frames(conn: NatsConnection, stream: str, msg: Any, first_only: bool = False) -> list[memoryview]:
+    """The frames of a stored message (inline or manifest), its parts fetched by sequence number.
+
+    With ``first_only`` just the header frame, from the first part alone. Raises
+    WireFormatError if the record does not follow :mod:`beamstream.wire.nats`.
+    """
+    headers = msg.headers or {}
+    if layout.FRAMES not in headers:
+        raise WireFormatError(f"{stream} sequence {msg.seq} has no {layout.FRAMES} header: not a beamstream message")
+    if layout.PART_SEQS not in headers:
+        frames = layout.cut_frames(msg.data, headers[layout.FRAMES])
+        return frames[:1] if first_only else frames
+    seqs = layout.part_seqs(headers[layout.PART_SEQS])
+    lengths = headers[layout.FRAMES]
+    first = layout.frame_lengths(lengths)[0]
+    if first_only:
+        seqs, lengths = seqs[:1], str(first)
+    parts = await asyncio.gather(*(conn.js.get_msg(stream, seq, direct=True) for seq in seqs))
+    for i, part in enumerate(parts):
+        if part.headers.get(layout.MSG) != headers.get(layout.MSG) or part.headers.get(layout.PART) != str(i):
+            raise WireFormatError(f"{stream} sequence {seqs[i]} is not part {i} of message {headers.get(layout.MSG)}")
+    data = b"".join(part.data for part in parts)
+    return layout.cut_frames(data[:first] if first_only else data, lengths)

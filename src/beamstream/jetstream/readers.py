@@ -1,0 +1,162 @@
+"""Readers of a beamstream stream kept in NATS JetStream (the client's side): group members and lossy readers.
+
+Members of a lossless group share one durable pull consumer named after the group, filtered
+on the data subject, so each message goes to one member of each group; a message not
+acknowledged within the consumer's ``ack_wait`` is delivered again (possibly to another
+member). A lossy reader (:class:`NatsLatestReader`) has an ephemeral consumer of its own that
+delivers headers only; it reads the newest message in full and counts the ones it passed over.
+Layout of the stream: :mod:`beamstream.wire.nats`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Literal
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from beamstream.errors import TransportError
+from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, stored_frames
+from beamstream.wire import nats as layout
+from beamstream.wire.control import Verdict, unpack
+
+Start = Literal["earliest", "now"]
+
+
+class NatsReader(UsesConnection, ABC):
+    """What every reader of stream ``name`` has: its pull subscription and the stream's verdict.
+
+    A reader may come before its stream: until a buffer creates the stream, fetches find
+    nothing (each waits its timeout) and there is no verdict.
+    """
+
+    def __init__(self, url: str, name: str, timeout: float, durable: str | None, config: ConsumerConfig) -> None:
+        self.name = name
+        self.stream = layout.stream_name(name)
+        self.durable, self.config = durable, config
+        self.sub: Any = None
+        self.skipped = 0
+        self.conn = NatsConnection(url, timeout)
+        try:
+            self._subscribed()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _subscribed(self) -> bool:
+        """Subscribe if not yet done; False while the stream does not exist."""
+        if self.sub is None:
+            try:
+                self.sub = self.conn.call(self.conn.js.pull_subscribe(
+                    layout.subject(self.name, "data"), durable=self.durable, stream=self.stream, config=self.config))
+            except TransportError as exc:
+                if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                    raise
+        return self.sub is not None
+
+    def _fetch(self, timeout: float, batch: int = 1) -> list[Any]:
+        """Up to ``batch`` messages, waiting at most ``timeout`` for the first (the stream's arrival included)."""
+        if not self._subscribed():
+            time.sleep(timeout)  # polling for the stream to be created: there is no event for it
+            if not self._subscribed():
+                return []
+        return self.conn.call(self._next(timeout, batch), timeout=timeout + self.conn.timeout)
+
+    async def _next(self, timeout: float, batch: int = 1) -> list[Any]:
+        try:
+            return await self.sub.fetch(batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return []
+
+    @abstractmethod
+    def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
+        """The next message as (frames, ack), or None if none came within ``timeout``."""
+
+    def settled(self) -> bool:
+        """True if this reader's consumer has nothing left: no message pending, none awaiting an ack."""
+        if not self._subscribed():
+            return False
+        info = self.conn.call(self.sub.consumer_info())
+        return info.num_pending == 0 and not info.num_ack_pending
+
+    def verdict(self) -> Verdict | None:
+        """The stream's newest verdict, or None before there is one."""
+        if not self._subscribed():
+            return None
+        found = self.conn.call(last_on(self.conn, self.stream, layout.subject(self.name, "verdict")))
+        return None if found is None else unpack(found.data, Verdict)
+
+
+class NatsGroupReader(NatsReader):
+    """One member of consumer group ``group`` of stream ``name``: a durable pull consumer.
+
+    Members of one group (in any process, on any machine) share the messages; every group
+    sees all of them. A group that does not exist yet starts at the earliest stored message
+    (``start="earliest"``) or at the next one appended (``start="now"``); an existing group
+    goes on where it is. ``ack_wait`` applies only when this call creates the group. With
+    ``group=None`` the reader has an ephemeral consumer of its own (the server removes it a
+    minute after the reader stops asking).
+    """
+
+    def __init__(self, url: str, name: str, group: str | None, start: Start = "earliest",
+                 ack_wait: float = 30.0, timeout: float = 10.0) -> None:
+        config = ConsumerConfig(
+            durable_name=None if group is None else layout.check_name("group", group),
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, deliver_policy=_deliver_policy(start),
+            inactive_threshold=None if group else 60.0,
+        )
+        super().__init__(url, name, timeout, group, config)
+
+    def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
+        """The next message of the group as (frames, ack), or None if none came within ``timeout``.
+
+        Calling ``ack()`` returns once the server has recorded the acknowledgement; a message
+        not acknowledged within ``ack_wait`` goes to a member again.
+        """
+        found = self._fetch(timeout)
+        if not found:
+            return None
+        msg = found[0]
+        frames = self.conn.call(stored_frames(self.conn, self.stream, msg))
+        return frames, lambda: self.conn.call(msg.ack_sync(self.conn.timeout))
+
+
+class NatsLatestReader(NatsReader):
+    """A lossy reader of stream ``name`` (a live viewer): always the newest message, never a backlog.
+
+    Its ephemeral consumer delivers only the headers of data messages; :meth:`fetch` takes
+    every header waiting, reads the newest message whole and counts the others in ``skipped``.
+    ``start="earliest"`` counts the messages stored before it began as skipped too; ``now``
+    waits for the next one.
+    """
+
+    BATCH = 1024
+
+    def __init__(self, url: str, name: str, start: Start = "earliest", timeout: float = 10.0) -> None:
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE, headers_only=True, deliver_policy=_deliver_policy(start),
+                                inactive_threshold=60.0)
+        super().__init__(url, name, timeout, None, config)
+
+    def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
+        """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing."""
+        found = self._fetch(timeout, self.BATCH)
+        while len(found) % self.BATCH == 0 and found:  # a full batch: more may be waiting
+            more = self._fetch(0.05, self.BATCH)
+            found += more
+            if not more:
+                break
+        if not found:
+            return None
+        self.skipped += len(found) - 1
+        newest = self.conn.call(self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream, direct=True))
+        return self.conn.call(stored_frames(self.conn, self.stream, newest)), lambda: None
+
+
+def _deliver_policy(start: str) -> DeliverPolicy:
+    if start not in ("earliest", "now"):
+        raise ValueError(f"start must be 'earliest' or 'now', not {start!r}")
+    return DeliverPolicy.ALL if start == "earliest" else DeliverPolicy.NEW

@@ -1,0 +1,106 @@
+"""``NatsStore``: append a beamstream stream's messages and verdicts to NATS JetStream (the buffer's side).
+
+Layout of the stream: :mod:`beamstream.wire.nats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import nats.js.errors
+from nats.js.api import DiscardPolicy, StreamConfig
+
+from beamstream.jetstream.connection import NatsConnection, UsesConnection, next_on, stored_frames
+from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.wire import nats as layout
+from beamstream.wire.control import Verdict, pack
+
+
+class NatsStore(UsesConnection):
+    """Appends beamstream messages to JetStream stream ``BEAMSTREAM_<name>`` (created if missing).
+
+    A stream this store creates keeps messages ``max_age_s`` seconds (None: until deleted) and
+    at most ``max_bytes`` bytes (None: no bound); when full, the server refuses new messages
+    (nothing stored is discarded) and :meth:`append` raises TransportError saying so. An
+    existing stream keeps its own limits.
+
+    Promises: when :meth:`append` returns, the message is stored by the server (every part's
+    PubAck arrived); messages appended by one store keep their order on the data subject.
+    """
+
+    def __init__(self, url: str, name: str, timeout: float = 10.0, max_age_s: float | None = None,
+                 max_bytes: int | None = None) -> None:
+        self.name = name
+        self.stream = layout.stream_name(name)
+        self.conn = NatsConnection(url, timeout)
+        try:
+            self.conn.call(self._ensure_stream(max_age_s, max_bytes))
+        except BaseException:
+            self.conn.close()
+            raise
+
+    async def _ensure_stream(self, max_age_s: float | None, max_bytes: int | None) -> None:
+        try:
+            await self.conn.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self.conn.js.add_stream(StreamConfig(
+                name=self.stream, subjects=[layout.subject(self.name, ">")], allow_direct=True, max_age=max_age_s,
+                max_bytes=max_bytes or -1, discard=DiscardPolicy.NEW))
+
+    def append(self, frames: Sequence[Any], message: DataMessage | EndMessage | None = None) -> int:
+        """Store one beamstream message (all its frames); returns its stream sequence number.
+
+        ``message`` is its parsed header, if the caller has it already. Raises WireFormatError
+        if ``frames`` is not a beamstream message, TransportError if the server does not store
+        it within the timeout.
+        """
+        message = message or parse_message(frames, verify=False)
+        data, lengths = layout.join_frames(frames)
+        headers = {layout.MSG: layout.message_id(message), layout.FRAMES: lengths}
+        subject = layout.subject(self.name, "end" if isinstance(message, EndMessage) else "data")
+        if layout.header_bytes(headers) + len(data) <= self.conn.max_payload:
+            return self.conn.call(self._publish(subject, data, headers))
+        parts = layout.split(data, self.conn.max_payload - layout.HEADER_ROOM)
+        timeout = self.conn.timeout * (1 + len(parts) // 16)
+        return self.conn.call(self._publish_split(subject, parts, headers), timeout=timeout)
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
+        msg_id = headers[layout.MSG] + (f"-part-{headers[layout.PART]}" if layout.PART in headers else "")
+        ack = await self.conn.js.publish(subject, data, stream=self.stream,
+                                         headers={**headers, layout.MSG_ID: msg_id})
+        return ack.seq
+
+    async def _publish_split(self, subject: str, parts: list[bytes], headers: dict[str, str]) -> int:
+        count = str(len(parts))
+        part_subject = layout.subject(self.name, "part")
+        seqs = await asyncio.gather(*(
+            self._publish(part_subject, part, {layout.MSG: headers[layout.MSG], layout.PART: str(i),
+                                               layout.PARTS: count})
+            for i, part in enumerate(parts)
+        ))
+        manifest = {**headers, layout.PARTS: count, layout.PART_SEQS: ",".join(map(str, seqs))}
+        return await self._publish(subject, b"", manifest)
+
+    def write_verdict(self, verdict: Verdict) -> None:
+        """Store the stream's verdict (readers end with the newest one)."""
+        self.conn.call(self.conn.js.publish(layout.subject(self.name, "verdict"), pack(verdict), stream=self.stream))
+
+    def stored(self) -> Iterator[DataMessage | EndMessage]:
+        """Every message stored so far (data, then ends), parsed from its header frame alone.
+
+        One request per message, and an inline message comes whole: meant for rebuilding a
+        buffer's account of the stream after a restart, not for reading data.
+        """
+        for kind in ("data", "end"):
+            seq = 0
+            subject = layout.subject(self.name, kind)
+            while (found := self.conn.call(next_on(self.conn, self.stream, subject, seq + 1))):
+                seq = found.seq
+                frames = self.conn.call(stored_frames(self.conn, self.stream, found, first_only=True))
+                yield parse_message(frames, verify=False)
+
+    def delete(self) -> None:
+        """Delete the JetStream stream with every message and consumer in it."""
+        self.conn.call(self.conn.js.delete_stream(self.stream))

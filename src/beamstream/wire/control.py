@@ -1,0 +1,136 @@
+"""Control messages between the local buffer and its consumers (docs/buffer-protocol.md), and the verdict.
+
+A consumer's DEALER talks to the buffer's consumer ROUTER. Every control message is one
+msgpack map whose ``op`` says what it is and whose ``protocol`` is :data:`PROTOCOL`; a
+delivery is a :class:`Deliver` frame followed by the producer's message frames, unchanged.
+
+consumer → buffer: :class:`Hello`, :class:`Ack`.
+buffer → consumer: :class:`Deliver`, :class:`End`, :class:`Ping`, :class:`Rejoin`, :class:`Error`.
+
+:class:`Verdict` is a stream's final account, the same from every buffer backend: the local
+buffer sends it inside :class:`End`, the NATS backend stores it as a record of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from beamstream.batch import NonNegative
+from beamstream.errors import WireFormatError
+from beamstream.wire.frames import frame_buffer
+
+PROTOCOL = "beamstream-buffer/1"
+Range = tuple[int, int]
+Credit = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Control(msgspec.Struct, tag_field="op", kw_only=True):
+    """Base of every control message: ``op`` (the class's tag) then ``protocol``."""
+
+    protocol: str = PROTOCOL
+
+
+class Hello(Control, tag="hello"):
+    """Join ``group`` (created at ``start`` if new); the buffer may send ``credit`` messages before an ack."""
+
+    group: str
+    lossy: bool = False
+    start: Literal["earliest", "now"] = "earliest"
+    credit: Credit = 1
+
+
+class Ack(Control, tag="ack"):
+    """The consumer is done with ``offsets`` and may be sent ``credit`` more messages."""
+
+    offsets: list[NonNegative] = []
+    credit: Credit = 0
+
+
+class Deliver(Control, tag="deliver"):
+    """Message ``offset`` of the buffer's log follows; ``skipped``: the group's running count of skipped messages."""
+
+    offset: NonNegative
+    skipped: NonNegative
+
+
+class End(Control, tag="end"):
+    """The stream has ended and this member's group has everything: the verdict, and the group's skipped count."""
+
+    complete: bool
+    summary: str
+    skipped: NonNegative
+    missing: list[Range]
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict(complete=self.complete, summary=self.summary, missing=self.missing)
+
+
+class Ping(Control, tag="ping"):
+    """Liveness probe; ignore."""
+
+
+class Rejoin(Control, tag="rejoin"):
+    """The buffer does not know this consumer (it restarted): send :class:`Hello` again."""
+
+
+class Error(Control, tag="error"):
+    """The buffer could not use the consumer's last control message."""
+
+    reason: str
+
+
+class Verdict(Control, tag="verdict"):
+    """A stream's final account: complete or not, a summary for people, the sequence ranges that never arrived."""
+
+    complete: bool
+    summary: str
+    missing: list[Range]
+
+
+ToBuffer = Hello | Ack
+ToConsumer = Deliver | End | Ping | Rejoin | Error
+C = TypeVar("C")
+
+
+class _Envelope(msgspec.Struct):
+    op: Any = None
+    protocol: Any = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope = msgspec.msgpack.Decoder(_Envelope)
+_decoders: dict[Any, msgspec.msgpack.Decoder] = {}
+
+
+def pack(message: Control) -> bytes:
+    """The message as one msgpack frame."""
+    return _encoder.encode(message)
+
+
+def unpack(frame: Any, kind: type[C] | Any) -> C:
+    """The control message in ``frame``, one of ``kind`` (a class or a union of them).
+
+    Raises WireFormatError saying what is wrong with anything else: not msgpack, no ``op``,
+    another protocol, an ``op`` not expected here, or a field of the wrong type or range.
+    """
+    raw = frame_buffer(frame)
+    try:
+        envelope = _envelope.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireFormatError(f"control message is not a msgpack map: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireFormatError(f"control message is not msgpack: {exc}") from None
+    if envelope.op is None:
+        raise WireFormatError("control message has no 'op'")
+    if envelope.protocol != PROTOCOL:
+        raise WireFormatError(f"control message speaks {envelope.protocol!r}, this buffer speaks {PROTOCOL!r}")
+    decoder = _decoders.get(kind) or _decoders.setdefault(kind, msgspec.msgpack.Decoder(kind))
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireFormatError(f"malformed {envelope.op!r} control message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireFormatError(f"control message is not msgpack: {exc}") from None

@@ -1,0 +1,221 @@
+"""Data and end-of-stream messages (docs/wire-format.md): a msgpack header plus payload frames.
+
+A data message is ``[header, payload0, payload1, ...]``; an end-of-stream message is
+``[header]``. The header is a msgpack map whose ``v`` is :data:`WIRE_VERSION`; its keys and
+their types are the fields of :class:`DataHeader` and :class:`EndMessage`, in that order, and
+every received header is validated against them before anything uses it. Big payload frames
+go out without copies; received arrays are read-only views that keep their frame alive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from beamstream.batch import Batch, NonNegative, Positive, Share
+from beamstream.errors import ChecksumMismatch, WireFormatError
+from beamstream.wire.frames import frame_buffer, frame_bytes, payload_checksum
+
+WIRE_VERSION = 1
+Checksum = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most uint64
+
+
+class FieldInfo(msgspec.Struct, frozen=True, array_like=True):
+    """Name, dtype and shape (batch axis first) of one array in a message; ``[name, dtype, shape]`` on the wire."""
+
+    name: str
+    dtype: str
+    shape: tuple[NonNegative, ...]
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray) -> FieldInfo:
+        return cls(name=name, dtype=array.dtype.str, shape=tuple(array.shape))
+
+
+class DataHeader(msgspec.Struct, frozen=True):
+    """Header of a data message, key by key (docs/wire-format.md, "Header of a data message").
+
+    ``seq`` and ``time`` are the raw little-endian int64 and float64 arrays of the events.
+    """
+
+    v: int
+    kind: Literal["data"]
+    stream: str
+    rank: NonNegative
+    producers: Positive
+    index: NonNegative
+    share: Share
+    first_seq: int
+    last_seq: int
+    seq: bytes
+    time: bytes
+    serializer: str
+    fields: list[FieldInfo]
+    checksum: Checksum | None
+    sent: float
+
+    def __post_init__(self) -> None:
+        if self.rank >= self.producers:
+            raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+        if not self.seq or len(self.seq) % 8 or len(self.seq) != len(self.time):
+            raise ValueError(f"seq ({len(self.seq)} bytes) and time ({len(self.time)} bytes) must hold the same "
+                             "number (at least one) of 8-byte values")
+
+
+class EndMessage(msgspec.Struct, kw_only=True):
+    """A producer's last message: what it sent, and whether it finished its share.
+
+    The message is this header alone (docs/wire-format.md, "Header of an end-of-stream message").
+    """
+
+    v: int = WIRE_VERSION
+    kind: Literal["end"] = "end"
+    stream: str
+    rank: NonNegative
+    producers: Positive
+    share: Share
+    messages: NonNegative
+    events: NonNegative
+    last_seq: int | None
+    status: Literal["ok", "error", "aborted"] = "ok"
+    reason: str = ""
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rank >= self.producers:
+            raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+
+    def to_frames(self) -> list[Any]:
+        return [_encoder.encode(self)]
+
+
+@dataclass(slots=True)
+class DataMessage:
+    """One batch of events from one producer: the header's fields as Python objects, and the payload frames."""
+
+    stream: str
+    rank: int
+    producers: int
+    index: int
+    share: Share
+    seq: np.ndarray
+    time: np.ndarray
+    serializer: str
+    fields: list[FieldInfo]
+    payload: list[Any]
+    checksum: int | None = None
+    sent: float = 0.0
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.seq[0])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.seq[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of payload."""
+        return sum(frame_bytes(frame) for frame in self.payload)
+
+    def to_frames(self) -> list[Any]:
+        """Header plus payload frames, ready for ``send_multipart(copy=False)``; stamps ``sent``."""
+        self.sent = time.time()
+        header = DataHeader(
+            v=WIRE_VERSION, kind="data", stream=self.stream, rank=self.rank, producers=self.producers,
+            index=self.index, share=self.share, first_seq=self.first_seq, last_seq=self.last_seq,
+            seq=np.ascontiguousarray(self.seq, dtype="<i8").tobytes(),
+            time=np.ascontiguousarray(self.time, dtype="<f8").tobytes(),
+            serializer=self.serializer, fields=self.fields, checksum=self.checksum, sent=self.sent,
+        )
+        return [_encoder.encode(header), *self.payload]
+
+    @classmethod
+    def from_header(cls, header: DataHeader, payload: list[Any]) -> DataMessage:
+        return cls(stream=header.stream, rank=header.rank, producers=header.producers, index=header.index,
+                   share=header.share, seq=np.frombuffer(header.seq, dtype="<i8"),
+                   time=np.frombuffer(header.time, dtype="<f8"), serializer=header.serializer,
+                   fields=header.fields, payload=payload, checksum=header.checksum, sent=header.sent)
+
+
+class _Envelope(msgspec.Struct):
+    """What every header has, read first so that another version is named before its keys are checked."""
+
+    v: Any = None
+    kind: Any = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope = msgspec.msgpack.Decoder(_Envelope)
+_data_header = msgspec.msgpack.Decoder(DataHeader)
+_end_message = msgspec.msgpack.Decoder(EndMessage)
+
+
+def parse_header(frame: Any) -> DataHeader | EndMessage:
+    """The validated header of a message (its first frame).
+
+    Raises WireFormatError on anything that is not a version-1 beamstream header, naming
+    the key that is wrong.
+    """
+    raw = frame_buffer(frame)
+    try:
+        envelope = _envelope.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireFormatError(f"message header is not a msgpack map: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireFormatError(f"message header is not msgpack: {exc}") from None
+    if envelope.v is None:
+        raise WireFormatError("message header is not a beamstream header (no 'v' key)")
+    if envelope.v != WIRE_VERSION:
+        raise WireFormatError(
+            f"message uses wire format version {envelope.v!r}; this beamstream reads version {WIRE_VERSION}: "
+            "run producer and consumer with the same beamstream release"
+        )
+    decoder = {"data": _data_header, "end": _end_message}.get(envelope.kind)
+    if decoder is None:
+        raise WireFormatError(f"unknown message kind {envelope.kind!r}")
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise WireFormatError(f"malformed message header: {exc}") from None
+
+
+def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | EndMessage:
+    """Decode received frames (bytes or zmq.Frame) into a message.
+
+    Raises WireFormatError on anything that is not a version-1 beamstream message and
+    ChecksumMismatch when ``verify`` and the payload does not match its checksum.
+    """
+    if not frames:
+        raise WireFormatError("empty message")
+    header = parse_header(frames[0])
+    if isinstance(header, EndMessage):
+        if len(frames) > 1:
+            raise WireFormatError(f"an end message has no payload, got {len(frames) - 1} frames after its header")
+        return header
+    message = DataMessage.from_header(header, [frame_buffer(frame) for frame in frames[1:]])
+    if verify and message.checksum is not None:
+        actual = payload_checksum(message.payload)
+        if actual != message.checksum:
+            raise ChecksumMismatch(
+                f"message {message.index} from producer {message.rank} (events {message.first_seq}-"
+                f"{message.last_seq}): payload checksum {actual:#x} != header {message.checksum:#x}"
+            )
+    return message
+
+
+def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
+                       share: Share) -> DataMessage:
+    """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer."""
+    payload = serializer.encode(batch)
+    return DataMessage(
+        stream=stream, rank=rank, producers=producers, index=index, share=share, seq=batch.seq, time=batch.time,
+        serializer=serializer.name, fields=[FieldInfo.of(name, array) for name, array in batch.data.items()],
+        payload=payload, checksum=payload_checksum(payload),
+    )

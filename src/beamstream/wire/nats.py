@@ -1,0 +1,109 @@
+"""How a beamstream stream is laid out in NATS JetStream (docs/nats-backend.md); needs no nats-py.
+
+Stream ``name`` is the JetStream stream ``BEAMSTREAM_<name>`` with subjects ``beamstream.<name>.>``:
+
+- ``beamstream.<name>.data``: one JetStream message per beamstream data message. A message
+  that fits the server's ``max_payload`` is stored **inline**: its frames concatenated, with
+  headers ``Bs-Msg`` (:func:`message_id`) and ``Bs-Frames`` (the frame lengths,
+  comma-separated). A larger one is stored as a **manifest**: empty body, headers
+  ``Bs-Msg``, ``Bs-Frames``, ``Bs-Parts`` (n) and ``Bs-Part-Seqs`` (the stream sequence
+  numbers of its parts, in order).
+- ``beamstream.<name>.part``: the parts of split messages, headers ``Bs-Msg``, ``Bs-Part`` (i)
+  and ``Bs-Parts`` (n), body the i-th slice of the concatenated frames. The manifest is
+  published only after every part is stored, so a reader never sees half a message.
+- ``beamstream.<name>.end``: end-of-stream messages, stored the same way.
+- ``beamstream.<name>.verdict``: :class:`~beamstream.wire.control.Verdict` records written by
+  the buffer once every producer has ended (or went silent); the newest one counts.
+
+``Bs-Msg`` is also the ``Nats-Msg-Id`` (``-part-i`` appended for a part), so the server drops
+a message stored twice within its duplicate window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from beamstream.errors import WireFormatError
+from beamstream.wire.frames import frame_buffer
+from beamstream.wire.messages import EndMessage
+
+MSG = "Bs-Msg"
+FRAMES = "Bs-Frames"
+PARTS = "Bs-Parts"
+PART = "Bs-Part"
+PART_SEQS = "Bs-Part-Seqs"
+MSG_ID = "Nats-Msg-Id"
+HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+Subject = Literal["data", "part", "end", "verdict"]
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it is usable as a NATS subject token and stream/consumer name, else ValueError."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{kind} {name!r} may contain only letters, digits, '_' and '-'")
+    return name
+
+
+def stream_name(name: str) -> str:
+    """The JetStream stream that holds beamstream stream ``name``."""
+    return f"BEAMSTREAM_{check_name('stream name', name)}"
+
+
+def subject(name: str, kind: Subject | Literal[">"]) -> str:
+    """The subject of ``kind`` records of beamstream stream ``name`` (``>``: all of them)."""
+    return f"beamstream.{check_name('stream name', name)}.{kind}"
+
+
+def message_id(message: Any) -> str:
+    """``Bs-Msg`` of a data or end message: ``<stream id>-<rank>-<index>`` or ``<stream id>-<rank>-end``."""
+    suffix = "end" if isinstance(message, EndMessage) else str(message.index)
+    return f"{message.stream}-{message.rank}-{suffix}"
+
+
+def header_bytes(headers: dict[str, str]) -> int:
+    """Bytes the NATS header block of ``headers`` takes on the wire (counted in max_payload)."""
+    return len("NATS/1.0\r\n\r\n") + sum(len(key) + len(value) + 4 for key, value in headers.items())
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    """``data`` cut into consecutive slices of at most ``size`` bytes."""
+    return [data[start:start + size] for start in range(0, len(data), size)]
+
+
+def join_frames(frames: Sequence[Any]) -> tuple[bytes, str]:
+    """The frames concatenated, and their lengths as a ``Bs-Frames`` header value."""
+    views = [memoryview(frame_buffer(frame)) for frame in frames]
+    return b"".join(views), ",".join(str(view.nbytes) for view in views)
+
+
+def frame_lengths(value: str) -> list[int]:
+    """The lengths in a ``Bs-Frames`` value; WireFormatError if it is not a comma-separated list of sizes."""
+    try:
+        lengths = [int(length) for length in value.split(",")]
+    except ValueError:
+        raise WireFormatError(f"{FRAMES} header {value[:64]!r} is not a list of frame lengths") from None
+    if any(length < 0 for length in lengths):
+        raise WireFormatError(f"{FRAMES} header {value[:64]!r} has a negative length")
+    return lengths
+
+
+def cut_frames(data: bytes, lengths: str) -> list[memoryview]:
+    """Frames of ``data`` by the ``Bs-Frames`` value ``lengths``: views, no copies."""
+    view, frames, start = memoryview(data), [], 0
+    for length in frame_lengths(lengths):
+        frames.append(view[start:start + length])
+        start += length
+    if start != len(data):
+        raise WireFormatError(f"stored message has {len(data)} bytes, its {FRAMES} header says {start}")
+    return frames
+
+
+def part_seqs(value: str) -> list[int]:
+    """The stream sequence numbers in a ``Bs-Part-Seqs`` value."""
+    try:
+        return [int(seq) for seq in value.split(",")]
+    except ValueError:
+        raise WireFormatError(f"{PART_SEQS} header {value[:64]!r} is not a list of sequence numbers") from None
