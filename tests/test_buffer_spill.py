@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
-from beamstream.buffer.segments import Segments, SpillError
+from beamstream.buffer import segments as segments_module
+from beamstream.buffer.segments import (HEAD, MAGIC, TAIL, Location, Record, Segments, SpillError, index_path,
+                                        write_index)
 from beamstream.buffer.service import BufferService
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
@@ -81,14 +87,138 @@ def test_torn_record_at_the_end_is_cut_and_damage_elsewhere_is_named(tmp_path):
     last = segments.segment_paths()[-1]
     with open(last, "ab") as file:
         file.write(b"BSR1\x05\x00\x00")  # the buffer died while writing offset 5
-    reopened = Segments(tmp_path)
+    reopened = Segments.recover(tmp_path)
     assert sorted(reopened.index) == [0, 1, 2, 3] and reopened.read(3)[0] == b"header"
     first = segments.segment_paths()[0]
     data = bytearray(first.read_bytes())
     data[30] ^= 0xFF
     first.write_bytes(bytes(data))
+    index_path(first).unlink()  # with its index the sealed segment would be trusted unread; without, it is scanned
     with pytest.raises(SpillError, match=f"{first}: damaged record at byte 0"):
         Segments(tmp_path)
+
+
+def write_small(directory, count: int, close: bool = True) -> Segments:
+    """``count`` records of 69 bytes, two to a segment (sealed as the writer moves on, and on close)."""
+    segments = Segments(directory, segment_bytes=100)
+    for offset in range(count):
+        segments.append(offset, [f"header {offset}".encode(), np.arange(20, dtype=np.uint8).tobytes()], "data")
+    if close:
+        segments.close()
+    return segments
+
+
+def test_opening_changes_nothing_and_refuses_to_write_after_a_torn_record(tmp_path):
+    write_small(tmp_path, 4, close=False)  # killed: the last segment is not sealed
+    last = Segments(tmp_path).segment_paths()[-1]
+    whole = last.stat().st_size
+    with open(last, "ab") as file:
+        file.write(b"BSR1\x05\x00\x00")  # the buffer died while writing offset 4
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    opened = Segments(tmp_path)
+    assert sorted(opened.index) == [0, 1, 2, 3]
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before, "nothing cut, nothing written"
+    with pytest.raises(SpillError, match=f"{last}: torn record at byte {whole}; open the spill with Segments.recover"):
+        opened.append(4, [b"header 4"], "data")
+    recovered = Segments.recover(tmp_path)
+    assert last.stat().st_size == whole and index_path(last).exists(), "the torn record cut, the segment sealed"
+    recovered.append(4, [b"header 4"], "data")
+    recovered.close()
+    assert [frames for _, _, frames in Segments(tmp_path).records(first_frame_only=True)] == [
+        [f"header {offset}".encode()] for offset in range(5)]
+
+
+def test_a_missing_or_damaged_index_is_rebuilt_by_scanning(tmp_path):
+    write_small(tmp_path, 6)
+    first, second, third = Segments(tmp_path).segment_paths()
+    written = {path: index_path(path).read_bytes() for path in (first, second, third)}
+    expected = list(Segments(tmp_path).records())
+    index_path(first).unlink()
+    damaged = bytearray(written[second])
+    damaged[20] ^= 0xFF
+    index_path(second).write_bytes(bytes(damaged))
+    index_path(third).write_bytes(written[third] + b"\x00")  # too long: its checksum no longer verifies
+    assert list(Segments(tmp_path).records()) == expected, "scanned, not trusted"
+    assert not index_path(first).exists(), "a plain opening writes no index"
+    assert list(Segments.recover(tmp_path).records()) == expected
+    assert {path: index_path(path).read_bytes() for path in (first, second, third)} == written, (
+        "the scan writes the index the writer wrote")
+
+
+def test_delete_before_removes_the_index_with_its_segment(tmp_path):
+    segments = write_small(tmp_path, 6, close=False)
+    assert sorted(path.name for path in tmp_path.glob("*.idx")) == ["seg-000000000000.idx", "seg-000000000002.idx"]
+    assert segments.delete_before(4) == 4 * 69
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["seg-000000000004.bss"]
+    assert sorted(segments.index) == [4, 5] and segments.total_bytes == 2 * 69
+
+
+GIB = 1 << 30
+HEADER = b"\x85\xa4kind\xa4data" + bytes(200)  # the first frame: a message header of some 200 bytes
+
+
+def sparse_segment(path: Path, first: int, count: int, digest: int) -> None:
+    """``count`` records of [HEADER, 1 GiB of zeros] in the record layout, the 1 GiB a hole (no disk used),
+    sealed with the index that the writer writes."""
+    records = []
+    with open(path, "wb") as file:
+        for offset in range(first, first + count):
+            position = file.tell()
+            file.write(HEAD.pack(MAGIC, offset, 0, 2) + struct.pack("<2Q", len(HEADER), GIB) + HEADER)
+            file.seek(GIB, os.SEEK_CUR)
+            file.write(TAIL.pack(digest))
+            records.append(Record(offset, Location(path, position, (len(HEADER), GIB), "data"), [HEADER]))
+    write_index(path, records)
+
+
+def test_restart_on_a_100_gib_spill_reads_only_the_indexes_and_the_last_segment(tmp_path, monkeypatch):
+    """25 sealed segments of 4 records of 1 GiB (sparse files) and a last segment the writer was killed in:
+    recovering opens no sealed segment, and a damaged byte in one goes unnoticed until its index is damaged too."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    os.truncate(probe, GIB)
+    if probe.stat().st_blocks:
+        pytest.skip("the file system under tmp_path keeps no sparse files")
+    digest = xxhash.xxh3_64(HEADER)
+    zeros = bytes(16 << 20)
+    for _ in range(GIB // len(zeros)):
+        digest.update(zeros)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    for number in range(25):
+        sparse_segment(spill / f"seg-{4 * number:012d}.bss", 4 * number, 4, digest.intdigest())
+    writer = Segments(spill)
+    for offset in range(100, 103):
+        writer.append(offset, [f"header {offset}".encode(), b"payload"], "data")  # then killed: no close
+    *sealed, last = writer.segment_paths()
+    read: list[Path] = []
+
+    def watched_open(path, mode="r", *args):
+        if "r" in mode:
+            read.append(Path(path))
+        return open(path, mode, *args)
+
+    monkeypatch.setattr(segments_module, "open", watched_open, raising=False)
+
+    recovered = Segments.recover(spill)
+    headers = [frames for _, _, frames in recovered.records(first_frame_only=True)]
+
+    assert recovered.total_bytes == sum(path.stat().st_size for path in [*sealed, last]) > 100 * GIB
+    assert sum(path.stat().st_blocks * 512 for path in spill.iterdir()) < 4 << 20
+    assert headers == [[HEADER]] * 100 + [[f"header {offset}".encode()] for offset in range(100, 103)]
+    assert {path for path in read if path.suffix == ".bss"} == {last}, "of the segments, only the last one is read"
+    assert sum(path.stat().st_size for path in set(read)) < 1 << 20, "under 1 MiB read for a 100 GiB spill"
+
+    victim = sealed[0]
+    with open(victim, "r+b") as file:
+        file.seek(HEAD.size + 16 + len(HEADER) + 12345)  # inside the first record's 1 GiB frame
+        file.write(b"\xff")
+    assert sorted(Segments.recover(spill).index) == list(range(103)), "a sealed segment's payload is not read"
+    index = bytearray(index_path(victim).read_bytes())
+    index[-1] ^= 0xFF
+    index_path(victim).write_bytes(bytes(index))
+    with pytest.raises(SpillError, match=f"{victim}: damaged record at byte 0"):
+        Segments.recover(spill)
 
 
 def test_unusable_spill_directory_is_a_clear_error(tmp_path):

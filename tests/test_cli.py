@@ -122,12 +122,3 @@ def test_mpirun_ranks_are_the_workers(write_spec, tmp_path):
     assert sorted(event.seq for event in events) == list(range(30))
     assert client.report.producers == 2 and {event.rank for event in events} == {0, 1}
     assert "30 events" in outcome["run"].stderr
-
-
-def test_client_imports_no_heavy_packages():
-    code = ("import sys, beamstream.client; heavy = {'h5py', 'psana', 'torch', 'mpi4py', 'typer'} & set(sys.modules); "
-            "print(sorted(heavy))")
-    import subprocess
-
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"

@@ -91,3 +91,71 @@ def test_report_names_a_producer_never_heard_from():
     assert "producer 0: no end-of-stream after 1 messages" in problems
     assert "producer 1: nothing arrived and no end-of-stream" in problems
     assert "producer 1: 4 events never arrived: 2-3, 6-7" in problems
+
+
+def test_headers_are_the_version_1_bytes_documented():
+    """The typed definitions encode exactly the msgpack maps docs/wire-format.md describes, key order included."""
+    message = message_from_batch(batch(), ArraysSerializer().build(), stream="s1", rank=1, producers=2, index=7,
+                                 share=SHARE)
+    header = message.to_frames()[0]
+    assert header == msgpack.packb({
+        "v": 1, "kind": "data", "stream": "s1", "rank": 1, "producers": 2, "index": 7, "share": [1, 2, 0, 100, 10],
+        "first_seq": 10, "last_seq": 12, "seq": np.array([10, 11, 12], "<i8").tobytes(),
+        "time": np.array([1.0, 2.0, 3.0], "<f8").tobytes(), "serializer": "arrays",
+        "fields": [["image", "<u2", [3, 4, 5]], ["energy", "<f8", [3]]], "checksum": message.checksum,
+        "sent": message.sent,
+    })
+    end = EndMessage(stream="s1", rank=0, producers=2, share=SHARE, messages=5, events=50, last_seq=89)
+    assert end.to_frames() == [msgpack.packb({
+        "v": 1, "kind": "end", "stream": "s1", "rank": 0, "producers": 2, "share": [1, 2, 0, 100, 10], "messages": 5,
+        "events": 50, "last_seq": 89, "status": "ok", "reason": "", "extra": {}})]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("rank", [1], r"Expected `int`, got `array` - at `\$.rank`"),
+    ("rank", {"a": 1}, r"Expected `int`, got `object` - at `\$.rank`"),
+    ("rank", -1, r"Expected `int` >= 0 - at `\$.rank`"),
+    ("rank", 2, "rank 2 is not below producers 2"),
+    ("index", "7", r"Expected `int`, got `str` - at `\$.index`"),
+    ("share", [0, 2, 0, None, 0], r"Expected `int` >= 1 - at `\$.share\[4\]`"),
+    ("fields", [["image", "<u2"]], r"at `\$.fields\[0\]`"),
+    ("seq", b"\x00" * 7, "seq \\(7 bytes\\) and time"),
+])
+def test_a_header_field_of_the_wrong_type_or_range_is_refused_naming_it(key, value, expected):
+    frames = frames_of(ArraysSerializer())
+    frames[0] = msgpack.packb({**msgpack.unpackb(frames[0]), key: value})
+    with pytest.raises(WireFormatError, match=expected):
+        parse_message(frames)
+
+
+def test_an_end_message_with_a_payload_is_refused():
+    end = EndMessage(stream="s1", rank=0, producers=2, share=SHARE, messages=5, events=50, last_seq=89)
+    with pytest.raises(WireFormatError, match="an end message has no payload"):
+        parse_message([*end.to_frames(), b"stray"])
+
+
+def test_control_messages_are_typed_and_checked():
+    from beamstream.wire.control import PROTOCOL, Ack, Hello, ToBuffer, pack, unpack
+
+    hello = Hello(group="g", lossy=True, start="now", credit=4)
+    assert pack(hello) == msgpack.packb({"op": "hello", "protocol": PROTOCOL, "group": "g", "lossy": True,
+                                         "start": "now", "credit": 4})
+    assert unpack(pack(hello), ToBuffer) == hello
+    for junk, expected in [({"op": "ack", "protocol": PROTOCOL, "offsets": [[1]]}, r"at `\$.offsets\[0\]`"),
+                           ({"op": "ack", "protocol": PROTOCOL, "credit": -5}, r">= 0 - at `\$.credit`"),
+                           ({"op": "hello", "protocol": PROTOCOL, "group": "g", "start": "later"}, r"\$.start"),
+                           ({"op": "deliver", "protocol": PROTOCOL, "offset": 1, "skipped": 0}, "Invalid value 'deliver'"),
+                           ({"op": "ack", "protocol": "other/9"}, "speaks 'other/9'"),
+                           ({"protocol": PROTOCOL}, "has no 'op'")]:
+        with pytest.raises(WireFormatError, match=expected):
+            unpack(msgpack.packb(junk), ToBuffer)
+    assert unpack(pack(Ack(offsets=[3], credit=1)), ToBuffer).offsets == [3]
+
+
+def test_replies_are_parsed_and_malformed_ones_named():
+    from beamstream.wire.replies import ACK, kept, parse_reply
+
+    assert parse_reply(kept(12)).index == 12 and parse_reply(ACK).kind == "ack"
+    for junk in (b"beamstream-kept -1", b"beamstream-kept 1e9", b"beamstream-kept " + b"9" * 40, b"hello"):
+        with pytest.raises(WireFormatError):
+            parse_reply(junk)

@@ -66,10 +66,10 @@ class BufferService(ProducerIntake):
         self.probe_interval = probe_interval
         self.next_probe = 0.0
         self.spill = Path(spill) if spill is not None else None
-        self.ends = Segments(self.spill / "ends") if self.spill else None
+        self.ends = Segments.recover(self.spill / "ends") if self.spill else None
         # segments small enough that a full spill always has whole, deletable segments
         segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
-        segments = Segments(self.spill, segment_bytes) if self.spill else None
+        segments = Segments.recover(self.spill, segment_bytes) if self.spill else None
         self.log = Log(max_bytes, segments, max_spill, retention_s)
         self._saved_groups: dict[str, dict[str, Any]] = {}
         self._restore()
@@ -112,6 +112,9 @@ class BufferService(ProducerIntake):
 
     def _release(self) -> None:
         self.save_groups()
+        if self.spill is not None:  # seal the segments being written: the next start trusts their indexes
+            self.log.segments.close()
+            self.ends.close()
         self.consumers.close(linger=0)
 
     def serve(self, poll_ms: int = 100) -> None:

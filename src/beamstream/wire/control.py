@@ -32,7 +32,7 @@ class Control(msgspec.Struct, tag_field="op", kw_only=True):
     protocol: str = PROTOCOL
 
 
-class Hello(Control, tag="hello"):
+class Hello(Control, tag="hello", kw_only=True):
     """Join ``group`` (created at ``start`` if new); the buffer may send ``credit`` messages before an ack."""
 
     group: str
@@ -41,21 +41,21 @@ class Hello(Control, tag="hello"):
     credit: Credit = 1
 
 
-class Ack(Control, tag="ack"):
+class Ack(Control, tag="ack", kw_only=True):
     """The consumer is done with ``offsets`` and may be sent ``credit`` more messages."""
 
     offsets: list[NonNegative] = []
     credit: Credit = 0
 
 
-class Deliver(Control, tag="deliver"):
+class Deliver(Control, tag="deliver", kw_only=True):
     """Message ``offset`` of the buffer's log follows; ``skipped``: the group's running count of skipped messages."""
 
     offset: NonNegative
     skipped: NonNegative
 
 
-class End(Control, tag="end"):
+class End(Control, tag="end", kw_only=True):
     """The stream has ended and this member's group has everything: the verdict, and the group's skipped count."""
 
     complete: bool
@@ -68,21 +68,21 @@ class End(Control, tag="end"):
         return Verdict(complete=self.complete, summary=self.summary, missing=self.missing)
 
 
-class Ping(Control, tag="ping"):
+class Ping(Control, tag="ping", kw_only=True):
     """Liveness probe; ignore."""
 
 
-class Rejoin(Control, tag="rejoin"):
+class Rejoin(Control, tag="rejoin", kw_only=True):
     """The buffer does not know this consumer (it restarted): send :class:`Hello` again."""
 
 
-class Error(Control, tag="error"):
+class Error(Control, tag="error", kw_only=True):
     """The buffer could not use the consumer's last control message."""
 
     reason: str
 
 
-class Verdict(Control, tag="verdict"):
+class Verdict(Control, tag="verdict", kw_only=True):
     """A stream's final account: complete or not, a summary for people, the sequence ranges that never arrived."""
 
     complete: bool

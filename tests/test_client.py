@@ -1,0 +1,103 @@
+"""The Client's front end over an in-memory transport, and options refused where they do not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from beamstream.batch import Batch, Share
+from beamstream.client import Client
+from beamstream.client.transports.memory import MemoryTransport
+from beamstream.errors import ChecksumMismatch, OptionError, StreamIncomplete, StreamTimeout
+from beamstream.serializers.arrays import ArraysSerializer
+from beamstream.wire import EndMessage, message_from_batch
+from beamstream.wire.control import Verdict
+from conftest import run_cli
+
+SHARE = Share(rank=0, ranks=1, start=0, stop=6, block=1)
+
+
+def data(index: int, stream: str = "s1") -> list:
+    seq = np.arange(2 * index, 2 * index + 2, dtype=np.int64)
+    batch = Batch(seq, seq * 1.0, {"image": np.full((2, 3, 4), index, dtype=np.uint16)})
+    message = message_from_batch(batch, ArraysSerializer().build(), stream=stream, rank=0, producers=1,
+                                 index=index, share=SHARE)
+    return [bytes(memoryview(frame)) for frame in message.to_frames()]
+
+
+def end(messages: int = 3, stream: str = "s1") -> list:
+    return EndMessage(stream=stream, rank=0, producers=1, share=SHARE, messages=messages, events=2 * messages,
+                      last_seq=2 * messages - 1).to_frames()
+
+
+def test_every_message_once_then_the_end():
+    transport = MemoryTransport([data(0), data(1), data(1), data(2, stream="other"), data(2), end()])
+    with Client.over(transport, timeout=1) as client:
+        seqs = [event.seq for event in client.events()]
+    assert seqs == [0, 1, 2, 3, 4, 5] and client.report.complete
+    assert client.report.duplicates == 1 and client.report.foreign == 1
+    assert [type(m).__name__ for m in transport.receipts] == ["DataMessage"] * 5 + ["EndMessage"]
+    assert transport.done == [0, 1, 2, 3, 4, 5] and transport.closed
+    assert client.report.summary().splitlines()[0].startswith("stream s1: complete: 6 events in 3 messages")
+
+
+def test_arrays_are_read_only_views_of_the_frames():
+    with Client.over(MemoryTransport([data(0), end(1)]), timeout=1) as client:
+        message = next(client.messages())
+        assert message.arrays["image"].tolist() == np.zeros((2, 3, 4)).tolist()
+        assert not message.arrays["image"].flags.writeable
+
+
+def test_a_corrupt_payload_is_refused():
+    frames = data(0)
+    frames[1] = b"\x01" + frames[1][1:]
+    with Client.over(MemoryTransport([frames, end(1)]), timeout=1) as client:
+        with pytest.raises(ChecksumMismatch, match="message 0 from producer 0"):
+            list(client.messages())
+
+
+def test_a_missing_message_makes_the_stream_incomplete_naming_it():
+    with Client.over(MemoryTransport([data(0), data(2), end()]), timeout=1) as client:
+        with pytest.raises(StreamIncomplete, match="2 events never arrived: 2-3"):
+            list(client.messages())
+
+
+def test_silence_before_anything_is_a_timeout_and_after_something_incomplete():
+    with Client.over(MemoryTransport([]), timeout=0.1) as client:
+        with pytest.raises(StreamTimeout, match="nothing arrived from memory within 0.1 s"):
+            list(client.messages())
+    with Client.over(MemoryTransport([data(0)]), timeout=0.1) as client:
+        with pytest.raises(StreamIncomplete, match="went silent for 0.1 s"):
+            list(client.messages())
+
+
+def test_a_buffer_verdict_ends_the_stream_and_decides():
+    verdict = Verdict(complete=False, summary="stream s1: INCOMPLETE (the buffer says)", missing=[(4, 5)])
+    with Client.over(MemoryTransport([data(0), data(1)], verdict=verdict), timeout=1) as client:
+        with pytest.raises(StreamIncomplete, match="the buffer says") as raised:
+            list(client.messages())
+    assert raised.value.report.verdict == verdict and raised.value.report.events == 4
+
+
+@pytest.mark.parametrize(("endpoints", "options", "expected"), [
+    ("tcp://127.0.0.1:1", {"lossy": True}, "lossy applies only with group="),
+    ("tcp://127.0.0.1:1", {"start": "now"}, "start applies only with group="),
+    ("tcp://127.0.0.1:1", {"redeliver_after": 5.0}, "redeliver_after applies only to a group of a nats:// stream"),
+    ("tcp://127.0.0.1:1", {"group": "g", "redeliver_after": 5.0}, "redeliver_after applies only to a group of a nats://"),
+    ("tcp://127.0.0.1:1", {"group": "g", "bind": True}, "bind applies only to streams read from producers directly"),
+    ("tcp://127.0.0.1:1", {"group": "g", "pattern": "sub"}, "pattern='sub' applies only"),
+    (["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], {"group": "g"}, "a second endpoint applies only"),
+    ("nats://127.0.0.1:1/s", {"bind": True}, "bind applies only to streams read from producers directly or from a local"),
+    ("nats://127.0.0.1:1/s", {"hwm": 8}, "hwm applies only"),
+    ("nats://127.0.0.1:1/s", {"redeliver_after": 5.0}, "redeliver_after applies only to a lossless group"),
+    ("nats://127.0.0.1:1/s", {"group": "g", "lossy": True, "redeliver_after": 5.0}, "redeliver_after applies only"),
+])
+def test_options_that_do_not_apply_are_refused(endpoints, options, expected):
+    with pytest.raises(OptionError, match=expected.replace("(", r"\(").replace("?", r"\?")):
+        Client(endpoints, **options)
+
+
+def test_consume_refuses_an_option_that_does_not_apply_in_its_own_words():
+    result = run_cli("consume", "tcp://127.0.0.1:1", "--lossy", timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--lossy applies only with --group" in result.stderr

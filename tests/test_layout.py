@@ -1,0 +1,99 @@
+"""The shape of the package: no import cycles, a light client, spec and runtime names kept apart."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import beamstream
+
+ROOT = Path(beamstream.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The beamstream modules ``path`` imports at run time (in functions too; not under ``if TYPE_CHECKING``)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(child) for node in ast.walk(tree) if isinstance(node, ast.If) and is_type_checking(node)
+               for stmt in node.body for child in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in modules else node.module)
+    return {name for name in found if name in modules}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(path): path for path in ROOT.rglob("*.py")}
+    return {name: imported_modules(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of nodes (first = last), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_among_modules():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_no_import_cycles_among_packages():
+    """Folding every module into its top-level part (beamstream.buffer, beamstream.client, beamstream.wire, …),
+    no part imports one that imports it back: no package imports its consumer."""
+    folded: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        part = ".".join(name.split(".")[:2])
+        folded.setdefault(part, set()).update(".".join(t.split(".")[:2]) for t in targets)
+    for part, targets in folded.items():
+        targets.discard(part)
+    folded.pop("beamstream", None)  # the package root re-exports the client, nothing imports it
+    cycle = find_cycle(folded)
+    assert cycle is None, "packages import each other: " + " → ".join(cycle)
+
+
+def test_finds_a_cycle_when_there_is_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_client_imports_no_pydantic_nats_or_buffer():
+    code = ("import sys, beamstream.client; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pydantic', 'nats', 'h5py', 'psana', 'torch', 'mpi4py', 'typer') "
+            "or m.startswith(('beamstream.buffer', 'beamstream.jetstream', 'beamstream.spec'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
