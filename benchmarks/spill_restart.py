@@ -31,7 +31,8 @@ from pathlib import Path
 
 import xxhash
 
-from beamstream.buffer.segments import HEAD, MAGIC, SEGMENT_BYTES, TAIL, Segments, index_path
+from beamstream.buffer.segments import SEGMENT_BYTES, Segments, index_path
+from beamstream.wire.spill import HEAD, MAGIC, TAIL
 
 HEADER = b"\x85" + bytes(299)  # stands for a message header: only its size matters here
 MiB = 1 << 20

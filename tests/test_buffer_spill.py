@@ -12,13 +12,13 @@ import pytest
 import xxhash
 
 from beamstream.buffer import segments as segments_module
-from beamstream.buffer.segments import (HEAD, MAGIC, TAIL, Location, Record, Segments, SpillError, index_path,
-                                        write_index)
+from beamstream.buffer.segments import Location, Record, Segments, SpillError, index_path, write_index
 from beamstream.buffer.service import BufferService
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
+from beamstream.wire.spill import HEAD, MAGIC, TAIL
 from conftest import wait_until
 
 

@@ -1,23 +1,11 @@
 """Segment files: the buffer's messages on disk, for replay and for surviving a restart.
 
-A segment ``seg-{first offset:012d}.bss`` is a sequence of records::
-
-    b"BSR1" | offset: u64 | kind: u8 (0 data, 1 end) | frame count: u32 | frame lengths: u64 × count
-          | frames | xxh3-64 of the frames: u64          (all little-endian)
-
-Records are appended as messages arrive (written through, before any consumer sees them). A
-segment is sealed when the writer moves on to the next one or closes, and when
-:meth:`Segments.recover` finds it at the end of a spill (a restarted writer starts a new segment).
-Sealing writes the segment's index ``seg-{first offset:012d}.idx`` next to it (to
-``seg-….idx.part``, fsynced, then renamed)::
-
-    b"BSI1" | segment size: u64 | record count: u32
-          | per record: offset: u64 | position: u64 | kind: u8 | frame count: u32 | frame lengths: u64 × count
-                      | the record's first frame (frame lengths[0] bytes; none if the count is 0)
-          | xxh3-64 of everything before it: u64              (all little-endian)
-
-The first frame is the buffer's message header (a few hundred bytes), so the indexes alone
-rebuild the stream's account after a restart.
+Segments and their indexes are laid out as :mod:`beamstream.wire.spill` defines. Records are
+appended as messages arrive (written through, before any consumer sees them). A segment is
+sealed when the writer moves on to the next one or closes, and when :meth:`Segments.recover`
+finds it at the end of a spill (a restarted writer starts a new segment); sealing writes its
+index (to ``seg-….idx.part``, fsynced, then renamed). The indexes hold every record's first
+frame, the message header, so they alone rebuild the stream's account after a restart.
 
 Opening trusts a segment's index, without reading the segment, when the index is intact (its
 checksum verifies, its records follow one another from byte 0, the first at the segment's first
@@ -43,17 +31,10 @@ from typing import Any, NamedTuple
 import xxhash
 
 from beamstream.errors import BeamstreamError
+from beamstream.wire.spill import HEAD, INDEX_ENTRY, INDEX_HEAD, INDEX_MAGIC, KIND_NAMES, KINDS, MAGIC, TAIL
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"BSR1"
-HEAD = struct.Struct("<4sQBI")
-TAIL = struct.Struct("<Q")
-INDEX_MAGIC = b"BSI1"
-INDEX_HEAD = struct.Struct("<4sQI")
-INDEX_ENTRY = struct.Struct("<QQBI")
-KINDS = {"data": 0, "end": 1}
-KIND_NAMES = {code: name for name, code in KINDS.items()}
 SEGMENT_BYTES = 256 << 20
 CHUNK = 1 << 20  # bytes hashed at a time when a segment is scanned
 
