@@ -304,7 +304,7 @@ def test_buffer_command_with_nats_backend_and_consume_processes(tmp_path, write_
 
     import h5py
 
-    from conftest import run_cli, start_cli
+    from conftest import start_cli
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     url = f"{URL}/{name}"

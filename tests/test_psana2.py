@@ -9,9 +9,6 @@ about 20 ns apart: closer than float64 ``time`` resolves, so only ``timestamp`` 
 from __future__ import annotations
 
 import datetime
-import os
-import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, SourceError
 from beamstream.plugins import plugin
-from beamstream.sources.psana2 import LCLS_EPOCH_OFFSET, Psana2Source, import_psana, unix_seconds
+from beamstream.sources.psana2 import LCLS_EPOCH_OFFSET, Psana2Source, unix_seconds
 
 EVENTS = 10
 EPICS = "HX2:DVD:GCC:01:PMON"

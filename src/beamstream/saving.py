@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
+from beamstream.atomic import write_atomically
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.codecs import decode_payload
 from beamstream.codecs.hdf5 import Compression, batch_to_hdf5_bytes
@@ -36,14 +36,11 @@ def message_h5_bytes(message: Any, compression: Compression = "none", level: int
     return bytes(batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), compression, level))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a ``.part`` file, so ``path`` is complete or absent."""
-    partial = path.with_name(path.name + ".part")
+def save_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`beamstream.atomic.write_atomically`); TransportError naming it on failure."""
     try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        write_atomically(path, data)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise TransportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
@@ -69,7 +66,7 @@ class MessageSaver:
         name = message_filename(message)
         image = message_h5_bytes(message)
         if self.archive is None:
-            write_atomically(self.directory / name, image)
+            save_file(self.directory / name, image)
             return
         info = tarfile.TarInfo(name)
         info.size = len(image)

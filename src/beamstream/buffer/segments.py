@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
+from beamstream.atomic import write_atomically
 from beamstream.errors import BeamstreamError
 from beamstream.wire.spill import HEAD, INDEX_ENTRY, INDEX_HEAD, INDEX_MAGIC, KIND_NAMES, KINDS, MAGIC, TAIL
 
@@ -249,13 +250,7 @@ def write_index(segment: Path, records: Sequence[Record]) -> None:
         parts += [INDEX_ENTRY.pack(offset, location.position, KINDS[location.kind], count),
                   struct.pack(f"<{count}Q", *location.lengths), *first]
     body = b"".join(parts)
-    partial = segment.with_suffix(".idx.part")
-    with open(partial, "wb") as file:
-        file.write(body)
-        file.write(TAIL.pack(xxhash.xxh3_64_intdigest(body)))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, index_path(segment))
+    write_atomically(index_path(segment), body + TAIL.pack(xxhash.xxh3_64_intdigest(body)))
 
 
 def read_index(segment: Path) -> list[Record] | None:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from beamstream.atomic import write_atomically
 from beamstream.buffer.intake import ProducerIntake
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.store import Group, Log
@@ -103,9 +103,7 @@ class BufferService(ProducerIntake):
         state = {name: {"lossy": group.lossy, "low_water": group.low_water} for name, group in self.log.groups.items()}
         if state == self._saved_groups:
             return
-        partial = self.spill / "groups.json.part"
-        partial.write_text(json.dumps(state))
-        os.replace(partial, self.spill / "groups.json")
+        write_atomically(self.spill / "groups.json", json.dumps(state).encode())
         self._saved_groups = state
 
     # --- running ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from beamstream.errors import TransportError
 from beamstream.codecs import decode_payload
 from beamstream.codecs.hdf5 import Compression, filter_options
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.saving import message_h5_bytes, safe_name, write_atomically
+from beamstream.atomic import commit, partial_path
+from beamstream.saving import message_h5_bytes, safe_name, save_file
 from beamstream.wire import DataMessage, EndMessage
 
 CXI_VERSION = 150
@@ -44,10 +45,6 @@ def prepare_directory(directory: Path) -> None:
                              "set dir: to a writable directory") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise TransportError(f"files sink: directory {str(directory)!r} is not writable; set dir: to a writable directory")
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".part")
 
 
 def _write_failed(path: Path, exc: OSError) -> TransportError:
@@ -77,7 +74,7 @@ class FilesWriter:
             "reason": end.reason,
             "extra": end.extra,
         }
-        write_atomically(path, (json.dumps(info, indent=2, default=str) + "\n").encode())
+        save_file(path, (json.dumps(info, indent=2, default=str) + "\n").encode())
 
     def finish(self) -> None:
         """Complete and release the data files (nothing to do for one file per message)."""
@@ -98,7 +95,7 @@ class MessageFiles(FilesWriter):
 
     def send(self, message: DataMessage) -> None:
         path = self.directory / f"{self.prefix}-m{message.index:06d}.h5"
-        write_atomically(path, message_h5_bytes(message, self.compression, self.level))
+        save_file(path, message_h5_bytes(message, self.compression, self.level))
 
 
 class CxiFile(FilesWriter):
@@ -116,7 +113,7 @@ class CxiFile(FilesWriter):
         self.path = directory / f"{self.prefix}.cxi"
         self.options = filter_options(compression, level)
         try:
-            self.h5 = h5py.File(_partial(self.path), "w", libver="latest")
+            self.h5 = h5py.File(partial_path(self.path), "w", libver="latest")
             self.h5["cxi_version"] = CXI_VERSION
             meta = self.h5.require_group(CXI_META)
             meta.create_dataset("seq", shape=(0,), maxshape=(None,), dtype="<i8", chunks=True)
@@ -159,7 +156,7 @@ class CxiFile(FilesWriter):
         """Close the file and give it its final name."""
         try:
             self.h5.close()
-            os.replace(_partial(self.path), self.path)
+            commit(self.path)
         except OSError as exc:
             raise _write_failed(self.path, exc) from None
 
