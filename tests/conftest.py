@@ -68,6 +68,16 @@ def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
     return subprocess.run([*BEAMSTREAM, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
+def banner(process: subprocess.Popen) -> str:
+    """The line a ``beamstream buffer`` process prints once it serves (log lines before it are skipped)."""
+    lines = []
+    while (line := process.stderr.readline()):
+        if "buffer: producers" in line:
+            return line
+        lines.append(line)
+    raise AssertionError(f"the buffer exited (code {process.wait()}) without serving: {''.join(lines)}")
+
+
 def start_cli(*args: str) -> subprocess.Popen:
     """Start ``beamstream ARGS`` in the background."""
     env = {**os.environ, "COLUMNS": "200"}

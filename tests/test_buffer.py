@@ -1,4 +1,4 @@
-"""The buffer service with real producer processes and real consumer clients."""
+"""The local buffer with real producer processes and real consumer clients."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ from collections import Counter
 
 import pytest
 
-from beamstream.buffer.service import BufferService
-from beamstream.buffer.store import Log
+from beamstream.buffer.local import LocalBuffer
+from beamstream.buffer.message_log import MessageLog
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
-from conftest import read_in_thread, read_shared_and_broadcast, wait_until, waveform_spec
+from conftest import banner, read_in_thread, read_shared_and_broadcast, wait_until, waveform_spec
 
 
 
 
 @pytest.fixture
 def buffer(tmp_path):
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20).start()
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20).start()
     yield service
     service.close()
 
@@ -37,7 +37,7 @@ def test_shared_and_broadcast_groups_get_the_expected_events(buffer, tmp_path):
 
 
 def test_lossy_group_is_told_what_it_skipped():
-    log = Log(max_bytes=1 << 20)
+    log = MessageLog(max_bytes=1 << 20)
     lossy = log.group("viewer", lossy=True, start="earliest")
     log.join(lossy, b"viewer-1", credit=1)
     for _ in range(10):
@@ -48,7 +48,7 @@ def test_lossy_group_is_told_what_it_skipped():
 
 
 def test_unacknowledged_messages_go_to_another_member():
-    log = Log(max_bytes=1 << 20)
+    log = MessageLog(max_bytes=1 << 20)
     group = log.group("g", lossy=False, start="earliest")
     first = log.join(group, b"a", credit=3)
     for _ in range(3):
@@ -61,16 +61,16 @@ def test_unacknowledged_messages_go_to_another_member():
 
 
 def test_memory_bound_holds_back_until_lossless_group_acknowledges():
-    log = Log(max_bytes=10)
+    log = MessageLog(max_bytes=10)
     group = log.group("g", lossy=False, start="earliest")
     member = log.join(group, b"a", credit=100)
     for _ in range(10):
-        assert log.has_room(1)
+        assert log.make_room(1)
         log.append([b"x"], 1, "data")
-    assert not log.has_room(1)
+    assert not log.make_room(1)
     list(log.dispatch())
     log.acknowledge(group, member, [0, 1], credit=0)
-    assert log.has_room(1) and log.resident_bytes == 9
+    assert log.make_room(1) and log.resident_bytes == 9
 
 
 def test_killed_consumer_loses_nothing_its_group_needs(buffer, tmp_path):
@@ -173,7 +173,7 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
     service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
                         "--max-memory", "64MiB")
     process = psutil.Process(service.pid)
-    assert "buffer: producers" in service.stderr.readline()  # serving: its own memory is all allocated now
+    assert "buffer: producers" in banner(service)  # serving: its own memory is all allocated now
     spec = parse_spec({
         "source": {"type": "simulated", "n_events": 80, "bank_size": 2, "events_per_read": 1,
                    "detectors": [{"kind": "image", "shape": [2048, 2048], "peaks": 0}]},  # 8 MiB events
@@ -195,7 +195,7 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
         service.terminate()
         service.wait(timeout=30)
     assert seqs == list(range(80))
-    stated_overhead = (4 + 2) * 8 * 2**20  # (hwm + 2) × message size, see beamstream.buffer.service
+    stated_overhead = (4 + 2) * 8 * 2**20  # (hwm + 2) × message size, see beamstream.buffer.local
     allowed = 64 * 2**20 + stated_overhead + 24 * 2**20  # + slack for the interpreter's own allocations
     assert peak - baseline < allowed, f"peak {(peak - baseline) / 2**20:.0f} MiB over baseline"
 
@@ -207,7 +207,7 @@ def test_producer_gone_without_end_is_reported_to_every_group(tmp_path, write_sp
 
     from conftest import start_cli
 
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20,
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20,
                             producer_timeout_s=2.0).start()
     path = write_spec({"source": {"type": "simulated", "n_events": 400, "rate_hz": 100, "events_per_read": 10,
                                   "detectors": [{"kind": "waveform", "samples": 64}]},
@@ -241,7 +241,7 @@ def test_the_buffer_reuses_message_memory_once_its_log_is_full(tmp_path):
     consumers = f"ipc://{tmp_path / 'out'}"
     service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
                         "--max-memory", "64MiB")
-    assert "buffer: producers" in service.stderr.readline()
+    assert "buffer: producers" in banner(service)
     spec = parse_spec({
         "source": {"type": "simulated", "n_events": 48, "bank_size": 2, "events_per_read": 1,
                    "detectors": [{"kind": "image", "shape": [2048, 2048], "peaks": 0}]},  # 8 MiB events
@@ -273,7 +273,7 @@ def test_freed_buffers_are_reused_while_busy_and_given_back_when_trimmed():
 
     program = """
 import os, psutil
-from beamstream.buffer.service import release_freed_buffers, trim_freed_buffers
+from beamstream.buffer.allocator import release_freed_buffers, trim_freed_buffers
 
 def minor_faults():
     with open(f"/proc/{os.getpid()}/stat") as stat:
@@ -302,21 +302,21 @@ print(refaulted, (busy - psutil.Process().memory_info().rss) >> 20)
 def test_producers_and_consumers_have_an_io_thread_each(tmp_path):
     import zmq
 
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
     try:
         assert service.context.get(zmq.IO_THREADS) == 2
-        assert (service.producers.getsockopt(zmq.AFFINITY), service.consumers.getsockopt(zmq.AFFINITY)) == (1, 2)
+        assert (service.producer_socket.getsockopt(zmq.AFFINITY), service.consumer_socket.getsockopt(zmq.AFFINITY)) == (1, 2)
     finally:
         service.close()
 
 
 def test_freed_memory_is_given_back_once_the_buffer_is_idle(tmp_path, monkeypatch):
     """Trimming happens after a probe interval with no message in or out, once per idle spell."""
-    import beamstream.buffer.service as service_module
+    import beamstream.buffer.local as service_module
 
     trims = []
     monkeypatch.setattr(service_module, "trim_freed_buffers", lambda: trims.append(True) or True)
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
     try:
         service._trim_when_idle()
         assert trims == [], "nothing has moved since start: nothing to give back"

@@ -32,7 +32,7 @@ def test_spec_buffer_opens_the_buffer_it_describes(tmp_path):
             result = run_local(spec, workers=2)
             assert sorted(event.seq for event in client.events()) == list(range(40))
         assert result.ok and client.report.complete
-        assert service.log.max_bytes == 64 << 20 and service.log.spilled_bytes > 0
+        assert service.message_log.max_bytes == 64 << 20 and service.message_log.spilled_bytes > 0
     finally:
         service.close()
 

@@ -9,11 +9,11 @@ import threading
 import urllib.request
 
 import pytest
-from conftest import run_cli, start_cli
+from conftest import banner, run_cli, start_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from beamstream.buffer.metrics import fetch_status, metrics_url, start_metrics_server, stop_metrics_server
-from beamstream.buffer.service import BufferService
+from beamstream.buffer.status import fetch_status, metrics_url
+from beamstream.buffer.local import LocalBuffer
 from beamstream.client import Client
 from beamstream.producer import run_local
 from conftest import waveform_spec
@@ -38,10 +38,8 @@ def group_value(samples: dict, name: str, group: str) -> float:
 @pytest.fixture
 def served(tmp_path):
     """A running buffer and its metrics URL."""
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20).start()
-    server, thread = start_metrics_server(service, 0)
-    yield service, f"http://127.0.0.1:{server.server_port}/metrics"
-    stop_metrics_server(server, thread)
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=64 << 20).start()
+    yield service, service.serve_metrics(0)
     service.close()
 
 
@@ -128,8 +126,8 @@ def test_buffer_command_serves_metrics_on_request(tmp_path):
     service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers",
                         f"ipc://{tmp_path / 'out'}", "--max-memory", "64MiB", "--metrics-port", "0")
     try:
-        banner = service.stderr.readline()
-        url = re.search(r"metrics → (\S+)", banner).group(1)
+        line = banner(service)
+        url = re.search(r"metrics → (\S+)", line).group(1)
         result = run_local(waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=20), workers=2)
         status = fetch_status(url)
     finally:

@@ -356,18 +356,16 @@ def test_buffer_command_with_bad_backend_says_what_to_write():
 
 
 def test_metrics_of_the_nats_backend_come_from_the_bridge_and_the_server(bridge, tmp_path):
-    from beamstream.buffer.metrics import fetch_status, start_metrics_server, status_tables, stop_metrics_server
+    from beamstream.buffer.status import fetch_status, status_tables
     from beamstream.display import console
 
     service, url = bridge
-    server, thread = start_metrics_server(service, 0)
-    try:
-        assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2).ok
-        with Client(url, group="analysis", timeout=30) as client:
-            assert len(list(client.events())) == 60
-        status = fetch_status(f"127.0.0.1:{server.server_port}")
-    finally:
-        stop_metrics_server(server, thread)
+    metrics = service.serve_metrics(0)
+    assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=2).ok
+    with Client(url, group="analysis", timeout=30) as client:
+        assert len(list(client.events())) == 60
+    status = fetch_status(metrics)
+    assert status == service.status(), "the same figures in this process and scraped"
     assert status.totals["messages_in_total"] == 60 and status.totals["producers_ended"] == 2
     assert status.totals["stored_bytes"] > status.totals["bytes_in_total"] > 0
     analysis = status.groups["analysis"]

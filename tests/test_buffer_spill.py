@@ -13,13 +13,13 @@ import xxhash
 
 from beamstream.buffer import segments as segments_module
 from beamstream.buffer.segments import Location, Record, Segments, SpillError, index_path, write_index
-from beamstream.buffer.service import BufferService
+from beamstream.buffer.local import LocalBuffer
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
 from beamstream.wire.spill import HEAD, MAGIC, TAIL
-from conftest import wait_until
+from conftest import banner, wait_until
 
 
 def spec_to(endpoint: str, n_events: int = 60):
@@ -40,7 +40,7 @@ def read_group(endpoint: str, group: str) -> tuple[list, Client]:
 
 
 def test_a_new_group_replays_identical_bytes_from_disk(tmp_path):
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=1 << 20,
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=1 << 20,
                             spill=tmp_path / "spill").start()
     try:
         assert run_local(spec_to(f"ipc://{tmp_path / 'in'}"), workers=2).ok
@@ -50,12 +50,12 @@ def test_a_new_group_replays_identical_bytes_from_disk(tmp_path):
         service.close()
     assert len(first) == 30 and sorted(first) == sorted(second)
     assert first_client.report.complete and second_client.report.complete
-    assert service.log.resident_bytes <= 1 << 20 and service.log.spilled_bytes > 30 * 2 * 128 * 1024
+    assert service.message_log.resident_bytes <= 1 << 20 and service.message_log.spilled_bytes > 30 * 2 * 128 * 1024
 
 
 def test_retained_stream_survives_a_restart(tmp_path):
     endpoints = (f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
-    service = BufferService(*endpoints, max_bytes=1 << 20, spill=tmp_path / "spill").start()
+    service = LocalBuffer(*endpoints, max_bytes=1 << 20, spill=tmp_path / "spill").start()
     try:
         assert run_local(spec_to(endpoints[0]), workers=2).ok
         half = []
@@ -65,10 +65,10 @@ def test_retained_stream_survives_a_restart(tmp_path):
                 if len(half) == 10:
                     break
             # the acknowledgements of the first 9 travel on; close only once the buffer has them
-            wait_until(lambda: service.log.groups["slow"].low_water >= 9, "the buffer to record 9 acknowledgements")
+            wait_until(lambda: service.message_log.groups["slow"].low_water >= 9, "the buffer to record 9 acknowledgements")
     finally:
         service.close()
-    restarted = BufferService(*endpoints, max_bytes=1 << 20, spill=tmp_path / "spill").start()
+    restarted = LocalBuffer(*endpoints, max_bytes=1 << 20, spill=tmp_path / "spill").start()
     try:
         rest, slow = read_group(endpoints[1], "slow")
         everything, late = read_group(endpoints[1], "late")
@@ -225,12 +225,12 @@ def test_unusable_spill_directory_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SpillError, match="give a writable directory"):
-        BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", spill=blocker / "spill")
+        LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", spill=blocker / "spill")
 
 
 def test_full_spill_blocks_producers_until_a_group_catches_up(tmp_path):
     """max_spill small: producers wait; nothing is dropped for the lossless group."""
-    service = BufferService(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=1 << 20,
+    service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=1 << 20,
                             spill=tmp_path / "spill", max_spill=3 << 20).start()
     results: dict = {}
     try:
@@ -243,7 +243,7 @@ def test_full_spill_blocks_producers_until_a_group_catches_up(tmp_path):
         service.close()
     messages, client = results["g"]
     assert len(messages) == 100 and client.report.complete
-    assert service.log.spilled_bytes <= (3 << 20) + (1 << 20)
+    assert service.message_log.spilled_bytes <= (3 << 20) + (1 << 20)
 
 
 def test_buffer_killed_and_restarted_loses_nothing(tmp_path, write_spec):
@@ -259,7 +259,7 @@ def test_buffer_killed_and_restarted_loses_nothing(tmp_path, write_spec):
     command = ("buffer", "--producers", endpoints[0], "--consumers", endpoints[1], "--max-memory", "4MiB",
                "--spill-dir", str(tmp_path / "spill"), "--producer-timeout", "5")
     buffer = start_cli(*command)
-    assert "buffer: producers" in buffer.stderr.readline()
+    assert "buffer: producers" in banner(buffer)
     path = write_spec({"source": {"type": "simulated", "n_events": 300, "rate_hz": 150, "events_per_read": 10,
                                   "detectors": [{"kind": "waveform", "samples": 256}]},
                        "sinks": [{"type": "stream", "endpoint": endpoints[0]}]})
@@ -274,7 +274,7 @@ def test_buffer_killed_and_restarted_loses_nothing(tmp_path, write_spec):
                     os.kill(buffer.pid, signal.SIGKILL)
                     buffer.wait()
                     buffer = start_cli(*command)
-                    assert "buffer: producers" in buffer.stderr.readline()
+                    assert "buffer: producers" in banner(buffer)
             outcome = "complete"
         except StreamIncomplete as exc:
             outcome = exc.report
@@ -303,7 +303,7 @@ def test_messages_in_flight_to_a_killed_buffer_are_sent_again(tmp_path):
     def start_buffer(max_spill: str):
         buffer = start_cli("buffer", "--producers", endpoints[0], "--consumers", endpoints[1],
                            "--max-memory", "1MiB", "--spill-dir", str(tmp_path / "spill"), "--max-spill", max_spill)
-        assert "buffer: producers" in buffer.stderr.readline()
+        assert "buffer: producers" in banner(buffer)
         return buffer
 
     buffer = start_buffer("2MiB")

@@ -7,8 +7,10 @@ codes (0 success, 1 failure or incomplete stream, 2 bad usage).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
@@ -17,13 +19,39 @@ import typer
 from beamstream.display import console
 from beamstream.errors import BeamstreamError
 
+from beamstream.buffer.config import BufferConfig
+
 if TYPE_CHECKING:
-    from beamstream.buffer.config import BufferConfig
+    from beamstream.buffer.base import Buffer
 
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 spec_app = typer.Typer(help="Check stream specs and show their schema.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@app.callback()
+def configure(log_level: Annotated[LogLevel, typer.Option(
+        help="show log lines of this level and above, on standard error", case_sensitive=False)] = LogLevel.info,
+) -> None:
+    """Stream X-ray facility data from sources to consumers."""
+    configure_logging(log_level.value)
+
+
+def configure_logging(level: str) -> None:
+    """Send beamstream's log lines (library code only logs) to standard error through rich, at ``level``."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]", handlers=[handler],
+                        force=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -125,10 +153,10 @@ def consume(
     lossy: Annotated[bool, typer.Option(
         help="with --group or nats://: always take the newest message, skipping older ones")] = False,
     start: Annotated[Optional[str], typer.Option(
-        help="with --group or nats://: a new group starts at the 'earliest' message held or 'now' [default: earliest]")] = None,
+        help="with --group or nats://: a new group starts at the 'earliest' message held or 'now' (default: earliest)")] = None,
     redeliver_after: Annotated[Optional[float], typer.Option(
         help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another "
-             "[default: 30]")] = None,
+             "(default: 30)")] = None,
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
@@ -174,29 +202,26 @@ buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 app.add_typer(buffer_app, name="buffer")
 
 
+_help = BufferConfig.option_help  # each option's help is its field's description in BufferConfig
+
+
 @buffer_app.callback(invoke_without_command=True)
 def buffer(
     ctx: typer.Context,
     spec: Annotated[Optional[Path], typer.Option(
         help="take the settings from this stream spec's buffer: section (options given here override them)")] = None,
-    producers: Annotated[Optional[str], typer.Option(help="endpoint producers connect to [default: tcp://127.0.0.1:5555]")] = None,
-    consumers: Annotated[Optional[str], typer.Option(help="endpoint consumers connect to [default: tcp://127.0.0.1:5556]")] = None,
-    max_memory: Annotated[Optional[str], typer.Option(help="payload held in memory at most, e.g. 2GiB or 500MB [default: 2GiB]")] = None,
-    hwm: Annotated[Optional[int], typer.Option(help="messages ZeroMQ queues per producer [default: 4]")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(
-        help="serve Prometheus metrics on this port, 0 for any free one (default: off)")] = None,
-    metrics_addr: Annotated[Optional[str], typer.Option(help="address the metrics server listens on [default: 127.0.0.1]")] = None,
-    spill_dir: Annotated[Optional[Path], typer.Option(
-        help="write every message to segment files here: replay by new groups, survive a restart")] = None,
-    max_spill: Annotated[Optional[str], typer.Option(help="disk the spill may use, e.g. 50GiB (default: no bound)")] = None,
-    retention: Annotated[Optional[float], typer.Option(
-        help="seconds acknowledged messages stay on disk for replay (default: until the spill is full)")] = None,
-    producer_timeout: Annotated[Optional[float], typer.Option(
-        help="seconds without a word from producers that have not ended before the stream is declared incomplete "
-             "[default: 60]")] = None,
-    backend: Annotated[Optional[str], typer.Option(
-        help="keep the stream in NATS JetStream instead, nats://HOST:PORT/NAME; consumers read that URL "
-             "(--max-spill and --retention then limit the JetStream stream)")] = None,
+    producers: Annotated[Optional[str], typer.Option(help=_help("producers"))] = None,
+    consumers: Annotated[Optional[str], typer.Option(help=_help("consumers"))] = None,
+    max_memory: Annotated[Optional[str], typer.Option(help=_help("max_memory"))] = None,
+    hwm: Annotated[Optional[int], typer.Option(help=_help("hwm"))] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help=_help("metrics_port"))] = None,
+    metrics_addr: Annotated[Optional[str], typer.Option(help=_help("metrics_addr"))] = None,
+    spill_dir: Annotated[Optional[Path], typer.Option(help=_help("spill_dir"))] = None,
+    max_spill: Annotated[Optional[str], typer.Option(help=_help("max_spill"))] = None,
+    retention_s: Annotated[Optional[float], typer.Option("--retention", help=_help("retention_s"))] = None,
+    producer_timeout_s: Annotated[Optional[float], typer.Option("--producer-timeout",
+                                                                help=_help("producer_timeout_s"))] = None,
+    backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
 
@@ -204,11 +229,8 @@ def buffer(
     """
     if ctx.invoked_subcommand is not None:
         return
-    options = {"producers": producers, "consumers": consumers, "max_memory": max_memory, "hwm": hwm,
-               "metrics_port": metrics_port, "metrics_addr": metrics_addr, "spill_dir": spill_dir,
-               "max_spill": max_spill, "retention_s": retention, "producer_timeout_s": producer_timeout,
-               "backend": backend}
-    serve_buffer(buffer_config(spec, {key: value for key, value in options.items() if value is not None}))
+    given = {name: value for name, value in ctx.params.items() if name in BufferConfig.model_fields and value is not None}
+    serve_buffer(buffer_config(spec, given))
 
 
 # BufferConfig fields whose command-line option has another name
@@ -219,7 +241,6 @@ def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
     """The buffer settings: the spec's ``buffer:`` section (if a spec is named) overridden by ``given`` options."""
     from pydantic import ValidationError
 
-    from beamstream.buffer.config import BufferConfig
     from beamstream.spec import load_spec
 
     base: dict[str, object] = {}
@@ -243,33 +264,17 @@ def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
 
 
 def serve_buffer(config: BufferConfig) -> None:
-    """Run the buffer ``config`` describes until interrupted, then print its account of the stream."""
-    from contextlib import ExitStack
+    """Run the buffer ``config`` describes until SIGTERM or Ctrl-C, then print its account of the stream."""
+    from beamstream.buffer.run import run_buffer
 
-    from beamstream.buffer.service import release_freed_buffers
+    def say_where(buffer: Buffer) -> None:
+        memory = "" if config.backend else f", memory ≤ {config.max_memory / 2**30:g} GiB"
+        metrics = f", metrics → {buffer.metrics_server.url}" if buffer.metrics_server else ""
+        console.print(f"buffer: producers → {config.producers}, consumers → {buffer.consumer_address}{memory}"
+                      f"{metrics}", highlight=False)
 
-    release_freed_buffers()
-    try:
-        service = config.open()
-    except ImportError as exc:
-        fail(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})", code=2)
-    with ExitStack() as cleanup:
-        cleanup.callback(service.close)
-        if config.backend is not None:
-            where = f"stream kept in NATS → {config.backend} (consumers read that URL)"
-        else:
-            where = f"consumers → {config.consumers}, memory ≤ {config.max_memory / 2**30:g} GiB"
-        if config.metrics_port is not None:
-            from beamstream.buffer.metrics import start_metrics_server, stop_metrics_server
-
-            server, thread = start_metrics_server(service, config.metrics_port, config.metrics_addr)
-            cleanup.callback(stop_metrics_server, server, thread)  # before service.close: LIFO
-            where += f", metrics → http://{config.metrics_addr}:{server.server_port}/metrics"
-        console.print(f"buffer: producers → {config.producers}, {where}", highlight=False)
-        try:
-            service.serve()
-        except KeyboardInterrupt:
-            console.print(service.report.summary(), highlight=False)
+    report = run_buffer(config, on_ready=say_where)
+    console.print(report.summary(), highlight=False)
 
 
 @buffer_app.command("status")
@@ -280,7 +285,7 @@ def buffer_status(
     """Show a running buffer's totals, groups and consumers, read from its metrics endpoint."""
     from rich.console import Console
 
-    from beamstream.buffer.metrics import fetch_status, status_tables
+    from beamstream.buffer.status import fetch_status, status_tables
 
     out = Console()
     for table in status_tables(fetch_status(target)):

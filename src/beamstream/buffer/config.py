@@ -18,19 +18,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from beamstream.jetstream.urls import split_url
 from beamstream.stages import SpecModel
-from beamstream.units import parse_size
 
 if TYPE_CHECKING:
-    from beamstream.buffer.nats_bridge import NatsBridge
-    from beamstream.buffer.service import BufferService
+    from beamstream.buffer.base import Buffer
+
+
+_BYTE_SIZE = TypeAdapter(ByteSize)
 
 
 def _size(value: Any) -> Any:
-    return parse_size(value) if isinstance(value, str) else value
+    """Bytes in ``value`` (an int, or text such as ``2GiB``, ``500MB``, ``1.5 GB``), read by pydantic's ByteSize."""
+    try:
+        return _BYTE_SIZE.validate_python(value)
+    except ValidationError:
+        raise ValueError(f"not a size: {value!r}; write a number of bytes, or one with a unit "
+                         "(KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500MB or 2GiB") from None
 
 
 Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
@@ -39,34 +45,35 @@ Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
 class BufferConfig(SpecModel):
     """A buffer between a stream's producers and its consumer groups.
 
-    Attributes:
-        producers: endpoint the producers connect to (the buffer binds it).
-        consumers: endpoint consumers connect to (local backend only).
-        max_memory: payload held in memory at most, bytes or a size such as ``2GiB``.
-        hwm: messages ZeroMQ queues per producer.
-        spill_dir: write every message to segment files here: replay by new groups, survive a restart.
-        max_spill: disk the spill may use (None: no bound); with ``backend``: the JetStream stream's size.
-        retention_s: seconds acknowledged messages stay for replay (None: until the spill is full);
-            with ``backend``: the JetStream stream's maximum age.
-        producer_timeout_s: seconds without a word from producers that have not ended before the
-            stream is declared incomplete.
-        backend: ``nats://HOST:PORT/NAME`` keeps the stream in NATS JetStream instead of this
-            process; consumers then read that URL.
-        metrics_port: serve Prometheus metrics on this port (0: any free one; None: off).
-        metrics_addr: the address the metrics server listens on.
+    Each field's description is its documentation: in ``beamstream spec schema``, and as the
+    help of the ``beamstream buffer`` option of the same name.
     """
 
-    producers: str = "tcp://127.0.0.1:5555"
-    consumers: str = "tcp://127.0.0.1:5556"
-    max_memory: Size = 2 << 30
-    hwm: int = Field(4, ge=1)
-    spill_dir: Path | None = None
-    max_spill: Size | None = None
-    retention_s: float | None = Field(None, gt=0)
-    producer_timeout_s: float = Field(60.0, gt=0)
-    backend: str | None = None
-    metrics_port: int | None = Field(None, ge=0, le=65535)
-    metrics_addr: str = "127.0.0.1"
+    producers: str = Field("tcp://127.0.0.1:5555", description="endpoint producers connect to (the buffer binds it)")
+    consumers: str = Field("tcp://127.0.0.1:5556", description="endpoint consumers connect to (local backend only)")
+    max_memory: Size = Field(2 << 30, description="payload held in memory at most, e.g. 2GiB or 500MB")
+    hwm: int = Field(4, ge=1, description="messages ZeroMQ queues per producer")
+    spill_dir: Path | None = Field(None, description="write every message to segment files here: "
+                                                     "replay by new groups, survive a restart")
+    max_spill: Size | None = Field(None, description="disk the spill may use, e.g. 50GiB (none: no bound); "
+                                                     "with backend: the JetStream stream's size")
+    retention_s: float | None = Field(None, gt=0, description="seconds acknowledged messages stay for replay "
+                                      "(none: until the spill is full); with backend: the JetStream stream's maximum age")
+    producer_timeout_s: float = Field(60.0, gt=0, description="seconds without a word from producers that have "
+                                      "not ended before the stream is declared incomplete")
+    backend: str | None = Field(None, description="keep the stream in NATS JetStream instead, nats://HOST:PORT/NAME; "
+                                "consumers read that URL")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
+                                     "(0: any free one; none: off)")
+    metrics_addr: str = Field("127.0.0.1", description="address the metrics server listens on")
+
+    @classmethod
+    def option_help(cls, name: str) -> str:
+        """The help of the command-line option for field ``name``: its description and default."""
+        field = cls.model_fields[name]
+        default = field.default
+        shown = "none" if default is None else f"{default / 2**30:g}GiB" if name == "max_memory" else default
+        return f"{field.description} (default: {shown})"
 
     @field_validator("backend")
     @classmethod
@@ -81,15 +88,9 @@ class BufferConfig(SpecModel):
             raise ValueError("spill_dir is for the local buffer; with backend, NATS keeps the stream")
         return self
 
-    def open(self) -> BufferService | NatsBridge:
-        """The buffer, bound and ready; call ``serve()`` (blocks) or ``start()`` (a thread), then ``close()``."""
-        if self.backend is not None:
-            from beamstream.buffer.nats_bridge import NatsBridge
+    def open(self) -> Buffer:
+        """The buffer, bound and ready (:func:`~beamstream.buffer.run.open_buffer`); call ``serve()`` (blocks)
+        or ``start()`` (a thread), then ``close()``."""
+        from beamstream.buffer.run import open_buffer
 
-            return NatsBridge(self.producers, self.backend, hwm=self.hwm, max_bytes=self.max_spill,
-                              retention_s=self.retention_s, producer_timeout_s=self.producer_timeout_s)
-        from beamstream.buffer.service import BufferService
-
-        return BufferService(self.producers, self.consumers, max_bytes=self.max_memory, hwm=self.hwm,
-                             spill=self.spill_dir, max_spill=self.max_spill, retention_s=self.retention_s,
-                             producer_timeout_s=self.producer_timeout_s)
+        return open_buffer(self)

@@ -25,41 +25,45 @@ Promises:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
+from prometheus_client.core import Metric
 
-from beamstream.buffer.intake import ProducerIntake
+from beamstream.buffer.base import Buffer, Received
+from beamstream.buffer.metrics import nats_metrics
 from beamstream.errors import TransportError
 from beamstream.jetstream.store import NatsStore
 from beamstream.jetstream.urls import split_url
-from beamstream.wire import DataMessage, EndMessage
+from beamstream.wire import DataMessage
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-class NatsBridge(ProducerIntake):
-    """Call :meth:`serve` (blocks until ``stop`` is set) or :meth:`start` for a thread; :meth:`close` ends it."""
+class NatsBridge(Buffer):
+    """The buffer whose stream NATS keeps; run and stop it as every :class:`Buffer`."""
 
     thread_name = "beamstream-nats-bridge"
 
-    def __init__(self, producers: str, url: str, *, hwm: int = 4, bind: bool = True,
+    def __init__(self, producer_endpoint: str, url: str, *, hwm: int = 4, bind: bool = True,
                  retention_s: float | None = None, max_bytes: int | None = None,
                  producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0) -> None:
+        self.url = url
         self.server, self.name = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
-            super().__init__(zmq.Context(), producers, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s)
+            super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s)
         except BaseException:
             self._drop_store()
             raise
         for message in self.store.stored():
             self.account(message)
         if self.report.producers is not None:
-            log.info("%s holds %d messages of stream %s already", url, self.report.messages, self.report.stream)
+            logger.info("%s holds %d messages of stream %s already", url, self.report.messages, self.report.stream)
         self.retry_s = retry_s
-        self.pending: tuple[bytes, list[zmq.Frame], DataMessage | EndMessage] | None = None
+        self.pending: Received | None = None
         self.outage: str | None = None
         self.verdict_for: tuple[int, int] | None = None  # (messages, ended producers) the stored verdict covers
 
@@ -68,18 +72,24 @@ class NatsBridge(ProducerIntake):
         so its producer sends it again to the next buffer it connects to)."""
         if self.pending is not None:
             message = self.pending[2]
-            log.warning("stopped before NATS stored a message of producer %d (%s); not acknowledged to it",
+            logger.warning("stopped before NATS stored a message of producer %d (%s); not acknowledged to it",
                         message.rank, f"index {message.index}" if isinstance(message, DataMessage) else "its end")
         self._drop_store()
 
-    def serve(self, poll_ms: int = 100) -> None:
-        """Run the loop until ``stop`` is set."""
-        while not self.stop.is_set():
+    @property
+    def consumer_address(self) -> str:
+        return self.url
+
+    def backend_metrics(self) -> Iterator[Metric]:
+        yield from nats_metrics(self.store)
+
+    def _serve(self, poll_ms: int = 100) -> None:
+        while not self.stopping:
             if self.pending is not None and not self._store_pending():
-                self.stop.wait(self.retry_s)
+                self.wait_stopping(self.retry_s)
                 continue
-            if self.producers.poll(poll_ms):
-                self.pending = self.receive(self.producers.recv_multipart(copy=False))
+            if self.producer_socket.poll(poll_ms):
+                self.pending = self.receive(self.producer_socket.recv_multipart(copy=False))
                 if self.pending is not None:
                     self._store_pending()
             self._write_verdict()
@@ -94,12 +104,12 @@ class NatsBridge(ProducerIntake):
             self.store.append(frames, message)
         except TransportError as exc:
             if self.outage is None:
-                log.warning("could not store in NATS (retrying every %g s, producers wait): %s", self.retry_s, exc)
+                logger.warning("could not store in NATS (retrying every %g s, producers wait): %s", self.retry_s, exc)
             self.outage = str(exc)
             self._drop_store()
             return False
         if self.outage is not None:
-            log.warning("NATS stores again after: %s", self.outage)
+            logger.warning("NATS stores again after: %s", self.outage)
             self.outage = None
         self.pending = None
         self.acknowledge(identity, message)
@@ -124,7 +134,7 @@ class NatsBridge(ProducerIntake):
         try:
             self.store.write_verdict(verdict)
         except TransportError as exc:
-            log.warning("could not store the verdict in NATS (will retry): %s", exc)
+            logger.warning("could not store the verdict in NATS (will retry): %s", exc)
             return
         self.verdict_for = state
-        log.info("verdict stored: %s", verdict.summary.splitlines()[0])
+        logger.info("verdict stored: %s", verdict.summary.splitlines()[0])

@@ -1,4 +1,4 @@
-"""``BufferService``: producers in on one endpoint, consumer groups out on another.
+"""``LocalBuffer``: producers in on one endpoint, consumer groups out on another, served by this process.
 
 Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER;
 consumers (``Client(endpoint, group=...)``) connect their DEALER to the consumer ROUTER.
@@ -14,10 +14,10 @@ Memory bound: the log holds at most ``max_bytes`` of payload plus one message; Z
 per connected producer, its receive queue of ``hwm`` messages and one being decoded. So resident
 memory stays under ``max_bytes + (hwm + 2) × largest message`` beyond the process's own
 (messages handed to consumers are those in the log, not copies). With
-:func:`release_freed_buffers` (the CLI calls it) a message evicted from the log leaves memory
+:func:`~beamstream.buffer.allocator.release_freed_buffers` (:func:`~beamstream.buffer.run.run_buffer` calls it) a message evicted from the log leaves memory
 that the next received message reuses, instead of every message landing in fresh pages; RSS
 then stays at the peak it reached, within this bound, until the buffer goes idle and gives the
-freed memory back (:func:`trim_freed_buffers`).
+freed memory back (:func:`~beamstream.buffer.allocator.trim_freed_buffers`).
 
 Speed: the context has two I/O threads, the producer socket's connections on one and the
 consumer socket's on the other, so receiving a message and sending the previous one (each a
@@ -26,43 +26,47 @@ copy between kernel and memory) run side by side.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
+from prometheus_client.core import Metric
 
 from beamstream.atomic import write_atomically
-from beamstream.buffer.intake import ProducerIntake
+from beamstream.buffer.allocator import trim_freed_buffers
+from beamstream.buffer.base import Buffer
+from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments
-from beamstream.buffer.store import Group, Log
+from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
 from beamstream.transport import open_socket
 from beamstream.wire import EndMessage, parse_message
 from beamstream.wire.control import Deliver, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
 
 
-class BufferService(ProducerIntake):
-    """The buffer; call :meth:`serve` (blocks until ``stop`` is set) or use :meth:`start` for a thread."""
+class LocalBuffer(Buffer):
+    """The buffer that serves consumer groups itself; run and stop it as every :class:`Buffer`."""
 
-    def __init__(self, producers: str, consumers: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
+    def __init__(self, producer_endpoint: str, consumer_endpoint: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
                  producer_timeout_s: float = 60.0) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
-        super().__init__(zmq.Context(io_threads=2), producers, hwm=hwm, bind=bind,
+        super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
                          producer_timeout_s=producer_timeout_s, affinity=0b01)
-        self.consumers = open_socket(self.context, zmq.ROUTER, consumers, bind=bind, hwm=0,  # credit bounds it
+        self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
                                      affinity=0b10)
-        self.consumers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval
         self.next_probe = 0.0
         self.spill = Path(spill) if spill is not None else None
@@ -70,7 +74,7 @@ class BufferService(ProducerIntake):
         # segments small enough that a full spill always has whole, deletable segments
         segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
         segments = Segments.recover(self.spill, segment_bytes) if self.spill else None
-        self.log = Log(max_bytes, segments, max_spill, retention_s)
+        self.message_log = MessageLog(max_bytes, segments, max_spill, retention_s)
         self._saved_groups: dict[str, dict[str, Any]] = {}
         self._restore()
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
@@ -78,29 +82,37 @@ class BufferService(ProducerIntake):
         self.counters.update(messages_out=0, bytes_out=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
 
+    @property
+    def consumer_address(self) -> str:
+        return self.consumer_endpoint
+
+    def backend_metrics(self) -> Iterator[Metric]:
+        yield from log_metrics(self.message_log)
+        yield from group_metrics(list(self.message_log.groups.values()), self.message_log.next_offset)
+
     # --- spill: state that survives a restart ---------------------------------------------------
 
     def _restore(self) -> None:
         """Rebuild the stream's account and the groups' positions from the spill directory."""
         if self.spill is None:
             return
-        for _, _, frames in self.log.segments.records(first_frame_only=True):
+        for _, _, frames in self.message_log.segments.records(first_frame_only=True):
             self.account(parse_message(frames, verify=False))
         for _, _, frames in self.ends.records():
             self.account(parse_message(frames, verify=False))
         saved = self.spill / "groups.json"
         for name, state in (json.loads(saved.read_text()) if saved.exists() else {}).items():
-            offset = max(int(state["low_water"]), self.log.first_offset)
-            self.log.groups[name] = Group(name=name, lossy=bool(state["lossy"]), next_offset=offset, low_water=offset)
-        if self.log.next_offset:
-            log.info("restored %d messages and %d groups from %s", self.log.next_offset - self.log.first_offset,
-                     len(self.log.groups), self.spill)
+            offset = max(int(state["low_water"]), self.message_log.first_offset)
+            self.message_log.groups[name] = Group(name=name, lossy=bool(state["lossy"]), next_offset=offset, low_water=offset)
+        if self.message_log.next_offset:
+            logger.info("restored %d messages and %d groups from %s", self.message_log.next_offset - self.message_log.first_offset,
+                     len(self.message_log.groups), self.spill)
 
     def save_groups(self) -> None:
         """Write every group's acknowledged position to ``groups.json`` in the spill directory, if one changed."""
         if self.spill is None:
             return
-        state = {name: {"lossy": group.lossy, "low_water": group.low_water} for name, group in self.log.groups.items()}
+        state = {name: {"lossy": group.lossy, "low_water": group.low_water} for name, group in self.message_log.groups.items()}
         if state == self._saved_groups:
             return
         write_atomically(self.spill / "groups.json", json.dumps(state).encode())
@@ -111,25 +123,24 @@ class BufferService(ProducerIntake):
     def _release(self) -> None:
         self.save_groups()
         if self.spill is not None:  # seal the segments being written: the next start trusts their indexes
-            self.log.segments.close()
+            self.message_log.segments.close()
             self.ends.close()
-        self.consumers.close(linger=0)
+        self.consumer_socket.close(linger=0)
 
-    def serve(self, poll_ms: int = 100) -> None:
-        """Run the loop until ``stop`` is set."""
+    def _serve(self, poll_ms: int = 100) -> None:
         poller = zmq.Poller()
-        poller.register(self.consumers, zmq.POLLIN)
+        poller.register(self.consumer_socket, zmq.POLLIN)
         reading_producers = False
-        while not self.stop.is_set():
-            room = self.log.has_room(self.last_size)
+        while not self.stopping:
+            room = self.message_log.make_room(self.last_size)
             if room != reading_producers:
-                (poller.register(self.producers, zmq.POLLIN) if room else poller.unregister(self.producers))
+                (poller.register(self.producer_socket, zmq.POLLIN) if room else poller.unregister(self.producer_socket))
                 reading_producers = room
             events = dict(poller.poll(poll_ms))
-            if self.consumers in events:
-                self._drain(self.consumers, self._on_consumer)
-            if self.producers in events:
-                self._drain(self.producers, self._on_producer, limit=16)
+            if self.consumer_socket in events:
+                self._drain(self.consumer_socket, self._on_consumer)
+            if self.producer_socket in events:
+                self._drain(self.producer_socket, self._on_producer, limit=16)
             self._dispatch()
             if time.monotonic() >= self.next_probe:
                 self._probe()
@@ -151,7 +162,7 @@ class BufferService(ProducerIntake):
             except zmq.Again:
                 return
             handle(frames)
-            if socket is self.producers and not self.log.has_room(self.last_size):
+            if socket is self.producer_socket and not self.message_log.make_room(self.last_size):
                 return
 
     # --- producers --------------------------------------------------------------------------
@@ -165,7 +176,7 @@ class BufferService(ProducerIntake):
             if self.ends is not None:
                 self.ends.append(len(self.ends.index), message_frames, "end")
         else:
-            self.log.append(message_frames, message.nbytes, "data")
+            self.message_log.append(message_frames, message.nbytes, "data")
             self.last_size = message.nbytes
         self.acknowledge(identity, message)
 
@@ -178,7 +189,7 @@ class BufferService(ProducerIntake):
                 raise WireFormatError(f"a control message is one frame, got {len(frames) - 1}")
             control = unpack(frames[1], ToBuffer)
         except WireFormatError as exc:
-            log.warning("consumer %s: %s", identity.hex(), exc)
+            logger.warning("consumer %s: %s", identity.hex(), exc)
             self._send_consumer(identity, [pack(Error(reason=str(exc)))])
             return
         if isinstance(control, Hello):
@@ -187,26 +198,26 @@ class BufferService(ProducerIntake):
             self._send_consumer(identity, [REJOIN])  # e.g. this buffer restarted
         else:
             group = self.members[identity]
-            self.log.acknowledge(group, group.members[identity], control.offsets, control.credit)
+            self.message_log.acknowledge(group, group.members[identity], control.offsets, control.credit)
 
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
             return  # a repeated hello (the client could not tell whether we heard the first)
-        group = self.log.group(hello.group, hello.lossy, hello.start)
-        self.log.join(group, identity, hello.credit)
+        group = self.message_log.group(hello.group, hello.lossy, hello.start)
+        self.message_log.join(group, identity, hello.credit)
         self.members[identity] = group
-        log.info("consumer %s joined group %s", identity.hex(), group.name)
+        logger.info("consumer %s joined group %s", identity.hex(), group.name)
 
     def _forget(self, identity: bytes) -> None:
         group = self.members.pop(identity, None)
         if group is not None:
-            returned = self.log.leave(group, identity)
-            log.info("consumer %s left group %s; %d messages go to the others", identity.hex(), group.name, returned)
+            returned = self.message_log.leave(group, identity)
+            logger.info("consumer %s left group %s; %d messages go to the others", identity.hex(), group.name, returned)
 
     def _send_consumer(self, identity: bytes, frames: list[Any]) -> bool:
         """Send, or forget the consumer if its connection is gone (ROUTER_MANDATORY says so at once)."""
         try:
-            self.consumers.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            self.consumer_socket.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -220,7 +231,7 @@ class BufferService(ProducerIntake):
             self._send_consumer(identity, [PING])
 
     def _dispatch(self) -> None:
-        for group, member, entry in list(self.log.dispatch()):
+        for group, member, entry in list(self.message_log.dispatch()):
             control = pack(Deliver(offset=entry.offset, skipped=group.skipped))
             if self._send_consumer(member.identity, [control, *entry.frames]):
                 self.counters["messages_out"] += 1
@@ -230,8 +241,8 @@ class BufferService(ProducerIntake):
 
     def _send_ends(self) -> None:
         verdict = None
-        for group in self.log.groups.values():
-            if group.next_offset < self.log.next_offset or group.redeliver or group.outstanding():
+        for group in self.message_log.groups.values():
+            if group.next_offset < self.message_log.next_offset or group.redeliver or group.outstanding():
                 continue
             for identity in list(group.members):
                 if identity not in group.end_sent:
@@ -240,49 +251,3 @@ class BufferService(ProducerIntake):
                     end = End(complete=verdict.complete, summary=verdict.summary, skipped=group.skipped,
                               missing=verdict.missing)
                     self._send_consumer(identity, [pack(end)])
-
-
-@functools.cache
-def _libc() -> Any:
-    """glibc, or None where it is not the C library (then the allocator is left alone); looked up once."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt, libc.malloc_trim  # noqa: B018 (AttributeError where the C library is not glibc)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def release_freed_buffers(threshold: int = 32 << 20) -> bool:
-    """Make glibc reuse freed message buffers while the buffer is busy; :func:`trim_freed_buffers` gives them back.
-
-    A received message is written by the kernel into memory that libzmq allocates. Memory the
-    process never touched costs a page fault and a page of zeroes per 4 KiB, which measured
-    as half of the buffer's CPU time with 8 MiB messages when every message got fresh memory
-    (mmap per allocation). So messages up to ``threshold`` bytes (glibc's limit: 32 MiB) come
-    from the heap, and the heap is not shrunk on every free: a message evicted from the log
-    leaves memory the next one reuses. Resident memory then stays at the peak the log and the
-    ZeroMQ queues reached (bounded as the module docstring says) until the buffer goes idle and
-    :meth:`BufferService.serve` calls :func:`trim_freed_buffers`.
-    Returns False where glibc's ``mallopt`` is not available (nothing changes).
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-
-
-def trim_freed_buffers() -> bool:
-    """Give freed heap memory back to the system (glibc's ``malloc_trim``).
-
-    True if some was given back; False if there was none, or where glibc is not the C library.
-    """
-    libc = _libc()
-    return libc is not None and bool(libc.malloc_trim(0))

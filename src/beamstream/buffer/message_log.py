@@ -7,7 +7,7 @@ acknowledge before leaving goes back to the group. A lossy group (a live viewer)
 message and told how many older ones it skipped.
 
 Memory is bounded. Without a spill directory a message stays resident until every lossless
-group has acknowledged it; :meth:`Log.has_room` says whether another message fits, and the
+group has acknowledged it; :meth:`MessageLog.make_room` evicts what it may and says whether another message fits, and the
 service stops reading from producers (so they block) while it does not. With a spill directory
 (:class:`~beamstream.buffer.segments.Segments`) every message is also written to disk as it
 arrives; memory then only caches the newest messages, groups read older ones from disk, a new
@@ -77,7 +77,7 @@ class Group:
         return sum(len(member.unacked) for member in self.members.values())
 
 
-class Log:
+class MessageLog:
     """The log with its groups; ``max_bytes`` bounds the payload held in memory.
 
     With ``segments`` every message is also on disk; ``max_spill`` (None: no bound) bounds the
@@ -105,8 +105,9 @@ class Log:
 
     # --- producers --------------------------------------------------------------------------
 
-    def has_room(self, nbytes: int) -> bool:
-        """True if a message of ``nbytes`` can be accepted now (always true for an empty log)."""
+    def make_room(self, nbytes: int) -> bool:
+        """Evict what may go (see :meth:`evict`) to fit a message of ``nbytes``; True if it can be accepted now
+        (always true for an empty log)."""
         self.evict(nbytes)
         if self.segments is None:
             return self.resident_bytes + nbytes <= self.max_bytes or not self.entries

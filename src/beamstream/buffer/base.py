@@ -1,0 +1,193 @@
+"""``Buffer``: what every buffer backend is — its producer side, the stream's account, running, metrics.
+
+Backends: :class:`~beamstream.buffer.local.LocalBuffer` (groups served by this process) and
+:class:`~beamstream.buffer.nats_bridge.NatsBridge` (the stream kept in NATS JetStream).
+:func:`~beamstream.buffer.run.open_buffer` picks one from a
+:class:`~beamstream.buffer.config.BufferConfig`.
+
+Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER that
+a buffer binds. Every backend reads their messages the same way: a message that is not a
+beamstream message of this wire version is refused with a ``beamstream-refused:`` reply that
+says why (and counted); a data message is acknowledged (``beamstream-kept INDEX``) and an end
+message with ``beamstream-ack`` once the backend has kept it; a message that arrives again (a
+producer resending after a reconnect) is acknowledged again and otherwise dropped; producers
+that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
+declared gone, so the stream's verdict can be given without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import zmq
+
+from beamstream.accounting import StreamReport
+from beamstream.buffer.metrics import MetricsServer, intake_metrics
+from beamstream.buffer.status import BufferStatus, status_of
+from beamstream.errors import WireFormatError
+from beamstream.transport import open_socket
+from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.wire.control import Verdict
+from beamstream.wire.replies import ACK, kept, refused
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+logger = logging.getLogger(__name__)
+Received = tuple[bytes, list[zmq.Frame], DataMessage | EndMessage]
+
+
+class Buffer(ABC):
+    """A buffer between one stream's producers and its consumers, bound and ready once constructed.
+
+    Run it with :meth:`serve` (blocks until :meth:`stop`) or :meth:`start` (on a thread);
+    :meth:`close` stops it and releases its sockets, connections and metrics server.
+    ``report`` is the stream's account, :meth:`verdict` the stream's verdict once its producers
+    are done; :meth:`metrics` and :meth:`status` say what the buffer has done so far.
+    Subclasses run their loop in :meth:`_serve` until :attr:`stopping`, and release what they
+    hold in :meth:`_release`.
+    """
+
+    thread_name = "beamstream-buffer"
+
+    def __init__(self, context: zmq.Context, producer_endpoint: str, *, hwm: int, bind: bool,
+                 producer_timeout_s: float, affinity: int = 0) -> None:
+        self.context = context
+        self.producer_endpoint = producer_endpoint
+        self.producer_socket = open_socket(context, zmq.ROUTER, producer_endpoint, bind=bind, hwm=hwm,
+                                           affinity=affinity, replies="out")
+        self.report = StreamReport(endpoints=[producer_endpoint])
+        self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
+        self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
+        self.producer_timeout_s = producer_timeout_s
+        self.last_producer_message = time.monotonic()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    # --- what a backend provides ---------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def consumer_address(self) -> str:
+        """Where consumers read the stream: the consumer endpoint, or the ``nats://`` URL."""
+
+    @abstractmethod
+    def _serve(self) -> None:
+        """Run the loop until :attr:`stopping`."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close what the backend holds, after the loop has stopped."""
+
+    @abstractmethod
+    def backend_metrics(self) -> Iterator[Metric]:
+        """The metrics only this backend has (the producer side's come from :meth:`metrics`)."""
+
+    # --- running ----------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` (or :meth:`close`) was called."""
+        return self._stopping.is_set()
+
+    def serve(self) -> None:
+        """Run the loop in this thread until :meth:`stop` is called (from another thread or a signal handler)."""
+        self._serve()
+
+    def start(self) -> Buffer:
+        """Serve on a background thread; :meth:`close` stops it."""
+        self._thread = threading.Thread(target=self._serve, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the loop to return; safe from any thread and from a signal handler."""
+        self._stopping.set()
+
+    def wait_stopping(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for :meth:`stop`; True if it was called."""
+        return self._stopping.wait(seconds)
+
+    def close(self) -> None:
+        """Stop serving and release sockets, connections and the metrics server; safe to call once,
+        after or without :meth:`start`."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self._release()
+        self.producer_socket.close(linger=0)
+        self.context.term()
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> str:
+        """Serve Prometheus metrics at ``http://ADDR:PORT/metrics`` (port 0: a free one) until :meth:`close`;
+        returns the URL. Raises TransportError if the port cannot be bound."""
+        self.metrics_server = MetricsServer(self, port, addr)
+        return self.metrics_server.url
+
+    # --- what it knows ------------------------------------------------------------------------
+
+    def verdict(self) -> Verdict | None:
+        """The stream's verdict once its producers are done (see :meth:`producers_done`), else None."""
+        return self.report.final_verdict() if self.producers_done() else None
+
+    def metrics(self) -> Iterator[Metric]:
+        """Every metric of this buffer as it is now (names in :mod:`beamstream.buffer.metrics`)."""
+        yield from intake_metrics(self.counters, self.report)
+        yield from self.backend_metrics()
+
+    def status(self) -> BufferStatus:
+        """The same figures as :meth:`metrics`, as ``beamstream buffer status`` shows them."""
+        return status_of(self.metrics())
+
+    # --- the producer side ---------------------------------------------------------------------
+
+    def receive(self, frames: list[zmq.Frame]) -> Received | None:
+        """(producer identity, message frames, parsed header) of what a producer sent; None if refused or already kept."""
+        identity = frames[0].bytes
+        self.last_producer_message = time.monotonic()
+        try:
+            message = parse_message(frames[1:], verify=False)
+        except WireFormatError as exc:
+            self.counters["rejected"] += 1
+            logger.warning("refused a message from a producer: %s", exc)
+            self.producer_socket.send_multipart([identity, refused(str(exc))])
+            return None
+        if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
+            self.counters["duplicates"] += 1
+            self.producer_socket.send_multipart([identity, kept(message.index)])
+            return None
+        return identity, frames[1:], message
+
+    def acknowledge(self, identity: bytes, message: DataMessage | EndMessage) -> None:
+        """Account for a message the backend has kept, and tell its producer so."""
+        self.account(message)
+        if isinstance(message, EndMessage):
+            self.producer_socket.send_multipart([identity, ACK])
+            return
+        self.counters["messages_in"] += 1
+        self.counters["bytes_in"] += message.nbytes
+        self.producer_socket.send_multipart([identity, kept(message.index)])
+
+    def account(self, message: DataMessage | EndMessage) -> None:
+        """Add a kept message to the stream's account (also for messages kept before a restart)."""
+        if isinstance(message, EndMessage):
+            self.report.add_end(message)
+        else:
+            self.report.add_data(message)
+            self.seen.add((message.rank, message.index))
+
+    def producers_done(self) -> bool:
+        """True once every producer has ended, or those that began a stream without ending have been
+        silent for ``producer_timeout_s``: the stream's verdict can be given."""
+        if self.report.producers is None:
+            return False
+        silent = time.monotonic() - self.last_producer_message > self.producer_timeout_s
+        return self.report.all_ended or silent
