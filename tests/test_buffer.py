@@ -212,7 +212,7 @@ def test_producer_gone_without_end_is_reported_to_every_group(tmp_path, write_sp
     path = write_spec({"source": {"type": "simulated", "n_events": 400, "rate_hz": 100, "events_per_read": 10,
                                   "detectors": [{"kind": "waveform", "samples": 64}]},
                        "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}]})
-    producer = start_cli("produce", str(path), "--rank", "0", "--ranks", "1", "--stream-id", "s1")
+    producer = start_cli("produce", str(path), "--rank", "0", "--producers", "1", "--stream-id", "s1")
     try:
         with Client(f"ipc://{tmp_path / 'out'}", group="g", timeout=60) as client:
             with pytest.raises(StreamIncomplete) as raised:

@@ -263,7 +263,7 @@ def test_buffer_killed_and_restarted_loses_nothing(tmp_path, write_spec):
     path = write_spec({"source": {"type": "simulated", "n_events": 300, "rate_hz": 150, "events_per_read": 10,
                                   "detectors": [{"kind": "waveform", "samples": 256}]},
                        "sinks": [{"type": "stream", "endpoint": endpoints[0]}]})
-    producer = start_cli("produce", str(path), "--rank", "0", "--ranks", "1", "--stream-id", "restart")
+    producer = start_cli("produce", str(path), "--rank", "0", "--producers", "1", "--stream-id", "restart")
     seqs = []
     outcome = None
     with Client(endpoints[1], group="g", timeout=60) as client:

@@ -14,7 +14,7 @@ from beamstream.wire import EndMessage, message_from_batch
 from beamstream.wire.control import Verdict
 from conftest import run_cli
 
-SHARE = Share(rank=0, ranks=1, start=0, stop=6, block=1)
+SHARE = Share(rank=0, producers=1, start=0, stop=6, block=1)
 
 
 def data(index: int, stream: str = "s1") -> list:

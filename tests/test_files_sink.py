@@ -18,8 +18,8 @@ from beamstream.sources.hdf5 import HDF5Source
 from beamstream.stages import SinkContext
 from beamstream.wire import EndMessage, message_from_batch
 
-CONTEXT = SinkContext(stream_id="scan-7", rank=2, ranks=3)
-SHARE = Share(rank=2, ranks=3, start=0, stop=None, block=4)
+CONTEXT = SinkContext(stream_id="scan-7", rank=2, producers=3)
+SHARE = Share(rank=2, producers=3, start=0, stop=None, block=4)
 
 
 def batch(first: int, count: int) -> Batch:
@@ -38,11 +38,11 @@ def batch(first: int, count: int) -> Batch:
 def message(item: Batch, index: int, serializer: str = "arrays"):
     codec = (ArraysSerializer() if serializer == "arrays" else HDF5Serializer()).build()
     return message_from_batch(item, codec, stream=CONTEXT.stream_id, rank=CONTEXT.rank,
-                              producers=CONTEXT.ranks, index=index, share=SHARE)
+                              producers=CONTEXT.producers, index=index, share=SHARE)
 
 
 def end(messages: int, events: int, last_seq: int | None) -> EndMessage:
-    return EndMessage(stream=CONTEXT.stream_id, rank=CONTEXT.rank, producers=CONTEXT.ranks, share=SHARE,
+    return EndMessage(stream=CONTEXT.stream_id, rank=CONTEXT.rank, producers=CONTEXT.producers, share=SHARE,
                       messages=messages, events=events, last_seq=last_seq, status="ok", reason="done")
 
 
@@ -141,6 +141,6 @@ def test_unusable_directory_is_named(tmp_path):
 
 
 def test_stream_id_is_made_safe_for_file_names(tmp_path):
-    sink = FilesSink(dir=str(tmp_path)).open(SinkContext(stream_id="a/b c", rank=0, ranks=1))
+    sink = FilesSink(dir=str(tmp_path)).open(SinkContext(stream_id="a/b c", rank=0, producers=1))
     sink.close(end(0, 0, None))
     assert (tmp_path / "a_b_c-r000.end.json").exists()

@@ -62,7 +62,7 @@ def test_ranks_read_every_event_once_with_file_values(files, ranks):
 def test_partition_covers_all_events_in_chunk_blocks(files):
     reader = HDF5Source(files=files).open()
     share = reader.partition(1, 3)
-    assert (share.start, share.stop, share.block, share.rank, share.ranks) == (0, 17, 3, 1, 3)
+    assert (share.start, share.stop, share.block, share.rank, share.producers) == (0, 17, 3, 1, 3)
     with pytest.raises(ValueError, match="rank 3"):
         reader.partition(3, 3)
 

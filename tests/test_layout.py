@@ -97,3 +97,28 @@ def test_client_imports_no_pydantic_nats_or_buffer():
             "or m.startswith(('beamstream.buffer', 'beamstream.jetstream', 'beamstream.spec'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_spec_models_and_the_runtime_objects_they_build_are_named_apart():
+    """A spec model is named for what it describes plus its kind (``StreamSink``); what it builds is named
+    for what it does (``StreamSender``), never like a spec."""
+    from typing import get_type_hints
+
+    from beamstream.errors import MissingDependency
+    from beamstream.plugins import plugin, plugin_names
+
+    builders = {"sources": ("Source", "open"), "steps": ("Step", "build"), "serializers": ("Serializer", "build"),
+                "sinks": ("Sink", "open")}
+    checked = 0
+    for kind, (suffix, method) in builders.items():
+        for name in plugin_names(kind):
+            try:
+                model = plugin(kind, name)
+            except MissingDependency:
+                continue
+            built = get_type_hints(getattr(model, method))["return"]
+            assert model.__name__.endswith(suffix), f"{model.__name__} (a {kind[:-1]} spec) should end in {suffix}"
+            assert not built.__name__.endswith((suffix, "Spec", "Config")), (
+                f"{model.__name__}.{method}() builds {built.__name__}: name runtime objects for what they do")
+            checked += 1
+    assert checked >= 10

@@ -71,7 +71,7 @@ def test_two_workers_deliver_every_event_once(ipc_endpoint, serializer):
     report = client.report
     assert report.complete and report.ended == [0, 1] and report.missing == []
     assert {event.rank for event in events} == {0, 1}
-    assert report.messages == sum(end.messages for end in (r.end for r in report.ranks.values()))
+    assert report.messages == sum(end.messages for end in (r.end for r in report.records.values()))
 
 
 def test_arrays_received_are_read_only_views(ipc_endpoint):
@@ -122,22 +122,22 @@ def test_killed_worker_is_reported_with_missing_ranges(ipc_endpoint, write_spec)
     spec_path = write_spec({"source": source, "sinks": [{"type": "stream", "endpoint": ipc_endpoint}]})
     stream_id = new_stream_id()
     with Client(ipc_endpoint, bind=True, timeout=3) as client:
-        workers = [start_cli("produce", str(spec_path), "--rank", str(rank), "--ranks", "2", "--stream-id", stream_id)
+        workers = [start_cli("produce", str(spec_path), "--rank", str(rank), "--producers", "2", "--stream-id", stream_id)
                    for rank in range(2)]
         with pytest.raises(StreamIncomplete) as raised:
             for message in client.messages():
-                if message.header.rank == 1 and client.report.ranks[1].messages == 20:
+                if message.header.rank == 1 and client.report.records[1].messages == 20:
                     os.kill(workers[1].pid, signal.SIGKILL)
         for worker in workers:
             worker.wait(timeout=30)
     report = raised.value.report
     assert workers[0].returncode == 0 and workers[1].returncode == -signal.SIGKILL
     assert not report.complete and report.ended == [0]
-    received = set(np.concatenate(report.ranks[1].seqs).tolist())
+    received = set(np.concatenate(report.records[1].seqs).tolist())
     missing = {seq for first, last in report.missing for seq in range(first, last + 1)}
     owned = {seq for seq in range(400) if (seq // 10) % 2 == 1}
     assert missing == owned - received and len(received) >= 20
-    assert received | set(np.concatenate(report.ranks[0].seqs).tolist()) | missing == set(range(400))
+    assert received | set(np.concatenate(report.records[0].seqs).tolist()) | missing == set(range(400))
     assert "producer 1: no end-of-stream" in str(raised.value)
 
 
@@ -147,7 +147,7 @@ def test_consume_exits_nonzero_when_a_worker_dies(tmp_path, write_spec):
     spec_path = write_spec({"source": source, "sinks": [{"type": "stream", "endpoint": endpoint}]})
     consumer = start_cli("consume", endpoint, "--bind", "--timeout", "3")
     stream_id = new_stream_id()
-    workers = [start_cli("produce", str(spec_path), "--rank", str(rank), "--ranks", "2", "--stream-id", stream_id)
+    workers = [start_cli("produce", str(spec_path), "--rank", str(rank), "--producers", "2", "--stream-id", stream_id)
                for rank in range(2)]
     try:
         workers[1].wait(timeout=1.5)

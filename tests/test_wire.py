@@ -13,7 +13,7 @@ from beamstream.serializers.arrays import ArraysSerializer
 from beamstream.serializers.hdf5 import HDF5Serializer
 from beamstream.wire import EndMessage, message_from_batch, parse_message
 
-SHARE = Share(rank=1, ranks=2, start=0, stop=100, block=10)
+SHARE = Share(rank=1, producers=2, start=0, stop=100, block=10)
 
 
 def batch() -> Batch:
@@ -69,7 +69,7 @@ def test_end_message_round_trip():
 @pytest.mark.parametrize("ranks", [1, 2, 3, 7])
 @pytest.mark.parametrize("block", [1, 4, 10])
 def test_shares_cover_the_range_exactly_once(ranks, block):
-    shares = [Share(rank=rank, ranks=ranks, start=5, stop=103, block=block) for rank in range(ranks)]
+    shares = [Share(rank=rank, producers=ranks, start=5, stop=103, block=block) for rank in range(ranks)]
     everything = np.concatenate([share.seqs() for share in shares])
     assert sorted(everything.tolist()) == list(range(5, 103))
     for share in shares:
@@ -82,7 +82,7 @@ def test_report_names_a_producer_never_heard_from():
     from beamstream.wire import DataMessage
 
     report = StreamReport(endpoints=["tcp://127.0.0.1:1"])
-    share = Share(rank=0, ranks=2, start=0, stop=8, block=2)
+    share = Share(rank=0, producers=2, start=0, stop=8, block=2)
     report.add_data(DataMessage(stream="s", rank=0, producers=2, index=0, share=share, seq=np.array([0, 1]),
                                 time=np.zeros(2), serializer="arrays", fields=[], payload=[]))
     assert not report.complete

@@ -72,7 +72,7 @@ class StreamReport:
     endpoints: list[str]
     stream: str | None = None
     producers: int | None = None
-    ranks: dict[int, ProducerRecord] = field(default_factory=dict)
+    records: dict[int, ProducerRecord] = field(default_factory=dict)  # by rank
     events: int = 0
     messages: int = 0
     bytes: int = 0
@@ -98,14 +98,14 @@ class StreamReport:
 
     def _record(self, rank: int, share: Share, producers: int) -> ProducerRecord:
         self.producers = producers
-        if rank not in self.ranks:
-            self.ranks[rank] = ProducerRecord(share=share)
-        return self.ranks[rank]
+        if rank not in self.records:
+            self.records[rank] = ProducerRecord(share=share)
+        return self.records[rank]
 
     @property
     def ended(self) -> list[int]:
         """Ranks whose end message arrived."""
-        return sorted(rank for rank, record in self.ranks.items() if record.end is not None)
+        return sorted(rank for rank, record in self.records.items() if record.end is not None)
 
     @property
     def all_ended(self) -> bool:
@@ -113,11 +113,11 @@ class StreamReport:
 
     def all_records(self) -> dict[int, ProducerRecord]:
         """A record for every announced rank; a rank never heard from gets its share derived from the others'."""
-        if not self.ranks:
+        if not self.records:
             return {}
-        known = next(iter(self.ranks.values())).share
+        known = next(iter(self.records.values())).share
         return {
-            rank: self.ranks.get(rank) or ProducerRecord(share=known.with_rank(rank))
+            rank: self.records.get(rank) or ProducerRecord(share=known.with_rank(rank))
             for rank in range(self.producers or 0)
         }
 
@@ -133,7 +133,7 @@ class StreamReport:
             return self.verdict.complete
         return (
             self.all_ended
-            and all(record.end.status == "ok" for record in self.ranks.values())
+            and all(record.end.status == "ok" for record in self.records.values())
             and not self.missing
         )
 
@@ -148,7 +148,7 @@ class StreamReport:
             return [f"nothing arrived from {', '.join(self.endpoints)}"]
         for rank, record in self.all_records().items():
             missing, unknown_after = record.missing()
-            if rank not in self.ranks:
+            if rank not in self.records:
                 lines.append(f"producer {rank}: nothing arrived and no end-of-stream (did it die?)")
             elif record.end is None:
                 lines.append(f"producer {rank}: no end-of-stream after {record.messages} messages (did it die?)")
@@ -171,7 +171,7 @@ class StreamReport:
             return f"{self.verdict.summary}\n{mine}{skipped}"
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
-                f"({self.bytes / 1e6:.1f} MB) from {len(self.ranks)}/{self.producers or '?'} producers")
+                f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
         extra = [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams ignored"] if self.foreign else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])

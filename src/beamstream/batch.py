@@ -67,35 +67,35 @@ class Batch:
 class Share(msgspec.Struct, frozen=True, array_like=True):
     """The events one producer rank owns: block-cyclic over a range of sequence numbers.
 
-    Rank ``rank`` of ``ranks`` owns every ``seq`` with ``start <= seq < stop`` (``stop``
-    None: no end known) and ``((seq - start) // block) % ranks == rank``. Shares of all
+    Rank ``rank`` of ``producers`` owns every ``seq`` with ``start <= seq < stop`` (``stop``
+    None: no end known) and ``((seq - start) // block) % producers == rank``. Shares of all
     ranks cover the range exactly once. Every data message carries its producer's share,
     so a consumer can name the events of a producer that died without saying goodbye. On the
-    wire a share is the array ``[rank, ranks, start, stop, block]``.
+    wire a share is the array ``[rank, producers, start, stop, block]``.
     """
 
     rank: NonNegative
-    ranks: Positive
+    producers: Positive
     start: int = 0
     stop: int | None = None
     block: Positive = 1
 
     def __post_init__(self) -> None:
-        if self.rank >= self.ranks:
-            raise ValueError(f"share of rank {self.rank} among {self.ranks} ranks: the rank must be below {self.ranks}")
+        if self.rank >= self.producers:
+            raise ValueError(f"share of rank {self.rank} among {self.producers} producers: the rank must be below {self.producers}")
 
     def owns(self, seq: np.ndarray) -> np.ndarray:
         """Boolean mask of the sequence numbers in ``seq`` that this share owns."""
         inside = seq >= self.start
         if self.stop is not None:
             inside &= seq < self.stop
-        return inside & (((seq - self.start) // self.block) % self.ranks == self.rank)
+        return inside & (((seq - self.start) // self.block) % self.producers == self.rank)
 
     def blocks(self) -> range:
         """Indices of the blocks this rank owns (unbounded shares stop at 2**62)."""
         stop = self.stop if self.stop is not None else 2**62
         block_count = -(-(stop - self.start) // self.block)
-        return range(self.rank, block_count, self.ranks)
+        return range(self.rank, block_count, self.producers)
 
     def block_range(self, block_index: int) -> tuple[int, int]:
         """Sequence numbers ``[first, stop)`` of block ``block_index``."""
@@ -111,12 +111,12 @@ class Share(msgspec.Struct, frozen=True, array_like=True):
         if limit is None:
             raise ValueError("an unbounded share has no finite list of sequence numbers")
         block_count = max(0, -(-(limit - self.start) // self.block))
-        firsts = self.start + np.arange(self.rank, block_count, self.ranks, dtype=np.int64) * self.block
+        firsts = self.start + np.arange(self.rank, block_count, self.producers, dtype=np.int64) * self.block
         seqs = (firsts[:, None] + np.arange(self.block, dtype=np.int64)).ravel()
         return seqs[seqs < limit]
 
     def to_wire(self) -> list[int | None]:
-        """``[rank, ranks, start, stop, block]``, as in a message header."""
+        """``[rank, producers, start, stop, block]``, as in a message header."""
         return list(msgspec.structs.astuple(self))
 
     def with_rank(self, rank: int) -> Share:

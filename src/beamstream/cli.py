@@ -106,8 +106,8 @@ def produce(
     spec_file: Annotated[Path, typer.Argument(help="stream spec (YAML or JSON)", metavar="SPEC")],
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="local worker processes")] = 1,
     stream_id: Annotated[Optional[str], typer.Option(help="stream id (default: random)")] = None,
-    rank: Annotated[Optional[int], typer.Option(min=0, help="run only this rank (with --ranks and --stream-id)")] = None,
-    ranks: Annotated[Optional[int], typer.Option(min=1, help="how many ranks share the run (with --rank)")] = None,
+    rank: Annotated[Optional[int], typer.Option(min=0, help="run only the producer of this rank (with --producers and --stream-id)")] = None,
+    producers: Annotated[Optional[int], typer.Option(min=1, help="how many producers share the run (with --rank)")] = None,
 ) -> None:
     """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
     from beamstream.display import ProducerProgress, workers_table
@@ -116,11 +116,11 @@ def produce(
 
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
-    if rank is not None or ranks is not None:
-        if rank is None or ranks is None or stream_id is None or rank >= ranks:
-            fail("--rank R needs --ranks N (R < N) and --stream-id ID, the same for every rank", code=2)
-        stats = run_worker(spec, rank, ranks, stream_id)
-        console.print(workers_table([stats], f"stream {stream_id}, rank {rank} of {ranks}"))
+    if rank is not None or producers is not None:
+        if rank is None or producers is None or stream_id is None or rank >= producers:
+            fail("--rank R needs --producers N (R < N) and --stream-id ID, the same for every rank", code=2)
+        stats = run_worker(spec, rank, producers, stream_id)
+        console.print(workers_table([stats], f"stream {stream_id}, rank {rank} of {producers}"))
         if stats.status != "ok":
             fail(f"rank {rank} {stats.status}: {stats.reason}")
         return

@@ -62,7 +62,7 @@ def _raise_aborted(signum: int, frame: Any) -> None:
     raise _Aborted(f"stopped by signal {signum}")
 
 
-def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
+def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
                report: Callable[[WorkerStats], None] = lambda stats: None) -> WorkerStats:
     """Produce rank ``rank``'s share of ``spec``; return what was sent.
 
@@ -72,14 +72,14 @@ def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
     """
     stats = WorkerStats(rank=rank, started=time.time())
     source = spec.source.open()
-    share = source.partition(rank, ranks)
+    share = source.partition(rank, producers)
     codec = spec.serializer.build()
-    context = SinkContext(stream_id=stream_id, rank=rank, ranks=ranks)
+    context = SinkContext(stream_id=stream_id, rank=rank, producers=producers)
     sinks = [sink.open(context) for sink in spec.sinks]
     last_seq = None
     try:
         for batch in pipeline(spec, source.read(share)):
-            message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=ranks,
+            message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
                                          index=stats.messages, share=share)
             for sink in sinks:
                 sink.send(message)
@@ -96,7 +96,7 @@ def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
         raise
     finally:
         stats.finished = time.time()
-        end = EndMessage(stream=stream_id, rank=rank, producers=ranks, share=share, messages=stats.messages,
+        end = EndMessage(stream=stream_id, rank=rank, producers=producers, share=share, messages=stats.messages,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason)
         failures = []
         for sink in sinks:
@@ -115,7 +115,7 @@ def run_worker(spec: Any, rank: int, ranks: int, stream_id: str,
 _COUNTERS = ("events", "messages", "bytes")
 
 
-def _local_worker(spec_json: str, rank: int, ranks: int, stream_id: str, counters: Any, errors: Any) -> None:
+def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any) -> None:
     signal.signal(signal.SIGTERM, _raise_aborted)
     spec = spec_from_json(spec_json)
 
@@ -125,7 +125,7 @@ def _local_worker(spec_json: str, rank: int, ranks: int, stream_id: str, counter
             counters[base + offset] = getattr(stats, name)
 
     try:
-        stats = run_worker(spec, rank, ranks, stream_id, report)
+        stats = run_worker(spec, rank, producers, stream_id, report)
     except BeamstreamError as exc:
         errors.put((rank, str(exc)))
         raise SystemExit(1) from None
@@ -212,7 +212,7 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
     return RunResult(stream_id, final, errors, time.time() - started)
 
 
-# --- MPI ranks --------------------------------------------------------------------------
+# --- MPI producers --------------------------------------------------------------------------
 
 
 def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
@@ -226,12 +226,12 @@ def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
     except ImportError as exc:
         raise BeamstreamError(f"running under mpirun needs mpi4py: pip install 'beamstream[mpi]' ({exc})") from None
     comm = MPI.COMM_WORLD
-    rank, ranks = comm.Get_rank(), comm.Get_size()
+    rank, producers = comm.Get_rank(), comm.Get_size()
     stream_id = comm.bcast(stream_id or new_stream_id() if rank == 0 else None, root=0)
     started = time.time()
     signal.signal(signal.SIGTERM, _raise_aborted)
     try:
-        stats = run_worker(spec, rank, ranks, stream_id)
+        stats = run_worker(spec, rank, producers, stream_id)
         error = None if stats.status == "ok" else stats.reason
     except Exception as exc:
         stats, error = WorkerStats(rank=rank, started=started, finished=time.time(), status="error"), str(exc)

@@ -29,8 +29,8 @@ class SpecModel(BaseModel):
 class Source(Protocol):
     """Reads events. ``partition`` says which events a rank owns, ``read`` yields them."""
 
-    def partition(self, rank: int, ranks: int) -> Share:
-        """The share of rank ``rank`` among ``ranks`` producers; shares never overlap."""
+    def partition(self, rank: int, producers: int) -> Share:
+        """The share of rank ``rank`` among ``producers`` producers; shares never overlap."""
         ...
 
     def read(self, share: Share) -> Iterator[Batch]:
@@ -64,7 +64,7 @@ class SinkContext:
 
     stream_id: str
     rank: int
-    ranks: int
+    producers: int
 
 
 class Sink(Protocol):

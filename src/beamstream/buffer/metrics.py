@@ -112,7 +112,7 @@ def intake_metrics(counters: dict[str, int], report: StreamReport) -> Iterator[M
     for key, (name, text) in SERVICE_COUNTERS.items():
         if key in counters:
             yield CounterMetricFamily(PREFIX + name, text, value=counters[key])
-    records = list(report.ranks.values())
+    records = list(report.records.values())
     ended = sum(record.end is not None for record in records)
     yield GaugeMetricFamily(PREFIX + "producers_connected", "Producer ranks heard from that have not ended.",
                             value=len(records) - ended)

@@ -163,11 +163,11 @@ class HDF5Reader:
         self.block = block
         self.total = total
 
-    def partition(self, rank: int, ranks: int) -> Share:
-        """Rank ``rank`` of ``ranks``: block-cyclic over ``[0, total)``."""
-        if not 0 <= rank < ranks:
-            raise ValueError(f"rank {rank} is not in 0..{ranks - 1}")
-        return Share(rank=rank, ranks=ranks, start=0, stop=self.total, block=self.block)
+    def partition(self, rank: int, producers: int) -> Share:
+        """Rank ``rank`` of ``producers``: block-cyclic over ``[0, total)``."""
+        if not 0 <= rank < producers:
+            raise ValueError(f"rank {rank} is not in 0..{producers - 1}")
+        return Share(rank=rank, producers=producers, start=0, stop=self.total, block=self.block)
 
     def read(self, share: Share) -> Iterator[Batch]:
         """One batch per block of ``share`` inside ``[0, total)``, in increasing ``seq``."""

@@ -130,16 +130,16 @@ class Psana2Reader:
         self.spec = spec
         self.psana = psana
 
-    def partition(self, rank: int, ranks: int) -> Share:
-        """Rank ``rank`` of ``ranks``: round robin by event index.
+    def partition(self, rank: int, producers: int) -> Share:
+        """Rank ``rank`` of ``producers``: round robin by event index.
 
         The event count of an XTC2 file is not known before reading it (and may be below
         ``max_events``), so the share has no end: a consumer learns it from the producer's
         end-of-stream message.
         """
-        if not 0 <= rank < ranks:
-            raise ValueError(f"rank {rank} is not in 0..{ranks - 1}")
-        return Share(rank=rank, ranks=ranks, start=0, stop=None, block=1)
+        if not 0 <= rank < producers:
+            raise ValueError(f"rank {rank} is not in 0..{producers - 1}")
+        return Share(rank=rank, producers=producers, start=0, stop=None, block=1)
 
     def check(self) -> None:
         """SourceError unless every file opens and its first run has every field (and the exp/run given)."""

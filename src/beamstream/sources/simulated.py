@@ -157,8 +157,8 @@ class SimulatedReader:
     def __init__(self, spec: SimulatedSource) -> None:
         self.spec = spec
 
-    def partition(self, rank: int, ranks: int) -> Share:
-        return Share(rank=rank, ranks=ranks, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
+    def partition(self, rank: int, producers: int) -> Share:
+        return Share(rank=rank, producers=producers, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
 
     def bank(self) -> dict[str, np.ndarray]:
         """Every field for each of the ``bank_size`` frames, stacked and read-only."""
