@@ -10,7 +10,7 @@ from beamstream.client import Client
 from beamstream.errors import SpecError
 from beamstream.producer import run_local
 from beamstream.spec import load_spec, parse_spec
-from conftest import run_cli, start_cli
+from conftest import banner, run_cli, start_cli
 
 
 def buffered_spec(tmp_path, **buffer) -> dict:
@@ -59,3 +59,30 @@ def test_buffer_command_says_when_the_spec_has_no_buffer(tmp_path, write_spec):
     del spec["buffer"]
     result = run_cli("buffer", "--spec", str(write_spec(spec)))
     assert result.returncode == 2 and "has no buffer: section" in result.stdout + result.stderr
+
+
+def test_open_serves_metrics_when_the_settings_say_so(tmp_path):
+    """BufferConfig.open() goes through open_buffer: every setting counts, metrics_port included."""
+    from beamstream.buffer.config import BufferConfig
+    from beamstream.buffer.status import fetch_status
+
+    config = BufferConfig(producers=f"ipc://{tmp_path / 'in'}", consumers=f"ipc://{tmp_path / 'out'}",
+                          metrics_port=0)
+    buffer = config.open()
+    try:
+        assert buffer.metrics_server is not None and buffer.consumer_address == config.consumers
+        status = fetch_status(buffer.metrics_server.url)
+        assert status.totals["messages_in_total"] == 0 and status.totals["max_bytes"] == 2 << 30
+        assert status == buffer.status()
+    finally:
+        buffer.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_buffer_command_cleanly_with_its_account(tmp_path, signum):
+    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", f"ipc://{tmp_path / 'out'}")
+    assert "buffer: producers" in banner(service)
+    service.send_signal(signum)
+    out, err = service.communicate(timeout=30)
+    assert service.returncode == 0 and "Traceback" not in err
+    assert f"nothing arrived from ipc://{tmp_path / 'in'}" in err

@@ -6,7 +6,8 @@ A facility adds its own plugin without forking beamstream by declaring, in its p
     mystep = "mypackage.steps:MyStepSpec"
 
 where ``MyStepSpec`` subclasses :class:`beamstream.stages.StepSpec` and has
-``type: Literal["mystep"]``. Specs arrive over the network, so they only ever name
+``type: Literal["mystep"]``. A serializer also registers the codec that decodes its messages
+under ``beamstream.codecs`` (see :mod:`beamstream.codecs`). Specs arrive over the network, so they only ever name
 plugins by these registered names, never by import path.
 """
 

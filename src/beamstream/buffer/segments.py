@@ -34,7 +34,7 @@ from beamstream.atomic import write_atomically
 from beamstream.errors import BeamstreamError
 from beamstream.wire.spill import HEAD, INDEX_ENTRY, INDEX_HEAD, INDEX_MAGIC, KIND_NAMES, KINDS, MAGIC, TAIL
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 256 << 20
 CHUNK = 1 << 20  # bytes hashed at a time when a segment is scanned
@@ -131,7 +131,7 @@ class Segments:
     def _scan_segment(self, path: Path, last: bool, repair: bool) -> list[Record]:
         """The records of ``path``, read and hashed; with ``repair``, a torn tail cut off and the index written."""
         if index_path(path).exists():
-            log.warning("%s: index damaged or out of date; scanning the segment", index_path(path))
+            logger.warning("%s: index damaged or out of date; scanning the segment", index_path(path))
         records, end = _scan(path)
         if end < path.stat().st_size:
             if not last:
@@ -139,7 +139,7 @@ class Segments:
             if not repair:
                 self._torn = (path, end)
                 return records
-            log.warning("%s: cut a torn record off at byte %d", path, end)
+            logger.warning("%s: cut a torn record off at byte %d", path, end)
             os.truncate(path, end)
         if repair:
             _seal(path, records)
@@ -313,7 +313,7 @@ def _seal(segment: Path, records: Sequence[Record]) -> None:
         write_index(segment, records)
     except OSError as exc:
         segment.with_suffix(".idx.part").unlink(missing_ok=True)
-        log.warning("cannot write the index of %s: %s; the next restart scans the segment", segment,
+        logger.warning("cannot write the index of %s: %s; the next restart scans the segment", segment,
                     exc.strerror or exc)
 
 

@@ -20,7 +20,7 @@ import nats.js.errors
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.wire import nats as layout
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _Self = TypeVar("_Self", bound="UsesConnection")
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
@@ -52,7 +52,7 @@ class NatsConnection:
 
         async def report(exc: Exception) -> None:
             failures.append(exc)
-            log.debug("NATS at %s: %s", self.url, exc)
+            logger.debug("NATS at %s: %s", self.url, exc)
 
         try:
             return await nats.connect(self.url, connect_timeout=self.timeout, error_cb=report, allow_reconnect=False,

@@ -35,7 +35,7 @@ from beamstream.stages import SinkContext, SinkSpec
 from beamstream.transport import check_endpoint, open_socket, rank_endpoint
 from beamstream.wire.replies import parse_reply
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class StreamSink(SinkSpec):
@@ -115,7 +115,7 @@ class StreamSender:
         try:
             reply = parse_reply(self.socket.recv())
         except WireFormatError as exc:
-            log.warning("%s: ignored a reply: %s", self.endpoint, exc)
+            logger.warning("%s: ignored a reply: %s", self.endpoint, exc)
             return
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)

@@ -19,7 +19,7 @@ import msgspec
 
 from beamstream.batch import NonNegative
 from beamstream.errors import WireFormatError
-from beamstream.wire.frames import frame_buffer
+from beamstream.wire.frames import decode, frame_buffer
 
 PROTOCOL = "beamstream-buffer/1"
 Range = tuple[int, int]
@@ -117,20 +117,10 @@ def unpack(frame: Any, kind: type[C] | Any) -> C:
     another protocol, an ``op`` not expected here, or a field of the wrong type or range.
     """
     raw = frame_buffer(frame)
-    try:
-        envelope = _envelope.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise WireFormatError(f"control message is not a msgpack map: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise WireFormatError(f"control message is not msgpack: {exc}") from None
+    envelope = decode(_envelope, raw, "control message")
     if envelope.op is None:
         raise WireFormatError("control message has no 'op'")
     if envelope.protocol != PROTOCOL:
         raise WireFormatError(f"control message speaks {envelope.protocol!r}, this buffer speaks {PROTOCOL!r}")
     decoder = _decoders.get(kind) or _decoders.setdefault(kind, msgspec.msgpack.Decoder(kind))
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise WireFormatError(f"malformed {envelope.op!r} control message: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise WireFormatError(f"control message is not msgpack: {exc}") from None
+    return decode(decoder, raw, f"{envelope.op!r} control message")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import xxhash
+
+from beamstream.errors import WireFormatError
+
+T = TypeVar("T")
 
 
 def frame_buffer(frame: Any) -> Any:
@@ -24,3 +29,13 @@ def payload_checksum(frames: Sequence[Any]) -> int:
     for frame in frames:
         digest.update(frame_buffer(frame))
     return digest.intdigest()
+
+
+def decode(decoder: msgspec.msgpack.Decoder[T], raw: Any, what: str) -> T:
+    """``raw`` decoded by ``decoder``; WireFormatError saying that ``what`` is not msgpack, or how it is malformed."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireFormatError(f"malformed {what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireFormatError(f"{what} is not msgpack: {exc}") from None

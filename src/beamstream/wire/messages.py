@@ -19,7 +19,7 @@ import numpy as np
 
 from beamstream.batch import Batch, NonNegative, Positive, Share
 from beamstream.errors import ChecksumMismatch, WireFormatError
-from beamstream.wire.frames import frame_buffer, frame_bytes, payload_checksum
+from beamstream.wire.frames import decode, frame_buffer, frame_bytes, payload_checksum
 
 WIRE_VERSION = 1
 Checksum = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most uint64
@@ -164,12 +164,7 @@ def parse_header(frame: Any) -> DataHeader | EndMessage:
     the key that is wrong.
     """
     raw = frame_buffer(frame)
-    try:
-        envelope = _envelope.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise WireFormatError(f"message header is not a msgpack map: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise WireFormatError(f"message header is not msgpack: {exc}") from None
+    envelope = decode(_envelope, raw, "message header")
     if envelope.v is None:
         raise WireFormatError("message header is not a beamstream header (no 'v' key)")
     if envelope.v != WIRE_VERSION:
@@ -180,10 +175,7 @@ def parse_header(frame: Any) -> DataHeader | EndMessage:
     decoder = {"data": _data_header, "end": _end_message}.get(envelope.kind)
     if decoder is None:
         raise WireFormatError(f"unknown message kind {envelope.kind!r}")
-    try:
-        return decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise WireFormatError(f"malformed message header: {exc}") from None
+    return decode(decoder, raw, "message header")
 
 
 def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | EndMessage:
