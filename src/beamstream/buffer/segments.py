@@ -32,6 +32,7 @@ import xxhash
 
 from beamstream.atomic import write_atomically
 from beamstream.errors import BeamstreamError
+from beamstream.wire.frames import frame_buffer
 from beamstream.wire.spill import HEAD, INDEX_ENTRY, INDEX_HEAD, INDEX_MAGIC, KIND_NAMES, KINDS, MAGIC, TAIL
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Segments:
             path, position = self._torn
             raise SpillError(f"{path}: torn record at byte {position}; open the spill with Segments.recover() "
                              "to cut it off before writing")
-        views = [memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B") for frame in frames]
+        views = [memoryview(frame_buffer(frame)).cast("B") for frame in frames]
         lengths = tuple(view.nbytes for view in views)
         digest = xxhash.xxh3_64()
         for view in views:

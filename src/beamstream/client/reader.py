@@ -112,7 +112,6 @@ class Client:
         transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
                                     start=start, redeliver_after=redeliver_after)
         self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream)
-        self.group = group
 
     @classmethod
     def over(cls, transport: Transport, *, timeout: float | None = 10.0, verify: bool = True,
@@ -120,7 +119,6 @@ class Client:
         """A Client reading from ``transport`` (e.g. a :class:`~beamstream.client.transports.memory.MemoryTransport`)."""
         client = cls.__new__(cls)
         client._setup(transport, [transport.where], timeout=timeout, verify=verify, stream=stream)
-        client.group = None
         return client
 
     def _setup(self, transport: Transport, endpoints: list[str], *, timeout: float | None, verify: bool,
