@@ -153,12 +153,38 @@ def test_producer_speaking_another_wire_version_is_told_and_others_are_served(bu
     finally:
         sender.close_now()
 
+    poisoned = poisoned_message("s")
+    stranger = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.connect(f"ipc://{tmp_path / 'in'}")
+    stranger.send_multipart(poisoned)
+    assert stranger.poll(10_000)
+    reply = stranger.recv()
+    stranger.close(linger=0)
+    assert reply.startswith(b"beamstream-refused: ") and b"payload checksum" in reply, "refused before it is stored"
+
     results: dict = {}
     reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
-    assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=1).ok
+    assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=1, stream_id="s").ok
     reader.join(timeout=60)
-    assert sorted(results["ok"]) == list(range(60))
-    assert buffer.counters["rejected"] == 2
+    assert sorted(results["ok"]) == list(range(60)), "the group never saw the poisoned message"
+    assert results["ok.report"].complete
+    assert buffer.counters["rejected"] == 3
+
+
+def poisoned_message(stream: str) -> list[bytes]:
+    """A data message of ``stream`` (rank 0 of 1, events 0-1) whose payload does not match its checksum."""
+    import numpy as np
+
+    from beamstream.batch import Batch, Share
+    from beamstream.serializers.arrays import ArraysSerializer
+    from beamstream.wire import message_from_batch
+
+    batch = Batch(np.arange(2), np.zeros(2), {"waveform": np.ones((2, 4), np.float32)})
+    message = message_from_batch(batch, ArraysSerializer().build(), stream=stream, rank=0, producers=1, index=0,
+                                 share=Share(rank=0, producers=1, stop=60, block=5))
+    frames = [bytes(memoryview(frame)) for frame in message.to_frames()]
+    frames[1] = b"\xff" + frames[1][1:]
+    return frames
 
 
 def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
@@ -332,3 +358,22 @@ def test_freed_memory_is_given_back_once_the_buffer_is_idle(tmp_path, monkeypatc
         assert trims == [True, True]
     finally:
         service.close()
+
+
+def test_a_message_over_the_size_limit_drops_its_sender_and_others_are_served(tmp_path):
+    import zmq
+
+    buffer = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_message=1 << 20).start()
+    try:
+        stranger = zmq.Context.instance().socket(zmq.DEALER)
+        stranger.connect(f"ipc://{tmp_path / 'in'}")
+        stranger.send_multipart([b"header", b"x" * (2 << 20)])
+        assert not stranger.poll(1000), "disconnected before the frame was taken: no reply, nothing kept"
+        stranger.close(linger=0)
+        results: dict = {}
+        reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
+        assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=1).ok
+        reader.join(timeout=60)
+    finally:
+        buffer.close()
+    assert sorted(results["ok"]) == list(range(60)) and buffer.counters["messages_in"] == 60

@@ -36,7 +36,8 @@ def test_every_message_once_then_the_end():
         seqs = [event.seq for event in client.events()]
     assert seqs == [0, 1, 2, 3, 4, 5] and client.report.complete
     assert client.report.duplicates == 1 and client.report.foreign == 1
-    assert [type(m).__name__ for m in transport.receipts] == ["DataMessage"] * 5 + ["EndMessage"]
+    assert transport.refusals == ["this consumer reads stream 's1', not 'other'"]
+    assert [type(m).__name__ for m in transport.receipts] == ["DataMessage"] * 4 + ["EndMessage"]
     assert transport.done == [0, 1, 2, 3, 4, 5] and transport.closed
     assert client.report.summary().splitlines()[0].startswith("stream s1: complete: 6 events in 3 messages")
 
@@ -69,6 +70,14 @@ def test_silence_before_anything_is_a_timeout_and_after_something_incomplete():
     with Client.over(MemoryTransport([data(0)]), timeout=0.1) as client:
         with pytest.raises(StreamIncomplete, match="went silent for 0.1 s"):
             list(client.messages())
+
+
+def test_the_stream_given_is_followed_and_others_refused():
+    transport = MemoryTransport([data(0, stream="other"), data(0), data(1), data(2), end()])
+    with Client.over(transport, timeout=1, stream="s1") as client:
+        assert len(list(client.events())) == 6
+    assert client.report.foreign == 1 and transport.refusals == ["this consumer reads stream 's1', not 'other'"]
+    assert "1 messages of other streams refused" in client.report.summary()
 
 
 def test_a_buffer_verdict_ends_the_stream_and_decides():

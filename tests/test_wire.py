@@ -159,3 +159,56 @@ def test_replies_are_parsed_and_malformed_ones_named():
     for junk in (b"beamstream-kept -1", b"beamstream-kept 1e9", b"beamstream-kept " + b"9" * 40, b"hello"):
         with pytest.raises(WireFormatError):
             parse_reply(junk)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("producers", 10**9, r"<= 16384 - at `\$.producers`"),
+    ("share", [1, 2, 50, 10, 1], "share stops at 10, before it starts at 50"),
+    ("share", [1, 2, 0, 2**63, 1], r"at `\$.share\[3\]`"),
+    ("share", [0, 2, 0, 100, 10], "carries the share of rank 0 of 2"),
+    ("first_seq", 11, "but the header says first_seq 11"),
+    ("stream", "x" * 1000, r"length <= 256 - at `\$.stream`"),
+    ("fields", [["f", "<u2", []]], r"\$.fields\[0\]\[2\]"),
+])
+def test_absurd_header_values_are_refused(key, value, expected):
+    frames = frames_of(ArraysSerializer())
+    frames[0] = msgpack.packb({**msgpack.unpackb(frames[0]), key: value})
+    with pytest.raises(WireFormatError, match=expected):
+        parse_message(frames)
+
+
+def test_events_outside_the_share_or_out_of_order_are_refused():
+    header = msgpack.unpackb(frames_of(ArraysSerializer())[0])
+    for seq, expected in (([10, 12, 11], "do not increase"), ([0, 1, 2], "outside its share")):
+        frames = frames_of(ArraysSerializer())
+        frames[0] = msgpack.packb({**header, "seq": np.array(seq, "<i8").tobytes(), "first_seq": seq[0],
+                                   "last_seq": seq[-1]})
+        with pytest.raises(WireFormatError, match=expected):
+            parse_message(frames, verify=False)
+
+
+def test_a_huge_share_is_accounted_by_arithmetic():
+    """A producer announcing 2**62 events and sending two: the account names what is missing without
+    listing 2**62 numbers (at most MAX_MISSING_RANGES ranges; the count stays exact)."""
+    from beamstream.accounting import MAX_MISSING_RANGES, StreamReport
+    from beamstream.wire import DataMessage
+
+    for producers in (1, 3):
+        share = Share(rank=0, producers=producers, start=0, stop=2**62, block=4)
+        report = StreamReport(endpoints=["memory"])
+        report.add_data(DataMessage(stream="s", rank=0, producers=producers, index=0, share=share,
+                                    seq=np.array([0, 1, 2, 3, 4]) if producers == 1 else np.array([0, 1, 2, 3]),
+                                    time=np.zeros(5 if producers == 1 else 4), serializer="arrays", fields=[],
+                                    payload=[]))
+        received = 5 if producers == 1 else 4
+        assert report.missing_events == 2**62 - received
+        assert 0 < len(report.missing) <= MAX_MISSING_RANGES and not report.complete
+        assert "events never arrived" in report.summary()
+
+
+def test_share_counts_and_positions_agree_with_its_list():
+    for share in (Share(rank=1, producers=3, start=5, stop=103, block=4), Share(rank=0, producers=1, start=2, stop=40)):
+        seqs = share.seqs()
+        assert share.count() == len(seqs) and share.positions(seqs).tolist() == list(range(len(seqs)))
+        assert [s for a, b in share.seq_ranges(0, len(seqs) - 1, 10**6) for s in range(a, b + 1)] == seqs.tolist()
+        assert share.count(until=50) == len(seqs[seqs < 50])

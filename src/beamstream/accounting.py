@@ -16,22 +16,37 @@ from beamstream.wire import DataMessage, EndMessage
 from beamstream.wire.control import Verdict
 
 
-def to_ranges(seqs: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted unique sequence numbers as inclusive ``(first, last)`` ranges."""
-    if len(seqs) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(seqs) != 1)
-    firsts = np.concatenate([[seqs[0]], seqs[breaks + 1]])
-    lasts = np.concatenate([seqs[breaks], [seqs[-1]]])
-    return [(int(a), int(b)) for a, b in zip(firsts, lasts, strict=True)]
+MAX_MISSING_RANGES = 1000
+"""Missing sequence ranges listed at most, per producer and per stream (their count is always exact)."""
 
 
-def format_ranges(ranges: list[tuple[int, int]], limit: int = 10) -> str:
-    """``0-9, 12, 20-29`` (at most ``limit`` ranges, then how many more)."""
+def format_ranges(ranges: list[tuple[int, int]], limit: int = 10, more: bool = False) -> str:
+    """``0-9, 12, 20-29`` (at most ``limit`` ranges, then how many more; ``more``: the list itself was cut)."""
     shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
     if len(ranges) > limit:
-        shown.append(f"… ({len(ranges) - limit} more ranges)")
+        shown.append(f"… ({len(ranges) - limit}{'+' if more else ''} more ranges)")
+    elif more:
+        shown.append("… (more ranges)")
     return ", ".join(shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """What never arrived from one producer: how many events, their first ranges, and where knowledge ends.
+
+    ``ranges`` lists at most :data:`MAX_MISSING_RANGES` inclusive sequence ranges, in order;
+    ``events`` counts them all. ``unknown_after``: the seq after which nothing is known (a share
+    with no announced end, and no clean end message), else None.
+    """
+
+    events: int
+    ranges: list[tuple[int, int]]
+    unknown_after: int | None
+
+    @property
+    def cut(self) -> bool:
+        """True if ``ranges`` lists fewer events than ``events`` (the list was cut at its maximum)."""
+        return self.events > sum(last - first + 1 for first, last in self.ranges)
 
 
 @dataclass(slots=True)
@@ -44,21 +59,33 @@ class ProducerRecord:
     end: EndMessage | None = None
 
     def received(self) -> np.ndarray:
-        return np.unique(np.concatenate(self.seqs)) if self.seqs else np.empty(0, np.int64)
+        """Every sequence number that arrived and this producer's share owns, sorted, once each."""
+        seqs = np.unique(np.concatenate(self.seqs)) if self.seqs else np.empty(0, np.int64)
+        return seqs[self.share.owns(seqs)]
 
-    def missing(self) -> tuple[list[tuple[int, int]], int | None]:
-        """Missing ranges, and the seq after which nothing is known (unbounded share, no clean end)."""
+    def missing(self, limit: int = MAX_MISSING_RANGES) -> Missing:
+        """What never arrived (its first ``limit`` ranges), counted by arithmetic on the share: no list of
+        the share's events is made, so a share of any size costs only what arrived."""
         received = self.received()
         share = self.share
+        unknown_after = None
         if share.stop is not None:
-            expected, unknown_after = share.seqs(), None
+            expected = share.count()
         elif self.end is not None and self.end.status == "ok":
-            until = -1 if self.end.last_seq is None else self.end.last_seq
-            expected, unknown_after = share.seqs(until=until + 1), None
+            expected = share.count(until=(-1 if self.end.last_seq is None else self.end.last_seq) + 1)
         else:
-            last = int(received[-1]) if len(received) else share.start - 1
-            expected, unknown_after = share.seqs(until=last + 1), last
-        return to_ranges(np.setdiff1d(expected, received, assume_unique=True)), unknown_after
+            unknown_after = int(received[-1]) if len(received) else share.start - 1
+            expected = share.count(until=unknown_after + 1)
+        positions = share.positions(received)
+        positions = positions[positions < expected]
+        edges = np.concatenate([[-1], positions, [expected]])
+        gaps = np.flatnonzero(np.diff(edges) > 1)
+        ranges: list[tuple[int, int]] = []
+        for gap in gaps:
+            if len(ranges) >= limit:
+                break
+            ranges += share.seq_ranges(int(edges[gap]) + 1, int(edges[gap + 1]) - 1, limit - len(ranges))
+        return Missing(expected - len(positions), ranges, unknown_after)
 
 
 @dataclass(slots=True)
@@ -123,9 +150,16 @@ class StreamReport:
 
     @property
     def missing(self) -> list[tuple[int, int]]:
-        """Sequence ranges announced by a producer's share that did not arrive (known ones)."""
-        ranges = [r for record in self.all_records().values() for r in record.missing()[0]]
-        return sorted(ranges)
+        """Sequence ranges announced by a producer's share that did not arrive (known ones): at most
+        :data:`MAX_MISSING_RANGES`, the first ones of each producer, in order."""
+        records = self.all_records()
+        each = -(-MAX_MISSING_RANGES // max(1, len(records)))
+        return sorted(r for record in records.values() for r in record.missing(each).ranges)[:MAX_MISSING_RANGES]
+
+    @property
+    def missing_events(self) -> int:
+        """How many events announced by producers' shares did not arrive (known ones)."""
+        return sum(record.missing().events for record in self.all_records().values())
 
     @property
     def complete(self) -> bool:
@@ -134,7 +168,7 @@ class StreamReport:
         return (
             self.all_ended
             and all(record.end.status == "ok" for record in self.records.values())
-            and not self.missing
+            and not self.missing_events
         )
 
     def final_verdict(self) -> Verdict:
@@ -147,7 +181,7 @@ class StreamReport:
         if self.producers is None:
             return [f"nothing arrived from {', '.join(self.endpoints)}"]
         for rank, record in self.all_records().items():
-            missing, unknown_after = record.missing()
+            missing = record.missing()
             if rank not in self.records:
                 lines.append(f"producer {rank}: nothing arrived and no end-of-stream (did it die?)")
             elif record.end is None:
@@ -156,11 +190,12 @@ class StreamReport:
                 lines.append(f"producer {rank}: ended with status {record.end.status}: {record.end.reason}")
             elif record.end.messages != record.messages:
                 lines.append(f"producer {rank}: sent {record.end.messages} messages, {record.messages} arrived")
-            if missing:
-                count = sum(b - a + 1 for a, b in missing)
-                lines.append(f"producer {rank}: {count} events never arrived: {format_ranges(missing)}")
-            if unknown_after is not None:
-                lines.append(f"producer {rank}: events after {unknown_after} unknown (the source had no announced end)")
+            if missing.events:
+                lines.append(f"producer {rank}: {missing.events} events never arrived: "
+                             f"{format_ranges(missing.ranges, more=missing.cut)}")
+            if missing.unknown_after is not None:
+                lines.append(f"producer {rank}: events after {missing.unknown_after} unknown "
+                             "(the source had no announced end)")
         return lines
 
     def summary(self) -> str:
@@ -173,5 +208,5 @@ class StreamReport:
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
         extra = [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
-        extra += [f"{self.foreign} messages of other streams ignored"] if self.foreign else []
+        extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])

@@ -12,8 +12,16 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
+MAX_SEQ = 2**62
+"""Sequence numbers run from 0 to this (events of a run, as the wire carries them)."""
+MAX_PRODUCERS = 1 << 14
+"""Producers of one stream at most (MPI ranks of the biggest jobs with room to spare)."""
+MAX_BLOCK = 1 << 30
+
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+ProducerCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_PRODUCERS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +83,16 @@ class Share(msgspec.Struct, frozen=True, array_like=True):
     """
 
     rank: NonNegative
-    producers: Positive
-    start: int = 0
-    stop: int | None = None
-    block: Positive = 1
+    producers: ProducerCount
+    start: Seq = 0
+    stop: Seq | None = None
+    block: Annotated[int, msgspec.Meta(ge=1, le=MAX_BLOCK)] = 1
 
     def __post_init__(self) -> None:
         if self.rank >= self.producers:
             raise ValueError(f"share of rank {self.rank} among {self.producers} producers: the rank must be below {self.producers}")
+        if self.stop is not None and self.stop < self.start:
+            raise ValueError(f"share stops at {self.stop}, before it starts at {self.start}")
 
     def owns(self, seq: np.ndarray) -> np.ndarray:
         """Boolean mask of the sequence numbers in ``seq`` that this share owns."""
@@ -106,14 +116,48 @@ class Share(msgspec.Struct, frozen=True, array_like=True):
         return first, stop
 
     def seqs(self, until: int | None = None) -> np.ndarray:
-        """The owned sequence numbers below ``until`` and ``stop``, ascending (int64)."""
-        limit = self.stop if until is None else until if self.stop is None else min(until, self.stop)
-        if limit is None:
-            raise ValueError("an unbounded share has no finite list of sequence numbers")
+        """The owned sequence numbers below ``until`` and ``stop``, ascending (int64); for small shares
+        (tests, examples): a run's share may own more than memory holds, use :meth:`count` and
+        :meth:`seq_ranges` there."""
+        limit = self._limit(until)
         block_count = max(0, -(-(limit - self.start) // self.block))
         firsts = self.start + np.arange(self.rank, block_count, self.producers, dtype=np.int64) * self.block
         seqs = (firsts[:, None] + np.arange(self.block, dtype=np.int64)).ravel()
         return seqs[seqs < limit]
+
+    def _limit(self, until: int | None) -> int:
+        limit = self.stop if until is None else until if self.stop is None else min(until, self.stop)
+        if limit is None:
+            raise ValueError("an unbounded share has no finite list of sequence numbers")
+        return limit
+
+    def count(self, until: int | None = None) -> int:
+        """How many sequence numbers this share owns below ``until`` and ``stop`` (arithmetic, no list)."""
+        span = self._limit(until) - self.start
+        if span <= 0:
+            return 0
+        cycles, rest = divmod(span, self.block * self.producers)
+        return cycles * self.block + min(max(rest - self.rank * self.block, 0), self.block)
+
+    def positions(self, seqs: np.ndarray) -> np.ndarray:
+        """Where each owned sequence number in ``seqs`` comes among this share's: 0 for the first, 1 for the next…"""
+        cycles, within = np.divmod(np.asarray(seqs, dtype=np.int64) - self.start, self.block * self.producers)
+        return cycles * self.block + within - self.rank * self.block
+
+    def seq_ranges(self, first: int, last: int, limit: int) -> list[tuple[int, int]]:
+        """Inclusive sequence ranges of the share's positions ``first`` … ``last``, at most ``limit`` of them
+        (one per block touched when several producers share the run; one in all for a single producer)."""
+        if self.producers == 1:
+            return [(self.start + first, self.start + last)][:limit]
+        ranges = []
+        position = first
+        while position <= last and len(ranges) < limit:
+            cycle, within = divmod(position, self.block)
+            seq = self.start + (cycle * self.producers + self.rank) * self.block + within
+            through = min(last, (cycle + 1) * self.block - 1)
+            ranges.append((seq, seq + through - position))
+            position = through + 1
+        return ranges
 
     def to_wire(self) -> list[int | None]:
         """``[rank, producers, start, stop, block]``, as in a message header."""

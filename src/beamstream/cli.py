@@ -214,6 +214,7 @@ def buffer(
     consumers: Annotated[Optional[str], typer.Option(help=_help("consumers"))] = None,
     max_memory: Annotated[Optional[str], typer.Option(help=_help("max_memory"))] = None,
     hwm: Annotated[Optional[int], typer.Option(help=_help("hwm"))] = None,
+    max_message: Annotated[Optional[str], typer.Option(help=_help("max_message"))] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help=_help("metrics_port"))] = None,
     metrics_addr: Annotated[Optional[str], typer.Option(help=_help("metrics_addr"))] = None,
     spill_dir: Annotated[Optional[Path], typer.Option(help=_help("spill_dir"))] = None,

@@ -43,17 +43,26 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+DEFAULT_MAX_MESSAGE = 1 << 30
+"""Largest frame a receiving socket accepts unless told otherwise (ZMQ_MAXMSGSIZE)."""
+
+
 def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int,
-                affinity: int = 0, replies: Literal["in", "out"] | None = None) -> zmq.Socket:
+                affinity: int = 0, replies: Literal["in", "out"] | None = None,
+                max_message: int | None = None) -> zmq.Socket:
     """A socket of ``kind`` bound or connected to ``endpoint``, with send and receive HWM ``hwm``.
 
     ``affinity`` (ZMQ_AFFINITY, a bit mask of the context's I/O threads; 0: any) pins the
     socket's connections to those I/O threads. ``replies`` names the direction that carries
     only small replies to the data (``kept``, end acknowledgements): it gets no HWM, because a
     ROUTER silently drops what it cannot queue, and a lost reply would stall a producer.
+    ``max_message`` (ZMQ_MAXMSGSIZE) is the largest frame it accepts: ZeroMQ disconnects a peer
+    that sends a larger one before allocating it.
     """
     check_endpoint(endpoint)
     socket = context.socket(kind)
+    if max_message is not None:
+        socket.setsockopt(zmq.MAXMSGSIZE, max_message)
     socket.setsockopt(zmq.SNDHWM, 0 if replies == "out" else hwm)
     socket.setsockopt(zmq.RCVHWM, 0 if replies == "in" else hwm)
     if affinity:

@@ -7,12 +7,13 @@ Backends: :class:`~beamstream.buffer.local.LocalBuffer` (groups served by this p
 
 Producers (the ``stream`` sink, push pattern) connect their DEALER to the producer ROUTER that
 a buffer binds. Every backend reads their messages the same way: a message that is not a
-beamstream message of this wire version is refused with a ``beamstream-refused:`` reply that
-says why (and counted); a data message is acknowledged (``beamstream-kept INDEX``) and an end
+beamstream message of this wire version, or whose payload does not match its checksum, is
+refused with a ``beamstream-refused:`` reply that says why (and counted); a data message is acknowledged (``beamstream-kept INDEX``) and an end
 message with ``beamstream-ack`` once the backend has kept it; a message that arrives again (a
 producer resending after a reconnect) is acknowledged again and otherwise dropped; producers
 that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
-declared gone, so the stream's verdict can be given without them.
+declared gone, so the stream's verdict can be given without them. A buffer serves one stream:
+the first message names it, and a message of any other stream id is refused (runs never mix).
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ class Buffer(ABC):
     thread_name = "beamstream-buffer"
 
     def __init__(self, context: zmq.Context, producer_endpoint: str, *, hwm: int, bind: bool,
-                 producer_timeout_s: float, affinity: int = 0) -> None:
+                 producer_timeout_s: float, max_message: int, affinity: int = 0) -> None:
         self.context = context
         self.producer_endpoint = producer_endpoint
         self.producer_socket = open_socket(context, zmq.ROUTER, producer_endpoint, bind=bind, hwm=hwm,
-                                           affinity=affinity, replies="out")
+                                           affinity=affinity, replies="out", max_message=max_message)
         self.report = StreamReport(endpoints=[producer_endpoint])
         self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
         self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
+        self._refusals_logged: set[str] = set()
         self.producer_timeout_s = producer_timeout_s
         self.last_producer_message = time.monotonic()
         self._stopping = threading.Event()
@@ -154,17 +156,27 @@ class Buffer(ABC):
         identity = frames[0].bytes
         self.last_producer_message = time.monotonic()
         try:
-            message = parse_message(frames[1:], verify=False)
+            message = parse_message(frames[1:], verify=True)  # a corrupt payload must not reach a group
         except WireFormatError as exc:
-            self.counters["rejected"] += 1
-            logger.warning("refused a message from a producer: %s", exc)
-            self.producer_socket.send_multipart([identity, refused(str(exc))])
+            self._refuse(identity, str(exc))
+            return None
+        if self.report.stream is not None and message.stream != self.report.stream:
+            self._refuse(identity, f"this buffer serves stream {self.report.stream!r}; stream {message.stream!r} "
+                                   "needs a buffer of its own (start another one, or give its producers this stream's id)")
             return None
         if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
             self.counters["duplicates"] += 1
             self.producer_socket.send_multipart([identity, kept(message.index)])
             return None
         return identity, frames[1:], message
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        """Tell a producer its message was refused and why; count it, and log it once per reason."""
+        self.counters["rejected"] += 1
+        if reason not in self._refusals_logged and len(self._refusals_logged) < 100:
+            self._refusals_logged.add(reason)
+            logger.warning("refused a message from producer %s: %s", identity.hex(), reason)
+        self.producer_socket.send_multipart([identity, refused(reason)])
 
     def acknowledge(self, identity: bytes, message: DataMessage | EndMessage) -> None:
         """Account for a message the backend has kept, and tell its producer so."""

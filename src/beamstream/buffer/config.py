@@ -22,6 +22,7 @@ from pydantic import BeforeValidator, ByteSize, Field, TypeAdapter, ValidationEr
 
 from beamstream.jetstream.urls import split_url
 from beamstream.stages import SpecModel
+from beamstream.transport import DEFAULT_MAX_MESSAGE
 
 if TYPE_CHECKING:
     from beamstream.buffer.base import Buffer
@@ -53,6 +54,8 @@ class BufferConfig(SpecModel):
     consumers: str = Field("tcp://127.0.0.1:5556", description="endpoint consumers connect to (local backend only)")
     max_memory: Size = Field(2 << 30, description="payload held in memory at most, e.g. 2GiB or 500MB")
     hwm: int = Field(4, ge=1, description="messages ZeroMQ queues per producer")
+    max_message: Size = Field(DEFAULT_MAX_MESSAGE, description="largest message frame taken from a producer, e.g. "
+                              "1GiB; a producer that sends a larger one is disconnected before it is allocated")
     spill_dir: Path | None = Field(None, description="write every message to segment files here: "
                                                      "replay by new groups, survive a restart")
     max_spill: Size | None = Field(None, description="disk the spill may use, e.g. 50GiB (none: no bound); "
@@ -72,7 +75,7 @@ class BufferConfig(SpecModel):
         """The help of the command-line option for field ``name``: its description and default."""
         field = cls.model_fields[name]
         default = field.default
-        shown = "none" if default is None else f"{default / 2**30:g}GiB" if name == "max_memory" else default
+        shown = "none" if default is None else f"{default / 2**30:g}GiB" if name in ("max_memory", "max_message") else default
         return f"{field.description} (default: {shown})"
 
     @field_validator("backend")

@@ -43,11 +43,12 @@ from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
-from beamstream.transport import open_socket
+from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
 from beamstream.wire import EndMessage, parse_message
 from beamstream.wire.control import Deliver, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 
 logger = logging.getLogger(__name__)
+MAX_CONTROL_BYTES = 1 << 20  # a consumer's control message is small: a larger one drops its connection
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
 
@@ -58,13 +59,13 @@ class LocalBuffer(Buffer):
     def __init__(self, producer_endpoint: str, consumer_endpoint: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
-                 producer_timeout_s: float = 60.0) -> None:
+                 producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
-                         producer_timeout_s=producer_timeout_s, affinity=0b01)
+                         producer_timeout_s=producer_timeout_s, max_message=max_message, affinity=0b01)
         self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
-                                     affinity=0b10)
+                                           affinity=0b10, max_message=MAX_CONTROL_BYTES)
         self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval

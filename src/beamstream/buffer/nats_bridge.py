@@ -36,6 +36,7 @@ from beamstream.buffer.metrics import nats_metrics
 from beamstream.errors import TransportError
 from beamstream.jetstream.store import NatsStore
 from beamstream.jetstream.urls import split_url
+from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,15 @@ class NatsBridge(Buffer):
 
     def __init__(self, producer_endpoint: str, url: str, *, hwm: int = 4, bind: bool = True,
                  retention_s: float | None = None, max_bytes: int | None = None,
-                 producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0) -> None:
+                 producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0,
+                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.url = url
         self.server, self.name = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
-            super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s)
+            super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s,
+                             max_message=max_message)
         except BaseException:
             self._drop_store()
             raise

@@ -35,13 +35,14 @@ def open_buffer(config: BufferConfig) -> Buffer:
         except ImportError as exc:
             raise MissingDependency(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
         buffer: Buffer = NatsBridge(config.producers, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
-                                    retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s)
+                                    retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s,
+                                    max_message=config.max_message)
     else:
         from beamstream.buffer.local import LocalBuffer
 
         buffer = LocalBuffer(config.producers, config.consumers, max_bytes=config.max_memory, hwm=config.hwm,
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
-                             producer_timeout_s=config.producer_timeout_s)
+                             producer_timeout_s=config.producer_timeout_s, max_message=config.max_message)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)

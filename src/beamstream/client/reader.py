@@ -18,6 +18,7 @@ are done here, the same for all of them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from beamstream.accounting import StreamReport
 from beamstream.client.transports.base import StreamEnd, Transport
 from beamstream.codecs import decode_payload
 from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, TransportError
+from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
+logger = logging.getLogger(__name__)
 DEFAULT_HWM = 4
 DEFAULT_REDELIVER_AFTER = 30.0
 
@@ -99,18 +102,22 @@ class Client:
             message a member has not acknowledged goes to another member (default 30; the local
             buffer instead notices a departed member within a second).
 
+    max_message: the largest frame this client takes (default 1 GiB); a sender of a larger one
+        is disconnected before it is allocated (a NATS server bounds its own messages).
+
     An option given where it does not apply raises OptionError saying where it does.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
                  hwm: int | None = None, group: str | None = None, lossy: bool = False,
-                 start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None) -> None:
+                 start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None,
+                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise OptionError("Client needs an endpoint to read")
         transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
-                                    start=start, redeliver_after=redeliver_after)
+                                    start=start, redeliver_after=redeliver_after, max_message=max_message)
         self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream)
 
     @classmethod
@@ -129,6 +136,7 @@ class Client:
         self.verify = verify
         self.report = StreamReport(endpoints=endpoints, stream=stream)
         self._seen: set[tuple[int, int]] = set()
+        self._foreign_streams: set[str] = set()
         self._closed = False
 
     def __enter__(self) -> Client:
@@ -157,8 +165,11 @@ class Client:
             if item.skipped is not None:
                 self.report.skipped = item.skipped
             message = parse_message(item.frames, verify=self.verify)
-            item.receipt(message)
-            yield from self._accept(message)
+            if self._foreign(message):
+                item.refuse(f"this consumer reads stream {self.report.stream!r}, not {message.stream!r}")
+            else:
+                item.receipt(message)
+                yield from self._accept(message)
             item.done()
             if not self.transport.ends_with_verdict and self.report.all_ended:
                 break
@@ -170,11 +181,23 @@ class Client:
         for message in self.messages():
             yield from message.events()
 
+    def _foreign(self, message: DataMessage | EndMessage) -> bool:
+        """True (counted, and logged once per stream id) for a message of another stream than the one
+        this client reads: the one given as ``stream``, else the first it heard of."""
+        if self.report.stream is None:
+            self.report.stream = message.stream
+            logger.info("reading stream %s from %s", message.stream, self.transport.where)
+        if message.stream == self.report.stream:
+            return False
+        self.report.foreign += 1
+        if message.stream not in self._foreign_streams:
+            self._foreign_streams.add(message.stream)
+            logger.warning("refused a message of stream %r from %s: this consumer reads stream %r",
+                           message.stream, self.transport.where, self.report.stream)
+        return True
+
     def _accept(self, message: DataMessage | EndMessage) -> Iterator[Message]:
-        """The message, unless it is an end message, of another stream, or a duplicate."""
-        if self.report.stream is not None and message.stream != self.report.stream:
-            self.report.foreign += 1
-            return
+        """The message, unless it is an end message or a duplicate."""
         if isinstance(message, EndMessage):
             self.report.add_end(message)
             return
@@ -201,7 +224,7 @@ class Client:
 
 
 def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int | None, group: str | None,
-                    lossy: bool, start: str | None, redeliver_after: float | None) -> Transport:
+                    lossy: bool, start: str | None, redeliver_after: float | None, max_message: int) -> Transport:
     """The transport for these endpoints and options; OptionError for an option that does not apply to it."""
     def refuse(option: str, applies: str) -> None:
         raise OptionError(f"{option} applies only {applies}; it was given for {', '.join(endpoints)}"
@@ -231,11 +254,12 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
         from beamstream.client.transports.group import GroupTransport
 
         return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                              credit=DEFAULT_HWM if hwm is None else hwm)
+                              credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message)
     if lossy:
         refuse("lossy", "with group=... (a buffer's consumer group) or a nats:// stream")
     if start is not None:
         refuse("start", "with group=... (a buffer's consumer group) or a nats:// stream")
     from beamstream.client.transports.direct import DirectTransport
 
-    return DirectTransport(endpoints, bind=bind, pattern=pattern, hwm=DEFAULT_HWM if hwm is None else hwm)
+    return DirectTransport(endpoints, bind=bind, pattern=pattern, hwm=DEFAULT_HWM if hwm is None else hwm,
+                           max_message=max_message)

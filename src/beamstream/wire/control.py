@@ -23,7 +23,8 @@ from beamstream.wire.frames import decode, frame_buffer
 
 PROTOCOL = "beamstream-buffer/1"
 Range = tuple[int, int]
-Credit = Annotated[int, msgspec.Meta(ge=0)]
+MAX_CREDIT = 1 << 16  # messages a consumer may ask for in one control message
+Credit = Annotated[int, msgspec.Meta(ge=0, le=MAX_CREDIT)]
 
 
 class Control(msgspec.Struct, tag_field="op", kw_only=True):
@@ -35,7 +36,7 @@ class Control(msgspec.Struct, tag_field="op", kw_only=True):
 class Hello(Control, tag="hello", kw_only=True):
     """Join ``group`` (created at ``start`` if new); the buffer may send ``credit`` messages before an ack."""
 
-    group: str
+    group: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     lossy: bool = False
     start: Literal["earliest", "now"] = "earliest"
     credit: Credit = 1
@@ -44,7 +45,7 @@ class Hello(Control, tag="hello", kw_only=True):
 class Ack(Control, tag="ack", kw_only=True):
     """The consumer is done with ``offsets`` and may be sent ``credit`` more messages."""
 
-    offsets: list[NonNegative] = []
+    offsets: Annotated[list[NonNegative], msgspec.Meta(max_length=MAX_CREDIT)] = []
     credit: Credit = 0
 
 

@@ -17,20 +17,23 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 
-from beamstream.batch import Batch, NonNegative, Positive, Share
+from beamstream.batch import Batch, NonNegative, ProducerCount, Seq, Share
 from beamstream.errors import ChecksumMismatch, WireFormatError
 from beamstream.wire.frames import decode, frame_buffer, frame_bytes, payload_checksum
 
 WIRE_VERSION = 1
 Checksum = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most uint64
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+MAX_FIELDS = 1024  # arrays in one message
+MAX_DIMENSIONS = 32  # numpy's limit is 64
 
 
 class FieldInfo(msgspec.Struct, frozen=True, array_like=True):
     """Name, dtype and shape (batch axis first) of one array in a message; ``[name, dtype, shape]`` on the wire."""
 
-    name: str
-    dtype: str
-    shape: tuple[NonNegative, ...]
+    name: Name
+    dtype: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    shape: Annotated[tuple[NonNegative, ...], msgspec.Meta(min_length=1, max_length=MAX_DIMENSIONS)]
 
     @classmethod
     def of(cls, name: str, array: np.ndarray) -> FieldInfo:
@@ -45,17 +48,17 @@ class DataHeader(msgspec.Struct, frozen=True):
 
     v: int
     kind: Literal["data"]
-    stream: str
+    stream: Name
     rank: NonNegative
-    producers: Positive
+    producers: ProducerCount
     index: NonNegative
     share: Share
-    first_seq: int
-    last_seq: int
+    first_seq: Seq
+    last_seq: Seq
     seq: bytes
     time: bytes
-    serializer: str
-    fields: list[FieldInfo]
+    serializer: Name
+    fields: Annotated[list[FieldInfo], msgspec.Meta(max_length=MAX_FIELDS)]
     checksum: Checksum | None
     sent: float
 
@@ -75,13 +78,13 @@ class EndMessage(msgspec.Struct, kw_only=True):
 
     v: int = WIRE_VERSION
     kind: Literal["end"] = "end"
-    stream: str
+    stream: Name
     rank: NonNegative
-    producers: Positive
+    producers: ProducerCount
     share: Share
     messages: NonNegative
     events: NonNegative
-    last_seq: int | None
+    last_seq: Seq | None
     status: Literal["ok", "error", "aborted"] = "ok"
     reason: str = ""
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -192,6 +195,7 @@ def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | E
             raise WireFormatError(f"an end message has no payload, got {len(frames) - 1} frames after its header")
         return header
     message = DataMessage.from_header(header, [frame_buffer(frame) for frame in frames[1:]])
+    _check_events(header, message)
     if verify and message.checksum is not None:
         actual = payload_checksum(message.payload)
         if actual != message.checksum:
@@ -200,6 +204,22 @@ def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | E
                 f"{message.last_seq}): payload checksum {actual:#x} != header {message.checksum:#x}"
             )
     return message
+
+
+def _check_events(header: DataHeader, message: DataMessage) -> None:
+    """WireFormatError unless the message's sequence numbers increase, match ``first_seq``/``last_seq``
+    and belong to its producer's share (so accounting can trust them)."""
+    seq, share = message.seq, message.share
+    if share.rank != message.rank or share.producers != message.producers:
+        raise WireFormatError(f"message {message.index} from producer {message.rank} of {message.producers} "
+                              f"carries the share of rank {share.rank} of {share.producers}")
+    if (seq[0], seq[-1]) != (header.first_seq, header.last_seq):
+        raise WireFormatError(f"message {message.index} from producer {message.rank}: events {seq[0]}-{seq[-1]} "
+                              f"but the header says first_seq {header.first_seq}, last_seq {header.last_seq}")
+    if len(seq) > 1 and not (np.diff(seq) > 0).all():
+        raise WireFormatError(f"message {message.index} from producer {message.rank}: sequence numbers do not increase")
+    if not share.owns(seq).all():
+        raise WireFormatError(f"message {message.index} from producer {message.rank}: events outside its share")
 
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,

@@ -20,14 +20,16 @@ class Delivery:
     """One message's frames as they arrived.
 
     ``receipt(message)`` is called once the frames are parsed (a direct transport tells the
-    producer it has the message); ``done()`` once the application asks for the next message
-    (a group member acknowledges it, so a message being worked on when a consumer dies goes
-    to another member). ``skipped``: the running count of messages a lossy reader skipped,
-    where the transport knows it.
+    producer it has the message), or ``refuse(reason)`` instead when the Client will not take
+    it (a message of another stream: a direct transport tells its producer why); ``done()``
+    once the application asks for the next message (a group member acknowledges it, so a
+    message being worked on when a consumer dies goes to another member). ``skipped``: the
+    running count of messages a lossy reader skipped, where the transport knows it.
     """
 
     frames: list[Any]
     receipt: Callable[[DataMessage | EndMessage], None] = _nothing
+    refuse: Callable[[str], None] = _nothing
     done: Callable[[], None] = _nothing
     skipped: int | None = None
 

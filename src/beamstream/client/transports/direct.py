@@ -11,26 +11,28 @@ from beamstream.client.transports.base import Delivery, Transport
 from beamstream.errors import TransportError
 from beamstream.transport import open_socket
 from beamstream.wire import DataMessage, EndMessage
-from beamstream.wire.replies import ACK, kept
+from beamstream.wire.replies import ACK, kept, refused
 
 
 class DirectTransport(Transport):
     """Producers' messages from ``endpoints``, bound or connected.
 
     ``pattern="pull"``: a ROUTER; each data message is answered ``kept`` and each end message
-    ``ack`` to the producer that sent it. ``pattern="sub"``: an XSUB subscribed to everything;
-    each end message is answered ``ack``. ``hwm``: messages queued here before senders wait.
+    ``ack`` to the producer that sent it, or ``refused`` if the Client does not take it. ``pattern="sub"``: an XSUB subscribed to everything;
+    each end message is answered ``ack``. ``hwm``: messages queued here before senders wait;
+    ``max_message``: the largest frame taken (a sender of a larger one is disconnected).
     """
 
     ends_with_verdict = False
 
-    def __init__(self, endpoints: Sequence[str], *, bind: bool, pattern: Literal["pull", "sub"], hwm: int) -> None:
+    def __init__(self, endpoints: Sequence[str], *, bind: bool, pattern: Literal["pull", "sub"], hwm: int,
+                 max_message: int) -> None:
         self.where = ", ".join(endpoints)
         self.context = zmq.Context()
         kind = zmq.ROUTER if pattern == "pull" else zmq.XSUB
         try:
             self.socket = open_socket(self.context, kind, endpoints[0], bind=bind, hwm=hwm,
-                                      replies="out" if kind == zmq.ROUTER else None)
+                                      replies="out" if kind == zmq.ROUTER else None, max_message=max_message)
             for endpoint in endpoints[1:]:
                 (self.socket.bind if bind else self.socket.connect)(endpoint)
         except zmq.ZMQError as exc:
@@ -52,13 +54,18 @@ class DirectTransport(Transport):
                 continue
             frames = self.socket.recv_multipart(copy=False)
             routing = frames[:1] if self.routed else []
-            yield Delivery(frames[len(routing):], receipt=lambda message, routing=routing: self._reply(routing, message))
+            yield Delivery(frames[len(routing):], receipt=lambda message, routing=routing: self._reply(routing, message),
+                           refuse=lambda reason, routing=routing: self._refuse(routing, reason))
 
     def _reply(self, routing: list[zmq.Frame], message: DataMessage | EndMessage) -> None:
         if isinstance(message, EndMessage):
             self.socket.send_multipart([*routing, ACK])
         elif routing:  # a push producer keeps each message until told it arrived
             self.socket.send_multipart([*routing, kept(message.index)])
+
+    def _refuse(self, routing: list[zmq.Frame], reason: str) -> None:
+        if routing:  # a push producer then fails with the reason; a publisher cannot be told apart
+            self.socket.send_multipart([*routing, refused(reason)])
 
     def close(self) -> None:
         if not self.socket.closed:

@@ -28,11 +28,11 @@ class GroupTransport(Transport):
     ends_with_verdict = True
 
     def __init__(self, endpoint: str, *, group: str, lossy: bool, start: Literal["earliest", "now"],
-                 credit: int) -> None:
+                 credit: int, max_message: int) -> None:
         self.where = f"the buffer at {endpoint} (group {group})"
         self.context = zmq.Context()
         try:
-            self.socket = open_socket(self.context, zmq.DEALER, endpoint, bind=False, hwm=credit)
+            self.socket = open_socket(self.context, zmq.DEALER, endpoint, bind=False, hwm=credit, max_message=max_message)
         except TransportError:
             self.context.term()
             raise

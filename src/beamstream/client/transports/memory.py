@@ -14,8 +14,9 @@ class MemoryTransport(Transport):
 
     With ``verdict`` the stream then ends with it, as a buffer would end it; without one it
     ends when every producer's end message has been read, as a direct stream does. Past the
-    last message the transport is silent. ``receipts`` and ``done`` record what the Client
-    acknowledged: the parsed messages, and the positions in ``messages`` it finished.
+    last message the transport is silent. ``receipts``, ``refusals`` and ``done`` record what
+    the Client said: the parsed messages it took, the reasons it refused others, and the
+    positions in ``messages`` it finished.
     """
 
     def __init__(self, messages: Iterable[list[Any]], verdict: Verdict | None = None) -> None:
@@ -24,12 +25,14 @@ class MemoryTransport(Transport):
         self.ends_with_verdict = verdict is not None
         self.where = "memory"
         self.receipts: list[Any] = []
+        self.refusals: list[str] = []
         self.done: list[int] = []
         self.closed = False
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
         for position, frames in enumerate(self.messages):
-            yield Delivery(frames, receipt=self.receipts.append, done=lambda position=position: self.done.append(position))
+            yield Delivery(frames, receipt=self.receipts.append, refuse=self.refusals.append,
+                           done=lambda position=position: self.done.append(position))
         if self.verdict is not None:
             yield StreamEnd(self.verdict)
         while True:
