@@ -377,3 +377,16 @@ def test_a_message_over_the_size_limit_drops_its_sender_and_others_are_served(tm
     finally:
         buffer.close()
     assert sorted(results["ok"]) == list(range(60)) and buffer.counters["messages_in"] == 60
+
+
+@pytest.mark.parametrize("timeout", [1.0, 2.5])
+def test_a_group_member_whose_buffer_is_gone_gives_up_within_its_timeout(tmp_path, timeout):
+    import time
+
+    from beamstream.errors import StreamTimeout
+
+    started = time.monotonic()
+    with Client(f"ipc://{tmp_path / 'nobody'}", group="g", timeout=timeout) as client:
+        with pytest.raises(StreamTimeout, match="nothing arrived from the buffer at"):
+            list(client.messages())
+    assert time.monotonic() - started < timeout + 1.5

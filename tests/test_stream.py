@@ -206,3 +206,32 @@ def test_nothing_served_times_out_with_the_endpoint_named():
     result = run_cli("consume", f"tcp://127.0.0.1:{port}", "--timeout", "0.5")
     assert result.returncode == 1
     assert f"nothing arrived from tcp://127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_to_produce_stops_every_worker_and_the_consumer_hears_aborted(write_spec, tmp_path):
+    """What Slurm's scancel does: SIGTERM to `produce`. Every worker sends an aborted end message and
+    exits, `produce` exits, no process is left, and the consumer's report says aborted."""
+    import psutil
+
+    endpoint = f"ipc://{tmp_path / 'stream'}"
+    path = write_spec({"source": {"type": "simulated", "n_events": 100_000, "rate_hz": 200, "events_per_read": 1,
+                                  "detectors": [{"kind": "waveform", "samples": 64}]},
+                       "sinks": [{"type": "stream", "endpoint": endpoint}]})
+    with Client(endpoint, bind=True, timeout=60) as client:
+        produce = start_cli("produce", str(path), "--workers", "2")
+        events = client.events()
+        for _ in range(20):
+            next(events)
+        workers = psutil.Process(produce.pid).children(recursive=True)
+        produce.send_signal(signal.SIGTERM)
+        with pytest.raises(StreamIncomplete) as raised:
+            for _ in events:
+                pass
+        out, err = produce.communicate(timeout=60)
+    assert produce.returncode == 1 and "Traceback" not in err
+    assert "stopped by SIGTERM" in err
+    assert len(workers) >= 2 and not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+                                         for worker in workers)
+    report = raised.value.report
+    assert {record.end.status for record in report.records.values()} == {"aborted"}
+    assert "ended with status aborted: stopped by SIGTERM" in report.summary()

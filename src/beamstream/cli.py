@@ -111,7 +111,7 @@ def produce(
 ) -> None:
     """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
     from beamstream.display import ProducerProgress, workers_table
-    from beamstream.producer import run_local, run_mpi, run_worker
+    from beamstream.producer import abort_on_signals, run_local, run_mpi, run_worker
     from beamstream.spec import load_spec
 
     spec = load_spec(spec_file)
@@ -119,6 +119,7 @@ def produce(
     if rank is not None or producers is not None:
         if rank is None or producers is None or stream_id is None or rank >= producers:
             fail("--rank R needs --producers N (R < N) and --stream-id ID, the same for every rank", code=2)
+        abort_on_signals()
         stats = run_worker(spec, rank, producers, stream_id)
         console.print(workers_table([stats], f"stream {stream_id}, rank {rank} of {producers}"))
         if stats.status != "ok":
@@ -181,6 +182,9 @@ def consume(
                 if max_events is not None and client.report.events >= max_events:
                     console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")
                     return
+    except KeyboardInterrupt:
+        console.print(client.report.summary(), highlight=False)
+        raise typer.Exit(130) from None
     except StreamIncomplete as exc:
         console.print(exc.report.summary(), highlight=False)
         raise typer.Exit(1) from None

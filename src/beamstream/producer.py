@@ -8,9 +8,11 @@ finished (``status`` ok, error or aborted). Workers are local processes
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,12 +56,30 @@ def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
     return batches
 
 
+STOP_GRACE_S = 10.0
+"""Seconds stopped workers get to send their end messages before they are killed."""
+
+
 class _Aborted(BaseException):
-    """Raised inside a worker on SIGTERM so it can still send its end message."""
+    """Raised inside a worker on SIGTERM or SIGINT so it can still send its end message."""
 
 
 def _raise_aborted(signum: int, frame: Any) -> None:
-    raise _Aborted(f"stopped by signal {signum}")
+    raise _Aborted(f"stopped by {signal.Signals(signum).name}")
+
+
+def abort_on_signals() -> None:
+    """In a producer process: SIGTERM (Slurm's scancel, a time limit, the parent stopping) and SIGINT (Ctrl-C on the
+    terminal's process group) end its share with an ``aborted`` end message; so does its parent's death."""
+    signal.signal(signal.SIGTERM, _raise_aborted)
+    signal.signal(signal.SIGINT, _raise_aborted)
+    try:  # Linux: SIGTERM when the parent dies, so no worker outlives a killed `produce`
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
@@ -116,7 +136,7 @@ _COUNTERS = ("events", "messages", "bytes")
 
 
 def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any) -> None:
-    signal.signal(signal.SIGTERM, _raise_aborted)
+    abort_on_signals()
     spec = spec_from_json(spec_json)
 
     def report(stats: WorkerStats) -> None:
@@ -165,7 +185,10 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
     """Run ``spec`` in ``workers`` local processes and wait for all of them.
 
     ``on_progress`` receives every worker's running totals about every ``poll_interval`` seconds.
-    A worker that dies is reported in ``RunResult.errors`` with its exit code.
+    A worker that dies is reported in ``RunResult.errors`` with its exit code. SIGTERM or SIGINT
+    (when called from the main thread) stops the workers: each ends its share with an
+    ``aborted`` end message, those still running after :data:`STOP_GRACE_S` are killed (at once
+    on a second signal), and the result reports them. No worker outlives this call.
     """
     stream_id = stream_id or new_stream_id()
     ctx = multiprocessing.get_context("spawn")
@@ -189,17 +212,16 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
             result.append(WorkerStats(rank, *values, started=started, status=status))
         return result
 
-    try:
-        while any(process.is_alive() for process in processes):
-            alive = [process.sentinel for process in processes if process.is_alive()]
-            multiprocessing.connection.wait(alive, timeout=poll_interval)
-            on_progress(snapshot())
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join()
-        raise
+    with _StopSignals() as stop:
+        try:
+            while any(process.is_alive() for process in processes):
+                alive = [process.sentinel for process in processes if process.is_alive()]
+                multiprocessing.connection.wait(alive, timeout=poll_interval)
+                on_progress(snapshot())
+                if stop.received:
+                    _stop_workers(processes, kill=len(stop.received) > 1)
+        finally:
+            _stop_workers(processes, kill=False)
     final = snapshot()
     errors: dict[int, str] = {}
     while not errors_queue.empty():
@@ -212,7 +234,40 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
     return RunResult(stream_id, final, errors, time.time() - started)
 
 
-# --- MPI producers --------------------------------------------------------------------------
+class _StopSignals:
+    """While active (in the main thread), SIGTERM and SIGINT are recorded in ``received`` instead of ending
+    the process, so that :func:`run_local` can stop its workers and still report on them."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, lambda number, frame: self.received.append(number))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_workers(processes: list[Any], kill: bool) -> None:
+    """Stop the workers still running: SIGTERM (they send an ``aborted`` end), SIGKILL after
+    :data:`STOP_GRACE_S` or at once with ``kill``; returns once none is left."""
+    alive = [process for process in processes if process.is_alive()]
+    for process in alive:
+        process.kill() if kill else process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in alive:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+# --- MPI ranks --------------------------------------------------------------------------
 
 
 def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
@@ -229,7 +284,7 @@ def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
     rank, producers = comm.Get_rank(), comm.Get_size()
     stream_id = comm.bcast(stream_id or new_stream_id() if rank == 0 else None, root=0)
     started = time.time()
-    signal.signal(signal.SIGTERM, _raise_aborted)
+    abort_on_signals()
     try:
         stats = run_worker(spec, rank, producers, stream_id)
         error = None if stats.status == "ok" else stats.reason
