@@ -8,7 +8,7 @@ import pytest
 from beamstream.batch import Batch, Share
 from beamstream.client import Client
 from beamstream.client.transports.memory import MemoryTransport
-from beamstream.errors import ChecksumMismatch, OptionError, StreamIncomplete, StreamTimeout
+from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout
 from beamstream.serializers.arrays import ArraysSerializer
 from beamstream.wire import EndMessage, message_from_batch
 from beamstream.wire.control import Verdict
@@ -49,12 +49,16 @@ def test_arrays_are_read_only_views_of_the_frames():
         assert not message.arrays["image"].flags.writeable
 
 
-def test_a_corrupt_payload_is_refused():
+def test_a_corrupt_or_malformed_message_is_refused_and_never_passes_as_data():
     frames = data(0)
     frames[1] = b"\x01" + frames[1][1:]
-    with Client.over(MemoryTransport([frames, end(1)]), timeout=1) as client:
-        with pytest.raises(ChecksumMismatch, match="message 0 from producer 0"):
+    transport = MemoryTransport([frames, [b"\xc1 junk"], data(1), end(2)])
+    with Client.over(transport, timeout=1) as client:
+        with pytest.raises(StreamIncomplete, match="4 events never arrived: 0-1, 4-5") as raised:
             list(client.messages())
+    assert transport.refusals[0].startswith("message 0 from producer 0 (events 0-1): payload checksum")
+    assert "is not msgpack" in transport.refusals[1] and transport.done == [0, 1, 2, 3]
+    assert raised.value.report.refused == 2 and "2 unreadable messages refused" in raised.value.report.summary()
 
 
 def test_a_missing_message_makes_the_stream_incomplete_naming_it():

@@ -212,3 +212,11 @@ def test_share_counts_and_positions_agree_with_its_list():
         assert share.count() == len(seqs) and share.positions(seqs).tolist() == list(range(len(seqs)))
         assert [s for a, b in share.seq_ranges(0, len(seqs) - 1, 10**6) for s in range(a, b + 1)] == seqs.tolist()
         assert share.count(until=50) == len(seqs[seqs < 50])
+
+
+@pytest.mark.parametrize("kind", [{"a": 1}, [1], 3.5, None, b"data"])
+def test_a_header_kind_of_any_type_is_refused(kind):
+    frames = frames_of(ArraysSerializer())
+    frames[0] = msgpack.packb({**msgpack.unpackb(frames[0]), "kind": kind})
+    with pytest.raises(WireFormatError, match="unknown message kind"):
+        parse_message(frames)

@@ -105,6 +105,7 @@ class StreamReport:
     bytes: int = 0
     duplicates: int = 0
     foreign: int = 0
+    refused: int = 0  # unreadable messages (malformed, or a payload that did not match its checksum)
     skipped: int = 0
     verdict: Verdict | None = None  # a buffer's verdict on the whole stream, for a consumer of a group
 
@@ -209,4 +210,5 @@ class StreamReport:
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
         extra = [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
+        extra += [f"{self.refused} unreadable messages refused"] if self.refused else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])

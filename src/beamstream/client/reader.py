@@ -6,7 +6,10 @@
     print(client.report.summary())
 
 Iteration ends when every producer has sent its end-of-stream message (or, reading through a
-buffer, when the buffer says the stream has ended). If the stream then lacks events, or goes
+buffer, when the buffer says the stream has ended). A message that cannot be read (malformed,
+or a payload that does not match its checksum) or belongs to another stream is refused — its
+producer is told why where the transport can say so — counted in the report and logged; it
+never ends the iteration. If the stream then lacks events, or goes
 silent for ``timeout`` seconds first, StreamIncomplete is raised (its ``report`` names the
 missing sequence ranges): nothing incomplete passes as complete. Received arrays are
 read-only views that keep their message alive.
@@ -27,9 +30,9 @@ from typing import Any, Literal
 import numpy as np
 
 from beamstream.accounting import StreamReport
-from beamstream.client.transports.base import StreamEnd, Transport
+from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.codecs import decode_payload
-from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, TransportError
+from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, TransportError, WireFormatError
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
@@ -137,6 +140,7 @@ class Client:
         self.report = StreamReport(endpoints=endpoints, stream=stream)
         self._seen: set[tuple[int, int]] = set()
         self._foreign_streams: set[str] = set()
+        self._refusals_logged: set[str] = set()
         self._closed = False
 
     def __enter__(self) -> Client:
@@ -164,7 +168,11 @@ class Client:
                 break
             if item.skipped is not None:
                 self.report.skipped = item.skipped
-            message = parse_message(item.frames, verify=self.verify)
+            try:
+                message = parse_message(item.frames, verify=self.verify)
+            except WireFormatError as exc:
+                self._refuse(item, str(exc))
+                continue
             if self._foreign(message):
                 item.refuse(f"this consumer reads stream {self.report.stream!r}, not {message.stream!r}")
             else:
@@ -180,6 +188,16 @@ class Client:
         """Events of every message, in arrival order."""
         for message in self.messages():
             yield from message.events()
+
+    def _refuse(self, item: Delivery, reason: str) -> None:
+        """Refuse a message that is not a readable beamstream message (malformed, or its payload does not match
+        its checksum): tell its sender where the transport can, count it, log it once per reason, go on."""
+        self.report.refused += 1
+        if reason not in self._refusals_logged and len(self._refusals_logged) < 100:
+            self._refusals_logged.add(reason)
+            logger.warning("refused a message from %s: %s", self.transport.where, reason)
+        item.refuse(reason)
+        item.done()
 
     def _foreign(self, message: DataMessage | EndMessage) -> bool:
         """True (counted, and logged once per stream id) for a message of another stream than the one

@@ -158,6 +158,7 @@ _encoder = msgspec.msgpack.Encoder()
 _envelope = msgspec.msgpack.Decoder(_Envelope)
 _data_header = msgspec.msgpack.Decoder(DataHeader)
 _end_message = msgspec.msgpack.Decoder(EndMessage)
+_decoders = {"data": _data_header, "end": _end_message}
 
 
 def parse_header(frame: Any) -> DataHeader | EndMessage:
@@ -175,7 +176,7 @@ def parse_header(frame: Any) -> DataHeader | EndMessage:
             f"message uses wire format version {envelope.v!r}; this beamstream reads version {WIRE_VERSION}: "
             "run producer and consumer with the same beamstream release"
         )
-    decoder = {"data": _data_header, "end": _end_message}.get(envelope.kind)
+    decoder = _decoders.get(envelope.kind) if isinstance(envelope.kind, str) else None
     if decoder is None:
         raise WireFormatError(f"unknown message kind {envelope.kind!r}")
     return decode(decoder, raw, "message header")
