@@ -390,3 +390,36 @@ def test_a_group_member_whose_buffer_is_gone_gives_up_within_its_timeout(tmp_pat
         with pytest.raises(StreamTimeout, match="nothing arrived from the buffer at"):
             list(client.messages())
     assert time.monotonic() - started < timeout + 1.5
+
+
+def test_a_group_that_never_reads_is_dropped_instead_of_blocking_every_producer(tmp_path):
+    """A member joins group 'lazy' and never acknowledges: once memory is full and it has held producers
+    back for group_stall_s, the group is dropped (its member told why) and the real group gets everything."""
+    import zmq
+
+    from beamstream.wire.control import Error, Hello, ToConsumer, pack, unpack
+
+    buffer = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_bytes=1 << 20,
+                         group_stall_s=1.0).start()
+    lazy = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        lazy.connect(f"ipc://{tmp_path / 'out'}")
+        lazy.send(pack(Hello(group="lazy", credit=1)))
+        wait_until(lambda: "lazy" in buffer.message_log.groups, "the lazy group to join")
+        results: dict = {}
+        reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
+        spec = waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=80, samples=32768)  # 128 kB events, 10 MB
+        assert run_local(spec, workers=1).ok
+        reader.join(timeout=60)
+        told = []
+        while lazy.poll(1000):
+            frames = lazy.recv_multipart()
+            if isinstance(control := unpack(frames[0], ToConsumer), Error):
+                told.append(control.reason)
+    finally:
+        lazy.close(linger=0)
+        buffer.close()
+    assert sorted(results["ok"]) == list(range(80)) and results["ok.report"].complete
+    assert told and "group lazy was dropped: it acknowledged nothing for 1 s" in told[0]
+    assert "lazy" not in buffer.message_log.groups and buffer.counters["groups_dropped"] == 1
+    assert buffer.message_log.resident_bytes <= (1 << 20) + 128 * 1024 * 2

@@ -122,3 +122,27 @@ def test_mpirun_ranks_are_the_workers(write_spec, tmp_path):
     assert sorted(event.seq for event in events) == list(range(30))
     assert client.report.producers == 2 and {event.rank for event in events} == {0, 1}
     assert "30 events" in outcome["run"].stderr
+
+
+def test_version_and_machine_readable_output_on_stdout(tmp_path, write_spec):
+    import json
+    from importlib.metadata import version
+
+    assert run_cli("--version").stdout.strip() == f"beamstream {version('beamstream')}"
+    plugins = json.loads(run_cli("plugins", "--json").stdout)
+    assert "simulated" in plugins["sources"] and "arrays" in plugins["serializers"]
+    good = write_spec({"source": {"type": "simulated", "n_events": 4}, "sinks": [{"type": "files", "dir": "out"}]},
+                      "good.yaml")
+    bad = write_spec({"source": {"type": "simulated", "n_eventz": 4}, "sinks": []}, "bad.yaml")
+    result = run_cli("spec", "check", "--json", str(good), str(bad))
+    checked = json.loads(result.stdout)
+    assert result.returncode == 1 and [entry["ok"] for entry in checked] == [True, False]
+    assert checked[0]["source"] == "simulated" and "source.n_eventz: unknown option" in checked[1]["problems"]
+    assert json.loads(run_cli("spec", "schema").stdout)["title"] == "StreamSpec"
+
+
+def test_consume_does_not_overwrite_an_output_file_without_force(tmp_path):
+    (tmp_path / "run.tar").write_bytes(b"precious")
+    result = run_cli("consume", "tcp://127.0.0.1:1", "--out", str(tmp_path / "run.tar"), "--timeout", "0.5")
+    assert result.returncode == 1 and "run.tar exists; pass --force to overwrite it" in result.stderr
+    assert (tmp_path / "run.tar").read_bytes() == b"precious"

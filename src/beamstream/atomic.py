@@ -2,13 +2,16 @@
 
 Every file beamstream writes for others to read (saved messages, CXI files, end-of-stream
 records, the buffer's group positions and segment indexes) goes through here, so a reader
-never sees half a file, also after a crash of the machine.
+never sees half a file, also after a crash of the machine; they are created private
+(:mod:`beamstream.modes`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from beamstream.modes import create_file
 
 
 def partial_path(path: Path) -> Path:
@@ -37,7 +40,8 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """
     partial = partial_path(path)
     try:
-        partial.write_bytes(data)
+        with os.fdopen(create_file(partial), "wb") as file:
+            file.write(data)
         commit(path)
     except OSError:
         partial.unlink(missing_ok=True)

@@ -37,9 +37,20 @@ class LogLevel(str, Enum):
     error = "error"
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"beamstream {version('beamstream')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def configure(log_level: Annotated[LogLevel, typer.Option(
+def configure(
+    log_level: Annotated[LogLevel, typer.Option(
         help="show log lines of this level and above, on standard error", case_sensitive=False)] = LogLevel.info,
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                          help="print beamstream's version and exit")] = False,
 ) -> None:
     """Stream X-ray facility data from sources to consumers."""
     configure_logging(log_level.value)
@@ -60,23 +71,32 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @spec_app.command("check")
-def spec_check(files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)")]) -> None:
+def spec_check(
+    files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON result per file on standard output")] = False,
+) -> None:
     """Validate spec files; print every problem with its location."""
     from beamstream.spec import load_spec
 
-    failed = 0
+    results = []
     for path in files:
         try:
             spec = load_spec(path)
         except BeamstreamError as exc:
-            console.print(f"[red]✗[/] {exc}", highlight=False)
-            failed += 1
+            results.append({"file": str(path), "ok": False, "problems": str(exc)})
+            if not as_json:
+                console.print(f"[red]✗[/] {exc}", highlight=False)
             continue
-        steps = " → ".join(step.type for step in spec.steps) or "(no steps)"
-        sinks = ", ".join(sink.type for sink in spec.sinks)
-        console.print(f"[green]✓[/] {path}: {spec.source.type} → {steps} → {spec.serializer.type} → {sinks}",
-                      highlight=False)
-    if failed:
+        stages = {"source": spec.source.type, "steps": [step.type for step in spec.steps],
+                  "serializer": spec.serializer.type, "sinks": [sink.type for sink in spec.sinks]}
+        results.append({"file": str(path), "ok": True, **stages})
+        if not as_json:
+            steps = " → ".join(stages["steps"]) or "(no steps)"
+            console.print(f"[green]✓[/] {path}: {stages['source']} → {steps} → {stages['serializer']} → "
+                          f"{', '.join(stages['sinks'])}", highlight=False)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if not all(result["ok"] for result in results):
         raise typer.Exit(1)
 
 
@@ -89,10 +109,13 @@ def spec_schema() -> None:
 
 
 @app.command()
-def plugins() -> None:
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on standard output")] = False) -> None:
     """List the installed sources, steps, serializers and sinks."""
     from beamstream.plugins import installed_plugins
 
+    if as_json:
+        print(json.dumps(installed_plugins(), indent=2))
+        return
     for kind, names in installed_plugins().items():
         console.print(f"[bold]{kind}[/]: {', '.join(names)}")
 
@@ -146,6 +169,7 @@ def produce(
 def consume(
     endpoints: Annotated[list[str], typer.Argument(help="endpoints to read, e.g. tcp://127.0.0.1:5555")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="directory for .h5 files, or FILE.tar")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite output files that exist")] = False,
     max_events: Annotated[Optional[int], typer.Option(min=1, help="stop after this many events")] = None,
     timeout: Annotated[float, typer.Option(help="seconds of silence before giving up")] = 30.0,
     bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
@@ -172,7 +196,11 @@ def consume(
                         group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
     except OptionError as exc:
         fail(_option_names(str(exc)), code=2)
-    saver = MessageSaver.open(out) if out else None
+    try:
+        saver = MessageSaver.open(out, overwrite=force) if out else None
+    except BeamstreamError:
+        client.close()
+        raise
     try:
         with client, ConsumerProgress() as progress:
             for message in client.messages():
@@ -226,6 +254,7 @@ def buffer(
     retention_s: Annotated[Optional[float], typer.Option("--retention", help=_help("retention_s"))] = None,
     producer_timeout_s: Annotated[Optional[float], typer.Option("--producer-timeout",
                                                                 help=_help("producer_timeout_s"))] = None,
+    group_stall_s: Annotated[Optional[float], typer.Option("--group-stall", help=_help("group_stall_s"))] = None,
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
@@ -239,7 +268,7 @@ def buffer(
 
 
 # BufferConfig fields whose command-line option has another name
-OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout"}
+OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout", "group_stall_s": "--group-stall"}
 
 
 def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:

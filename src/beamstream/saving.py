@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from beamstream.atomic import write_atomically
+from beamstream.modes import create_file, make_dirs
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.codecs import decode_payload
 from beamstream.codecs.hdf5 import Compression, batch_to_hdf5_bytes
@@ -45,28 +47,40 @@ def save_file(path: Path, data: bytes) -> None:
 
 
 class MessageSaver:
-    """Writes each message as one .h5 file into a directory, or as one member of a tar archive."""
+    """Writes each message as one .h5 file into a directory, or as one member of a tar archive.
 
-    def __init__(self, directory: Path | None = None, archive: tarfile.TarFile | None = None) -> None:
+    Files are created private (:mod:`beamstream.modes`). An existing file is not overwritten
+    unless ``overwrite``: TransportError names it and says to pass ``--force``.
+    """
+
+    def __init__(self, directory: Path | None = None, archive: tarfile.TarFile | None = None,
+                 overwrite: bool = False) -> None:
         self.directory = directory
         self.archive = archive
+        self.overwrite = overwrite
 
     @classmethod
-    def open(cls, out: Path) -> MessageSaver:
+    def open(cls, out: Path, overwrite: bool = False) -> MessageSaver:
         """A saver for ``out``: a tar archive when it ends in .tar, else a directory (created if needed)."""
         try:
             if out.suffix == ".tar":
-                return cls(archive=tarfile.open(out, "w"))
-            out.mkdir(parents=True, exist_ok=True)
+                file = os.fdopen(create_file(out, exclusive=not overwrite), "wb")
+                return cls(archive=tarfile.open(fileobj=file, mode="w"), overwrite=overwrite)
+            make_dirs(out)
+        except FileExistsError:
+            raise TransportError(f"{out} exists; pass --force to overwrite it") from None
         except OSError as exc:
             raise TransportError(f"cannot write to {out}: {exc.strerror or exc}") from None
-        return cls(directory=out)
+        return cls(directory=out, overwrite=overwrite)
 
     def save(self, message: Any) -> None:
         name = message_filename(message)
         image = message_h5_bytes(message)
         if self.archive is None:
-            save_file(self.directory / name, image)
+            path = self.directory / name
+            if not self.overwrite and path.exists():
+                raise TransportError(f"{path} exists; pass --force to overwrite it")
+            save_file(path, image)
             return
         info = tarfile.TarInfo(name)
         info.size = len(image)
@@ -79,3 +93,4 @@ class MessageSaver:
     def close(self) -> None:
         if self.archive is not None:
             self.archive.close()
+            self.archive.fileobj.close()  # tarfile leaves a file it was handed open

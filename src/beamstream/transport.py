@@ -5,12 +5,15 @@ What travels over them is defined in :mod:`beamstream.wire`.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 import zmq
 
 from beamstream.errors import TransportError
+from beamstream.modes import file_mode
 
 def rank_endpoint(endpoint: str, rank: int) -> str:
     """The endpoint producer ``rank`` binds when every producer binds its own.
@@ -70,6 +73,8 @@ def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, h
     try:
         if bind:
             socket.bind(endpoint)
+            if endpoint.startswith("ipc://"):
+                _make_private(Path(endpoint.removeprefix("ipc://")))
         else:
             socket.connect(endpoint)
     except zmq.ZMQError as exc:
@@ -78,3 +83,9 @@ def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, h
         hint = " (is another process using it?)" if exc.errno == zmq.EADDRINUSE else ""
         raise TransportError(f"cannot {action} {endpoint}: {exc.strerror}{hint}") from None
     return socket
+
+
+def _make_private(socket_path: Path) -> None:
+    """Let only the owner connect to a bound ipc:// socket (its file mode; connecting needs write)."""
+    with contextlib.suppress(OSError):  # an abstract or already removed socket has no file to change
+        socket_path.chmod(file_mode() | 0o200)

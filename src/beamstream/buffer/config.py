@@ -64,6 +64,9 @@ class BufferConfig(SpecModel):
                                       "(none: until the spill is full); with backend: the JetStream stream's maximum age")
     producer_timeout_s: float = Field(60.0, gt=0, description="seconds without a word from producers that have "
                                       "not ended before the stream is declared incomplete")
+    group_stall_s: float = Field(60.0, gt=0, description="seconds a lossless group may keep a full buffer's "
+                                 "producers waiting without acknowledging anything before it is dropped "
+                                 "(its members are told why)")
     backend: str | None = Field(None, description="keep the stream in NATS JetStream instead, nats://HOST:PORT/NAME; "
                                 "consumers read that URL")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "

@@ -59,7 +59,8 @@ class LocalBuffer(Buffer):
     def __init__(self, producer_endpoint: str, consumer_endpoint: str, *, max_bytes: int = 2 << 30, hwm: int = 4,
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
-                 producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE,
+                 group_stall_s: float = 60.0) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
@@ -69,6 +70,7 @@ class LocalBuffer(Buffer):
         self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval
+        self.group_stall_s = group_stall_s
         self.next_probe = 0.0
         self.spill = Path(spill) if spill is not None else None
         self.ends = Segments.recover(self.spill / "ends") if self.spill else None
@@ -80,7 +82,7 @@ class LocalBuffer(Buffer):
         self._restore()
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
         self.last_size = 0
-        self.counters.update(messages_out=0, bytes_out=0)
+        self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
 
     @property
@@ -134,6 +136,8 @@ class LocalBuffer(Buffer):
         reading_producers = False
         while not self.stopping:
             room = self.message_log.make_room(self.last_size)
+            if not room and self._drop_stalled_groups():
+                room = self.message_log.make_room(self.last_size)
             if room != reading_producers:
                 (poller.register(self.producer_socket, zmq.POLLIN) if room else poller.unregister(self.producer_socket))
                 reading_producers = room
@@ -147,6 +151,21 @@ class LocalBuffer(Buffer):
                 self._probe()
                 self.save_groups()
                 self._trim_when_idle()
+
+    def _drop_stalled_groups(self) -> bool:
+        """Drop the lossless groups that keep producers waiting without acknowledging anything for
+        ``group_stall_s``; their members are told why. True if any was dropped."""
+        stalled = self.message_log.stalled_groups(self.group_stall_s)
+        for group in stalled:
+            reason = (f"group {group.name} was dropped: it acknowledged nothing for {self.group_stall_s:g} s "
+                      "while the buffer was full and producers waited for it")
+            logger.warning("%s (%d members)", reason, len(group.members))
+            for identity in list(group.members):
+                self.members.pop(identity, None)
+                self._send_consumer(identity, [pack(Error(reason=reason))])
+            self.message_log.drop_group(group)
+            self.counters["groups_dropped"] += 1
+        return bool(stalled)
 
     def _trim_when_idle(self) -> None:
         """Give freed message memory back to the system once a probe interval passed with no message in or out."""

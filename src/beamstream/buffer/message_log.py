@@ -17,6 +17,7 @@ of messages some lossless group still needs.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,12 +66,16 @@ class Group:
     delivered: int = 0
     skipped: int = 0
     end_sent: set[bytes] = field(default_factory=set)
+    progressed_at: float = field(default_factory=time.monotonic)  # when low_water last moved (or the group began)
 
     def acknowledge(self, offset: int) -> None:
         self.acked.add(offset)
+        before = self.low_water
         while self.low_water in self.acked:
             self.acked.discard(self.low_water)
             self.low_water += 1
+        if self.low_water != before:
+            self.progressed_at = time.monotonic()
 
     def outstanding(self) -> int:
         """Messages handed out and not yet acknowledged."""
@@ -207,6 +212,21 @@ class MessageLog:
                 yield group, member, entry
 
     # --- memory -------------------------------------------------------------------------------
+
+    def stalled_groups(self, seconds: float) -> list[Group]:
+        """The lossless groups that hold the oldest message still needed and have not acknowledged anything
+        for ``seconds``: the ones keeping producers waiting when the log is full."""
+        lossless = [group for group in self.groups.values() if not group.lossy]
+        if not lossless:
+            return []
+        needed_by = min(group.low_water for group in lossless)
+        now = time.monotonic()
+        return [group for group in lossless
+                if group.low_water == needed_by and now - group.progressed_at > seconds]
+
+    def drop_group(self, group: Group) -> None:
+        """Forget ``group``: its position and what it has not acknowledged no longer hold messages back."""
+        self.groups.pop(group.name, None)
 
     def evict(self, needed: int = 0) -> None:
         """Make room for ``needed`` more bytes, never dropping a message a lossless group still needs.

@@ -42,7 +42,8 @@ def open_buffer(config: BufferConfig) -> Buffer:
 
         buffer = LocalBuffer(config.producers, config.consumers, max_bytes=config.max_memory, hwm=config.hwm,
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
-                             producer_timeout_s=config.producer_timeout_s, max_message=config.max_message)
+                             producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
+                             group_stall_s=config.group_stall_s)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)

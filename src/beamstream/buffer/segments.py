@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import xxhash
 
 from beamstream.atomic import write_atomically
+from beamstream.modes import create_file, make_dirs
 from beamstream.errors import BeamstreamError
 from beamstream.wire.frames import frame_buffer
 from beamstream.wire.spill import HEAD, INDEX_ENTRY, INDEX_HEAD, INDEX_MAGIC, KIND_NAMES, KINDS, MAGIC, TAIL
@@ -101,7 +102,7 @@ class Segments:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory)
             probe = self.directory / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
@@ -191,7 +192,7 @@ class Segments:
     def _roll(self, offset: int) -> None:
         self.close()
         self._path = self.directory / f"seg-{offset:012d}.bss"
-        self._file = open(self._path, "ab")
+        self._file = os.fdopen(create_file(self._path, append=True), "ab")
 
     def close(self) -> None:
         """Seal the segment being written (close it and write its index)."""

@@ -23,6 +23,7 @@ from beamstream.codecs import decode_payload
 from beamstream.codecs.hdf5 import Compression, filter_options
 from beamstream.stages import SinkContext, SinkSpec
 from beamstream.atomic import commit, partial_path
+from beamstream.modes import create_file, make_dirs
 from beamstream.saving import message_h5_bytes, safe_name, save_file
 from beamstream.wire import DataMessage, EndMessage
 
@@ -39,7 +40,7 @@ def file_prefix(context: SinkContext) -> str:
 def prepare_directory(directory: Path) -> None:
     """Create ``directory`` if needed; TransportError naming it if it cannot be created or written."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
     except OSError as exc:
         raise TransportError(f"files sink: cannot create directory {str(directory)!r}: {exc.strerror or exc}; "
                              "set dir: to a writable directory") from None
@@ -113,6 +114,7 @@ class CxiFile(FilesWriter):
         self.path = directory / f"{self.prefix}.cxi"
         self.options = filter_options(compression, level)
         try:
+            os.close(create_file(partial_path(self.path)))  # private from the start; h5py keeps the mode
             self.h5 = h5py.File(partial_path(self.path), "w", libver="latest")
             self.h5["cxi_version"] = CXI_VERSION
             meta = self.h5.require_group(CXI_META)
