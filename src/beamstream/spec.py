@@ -12,12 +12,12 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import MissingDependency, SpecError
 from beamstream.plugins import plugin, plugin_names
+from beamstream.spec_input import check_data_shape, parse_yaml, read_spec_text
 from beamstream.stages import SerializerSpec, SinkSpec, SourceSpec, SpecModel, StepSpec
 
 SPEC_DOC = """A stream: where events come from, how they are processed, encoded and delivered.
@@ -80,6 +80,7 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
     """
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: expected a mapping with keys source, steps, serializer, sinks; got {type(data).__name__}")
+    check_data_shape(data, origin)
     _raise_missing_plugins(data, origin)
     try:
         return spec_model().model_validate(data)
@@ -90,21 +91,10 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
 
 
 def load_spec(path: str | Path) -> Any:
-    """Read and validate a spec file (YAML, or JSON which is YAML too)."""
+    """Read and validate a spec file (YAML, or JSON which is YAML too); its bytes are checked before they
+    are parsed (:mod:`beamstream.spec_input`)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise SpecError(f"{path}: not valid YAML at {where}: {exc.problem}") from None
-    return parse_spec(data, origin=str(path))
+    return parse_spec(parse_yaml(read_spec_text(path), str(path)), origin=str(path))
 
 
 def spec_to_json(spec: BaseModel) -> str:

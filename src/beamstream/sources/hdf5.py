@@ -21,6 +21,7 @@ from pydantic import Field
 
 from beamstream.batch import Batch, Share
 from beamstream.errors import SourceError
+from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH
 from beamstream.stages import SourceSpec
 
 CXI_DATA = "/entry_1/data_1/data"
@@ -224,8 +225,8 @@ class HDF5Source(SourceSpec):
     files: list[str] = Field(min_length=1)
     datasets: dict[str, str] = Field(default_factory=lambda: {"data": CXI_DATA}, min_length=1)
     time_dataset: str | None = None
-    events_per_read: int = Field(0, ge=0)
-    max_events: int | None = Field(None, ge=0)
+    events_per_read: int = Field(0, ge=0, le=MAX_EVENTS_PER_BATCH)
+    max_events: int | None = Field(None, ge=0, le=MAX_EVENTS)
 
     def open(self) -> HDF5Reader:
         """Check every file and dataset now, so that ``read`` does not fail half way.

@@ -15,17 +15,20 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from beamstream.batch import Batch, Share
+from beamstream.limits import MAX_EVENT_BYTES, Axis, BatchSize, EventCount, Rate, Shape, check_memory
 from beamstream.stages import SourceSpec, SpecModel
 
 
 def _check_dtype(value: str) -> str:
     try:
-        np.dtype(value)
+        kind = np.dtype(value).kind
     except TypeError:
         raise ValueError(f"not a numpy dtype: {value!r} (e.g. uint16, float32)") from None
+    if kind not in "biuf":
+        raise ValueError(f"not a numeric dtype: {value!r} (e.g. uint16, float32)")
     return value
 
 
@@ -43,15 +46,18 @@ class ImageDetector(SpecModel):
 
     kind: Literal["image"] = "image"
     name: str = "image"
-    shape: list[int] = Field(default_factory=lambda: [1024, 1024], min_length=2)
+    shape: Shape = Field(default_factory=lambda: [1024, 1024], min_length=2)
     dtype: str = "uint16"
     background: float = 10.0
     noise: float = 3.0
-    peaks: int = Field(10, ge=0)
+    peaks: int = Field(10, ge=0, le=100_000)
     peak_sigma: float = Field(1.5, gt=0)
     peak_amplitude: float = 500.0
 
     _dtype = field_validator("dtype")(_check_dtype)
+
+    def event_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=object)) * np.dtype(self.dtype).itemsize
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         frame = rng.normal(self.background, self.noise, self.shape)
@@ -89,15 +95,18 @@ class WaveformDetector(SpecModel):
 
     kind: Literal["waveform"] = "waveform"
     name: str = "waveform"
-    samples: int = Field(4096, gt=0)
+    samples: Axis = 4096
     dtype: str = "float32"
-    hits: int = Field(5, ge=0)
+    hits: int = Field(5, ge=0, le=100_000)
     hit_width: float = Field(2.0, gt=0)
     hit_amplitude: float = 100.0
     baseline: float = 0.0
     noise: float = 1.0
 
     _dtype = field_validator("dtype")(_check_dtype)
+
+    def event_bytes(self) -> int:
+        return self.samples * np.dtype(self.dtype).itemsize
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         times = np.sort(rng.uniform(0, self.samples, self.hits))
@@ -132,11 +141,11 @@ class SimulatedSource(SourceSpec):
     """
 
     type: Literal["simulated"] = "simulated"
-    n_events: int | None = Field(100, ge=1)
-    seed: int = 0
-    rate_hz: float | None = Field(None, gt=0)
-    bank_size: int = Field(16, ge=1)
-    events_per_read: int = Field(16, ge=1)
+    n_events: EventCount | None = 100
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    rate_hz: Rate | None = None
+    bank_size: int = Field(16, ge=1, le=1 << 16)
+    events_per_read: BatchSize = 16
     detectors: list[Detector] = Field(default_factory=lambda: [ImageDetector()], min_length=1)
 
     @field_validator("detectors")
@@ -147,7 +156,21 @@ class SimulatedSource(SourceSpec):
             raise ValueError(f"detector names must be unique, got {names}")
         return detectors
 
+    @model_validator(mode="after")
+    def _events_fit(self) -> SimulatedSource:
+        for detector in self.detectors:
+            if detector.event_bytes() > MAX_EVENT_BYTES:
+                raise ValueError(f"detector {detector.name}: {detector.event_bytes():,} bytes per event; "
+                                 f"at most {MAX_EVENT_BYTES:,}")
+        return self
+
+    def memory_estimate(self) -> int:
+        """Bytes a worker holds: its bank of frames, plus one read of events."""
+        return (self.bank_size + self.events_per_read) * sum(detector.event_bytes() for detector in self.detectors)
+
     def open(self) -> SimulatedReader:
+        """The reader; SourceError if its bank would not fit in the memory available now."""
+        check_memory(self.memory_estimate(), "the simulated source's bank", "lower bank_size, the shapes or samples")
         return SimulatedReader(self)
 
 

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
+from beamstream.limits import BatchSize
 from beamstream.stages import StepSpec
 
 
@@ -25,7 +26,7 @@ class BatchStep(StepSpec):
     """
 
     type: Literal["batch"] = "batch"
-    size: int = Field(gt=0, description="events per output batch")
+    size: BatchSize = Field(description="events per output batch")
 
     def build(self) -> Rebatcher:
         return Rebatcher(self.size)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from math import prod
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
+from beamstream.limits import Shape
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
 
@@ -41,7 +42,7 @@ class BinStep(StepSpec):
 
     type: Literal["bin"] = "bin"
     field: str = Field(min_length=1, description="the array to bin")
-    factors: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="pixels per bin along the last axes")
+    factors: Shape = Field(description="pixels per bin along the last axes")
     reduce: Literal["sum", "mean"] = Field("sum", description="how the pixels of a bin combine")
 
     def build(self) -> Binner:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
+from beamstream.limits import Shape
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
 
@@ -28,7 +29,7 @@ class PadStep(StepSpec):
 
     type: Literal["pad"] = "pad"
     field: str = Field(min_length=1, description="the array to pad")
-    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="target lengths of the trailing axes")
+    shape: Shape = Field(description="target lengths of the trailing axes")
     value: float = Field(0.0, description="value of added pixels")
 
     def build(self) -> Padder:

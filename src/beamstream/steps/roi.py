@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
+from beamstream.limits import MAX_DIMENSIONS, Index, Shape
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
 
@@ -30,8 +31,8 @@ class RoiStep(StepSpec):
 
     type: Literal["roi"] = "roi"
     field: str = Field(min_length=1, description="the array to crop")
-    start: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="first index kept per axis")
-    stop: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="index after the last kept per axis")
+    start: list[Index] = Field(min_length=1, max_length=MAX_DIMENSIONS, description="first index kept per axis")
+    stop: Shape = Field(description="index after the last kept per axis")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> RoiStep:

@@ -1,0 +1,154 @@
+"""Specs with absurd values, bad types, deep nesting, odd encodings and odd files: a clear SpecError for each,
+quickly, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from beamstream.errors import SpecError
+from beamstream.spec import load_spec
+from conftest import run_cli
+
+
+def spec(**changes) -> dict:
+    base = {"source": {"type": "simulated", "n_events": 10, "detectors": [{"kind": "image", "shape": [8, 8]}]},
+            "sinks": [{"type": "files", "dir": "out"}]}
+    for dotted, value in changes.items():
+        node = base
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return base
+
+
+def image(**fields) -> list:
+    return [{"kind": "image", "shape": [8, 8], **fields}]
+
+
+def dumped(**changes) -> bytes:
+    return yaml.safe_dump(spec(**changes)).encode()
+
+
+CASES: dict[str, bytes] = {
+    # bad types
+    "n_events-text": dumped(source__n_events="many"),
+    "n_events-list": dumped(source__n_events=[1]),
+    "n_events-map": dumped(source__n_events={"a": 1}),
+    "n_events-fraction": dumped(source__n_events=1.5),
+    "rate-text": dumped(source__rate_hz="fast"),
+    "shape-text": dumped(source__detectors=image(shape="big")),
+    "shape-floats": dumped(source__detectors=image(shape=[1e9, 1e9])),
+    "detectors-text": dumped(source__detectors="image"),
+    "detector-kind": dumped(source__detectors=[{"kind": "camera"}]),
+    "steps-text": dumped(steps="batch"),
+    "sinks-map": dumped(sinks={"type": "files"}),
+    "files-dir-number": dumped(sinks=[{"type": "files", "dir": {"a": 1}}]),
+    "top-list": b"- source\n- sinks\n",
+    "top-scalar": b"42\n",
+    "empty": b"",
+    # values out of range
+    "n_events-zero": dumped(source__n_events=0),
+    "n_events-huge": dumped(source__n_events=10**19),
+    "bank-negative": dumped(source__bank_size=-1),
+    "bank-huge": dumped(source__bank_size=10**6),
+    "shape-zero": dumped(source__detectors=image(shape=[0, 10])),
+    "shape-axis-huge": dumped(source__detectors=image(shape=[2**21, 2])),
+    "shape-dimensions": dumped(source__detectors=image(shape=[2] * 9)),
+    "event-too-big": dumped(source__detectors=image(shape=[65536, 65536], dtype="uint16")),
+    "samples-huge": dumped(source__detectors=[{"kind": "waveform", "samples": 10**9}]),
+    "dtype-object": dumped(source__detectors=image(dtype="object")),
+    "dtype-void": dumped(source__detectors=image(dtype="V10")),
+    "dtype-unknown": dumped(source__detectors=image(dtype="nope")),
+    "peaks-huge": dumped(source__detectors=image(peaks=10**7)),
+    "events-per-read-zero": dumped(source__events_per_read=0),
+    "events-per-read-huge": dumped(source__events_per_read=10**9),
+    "seed-negative": dumped(source__seed=-1),
+    "rate-huge": dumped(source__rate_hz=1e300),
+    "rate-infinite": b"source: {type: simulated, rate_hz: .inf}\nsinks: [{type: files, dir: out}]\n",
+    "no-detectors": dumped(source__detectors=[]),
+    "batch-zero": dumped(steps=[{"type": "batch", "size": 0}]),
+    "batch-huge": dumped(steps=[{"type": "batch", "size": 10**12}]),
+    "roi-huge": dumped(steps=[{"type": "roi", "field": "image", "start": [0], "stop": [10**9]}]),
+    "pad-huge": dumped(steps=[{"type": "pad", "field": "image", "shape": [10**9]}]),
+    "bin-empty": dumped(steps=[{"type": "bin", "field": "image", "factors": []}]),
+    "cast-object": dumped(steps=[{"type": "cast", "dtype": "object"}]),
+    "serializer-unknown": dumped(serializer={"type": "pickle"}),
+    "hdf5-level": dumped(serializer={"type": "hdf5", "level": 99}),
+    "no-sinks": dumped(sinks=[]),
+    "stream-no-port": dumped(sinks=[{"type": "stream", "endpoint": "tcp://x"}]),
+    "stream-http": dumped(sinks=[{"type": "stream", "endpoint": "http://x:1"}]),
+    "stream-hwm-zero": dumped(sinks=[{"type": "stream", "endpoint": "tcp://127.0.0.1:1", "hwm": 0}]),
+    "buffer-size": dumped(buffer={"max_memory": "lots"}),
+    "buffer-port": dumped(buffer={"metrics_port": 70000}),
+    "buffer-backend": dumped(buffer={"backend": "nats://"}),
+    # shapes of the text itself
+    "huge-integer": b"source: {type: simulated, n_events: " + b"9" * 5000 + b"}\nsinks: [{type: files, dir: out}]\n",
+    "deep-lists": b"source: " + b"[" * 2000 + b"]" * 2000 + b"\n",
+    "deep-maps": b"".join(b"  " * i + b"k:\n" for i in range(100)) + b"  " * 100 + b"v\n",
+    "many-values": b"name: [" + b"1," * 150_000 + b"1]\n",
+    "alias-bomb": b'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n'
+                  b'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n',
+    "python-tag": b"source: !!python/object/apply:os.system ['true']\n",
+    "not-yaml": b"source: {type: simulated\n",
+    "nul-bytes": b"source:\x00 {}\n",
+    "latin-1": "name: d\xe9tecteur\n".encode("latin-1"),
+    "utf-16": "name: x\n".encode("utf-16"),
+    "too-big": b"# " + b"x" * (1 << 20) + b"\n",
+}
+
+
+@pytest.fixture
+def odd_files(tmp_path) -> dict[str, Path]:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    device = tmp_path / "device.yaml"
+    device.symlink_to("/dev/zero")
+    directory = tmp_path / "directory.yaml"
+    directory.mkdir()
+    return {"fifo": fifo, "device": device, "directory": directory}
+
+
+def write_cases(folder: Path) -> list[Path]:
+    paths = []
+    for name, content in CASES.items():
+        path = folder / f"{name}.yaml"
+        path.write_bytes(content)
+        paths.append(path)
+    return paths
+
+
+def test_there_are_at_least_sixty_hostile_specs(odd_files):
+    assert len(CASES) + len(odd_files) >= 60
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_hostile_spec_gets_a_clear_error_quickly(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_bytes(CASES[name])
+    started = time.monotonic()
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    assert time.monotonic() - started < 5.0
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_odd_files_are_named_not_read(odd_files, kind):
+    with pytest.raises(SpecError, match=f"is a {'FIFO' if kind == 'fifo' else kind if kind == 'directory' else 'device'}"):
+        load_spec(odd_files[kind])
+
+
+def test_spec_check_reports_every_hostile_spec_without_a_traceback(tmp_path, odd_files):
+    paths = write_cases(tmp_path) + list(odd_files.values())
+    result = run_cli("spec", "check", *map(str, paths), timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("✗") == len(paths), result.stderr[-3000:]
