@@ -235,3 +235,13 @@ def test_sigterm_to_produce_stops_every_worker_and_the_consumer_hears_aborted(wr
     report = raised.value.report
     assert {record.end.status for record in report.records.values()} == {"aborted"}
     assert "ended with status aborted: stopped by SIGTERM" in report.summary()
+
+
+def test_a_producer_with_no_consumer_says_so_within_seconds(write_spec, tmp_path):
+    endpoint = f"ipc://{tmp_path / 'nobody'}"
+    path = write_spec({"source": {"type": "simulated", "n_events": 10, "detectors": [{"kind": "waveform", "samples": 64}]},
+                       "sinks": [{"type": "stream", "endpoint": endpoint, "send_timeout_s": 4}]})
+    result = run_cli("produce", str(path), timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"waiting for a consumer at {endpoint}" in result.stderr
+    assert "no consumer took a message" in result.stderr

@@ -220,3 +220,52 @@ def test_a_header_kind_of_any_type_is_refused(kind):
     frames[0] = msgpack.packb({**msgpack.unpackb(frames[0]), "kind": kind})
     with pytest.raises(WireFormatError, match="unknown message kind"):
         parse_message(frames)
+
+
+def hdf5_image(build) -> bytes:
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        build(h5)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("external link", "is a ExternalLink"),
+    ("soft link", "is a SoftLink"),
+    ("external storage", "external storage and virtual datasets are refused"),
+    ("virtual", "external storage and virtual datasets are refused"),
+    ("other shape", "the header says <u2 \\(3, 4\\)"),
+])
+def test_an_hdf5_payload_that_would_read_beyond_the_message_is_refused(tmp_path, case, expected):
+    """A file image from the network must not make the reader open local files or read more than it says."""
+    import h5py
+
+    from beamstream.codecs.hdf5 import HDF5Codec
+    from beamstream.wire import FieldInfo
+
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as h5:
+        h5["data"] = np.arange(12, dtype="<u2").reshape(3, 4)
+    (tmp_path / "raw.bin").write_bytes(np.arange(12, dtype="<u2").tobytes())
+
+    def build(h5):
+        if case == "external link":
+            h5["image"] = h5py.ExternalLink(str(secret), "data")
+        elif case == "soft link":
+            h5["real"] = np.zeros((3, 4), "<u2")
+            h5["image"] = h5py.SoftLink("/real")
+        elif case == "external storage":
+            h5.create_dataset("image", shape=(3, 4), dtype="<u2", external=[(str(tmp_path / "raw.bin"), 0, 24)])
+        elif case == "virtual":
+            layout = h5py.VirtualLayout(shape=(3, 4), dtype="<u2")
+            layout[:] = h5py.VirtualSource(str(secret), "data", shape=(3, 4))
+            h5.create_virtual_dataset("image", layout)
+        else:
+            h5["image"] = np.zeros((4, 4), "<u2")
+
+    with pytest.raises(WireFormatError, match=expected):
+        HDF5Codec().decode([FieldInfo("image", "<u2", (3, 4))], [hdf5_image(build)])

@@ -78,6 +78,34 @@ class HDF5Codec:
             raise WireFormatError(f"an hdf5 message has one payload frame, got {len(frames)}")
         try:
             with h5py.File(io.BytesIO(frames[0]), "r") as h5:
-                return {info.name: h5[info.name][()] for info in fields}
-        except (OSError, KeyError) as exc:
+                datasets = {info.name: _checked_dataset(h5, info) for info in fields}
+                return {name: dataset[()] for name, dataset in datasets.items()}
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise WireFormatError(f"hdf5 payload cannot be read: {exc}") from None
+
+
+MAX_DECODED_BYTES = 1 << 32
+"""The most one hdf5 message may hold once decompressed: a small payload declaring more is refused."""
+
+
+def _checked_dataset(h5: Any, info: FieldInfo) -> Any:
+    """Dataset ``info.name`` of a received file image, after checking that reading it reads only the message:
+    a hard link to a dataset stored in the file (no external link, external storage or virtual dataset),
+    of the dtype and shape the header declares, no bigger than :data:`MAX_DECODED_BYTES`."""
+    import h5py
+
+    link = h5.get(info.name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise WireFormatError(f"hdf5 payload: {info.name!r} is a {type(link).__name__ if link else 'missing link'}; "
+                              "only datasets stored in the message are read")
+    dataset = h5[info.name]
+    if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
+        raise WireFormatError(f"hdf5 payload: {info.name!r} is not a dataset stored in the message "
+                              "(external storage and virtual datasets are refused)")
+    if dataset.dtype != np.dtype(info.dtype) or dataset.shape != tuple(info.shape):
+        raise WireFormatError(f"hdf5 payload: {info.name!r} is {dataset.dtype} {dataset.shape}, "
+                              f"the header says {info.dtype} {tuple(info.shape)}")
+    if dataset.size * dataset.dtype.itemsize > MAX_DECODED_BYTES:
+        raise WireFormatError(f"hdf5 payload: {info.name!r} declares {dataset.size * dataset.dtype.itemsize:,} bytes; "
+                              f"a message holds at most {MAX_DECODED_BYTES:,}")
+    return dataset

@@ -36,6 +36,7 @@ from beamstream.transport import check_endpoint, open_socket, rank_endpoint
 from beamstream.wire.replies import parse_reply
 
 logger = logging.getLogger(__name__)
+NOTICE_AFTER_S = 2.0  # a producer waiting this long for a consumer says so
 
 
 class StreamSink(SinkSpec):
@@ -139,15 +140,22 @@ class StreamSender:
                 for frames in list(self.unacked.values()):
                     self._send(frames)
 
-    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None) -> None:
-        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the send timeout."""
+    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None,
+                    notice: str | None = None) -> None:
+        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the
+        send timeout. ``notice`` is logged once if the wait lasts :data:`NOTICE_AFTER_S`."""
         timeout = self.spec.send_timeout_s
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         while not done():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            now = time.monotonic()
+            if deadline is not None and deadline <= now:
                 raise StreamTimeout(failure or f"{self.endpoint}: waited {timeout} s for {what}")
-            self._handle_incoming(None if remaining is None else max(1, int(remaining * 1000)))
+            if notice is not None and now - started >= NOTICE_AFTER_S:
+                logger.warning("%s", notice)
+                notice = None
+            wait = min(x for x in (deadline, started + NOTICE_AFTER_S if notice else None, now + 3600) if x is not None)
+            self._handle_incoming(max(1, int((wait - now) * 1000)))
 
     def _nobody_takes(self) -> str:
         return (f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s: "
@@ -166,6 +174,9 @@ class StreamSender:
             self._handle_incoming(0)
         frames = message.to_frames()
         if self.monitor is not None:
+            self._wait_until(lambda: self.peers > 0, "a consumer", failure=self._nobody_takes(),
+                             notice=f"waiting for a consumer at {self.endpoint} (nothing is connected: start "
+                                    f"`beamstream consume` or a buffer there)")
             self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements",
                              failure=self._nobody_takes())
             self.unacked[message.index] = frames
