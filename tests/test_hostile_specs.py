@@ -152,3 +152,13 @@ def test_spec_check_reports_every_hostile_spec_without_a_traceback(tmp_path, odd
     result = run_cli("spec", "check", *map(str, paths), timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("✗") == len(paths), result.stderr[-3000:]
+
+
+def test_a_step_reading_a_field_the_source_does_not_produce_is_found_by_spec_check(write_spec):
+    path = write_spec(spec(steps=[{"type": "roi", "field": "imagex", "start": [0, 0], "stop": [4, 4]},
+                                  {"type": "select", "fields": ["image"]},
+                                  {"type": "cast", "fields": ["image_peaks"], "dtype": "float32"}]))
+    result = run_cli("spec", "check", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "steps[0] (roi): field 'imagex' is not there; the batches have: image, image_peaks" in result.stderr
+    assert "steps[2] (cast): field 'image_peaks' is not there; the batches have: image" in result.stderr

@@ -83,11 +83,30 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
     check_data_shape(data, origin)
     _raise_missing_plugins(data, origin)
     try:
-        return spec_model().model_validate(data)
+        spec = spec_model().model_validate(data)
     except ValidationError as exc:
         lines = [f"{origin}: {len(exc.errors())} problem(s) in the stream spec:"]
         lines += [f"  {describe_error(error, data)}" for error in exc.errors()]
         raise SpecError("\n".join(lines)) from None
+    _check_fields(spec, origin)
+    return spec
+
+
+def _check_fields(spec: Any, origin: str) -> None:
+    """SpecError naming every step that reads a field the batches will not have at that step (when the
+    source says which fields it produces), so that the mistake shows at `spec check`, not at run time."""
+    names = spec.source.field_names()
+    if names is None:
+        return
+    problems = []
+    for number, step in enumerate(spec.steps):
+        for field in step.fields_needed():
+            if field not in names:
+                problems.append(f"  steps[{number}] ({step.type}): field {field!r} is not there; "
+                                f"the batches have: {', '.join(sorted(names))}")
+        names = step.fields_after(names)
+    if problems:
+        raise SpecError("\n".join([f"{origin}: {len(problems)} problem(s) in the stream spec:", *problems]))
 
 
 def load_spec(path: str | Path) -> Any:

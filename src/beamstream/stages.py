@@ -86,6 +86,10 @@ class SourceSpec(SpecModel):
     def open(self) -> Source:
         """Open the source for reading."""
 
+    def field_names(self) -> set[str] | None:
+        """The fields every batch of this source has, when the spec alone says so (None: known only once read)."""
+        return None
+
 
 class StepSpec(SpecModel):
     """Options of a processing step plugin."""
@@ -93,6 +97,16 @@ class StepSpec(SpecModel):
     @abstractmethod
     def build(self) -> Step:
         """The step these options describe."""
+
+    def fields_needed(self) -> list[str]:
+        """The fields this step reads: its ``field`` option, or its ``fields`` list, if it has one."""
+        field = getattr(self, "field", None)
+        fields = getattr(self, "fields", None)
+        return [field] if isinstance(field, str) else list(fields) if isinstance(fields, list) else []
+
+    def fields_after(self, names: set[str]) -> set[str]:
+        """The fields of a batch after this step, given those before it (the same, unless a step says otherwise)."""
+        return names
 
 
 class SerializerSpec(SpecModel):

@@ -82,7 +82,7 @@ class LocalBuffer(Buffer):
         self._restore()
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
         self.last_size = 0
-        self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0)
+        self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0, control_rejected=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
 
     @property
@@ -209,7 +209,10 @@ class LocalBuffer(Buffer):
                 raise WireFormatError(f"a control message is one frame, got {len(frames) - 1}")
             control = unpack(frames[1], ToBuffer)
         except WireFormatError as exc:
-            logger.warning("consumer %s: %s", identity.hex(), exc)
+            self.counters["control_rejected"] += 1
+            if str(exc) not in self._refusals_logged and len(self._refusals_logged) < 100:
+                self._refusals_logged.add(str(exc))
+                logger.warning("refused a control message from consumer %s: %s", identity.hex(), exc)
             self._send_consumer(identity, [pack(Error(reason=str(exc)))])
             return
         if isinstance(control, Hello):

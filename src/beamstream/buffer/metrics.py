@@ -13,7 +13,8 @@ Every metric is named ``beamstream_buffer_`` + one of these:
   ``messages_out_total``, ``bytes_out_total`` (delivered to consumers, redeliveries included),
   ``rejected_messages_total`` (producer messages refused as unreadable), ``duplicate_messages_total``
   (producer messages that arrived again after a reconnect, dropped), ``groups_dropped_total``
-  (lossless groups dropped for keeping a full buffer's producers waiting without acknowledging);
+  (lossless groups dropped for keeping a full buffer's producers waiting without acknowledging),
+  ``rejected_control_messages_total`` (consumer control messages refused as unusable);
 - gauges: ``resident_bytes`` and ``max_bytes`` (payload held in memory, its bound),
   ``spilled_bytes`` (payload in segment files on disk), ``log_first_offset`` (oldest offset held),
   ``log_next_offset`` (the offset the next message gets), ``producers_connected`` (ranks heard
@@ -63,6 +64,7 @@ SERVICE_COUNTERS = {
     "rejected": ("rejected_messages", "Producer messages refused because they could not be read."),
     "duplicates": ("duplicate_messages", "Producer messages that arrived again (resent after a reconnect), dropped."),
     "groups_dropped": ("groups_dropped", "Lossless groups dropped for keeping producers waiting without acknowledging."),
+    "control_rejected": ("rejected_control_messages", "Consumer control messages refused because they could not be used."),
 }
 
 

@@ -92,6 +92,8 @@ class StreamSender:
         self.window = 2 * spec.hwm + 2
         self.peers = 0
         self.lost_peer = False
+        self.heard_from_consumer = False  # any kept or ack reply yet
+        self.said_waiting = False
         self.monitor: zmq.Socket | None = None
         if spec.pattern == "push":
             self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
@@ -118,6 +120,7 @@ class StreamSender:
         except WireFormatError as exc:
             logger.warning("%s: ignored a reply: %s", self.endpoint, exc)
             return
+        self.heard_from_consumer = self.heard_from_consumer or reply.kind in ("kept", "ack")
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)
         elif reply.kind == "ack":
@@ -140,28 +143,26 @@ class StreamSender:
                 for frames in list(self.unacked.values()):
                     self._send(frames)
 
-    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None,
-                    notice: str | None = None) -> None:
-        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the
-        send timeout. ``notice`` is logged once if the wait lasts :data:`NOTICE_AFTER_S`."""
+    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None) -> None:
+        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the send timeout."""
         timeout = self.spec.send_timeout_s
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not done():
-            now = time.monotonic()
-            if deadline is not None and deadline <= now:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise StreamTimeout(failure or f"{self.endpoint}: waited {timeout} s for {what}")
-            if notice is not None and now - started >= NOTICE_AFTER_S:
-                logger.warning("%s", notice)
-                notice = None
-            wait = min(x for x in (deadline, started + NOTICE_AFTER_S if notice else None, now + 3600) if x is not None)
-            self._handle_incoming(max(1, int((wait - now) * 1000)))
+            self._handle_incoming(None if remaining is None else max(1, int(remaining * 1000)))
 
     def _nobody_takes(self) -> str:
         return (f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s: "
                 "start a consumer (beamstream consume) or raise send_timeout_s")
 
     def _send(self, frames: list[Any]) -> None:
+        if self.monitor is not None and not (self.heard_from_consumer or self.said_waiting) and not self.socket.poll(
+                int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
+            self.said_waiting = True
+            logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream consume` "
+                           "or a buffer there)", self.endpoint)
         try:
             self.socket.send_multipart(frames, copy=False)
         except zmq.Again:
@@ -174,9 +175,6 @@ class StreamSender:
             self._handle_incoming(0)
         frames = message.to_frames()
         if self.monitor is not None:
-            self._wait_until(lambda: self.peers > 0, "a consumer", failure=self._nobody_takes(),
-                             notice=f"waiting for a consumer at {self.endpoint} (nothing is connected: start "
-                                    f"`beamstream consume` or a buffer there)")
             self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements",
                              failure=self._nobody_takes())
             self.unacked[message.index] = frames

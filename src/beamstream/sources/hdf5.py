@@ -228,6 +228,9 @@ class HDF5Source(SourceSpec):
     events_per_read: int = Field(0, ge=0, le=MAX_EVENTS_PER_BATCH)
     max_events: int | None = Field(None, ge=0, le=MAX_EVENTS)
 
+    def field_names(self) -> set[str]:
+        return set(self.datasets)
+
     def open(self) -> HDF5Reader:
         """Check every file and dataset now, so that ``read`` does not fail half way.
 

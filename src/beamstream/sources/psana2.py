@@ -258,6 +258,9 @@ class Psana2Source(SourceSpec):
                 )
         return fields
 
+    def field_names(self) -> set[str]:
+        return {*self.fields, TIMESTAMP_FIELD}
+
     def open(self) -> Psana2Reader:
         """Check every file, field and label now, so that ``read`` does not fail half way.
 

@@ -164,6 +164,10 @@ class SimulatedSource(SourceSpec):
                                  f"at most {MAX_EVENT_BYTES:,}")
         return self
 
+    def field_names(self) -> set[str]:
+        suffix = {"image": "_peaks", "waveform": "_hits"}
+        return {name for detector in self.detectors for name in (detector.name, detector.name + suffix[detector.kind])}
+
     def memory_estimate(self) -> int:
         """Bytes a worker holds: its bank of frames, plus one read of events."""
         return (self.bank_size + self.events_per_read) * sum(detector.event_bytes() for detector in self.detectors)

@@ -29,6 +29,9 @@ class SelectStep(StepSpec):
             raise ValueError(f"fields {repeated} are listed more than once; list each field once")
         return value
 
+    def fields_after(self, names: set[str]) -> set[str]:
+        return set(self.fields)
+
     def build(self) -> Selector:
         return Selector(self.fields)
 
