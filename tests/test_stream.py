@@ -245,3 +245,16 @@ def test_a_producer_with_no_consumer_says_so_within_seconds(write_spec, tmp_path
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"waiting for a consumer at {endpoint}" in result.stderr
     assert "no consumer took a message" in result.stderr
+
+
+def test_producers_that_bind_say_where_and_consume_reads_them_from_the_first_endpoint(write_spec):
+    port = free_tcp_ports(2)
+    path = write_spec({"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
+                                  "detectors": [{"kind": "waveform", "samples": 64}]},
+                       "sinks": [{"type": "stream", "endpoint": f"tcp://127.0.0.1:{port}", "bind": True}]})
+    consumer = start_cli("consume", f"tcp://127.0.0.1:{port}", "--producers", "2", "--timeout", "60")
+    produced = run_cli("produce", str(path), "--workers", "2")
+    out, err = consumer.communicate(timeout=120)
+    assert produced.returncode == 0, produced.stderr
+    assert f"producers bind tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port + 1}" in produced.stderr
+    assert consumer.returncode == 0 and "complete: 40 events" in err

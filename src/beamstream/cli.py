@@ -139,6 +139,7 @@ def produce(
 
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
+    _say_bound_endpoints(spec, workers if rank is None else producers or 1)
     if rank is not None or producers is not None:
         if rank is None or producers is None or stream_id is None or rank >= producers:
             fail("--rank R needs --producers N (R < N) and --stream-id ID, the same for every rank", code=2)
@@ -165,6 +166,17 @@ def produce(
         raise typer.Exit(1)
 
 
+def _say_bound_endpoints(spec: object, producers: int) -> None:
+    """When producers bind their own endpoints, print them (consumers must reach every one)."""
+    from beamstream.transport import rank_endpoint
+
+    for sink in spec.sinks:
+        if getattr(sink, "bind", False) and producers > 1:
+            where = ", ".join(rank_endpoint(sink.endpoint, rank) for rank in range(producers))
+            console.print(f"producers bind {where}: read them with `beamstream consume {sink.endpoint} "
+                          f"--producers {producers}`", highlight=False)
+
+
 @app.command()
 def consume(
     endpoints: Annotated[list[str], typer.Argument(help="endpoints to read, e.g. tcp://127.0.0.1:5555")],
@@ -173,6 +185,9 @@ def consume(
     max_events: Annotated[Optional[int], typer.Option(min=1, help="stop after this many events")] = None,
     timeout: Annotated[float, typer.Option(help="seconds of silence before giving up")] = 30.0,
     bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
+    producers: Annotated[Optional[int], typer.Option(
+        min=1, help="the endpoint is the first of this many producers that each bind their own "
+                    "(tcp PORT+r, ipc PATH-r): read them all")] = None,
     subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
     group: Annotated[Optional[str], typer.Option(help="read from a buffer as a member of this consumer group")] = None,
     lossy: Annotated[bool, typer.Option(
@@ -191,6 +206,12 @@ def consume(
 
     if start not in (None, "earliest", "now"):
         fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
+    if producers is not None:
+        from beamstream.transport import rank_endpoint
+
+        if len(endpoints) != 1 or bind:
+            fail("--producers N takes one endpoint, the first producer's, and connects (no --bind)", code=2)
+        endpoints = [rank_endpoint(endpoints[0], rank) for rank in range(producers)]
     try:
         client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
                         group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
