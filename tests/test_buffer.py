@@ -423,3 +423,21 @@ def test_a_group_that_never_reads_is_dropped_instead_of_blocking_every_producer(
     assert told and "group lazy was dropped: it acknowledged nothing for 1 s" in told[0]
     assert "lazy" not in buffer.message_log.groups and buffer.counters["groups_dropped"] == 1
     assert buffer.message_log.resident_bytes <= (1 << 20) + 128 * 1024 * 2
+
+
+def test_consumers_beyond_the_limit_are_refused_and_the_others_served(tmp_path):
+    from beamstream.errors import TransportError
+
+    buffer = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}", max_consumers=1).start()
+    try:
+        results: dict = {}
+        reader = read_in_thread(f"ipc://{tmp_path / 'out'}", results, "ok", group="g")
+        wait_until(lambda: len(buffer.members) == 1, "the first consumer to join")
+        with Client(f"ipc://{tmp_path / 'out'}", group="g", timeout=30) as extra:
+            with pytest.raises(TransportError, match="this buffer serves 1 consumers already"):
+                list(extra.messages())
+        assert run_local(waveform_spec(f"ipc://{tmp_path / 'in'}"), workers=1).ok
+        reader.join(timeout=60)
+    finally:
+        buffer.close()
+    assert sorted(results["ok"]) == list(range(60))

@@ -64,6 +64,8 @@ class BufferConfig(SpecModel):
                                       "(none: until the spill is full); with backend: the JetStream stream's maximum age")
     producer_timeout_s: float = Field(60.0, gt=0, description="seconds without a word from producers that have "
                                       "not ended before the stream is declared incomplete")
+    max_consumers: int = Field(1024, ge=1, le=1 << 16, description="consumers (group members) served at once; "
+                               "one more is refused with an error saying so (local backend)")
     group_stall_s: float = Field(60.0, gt=0, description="seconds a lossless group may keep a full buffer's "
                                  "producers waiting without acknowledging anything before it is dropped "
                                  "(its members are told why)")

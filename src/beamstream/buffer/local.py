@@ -60,7 +60,7 @@ class LocalBuffer(Buffer):
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
                  producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE,
-                 group_stall_s: float = 60.0) -> None:
+                 group_stall_s: float = 60.0, max_consumers: int = 1024) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
@@ -71,6 +71,7 @@ class LocalBuffer(Buffer):
         self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval
         self.group_stall_s = group_stall_s
+        self.max_consumers = max_consumers
         self.next_probe = 0.0
         self.spill = Path(spill) if spill is not None else None
         self.ends = Segments.recover(self.spill / "ends") if self.spill else None
@@ -226,6 +227,13 @@ class LocalBuffer(Buffer):
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
             return  # a repeated hello (the client could not tell whether we heard the first)
+        if len(self.members) >= self.max_consumers:
+            self.counters["control_rejected"] += 1
+            reason = (f"this buffer serves {self.max_consumers} consumers already; "
+                      "start another buffer or raise --max-consumers")
+            logger.warning("refused consumer %s: %s", identity.hex(), reason)
+            self._send_consumer(identity, [pack(Error(reason=reason))])
+            return
         group = self.message_log.group(hello.group, hello.lossy, hello.start)
         self.message_log.join(group, identity, hello.credit)
         self.members[identity] = group

@@ -8,6 +8,7 @@ means the same wherever a buffer is started.
 
 from __future__ import annotations
 
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def open_buffer(config: BufferConfig) -> Buffer:
         buffer = LocalBuffer(config.producers, config.consumers, max_bytes=config.max_memory, hwm=config.hwm,
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
                              producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
-                             group_stall_s=config.group_stall_s)
+                             group_stall_s=config.group_stall_s, max_consumers=config.max_consumers)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)
@@ -51,6 +52,13 @@ def open_buffer(config: BufferConfig) -> Buffer:
             buffer.close()
             raise
     return buffer
+
+
+def allow_all_descriptors() -> None:
+    """Raise this process's limit of open files to the hard limit: every connection is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_buffer(config: BufferConfig, on_ready: Callable[[Buffer], None] = lambda buffer: None) -> StreamReport:
@@ -61,6 +69,7 @@ def run_buffer(config: BufferConfig, on_ready: Callable[[Buffer], None] = lambda
     Makes glibc reuse freed message memory (:func:`~beamstream.buffer.allocator.release_freed_buffers`).
     """
     release_freed_buffers()
+    allow_all_descriptors()
     buffer = open_buffer(config)
     previous = {}
     try:
