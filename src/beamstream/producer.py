@@ -58,6 +58,7 @@ def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
 
 STOP_GRACE_S = 10.0
 """Seconds stopped workers get to send their end messages before they are killed."""
+PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
 
 class _Aborted(BaseException):
@@ -78,8 +79,6 @@ def abort_on_signals() -> None:
     except (OSError, AttributeError):
         pass
 
-
-PR_SET_PDEATHSIG = 1
 
 
 def run_worker(spec: Any, rank: int, producers: int, stream_id: str,

@@ -31,6 +31,7 @@ from beamstream.accounting import StreamReport
 from beamstream.buffer.metrics import MetricsServer, intake_metrics
 from beamstream.buffer.status import BufferStatus, status_of
 from beamstream.errors import WireFormatError
+from beamstream.logs import WarnOnce
 from beamstream.transport import open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire.control import Verdict
@@ -65,7 +66,7 @@ class Buffer(ABC):
         self.report = StreamReport(endpoints=[producer_endpoint])
         self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
         self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
-        self._refusals_logged: set[str] = set()
+        self.warn_once = WarnOnce(logger)
         self.producer_timeout_s = producer_timeout_s
         self.last_producer_message = time.monotonic()
         self._stopping = threading.Event()
@@ -173,9 +174,7 @@ class Buffer(ABC):
     def _refuse(self, identity: bytes, reason: str) -> None:
         """Tell a producer its message was refused and why; count it, and log it once per reason."""
         self.counters["rejected"] += 1
-        if reason not in self._refusals_logged and len(self._refusals_logged) < 100:
-            self._refusals_logged.add(reason)
-            logger.warning("refused a message from producer %s: %s", identity.hex(), reason)
+        self.warn_once(reason, "refused a message from producer %s: %s", identity.hex(), reason)
         self.producer_socket.send_multipart([identity, refused(reason)])
 
     def acknowledge(self, identity: bytes, message: DataMessage | EndMessage) -> None:

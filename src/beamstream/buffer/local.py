@@ -211,9 +211,7 @@ class LocalBuffer(Buffer):
             control = unpack(frames[1], ToBuffer)
         except WireFormatError as exc:
             self.counters["control_rejected"] += 1
-            if str(exc) not in self._refusals_logged and len(self._refusals_logged) < 100:
-                self._refusals_logged.add(str(exc))
-                logger.warning("refused a control message from consumer %s: %s", identity.hex(), exc)
+            self.warn_once(str(exc), "refused a control message from consumer %s: %s", identity.hex(), exc)
             self._send_consumer(identity, [pack(Error(reason=str(exc)))])
             return
         if isinstance(control, Hello):

@@ -33,6 +33,7 @@ from beamstream.accounting import StreamReport
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.codecs import decode_payload
 from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, TransportError, WireFormatError
+from beamstream.logs import WarnOnce
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
 
@@ -139,8 +140,7 @@ class Client:
         self.verify = verify
         self.report = StreamReport(endpoints=endpoints, stream=stream)
         self._seen: set[tuple[int, int]] = set()
-        self._foreign_streams: set[str] = set()
-        self._refusals_logged: set[str] = set()
+        self._warn_once = WarnOnce(logger)
         self._closed = False
 
     def __enter__(self) -> Client:
@@ -193,9 +193,7 @@ class Client:
         """Refuse a message that is not a readable beamstream message (malformed, or its payload does not match
         its checksum): tell its sender where the transport can, count it, log it once per reason, go on."""
         self.report.refused += 1
-        if reason not in self._refusals_logged and len(self._refusals_logged) < 100:
-            self._refusals_logged.add(reason)
-            logger.warning("refused a message from %s: %s", self.transport.where, reason)
+        self._warn_once(reason, "refused a message from %s: %s", self.transport.where, reason)
         item.refuse(reason)
         item.done()
 
@@ -208,10 +206,8 @@ class Client:
         if message.stream == self.report.stream:
             return False
         self.report.foreign += 1
-        if message.stream not in self._foreign_streams:
-            self._foreign_streams.add(message.stream)
-            logger.warning("refused a message of stream %r from %s: this consumer reads stream %r",
-                           message.stream, self.transport.where, self.report.stream)
+        self._warn_once(f"stream {message.stream}", "refused a message of stream %r from %s: this consumer reads "
+                        "stream %r", message.stream, self.transport.where, self.report.stream)
         return True
 
     def _accept(self, message: DataMessage | EndMessage) -> Iterator[Message]:

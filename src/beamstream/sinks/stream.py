@@ -92,8 +92,7 @@ class StreamSender:
         self.window = 2 * spec.hwm + 2
         self.peers = 0
         self.lost_peer = False
-        self.heard_from_consumer = False  # any kept or ack reply yet
-        self.said_waiting = False
+        self.may_say_waiting = True  # until a consumer replies, or the producer said it waits for one
         self.monitor: zmq.Socket | None = None
         if spec.pattern == "push":
             self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
@@ -120,7 +119,8 @@ class StreamSender:
         except WireFormatError as exc:
             logger.warning("%s: ignored a reply: %s", self.endpoint, exc)
             return
-        self.heard_from_consumer = self.heard_from_consumer or reply.kind in ("kept", "ack")
+        if reply.kind in ("kept", "ack"):
+            self.may_say_waiting = False
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)
         elif reply.kind == "ack":
@@ -158,9 +158,9 @@ class StreamSender:
                 "start a consumer (beamstream consume) or raise send_timeout_s")
 
     def _send(self, frames: list[Any]) -> None:
-        if self.monitor is not None and not (self.heard_from_consumer or self.said_waiting) and not self.socket.poll(
+        if self.monitor is not None and self.may_say_waiting and not self.socket.poll(
                 int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
-            self.said_waiting = True
+            self.may_say_waiting = False
             logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream consume` "
                            "or a buffer there)", self.endpoint)
         try:
