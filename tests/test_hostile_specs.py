@@ -162,3 +162,37 @@ def test_a_step_reading_a_field_the_source_does_not_produce_is_found_by_spec_che
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "steps[0] (roi): field 'imagex' is not there; the batches have: image, image_peaks" in result.stderr
     assert "steps[2] (cast): field 'image_peaks' is not there; the batches have: image" in result.stderr
+
+
+def _refused_at_start(write_spec, tmp_path, source: dict, steps: list, expected: str) -> None:
+    """``produce`` stops with a clear error naming ``expected`` within seconds, no traceback, no file."""
+    path = write_spec({"source": source, "steps": steps, "sinks": [{"type": "files", "dir": str(tmp_path / "out")}]})
+    started = time.monotonic()
+    result = run_cli("produce", str(path), timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert expected in result.stderr and "GB available" in result.stderr, result.stderr[-2000:]
+    assert not list((tmp_path / "out").glob("*.h5"))
+
+
+def test_a_simulated_bank_larger_than_memory_is_refused_at_start(write_spec, tmp_path):
+    detectors = [{"kind": "image", "shape": [16384, 16384], "dtype": "uint16"}]  # 512 MiB per frame
+    _refused_at_start(write_spec, tmp_path, {"type": "simulated", "n_events": 10, "bank_size": 60000,
+                                             "detectors": detectors}, [], "lower bank_size")
+
+
+def test_an_hdf5_read_larger_than_memory_is_refused_at_start(write_spec, tmp_path):
+    """A dataset whose frames declare 1 GB each (never written, so the file is small), read 100,000 at a time."""
+    import h5py
+
+    path = tmp_path / "sparse.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("frames", shape=(4, 32768, 32768), dtype="uint8", chunks=(1, 1024, 1024))
+    source = {"type": "hdf5", "files": [str(path)], "datasets": {"data": "/frames"}, "events_per_read": 100000}
+    _refused_at_start(write_spec, tmp_path, source, [], "lower events_per_read")
+
+
+def test_a_batch_larger_than_memory_is_refused_at_its_first_event(write_spec, tmp_path):
+    source = {"type": "simulated", "n_events": 10, "bank_size": 1, "events_per_read": 1,
+              "detectors": [{"kind": "image", "shape": [1024, 1024], "dtype": "uint16"}]}  # 2 MiB per event
+    _refused_at_start(write_spec, tmp_path, source, [{"type": "batch", "size": 10_000_000}], "lower size")

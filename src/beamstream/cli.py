@@ -277,6 +277,7 @@ def buffer(
                                                                 help=_help("producer_timeout_s"))] = None,
     group_stall_s: Annotated[Optional[float], typer.Option("--group-stall", help=_help("group_stall_s"))] = None,
     max_consumers: Annotated[Optional[int], typer.Option(help=_help("max_consumers"))] = None,
+    max_connections: Annotated[Optional[int], typer.Option(help=_help("max_connections"))] = None,
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.

@@ -1,7 +1,8 @@
 """Bounds on the sizes a stream spec may ask for, so that an absurd value is refused, not attempted.
 
-Spec models use these types; what a worker will hold in memory is estimated when its source
-opens (:func:`check_memory`) against what the machine has available.
+Spec models use these types; what a worker will hold in memory is checked against what the
+machine has available (:func:`check_memory`) when its source opens (a simulated bank, an HDF5
+block) and when a batch step sees its first event (``size`` events of that event's bytes).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from beamstream.errors import SourceError
+from beamstream.errors import BeamstreamError, SourceError
 
 MAX_AXIS = 1 << 20  # elements along one axis of an event (a 1M-sample waveform, a 1M-pixel row)
 MAX_DIMENSIONS = 8
@@ -36,9 +37,9 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str, remedy: str) -> None:
-    """SourceError if ``needed`` bytes (for ``what``) exceed the memory available now, saying ``remedy``."""
+def check_memory(needed: int, what: str, remedy: str, error: type[BeamstreamError] = SourceError) -> None:
+    """``error`` if ``needed`` bytes (for ``what``) exceed the memory available now, saying ``remedy``."""
     available = available_memory()
     if available is not None and needed > available:
-        raise SourceError(f"{what} needs about {needed / 1e9:,.1f} GB of memory per worker; this machine has "
+        raise error(f"{what} needs about {needed / 1e9:,.1f} GB of memory per worker; this machine has "
                           f"{available / 1e9:,.1f} GB available: {remedy}")

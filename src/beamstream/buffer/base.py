@@ -14,6 +14,8 @@ producer resending after a reconnect) is acknowledged again and otherwise droppe
 that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
 declared gone, so the stream's verdict can be given without them. A buffer serves one stream:
 the first message names it, and a message of any other stream id is refused (runs never mix).
+Each socket a buffer binds keeps at most ``max_connections`` connections
+(:class:`~beamstream.buffer.connections.ConnectionLimit`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import TYPE_CHECKING
 import zmq
 
 from beamstream.accounting import StreamReport
-from beamstream.buffer.metrics import MetricsServer, intake_metrics
+from beamstream.buffer.connections import ConnectionLimit, connection_budget
+from beamstream.buffer.metrics import MetricsServer, connection_metrics, intake_metrics
 from beamstream.buffer.status import BufferStatus, status_of
 from beamstream.errors import WireFormatError
 from beamstream.logs import WarnOnce
@@ -58,11 +61,15 @@ class Buffer(ABC):
     thread_name = "beamstream-buffer"
 
     def __init__(self, context: zmq.Context, producer_endpoint: str, *, hwm: int, bind: bool,
-                 producer_timeout_s: float, max_message: int, affinity: int = 0) -> None:
+                 producer_timeout_s: float, max_message: int, max_connections: int, affinity: int = 0) -> None:
         self.context = context
         self.producer_endpoint = producer_endpoint
         self.producer_socket = open_socket(context, zmq.ROUTER, producer_endpoint, bind=bind, hwm=hwm,
                                            affinity=affinity, replies="out", max_message=max_message)
+        self.max_connections = connection_budget(max_connections, sockets=2)
+        self.connection_limits: list[ConnectionLimit] = []
+        if bind:
+            self.limit_connections(self.producer_socket, "producer")
         self.report = StreamReport(endpoints=[producer_endpoint])
         self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
         self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
@@ -91,6 +98,10 @@ class Buffer(ABC):
     @abstractmethod
     def backend_metrics(self) -> Iterator[Metric]:
         """The metrics only this backend has (the producer side's come from :meth:`metrics`)."""
+
+    def limit_connections(self, listener: zmq.Socket, side: str) -> None:
+        """Keep at most ``max_connections`` connections open on ``listener``, a socket this buffer binds."""
+        self.connection_limits.append(ConnectionLimit(listener, self.max_connections, side))
 
     # --- running ----------------------------------------------------------------------------
 
@@ -125,6 +136,8 @@ class Buffer(ABC):
             self._thread.join()
         if self.metrics_server is not None:
             self.metrics_server.close()
+        for limit in self.connection_limits:
+            limit.close()
         self._release()
         self.producer_socket.close(linger=0)
         self.context.term()
@@ -144,6 +157,7 @@ class Buffer(ABC):
     def metrics(self) -> Iterator[Metric]:
         """Every metric of this buffer as it is now (names in :mod:`beamstream.buffer.metrics`)."""
         yield from intake_metrics(self.counters, self.report)
+        yield from connection_metrics(self.connection_limits)
         yield from self.backend_metrics()
 
     def status(self) -> BufferStatus:

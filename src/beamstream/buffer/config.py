@@ -66,6 +66,9 @@ class BufferConfig(SpecModel):
                                       "not ended before the stream is declared incomplete")
     max_consumers: int = Field(1024, ge=1, le=1 << 16, description="consumers (group members) served at once; "
                                "one more is refused with an error saying so (local backend)")
+    max_connections: int = Field(4096, ge=1, le=1 << 20, description="connections each endpoint the buffer binds "
+                                 "keeps open at once; more are shut down as they arrive (fewer if the open-file "
+                                 "limit, ulimit -n, cannot hold them)")
     group_stall_s: float = Field(60.0, gt=0, description="seconds a lossless group may keep a full buffer's "
                                  "producers waiting without acknowledging anything before it is dropped "
                                  "(its members are told why)")

@@ -60,13 +60,16 @@ class LocalBuffer(Buffer):
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
                  producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE,
-                 group_stall_s: float = 60.0, max_consumers: int = 1024) -> None:
+                 group_stall_s: float = 60.0, max_consumers: int = 1024, max_connections: int = 4096) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
-                         producer_timeout_s=producer_timeout_s, max_message=max_message, affinity=0b01)
+                         producer_timeout_s=producer_timeout_s, max_message=max_message,
+                         max_connections=max_connections, affinity=0b01)
         self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
                                            affinity=0b10, max_message=MAX_CONTROL_BYTES)
+        if bind:
+            self.limit_connections(self.consumer_socket, "consumer")
         self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval

@@ -15,6 +15,9 @@ Every metric is named ``beamstream_buffer_`` + one of these:
   (producer messages that arrived again after a reconnect, dropped), ``groups_dropped_total``
   (lossless groups dropped for keeping a full buffer's producers waiting without acknowledging),
   ``rejected_control_messages_total`` (consumer control messages refused as unusable);
+- per listening socket, label ``side`` (``producer`` or ``consumer``): ``connections_open``
+  (gauge), ``connections_refused_total`` (shut down for being over ``max_connections``) and
+  ``accepts_failed_total`` (accepts that failed because descriptors ran out);
 - gauges: ``resident_bytes`` and ``max_bytes`` (payload held in memory, its bound),
   ``spilled_bytes`` (payload in segment files on disk), ``log_first_offset`` (oldest offset held),
   ``log_next_offset`` (the offset the next message gets), ``producers_connected`` (ranks heard
@@ -50,6 +53,7 @@ from beamstream.errors import TransportError
 if TYPE_CHECKING:
     from beamstream.accounting import StreamReport
     from beamstream.buffer.base import Buffer
+    from beamstream.buffer.connections import ConnectionLimit
     from beamstream.buffer.message_log import Group, MessageLog
     from beamstream.jetstream.store import NatsStore
 
@@ -121,6 +125,20 @@ def intake_metrics(counters: dict[str, int], report: StreamReport) -> Iterator[M
     yield GaugeMetricFamily(PREFIX + "producers_connected", "Producer ranks heard from that have not ended.",
                             value=len(records) - ended)
     yield GaugeMetricFamily(PREFIX + "producers_ended", "Producer ranks whose end message arrived.", value=ended)
+
+
+def connection_metrics(limits: list[ConnectionLimit]) -> Iterator[Metric]:
+    """Per listening socket (label ``side``): connections open, refused over the limit, accepts failed."""
+    open_now = GaugeMetricFamily(PREFIX + "connections_open", "Connections open on the socket.", labels=["side"])
+    refused = CounterMetricFamily(PREFIX + "connections_refused", "Connections shut down for being over "
+                                  "max_connections.", labels=["side"])
+    failed = CounterMetricFamily(PREFIX + "accepts_failed", "Connections that could not be accepted "
+                                 "(descriptors ran out).", labels=["side"])
+    for limit in limits:
+        open_now.add_metric([limit.side], limit.open)
+        refused.add_metric([limit.side], limit.refused)
+        failed.add_metric([limit.side], limit.failed)
+    yield from (open_now, refused, failed)
 
 
 def log_metrics(log: MessageLog) -> Iterator[Metric]:

@@ -50,14 +50,14 @@ class NatsBridge(Buffer):
     def __init__(self, producer_endpoint: str, url: str, *, hwm: int = 4, bind: bool = True,
                  retention_s: float | None = None, max_bytes: int | None = None,
                  producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, max_connections: int = 4096) -> None:
         self.url = url
         self.server, self.name = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
             super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s,
-                             max_message=max_message)
+                             max_message=max_message, max_connections=max_connections)
         except BaseException:
             self._drop_store()
             raise

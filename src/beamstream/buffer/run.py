@@ -37,14 +37,15 @@ def open_buffer(config: BufferConfig) -> Buffer:
             raise MissingDependency(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
         buffer: Buffer = NatsBridge(config.producers, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
                                     retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s,
-                                    max_message=config.max_message)
+                                    max_message=config.max_message, max_connections=config.max_connections)
     else:
         from beamstream.buffer.local import LocalBuffer
 
         buffer = LocalBuffer(config.producers, config.consumers, max_bytes=config.max_memory, hwm=config.hwm,
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
                              producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
-                             group_stall_s=config.group_stall_s, max_consumers=config.max_consumers)
+                             group_stall_s=config.group_stall_s, max_consumers=config.max_consumers,
+                             max_connections=config.max_connections)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import glob
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from beamstream.batch import Batch, Share
 from beamstream.errors import SourceError
-from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH
+from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, check_memory
 from beamstream.stages import SourceSpec
 
 CXI_DATA = "/entry_1/data_1/data"
@@ -47,6 +48,10 @@ class FileLayout:
     length: int
     fields: dict[str, tuple[str, tuple[int, ...]]]
     chunk: int | None
+
+    def event_bytes(self) -> int:
+        """Bytes of one event, every field together."""
+        return sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in self.fields.values())
 
 
 def expand_files(patterns: list[str]) -> list[str]:
@@ -235,7 +240,8 @@ class HDF5Source(SourceSpec):
         """Check every file and dataset now, so that ``read`` does not fail half way.
 
         Raises SourceError for a missing file, a file that is not HDF5, a missing dataset
-        (listing those that exist), or datasets whose lengths, dtypes or shapes disagree.
+        (listing those that exist), datasets whose lengths, dtypes or shapes disagree, or a
+        block of ``events_per_read`` events that would not fit in the memory available now.
         """
         extents: list[FileExtent] = []
         layouts: list[FileLayout] = []
@@ -249,6 +255,8 @@ class HDF5Source(SourceSpec):
             start += layout.length
         total = start if self.max_events is None else min(start, self.max_events)
         block = self.events_per_read or layouts[0].chunk or DEFAULT_BLOCK
+        check_memory(block * layouts[0].event_bytes(), f"the hdf5 source's reads of {block:,} events",
+                     "lower events_per_read")
         nonempty = [extent for extent in extents if extent.length]
         return HDF5Reader(nonempty, dict(self.datasets), self.time_dataset, block, total)
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
-from beamstream.limits import BatchSize
+from beamstream.limits import BatchSize, check_memory
 from beamstream.stages import StepSpec
 
 
@@ -39,9 +39,16 @@ class Rebatcher:
         self.size = size
 
     def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """StepError at the first event if ``size`` such events would not fit in the memory available."""
         pending: list[Batch] = []
         held = 0
+        checked = False
         for batch in batches:
+            if not checked and len(batch):
+                event_bytes = sum(array.nbytes for array in batch.data.values()) // len(batch)
+                check_memory(self.size * event_bytes, f"batch: {self.size:,} events of {event_bytes:,} bytes",
+                             "lower size", StepError)
+                checked = True
             start = 0
             if held:
                 start = min(self.size - held, len(batch))
