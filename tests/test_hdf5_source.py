@@ -111,11 +111,11 @@ def test_unchunked_dataset_reads_16_per_block(tmp_path):
     np.testing.assert_array_equal(batches[1].data["energy"], np.linspace(1, 2, 20)[16:])
 
 
-def test_time_from_dataset_or_file_mtime(files):
+def test_time_from_dataset_or_nan(files):
     os.utime(files[1], (1234.5, 1234.5))
     batch = Batch.concatenate(read_all(HDF5Source(files=files), 1)[0])
-    assert np.all(batch.time[10:] == 1234.5)
-    assert batch.time.dtype == np.float64
+    assert batch.time.dtype == np.float64 and len(batch.time) == 17
+    assert np.all(np.isnan(batch.time)), "without time_dataset no event may carry a time, not even the file's mtime"
     timed = Batch.concatenate(read_all(HDF5Source(files=files, time_dataset="/entry_1/time"), 1)[0])
     np.testing.assert_array_equal(timed.time, 1000.0 + np.arange(17))
 
@@ -171,4 +171,22 @@ def test_files_with_different_frame_shapes(files, tmp_path):
     with h5py.File(path, "w") as h5:
         h5[DATA] = np.zeros((2, 3, 3), dtype=np.uint16)
     with pytest.raises(SourceError, match="all files must agree"):
+        HDF5Source(files=[*files, str(path)]).open()
+
+
+def test_files_differing_only_in_byte_order_stream_one_little_endian_dtype(files, tmp_path):
+    path = tmp_path / "big.cxi"
+    with h5py.File(path, "w") as h5:
+        h5[DATA] = frames(17, 4).astype(">u2")
+    reader = HDF5Source(files=[*files, str(path)]).open()
+    batches = list(reader.read(reader.partition(0, 1)))
+    assert {batch.data["data"].dtype.str for batch in batches} == {"<u2"}
+    np.testing.assert_array_equal(Batch.concatenate(batches).data["data"], frames(0, 21))
+
+
+def test_files_with_different_dtypes(files, tmp_path):
+    path = tmp_path / "wide.cxi"
+    with h5py.File(path, "w") as h5:
+        h5[DATA] = frames(17, 2).astype(np.uint32)
+    with pytest.raises(SourceError, match=r"'data' is <u4 frames of \(4, 5\) in .*wide.cxi but <u2 .*all files must agree"):
         HDF5Source(files=[*files, str(path)]).open()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
+from conftest import run_cli
 
 from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, SourceError
@@ -23,14 +24,7 @@ from beamstream.sources.psana2 import LCLS_EPOCH_OFFSET, Psana2Source, unix_seco
 
 EVENTS = 10
 EPICS = "HX2:DVD:GCC:01:PMON"
-FIELDS = {
-    "image": "xppcspad.raw.raw",
-    "calib": "xppcspad.raw.calib",
-    "assembled": "xppcspad.raw.image",
-    "hsd": "xpphsd.raw.calib",
-    "fex": "xpphsd.fex.calib",
-    "motor": "motor1",
-}
+FIELDS = {"image": "xppcspad.raw.raw", "motor": "motor1", "motor2": "motor2"}
 
 
 def read_all(source: Psana2Source, ranks: int = 1) -> list[list[Batch]]:
@@ -42,19 +36,9 @@ def read_all(source: Psana2Source, ranks: int = 1) -> list[list[Batch]]:
 def psana_events(psana, path: str) -> list[tuple[int, dict[str, object]]]:
     """(timestamp, value of each FIELDS path) of every event, read with psana directly."""
     run = next(psana.DataSource(files=path, skip_calib_load="all").runs())
-    cspad, hsd, motor = run.Detector("xppcspad"), run.Detector("xpphsd"), run.Detector("motor1")
+    cspad, motor, motor2 = run.Detector("xppcspad"), run.Detector("motor1"), run.Detector("motor2")
     return [
-        (
-            evt.timestamp,
-            {
-                "image": cspad.raw.raw(evt),
-                "calib": cspad.raw.calib(evt),
-                "assembled": cspad.raw.image(evt),
-                "hsd": hsd.raw.calib(evt),
-                "fex": hsd.fex.calib(evt),
-                "motor": motor(evt),
-            },
-        )
+        (evt.timestamp, {"image": cspad.raw.raw(evt), "motor": motor(evt), "motor2": motor2(evt)})
         for evt in run.events()
     ]
 
@@ -76,6 +60,28 @@ def test_registered_as_plugin():
 def test_spec_rejects_malformed_fields(fields, text):
     with pytest.raises(pydantic.ValidationError, match=text):
         Psana2Source(files=["data.xtc2"], fields=fields)
+
+
+@pytest.mark.parametrize("path", ["xppcspad.raw.calib", "xppcspad.raw.image", "xpphsd.fex.calib"])
+def test_spec_refuses_calibrated_methods_without_calibration_constants(path):
+    reader = path.rpartition(".")[0]
+    with pytest.raises(pydantic.ValidationError, match=rf"field 'frame': {path} applies calibration constants, "
+                       rf"but skip_calib_load is true.*read {reader}.raw instead, or set skip_calib_load: false"):
+        Psana2Source(files=["data.xtc2"], fields={"raw": "xppcspad.raw.raw", "frame": path})
+
+
+def test_calibrated_methods_are_accepted_where_constants_load():
+    source = Psana2Source(files=["data.xtc2"], fields={"frame": "xppcspad.raw.calib"}, skip_calib_load=False)
+    assert source.fields == {"frame": "xppcspad.raw.calib"}
+
+
+@pytest.mark.psana
+def test_produce_refuses_a_calib_field_before_reading(write_spec, xtc):
+    path = write_spec({"source": {"type": "psana2", "files": [xtc], "fields": {"frame": "xppcspad.raw.calib"}},
+                       "sinks": [{"type": "stream", "endpoint": "tcp://127.0.0.1:5555"}]})
+    result = run_cli("produce", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "field 'frame': xppcspad.raw.calib applies calibration constants" in result.stderr
 
 
 def test_spec_needs_a_file():
@@ -240,7 +246,7 @@ def test_client_receives_what_psana_reads(psana, xtc, tmp_path):
 
     endpoint = f"ipc://{tmp_path / 'stream'}"
     spec = parse_spec({
-        "source": {"type": "psana2", "files": [xtc], "fields": {"image": "xppcspad.raw.raw", "hsd": "xpphsd.raw.calib"}},
+        "source": {"type": "psana2", "files": [xtc], "fields": {"image": "xppcspad.raw.raw", "motor": "motor1"}},
         "steps": [{"type": "batch", "size": 2}],
         "serializer": {"type": "hdf5"},
         "sinks": [{"type": "stream", "endpoint": endpoint}],
@@ -255,5 +261,5 @@ def test_client_receives_what_psana_reads(psana, xtc, tmp_path):
     assert client.report.complete and sorted(events) == list(range(EVENTS))
     for seq, (timestamp, values) in enumerate(psana_events(psana, xtc)):
         np.testing.assert_array_equal(events[seq].data["image"], values["image"])
-        np.testing.assert_array_equal(events[seq].data["hsd"], values["hsd"])
+        assert events[seq].data["motor"] == values["motor"]
         assert events[seq].data["timestamp"] == timestamp

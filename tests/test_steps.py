@@ -71,6 +71,14 @@ def test_batch_rechunks_to_exact_size_keeping_every_event_once_in_order(size: in
     np.testing.assert_array_equal(np.concatenate([b.data["x"] for b in out]), event_data(0, total))
 
 
+def test_batch_keeps_a_big_endian_fields_dtype_in_views_and_joins() -> None:
+    incoming = [make_batch(int(start), size, x=event_data(int(start), size).astype(">i2"))
+                for start, size in ((0, 5), (5, 5), (10, 5))]
+    out = run(BatchStep(size=4), *incoming)  # [0, 4) a view, [4, 8) a join, ..., [12, 15) a held tail
+    assert {b.data["x"].dtype.str for b in out} == {"<i2"}
+    np.testing.assert_array_equal(np.concatenate([b.data["x"] for b in out]), event_data(0, 15))
+
+
 def test_batch_of_nothing_is_nothing() -> None:
     assert run(BatchStep(size=3)) == []
 
@@ -357,10 +365,25 @@ def test_cast_missing_field() -> None:
         run(CastStep(fields=["z"], dtype="float32"), make_batch(0, 2, x=images(2)))
 
 
-@pytest.mark.parametrize("dtype", ["floatt", "U5", "object"])
+@pytest.mark.parametrize("dtype", ["floatt", "U5", "object", ">f4"])
 def test_cast_rejects_bad_dtype_at_validation(dtype: str) -> None:
     with pytest.raises(ValidationError, match="float32"):
         CastStep(dtype=dtype)
+
+
+def test_cast_without_fields_leaves_the_timestamp_alone() -> None:
+    stamps = np.array([(7 << 32) | 123_456_789, (7 << 32) | 123_456_790], dtype=np.uint64)
+    batch = make_batch(0, 2, image=images(2), timestamp=stamps)
+    out = run_one(CastStep(dtype="float32"), batch)
+    assert out.data["image"].dtype == np.float32
+    assert out.data["timestamp"] is batch.data["timestamp"]
+
+
+def test_cast_converts_the_timestamp_when_named() -> None:
+    batch = make_batch(0, 2, image=images(2), timestamp=np.array([1, 2], dtype=np.uint64))
+    out = run_one(CastStep(fields=["timestamp"], dtype="float64"), batch)
+    assert out.data["timestamp"].dtype == np.float64
+    assert out.data["image"] is batch.data["image"]
 
 
 # --- select ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 A :class:`Batch` is columnar (like event-model's EventPage): every field is one array
 whose first axis runs over the batch's events, so steps work on all events at once.
+The conventions of the data it carries (axes, byte order, times) are in docs/conventions.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ MAX_PRODUCERS = 1 << 14
 """Producers of one stream at most (MPI ranks of the biggest jobs with room to spare)."""
 MAX_BLOCK = 1 << 30
 
+TIMESTAMP_FIELD = "timestamp"
+"""A source's own exact event timestamp, kept as it reads it (psana: uint64 ``seconds << 32 | nanoseconds``)."""
+BOOKKEEPING_FIELDS = frozenset({TIMESTAMP_FIELD})
+"""Fields that say which event this is rather than what was measured: a step that acts on every
+field (``cast`` without ``fields``) leaves them alone, and converts them only when named."""
+
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
@@ -29,7 +36,9 @@ class Batch:
     """Events ``seq[i]`` taken at ``time[i]`` (seconds since the epoch), with ``data[name][i]``.
 
     Promises: ``len(seq) == len(time) == len(array)`` for every array in ``data``;
-    ``seq`` is int64 and strictly increasing.
+    ``seq`` is int64 and strictly increasing; every array in ``data`` is little-endian (or
+    has no byte order): a big-endian array given is replaced by a little-endian copy, so
+    that a field keeps one dtype however its events are sliced and joined.
     """
 
     seq: np.ndarray
@@ -43,6 +52,9 @@ class Batch:
         for name, array in self.data.items():
             if array.shape[:1] != (count,):
                 raise ValueError(f"field {name!r} has shape {array.shape}, expected ({count}, ...)")
+        if any(array.dtype != little_endian(array.dtype) for array in self.data.values()):
+            object.__setattr__(self, "data", {name: array.astype(little_endian(array.dtype), copy=False)
+                                              for name, array in self.data.items()})
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -70,6 +82,11 @@ class Batch:
             np.concatenate([b.time for b in batches]),
             {name: np.concatenate([b.data[name] for b in batches]) for name in names},
         )
+
+
+def little_endian(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in little-endian byte order (itself when it has none, e.g. uint8 or bool)."""
+    return dtype.newbyteorder("<")
 
 
 class Share(msgspec.Struct, frozen=True, array_like=True):

@@ -3,6 +3,10 @@
 The files are concatenated in the order given: an event's sequence number is its index along
 axis 0 of that concatenation. Each rank reads only the blocks it owns, one ``ds[a:b]`` slice
 per dataset and file, so no file is ever loaded whole. Only one file is open at a time.
+
+Fields keep their dataset's dtype, in little-endian byte order (a ``>u2`` dataset streams as
+``<u2``, see :class:`~beamstream.batch.Batch`). Events have the times of ``time_dataset``, or
+NaN without one: the source invents none (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle, lz4 and zstd filters
 import numpy as np
 from pydantic import Field
 
-from beamstream.batch import Batch, Share
+from beamstream.batch import Batch, Share, little_endian
 from beamstream.errors import SourceError
 from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, check_memory
 from beamstream.stages import SourceSpec
@@ -38,12 +42,11 @@ class FileExtent:
     path: str
     start: int
     length: int
-    mtime: float
 
 
 @dataclass(frozen=True, slots=True)
 class FileLayout:
-    """What one file holds: its event count, each field's (dtype, frame shape), the block hint."""
+    """What one file holds: its event count, each field's (dtype as streamed, frame shape), the block hint."""
 
     length: int
     fields: dict[str, tuple[str, tuple[int, ...]]]
@@ -129,7 +132,7 @@ def _layout(h5: h5py.File, path: str, datasets: dict[str, str], time_dataset: st
     first = next(iter(fields.values()))
     return FileLayout(
         length=first.shape[0],
-        fields={name: (ds.dtype.str, ds.shape[1:]) for name, ds in fields.items()},
+        fields={name: (little_endian(ds.dtype).str, ds.shape[1:]) for name, ds in fields.items()},
         chunk=first.chunks[0] if first.chunks else None,
     )
 
@@ -204,7 +207,7 @@ class HDF5Reader:
     def _read_slice(self, h5: h5py.File, extent: FileExtent, low: int, high: int) -> Batch:
         seq = np.arange(extent.start + low, extent.start + high, dtype=np.int64)
         if self.time_dataset is None:
-            time = np.full(len(seq), extent.mtime, dtype=np.float64)
+            time = np.full(len(seq), np.nan)
         else:
             time = np.asarray(h5[self.time_dataset][low:high], dtype=np.float64)
         return Batch(seq, time, {name: h5[dataset][low:high] for name, dataset in self.datasets.items()})
@@ -216,10 +219,11 @@ class HDF5Source(SourceSpec):
     Attributes:
         files: paths or glob patterns (``**`` included); each pattern's matches are sorted.
         datasets: output field name -> dataset path; every dataset of a file must have the
-            same length along axis 0, and each field the same dtype and frame shape in all files.
+            same length along axis 0, and each field the same dtype (byte order aside) and frame
+            shape in all files. Fields stream in the dataset's dtype, little-endian.
             Default: the CXI detector data, ``{"data": "/entry_1/data_1/data"}``.
-        time_dataset: a one-dimensional dataset of event times (seconds since the epoch, read
-            as float64). Without it, every event of a file gets the file's modification time.
+        time_dataset: a one-dimensional dataset of event times (seconds since the Unix epoch,
+            read as float64). Without it, every event's time is NaN (the files say none).
         events_per_read: events per block (each rank reads whole blocks, one read per block);
             0 takes the chunk length along axis 0 of the first dataset in the first file,
             or 16 when that dataset is not chunked.
@@ -251,7 +255,7 @@ class HDF5Source(SourceSpec):
             if layouts:
                 _check_same_fields(layouts[0], extents[0].path, layout, path)
             layouts.append(layout)
-            extents.append(FileExtent(path=path, start=start, length=layout.length, mtime=os.path.getmtime(path)))
+            extents.append(FileExtent(path=path, start=start, length=layout.length))
             start += layout.length
         total = start if self.max_events is None else min(start, self.max_events)
         block = self.events_per_read or layouts[0].chunk or DEFAULT_BLOCK
@@ -262,7 +266,7 @@ class HDF5Source(SourceSpec):
 
 
 def _check_same_fields(first: FileLayout, first_path: str, layout: FileLayout, path: str) -> None:
-    """SourceError unless every field has the same dtype and frame shape in both files."""
+    """SourceError unless every field has the same dtype (as streamed) and frame shape in both files."""
     for name, (dtype, shape) in layout.fields.items():
         if (dtype, shape) != first.fields[name]:
             first_dtype, first_shape = first.fields[name]

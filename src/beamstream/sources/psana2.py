@@ -14,7 +14,12 @@ Timestamps: psana's ``evt.timestamp`` is ``seconds << 32 | nanoseconds`` counted
 1990-01-01 00:00 UTC (psana's ``Event.datetime`` and ``psana.detector.utils_psana.seconds``
 use that epoch). ``time`` is that instant in seconds since the Unix epoch as float64, which
 resolves about 0.24 µs at today's dates: events closer than that share a ``time``, so the exact
-value also travels as the uint64 field ``timestamp``.
+value also travels as the uint64 field ``timestamp`` (a bookkeeping field: ``cast`` leaves it alone).
+
+Calibration: with ``skip_calib_load`` (the default; the constants come from a SLAC web service)
+psana has no pedestals, gains, masks or geometry, and its ``calib`` (``(raw - pedestals) * gain
+* mask`` for area detectors, ``raw`` itself when there are no constants) and ``image`` (built from
+``calib``) would hand out raw values under a calibrated name; such fields are refused.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from beamstream.batch import Batch, Share
+from beamstream.batch import TIMESTAMP_FIELD, Batch, Share
 from beamstream.errors import MissingDependency, SourceError
 from beamstream.stages import SourceSpec
 
 LCLS_EPOCH_OFFSET = 631_152_000
 """Seconds from 1970-01-01 to 1990-01-01 (UTC), the epoch of psana timestamps."""
 
-TIMESTAMP_FIELD = "timestamp"
+CALIBRATED_METHODS = frozenset({"calib", "image"})
+"""psana detector methods that apply calibration constants: ``AreaDetector.calib`` and ``image`` in
+``psana.detector.areadetector``, which the epix, jungfrau, opal, archon and axis detectors inherit or override."""
 NUMERIC_KINDS = frozenset("biufc")
 INSTALL_HINT = "the psana2 source needs psana: pip install 'beamstream[psana]' (and Debian's libkrb5-dev first)"
 
@@ -229,7 +236,8 @@ class Psana2Source(SourceSpec):
             also carries ``timestamp``, psana's uint64 timestamp, so that name is taken.
         max_events: read at most this many events (the first ones).
         skip_calib_load: do not fetch calibration constants (that needs the SLAC web service);
-            ``calib`` methods then apply none.
+            fields read with a calibrating method (``calib``, ``image``) are then refused,
+            as psana would return raw values under that name.
         on_missing: what to do with an event where a field returns None: ``error`` raises
             SourceError; ``skip`` leaves the event out of the stream (it is not sent).
     """
@@ -257,6 +265,20 @@ class Psana2Source(SourceSpec):
                     f"nor a variable name without dots"
                 )
         return fields
+
+    @model_validator(mode="after")
+    def _calibration_loaded(self) -> Psana2Source:
+        """No field reads a calibrating method (:data:`CALIBRATED_METHODS`) while ``skip_calib_load`` is set."""
+        if self.skip_calib_load:
+            for name, path in self.fields.items():
+                reader, _, method = path.rpartition(".")
+                if reader and method in CALIBRATED_METHODS:
+                    raise ValueError(
+                        f"field {name!r}: {path} applies calibration constants, but skip_calib_load is true, so "
+                        f"psana has none and would return raw values; read {reader}.raw instead, or set "
+                        f"skip_calib_load: false where the SLAC calibration service is reachable"
+                    )
+        return self
 
     def field_names(self) -> set[str]:
         return {*self.fields, TIMESTAMP_FIELD}
