@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS).
-# Idempotent: a second run only checks. Needs Debian's libkrb5-dev for psana (installed when root).
+# Idempotent: a second run only checks. Needs Debian's libkrb5-dev for psana and hdf5-tools (HDF5 1.10's
+# h5ls/h5dump, which the tests use to check that written files open in older HDF5); installed when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! dpkg -s libkrb5-dev >/dev/null 2>&1; then
+missing=()
+for package in libkrb5-dev hdf5-tools; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libkrb5-dev >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "psana needs Debian's libkrb5-dev: sudo apt-get install libkrb5-dev" >&2
+        echo "beamstream's tests need Debian's ${missing[*]}: sudo apt-get install ${missing[*]}" >&2
         exit 1
     fi
 fi

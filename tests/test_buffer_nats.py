@@ -191,6 +191,7 @@ def test_groups_over_nats_get_the_expected_events_and_a_late_group_replays(bridg
     assert "complete" in results["training.report"].summary()
     with Client(url, group="epoch-2", timeout=30) as late:
         assert sorted(event.seq for event in late.events()) == list(range(60)), "a finished stream replays"
+        assert late.metadata.fields["waveform"].source == "simulated waveform"
     with Client(url, timeout=30) as whole:  # no group: the whole stream, for this client alone
         assert len(list(whole.events())) == 60
 
@@ -202,6 +203,7 @@ def test_lossy_reader_over_nats_takes_the_newest_and_counts_the_rest(bridge, tmp
         messages = list(viewer.messages())
     assert [message.header.index for message in messages] == [49], "only the newest of 50 stored"
     assert viewer.report.skipped == 49 and viewer.report.complete
+    assert viewer.metadata.facility == "simulated", "the description comes from NATS, not the first message"
     assert "49 messages skipped" in viewer.report.summary()
 
 

@@ -27,17 +27,26 @@ def test_a_second_run_into_a_buffer_is_refused_and_the_first_loses_nothing(tmp_p
 
 
 def test_a_direct_consumer_follows_one_run_and_refuses_the_other(tmp_path):
+    """run-a streams for about 3 s; run-b starts once the consumer has run-a's first event, and is refused."""
     endpoint = f"ipc://{tmp_path / 'stream'}"
     results: dict = {}
+
+    def run(name: str, rate_hz: float) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.setdefault(name, run_local(
+            waveform_spec(endpoint, n_events=60, rate_hz=rate_hz), workers=1, stream_id=name)))
+        thread.start()
+        return thread
+
     with Client(endpoint, bind=True, timeout=60) as client:
-        runs = [threading.Thread(target=lambda name=name: results.setdefault(name, run_local(
-                    waveform_spec(endpoint, n_events=60, rate_hz=400), workers=1, stream_id=name)))
-                for name in ("run-a", "run-b")]
-        for run in runs:
-            run.start()
-        seqs = sorted(event.seq for event in client.events())
-        for run in runs:
-            run.join(timeout=120)
+        runs = [run("run-a", rate_hz=20)]
+        seqs = []
+        for event in client.events():
+            seqs.append(event.seq)
+            if len(runs) == 1:
+                runs.append(run("run-b", rate_hz=400))
+        seqs.sort()
+        for thread in runs:
+            thread.join(timeout=120)
     followed, other = client.report.stream, ({"run-a", "run-b"} - {client.report.stream}).pop()
     assert seqs == list(range(60)) and client.report.complete and client.report.foreign >= 1
     assert results[followed].ok

@@ -49,7 +49,7 @@ def test_schema_file_is_generated_from_the_definitions():
     assert committed == schema_text(), f"docs/wire-format.schema.json is stale: run `{REGENERATE}`"
 
 
-@pytest.mark.parametrize("message", ["DataHeader", "EndMessage"])
+@pytest.mark.parametrize("message", ["DataHeader", "EndMessage", "RunMetadata", "FieldMetadata"])
 def test_wire_format_doc_lists_every_header_key(message):
     rows = tables("wire-format.md")[message]
     documented = set().union(*(names(row[0]) for row in rows[1:]))
@@ -61,7 +61,8 @@ def test_buffer_protocol_doc_lists_every_control_message_and_field():
     rows = tables("buffer-protocol.md")["control"][1:]
     documented = {names(op).pop(): names(fields) | {"op", "protocol"} for _, op, fields, _ in rows}
     defined = {msgspec.inspect.type_info(struct).tag: fields_of(struct)
-               for name, struct in MESSAGES.items() if name not in ("DataHeader", "EndMessage", "Verdict")}
+               for name, struct in MESSAGES.items()
+               if name not in ("DataHeader", "EndMessage", "Verdict", "RunMetadata", "FieldMetadata")}
     assert documented == defined, "docs/buffer-protocol.md's control table and src/beamstream/wire/control.py disagree"
 
 

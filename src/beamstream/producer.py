@@ -1,7 +1,7 @@
 """Run a stream spec: source → steps → serializer → sinks, in one or several worker processes.
 
 Each worker owns a share of the run's events (``source.partition``), sends its messages to
-every sink, and ends with one end-of-stream message saying how many it sent and whether it
+every sink (its first message carrying the stream's description, :mod:`beamstream.description`), and ends with one end-of-stream message saying how many it sent and whether it
 finished (``status`` ok, error or aborted). Workers are local processes
 (:func:`run_local`) or MPI ranks (:func:`run_mpi`).
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from beamstream.batch import Batch
+from beamstream.description import describe_stream, first_batch
 from beamstream.errors import BeamstreamError
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
@@ -97,9 +98,12 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     sinks = [sink.open(context) for sink in spec.sinks]
     last_seq = None
     try:
-        for batch in pipeline(spec, source.read(share)):
+        first, batches = first_batch(source.read(share))
+        metadata = describe_stream(spec, source, first)
+        for batch in pipeline(spec, batches):
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
-                                         index=stats.messages, share=share)
+                                         index=stats.messages, share=share,
+                                         metadata=metadata if stats.messages == 0 else None)
             for sink in sinks:
                 sink.send(message)
             stats.messages += 1

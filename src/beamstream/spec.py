@@ -12,9 +12,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 
 from beamstream.buffer.config import BufferConfig
+from beamstream.description import metadata_from_spec
 from beamstream.errors import MissingDependency, SpecError
 from beamstream.plugins import plugin, plugin_names
 from beamstream.spec_input import check_data_shape, parse_yaml, read_spec_text
@@ -30,6 +31,9 @@ Attributes:
     sinks: where messages go (at least one).
     buffer: the buffer between producers and consumer groups, for the service that runs the
         stream to start (``beamstream buffer --spec``); the stream sinks connect to its ``producers``.
+    metadata: entries of the stream's description to add or override (facility, instrument,
+        experiment, run, sample, constants ``{name: {value, unit}}``, fields ``{name: {pixel_size,
+        distance, ...}}``; see ``RunMetadata`` in docs/wire-format.md).
 """
 
 
@@ -59,7 +63,15 @@ def spec_model() -> type[SpecModel]:
         ),
         sinks=(list[_union("sinks")], Field(min_length=1, description="where messages go")),
         buffer=(BufferConfig | None, Field(None, description="the buffer between producers and consumer groups")),
+        metadata=(Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)],
+                  Field(None, description="entries of the stream's description to add or override")),
     )
+
+
+def _check_metadata(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    if section is not None:
+        metadata_from_spec(section)
+    return section
 
 
 class StreamSpecView:
@@ -71,6 +83,7 @@ class StreamSpecView:
     serializer: SerializerSpec
     sinks: list[SinkSpec]
     buffer: BufferConfig | None
+    metadata: dict[str, Any] | None
 
 
 def parse_spec(data: Any, origin: str = "spec") -> Any:

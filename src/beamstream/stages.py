@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from beamstream.batch import Batch, Share
 from beamstream.wire import FieldInfo
+from beamstream.wire.metadata import RunMetadata
 
 
 class SpecModel(BaseModel):
@@ -27,7 +28,11 @@ class SpecModel(BaseModel):
 
 
 class Source(Protocol):
-    """Reads events. ``partition`` says which events a rank owns, ``read`` yields them."""
+    """Reads events. ``partition`` says which events a rank owns, ``read`` yields them.
+
+    A source may also have ``metadata() -> RunMetadata``: what it knows of the run (experiment,
+    run, constants, where each field was read), called once before the first event is sent.
+    """
 
     def partition(self, rank: int, producers: int) -> Share:
         """The share of rank ``rank`` among ``producers`` producers; shares never overlap."""
@@ -107,6 +112,11 @@ class StepSpec(SpecModel):
     def fields_after(self, names: set[str]) -> set[str]:
         """The fields of a batch after this step, given those before it (the same, unless a step says otherwise)."""
         return names
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """The stream's description after this step (:mod:`beamstream.description`); the same unless the step
+        changes a field's geometry or which fields there are."""
+        return metadata
 
 
 class SerializerSpec(SpecModel):

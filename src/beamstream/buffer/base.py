@@ -14,6 +14,8 @@ producer resending after a reconnect) is acknowledged again and otherwise droppe
 that have begun a stream and then say nothing for ``producer_timeout_s`` without ending are
 declared gone, so the stream's verdict can be given without them. A buffer serves one stream:
 the first message names it, and a message of any other stream id is refused (runs never mix).
+The first message that carries the stream's description sets ``metadata``, which each backend
+passes on to readers that never see that message (:meth:`described`).
 Each socket a buffer binds keeps at most ``max_connections`` connections
 (:class:`~beamstream.buffer.connections.ConnectionLimit`).
 """
@@ -38,6 +40,7 @@ from beamstream.logs import WarnOnce
 from beamstream.transport import open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire.control import Verdict
+from beamstream.wire.metadata import RunMetadata
 from beamstream.wire.replies import ACK, kept, refused
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ class Buffer(ABC):
         if bind:
             self.limit_connections(self.producer_socket, "producer")
         self.report = StreamReport(endpoints=[producer_endpoint])
+        self.metadata: RunMetadata | None = None  # the stream's description, from the first message carrying one
         self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
         self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
         self.warn_once = WarnOnce(logger)
@@ -208,6 +212,12 @@ class Buffer(ABC):
         else:
             self.report.add_data(message)
             self.seen.add((message.rank, message.index))
+            if message.metadata is not None and self.metadata is None:
+                self.metadata = message.metadata
+                self.described()
+
+    def described(self) -> None:
+        """Called once the stream's description (``metadata``) is known: a backend passes it on."""
 
     def producers_done(self) -> bool:
         """True once every producer has ended, or those that began a stream without ending have been

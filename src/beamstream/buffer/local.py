@@ -33,6 +33,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import zmq
 from prometheus_client.core import Metric
 
@@ -45,10 +46,12 @@ from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
 from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
 from beamstream.wire import EndMessage, parse_message
-from beamstream.wire.control import Deliver, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
+from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
+from beamstream.wire.metadata import RunMetadata
 
 logger = logging.getLogger(__name__)
 MAX_CONTROL_BYTES = 1 << 20  # a consumer's control message is small: a larger one drops its connection
+METADATA_FILE = "metadata.msgpack"  # the stream's description, in the spill directory
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
 
@@ -83,8 +86,8 @@ class LocalBuffer(Buffer):
         segments = Segments.recover(self.spill, segment_bytes) if self.spill else None
         self.message_log = MessageLog(max_bytes, segments, max_spill, retention_s)
         self._saved_groups: dict[str, dict[str, Any]] = {}
-        self._restore()
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
+        self._restore()
         self.last_size = 0
         self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0, control_rejected=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
@@ -103,6 +106,9 @@ class LocalBuffer(Buffer):
         """Rebuild the stream's account and the groups' positions from the spill directory."""
         if self.spill is None:
             return
+        saved_metadata = self.spill / METADATA_FILE
+        if saved_metadata.exists():
+            self.metadata = msgspec.msgpack.decode(saved_metadata.read_bytes(), type=RunMetadata)
         for _, _, frames in self.message_log.segments.records(first_frame_only=True):
             self.account(parse_message(frames, verify=False))
         for _, _, frames in self.ends.records():
@@ -114,6 +120,17 @@ class LocalBuffer(Buffer):
         if self.message_log.next_offset:
             logger.info("restored %d messages and %d groups from %s", self.message_log.next_offset - self.message_log.first_offset,
                      len(self.message_log.groups), self.spill)
+
+    def described(self) -> None:
+        """Keep the description beside the spill (the message that carried it may be evicted) and send it
+        to every member."""
+        if self.spill is not None:
+            write_atomically(self.spill / METADATA_FILE, msgspec.msgpack.encode(self.metadata))
+        for identity in list(self.members):
+            self._describe(identity)
+
+    def _describe(self, identity: bytes) -> None:
+        self._send_consumer(identity, [pack(Describe(metadata=self.metadata))])
 
     def save_groups(self) -> None:
         """Write every group's acknowledged position to ``groups.json`` in the spill directory, if one changed."""
@@ -239,6 +256,8 @@ class LocalBuffer(Buffer):
         self.message_log.join(group, identity, hello.credit)
         self.members[identity] = group
         logger.info("consumer %s joined group %s", identity.hex(), group.name)
+        if self.metadata is not None:
+            self._describe(identity)
 
     def _forget(self, identity: bytes) -> None:
         group = self.members.pop(identity, None)

@@ -97,6 +97,7 @@ class MessageLog:
         self.max_spill = max_spill
         self.retention_s = retention_s
         self.entries: dict[int, Entry] = {}
+        self.full_since: float | None = None  # when make_room last began to find no room
         self.resident_bytes = 0
         self.groups: dict[str, Group] = {}
         on_disk = sorted(segments.index) if segments else []
@@ -115,8 +116,14 @@ class MessageLog:
         (always true for an empty log)."""
         self.evict(nbytes)
         if self.segments is None:
-            return self.resident_bytes + nbytes <= self.max_bytes or not self.entries
-        return self.max_spill is None or self.spilled_bytes + nbytes <= self.max_spill or not self.segments.index
+            room = self.resident_bytes + nbytes <= self.max_bytes or not self.entries
+        else:
+            room = self.max_spill is None or self.spilled_bytes + nbytes <= self.max_spill or not self.segments.index
+        if room:
+            self.full_since = None
+        elif self.full_since is None:
+            self.full_since = time.monotonic()
+        return room
 
     def append(self, frames: list[Any], nbytes: int, kind: Literal["data", "end"]) -> Entry:
         """Accept a message (written through to disk first, with a spill directory)."""
@@ -214,15 +221,15 @@ class MessageLog:
     # --- memory -------------------------------------------------------------------------------
 
     def stalled_groups(self, seconds: float) -> list[Group]:
-        """The lossless groups that hold the oldest message still needed and have not acknowledged anything
-        for ``seconds``: the ones keeping producers waiting when the log is full."""
+        """The lossless groups that hold the oldest message still needed and have acknowledged nothing for
+        ``seconds`` while the log has been full: the ones keeping producers waiting."""
         lossless = [group for group in self.groups.values() if not group.lossy]
-        if not lossless:
+        if not lossless or self.full_since is None:
             return []
         needed_by = min(group.low_water for group in lossless)
         now = time.monotonic()
         return [group for group in lossless
-                if group.low_water == needed_by and now - group.progressed_at > seconds]
+                if group.low_water == needed_by and now - max(group.progressed_at, self.full_since) > seconds]
 
     def drop_group(self, group: Group) -> None:
         """Forget ``group``: its position and what it has not acknowledged no longer hold messages back."""

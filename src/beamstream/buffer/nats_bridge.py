@@ -68,6 +68,7 @@ class NatsBridge(Buffer):
         self.retry_s = retry_s
         self.pending: Received | None = None
         self.outage: str | None = None
+        self.metadata_stored = False
         self.verdict_for: tuple[int, int] | None = None  # (messages, ended producers) the stored verdict covers
 
     def _release(self) -> None:
@@ -95,6 +96,7 @@ class NatsBridge(Buffer):
                 self.pending = self.receive(self.producer_socket.recv_multipart(copy=False))
                 if self.pending is not None:
                     self._store_pending()
+            self._write_metadata()
             self._write_verdict()
 
     def _store_pending(self) -> bool:
@@ -126,6 +128,20 @@ class NatsBridge(Buffer):
                 store.close()
             except TransportError:
                 pass  # the connection is already gone
+
+    def described(self) -> None:
+        self.metadata_stored = False
+
+    def _write_metadata(self) -> None:
+        """Store the stream's description once it is known (retried while the server does not take it)."""
+        if self.store is None or self.metadata is None or self.metadata_stored:
+            return
+        try:
+            self.store.write_metadata(self.metadata)
+        except TransportError as exc:
+            logger.warning("could not store the stream's description in NATS (will retry): %s", exc)
+            return
+        self.metadata_stored = True
 
     def _write_verdict(self) -> None:
         """Write the verdict once the producers are done (all ended, or silent too long), and again

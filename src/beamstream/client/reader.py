@@ -36,6 +36,7 @@ from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, Tran
 from beamstream.logs import WarnOnce
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.wire.metadata import RunMetadata
 
 logger = logging.getLogger(__name__)
 DEFAULT_HWM = 4
@@ -110,6 +111,10 @@ class Client:
         is disconnected before it is allocated (a NATS server bounds its own messages).
 
     An option given where it does not apply raises OptionError saying where it does.
+
+    ``metadata`` is the stream's description (:class:`~beamstream.wire.metadata.RunMetadata`:
+    experiment, run, constants, each field's source and geometry) once the client knows it: by
+    the time the first message is yielded, from that message or from the buffer.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
@@ -140,8 +145,14 @@ class Client:
         self.verify = verify
         self.report = StreamReport(endpoints=endpoints, stream=stream)
         self._seen: set[tuple[int, int]] = set()
+        self._metadata: RunMetadata | None = None
         self._warn_once = WarnOnce(logger)
         self._closed = False
+
+    @property
+    def metadata(self) -> RunMetadata | None:
+        """The stream's description: from the first message that carried it, else from the buffer; None if unknown."""
+        return self._metadata or self.transport.metadata()
 
     def __enter__(self) -> Client:
         return self
@@ -221,6 +232,8 @@ class Client:
             return
         self._seen.add(key)
         self.report.add_data(message)
+        if message.metadata is not None and self._metadata is None:
+            self._metadata = message.metadata
         yield Message(message, decode_payload(message), time.time())
 
     def _silent(self) -> None:

@@ -19,6 +19,9 @@ from beamstream.errors import WireFormatError
 from beamstream.wire import FieldInfo
 
 META_GROUP = "_beamstream"
+LIBVER = ("earliest", "v110")
+"""HDF5 format bounds of every file beamstream writes: readable by HDF5 1.10 (Debian's h5ls/h5dump) and
+later, whatever HDF5 h5py is built on (``"latest"`` with HDF5 2.0 gives files that 1.10 and 1.14 cannot read)."""
 Compression = Literal["none", "gzip", "bitshuffle_lz4", "zstd"]
 
 
@@ -53,7 +56,7 @@ def batch_to_hdf5_bytes(seq: np.ndarray, time: np.ndarray, arrays: dict[str, np.
     import h5py
 
     buffer = io.BytesIO()
-    with h5py.File(buffer, "w", libver="latest") as h5:
+    with h5py.File(buffer, "w", libver=LIBVER) as h5:
         write_batch(h5, seq, time, arrays, compression, level)
     return buffer.getbuffer()
 

@@ -10,21 +10,27 @@ Layout of the stream: :mod:`beamstream.wire.nats`.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from beamstream.errors import TransportError
+from beamstream.errors import TransportError, WireFormatError
 from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, stored_frames
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, unpack
+from beamstream.wire.frames import decode
+from beamstream.wire.metadata import RunMetadata
 
 Start = Literal["earliest", "now"]
+logger = logging.getLogger(__name__)
+_metadata = msgspec.msgpack.Decoder(RunMetadata)
 
 
 class NatsReader(UsesConnection, ABC):
@@ -82,6 +88,19 @@ class NatsReader(UsesConnection, ABC):
             return False
         info = self.conn.call(self.sub.consumer_info())
         return info.num_pending == 0 and not info.num_ack_pending
+
+    def metadata(self) -> RunMetadata | None:
+        """The stream's newest description, or None before there is one (or if it is unreadable: logged)."""
+        if not self._subscribed():
+            return None
+        found = self.conn.call(last_on(self.conn, self.stream, layout.subject(self.name, "metadata")))
+        if found is None:
+            return None
+        try:
+            return decode(_metadata, found.data, "stream description")
+        except WireFormatError as exc:
+            logger.warning("ignored the stream's description in %s: %s", self.stream, exc)
+            return None
 
     def verdict(self) -> Verdict | None:
         """The stream's newest verdict, or None before there is one."""

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import msgspec
 import nats.js.errors
 from nats.js.api import DiscardPolicy, StreamConfig
 
@@ -16,6 +17,7 @@ from beamstream.jetstream.connection import NatsConnection, UsesConnection, next
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, pack
+from beamstream.wire.metadata import RunMetadata
 
 
 class NatsStore(UsesConnection):
@@ -82,6 +84,11 @@ class NatsStore(UsesConnection):
         ))
         manifest = {**headers, layout.PARTS: count, layout.PART_SEQS: ",".join(map(str, seqs))}
         return await self._publish(subject, b"", manifest)
+
+    def write_metadata(self, metadata: RunMetadata) -> None:
+        """Store the stream's description (readers take the newest one)."""
+        self.conn.call(self.conn.js.publish(layout.subject(self.name, "metadata"), msgspec.msgpack.encode(metadata),
+                                            stream=self.stream))
 
     def write_verdict(self, verdict: Verdict) -> None:
         """Store the stream's verdict (readers end with the newest one)."""

@@ -20,12 +20,14 @@ from pydantic import Field
 
 from beamstream.errors import TransportError
 from beamstream.codecs import decode_payload
-from beamstream.codecs.hdf5 import Compression, filter_options
+from beamstream.codecs.hdf5 import LIBVER, Compression, filter_options
 from beamstream.stages import SinkContext, SinkSpec
 from beamstream.atomic import commit, partial_path
 from beamstream.modes import create_file, make_dirs
 from beamstream.saving import message_h5_bytes, safe_name, save_file
+from beamstream.sinks.cxi import signal_field, write_structure
 from beamstream.wire import DataMessage, EndMessage
+from beamstream.wire.metadata import RunMetadata
 
 CXI_VERSION = 150
 CXI_FIELDS = "/entry_1/data_1"
@@ -60,8 +62,9 @@ class FilesWriter:
         self.prefix = file_prefix(context)
 
     def close(self, end: EndMessage) -> None:
-        """Finish the data files, then write ``{prefix}.end.json`` with what ``end`` reports."""
-        self.finish()
+        """Finish the data files (a stream that did not end ``ok`` leaves none under a final name), then
+        write ``{prefix}.end.json`` with what ``end`` reports."""
+        self.finish(end.status == "ok")
         path = self.directory / f"{self.prefix}.end.json"
         info = {
             "stream": end.stream,
@@ -77,8 +80,15 @@ class FilesWriter:
         }
         save_file(path, (json.dumps(info, indent=2, default=str) + "\n").encode())
 
-    def finish(self) -> None:
-        """Complete and release the data files (nothing to do for one file per message)."""
+    def finish(self, ok: bool) -> None:
+        """Complete and release the data files, under their final names only if ``ok`` (nothing to do
+        for one file per message: each is a message received whole)."""
+
+    def describe(self, message: DataMessage) -> None:
+        """Write ``{prefix}.metadata.json``, the stream's description, if ``message`` carries it."""
+        if message.metadata is not None:
+            path = self.directory / f"{self.prefix}.metadata.json"
+            save_file(path, (json.dumps(message.metadata.to_builtins(), indent=2) + "\n").encode())
 
 
 class MessageFiles(FilesWriter):
@@ -95,6 +105,7 @@ class MessageFiles(FilesWriter):
         self.level = level
 
     def send(self, message: DataMessage) -> None:
+        self.describe(message)
         path = self.directory / f"{self.prefix}-m{message.index:06d}.h5"
         save_file(path, message_h5_bytes(message, self.compression, self.level))
 
@@ -102,11 +113,14 @@ class MessageFiles(FilesWriter):
 class CxiFile(FilesWriter):
     """Layout ``cxi``: one ``{prefix}.cxi`` per worker, every message appended along axis 0.
 
-    Field ``name`` goes to ``/entry_1/data_1/<name>`` (so the usual ``data`` field lands at
-    CXI's ``/entry_1/data_1/data``), sequence numbers and times to ``/entry_1/_beamstream/seq``
-    and ``/entry_1/_beamstream/time``; ``/cxi_version`` is 150. Every message must carry the
-    same fields with the same dtypes and frame shapes as the first. The file is written as
-    ``{prefix}.cxi.part`` and renamed by ``close``.
+    Field ``name`` goes to ``/entry_1/data_1/<name>``, sequence numbers and times to
+    ``/entry_1/_beamstream/seq`` and ``/entry_1/_beamstream/time``; ``/cxi_version`` is 150, and
+    the CXI/NeXus structure around them (:mod:`beamstream.sinks.cxi`) links the detector data
+    to ``/entry_1/data_1/data`` and ``/entry_1/instrument_1/detector_1/data`` whatever its field
+    is named. Every message must carry the same fields with the same dtypes and frame shapes as
+    the first. The file is written as ``{prefix}.cxi.part`` and renamed by ``close`` if the
+    stream ended ``ok``; otherwise it stays ``.part``. It opens with HDF5 1.10 and later
+    (:data:`~beamstream.codecs.hdf5.LIBVER`).
     """
 
     def __init__(self, directory: Path, context: SinkContext, compression: Compression, level: int | None) -> None:
@@ -115,7 +129,7 @@ class CxiFile(FilesWriter):
         self.options = filter_options(compression, level)
         try:
             os.close(create_file(partial_path(self.path)))  # private from the start; h5py keeps the mode
-            self.h5 = h5py.File(partial_path(self.path), "w", libver="latest")
+            self.h5 = h5py.File(partial_path(self.path), "w", libver=LIBVER)
             self.h5["cxi_version"] = CXI_VERSION
             meta = self.h5.require_group(CXI_META)
             meta.create_dataset("seq", shape=(0,), maxshape=(None,), dtype="<i8", chunks=True)
@@ -128,6 +142,7 @@ class CxiFile(FilesWriter):
         arrays = decode_payload(message)
         if self.fields is None:
             self._create_fields(arrays)
+            write_structure(self.h5, message.metadata or RunMetadata(), CXI_FIELDS, signal_field(arrays), CXI_META)
         else:
             self._check_fields(message, arrays)
         try:
@@ -154,11 +169,12 @@ class CxiFile(FilesWriter):
                 f"{_describe(self.fields)}; the cxi layout needs them all alike (use layout: messages)"
             )
 
-    def finish(self) -> None:
-        """Close the file and give it its final name."""
+    def finish(self, ok: bool) -> None:
+        """Close the file and, if ``ok``, give it its final name."""
         try:
             self.h5.close()
-            commit(self.path)
+            if ok:
+                commit(self.path)
         except OSError as exc:
             raise _write_failed(self.path, exc) from None
 
@@ -182,7 +198,10 @@ class FilesSink(SinkSpec):
         layout: ``messages``: one ``{stream}-r{rank:03d}-m{index:06d}.h5`` per message;
             ``cxi``: one ``{stream}-r{rank:03d}.cxi`` per worker, all events appended.
             Either way ``close`` writes ``{stream}-r{rank:03d}.end.json`` (messages, events,
-            last_seq, status, reason of the worker's end message).
+            last_seq, status, reason of the worker's end message); the ``messages`` layout
+            also writes the stream's description to ``{stream}-r{rank:03d}.metadata.json``
+            (the ``cxi`` layout keeps it in the file). A ``cxi`` file of a worker that did not
+            end ``ok`` stays ``.cxi.part``.
         compression: none, gzip, bitshuffle_lz4 or zstd, for arrays the sink writes itself
             (an ``hdf5`` message in the ``messages`` layout keeps its serializer's choice).
         level: compression level for gzip (0-9) or zstd (1-22); default 4 and 3.

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 from beamstream.batch import Batch, Share
 from beamstream.limits import MAX_EVENT_BYTES, Axis, BatchSize, EventCount, Rate, Shape, check_memory
 from beamstream.stages import SourceSpec, SpecModel
+from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
 
 def _check_dtype(value: str) -> str:
@@ -58,6 +59,12 @@ class ImageDetector(SpecModel):
 
     def event_bytes(self) -> int:
         return int(np.prod(self.shape, dtype=object)) * np.dtype(self.dtype).itemsize
+
+    def truth_metadata(self) -> dict[str, FieldMetadata]:
+        return {f"{self.name}_peaks": FieldMetadata(
+            detector=self.name, units="pixels",
+            source="ground truth: peak centres, one row per peak: panel indices, then row and column of the "
+                   "centre (pixel centres at integer coordinates)")}
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         frame = rng.normal(self.background, self.noise, self.shape)
@@ -107,6 +114,10 @@ class WaveformDetector(SpecModel):
 
     def event_bytes(self) -> int:
         return self.samples * np.dtype(self.dtype).itemsize
+
+    def truth_metadata(self) -> dict[str, FieldMetadata]:
+        return {f"{self.name}_hits": FieldMetadata(detector=self.name, units="samples",
+                                                   source="ground truth: hit times (sample index of each hit's centre)")}
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         times = np.sort(rng.uniform(0, self.samples, self.hits))
@@ -186,6 +197,14 @@ class SimulatedReader:
 
     def partition(self, rank: int, producers: int) -> Share:
         return Share(rank=rank, producers=producers, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
+
+    def metadata(self) -> RunMetadata:
+        """Facility ``simulated``; each detector's field and its ground truth, with what they hold."""
+        fields = {}
+        for detector in self.spec.detectors:
+            fields[detector.name] = FieldMetadata(detector=detector.name, source=f"simulated {detector.kind}")
+            fields.update(detector.truth_metadata())
+        return RunMetadata(facility="simulated", fields=fields)
 
     def bank(self) -> dict[str, np.ndarray]:
         """Every field for each of the ``bank_size`` frames, stacked and read-only."""

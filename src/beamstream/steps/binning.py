@@ -9,9 +9,11 @@ import numpy as np
 from pydantic import Field
 
 from beamstream.batch import Batch
+from beamstream.description import Geometry, change_geometry
 from beamstream.errors import StepError
 from beamstream.limits import Shape
 from beamstream.stages import StepSpec
+from beamstream.wire.metadata import RunMetadata
 from beamstream.steps import BatchwiseStep, require_field
 
 SIGNED = (np.int8, np.int16, np.int32, np.int64)
@@ -47,6 +49,22 @@ class BinStep(StepSpec):
 
     def build(self) -> Binner:
         return Binner(self.field, self.factors, self.reduce)
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """The binned axes shrink by their factor; their binning and pixel size grow by it."""
+
+        def combine(geometry: Geometry) -> None:
+            lead = len(geometry.shape) - len(self.factors)
+            for offset, factor in enumerate(self.factors):
+                axis = lead + offset
+                if axis < 0:
+                    continue
+                geometry.shape[axis] //= factor
+                geometry.binning[axis] *= factor
+                if (pixel := geometry.pixel_axis(axis)) is not None:
+                    geometry.pixel_size[pixel] *= factor
+
+        return change_geometry(metadata, self.field, combine)
 
 
 class Binner(BatchwiseStep):

@@ -8,9 +8,11 @@ import numpy as np
 from pydantic import Field
 
 from beamstream.batch import Batch
+from beamstream.description import Geometry, change_geometry
 from beamstream.errors import StepError
 from beamstream.limits import Shape
 from beamstream.stages import StepSpec
+from beamstream.wire.metadata import RunMetadata
 from beamstream.steps import BatchwiseStep, require_field
 
 
@@ -34,6 +36,17 @@ class PadStep(StepSpec):
 
     def build(self) -> Padder:
         return Padder(self.field, tuple(self.shape), self.value)
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """The padded axes take the target lengths (pixels are added at their end: the origin stays)."""
+
+        def enlarge(geometry: Geometry) -> None:
+            lead = len(geometry.shape) - len(self.shape)
+            for offset, length in enumerate(self.shape):
+                if lead + offset >= 0:
+                    geometry.shape[lead + offset] = max(length, geometry.shape[lead + offset])
+
+        return change_geometry(metadata, self.field, enlarge)
 
 
 class Padder(BatchwiseStep):

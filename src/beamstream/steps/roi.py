@@ -7,9 +7,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from beamstream.batch import Batch
+from beamstream.description import Geometry, change_geometry
 from beamstream.errors import StepError
 from beamstream.limits import MAX_DIMENSIONS, Index, Shape
 from beamstream.stages import StepSpec
+from beamstream.wire.metadata import RunMetadata
 from beamstream.steps import BatchwiseStep, require_field
 
 
@@ -48,6 +50,17 @@ class RoiStep(StepSpec):
 
     def build(self) -> Cropper:
         return Cropper(self.field, self.start, self.stop)
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """The field's shape is the region's; its origin moves by ``start`` (in source pixels)."""
+
+        def crop(geometry: Geometry) -> None:
+            for axis, (first, stop) in enumerate(zip(self.start, self.stop, strict=True)):
+                if axis < len(geometry.shape):
+                    geometry.origin[axis] += first * geometry.binning[axis]
+                    geometry.shape[axis] = stop - first
+
+        return change_geometry(metadata, self.field, crop)
 
 
 class Cropper(BatchwiseStep):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 from pydantic import Field, field_validator
 
 from beamstream.batch import Batch
 from beamstream.stages import StepSpec
+from beamstream.wire.metadata import RunMetadata
 from beamstream.steps import BatchwiseStep, require_field
 
 
@@ -34,6 +36,11 @@ class SelectStep(StepSpec):
 
     def build(self) -> Selector:
         return Selector(self.fields)
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """Only the kept fields stay described."""
+        kept = {name: entry for name, entry in metadata.fields.items() if name in self.fields}
+        return msgspec.structs.replace(metadata, fields=kept)
 
 
 class Selector(BatchwiseStep):

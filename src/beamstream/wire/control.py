@@ -5,7 +5,7 @@ msgpack map whose ``op`` says what it is and whose ``protocol`` is :data:`PROTOC
 delivery is a :class:`Deliver` frame followed by the producer's message frames, unchanged.
 
 consumer → buffer: :class:`Hello`, :class:`Ack`.
-buffer → consumer: :class:`Deliver`, :class:`End`, :class:`Ping`, :class:`Rejoin`, :class:`Error`.
+buffer → consumer: :class:`Deliver`, :class:`Describe`, :class:`End`, :class:`Ping`, :class:`Rejoin`, :class:`Error`.
 
 :class:`Verdict` is a stream's final account, the same from every buffer backend: the local
 buffer sends it inside :class:`End`, the NATS backend stores it as a record of its own.
@@ -20,6 +20,7 @@ import msgspec
 from beamstream.batch import NonNegative
 from beamstream.errors import WireFormatError
 from beamstream.wire.frames import decode, frame_buffer
+from beamstream.wire.metadata import RunMetadata
 
 PROTOCOL = "beamstream-buffer/1"
 Range = tuple[int, int]
@@ -54,6 +55,12 @@ class Deliver(Control, tag="deliver", kw_only=True):
 
     offset: NonNegative
     skipped: NonNegative
+
+
+class Describe(Control, tag="describe", kw_only=True):
+    """The stream's description, sent to a member when it joins and to every member when the buffer learns it."""
+
+    metadata: RunMetadata
 
 
 class End(Control, tag="end", kw_only=True):
@@ -92,7 +99,7 @@ class Verdict(Control, tag="verdict", kw_only=True):
 
 
 ToBuffer = Hello | Ack
-ToConsumer = Deliver | End | Ping | Rejoin | Error
+ToConsumer = Deliver | Describe | End | Ping | Rejoin | Error
 C = TypeVar("C")
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from beamstream.batch import Batch, NonNegative, ProducerCount, Seq, Share
 from beamstream.errors import ChecksumMismatch, WireFormatError
 from beamstream.wire.frames import decode, frame_buffer, frame_bytes, payload_checksum
+from beamstream.wire.metadata import RunMetadata
 
 WIRE_VERSION = 1
 Checksum = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most uint64
@@ -40,10 +41,12 @@ class FieldInfo(msgspec.Struct, frozen=True, array_like=True):
         return cls(name=name, dtype=array.dtype.str, shape=tuple(array.shape))
 
 
-class DataHeader(msgspec.Struct, frozen=True):
+class DataHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     """Header of a data message, key by key (docs/wire-format.md, "Header of a data message").
 
     ``seq`` and ``time`` are the raw little-endian int64 and float64 arrays of the events.
+    ``metadata``, the stream's description, is in each producer's first message only (absent
+    from the others).
     """
 
     v: int
@@ -61,6 +64,7 @@ class DataHeader(msgspec.Struct, frozen=True):
     fields: Annotated[list[FieldInfo], msgspec.Meta(max_length=MAX_FIELDS)]
     checksum: Checksum | None
     sent: float
+    metadata: RunMetadata | None = None
 
     def __post_init__(self) -> None:
         if self.rank >= self.producers:
@@ -113,6 +117,7 @@ class DataMessage:
     payload: list[Any]
     checksum: int | None = None
     sent: float = 0.0
+    metadata: RunMetadata | None = None
 
     @property
     def first_seq(self) -> int:
@@ -136,6 +141,7 @@ class DataMessage:
             seq=np.ascontiguousarray(self.seq, dtype="<i8").tobytes(),
             time=np.ascontiguousarray(self.time, dtype="<f8").tobytes(),
             serializer=self.serializer, fields=self.fields, checksum=self.checksum, sent=self.sent,
+            metadata=self.metadata,
         )
         return [_encoder.encode(header), *self.payload]
 
@@ -144,7 +150,8 @@ class DataMessage:
         return cls(stream=header.stream, rank=header.rank, producers=header.producers, index=header.index,
                    share=header.share, seq=np.frombuffer(header.seq, dtype="<i8"),
                    time=np.frombuffer(header.time, dtype="<f8"), serializer=header.serializer,
-                   fields=header.fields, payload=payload, checksum=header.checksum, sent=header.sent)
+                   fields=header.fields, payload=payload, checksum=header.checksum, sent=header.sent,
+                   metadata=header.metadata)
 
 
 class _Envelope(msgspec.Struct):
@@ -224,11 +231,12 @@ def _check_events(header: DataHeader, message: DataMessage) -> None:
 
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
-                       share: Share) -> DataMessage:
-    """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer."""
+                       share: Share, metadata: RunMetadata | None = None) -> DataMessage:
+    """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer (carrying
+    ``metadata`` if given)."""
     payload = serializer.encode(batch)
     return DataMessage(
         stream=stream, rank=rank, producers=producers, index=index, share=share, seq=batch.seq, time=batch.time,
         serializer=serializer.name, fields=[FieldInfo.of(name, array) for name, array in batch.data.items()],
-        payload=payload, checksum=payload_checksum(payload),
+        payload=payload, checksum=payload_checksum(payload), metadata=metadata,
     )

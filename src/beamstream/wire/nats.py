@@ -14,6 +14,9 @@ Stream ``name`` is the JetStream stream ``BEAMSTREAM_<name>`` with subjects ``be
 - ``beamstream.<name>.end``: end-of-stream messages, stored the same way.
 - ``beamstream.<name>.verdict``: :class:`~beamstream.wire.control.Verdict` records written by
   the buffer once every producer has ended (or went silent); the newest one counts.
+- ``beamstream.<name>.metadata``: the stream's :class:`~beamstream.wire.metadata.RunMetadata`
+  (msgpack), written by the buffer when the first message that carries it arrives, so a reader
+  that never sees that message still has it (until the stream's ``max_age`` removes it).
 
 ``Bs-Msg`` is also the ``Nats-Msg-Id`` (``-part-i`` appended for a part), so the server drops
 a message stored twice within its duplicate window.
@@ -37,7 +40,7 @@ PART_SEQS = "Bs-Part-Seqs"
 MSG_ID = "Nats-Msg-Id"
 HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
 NAME = re.compile(r"[A-Za-z0-9_-]+")
-Subject = Literal["data", "part", "end", "verdict"]
+Subject = Literal["data", "part", "end", "verdict", "metadata"]
 
 
 def check_name(kind: str, name: str) -> str:

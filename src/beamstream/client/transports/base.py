@@ -9,6 +9,7 @@ from typing import Any
 
 from beamstream.wire import DataMessage, EndMessage
 from beamstream.wire.control import Verdict
+from beamstream.wire.metadata import RunMetadata
 
 
 def _nothing(*args: Any) -> None:
@@ -56,6 +57,11 @@ class Transport(ABC):
 
     where: str
     ends_with_verdict: bool
+
+    def metadata(self) -> RunMetadata | None:
+        """The stream's description where the transport learns it apart from the messages (a buffer
+        sends or stores it), else None."""
+        return None
 
     @abstractmethod
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:

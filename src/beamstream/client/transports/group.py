@@ -11,7 +11,8 @@ import zmq
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.transport import open_socket
-from beamstream.wire.control import Ack, Deliver, End, Error, Hello, Ping, Rejoin, ToConsumer, pack, unpack
+from beamstream.wire.control import Ack, Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToConsumer, pack, unpack
+from beamstream.wire.metadata import RunMetadata
 
 HELLO_EVERY_S = 1.0  # while the buffer is silent, say hello again this often (it may have restarted)
 
@@ -37,6 +38,7 @@ class GroupTransport(Transport):
             self.context.term()
             raise
         self.hello = pack(Hello(group=group, lossy=lossy, start=start, credit=credit))
+        self.described: RunMetadata | None = None
         self.socket.send(self.hello)
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
@@ -52,6 +54,9 @@ class GroupTransport(Transport):
                                    skipped=control.skipped)
                     quiet_since = time.monotonic()
                     continue
+                if isinstance(control, Describe):
+                    self.described = control.metadata
+                    continue
                 if isinstance(control, End):
                     yield StreamEnd(control.verdict, control.skipped)
                     return
@@ -64,6 +69,9 @@ class GroupTransport(Transport):
             if timeout is not None and time.monotonic() - quiet_since > timeout:
                 yield None
                 quiet_since = time.monotonic()
+
+    def metadata(self) -> RunMetadata | None:
+        return self.described
 
     def _acknowledge(self, offset: int) -> None:
         self.socket.send(pack(Ack(offsets=[offset], credit=1)))

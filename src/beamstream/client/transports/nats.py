@@ -13,6 +13,7 @@ from typing import Any, Literal
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.errors import MissingDependency
 from beamstream.jetstream.urls import split_url
+from beamstream.wire.metadata import RunMetadata
 
 POLL_S = 0.5  # how long one fetch waits before the reader checks whether the stream has ended
 
@@ -39,6 +40,7 @@ class NatsTransport(Transport):
         self.reader: Any = (
             NatsLatestReader(server, name, start, timeout=request_timeout) if lossy else
             NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=request_timeout))
+        self.described: RunMetadata | None = None
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
         quiet_since = time.monotonic()
@@ -46,16 +48,27 @@ class NatsTransport(Transport):
             item = self.reader.fetch(POLL_S)
             if item is not None:
                 frames, ack = item
+                self._learn_metadata()
                 yield Delivery(frames, done=ack, skipped=self.reader.skipped)
                 quiet_since = time.monotonic()
                 continue
             verdict = self.reader.verdict()
             if verdict is not None and self.reader.settled():
+                self._learn_metadata()
                 yield StreamEnd(verdict, self.reader.skipped)
                 return
             if timeout is not None and time.monotonic() - quiet_since > timeout:
                 yield None
                 quiet_since = time.monotonic()
+
+    def metadata(self) -> RunMetadata | None:
+        return self.described
+
+    def _learn_metadata(self) -> None:
+        """Read the stream's description from the server until it is there (asked with each delivery until
+        then, and at the end: the buffer stores it just after the first message)."""
+        if self.described is None:
+            self.described = self.reader.metadata()
 
     def close(self) -> None:
         self.reader.close()
