@@ -156,3 +156,95 @@ def test_a_stream_that_did_not_end_ok_leaves_no_file_under_its_final_name(tmp_pa
     assert json.loads(end.read_text())["status"] == "aborted"
     with h5py.File(partial) as h5:
         assert np.array_equal(h5["entry_1/_beamstream/seq"][()], np.arange(h5["entry_1/_beamstream/seq"].shape[0]))
+
+
+def stream_to_client(spec: dict, endpoint: str, workers: int = 2) -> tuple[dict, Client]:
+    """Run ``spec`` (its sinks: the stream sink at ``endpoint`` added) into a Client; (events by seq, client)."""
+    spec = parse_spec({**spec, "sinks": [*spec.get("sinks", []), {"type": "stream", "endpoint": endpoint}]})
+    outcome: dict = {}
+    with Client(endpoint, bind=True, timeout=120) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=workers)))
+        producers.start()
+        events = {event.seq: event for event in client.events()}
+        producers.join()
+    assert outcome["result"].ok, outcome["result"].errors
+    return events, client
+
+
+@pytest.mark.psana
+def test_a_psana2_run_describes_itself_to_the_client_and_in_the_files(psana, xtc, tmp_path):
+    out = tmp_path / "out"
+    spec = {"source": {"type": "psana2", "files": [xtc], "fields": {"image": "xppcspad.raw.raw"}},
+            "metadata": {"constants": {"photon_energy": {"value": 9500, "unit": "eV"}}},
+            "sinks": [{"type": "files", "dir": str(out), "layout": "cxi"}]}
+    events, client = stream_to_client(spec, f"ipc://{tmp_path / 'stream'}")
+    run = next(psana.DataSource(files=xtc, skip_calib_load="all").runs())
+    metadata = client.metadata
+    assert (metadata.facility, metadata.experiment, metadata.run) == ("LCLS", run.expt, run.runnum)
+    assert metadata.instrument == run.expt[:3].upper()
+    assert metadata.fields["image"].source == "psana xppcspad.raw.raw" and metadata.fields["image"].detector == "xppcspad"
+    assert metadata.fields["image"].shape == list(events[0].data["image"].shape)
+    for path in out.glob("*.cxi"):
+        with h5py.File(path) as h5:
+            assert h5["entry_1/experiment_identifier"][()].decode() == run.expt
+            assert h5["entry_1/instrument_1/source_1/energy"].attrs["units"] == "J"
+            assert json.loads(h5["entry_1/_beamstream"].attrs["description"])["run"] == run.runnum
+
+
+@pytest.mark.psana
+def test_events_psana_skips_are_counted_as_omitted_not_lost(psana, xtc, tmp_path):
+    """The EPICS variable has no value in events 0-3: with on_missing: skip they are left out, the stream is
+    complete, and the consumer counts them as omitted."""
+    spec = {"source": {"type": "psana2", "files": [xtc], "fields": {"pressure": "HX2:DVD:GCC:01:PMON"},
+                       "on_missing": "skip"}}
+    events, client = stream_to_client(spec, f"ipc://{tmp_path / 'stream'}")
+    assert sorted(events) == list(range(4, 10))
+    assert client.report.complete and client.report.omitted == 4 and client.report.missing_events == 0
+    assert "4 events left out by the source on purpose (not lost)" in client.report.summary()
+
+
+def test_an_hdf5_run_describes_itself_from_the_datasets_and_attributes_the_spec_names(tmp_path):
+    path = tmp_path / "run.cxi"
+    with h5py.File(path, "w") as h5:
+        h5.attrs["facility"] = "EuXFEL"
+        h5["entry_1/data_1/data"] = np.arange(5 * 4 * 4, dtype="<u2").reshape(5, 4, 4)
+        h5["entry_1/experiment_identifier"] = "p002345"
+        h5["entry_1/run"] = np.int32(42)
+        energy = h5.create_dataset("entry_1/instrument_1/source_1/energy", data=9.3)  # a scalar dataset
+        energy.attrs["units"] = "keV"
+        distance = h5.create_dataset("entry_1/instrument_1/detector_1/distance", data=120.0)
+        distance.attrs["units"] = "mm"
+        h5["entry_1/instrument_1/detector_1/pixel_size"] = np.array([75.0, 75.0])
+        h5["entry_1/instrument_1/detector_1/pixel_size"].attrs["units"] = "um"
+    out = tmp_path / "out"
+    spec = {"source": {"type": "hdf5", "files": [str(path)], "metadata": {
+                "facility": "@facility", "experiment": "/entry_1/experiment_identifier", "run": "/entry_1/run",
+                "photon_energy": "/entry_1/instrument_1/source_1/energy",
+                "data.distance": "/entry_1/instrument_1/detector_1/distance",
+                "data.pixel_size": "/entry_1/instrument_1/detector_1/pixel_size"}},
+            "sinks": [{"type": "files", "dir": str(out), "layout": "cxi"}]}
+    events, client = stream_to_client(spec, f"ipc://{tmp_path / 'stream'}", workers=1)
+    metadata = client.metadata
+    assert (metadata.facility, metadata.experiment, metadata.run, metadata.times) == ("EuXFEL", "p002345", 42, "none")
+    assert metadata.constants["photon_energy"].value == 9.3 and metadata.constants["photon_energy"].unit == "keV"
+    data = metadata.fields["data"]
+    assert data.source == "/entry_1/data_1/data"
+    assert data.distance == pytest.approx(0.12) and data.pixel_size == pytest.approx([75e-6, 75e-6])
+    assert all(np.isnan(event.time) for event in events.values())
+    (written,) = out.glob("*.cxi")
+    with h5py.File(written) as h5:
+        assert h5["entry_1/instrument_1/detector_1/distance"][()] == pytest.approx(0.12)
+        assert h5["entry_1/instrument_1/source_1/energy"][()] == pytest.approx(9300 * 1.602176634e-19)
+
+
+def test_an_hdf5_metadata_entry_that_is_not_there_is_refused_naming_it(tmp_path):
+    from beamstream.errors import SourceError
+    from beamstream.sources.hdf5 import HDF5Source
+
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as h5:
+        h5["entry_1/data_1/data"] = np.zeros((2, 2, 2))
+    with pytest.raises(SourceError, match=r"metadata 'photon_energy'.*nothing at '/nope'"):
+        HDF5Source(files=[str(path)], metadata={"photon_energy": "/nope"}).open()
+    with pytest.raises(SourceError, match=r"metadata 'facility'.*no attribute 'site'"):
+        HDF5Source(files=[str(path)], metadata={"facility": "@site"}).open()

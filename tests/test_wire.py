@@ -113,7 +113,7 @@ def test_headers_are_the_version_1_bytes_documented():
     end = EndMessage(stream="s1", rank=0, producers=2, share=SHARE, messages=5, events=50, last_seq=89)
     assert end.to_frames() == [msgpack.packb({
         "v": 1, "kind": "end", "stream": "s1", "rank": 0, "producers": 2, "share": [1, 2, 0, 100, 10], "messages": 5,
-        "events": 50, "last_seq": 89, "status": "ok", "reason": "", "extra": {}})]
+        "events": 50, "last_seq": 89, "status": "ok", "reason": "", "extra": {}, "omitted": b""})]
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
@@ -125,6 +125,9 @@ def test_headers_are_the_version_1_bytes_documented():
     ("share", [0, 2, 0, None, 0], r"Expected `int` >= 1 - at `\$.share\[4\]`"),
     ("fields", [["image", "<u2"]], r"at `\$.fields\[0\]`"),
     ("seq", b"\x00" * 7, "seq \\(7 bytes\\) and time"),
+    ("omitted", b"\x00" * 7, "omitted \\(7 bytes\\) must hold 8-byte values"),
+    ("omitted", np.array([1], "<i8").tobytes(), "omitted events outside its share"),
+    ("omitted", np.array([14, 13], "<i8").tobytes(), "omitted sequence numbers do not increase"),
 ])
 def test_a_header_field_of_the_wrong_type_or_range_is_refused_naming_it(key, value, expected):
     frames = frames_of(ArraysSerializer())

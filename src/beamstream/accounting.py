@@ -55,18 +55,27 @@ class ProducerRecord:
 
     share: Share
     seqs: list[np.ndarray] = field(default_factory=list)
+    omitted: list[np.ndarray] = field(default_factory=list)  # left out by the source on purpose
     messages: int = 0
     end: EndMessage | None = None
 
     def received(self) -> np.ndarray:
         """Every sequence number that arrived and this producer's share owns, sorted, once each."""
-        seqs = np.unique(np.concatenate(self.seqs)) if self.seqs else np.empty(0, np.int64)
+        return self._owned(self.seqs)
+
+    def accounted(self) -> np.ndarray:
+        """Every sequence number that arrived or that the source said it left out, sorted, once each."""
+        return self._owned(self.seqs + self.omitted)
+
+    def _owned(self, parts: list[np.ndarray]) -> np.ndarray:
+        seqs = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
         return seqs[self.share.owns(seqs)]
 
     def missing(self, limit: int = MAX_MISSING_RANGES) -> Missing:
-        """What never arrived (its first ``limit`` ranges), counted by arithmetic on the share: no list of
-        the share's events is made, so a share of any size costs only what arrived."""
-        received = self.received()
+        """What never arrived and was not left out on purpose (its first ``limit`` ranges), counted by
+        arithmetic on the share: no list of the share's events is made, so a share of any size costs
+        only what arrived."""
+        received = self.accounted()
         share = self.share
         unknown_after = None
         if share.stop is not None:
@@ -107,6 +116,7 @@ class StreamReport:
     foreign: int = 0
     refused: int = 0  # unreadable messages (malformed, or a payload that did not match its checksum)
     skipped: int = 0
+    omitted: int = 0  # events the sources left out on purpose (e.g. psana on_missing: skip): not lost
     verdict: Verdict | None = None  # a buffer's verdict on the whole stream, for a consumer of a group
 
     def add_data(self, message: DataMessage) -> None:
@@ -114,6 +124,7 @@ class StreamReport:
         self.stream = self.stream or message.stream
         record = self._record(message.rank, message.share, message.producers)
         record.seqs.append(message.seq)
+        self._omit(record, message.omitted_seqs)
         record.messages += 1
         self.messages += 1
         self.events += len(message.seq)
@@ -122,7 +133,14 @@ class StreamReport:
     def add_end(self, end: EndMessage) -> None:
         """Record a producer's end message (the first message names the stream, if nothing did before)."""
         self.stream = self.stream or end.stream
-        self._record(end.rank, end.share, end.producers).end = end
+        record = self._record(end.rank, end.share, end.producers)
+        record.end = end
+        self._omit(record, end.omitted_seqs)
+
+    def _omit(self, record: ProducerRecord, seqs: np.ndarray) -> None:
+        if len(seqs):
+            record.omitted.append(seqs)
+            self.omitted += len(seqs)
 
     def _record(self, rank: int, share: Share, producers: int) -> ProducerRecord:
         self.producers = producers
@@ -208,7 +226,8 @@ class StreamReport:
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
-        extra = [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
+        extra = [f"{self.omitted} events left out by the source on purpose (not lost)"] if self.omitted else []
+        extra += [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
         extra += [f"{self.refused} unreadable messages refused"] if self.refused else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])

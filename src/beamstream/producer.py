@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
 from beamstream.errors import BeamstreamError
@@ -82,6 +84,12 @@ def abort_on_signals() -> None:
 
 
 
+def omitted_by(source: Any) -> np.ndarray:
+    """The sequence numbers ``source`` left out on purpose since last asked (its ``take_omitted()``, if it has one)."""
+    take = getattr(source, "take_omitted", None)
+    return np.asarray(take() if take is not None else (), dtype="<i8")
+
+
 def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
                report: Callable[[WorkerStats], None] = lambda stats: None) -> WorkerStats:
     """Produce rank ``rank``'s share of ``spec``; return what was sent.
@@ -102,7 +110,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
         metadata = describe_stream(spec, source, first)
         for batch in pipeline(spec, batches):
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
-                                         index=stats.messages, share=share,
+                                         index=stats.messages, share=share, omitted=omitted_by(source),
                                          metadata=metadata if stats.messages == 0 else None)
             for sink in sinks:
                 sink.send(message)
@@ -120,7 +128,8 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     finally:
         stats.finished = time.time()
         end = EndMessage(stream=stream_id, rank=rank, producers=producers, share=share, messages=stats.messages,
-                         events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason)
+                         events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason,
+                         omitted=omitted_by(source).astype("<i8").tobytes())
         failures = []
         for sink in sinks:
             try:

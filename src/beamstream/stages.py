@@ -31,7 +31,9 @@ class Source(Protocol):
     """Reads events. ``partition`` says which events a rank owns, ``read`` yields them.
 
     A source may also have ``metadata() -> RunMetadata``: what it knows of the run (experiment,
-    run, constants, where each field was read), called once before the first event is sent.
+    run, constants, where each field was read), called once before the first event is sent; and
+    ``take_omitted() -> list[int]``: the sequence numbers of its share it left out on purpose since
+    last asked, in increasing order (they are reported as omitted, not lost).
     """
 
     def partition(self, rank: int, producers: int) -> Share:

@@ -25,14 +25,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from beamstream.quantities import to_si
 from beamstream.wire.metadata import FieldMetadata, Quantity, RunMetadata
 
-ELECTRONVOLT = 1.602176634e-19  # J
-TO_SI = {
-    "J": 1.0, "eV": ELECTRONVOLT, "keV": 1e3 * ELECTRONVOLT,
-    "m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9, "A": 1e-10, "Å": 1e-10, "angstrom": 1e-10,
-}
-SI_UNIT = {"J": "J", "eV": "J", "keV": "J"}  # other known units are lengths: metres
 
 
 def signal_field(arrays: dict[str, np.ndarray]) -> str:
@@ -44,9 +39,9 @@ def signal_field(arrays: dict[str, np.ndarray]) -> str:
 
 def in_si(quantity: Quantity) -> tuple[float, str] | None:
     """``quantity`` in J or m (value, unit), or None if it is not a number in a unit this module knows."""
-    if quantity.unit not in TO_SI or isinstance(quantity.value, (str, bool, list)):
+    if isinstance(quantity.value, (str, bool, list)):
         return None
-    return float(quantity.value) * TO_SI[quantity.unit], SI_UNIT.get(quantity.unit, "m")
+    return to_si(float(quantity.value), quantity.unit)
 
 
 def _group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:

@@ -27,7 +27,9 @@ from pydantic import Field
 from beamstream.batch import Batch, Share, little_endian
 from beamstream.errors import SourceError
 from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, check_memory
+from beamstream.sources.hdf5_metadata import describe_files
 from beamstream.stages import SourceSpec
+from beamstream.wire.metadata import RunMetadata
 
 CXI_DATA = "/entry_1/data_1/data"
 DEFAULT_BLOCK = 16
@@ -164,11 +166,13 @@ class HDF5Reader:
     """
 
     def __init__(self, extents: list[FileExtent], datasets: dict[str, str], time_dataset: str | None,
-                 block: int, total: int) -> None:
+                 block: int, total: int, entries: dict[str, str], first_path: str) -> None:
         self.extents = extents
         self.starts = [extent.start for extent in extents]
         self.datasets = datasets
         self.time_dataset = time_dataset
+        self.entries = entries
+        self.first_path = first_path
         self.block = block
         self.total = total
 
@@ -204,6 +208,10 @@ class HDF5Reader:
             index += 1
         return Batch.concatenate(pieces)
 
+    def metadata(self) -> RunMetadata:
+        """What the first file says: each field's dataset, and the entries the spec's ``metadata`` names."""
+        return describe_files(self.first_path, self.datasets, self.time_dataset, self.entries)
+
     def _read_slice(self, h5: h5py.File, extent: FileExtent, low: int, high: int) -> Batch:
         seq = np.arange(extent.start + low, extent.start + high, dtype=np.int64)
         if self.time_dataset is None:
@@ -228,6 +236,13 @@ class HDF5Source(SourceSpec):
             0 takes the chunk length along axis 0 of the first dataset in the first file,
             or 16 when that dataset is not chunked.
         max_events: read at most this many events (the first ones).
+        metadata: description key -> where the first file holds it: ``/dataset`` (scalar or
+            short 1-D), ``/path@attribute`` or ``@attribute``. Keys ``facility``,
+            ``instrument``, ``experiment``, ``sample``, ``run``; ``FIELD.distance`` and
+            ``FIELD.pixel_size`` (converted to metres by the dataset's ``units``); any other
+            key is a per-run constant with its dataset's ``units``
+            (:mod:`beamstream.sources.hdf5_metadata`). Each field's entry says its dataset;
+            without ``time_dataset`` the description says ``times: none``.
     """
 
     type: Literal["hdf5"] = "hdf5"
@@ -236,6 +251,7 @@ class HDF5Source(SourceSpec):
     time_dataset: str | None = None
     events_per_read: int = Field(0, ge=0, le=MAX_EVENTS_PER_BATCH)
     max_events: int | None = Field(None, ge=0, le=MAX_EVENTS)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=1024)
 
     def field_names(self) -> set[str]:
         return set(self.datasets)
@@ -262,7 +278,10 @@ class HDF5Source(SourceSpec):
         check_memory(block * layouts[0].event_bytes(), f"the hdf5 source's reads of {block:,} events",
                      "lower events_per_read")
         nonempty = [extent for extent in extents if extent.length]
-        return HDF5Reader(nonempty, dict(self.datasets), self.time_dataset, block, total)
+        reader = HDF5Reader(nonempty, dict(self.datasets), self.time_dataset, block, total, dict(self.metadata),
+                            extents[0].path)
+        reader.metadata()  # a metadata entry that cannot be read fails now, not at the first message
+        return reader
 
 
 def _check_same_fields(first: FileLayout, first_path: str, layout: FileLayout, path: str) -> None:

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from beamstream.batch import TIMESTAMP_FIELD, Batch, Share
 from beamstream.errors import MissingDependency, SourceError
 from beamstream.stages import SourceSpec
+from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
 LCLS_EPOCH_OFFSET = 631_152_000
 """Seconds from 1970-01-01 to 1990-01-01 (UTC), the epoch of psana timestamps."""
@@ -136,6 +137,24 @@ class Psana2Reader:
     def __init__(self, spec: Psana2Source, psana: ModuleType) -> None:
         self.spec = spec
         self.psana = psana
+        self.omitted: list[int] = []  # events left out (on_missing: skip) not yet reported
+
+    def take_omitted(self) -> list[int]:
+        """The sequence numbers left out (``on_missing: skip``) since last asked."""
+        omitted, self.omitted = self.omitted, []
+        return omitted
+
+    def metadata(self) -> RunMetadata:
+        """LCLS, the experiment and run of the first file's first run (the instrument: the experiment's first
+        three letters), and each field's psana path."""
+        run = next(self._runs(self.spec.files[0]))
+        fields = {name: FieldMetadata(detector=path.split(".")[0], source=f"psana {path}",
+                                      mask="zero-is-bad" if "mask" in path.rsplit(".", 1)[-1] else "")
+                  for name, path in self.spec.fields.items()}
+        fields[TIMESTAMP_FIELD] = FieldMetadata(source="psana evt.timestamp: seconds << 32 | nanoseconds "
+                                                       "since 1990-01-01 00:00 UTC")
+        return RunMetadata(facility="LCLS", instrument=run.expt[:3].upper(), experiment=run.expt, run=run.runnum,
+                           fields=fields)
 
     def partition(self, rank: int, producers: int) -> Share:
         """Rank ``rank`` of ``producers``: round robin by event index.
@@ -162,7 +181,8 @@ class Psana2Reader:
         """The events of ``share`` in increasing ``seq``, one batch each.
 
         An event where a field returns None raises SourceError naming the event and field,
-        or, with ``on_missing: skip``, is left out (not sent; its ``seq`` is not reused).
+        or, with ``on_missing: skip``, is left out (not sent; its ``seq`` is not reused, and
+        :meth:`take_omitted` reports it, so consumers count it as omitted, not lost).
         """
         stops = [stop for stop in (share.stop, self.spec.max_events) if stop is not None]
         stop = min(stops, default=None)
@@ -176,7 +196,9 @@ class Psana2Reader:
                         return
                     if share.owns(np.array([seq]))[0]:
                         batch = self._event(seq, evt, getters, file)
-                        if batch is not None:
+                        if batch is None:
+                            self.omitted.append(seq)
+                        else:
                             yield batch
 
     def _runs(self, file: str) -> Iterator[Any]:

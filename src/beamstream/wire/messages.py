@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,6 +27,8 @@ Checksum = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most uint64
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 MAX_FIELDS = 1024  # arrays in one message
 MAX_DIMENSIONS = 32  # numpy's limit is 64
+_NONE = np.empty(0, dtype="<i8")
+_NONE.setflags(write=False)
 
 
 class FieldInfo(msgspec.Struct, frozen=True, array_like=True):
@@ -46,7 +48,8 @@ class DataHeader(msgspec.Struct, frozen=True, omit_defaults=True):
 
     ``seq`` and ``time`` are the raw little-endian int64 and float64 arrays of the events.
     ``metadata``, the stream's description, is in each producer's first message only (absent
-    from the others).
+    from the others). ``omitted``: raw little-endian int64 sequence numbers of this producer's
+    share that its source left out on purpose since its previous message (absent when none).
     """
 
     v: int
@@ -65,10 +68,13 @@ class DataHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     checksum: Checksum | None
     sent: float
     metadata: RunMetadata | None = None
+    omitted: bytes = b""
 
     def __post_init__(self) -> None:
         if self.rank >= self.producers:
             raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+        if len(self.omitted) % 8:
+            raise ValueError(f"omitted ({len(self.omitted)} bytes) must hold 8-byte values")
         if not self.seq or len(self.seq) % 8 or len(self.seq) != len(self.time):
             raise ValueError(f"seq ({len(self.seq)} bytes) and time ({len(self.time)} bytes) must hold the same "
                              "number (at least one) of 8-byte values")
@@ -78,6 +84,7 @@ class EndMessage(msgspec.Struct, kw_only=True):
     """A producer's last message: what it sent, and whether it finished its share.
 
     The message is this header alone (docs/wire-format.md, "Header of an end-of-stream message").
+    ``omitted`` is as in :class:`DataHeader`, for the events left out after the last data message.
     """
 
     v: int = WIRE_VERSION
@@ -92,10 +99,18 @@ class EndMessage(msgspec.Struct, kw_only=True):
     status: Literal["ok", "error", "aborted"] = "ok"
     reason: str = ""
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    omitted: bytes = b""
 
     def __post_init__(self) -> None:
         if self.rank >= self.producers:
             raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+        if len(self.omitted) % 8:
+            raise ValueError(f"omitted ({len(self.omitted)} bytes) must hold 8-byte values")
+
+    @property
+    def omitted_seqs(self) -> np.ndarray:
+        """The sequence numbers the source left out on purpose since this producer's last data message."""
+        return np.frombuffer(self.omitted, dtype="<i8")
 
     def to_frames(self) -> list[Any]:
         return [_encoder.encode(self)]
@@ -118,6 +133,7 @@ class DataMessage:
     checksum: int | None = None
     sent: float = 0.0
     metadata: RunMetadata | None = None
+    omitted_seqs: np.ndarray = field(default_factory=lambda: _NONE)
 
     @property
     def first_seq(self) -> int:
@@ -141,7 +157,7 @@ class DataMessage:
             seq=np.ascontiguousarray(self.seq, dtype="<i8").tobytes(),
             time=np.ascontiguousarray(self.time, dtype="<f8").tobytes(),
             serializer=self.serializer, fields=self.fields, checksum=self.checksum, sent=self.sent,
-            metadata=self.metadata,
+            metadata=self.metadata, omitted=np.ascontiguousarray(self.omitted_seqs, dtype="<i8").tobytes(),
         )
         return [_encoder.encode(header), *self.payload]
 
@@ -151,7 +167,7 @@ class DataMessage:
                    share=header.share, seq=np.frombuffer(header.seq, dtype="<i8"),
                    time=np.frombuffer(header.time, dtype="<f8"), serializer=header.serializer,
                    fields=header.fields, payload=payload, checksum=header.checksum, sent=header.sent,
-                   metadata=header.metadata)
+                   metadata=header.metadata, omitted_seqs=np.frombuffer(header.omitted, dtype="<i8"))
 
 
 class _Envelope(msgspec.Struct):
@@ -201,6 +217,7 @@ def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | E
     if isinstance(header, EndMessage):
         if len(frames) > 1:
             raise WireFormatError(f"an end message has no payload, got {len(frames) - 1} frames after its header")
+        _check_omitted(header.share, header.omitted_seqs, f"the end message of producer {header.rank}")
         return header
     message = DataMessage.from_header(header, [frame_buffer(frame) for frame in frames[1:]])
     _check_events(header, message)
@@ -228,15 +245,24 @@ def _check_events(header: DataHeader, message: DataMessage) -> None:
         raise WireFormatError(f"message {message.index} from producer {message.rank}: sequence numbers do not increase")
     if not share.owns(seq).all():
         raise WireFormatError(f"message {message.index} from producer {message.rank}: events outside its share")
+    _check_omitted(share, message.omitted_seqs, f"message {message.index} from producer {message.rank}")
+
+
+def _check_omitted(share: Share, omitted: np.ndarray, what: str) -> None:
+    """WireFormatError unless the omitted sequence numbers increase and belong to the share."""
+    if len(omitted) > 1 and not (np.diff(omitted) > 0).all():
+        raise WireFormatError(f"{what}: omitted sequence numbers do not increase")
+    if len(omitted) and not share.owns(omitted).all():
+        raise WireFormatError(f"{what}: omitted events outside its share")
 
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
-                       share: Share, metadata: RunMetadata | None = None) -> DataMessage:
+                       share: Share, metadata: RunMetadata | None = None, omitted: np.ndarray = _NONE) -> DataMessage:
     """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer (carrying
-    ``metadata`` if given)."""
+    ``metadata`` and the ``omitted`` sequence numbers, if given)."""
     payload = serializer.encode(batch)
     return DataMessage(
         stream=stream, rank=rank, producers=producers, index=index, share=share, seq=batch.seq, time=batch.time,
         serializer=serializer.name, fields=[FieldInfo.of(name, array) for name, array in batch.data.items()],
-        payload=payload, checksum=payload_checksum(payload), metadata=metadata,
+        payload=payload, checksum=payload_checksum(payload), metadata=metadata, omitted_seqs=omitted,
     )
