@@ -151,3 +151,18 @@ def wait_until(condition, what: str = "the condition", timeout: float = 30.0) ->
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.01)
+
+
+def stream_into_client(spec, endpoint: str, workers: int = 1, timeout: float = 120) -> tuple[list, Client]:
+    """Run ``spec`` (its stream sink pushing to ``endpoint``) in ``workers`` producer processes while a Client
+    bound at ``endpoint`` reads it; the producers must succeed. Returns (messages, client)."""
+    from beamstream.producer import run_local
+
+    outcome: dict = {}
+    with Client(endpoint, bind=True, timeout=timeout) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=workers)))
+        producers.start()
+        messages = list(client.messages())
+        producers.join()
+    assert outcome["result"].ok, outcome["result"].errors
+    return messages, client

@@ -6,7 +6,6 @@ Real files and real producer processes (``run_local``), read by the files sink a
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import h5py
@@ -14,9 +13,9 @@ import numpy as np
 import pytest
 
 from beamstream.batch import Batch
-from beamstream.client import Client
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
+from conftest import stream_into_client
 
 EVENTS = 50
 FRAME = (8, 8)
@@ -48,13 +47,7 @@ def hdf5_spec(path: str, serializer: str, sink: dict) -> object:
 
 def stream_to_client(spec: object, endpoint: str) -> tuple[list, object]:
     """Run ``spec`` in one producer process while a Client bound at ``endpoint`` reads it: (messages, client)."""
-    outcome: dict = {}
-    with Client(endpoint, bind=True, timeout=60) as client:
-        producer = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=1)))
-        producer.start()
-        messages = list(client.messages())
-        producer.join()
-    assert outcome["result"].ok, outcome["result"].errors
+    messages, client = stream_into_client(spec, endpoint)
     assert client.report.complete
     return messages, client
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from beamstream.client import Client
-from beamstream.producer import run_local
 from beamstream.spec import load_spec
+from conftest import stream_into_client
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 SPECS = sorted([*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("*.yml")])
@@ -59,12 +57,7 @@ def test_example_runs(path, tmp_path, monkeypatch, request):
     sinks = [sink.model_copy(update={"endpoint": endpoint, "bind": False, "pattern": "push"})
              if sink.type == "stream" else sink for sink in spec.sinks]
     spec = spec.model_copy(update={"source": source, "sinks": sinks})
-    outcome: dict = {}
-    with Client(endpoint, bind=True, timeout=120) as client:
-        producer = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=1)))
-        producer.start()
-        events = list(client.events())
-        producer.join()
-    assert outcome["result"].ok, outcome["result"].errors
+    messages, client = stream_into_client(spec, endpoint)
+    events = [event for message in messages for event in message.events()]
     assert client.report.complete and len(events) > 0
     assert sorted(event.seq for event in events) == list(range(len(events)))

@@ -17,7 +17,7 @@ from beamstream.buffer.local import LocalBuffer
 from beamstream.client import Client
 from beamstream.producer import run_local
 from beamstream.spec import parse_spec
-from conftest import start_cli, wait_until
+from conftest import start_cli, stream_into_client, wait_until
 
 DESCRIPTION = {"facility": "LCLS", "instrument": "XPP", "experiment": "xpptut15", "run": 7, "sample": "lysozyme",
                "constants": {"photon_energy": {"value": 9.5, "unit": "keV"}},
@@ -161,14 +161,8 @@ def test_a_stream_that_did_not_end_ok_leaves_no_file_under_its_final_name(tmp_pa
 def stream_to_client(spec: dict, endpoint: str, workers: int = 2) -> tuple[dict, Client]:
     """Run ``spec`` (its sinks: the stream sink at ``endpoint`` added) into a Client; (events by seq, client)."""
     spec = parse_spec({**spec, "sinks": [*spec.get("sinks", []), {"type": "stream", "endpoint": endpoint}]})
-    outcome: dict = {}
-    with Client(endpoint, bind=True, timeout=120) as client:
-        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=workers)))
-        producers.start()
-        events = {event.seq: event for event in client.events()}
-        producers.join()
-    assert outcome["result"].ok, outcome["result"].errors
-    return events, client
+    messages, client = stream_into_client(spec, endpoint, workers)
+    return {event.seq: event for message in messages for event in message.events()}, client
 
 
 @pytest.mark.psana

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
-from conftest import run_cli
+from conftest import run_cli, stream_into_client
 
 from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, SourceError
@@ -238,10 +238,6 @@ def test_exp_and_run_must_match_the_files(xtc):
 @pytest.mark.psana
 def test_client_receives_what_psana_reads(psana, xtc, tmp_path):
     """Two producer processes stream the run; the client's arrays equal psana's own read, element for element."""
-    import threading
-
-    from beamstream.client import Client
-    from beamstream.producer import run_local
     from beamstream.spec import parse_spec
 
     endpoint = f"ipc://{tmp_path / 'stream'}"
@@ -251,13 +247,8 @@ def test_client_receives_what_psana_reads(psana, xtc, tmp_path):
         "serializer": {"type": "hdf5"},
         "sinks": [{"type": "stream", "endpoint": endpoint}],
     })
-    outcome: dict = {}
-    with Client(endpoint, bind=True, timeout=120) as client:
-        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=2)))
-        producers.start()
-        events = {event.seq: event for event in client.events()}
-        producers.join()
-    assert outcome["result"].ok, outcome["result"].errors
+    messages, client = stream_into_client(spec, endpoint, workers=2)
+    events = {event.seq: event for message in messages for event in message.events()}
     assert client.report.complete and sorted(events) == list(range(EVENTS))
     for seq, (timestamp, values) in enumerate(psana_events(psana, xtc)):
         np.testing.assert_array_equal(events[seq].data["image"], values["image"])
