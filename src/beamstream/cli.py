@@ -63,6 +63,7 @@ def configure_logging(level: str) -> None:
     handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]", handlers=[handler],
                         force=True)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin it loads
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -362,6 +363,44 @@ def demo(
 
     outcome = run_demo(workers=workers, events=events, shape=shape, serializer=serializer, batch=batch)
     console.print(outcome, highlight=False)
+
+
+@app.command()
+def service(
+    config: Annotated[Optional[Path], typer.Option(help="settings file (YAML); BEAMSTREAM_SERVICE_* variables "
+                                                       "override it")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address to listen on (default: 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port to listen on (default: 8080; 0: any free one)")] = None,
+    database_url: Annotated[Optional[str], typer.Option(help="job store URL (default: sqlite:///beamstream-service.db)")] = None,
+) -> None:
+    """Run the request service: REST API under /v1, OpenAPI at /docs, /healthz, /metrics."""
+    from pydantic import ValidationError
+
+    try:
+        import uvicorn
+
+        from beamstream.service.api import create_app
+        from beamstream.service.settings import ServiceSettings
+    except ImportError as exc:
+        fail(f"the service needs its extra: pip install 'beamstream[service]' ({exc})")
+    given = {name: value for name, value in (("host", host), ("port", port), ("database_url", database_url))
+             if value is not None}
+    try:
+        settings = ServiceSettings.load(config, **given)
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
+    application = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning"))
+    original_startup = server.startup
+
+    async def startup(sockets=None) -> None:  # say where it listens once bound (port 0 included)
+        await original_startup(sockets)
+        bound = server.servers[0].sockets[0].getsockname() if server.servers else (settings.host, settings.port)
+        console.print(f"service: http://{bound[0]}:{bound[1]} (API /v1, docs /docs), store {settings.database_url}",
+                      highlight=False)
+
+    server.startup = startup
+    server.run()
 
 
 def main() -> None:

@@ -1,0 +1,222 @@
+"""The REST API of the request service (FastAPI): streams under ``/v1``, ``/healthz``, ``/metrics``, OpenAPI.
+
+``create_app(settings)`` builds the application over a :class:`~beamstream.service.store.JobStore`.
+Every request body is bounded (:data:`MAX_BODY_BYTES`) before it is parsed; a stream spec is
+validated exactly as ``beamstream spec check`` does, and refused with 422 naming each problem at
+its location. An unknown stream id is 404.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
+
+from beamstream.buffer.config import BufferConfig
+from beamstream.errors import SpecError
+from beamstream.service.settings import ServiceSettings
+from beamstream.service.states import State, TransitionError
+from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
+from beamstream.spec import parse_spec
+
+MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
+
+
+class Resources(BaseModel):
+    """What a stream's jobs may use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(1, ge=1, le=4096, description="producer workers (local processes or MPI/srun ranks)")
+    nodes: int = Field(1, ge=1, le=1024, description="nodes for the producer job (slurm)")
+    time_limit_s: float | None = Field(None, gt=0, le=7 * 86400, description="wall-clock limit of the jobs")
+    executor: Literal["local", "slurm"] | None = Field(None, description="where the jobs run (default: the service's)")
+    buffer: BufferConfig | None = Field(None, description="buffer settings (endpoints are chosen by the service)")
+
+
+class StreamRequest(BaseModel):
+    """A request for a stream: its spec (the model ``beamstream spec check`` reads) and resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(description="the stream spec, as in a spec file")
+    resources: Resources = Field(default_factory=Resources)
+    name: str | None = Field(None, max_length=256)
+    experiment: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")
+    run: int | None = Field(None, ge=0, le=10**9)
+
+
+class ChangeView(BaseModel):
+    state: State
+    reason: str
+    at: float = Field(description="seconds since the Unix epoch")
+
+
+class StreamView(BaseModel):
+    """A stream as the API shows it."""
+
+    id: str
+    owner: str
+    name: str | None
+    experiment: str | None
+    run: int | None
+    state: State
+    created: float
+    updated: float
+    history: list[ChangeView]
+    endpoints: dict[str, Any] | None = Field(description="where to read the stream, once it runs")
+    verdict: dict[str, Any] | None = Field(description="the stream's verdict, once it ended")
+    resources: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: StreamRecord) -> StreamView:
+        return cls(id=record.id, owner=record.owner, name=record.name, experiment=record.experiment,
+                   run=record.run, state=record.state, created=record.created, updated=record.updated,
+                   history=[ChangeView(state=c.state, reason=c.reason, at=c.at) for c in record.history],
+                   endpoints=record.endpoints, verdict=record.verdict, resources=record.resources)
+
+
+class StreamPage(BaseModel):
+    items: list[StreamView]
+    total: int
+    limit: int
+    offset: int
+
+
+class Problem(BaseModel):
+    detail: str | list[str]
+
+
+def identity(request: Request) -> str:
+    """Who is asking (until authentication is configured: the service's ``default_owner``)."""
+    return request.app.state.settings.default_owner
+
+
+Owner = Annotated[str, Depends(identity)]
+
+
+def create_app(settings: ServiceSettings, store: JobStore | None = None) -> FastAPI:
+    """The application; it opens (and migrates) the store at ``settings.database_url`` unless one is given."""
+    store = store or JobStore.open(settings.database_url)
+    app = FastAPI(title="beamstream request service", version=version("beamstream"),
+                  description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
+    app.state.store = store
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StreamCollector(store))
+    app.mount("/metrics", make_asgi_app(registry))
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        """``ok`` while the service and its job store answer."""
+        try:
+            store.healthy()
+        except Exception as exc:  # any database failure: unhealthy, said in words
+            raise HTTPException(503, f"job store unavailable: {type(exc).__name__}") from None
+        return {"status": "ok"}
+
+    @app.post("/v1/streams", status_code=201, response_model=StreamView, tags=["streams"],
+              responses={422: {"model": Problem}})
+    def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
+        """Ask for a stream: it is queued at once and started when the limits allow."""
+        try:
+            spec = parse_spec(request.spec, origin="spec")
+        except SpecError as exc:
+            raise HTTPException(422, [line.strip() for line in str(exc).splitlines()]) from None
+        record = store.create(owner=owner, spec=request.spec, resources=request.resources.model_dump(mode="json"),
+                              name=request.name or spec.name, experiment=request.experiment, run=request.run)
+        return StreamView.of(record)
+
+    @app.get("/v1/streams", response_model=StreamPage, tags=["streams"])
+    def list_streams(state: State | None = None, experiment: str | None = None, owner: str | None = None,
+                     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+                     offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> StreamPage:
+        """Streams, newest first, filtered by state, experiment and owner."""
+        limit = limit or settings.page_size
+        records, total = store.list(state=state, experiment=experiment, owner=owner, limit=limit, offset=offset)
+        return StreamPage(items=[StreamView.of(record) for record in records], total=total, limit=limit,
+                          offset=offset)
+
+    @app.get("/v1/streams/{stream_id}", response_model=StreamView, tags=["streams"],
+             responses={404: {"model": Problem}})
+    def show_stream(stream_id: str) -> StreamView:
+        """One stream: its state, the history of its state changes, where to read it, its verdict."""
+        return StreamView.of(_find(store, stream_id))
+
+    @app.delete("/v1/streams/{stream_id}", response_model=StreamView, tags=["streams"],
+                responses={404: {"model": Problem}, 409: {"model": Problem}})
+    def cancel_stream(stream_id: str, owner: Owner) -> StreamView:
+        """Cancel a stream that has not ended; 409 for one that has."""
+        record = _find(store, stream_id)
+        try:
+            return StreamView.of(store.change_state(record.id, State.CANCELLED, f"cancelled by {owner}"))
+        except TransitionError:
+            raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})") from None
+
+    return app
+
+
+def _find(store: JobStore, stream_id: str) -> StreamRecord:
+    try:
+        return store.get(stream_id)
+    except StreamNotFound:
+        raise HTTPException(404, f"no stream {stream_id!r}") from None
+
+
+class StreamCollector(Collector):
+    """``beamstream_service_streams{state}``: streams in each state, read from the store at each scrape."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self):  # noqa: ANN201 (prometheus_client's signature)
+        family = GaugeMetricFamily("beamstream_service_streams", "Streams in each state.", labels=["state"])
+        for state in State:
+            family.add_metric([state.value], self.store.list(state=state, limit=1)[1])
+        yield family
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body is larger than ``max_bytes`` gets 413 before it is read whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

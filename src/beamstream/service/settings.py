@@ -1,0 +1,45 @@
+"""The service's settings: defaults, then a YAML file (``--config``), then ``BEAMSTREAM_SERVICE_*`` variables.
+
+Every value is validated when the service starts; a wrong one stops it with a message naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """How the request service runs (each field is also ``BEAMSTREAM_SERVICE_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BEAMSTREAM_SERVICE_", extra="forbid")
+
+    database_url: str = Field("sqlite:///beamstream-service.db", description="the job store: a SQLAlchemy URL, "
+                              "e.g. sqlite:///path/service.db or postgresql+psycopg://user@host/db")
+    host: str = Field("127.0.0.1", description="address the REST API listens on")
+    port: int = Field(8080, ge=0, le=65535, description="port the REST API listens on (0: any free one)")
+    executor: Literal["local", "slurm"] = Field("local", description="where streams' jobs run")
+    max_streams: int = Field(16, ge=1, description="streams starting or running at once, in total; more wait queued")
+    max_streams_per_user: int = Field(4, ge=1, description="streams starting or running at once, per user")
+    default_owner: str = Field("local", min_length=1, max_length=256,
+                               description="whom requests are made for until authentication is configured")
+    page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> ServiceSettings:
+        """Settings from the YAML file ``path`` (if given) under the environment, then ``overrides``.
+
+        Raises SpecError naming the file for a file that cannot be read, pydantic's ValidationError
+        naming the setting for a wrong value.
+        """
+        from beamstream.spec_input import parse_yaml, read_spec_text
+
+        values: dict[str, Any] = {}
+        if path is not None:
+            values = parse_yaml(read_spec_text(path), str(path)) or {}
+        environment = cls()  # the environment over the defaults
+        given = {name: getattr(environment, name) for name in environment.model_fields_set}
+        return cls.model_validate({**values, **given, **overrides})

@@ -1,0 +1,206 @@
+"""The job store: every stream the service was asked for, its state, and the history of its state changes.
+
+SQLAlchemy 2 over any database it speaks: a SQLite file by default, PostgreSQL by URL
+(``postgresql+psycopg://user@host/db``). :meth:`JobStore.open` brings the schema up to date
+with the Alembic migrations in :mod:`beamstream.service.migrations`, so a store written by an
+older release is upgraded in place. Every change is one transaction: a service killed at any
+moment leaves each stream in a state it really had, with the history that led there.
+
+Times are seconds since the Unix epoch (float), UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from beamstream.service.states import State, check_transition
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StreamRow(Base):
+    __tablename__ = "streams"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256), index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    experiment: Mapped[str | None] = mapped_column(String(256), index=True)
+    run: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[str] = mapped_column(Text)  # the stream spec, JSON
+    resources: Mapped[str] = mapped_column(Text)  # JSON
+    secret: Mapped[str] = mapped_column(String(64))  # signs the jobs' callbacks
+    endpoints: Mapped[str | None] = mapped_column(Text)  # JSON, once the buffer said where it listens
+    verdict: Mapped[str | None] = mapped_column(Text)  # JSON, once the stream ended
+    created: Mapped[float] = mapped_column(Float, index=True)
+    updated: Mapped[float] = mapped_column(Float)
+    changes: Mapped[list[ChangeRow]] = relationship(order_by="ChangeRow.id", cascade="all, delete-orphan")
+
+
+class ChangeRow(Base):
+    __tablename__ = "state_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change: the new state, why, and when."""
+
+    state: State
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """A stream as the store holds it."""
+
+    id: str
+    owner: str
+    name: str | None
+    experiment: str | None
+    run: int | None
+    state: State
+    spec: dict[str, Any]
+    resources: dict[str, Any]
+    secret: str
+    endpoints: dict[str, Any] | None
+    verdict: dict[str, Any] | None
+    created: float
+    updated: float
+    history: list[Change]
+
+    @classmethod
+    def of(cls, row: StreamRow) -> StreamRecord:
+        return cls(id=row.id, owner=row.owner, name=row.name, experiment=row.experiment, run=row.run,
+                   state=State(row.state), spec=json.loads(row.spec), resources=json.loads(row.resources),
+                   secret=row.secret, endpoints=_loads(row.endpoints), verdict=_loads(row.verdict),
+                   created=row.created, updated=row.updated,
+                   history=[Change(State(change.state), change.reason, change.at) for change in row.changes])
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class StreamNotFound(LookupError):
+    """No stream with that id (or none its asker may see)."""
+
+
+class JobStore:
+    """The streams and their histories in one database; safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> JobStore:
+        """The store at ``url``, its schema migrated to the newest revision (created if new)."""
+        from beamstream.service.migrations import upgrade
+
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self.sessions.begin() as session:
+            yield session
+
+    def create(self, *, owner: str, spec: dict[str, Any], resources: dict[str, Any], name: str | None = None,
+               experiment: str | None = None, run: int | None = None, reason: str = "requested") -> StreamRecord:
+        """A new stream in state ``queued``, with its first history entry and a fresh callback secret."""
+        now = time.time()
+        row = StreamRow(id=uuid.uuid4().hex, owner=owner, name=name, experiment=experiment, run=run,
+                        state=State.QUEUED.value, spec=json.dumps(spec), resources=json.dumps(resources),
+                        secret=secrets.token_hex(32), created=now, updated=now)
+        row.changes.append(ChangeRow(state=State.QUEUED.value, reason=reason, at=now))
+        with self._session() as session:
+            session.add(row)
+            session.flush()
+            return StreamRecord.of(row)
+
+    def get(self, stream_id: str) -> StreamRecord:
+        """The stream ``stream_id``; StreamNotFound if there is none."""
+        with self._session() as session:
+            row = session.get(StreamRow, stream_id)
+            if row is None:
+                raise StreamNotFound(stream_id)
+            return StreamRecord.of(row)
+
+    def list(self, *, state: State | None = None, experiment: str | None = None, owner: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[list[StreamRecord], int]:
+        """Streams matching every filter given, newest first: (``limit`` of them from ``offset``, how many match)."""
+        query = select(StreamRow)
+        if state is not None:
+            query = query.where(StreamRow.state == state.value)
+        if experiment is not None:
+            query = query.where(StreamRow.experiment == experiment)
+        if owner is not None:
+            query = query.where(StreamRow.owner == owner)
+        with self._session() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(StreamRow.created.desc(), StreamRow.id).limit(limit).offset(offset))
+            return [StreamRecord.of(row) for row in rows], int(total or 0)
+
+    def change_state(self, stream_id: str, state: State, reason: str, **columns: Any) -> StreamRecord:
+        """Move the stream to ``state`` (TransitionError if its lifecycle does not allow it), record why, and set
+        ``columns`` (``endpoints``, ``verdict``: JSON-ready values) in the same transaction."""
+        now = time.time()
+        with self._session() as session:
+            row = session.get(StreamRow, stream_id, with_for_update=True)
+            if row is None:
+                raise StreamNotFound(stream_id)
+            check_transition(State(row.state), state)
+            row.state, row.updated = state.value, now
+            for column, value in columns.items():
+                setattr(row, column, json.dumps(value))
+            row.changes.append(ChangeRow(state=state.value, reason=reason, at=now))
+            session.flush()
+            return StreamRecord.of(row)
+
+    def count_active(self, owner: str | None = None) -> int:
+        """Streams starting or running (of ``owner``, if given): what the concurrency limits count."""
+        query = select(func.count()).select_from(StreamRow).where(
+            StreamRow.state.in_([State.STARTING.value, State.RUNNING.value]))
+        if owner is not None:
+            query = query.where(StreamRow.owner == owner)
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    def healthy(self) -> bool:
+        """True if the database answers a query."""
+        with self._session() as session:
+            return session.scalar(select(1)) == 1
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    """Foreign keys on, and write-ahead logging so readers never wait for the writer."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

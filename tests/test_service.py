@@ -1,0 +1,167 @@
+"""The request service's job store and REST API, on SQLite and on the real PostgreSQL server of this machine."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import uuid
+
+import httpx
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from beamstream.service.api import MAX_BODY_BYTES, create_app
+from beamstream.service.settings import ServiceSettings
+from beamstream.service.states import State, TransitionError
+from beamstream.service.store import JobStore, StreamNotFound
+from conftest import start_cli
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+SPEC = {"source": {"type": "simulated", "n_events": 10}, "sinks": [{"type": "files", "dir": "out"}]}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A new, empty database: a SQLite file, or a database created for this test on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'service.db'}"
+        return
+    name = f"beamstream_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store(database_url):
+    store = JobStore.open(database_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def api(database_url):
+    app = create_app(ServiceSettings(database_url=database_url, default_owner="alice"))
+    with TestClient(app) as client:
+        yield client
+    app.state.store.close()
+
+
+def test_a_stream_goes_through_its_lifecycle_with_every_change_kept(store):
+    record = store.create(owner="alice", spec=SPEC, resources={"workers": 2}, experiment="xpptut15", run=7)
+    assert record.state is State.QUEUED and [change.state for change in record.history] == [State.QUEUED]
+    store.change_state(record.id, State.STARTING, "jobs submitted")
+    store.change_state(record.id, State.RUNNING, "buffer listening", endpoints={"consumers": "tcp://node1:5556"})
+    done = store.change_state(record.id, State.COMPLETED, "every group drained", verdict={"complete": True})
+    assert [(change.state, change.reason) for change in done.history] == [
+        (State.QUEUED, "requested"), (State.STARTING, "jobs submitted"), (State.RUNNING, "buffer listening"),
+        (State.COMPLETED, "every group drained")]
+    assert done.endpoints == {"consumers": "tcp://node1:5556"} and done.verdict == {"complete": True}
+    assert [change.at for change in done.history] == sorted(change.at for change in done.history)
+    with pytest.raises(TransitionError, match="a completed stream cannot become running; from completed: nothing"):
+        store.change_state(record.id, State.RUNNING, "again")
+    with pytest.raises(StreamNotFound):
+        store.get("nope")
+
+
+def test_streams_survive_a_restart_of_the_store(database_url):
+    first = JobStore.open(database_url)
+    record = first.create(owner="alice", spec=SPEC, resources={})
+    first.change_state(record.id, State.STARTING, "jobs submitted")
+    first.close()
+    again = JobStore.open(database_url)  # the migrations find the schema current and change nothing
+    try:
+        kept = again.get(record.id)
+        assert kept.state is State.STARTING and kept.spec == SPEC and kept.secret == record.secret
+        assert [change.reason for change in kept.history] == ["requested", "jobs submitted"]
+    finally:
+        again.close()
+
+
+def test_listing_filters_and_pages_newest_first(store):
+    ids = [store.create(owner=owner, spec=SPEC, resources={}, experiment=experiment).id
+           for owner, experiment in [("alice", "a1"), ("bob", "a1"), ("alice", "b2"), ("alice", "a1")]]
+    store.change_state(ids[0], State.CANCELLED, "no longer needed")
+    records, total = store.list(owner="alice", limit=2)
+    assert total == 3 and [record.id for record in records] == [ids[3], ids[2]]
+    assert [record.id for record in store.list(owner="alice", limit=2, offset=2)[0]] == [ids[0]]
+    assert [record.id for record in store.list(experiment="a1", state=State.QUEUED)[0]] == [ids[3], ids[1]]
+    assert store.count_active() == 0
+
+
+def test_the_api_takes_a_request_and_shows_it(api):
+    response = api.post("/v1/streams", json={"spec": SPEC, "experiment": "xpptut15", "run": 7,
+                                             "resources": {"workers": 2}})
+    assert response.status_code == 201, response.text
+    stream = response.json()
+    assert (stream["state"], stream["owner"], stream["experiment"], stream["run"]) == ("queued", "alice", "xpptut15", 7)
+    assert stream["resources"]["workers"] == 2 and "secret" not in stream
+    shown = api.get(f"/v1/streams/{stream['id']}").json()
+    assert shown["history"] == stream["history"] and shown["history"][0]["reason"] == "requested"
+    page = api.get("/v1/streams", params={"state": "queued", "experiment": "xpptut15"}).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == stream["id"]
+    cancelled = api.delete(f"/v1/streams/{stream['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["history"][-1]["reason"] == "cancelled by alice"
+    again = api.delete(f"/v1/streams/{stream['id']}")
+    assert again.status_code == 409 and "has already ended (cancelled)" in again.json()["detail"]
+    metrics = api.get("/metrics/").text
+    assert 'beamstream_service_streams{state="cancelled"} 1.0' in metrics
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert "/v1/streams" in api.get("/openapi.json").json()["paths"]
+
+
+def test_the_api_refuses_bad_requests_clearly(api):
+    bad_spec = api.post("/v1/streams", json={"spec": {"source": {"type": "simulated", "n_events": 0},
+                                                      "sinks": [{"type": "files"}]}})
+    assert bad_spec.status_code == 422
+    assert bad_spec.json()["detail"][1:] == ["source.n_events: Input should be greater than or equal to 1",
+                                            "sinks[0].dir: required, not given"]
+    unknown = api.post("/v1/streams", json={"spec": SPEC, "resources": {"workers": 0, "gpus": 1}})
+    assert unknown.status_code == 422 and {tuple(error["loc"]) for error in unknown.json()["detail"]} == {
+        ("body", "resources", "workers"), ("body", "resources", "gpus")}
+    missing = api.get("/v1/streams/0123456789abcdef")
+    assert missing.status_code == 404 and missing.json()["detail"] == "no stream '0123456789abcdef'"
+    assert api.delete("/v1/streams/nope").status_code == 404
+    assert api.get("/v1/streams", params={"state": "sleeping"}).status_code == 422
+    huge = api.post("/v1/streams", content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+                    headers={"content-type": "application/json"})
+    assert huge.status_code == 413
+    assert api.get("/v1/streams").json()["total"] == 0, "nothing refused was stored"
+
+
+def start_service(database_url: str) -> tuple[subprocess.Popen, str]:
+    """``beamstream service`` on a free port: the process and its URL (once it listens)."""
+    process = start_cli("service", "--port", "0", "--database-url", database_url)
+    lines = []
+    while (line := process.stderr.readline()):
+        lines.append(line)
+        if (found := re.search(r"service: (http://\S+)", line)):
+            return process, found.group(1)
+    process.kill()
+    raise AssertionError("the service did not start:\n" + "".join(lines))
+
+
+def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(database_url):
+    process, url = start_service(database_url)
+    try:
+        ids = [httpx.post(f"{url}/v1/streams", json={"spec": SPEC}, timeout=30).json()["id"] for _ in range(3)]
+        httpx.delete(f"{url}/v1/streams/{ids[1]}", timeout=30)
+        before = {stream_id: httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json() for stream_id in ids}
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    process, url = start_service(database_url)
+    try:
+        after = {stream_id: httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json() for stream_id in ids}
+        assert after == before
+        assert [after[stream_id]["state"] for stream_id in ids] == ["queued", "cancelled", "queued"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
