@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
+import time
 import uuid
 
 import httpx
@@ -16,7 +18,9 @@ from beamstream.service.api import MAX_BODY_BYTES, create_app
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound
-from conftest import start_cli
+from beamstream.producer import run_local
+from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, signature, write_callback_file
+from conftest import read_in_thread, start_cli, wait_until, waveform_spec
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SPEC = {"source": {"type": "simulated", "n_events": 10}, "sinks": [{"type": "files", "dir": "out"}]}
@@ -165,3 +169,74 @@ def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(databa
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def signed(secret: str, event: dict, timestamp: float | None = None) -> tuple[bytes, dict]:
+    body = json.dumps(event).encode()
+    stamp = f"{time.time() if timestamp is None else timestamp:.3f}"
+    return body, {TIMESTAMP: stamp, SIGNATURE: signature(secret, stamp, body), "content-type": "application/json"}
+
+
+def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
+    store = api.app.state.store
+    stream = api.post("/v1/streams", json={"spec": SPEC}).json()
+    secret = store.get(stream["id"]).secret
+    store.change_state(stream["id"], State.STARTING, "jobs submitted")
+    url = f"/v1/streams/{stream['id']}/callback"
+    listening = {"event": "listening", "producers": "tcp://node1:5555", "consumers": "tcp://node1:5556"}
+    body, headers = signed(secret, listening)
+    refusals = {
+        "unsigned": api.post(url, content=body, headers={"content-type": "application/json"}),
+        "another secret": api.post(url, content=body, headers=signed("0" * 64, listening)[1]),
+        "altered": api.post(url, content=body.replace(b"node1", b"evil1"), headers=headers),
+        "stale": api.post(url, content=signed(secret, listening, time.time() - 3600)[0],
+                          headers=signed(secret, listening, time.time() - 3600)[1]),
+    }
+    assert {name: response.status_code for name, response in refusals.items()} == dict.fromkeys(refusals, 403)
+    assert api.get(f"/v1/streams/{stream['id']}").json()["state"] == "starting", "nothing refused changed it"
+    assert api.post(url, content=body, headers=headers).status_code == 204
+    replay = api.post(url, content=body, headers=headers)
+    assert replay.status_code == 403 and "replayed" in replay.json()["detail"]
+    shown = api.get(f"/v1/streams/{stream['id']}").json()
+    assert shown["state"] == "running" and shown["endpoints"]["consumers"] == "tcp://node1:5556"
+    ended = {"event": "ended", "verdict": {"complete": True, "summary": "stream x: complete: 60 events", "missing": []}}
+    assert api.post(url, content=signed(secret, ended)[0], headers=signed(secret, ended)[1]).status_code in (204,)
+    shown = api.get(f"/v1/streams/{stream['id']}").json()
+    assert shown["state"] == "completed" and shown["verdict"]["complete"] is True
+    assert shown["history"][-1]["reason"] == "stream x: complete: 60 events"
+
+
+def test_a_buffer_started_for_a_stream_reports_where_it_listens_and_its_verdict(tmp_path):
+    """The service's half of a stream's life, with the buffer job started by hand: the buffer binds free ports and
+    calls back; producers and a consumer use the endpoints the service shows; the verdict arrives at the end."""
+    database_url = f"sqlite:///{tmp_path / 'service.db'}"
+    service, url = start_service(database_url)
+    buffer = None
+    try:
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": SPEC}, timeout=30).json()
+        store = JobStore.open(database_url)
+        store.change_state(stream["id"], State.STARTING, "jobs submitted")
+        callback = tmp_path / "callback.json"
+        write_callback_file(callback, f"{url}/v1/streams/{stream['id']}/callback", store.get(stream["id"]).secret)
+        store.close()
+        buffer = start_cli("buffer", "--producers", "tcp://127.0.0.1:0", "--consumers", "tcp://127.0.0.1:0",
+                           "--callback", str(callback))
+        wait_until(lambda: httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["state"] == "running",
+                   "the buffer to call back", timeout=60)
+        endpoints = httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["endpoints"]
+        results: dict = {}
+        reader = read_in_thread(endpoints["consumers"], results, "group", group="g")
+        assert run_local(waveform_spec(endpoints["producers"]), workers=2, stream_id=stream["id"]).ok
+        reader.join(timeout=120)
+        assert sorted(results["group"]) == list(range(60))
+        buffer.send_signal(signal.SIGTERM)
+        buffer.communicate(timeout=60)
+        wait_until(lambda: httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["state"] == "completed",
+                   "the verdict to arrive", timeout=30)
+        shown = httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()
+        assert shown["verdict"]["complete"] and f"stream {stream['id']}: complete: 60 events" in shown["verdict"]["summary"]
+    finally:
+        if buffer is not None and buffer.poll() is None:
+            buffer.kill()
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=30)

@@ -280,6 +280,9 @@ def buffer(
     max_consumers: Annotated[Optional[int], typer.Option(help=_help("max_consumers"))] = None,
     max_connections: Annotated[Optional[int], typer.Option(help=_help("max_connections"))] = None,
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
+    callback: Annotated[Optional[Path], typer.Option(
+        help="tell the request service that started this buffer where it listens and, at the end, the "
+             "stream's verdict (a file the service wrote: its URL and the stream's secret)")] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
 
@@ -288,7 +291,7 @@ def buffer(
     if ctx.invoked_subcommand is not None:
         return
     given = {name: value for name, value in ctx.params.items() if name in BufferConfig.model_fields and value is not None}
-    serve_buffer(buffer_config(spec, given))
+    serve_buffer(buffer_config(spec, given), callback)
 
 
 # BufferConfig fields whose command-line option has another name
@@ -321,18 +324,28 @@ def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
         fail("; ".join(problems), code=2)
 
 
-def serve_buffer(config: BufferConfig) -> None:
-    """Run the buffer ``config`` describes until SIGTERM or Ctrl-C, then print its account of the stream."""
+def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
+    """Run the buffer ``config`` describes until SIGTERM or Ctrl-C, then print its account of the stream
+    (and, with ``callback``, tell the request service where it listened and, at the end, the verdict)."""
+    from msgspec import to_builtins
+
     from beamstream.buffer.run import run_buffer
+    from beamstream.service.callbacks import call_back
 
     def say_where(buffer: Buffer) -> None:
         memory = "" if config.backend else f", memory ≤ {config.max_memory / 2**30:g} GiB"
         metrics = f", metrics → {buffer.metrics_server.url}" if buffer.metrics_server else ""
-        console.print(f"buffer: producers → {config.producers}, consumers → {buffer.consumer_address}{memory}"
+        console.print(f"buffer: producers → {buffer.producer_address}, consumers → {buffer.consumer_address}{memory}"
                       f"{metrics}", highlight=False)
+        if callback is not None:
+            call_back(callback, {"event": "listening", "producers": buffer.producer_address,
+                                 "consumers": buffer.consumer_address,
+                                 "metrics": buffer.metrics_server.url if buffer.metrics_server else None})
 
     report = run_buffer(config, on_ready=say_where)
     console.print(report.summary(), highlight=False)
+    if callback is not None:
+        call_back(callback, {"event": "ended", "verdict": to_builtins(report.final_verdict())})
 
 
 @buffer_app.command("status")

@@ -46,6 +46,18 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def bound_address(socket: zmq.Socket) -> str:
+    """Where peers reach a bound ``socket``: its last endpoint (the port chosen, for port 0), with a wildcard
+    host (``0.0.0.0``, ``[::]``) replaced by this machine's name."""
+    import socket as sockets
+
+    endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    parts = urlsplit(endpoint)
+    if parts.scheme == "tcp" and parts.hostname in ("0.0.0.0", "::"):
+        return f"tcp://{sockets.getfqdn()}:{parts.port}"
+    return endpoint
+
+
 DEFAULT_MAX_MESSAGE = 1 << 30
 """Largest frame a receiving socket accepts unless told otherwise (ZMQ_MAXMSGSIZE)."""
 

@@ -37,7 +37,7 @@ from beamstream.buffer.metrics import MetricsServer, connection_metrics, intake_
 from beamstream.buffer.status import BufferStatus, status_of
 from beamstream.errors import WireFormatError
 from beamstream.logs import WarnOnce
-from beamstream.transport import open_socket
+from beamstream.transport import bound_address, open_socket
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire.control import Verdict
 from beamstream.wire.metadata import RunMetadata
@@ -85,6 +85,11 @@ class Buffer(ABC):
         self.metrics_server: MetricsServer | None = None
 
     # --- what a backend provides ---------------------------------------------------------------
+
+    @property
+    def producer_address(self) -> str:
+        """Where producers connect: the producer endpoint as bound (the port chosen, for port 0)."""
+        return bound_address(self.producer_socket)
 
     @property
     @abstractmethod

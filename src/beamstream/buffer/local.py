@@ -44,7 +44,7 @@ from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
-from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
+from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket
 from beamstream.wire import EndMessage, parse_message
 from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 from beamstream.wire.metadata import RunMetadata
@@ -94,7 +94,7 @@ class LocalBuffer(Buffer):
 
     @property
     def consumer_address(self) -> str:
-        return self.consumer_endpoint
+        return bound_address(self.consumer_socket)
 
     def backend_metrics(self) -> Iterator[Metric]:
         yield from log_metrics(self.message_log)

@@ -8,6 +8,8 @@ its location. An unknown stream id is 404.
 
 from __future__ import annotations
 
+import json
+import logging
 from importlib.metadata import version
 from typing import Annotated, Any, Literal
 
@@ -16,15 +18,17 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
+from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.spec import parse_spec
 
+logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
 
 
@@ -93,6 +97,36 @@ class Problem(BaseModel):
     detail: str | list[str]
 
 
+class Listening(BaseModel):
+    """The buffer job is serving: where producers and consumers reach it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["listening"]
+    producers: str = Field(max_length=1024)
+    consumers: str = Field(max_length=1024)
+    metrics: str | None = Field(None, max_length=1024)
+
+
+class VerdictBody(BaseModel):
+    complete: bool
+    summary: str = Field(max_length=1 << 16)
+    missing: list[tuple[int, int]] = Field(max_length=1000)
+
+
+class Ended(BaseModel):
+    """The buffer job has stopped: the stream's verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["ended"]
+    verdict: VerdictBody
+
+
+class Callback(BaseModel):
+    body: Annotated[Listening | Ended, Field(discriminator="event")]
+
+
 def identity(request: Request) -> str:
     """Who is asking (until authentication is configured: the service's ``default_owner``)."""
     return request.app.state.settings.default_owner
@@ -107,6 +141,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     app = FastAPI(title="beamstream request service", version=version("beamstream"),
                   description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
     app.state.store = store
+    verifier = Verifier()
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     registry = CollectorRegistry(auto_describe=False)
@@ -159,6 +194,34 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             return StreamView.of(store.change_state(record.id, State.CANCELLED, f"cancelled by {owner}"))
         except TransitionError:
             raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})") from None
+
+    @app.post("/v1/streams/{stream_id}/callback", status_code=204, tags=["jobs"],
+              responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}})
+    async def job_callback(stream_id: str, request: Request) -> None:
+        """A stream's job reports (signed with the stream's secret; see :mod:`beamstream.service.callbacks`)."""
+        record = _find(store, stream_id)
+        body = await request.body()
+        try:
+            verifier.check(record.secret, request.headers.get(TIMESTAMP), request.headers.get(SIGNATURE), body)
+        except CallbackRefused as exc:
+            logger.warning("refused a callback for stream %s from %s: %s", stream_id,
+                           request.client.host if request.client else "?", exc)
+            raise HTTPException(403, f"callback refused: {exc}") from None
+        try:
+            event = Callback.model_validate({"body": json.loads(body)}).body
+        except (ValueError, ValidationError) as exc:
+            raise HTTPException(422, f"callback body: {exc}") from None
+        try:
+            if isinstance(event, Listening):
+                store.change_state(stream_id, State.RUNNING, "the buffer is listening",
+                                   endpoints=event.model_dump(exclude={"event"}))
+            else:
+                verdict = event.verdict
+                store.change_state(stream_id, State.COMPLETED if verdict.complete else State.FAILED,
+                                   verdict.summary.splitlines()[0] if verdict.summary else "the buffer ended",
+                                   verdict=verdict.model_dump())
+        except TransitionError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     return app
 

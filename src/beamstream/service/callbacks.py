@@ -1,0 +1,97 @@
+"""Callbacks from a stream's jobs to the service, signed with the stream's secret (stdlib only: jobs need no extra).
+
+A job (the buffer) POSTs a JSON body to ``/v1/streams/{id}/callback`` with two headers:
+``Beamstream-Timestamp`` (Unix seconds) and ``Beamstream-Signature``, the hex HMAC-SHA256 of
+``TIMESTAMP.BODY`` under the stream's secret. The service refuses a callback that is unsigned,
+wrongly signed, more than :data:`MAX_SKEW_S` from its own clock, or seen before (a replay).
+
+The job learns where to call and the secret from a file the service writes for it, private to
+its owner (``{"url": ..., "secret": ...}``), never from its command line or environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+TIMESTAMP = "Beamstream-Timestamp"
+SIGNATURE = "Beamstream-Signature"
+MAX_SKEW_S = 300.0
+REMEMBERED = 100_000  # signatures kept to refuse replays (older ones are outside MAX_SKEW_S anyway)
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The hex HMAC-SHA256 of ``TIMESTAMP.BODY`` under ``secret``."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class CallbackRefused(ValueError):
+    """A callback that is not signed, signed wrongly, too old or too new, or a replay."""
+
+
+class Verifier:
+    """Checks callbacks' signatures and remembers the ones it accepted, to refuse them if they come again."""
+
+    def __init__(self) -> None:
+        self.seen: OrderedDict[str, float] = OrderedDict()
+
+    def check(self, secret: str, timestamp: str | None, given: str | None, body: bytes) -> None:
+        """CallbackRefused saying why, unless the callback is signed with ``secret``, fresh and new."""
+        if not timestamp or not given:
+            raise CallbackRefused(f"unsigned: {TIMESTAMP} and {SIGNATURE} headers are required")
+        try:
+            sent = float(timestamp)
+        except ValueError:
+            raise CallbackRefused(f"{TIMESTAMP} is not a number") from None
+        if not hmac.compare_digest(signature(secret, timestamp, body), given):
+            raise CallbackRefused("wrong signature")
+        now = time.time()
+        if abs(now - sent) > MAX_SKEW_S:
+            raise CallbackRefused(f"timestamp {sent:.0f} is more than {MAX_SKEW_S:.0f} s from the service's clock")
+        if given in self.seen:
+            raise CallbackRefused("replayed: this callback was received before")
+        self.seen[given] = sent
+        while len(self.seen) > REMEMBERED or (self.seen and next(iter(self.seen.values())) < now - 2 * MAX_SKEW_S):
+            self.seen.popitem(last=False)
+
+
+def write_callback_file(path: Path, url: str, secret: str) -> None:
+    """Write the file a job reads to call back: private to its owner."""
+    from beamstream.atomic import write_atomically
+
+    write_atomically(path, json.dumps({"url": url, "secret": secret}).encode())
+
+
+def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0) -> bool:
+    """POST ``event`` (JSON) to the service named in the callback file ``path``, signed; retried (the service may be
+    restarting) for up to ``retry_for_s`` seconds. True if the service took it; failures are logged, not raised."""
+    target = json.loads(path.read_text())
+    body = json.dumps(event).encode()
+    deadline = time.monotonic() + retry_for_s
+    delay = 0.2
+    while True:
+        timestamp = f"{time.time():.3f}"
+        request = urllib.request.Request(target["url"], data=body, method="POST", headers={
+            "Content-Type": "application/json", TIMESTAMP: timestamp,
+            SIGNATURE: signature(target["secret"], timestamp, body)})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return True
+        except urllib.error.HTTPError as exc:  # the service answered: it will not take it
+            logger.warning("the service refused callback %s: %s %s", event.get("event"), exc.code, exc.read()[:200])
+            return False
+        except OSError as exc:
+            if time.monotonic() + delay > deadline:
+                logger.warning("could not call the service back (%s): %s", target["url"], exc)
+                return False
+            time.sleep(delay)  # a back-off between retries, not a synchronisation
+            delay = min(delay * 2, 5.0)
