@@ -1,0 +1,124 @@
+"""Jobs on a real Slurm cluster through PSI/J (psij-python): the groundwork for the request service, which will run
+streams as Slurm jobs. Skipped unless ``sinfo`` answers; ``bash scripts/slurm.sh up`` starts a single-node cluster
+(as root; CI runs it before the tests). See docs/slurm.md."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+
+
+def slurm_missing() -> str | None:
+    """Why no Slurm cluster can take jobs here, or None if ``sinfo`` answers."""
+    if shutil.which("sinfo") is None:
+        return "no Slurm here: sinfo is not on PATH (bash scripts/slurm.sh up installs and starts one, as root)"
+    try:
+        answer = subprocess.run(["sinfo", "-h"], check=False, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s (is slurmctld running? bash scripts/slurm.sh status)"
+    if answer.returncode != 0:
+        return f"sinfo fails: {answer.stderr.strip()} (bash scripts/slurm.sh up starts a cluster, as root)"
+    return None
+
+
+if missing := slurm_missing():
+    pytest.skip(missing, allow_module_level=True)
+psij = pytest.importorskip("psij", reason="the Slurm tests drive jobs through PSI/J: pip install 'psij-python>=0.9'")
+
+TIMEOUT = timedelta(seconds=60)
+
+
+@pytest.fixture
+def submit(tmp_path: Path):
+    """Submit a JobSpec through PSI/J's Slurm executor and return its Job. The executor keeps its submit scripts
+    and exit-code files in tmp_path and polls squeue every second (its default, 30 s, suits shared clusters).
+    Jobs a test leaves unfinished are cancelled."""
+    from psij.executors.batch.slurm import SlurmExecutorConfig
+
+    config = SlurmExecutorConfig(work_directory=tmp_path / "psij", queue_polling_interval=1,
+                                 initial_queue_polling_delay=0)
+    executor = psij.JobExecutor.get_instance("slurm", config=config)
+    jobs = []
+
+    def submit(spec):
+        job = psij.Job(spec)
+        executor.submit(job)
+        jobs.append(job)
+        return job
+
+    yield submit
+    for job in jobs:
+        if job.native_id and not job.status.state.final:
+            subprocess.run(["scancel", job.native_id], check=False)
+
+
+def listed_by_squeue(native_id: str) -> bool:
+    """Whether plain ``squeue`` (pending, running and completing jobs) lists the job."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return native_id in out.split()
+
+
+def job_processes(native_id: str, command: list[str]) -> list[psutil.Process]:
+    """The processes running ``command`` in the Slurm job ``native_id`` (told apart by SLURM_JOB_ID)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if process.info["cmdline"] == command and process.environ().get("SLURM_JOB_ID") == native_id:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def poll(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.1)
+
+
+def test_job_runs_to_completion_and_its_output_is_there(submit, tmp_path):
+    out = tmp_path / "hello.out"
+    spec = psij.JobSpec(executable="/bin/sh", arguments=["-c", "echo hello from $SLURM_JOB_ID"],
+                        stdout_path=out, stderr_path=tmp_path / "hello.err")
+    job = submit(spec)
+    assert job.native_id and job.native_id.isdigit(), f"a Slurm job id, not {job.native_id!r}"
+
+    status = job.wait(timeout=TIMEOUT)
+
+    assert status is not None, f"job {job.native_id} not done within {TIMEOUT}: {job.status}"
+    assert status.state == psij.JobState.COMPLETED, status
+    assert status.exit_code == 0
+    assert out.read_text() == f"hello from {job.native_id}\n"
+    assert (tmp_path / "hello.err").read_text() == ""
+
+
+def test_long_job_is_cancelled_and_leaves_the_queue(submit):
+    job = submit(psij.JobSpec(executable="/bin/sleep", arguments=["600"]))
+    status = job.wait(timeout=TIMEOUT, target_states=[psij.JobState.ACTIVE])
+    assert status is not None and status.state == psij.JobState.ACTIVE, status or job.status
+    assert listed_by_squeue(job.native_id)
+    poll(lambda: job_processes(job.native_id, ["/bin/sleep", "600"]), 30, "the job's sleep 600 runs")
+
+    job.cancel()
+    status = job.wait(timeout=TIMEOUT)
+
+    assert status is not None, f"job {job.native_id} not done within {TIMEOUT} of cancel: {job.status}"
+    assert status.state == psij.JobState.CANCELED, status
+    assert not listed_by_squeue(job.native_id)
+    poll(lambda: not job_processes(job.native_id, ["/bin/sleep", "600"]), 10, "the job's sleep 600 is gone")
+
+
+def test_request_the_cluster_cannot_meet_is_refused_at_submit(submit):
+    """scripts/slurm.sh sets EnforcePartLimits=ALL: without it sbatch accepts the job, which then waits forever
+    (PENDING, reason PartitionConfig)."""
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0])
+    too_many = psij.ResourceSpecV1(process_count=1, cpu_cores_per_process=cpus + 1)
+    with pytest.raises(psij.SubmitException, match="More processors requested than permitted"):
+        submit(psij.JobSpec(executable="/bin/true", resources=too_many))
