@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service).
+# Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service, Slurm).
 # Idempotent: a second run only checks. Needs Debian's libkrb5-dev for psana and hdf5-tools (HDF5 1.10's
 # h5ls/h5dump, which the tests use to check that written files open in older HDF5); installed when root.
 set -euo pipefail
@@ -20,5 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,mpi,psana,nats,service]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, sqlalchemy, psycopg"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,mpi,psana,nats,service,slurm]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, sqlalchemy, psycopg, psij"

@@ -78,9 +78,9 @@ def banner(process: subprocess.Popen) -> str:
     raise AssertionError(f"the buffer exited (code {process.wait()}) without serving: {''.join(lines)}")
 
 
-def start_cli(*args: str) -> subprocess.Popen:
-    """Start ``beamstream ARGS`` in the background."""
-    env = {**os.environ, "COLUMNS": "200"}
+def start_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``beamstream ARGS`` in the background (with ``env_extra`` added to the environment)."""
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
     return subprocess.Popen([*BEAMSTREAM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

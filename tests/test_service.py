@@ -9,7 +9,10 @@ import subprocess
 import time
 import uuid
 
+from pathlib import Path
+
 import httpx
+import psutil
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -18,9 +21,9 @@ from beamstream.service.api import MAX_BODY_BYTES, create_app
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound
-from beamstream.producer import run_local
-from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, signature, write_callback_file
-from conftest import read_in_thread, start_cli, wait_until, waveform_spec
+from beamstream.client import Client
+from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, signature
+from conftest import start_cli, wait_until
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SPEC = {"source": {"type": "simulated", "n_events": 10}, "sinks": [{"type": "files", "dir": "out"}]}
@@ -140,9 +143,11 @@ def test_the_api_refuses_bad_requests_clearly(api):
     assert api.get("/v1/streams").json()["total"] == 0, "nothing refused was stored"
 
 
-def start_service(database_url: str) -> tuple[subprocess.Popen, str]:
-    """``beamstream service`` on a free port: the process and its URL (once it listens)."""
-    process = start_cli("service", "--port", "0", "--database-url", database_url)
+def start_service(database_url: str, state_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """``beamstream service`` on a free port (``settings`` as environment): the process and its URL, once it listens."""
+    environment = {f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()}
+    process = start_cli("service", "--port", "0", "--database-url", database_url, "--state-dir", str(state_dir),
+                        env_extra=environment)
     lines = []
     while (line := process.stderr.readline()):
         lines.append(line)
@@ -152,8 +157,18 @@ def start_service(database_url: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError("the service did not start:\n" + "".join(lines))
 
 
-def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(database_url):
-    process, url = start_service(database_url)
+def stop_service(process: subprocess.Popen, url: str) -> None:
+    """Cancel every stream still active (their jobs outlive the service by design), then stop the service."""
+    for state in ("queued", "starting", "running"):
+        for stream in httpx.get(f"{url}/v1/streams", params={"state": state}, timeout=30).json()["items"]:
+            httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(database_url, tmp_path):
+    """Every stream's history before the kill is still the start of its history after the restart."""
+    process, url = start_service(database_url, tmp_path / "state", drain_grace_s="2")
     try:
         ids = [httpx.post(f"{url}/v1/streams", json={"spec": SPEC}, timeout=30).json()["id"] for _ in range(3)]
         httpx.delete(f"{url}/v1/streams/{ids[1]}", timeout=30)
@@ -161,14 +176,15 @@ def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(databa
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    process, url = start_service(database_url)
+    process, url = start_service(database_url, tmp_path / "state", drain_grace_s="2")
     try:
-        after = {stream_id: httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json() for stream_id in ids}
-        assert after == before
-        assert [after[stream_id]["state"] for stream_id in ids] == ["queued", "cancelled", "queued"]
+        for stream_id in ids:
+            after = httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json()
+            assert after["history"][:len(before[stream_id]["history"])] == before[stream_id]["history"]
+            assert after["created"] == before[stream_id]["created"]
+        assert httpx.get(f"{url}/v1/streams/{ids[1]}", timeout=30).json()["state"] == "cancelled"
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_service(process, url)
 
 
 def signed(secret: str, event: dict, timestamp: float | None = None) -> tuple[bytes, dict]:
@@ -206,37 +222,50 @@ def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
     assert shown["history"][-1]["reason"] == "stream x: complete: 60 events"
 
 
-def test_a_buffer_started_for_a_stream_reports_where_it_listens_and_its_verdict(tmp_path):
-    """The service's half of a stream's life, with the buffer job started by hand: the buffer binds free ports and
-    calls back; producers and a consumer use the endpoints the service shows; the verdict arrives at the end."""
-    database_url = f"sqlite:///{tmp_path / 'service.db'}"
-    service, url = start_service(database_url)
-    buffer = None
+def run_service(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
+    """A service with its job store and stream folders in ``tmp_path``."""
+    return start_service(f"sqlite:///{tmp_path / 'service.db'}", tmp_path / "state", **settings)
+
+
+def shown(url: str, stream_id: str) -> dict:
+    return httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json()
+
+
+def test_a_requested_stream_runs_on_local_jobs_and_completes_with_its_verdict(tmp_path):
+    service, url = run_service(tmp_path, drain_grace_s="30")
     try:
-        stream = httpx.post(f"{url}/v1/streams", json={"spec": SPEC}, timeout=30).json()
-        store = JobStore.open(database_url)
-        store.change_state(stream["id"], State.STARTING, "jobs submitted")
-        callback = tmp_path / "callback.json"
-        write_callback_file(callback, f"{url}/v1/streams/{stream['id']}/callback", store.get(stream["id"]).secret)
-        store.close()
-        buffer = start_cli("buffer", "--producers", "tcp://127.0.0.1:0", "--consumers", "tcp://127.0.0.1:0",
-                           "--callback", str(callback))
-        wait_until(lambda: httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["state"] == "running",
-                   "the buffer to call back", timeout=60)
-        endpoints = httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["endpoints"]
-        results: dict = {}
-        reader = read_in_thread(endpoints["consumers"], results, "group", group="g")
-        assert run_local(waveform_spec(endpoints["producers"]), workers=2, stream_id=stream["id"]).ok
-        reader.join(timeout=120)
-        assert sorted(results["group"]) == list(range(60))
-        buffer.send_signal(signal.SIGTERM)
-        buffer.communicate(timeout=60)
-        wait_until(lambda: httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()["state"] == "completed",
-                   "the verdict to arrive", timeout=30)
-        shown = httpx.get(f"{url}/v1/streams/{stream['id']}", timeout=30).json()
-        assert shown["verdict"]["complete"] and f"stream {stream['id']}: complete: 60 events" in shown["verdict"]["summary"]
+        spec = {"source": {"type": "simulated", "n_events": 60, "events_per_read": 5,
+                           "detectors": [{"kind": "waveform", "samples": 1024}]}}
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2}}, timeout=30).json()
+        wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
+        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
+            seqs = sorted(event.seq for event in client.events())
+        assert seqs == list(range(60)) and client.report.complete
+        wait_until(lambda: shown(url, stream["id"])["state"] in ("completed", "failed"), "the stream to end",
+                   timeout=60)
+        final = shown(url, stream["id"])
+        assert final["state"] == "completed", final["history"]
+        assert final["verdict"]["complete"] and f"stream {stream['id']}: complete: 60 events" in final["verdict"]["summary"]
+        assert [change["state"] for change in final["history"]] == ["queued", "starting", "running", "completed"]
     finally:
-        if buffer is not None and buffer.poll() is None:
-            buffer.kill()
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=30)
+        stop_service(service, url)
+
+
+def test_cancelling_a_running_stream_stops_every_job(tmp_path):
+    service, url = run_service(tmp_path)
+    try:
+        spec = {"source": {"type": "simulated", "n_events": 100000, "events_per_read": 1, "rate_hz": 20,
+                           "detectors": [{"kind": "waveform", "samples": 64}]}}
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()
+        store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
+        wait_until(lambda: "producers" in store.jobs(stream["id"]), "the producers to start", timeout=60)
+        pids = [int(job.native_id.split(":")[0]) for job in store.jobs(stream["id"]).values()]
+        processes = [psutil.Process(pid) for pid in pids]
+        processes += [child for process in processes for child in process.children(recursive=True)]
+        cancelled = httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30).json()
+        assert cancelled["state"] == "cancelled"
+        gone, alive = psutil.wait_procs(processes, timeout=30)
+        assert not alive, f"still running: {alive}"
+        store.close()
+    finally:
+        stop_service(service, url)

@@ -385,6 +385,8 @@ def service(
     host: Annotated[Optional[str], typer.Option(help="address to listen on (default: 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port to listen on (default: 8080; 0: any free one)")] = None,
     database_url: Annotated[Optional[str], typer.Option(help="job store URL (default: sqlite:///beamstream-service.db)")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="where streams' folders and job logs go (default: "
+                                                          "./beamstream-service)")] = None,
 ) -> None:
     """Run the request service: REST API under /v1, OpenAPI at /docs, /healthz, /metrics."""
     from pydantic import ValidationError
@@ -396,24 +398,31 @@ def service(
         from beamstream.service.settings import ServiceSettings
     except ImportError as exc:
         fail(f"the service needs its extra: pip install 'beamstream[service]' ({exc})")
-    given = {name: value for name, value in (("host", host), ("port", port), ("database_url", database_url))
-             if value is not None}
+    given = {name: value for name, value in (("host", host), ("port", port), ("database_url", database_url),
+                                             ("state_dir", state_dir)) if value is not None}
     try:
         settings = ServiceSettings.load(config, **given)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
+    from beamstream.service.dispatcher import Dispatcher
+
     application = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning"))
     original_startup = server.startup
 
-    async def startup(sockets=None) -> None:  # say where it listens once bound (port 0 included)
+    async def startup(sockets=None) -> None:  # once bound (port 0 included): run the jobs, say where it listens
         await original_startup(sockets)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (settings.host, settings.port)
-        console.print(f"service: http://{bound[0]}:{bound[1]} (API /v1, docs /docs), store {settings.database_url}",
-                      highlight=False)
+        url = f"http://{bound[0]}:{bound[1]}"
+        application.state.dispatcher = Dispatcher(application.state.store, settings, url).start()
+        console.print(f"service: {url} (API /v1, docs /docs), store {settings.database_url}", highlight=False)
 
     server.startup = startup
-    server.run()
+    try:
+        server.run()
+    finally:
+        if application.state.dispatcher is not None:
+            application.state.dispatcher.close()
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
+from beamstream.service.dispatcher import with_stream_sink
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
@@ -49,7 +50,8 @@ class StreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: dict[str, Any] = Field(description="the stream spec, as in a spec file")
+    spec: dict[str, Any] = Field(description="the stream spec, as in a spec file; its sinks may be left out "
+                                             "(the service adds a stream sink to the stream's buffer)")
     resources: Resources = Field(default_factory=Resources)
     name: str | None = Field(None, max_length=256)
     experiment: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -141,6 +143,8 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     app = FastAPI(title="beamstream request service", version=version("beamstream"),
                   description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
     app.state.store = store
+    app.state.dispatcher = None  # set by whoever runs the jobs (beamstream service), once it knows its URL
+    app.state.executors = {"local"}
     verifier = Verifier()
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
@@ -161,10 +165,14 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
               responses={422: {"model": Problem}})
     def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
         """Ask for a stream: it is queued at once and started when the limits allow."""
-        try:
-            spec = parse_spec(request.spec, origin="spec")
+        try:  # the service adds the stream sink to the stream's buffer: a request need not name one
+            spec = parse_spec(with_stream_sink(request.spec), origin="spec")
         except SpecError as exc:
             raise HTTPException(422, [line.strip() for line in str(exc).splitlines()]) from None
+        executor = request.resources.executor or settings.executor
+        if executor not in app.state.executors:
+            raise HTTPException(422, f"resources.executor: {executor!r} is not available on this service; "
+                                     f"it runs jobs with: {', '.join(sorted(app.state.executors))}")
         record = store.create(owner=owner, spec=request.spec, resources=request.resources.model_dump(mode="json"),
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
         return StreamView.of(record)
@@ -190,6 +198,10 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     def cancel_stream(stream_id: str, owner: Owner) -> StreamView:
         """Cancel a stream that has not ended; 409 for one that has."""
         record = _find(store, stream_id)
+        if record.state.final:
+            raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})")
+        if app.state.dispatcher is not None:
+            app.state.dispatcher.stop_jobs(record.id)
         try:
             return StreamView.of(store.change_state(record.id, State.CANCELLED, f"cancelled by {owner}"))
         except TransitionError:

@@ -26,6 +26,12 @@ class ServiceSettings(BaseSettings):
     max_streams_per_user: int = Field(4, ge=1, description="streams starting or running at once, per user")
     default_owner: str = Field("local", min_length=1, max_length=256,
                                description="whom requests are made for until authentication is configured")
+    state_dir: Path = Field(Path("beamstream-service"), description="where each stream's folder (specs, job logs, "
+                            "the private callback file) is made")
+    data_host: str = Field("127.0.0.1", description="address the buffer jobs bind (0.0.0.0: every interface; "
+                           "consumers are then told the machine's name)")
+    drain_grace_s: float = Field(60.0, gt=0, description="seconds a buffer is kept after its producers ended for "
+                                 "groups to read everything (it stops earlier once every group has)")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
 
     @classmethod

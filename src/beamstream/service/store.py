@@ -60,6 +60,45 @@ class ChangeRow(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # buffer or producers
+    executor: Mapped[str] = mapped_column(String(16))
+    native_id: Mapped[str] = mapped_column(String(256))
+    directory: Mapped[str] = mapped_column(Text)
+    submitted: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # succeeded, failed or lost, once ended
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    stop_requested: Mapped[float | None] = mapped_column(Float)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job of a stream, as the store holds it."""
+
+    id: int
+    stream_id: str
+    role: str
+    executor: str
+    native_id: str
+    directory: str
+    submitted: float
+    ended: float | None
+    outcome: str | None
+    exit_code: int | None
+    stop_requested: float | None
+
+    @classmethod
+    def of(cls, row: JobRow) -> Job:
+        return cls(id=row.id, stream_id=row.stream_id, role=row.role, executor=row.executor,
+                   native_id=row.native_id, directory=row.directory, submitted=row.submitted, ended=row.ended,
+                   outcome=row.outcome, exit_code=row.exit_code, stop_requested=row.stop_requested)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One state change: the new state, why, and when."""
@@ -153,8 +192,9 @@ class JobStore:
             return StreamRecord.of(row)
 
     def list(self, *, state: State | None = None, experiment: str | None = None, owner: str | None = None,
-             limit: int = 50, offset: int = 0) -> tuple[list[StreamRecord], int]:
-        """Streams matching every filter given, newest first: (``limit`` of them from ``offset``, how many match)."""
+             limit: int = 50, offset: int = 0, oldest_first: bool = False) -> tuple[list[StreamRecord], int]:
+        """Streams matching every filter given, newest (or oldest) first: (``limit`` of them from ``offset``, how
+        many match)."""
         query = select(StreamRow)
         if state is not None:
             query = query.where(StreamRow.state == state.value)
@@ -164,7 +204,8 @@ class JobStore:
             query = query.where(StreamRow.owner == owner)
         with self._session() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
-            rows = session.scalars(query.order_by(StreamRow.created.desc(), StreamRow.id).limit(limit).offset(offset))
+            order = StreamRow.created.asc() if oldest_first else StreamRow.created.desc()
+            rows = session.scalars(query.order_by(order, StreamRow.id).limit(limit).offset(offset))
             return [StreamRecord.of(row) for row in rows], int(total or 0)
 
     def change_state(self, stream_id: str, state: State, reason: str, **columns: Any) -> StreamRecord:
@@ -182,6 +223,35 @@ class JobStore:
             row.changes.append(ChangeRow(state=state.value, reason=reason, at=now))
             session.flush()
             return StreamRecord.of(row)
+
+    def add_job(self, stream_id: str, role: str, executor: str, native_id: str, directory: str) -> Job:
+        """Record a submitted job of the stream."""
+        row = JobRow(stream_id=stream_id, role=role, executor=executor, native_id=native_id, directory=directory,
+                     submitted=time.time())
+        with self._session() as session:
+            session.add(row)
+            session.flush()
+            return Job.of(row)
+
+    def jobs(self, stream_id: str) -> dict[str, Job]:
+        """The stream's jobs by role."""
+        with self._session() as session:
+            rows = session.scalars(select(JobRow).where(JobRow.stream_id == stream_id).order_by(JobRow.id))
+            return {row.role: Job.of(row) for row in rows}
+
+    def jobs_of_ended_streams(self) -> list[Job]:
+        """Jobs not yet seen to end whose streams have ended (cancelled, or failed while a job still ran)."""
+        final = [state.value for state in State if state.final]
+        query = select(JobRow).join(StreamRow).where(JobRow.ended.is_(None), StreamRow.state.in_(final))
+        with self._session() as session:
+            return [Job.of(row) for row in session.scalars(query)]
+
+    def update_job(self, job_id: int, **columns: Any) -> None:
+        """Set ``columns`` of job ``job_id`` (``ended``, ``outcome``, ``exit_code``, ``stop_requested``)."""
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            for column, value in columns.items():
+                setattr(row, column, value)
 
     def count_active(self, owner: str | None = None) -> int:
         """Streams starting or running (of ``owner``, if given): what the concurrency limits count."""

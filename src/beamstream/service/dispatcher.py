@@ -1,0 +1,229 @@
+"""The service's scheduler: starts queued streams within the limits, watches their jobs, ends them.
+
+One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds. A round:
+
+1. **Start** queued streams, oldest first, while fewer than ``max_streams`` (in total) and
+   ``max_streams_per_user`` (per owner) are starting or running: write the stream's folder
+   (its spec, the buffer's settings, the private callback file), submit the buffer job
+   (``beamstream buffer --callback``, on free ports) → ``starting``.
+2. **Watch** each starting or running stream:
+   - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
+   - once the buffer listens (its callback made the stream ``running``): submit the producers
+     job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's);
+   - the buffer job ended without a verdict → producers stopped, ``failed``;
+   - the producers ended and every group has acknowledged everything (read from the buffer's
+     metrics), or ``drain_grace_s`` passed → the buffer is asked to stop; it sends the verdict,
+     which makes the stream ``completed`` or ``failed`` (with the missing ranges).
+
+Everything it decides is in the job store, so a restarted service's dispatcher goes on where the
+last one stopped: jobs are found again by their native ids (:mod:`beamstream.service.executors`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from beamstream.modes import make_dirs
+from beamstream.service.callbacks import write_callback_file
+from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor
+from beamstream.service.settings import ServiceSettings
+from beamstream.service.states import State, TransitionError
+from beamstream.service.store import Job, JobStore, StreamRecord
+
+logger = logging.getLogger(__name__)
+BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
+LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's history
+
+
+class Dispatcher:
+    """Runs the streams in ``store``; :meth:`start` a thread that ticks, :meth:`close` it."""
+
+    def __init__(self, store: JobStore, settings: ServiceSettings, service_url: str,
+                 executors: dict[str, Executor] | None = None, interval: float = 0.5) -> None:
+        self.store = store
+        self.settings = settings
+        self.service_url = service_url
+        self.executors = executors or {"local": LocalExecutor()}
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Dispatcher:
+        self._thread = threading.Thread(target=self._run, name="beamstream-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # one bad round must not end the scheduler; the next one retries
+                logger.exception("dispatcher round failed")
+
+    def tick(self) -> None:
+        """One round: start what may start, then watch every starting and running stream."""
+        self._start_queued()
+        for state in (State.STARTING, State.RUNNING):
+            for record in self.store.list(state=state, limit=10_000, oldest_first=True)[0]:
+                self._watch(record)
+        for job in self.store.jobs_of_ended_streams():  # asked to stop: see them end (and reap them)
+            self._status(job)
+
+    # --- starting ------------------------------------------------------------------------------
+
+    def _start_queued(self) -> None:
+        for record in self.store.list(state=State.QUEUED, limit=10_000, oldest_first=True)[0]:
+            if self.store.count_active() >= self.settings.max_streams:
+                return
+            if self.store.count_active(record.owner) >= self.settings.max_streams_per_user:
+                continue
+            self._start(record)
+
+    def _start(self, record: StreamRecord) -> None:
+        directory = self.folder(record)
+        make_dirs(directory)
+        callback = directory / "callback.json"
+        write_callback_file(callback, f"{self.service_url}/v1/streams/{record.id}/callback", record.secret)
+        host = self.settings.data_host
+        buffer = {**(record.resources.get("buffer") or {}), "producers": f"tcp://{host}:0",
+                  "consumers": f"tcp://{host}:0", "metrics_port": 0, "metrics_addr": host}
+        buffer = {key: value for key, value in buffer.items() if value is not None}
+        _write_json(directory / "buffer-spec.json", {**with_stream_sink(record.spec), "buffer": buffer})
+        argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
+                "--callback", str(callback)]
+        self._submit(record, "buffer", argv, tasks=1, state=State.STARTING)
+
+    def _submit(self, record: StreamRecord, role: str, argv: list[str], tasks: int,
+                state: State | None = None) -> None:
+        executor = self.executor(record)
+        request = JobRequest(role, argv, self.folder(record), tasks=tasks,
+                             nodes=int(record.resources.get("nodes") or 1),
+                             time_limit_s=record.resources.get("time_limit_s"))
+        try:
+            native_id = executor.submit(request)
+        except OSError as exc:
+            self._fail(record, f"could not submit the {role} job ({executor.name}): {exc}")
+            return
+        self.store.add_job(record.id, role, executor.name, native_id, str(request.directory))
+        reason = f"{role} job submitted ({executor.name} {native_id})"
+        if state is None:
+            logger.info("stream %s: %s", record.id, reason)
+        else:
+            self.store.change_state(record.id, state, reason)
+
+    # --- watching ------------------------------------------------------------------------------
+
+    def _watch(self, record: StreamRecord) -> None:
+        jobs = self.store.jobs(record.id)
+        buffer = jobs.get("buffer")
+        if buffer is None:
+            return
+        buffer_status = self._status(buffer)
+        if buffer_status.state is not JobState.RUNNING:
+            self.stop_jobs(record.id)
+            what = "before it listened" if record.state is State.STARTING else "without a verdict"
+            self._fail(record, f"the buffer job ended {what} ({_outcome(buffer_status)}){self._log_tail(buffer)}")
+            return
+        if record.state is not State.RUNNING:
+            return
+        producers = jobs.get("producers")
+        if producers is None:
+            self._submit_producers(record)
+            return
+        if self._status(producers).state is JobState.RUNNING or buffer.stop_requested is not None:
+            return
+        ended = self.store.jobs(record.id)["producers"].ended or time.time()
+        if self._drained(record) or time.time() - ended > self.settings.drain_grace_s:
+            self.executor(record).cancel(buffer.native_id)
+            self.store.update_job(buffer.id, stop_requested=time.time())
+
+    def _submit_producers(self, record: StreamRecord) -> None:
+        spec = with_stream_sink(record.spec, record.endpoints["producers"])
+        spec.pop("buffer", None)
+        _write_json(self.folder(record) / "producers-spec.json", spec)
+        workers = str(int(record.resources.get("workers") or 1))
+        argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--workers", workers,
+                "--stream-id", record.id]
+        self._submit(record, "producers", argv, tasks=int(workers))
+
+    def _status(self, job: Job) -> JobStatus:
+        """The job's status; its end is recorded the first time it is seen."""
+        status = self.executors[job.executor].status(job.native_id, JobRequest(job.role, [], Path(job.directory)))
+        if status.state is not JobState.RUNNING and job.ended is None:
+            self.store.update_job(job.id, ended=time.time(), outcome=status.state.value, exit_code=status.exit_code)
+            logger.info("stream %s: %s job ended (%s)", job.stream_id, job.role, _outcome(status))
+        return status
+
+    def _drained(self, record: StreamRecord) -> bool:
+        """True if the buffer's metrics show at least one group and every group with nothing unacknowledged."""
+        url = (record.endpoints or {}).get("metrics")
+        if not url:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return False
+        lags = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "beamstream_buffer_group_lag"]
+        return bool(lags) and not any(lags)
+
+    # --- ending ----------------------------------------------------------------------------------
+
+    def stop_jobs(self, stream_id: str) -> None:
+        """Ask every job of the stream that still runs to stop (producers send aborted ends, the buffer its verdict)."""
+        for job in self.store.jobs(stream_id).values():
+            if job.ended is None:
+                self.executors[job.executor].cancel(job.native_id)
+                self.store.update_job(job.id, stop_requested=time.time())
+
+    def _fail(self, record: StreamRecord, reason: str) -> None:
+        try:
+            self.store.change_state(record.id, State.FAILED, reason)
+        except TransitionError:
+            pass  # it ended meanwhile (a callback came first)
+
+    def executor(self, record: StreamRecord) -> Executor:
+        return self.executors[record.resources.get("executor") or self.settings.executor]
+
+    def folder(self, record: StreamRecord) -> Path:
+        return self.settings.state_dir / "streams" / record.id
+
+    def _log_tail(self, job: Job) -> str:
+        try:
+            text = (Path(job.directory) / f"{job.role}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return f"; its log ends: {text[-LOG_TAIL:].strip()}" if text.strip() else ""
+
+
+def with_stream_sink(spec: dict[str, Any], endpoint: str = BUFFER_PLACEHOLDER) -> dict[str, Any]:
+    """``spec`` with its stream sinks replaced by one to ``endpoint`` (the stream's buffer), other sinks kept."""
+    sinks = [sink for sink in spec.get("sinks", []) if not (isinstance(sink, dict) and sink.get("type") == "stream")]
+    return {**spec, "sinks": [*sinks, {"type": "stream", "endpoint": endpoint}]}
+
+
+def _outcome(status: JobStatus) -> str:
+    if status.state is JobState.LOST:
+        return "it is gone, with no exit code recorded"
+    return f"exit code {status.exit_code}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from beamstream.atomic import write_atomically
+
+    write_atomically(path, json.dumps(data, indent=2).encode())
