@@ -231,12 +231,23 @@ def shown(url: str, stream_id: str) -> dict:
     return httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json()
 
 
-def test_a_requested_stream_runs_on_local_jobs_and_completes_with_its_verdict(tmp_path):
-    service, url = run_service(tmp_path, drain_grace_s="30")
+def slurm_answers() -> bool:
+    try:
+        return subprocess.run(["sinfo"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.skipif(
+    not slurm_answers(), reason="no Slurm answers here (bash scripts/slurm.sh up, as root)"))])
+def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path, executor):
+    service, url = run_service(tmp_path, drain_grace_s="30", executors='["local", "slurm"]' if executor == "slurm"
+                               else '["local"]')
     try:
         spec = {"source": {"type": "simulated", "n_events": 60, "events_per_read": 5,
                            "detectors": [{"kind": "waveform", "samples": 1024}]}}
-        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2}}, timeout=30).json()
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2, "executor": executor}},
+                            timeout=30).json()
         wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
         with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
             seqs = sorted(event.seq for event in client.events())
@@ -247,6 +258,7 @@ def test_a_requested_stream_runs_on_local_jobs_and_completes_with_its_verdict(tm
         assert final["state"] == "completed", final["history"]
         assert final["verdict"]["complete"] and f"stream {stream['id']}: complete: 60 events" in final["verdict"]["summary"]
         assert [change["state"] for change in final["history"]] == ["queued", "starting", "running", "completed"]
+        assert f"buffer job submitted ({executor} " in final["history"][1]["reason"]
     finally:
         stop_service(service, url)
 

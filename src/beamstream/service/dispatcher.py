@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from beamstream.modes import make_dirs
 from beamstream.service.callbacks import write_callback_file
-from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor
+from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
@@ -52,7 +52,7 @@ class Dispatcher:
         self.store = store
         self.settings = settings
         self.service_url = service_url
-        self.executors = executors or {"local": LocalExecutor()}
+        self.executors = executors or make_executors(settings)
         self.interval = interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -201,7 +201,7 @@ class Dispatcher:
         return self.executors[record.resources.get("executor") or self.settings.executor]
 
     def folder(self, record: StreamRecord) -> Path:
-        return self.settings.state_dir / "streams" / record.id
+        return self.settings.state_dir.resolve() / "streams" / record.id
 
     def _log_tail(self, job: Job) -> str:
         try:
@@ -209,6 +209,15 @@ class Dispatcher:
         except OSError:
             return ""
         return f"; its log ends: {text[-LOG_TAIL:].strip()}" if text.strip() else ""
+
+
+def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
+    """The executors ``settings`` names (Slurm's work files under the state directory)."""
+    names = set(settings.executors) | {settings.executor}
+    executors: dict[str, Executor] = {"local": LocalExecutor()} if "local" in names else {}
+    if "slurm" in names:
+        executors["slurm"] = SlurmExecutor(settings.state_dir.resolve() / "slurm")
+    return executors
 
 
 def with_stream_sink(spec: dict[str, Any], endpoint: str = BUFFER_PLACEHOLDER) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Where a stream's jobs run: :class:`LocalExecutor` (processes on the service's machine) and, later, Slurm.
+"""Where a stream's jobs run: :class:`LocalExecutor` (processes on the service's machine) and :class:`SlurmExecutor`.
 
 An executor submits a :class:`JobRequest` and returns the job's native id, a string the job
 store keeps, so that a restarted service finds the job again (:meth:`Executor.status`) and can
@@ -9,6 +9,11 @@ Local jobs run in a session of their own through :mod:`beamstream.service.jobrun
 the job's exit code to a file when it ends, so that its outcome is known also to a service that
 did not start it. The native id is ``PID:START`` (``START``: the process's start time in clock
 ticks since boot, from ``/proc``), so a reused pid is not taken for the job.
+
+Slurm jobs are submitted through PSI/J (``psij-python``: one interface for Slurm, PBS, LSF and
+Flux, so another batch system is a name away); the native id is Slurm's job id, and a restarted
+service attaches to it. PSI/J's states are used, not squeue's: Slurm records a job that exited
+non-zero as completed, PSI/J as failed with its exit code (docs/slurm.md).
 """
 
 from __future__ import annotations
@@ -105,6 +110,60 @@ class LocalExecutor:
     def cancel(self, native_id: str) -> None:
         if _alive(native_id):  # jobrun passes it on to the job, which stops its own children
             os.kill(int(native_id.split(":")[0]), signal.SIGTERM)
+
+
+class SlurmExecutor:
+    """Jobs as Slurm batch jobs, through PSI/J; one PSI/J executor polls squeue every ``polling_s`` seconds."""
+
+    name = "slurm"
+    FOREVER_S = 365 * 86400  # PSI/J's default walltime is 10 minutes: a job without a limit gets this
+
+    def __init__(self, work_directory: Path, polling_s: float = 1.0) -> None:
+        import psij
+        from psij.executors.batch.slurm import SlurmExecutorConfig
+
+        self.psij = psij
+        work_directory.mkdir(parents=True, exist_ok=True)
+        self.executor = psij.JobExecutor.get_instance("slurm", config=SlurmExecutorConfig(
+            work_directory=work_directory, queue_polling_interval=polling_s, initial_queue_polling_delay=0,
+            keep_files=True))
+        self.jobs: dict[str, object] = {}  # native id → PSI/J job, submitted or attached by this service
+
+    def submit(self, job: JobRequest) -> str:
+        from datetime import timedelta
+
+        job.directory.mkdir(parents=True, exist_ok=True)
+        spec = self.psij.JobSpec(
+            executable=job.argv[0], arguments=job.argv[1:], directory=job.directory, name=job.name,
+            stdout_path=job.output, stderr_path=job.directory / f"{job.name}.err", environment=job.environment,
+            resources=self.psij.ResourceSpecV1(node_count=job.nodes, process_count=1),
+            attributes=self.psij.JobAttributes(duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S)))
+        psij_job = self.psij.Job(spec)
+        try:
+            self.executor.submit(psij_job)
+        except self.psij.SubmitException as exc:
+            raise OSError(f"Slurm refused the job: {exc}") from None
+        self.jobs[psij_job.native_id] = psij_job
+        return psij_job.native_id
+
+    def status(self, native_id: str, job: JobRequest) -> JobStatus:
+        state = self._job(native_id).status
+        name = state.state.name
+        if name in ("NEW", "QUEUED", "ACTIVE"):
+            return JobStatus(JobState.RUNNING)
+        if name == "COMPLETED":
+            return JobStatus(JobState.SUCCEEDED, state.exit_code or 0)
+        return JobStatus(JobState.FAILED, state.exit_code)
+
+    def cancel(self, native_id: str) -> None:
+        self.executor.cancel(self._job(native_id))  # scancel: SIGTERM to the job's processes
+
+    def _job(self, native_id: str) -> object:
+        if native_id not in self.jobs:  # a job a previous service submitted
+            job = self.psij.Job()
+            self.executor.attach(job, native_id)
+            self.jobs[native_id] = job
+        return self.jobs[native_id]
 
 
 def _start_time(pid: int) -> str:

@@ -21,7 +21,9 @@ class ServiceSettings(BaseSettings):
                               "e.g. sqlite:///path/service.db or postgresql+psycopg://user@host/db")
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="port the REST API listens on (0: any free one)")
-    executor: Literal["local", "slurm"] = Field("local", description="where streams' jobs run")
+    executor: Literal["local", "slurm"] = Field("local", description="where streams' jobs run unless a request says")
+    executors: list[Literal["local", "slurm"]] = Field(["local"], min_length=1, description="the executors "
+                                                       "requests may name (slurm needs psij-python and a cluster)")
     max_streams: int = Field(16, ge=1, description="streams starting or running at once, in total; more wait queued")
     max_streams_per_user: int = Field(4, ge=1, description="streams starting or running at once, per user")
     default_owner: str = Field("local", min_length=1, max_length=256,
