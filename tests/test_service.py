@@ -259,6 +259,9 @@ def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path
         assert final["verdict"]["complete"] and f"stream {stream['id']}: complete: 60 events" in final["verdict"]["summary"]
         assert [change["state"] for change in final["history"]] == ["queued", "starting", "running", "completed"]
         assert f"buffer job submitted ({executor} " in final["history"][1]["reason"]
+        logs = httpx.get(f"{url}/v1/streams/{stream['id']}/logs", timeout=30).text
+        assert "==> buffer (buffer." in logs and "buffer: producers → tcp://127.0.0.1:" in logs
+        assert "==> producers (producers." in logs and "60 events" in logs
     finally:
         stop_service(service, url)
 
@@ -279,5 +282,28 @@ def test_cancelling_a_running_stream_stops_every_job(tmp_path):
         gone, alive = psutil.wait_procs(processes, timeout=30)
         assert not alive, f"still running: {alive}"
         store.close()
+    finally:
+        stop_service(service, url)
+
+
+def test_eight_requests_at_once_all_complete_within_the_limits(tmp_path):
+    """Eight streams requested together by one user, at most three at a time: the rest wait queued, all complete."""
+    service, url = run_service(tmp_path, max_streams_per_user="3", drain_grace_s="1")
+    try:
+        spec = {"source": {"type": "simulated", "n_events": 20, "events_per_read": 5,
+                           "detectors": [{"kind": "waveform", "samples": 256}]}}
+        ids = [httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()["id"] for _ in range(8)]
+        active_seen = set()
+
+        def all_ended() -> bool:
+            states = [shown(url, stream_id)["state"] for stream_id in ids]
+            active_seen.add(sum(state in ("starting", "running") for state in states))
+            return all(state in ("completed", "failed", "cancelled") for state in states)
+
+        wait_until(all_ended, "every stream to end", timeout=240)
+        finals = [shown(url, stream_id) for stream_id in ids]
+        assert [final["state"] for final in finals] == ["completed"] * 8, [final["history"] for final in finals]
+        assert max(active_seen) <= 3
+        assert all(final["verdict"]["complete"] for final in finals)
     finally:
         stop_service(service, url)

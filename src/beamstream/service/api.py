@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from importlib.metadata import version
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -30,7 +31,8 @@ from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.spec import parse_spec
 
 logger = logging.getLogger(__name__)
-MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
+MAX_BODY_BYTES = 1 << 20
+MAX_LOG_BYTES = 16 << 20  # of each job's output, in one answer  # a request (a stream spec and its resources): as large as a spec file may be
 
 
 class Resources(BaseModel):
@@ -192,6 +194,20 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     def show_stream(stream_id: str) -> StreamView:
         """One stream: its state, the history of its state changes, where to read it, its verdict."""
         return StreamView.of(_find(store, stream_id))
+
+    @app.get("/v1/streams/{stream_id}/logs", response_class=PlainTextResponse, tags=["streams"],
+             responses={404: {"model": Problem}})
+    def stream_logs(stream_id: str, tail: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 65536) -> str:
+        """The output of the stream's jobs (the last ``tail`` bytes of each), buffer first."""
+        record = _find(store, stream_id)
+        parts = []
+        for job in store.jobs(record.id).values():
+            for path in sorted(Path(job.directory).glob(f"{job.role}.*")):
+                if path.suffix in (".log", ".err") and path.stat().st_size:
+                    with open(path, "rb") as file:
+                        file.seek(max(0, path.stat().st_size - tail))
+                        parts.append(f"==> {job.role} ({path.name}) <==\n{file.read().decode(errors='replace')}")
+        return "\n".join(parts)
 
     @app.delete("/v1/streams/{stream_id}", response_model=StreamView, tags=["streams"],
                 responses={404: {"model": Problem}, 409: {"model": Problem}})
