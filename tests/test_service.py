@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +12,9 @@ import uuid
 
 from pathlib import Path
 
+import h5py
 import httpx
+import numpy as np
 import psutil
 import psycopg
 import pytest
@@ -305,5 +308,37 @@ def test_eight_requests_at_once_all_complete_within_the_limits(tmp_path):
         assert [final["state"] for final in finals] == ["completed"] * 8, [final["history"] for final in finals]
         assert max(active_seen) <= 3
         assert all(final["verdict"]["complete"] for final in finals)
+    finally:
+        stop_service(service, url)
+
+
+@pytest.mark.psana
+def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp_path, xtc):
+    root = tmp_path / "lcls"
+    folder = root / "xpp" / "xpptut15" / "xtc"
+    folder.mkdir(parents=True)
+    shutil.copy(xtc, folder / "xpptut15-r0014-s000-c000.xtc2")
+    hdf5 = tmp_path / "hdf5" / "p002345" / "r0003"
+    hdf5.mkdir(parents=True)
+    with h5py.File(hdf5 / "frames.h5", "w") as h5:
+        h5["entry_1/data_1/data"] = np.zeros((4, 2, 2), dtype="<u2")
+    pattern = str(tmp_path / "hdf5" / "{experiment}" / "r{run:04d}" / "*.h5")
+    service, url = run_service(tmp_path, xtc_root=str(root), hdf5_pattern=pattern, drain_grace_s="1")
+    try:
+        runs = httpx.get(f"{url}/v1/experiments/xpptut15/runs", timeout=30).json()
+        assert runs["runs"] == [{"run": 14, "source": "psana2", "files": [str(folder / "xpptut15-r0014-s000-c000.xtc2")]}]
+        assert httpx.get(f"{url}/v1/experiments/p002345/runs", timeout=30).json()["runs"][0]["run"] == 3
+        missing = httpx.post(f"{url}/v1/streams", json={"spec": {"source": {"fields": {"image": "xppcspad.raw.raw"}}},
+                                                        "experiment": "xpptut15", "run": 15}, timeout=30)
+        assert missing.status_code == 404
+        assert f"no run 15 of experiment 'xpptut15': looked for {folder}/xpptut15-r0015-s*-c*.xtc2" in missing.json()["detail"]
+        assert httpx.get(f"{url}/v1/experiments/..%2Fetc/runs", timeout=30).status_code == 404
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": {"source": {"fields": {"image": "xppcspad.raw.raw"}}},
+                                                       "experiment": "xpptut15", "run": 14}, timeout=30).json()
+        wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
+        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
+            assert sorted(event.seq for event in client.events()) == list(range(10))
+        assert client.metadata.experiment == "xpptut15" and client.metadata.run == 14
+        wait_until(lambda: shown(url, stream["id"])["state"] == "completed", "the stream to complete", timeout=60)
     finally:
         stop_service(service, url)

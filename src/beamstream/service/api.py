@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
+from beamstream.service.catalogue import Catalogue, Run, RunNotFound
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
 from beamstream.service.dispatcher import with_stream_sink
 from beamstream.service.settings import ServiceSettings
@@ -148,6 +149,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     app.state.dispatcher = None  # set by whoever runs the jobs (beamstream service), once it knows its URL
     app.state.executors = set(settings.executors) | {settings.executor}
     verifier = Verifier()
+    catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern)
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     registry = CollectorRegistry(auto_describe=False)
@@ -167,17 +169,30 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
               responses={422: {"model": Problem}})
     def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
         """Ask for a stream: it is queued at once and started when the limits allow."""
+        requested = dict(request.spec)
+        if request.experiment is not None and request.run is not None:
+            requested = with_run_files(requested, _found(catalogue, request.experiment, request.run))
         try:  # the service adds the stream sink to the stream's buffer: a request need not name one
-            spec = parse_spec(with_stream_sink(request.spec), origin="spec")
+            spec = parse_spec(with_stream_sink(requested), origin="spec")
         except SpecError as exc:
             raise HTTPException(422, [line.strip() for line in str(exc).splitlines()]) from None
         executor = request.resources.executor or settings.executor
         if executor not in app.state.executors:
             raise HTTPException(422, f"resources.executor: {executor!r} is not available on this service; "
                                      f"it runs jobs with: {', '.join(sorted(app.state.executors))}")
-        record = store.create(owner=owner, spec=request.spec, resources=request.resources.model_dump(mode="json"),
+        record = store.create(owner=owner, spec=requested, resources=request.resources.model_dump(mode="json"),
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
         return StreamView.of(record)
+
+    @app.get("/v1/experiments/{experiment}/runs", tags=["runs"], responses={404: {"model": Problem}})
+    def experiment_runs(experiment: str) -> dict[str, Any]:
+        """The runs of an experiment that the catalogue finds, with their files."""
+        try:
+            runs = catalogue.runs(experiment)
+        except RunNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        return {"experiment": experiment,
+                "runs": [{"run": run.run, "source": run.source, "files": run.files} for run in runs]}
 
     @app.get("/v1/streams", response_model=StreamPage, tags=["streams"])
     def list_streams(state: State | None = None, experiment: str | None = None, owner: str | None = None,
@@ -252,6 +267,25 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             raise HTTPException(409, str(exc)) from None
 
     return app
+
+
+def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:
+    """``spec`` whose source reads ``run``'s files (the source type the run needs, unless the spec names one; the
+    files unless it names some; a psana2 source's ``exp`` and ``run`` labels)."""
+    source = dict(spec.get("source") or {})
+    source.setdefault("type", run.source)
+    source.setdefault("files", run.files)
+    if source["type"] == "psana2":
+        source.setdefault("exp", run.experiment)
+        source.setdefault("run", run.run)
+    return {**spec, "source": source}
+
+
+def _found(catalogue: Catalogue, experiment: str, run: int) -> Run:
+    try:
+        return catalogue.find(experiment, run)
+    except RunNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 def _find(store: JobStore, stream_id: str) -> StreamRecord:

@@ -34,6 +34,10 @@ class ServiceSettings(BaseSettings):
                            "consumers are then told the machine's name)")
     drain_grace_s: float = Field(60.0, gt=0, description="seconds a buffer is kept after its producers ended for "
                                  "groups to read everything (it stops earlier once every group has)")
+    xtc_root: Path | None = Field(None, description="the catalogue's LCLS-II data root: "
+                                  "<xtc_root>/<instrument>/<experiment>/xtc/<experiment>-r<run:04d>-s*-c*.xtc2")
+    hdf5_pattern: str | None = Field(None, description="the catalogue's HDF5 runs: a glob with {experiment} and "
+                                     "{run}, e.g. /data/{experiment}/raw/r{run:04d}/*.h5")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
 
     @classmethod
