@@ -188,6 +188,18 @@ def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(databa
         assert httpx.get(f"{url}/v1/streams/{ids[1]}", timeout=30).json()["state"] == "cancelled"
     finally:
         stop_service(process, url)
+        end_jobs_under(tmp_path)  # jobs of the killed service call back to its old port for a minute: not wanted here
+
+
+def end_jobs_under(folder: Path) -> None:
+    """Stop every process whose command line names ``folder`` (jobs a test's services left), and wait for them."""
+    processes = [process for process in psutil.process_iter(["cmdline"])
+                 if any(str(folder) in part for part in process.info["cmdline"] or [])]
+    for process in processes:
+        process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    for process in alive:
+        process.kill()
 
 
 def signed(secret: str, event: dict, timestamp: float | None = None) -> tuple[bytes, dict]:

@@ -340,7 +340,8 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
         if callback is not None:
             call_back(callback, {"event": "listening", "producers": buffer.producer_address,
                                  "consumers": buffer.consumer_address,
-                                 "metrics": buffer.metrics_server.url if buffer.metrics_server else None})
+                                 "metrics": buffer.metrics_server.url if buffer.metrics_server else None},
+                      give_up=lambda: buffer.stopping)
 
     report = run_buffer(config, on_ready=say_where)
     console.print(report.summary(), highlight=False)

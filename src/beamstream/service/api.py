@@ -57,6 +57,7 @@ class StreamRequest(BaseModel):
                                              "(the service adds a stream sink to the stream's buffer)")
     resources: Resources = Field(default_factory=Resources)
     name: str | None = Field(None, max_length=256)
+    # with both, a source that reads files but names none (psana2, hdf5, or no type) reads the catalogue's
     experiment: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")
     run: int | None = Field(None, ge=0, le=10**9)
 
@@ -170,7 +171,9 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
         """Ask for a stream: it is queued at once and started when the limits allow."""
         requested = dict(request.spec)
-        if request.experiment is not None and request.run is not None:
+        source = requested.get("source") if isinstance(requested.get("source"), dict) else {}
+        reads_files = source.get("type") in (None, "psana2", "hdf5") and "files" not in source
+        if request.experiment is not None and request.run is not None and reads_files:
             requested = with_run_files(requested, _found(catalogue, request.experiment, request.run))
         try:  # the service adds the stream sink to the stream's buffer: a request need not name one
             spec = parse_spec(with_stream_sink(requested), origin="spec")

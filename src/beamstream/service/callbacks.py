@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,11 @@ def write_callback_file(path: Path, url: str, secret: str) -> None:
     write_atomically(path, json.dumps({"url": url, "secret": secret}).encode())
 
 
-def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0) -> bool:
+def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
+              give_up: Callable[[], bool] = lambda: False) -> bool:
     """POST ``event`` (JSON) to the service named in the callback file ``path``, signed; retried (the service may be
-    restarting) for up to ``retry_for_s`` seconds. True if the service took it; failures are logged, not raised."""
+    restarting) for up to ``retry_for_s`` seconds, or until ``give_up()`` says to stop. True if the service took it;
+    failures are logged, not raised."""
     target = json.loads(path.read_text())
     body = json.dumps(event).encode()
     deadline = time.monotonic() + retry_for_s
@@ -90,7 +93,7 @@ def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0) -> b
             logger.warning("the service refused callback %s: %s %s", event.get("event"), exc.code, exc.read()[:200])
             return False
         except OSError as exc:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > deadline or give_up():
                 logger.warning("could not call the service back (%s): %s", target["url"], exc)
                 return False
             time.sleep(delay)  # a back-off between retries, not a synchronisation

@@ -6,7 +6,8 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds. A round:
    ``max_streams_per_user`` (per owner) are starting or running: write the stream's folder
    (its spec, the buffer's settings, the private callback file), submit the buffer job
    (``beamstream buffer --callback``, on free ports) → ``starting``.
-2. **Watch** each starting or running stream:
+2. **Watch** each starting or running stream (and stop any job still running of a stream that
+   has ended, e.g. one cancelled while its buffer job was being submitted):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
    - once the buffer listens (its callback made the stream ``running``): submit the producers
      job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's);
@@ -80,8 +81,10 @@ class Dispatcher:
         for state in (State.STARTING, State.RUNNING):
             for record in self.store.list(state=state, limit=10_000, oldest_first=True)[0]:
                 self._watch(record)
-        for job in self.store.jobs_of_ended_streams():  # asked to stop: see them end (and reap them)
-            self._status(job)
+        for job in self.store.jobs_of_ended_streams():  # an ended stream keeps no job: stop it, see it end, reap it
+            if self._status(job).state is JobState.RUNNING and job.stop_requested is None:
+                self.executors[job.executor].cancel(job.native_id)
+                self.store.update_job(job.id, stop_requested=time.time())
 
     # --- starting ------------------------------------------------------------------------------
 
