@@ -86,10 +86,8 @@ class StreamView(BaseModel):
 
     @classmethod
     def of(cls, record: StreamRecord) -> StreamView:
-        return cls(id=record.id, owner=record.owner, name=record.name, experiment=record.experiment,
-                   run=record.run, state=record.state, created=record.created, updated=record.updated,
-                   history=[ChangeView(state=c.state, reason=c.reason, at=c.at) for c in record.history],
-                   endpoints=record.endpoints, verdict=record.verdict, resources=record.resources)
+        """The view of ``record``: its attributes by name (the secret and the spec are not shown)."""
+        return cls.model_validate(record, from_attributes=True)
 
 
 class StreamPage(BaseModel):
