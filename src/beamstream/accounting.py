@@ -59,15 +59,10 @@ class ProducerRecord:
     messages: int = 0
     end: EndMessage | None = None
 
-    def received(self) -> np.ndarray:
-        """Every sequence number that arrived and this producer's share owns, sorted, once each."""
-        return self._owned(self.seqs)
-
     def accounted(self) -> np.ndarray:
-        """Every sequence number that arrived or that the source said it left out, sorted, once each."""
-        return self._owned(self.seqs + self.omitted)
-
-    def _owned(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Every sequence number of this producer's share that arrived or that its source said it left out,
+        sorted, once each."""
+        parts = self.seqs + self.omitted
         seqs = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
         return seqs[self.share.owns(seqs)]
 

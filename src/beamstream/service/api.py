@@ -304,8 +304,8 @@ class StreamCollector(Collector):
 
     def collect(self):  # noqa: ANN201 (prometheus_client's signature)
         family = GaugeMetricFamily("beamstream_service_streams", "Streams in each state.", labels=["state"])
-        for state in State:
-            family.add_metric([state.value], self.store.list(state=state, limit=1)[1])
+        for state, count in self.store.count_by_state().items():
+            family.add_metric([state.value], count)
         yield family
 
 

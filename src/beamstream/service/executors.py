@@ -166,25 +166,25 @@ class SlurmExecutor:
         return self.jobs[native_id]
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time (clock ticks since boot), field 22 of /proc/PID/stat; "" if it is gone."""
+def _stat(pid: int) -> tuple[str, str]:
+    """The process's state letter and start time (clock ticks since boot), fields 3 and 22 of /proc/PID/stat;
+    ("", "") if it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
+        return "", ""
+    return fields[0], fields[19]
+
+
+def _start_time(pid: int) -> str:
+    return _stat(pid)[1]
 
 
 def _alive(native_id: str) -> bool:
+    """True while the process named by ``PID:START`` runs (not a zombie, not another process with its pid)."""
     pid, _, start = native_id.partition(":")
-    return bool(start) and _start_time(int(pid)) == start and not _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    state, started = _stat(int(pid))
+    return bool(start) and started == start and state != "Z"
 
 
 def _reap(native_id: str) -> None:

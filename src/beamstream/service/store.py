@@ -253,6 +253,13 @@ class JobStore:
             for column, value in columns.items():
                 setattr(row, column, value)
 
+    def count_by_state(self) -> dict[State, int]:
+        """How many streams are in each state (every state present, 0 where none is)."""
+        with self._session() as session:
+            rows = session.execute(select(StreamRow.state, func.count()).group_by(StreamRow.state))
+            found = {State(state): count for state, count in rows}
+        return {state: found.get(state, 0) for state in State}
+
     def count_active(self, owner: str | None = None) -> int:
         """Streams starting or running (of ``owner``, if given): what the concurrency limits count."""
         query = select(func.count()).select_from(StreamRow).where(

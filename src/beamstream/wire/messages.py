@@ -217,7 +217,7 @@ def parse_message(frames: Sequence[Any], verify: bool = True) -> DataMessage | E
     if isinstance(header, EndMessage):
         if len(frames) > 1:
             raise WireFormatError(f"an end message has no payload, got {len(frames) - 1} frames after its header")
-        _check_omitted(header.share, header.omitted_seqs, f"the end message of producer {header.rank}")
+        _check_seqs(header.share, header.omitted_seqs, f"the end message of producer {header.rank}", "omitted ")
         return header
     message = DataMessage.from_header(header, [frame_buffer(frame) for frame in frames[1:]])
     _check_events(header, message)
@@ -241,19 +241,18 @@ def _check_events(header: DataHeader, message: DataMessage) -> None:
     if (seq[0], seq[-1]) != (header.first_seq, header.last_seq):
         raise WireFormatError(f"message {message.index} from producer {message.rank}: events {seq[0]}-{seq[-1]} "
                               f"but the header says first_seq {header.first_seq}, last_seq {header.last_seq}")
-    if len(seq) > 1 and not (np.diff(seq) > 0).all():
-        raise WireFormatError(f"message {message.index} from producer {message.rank}: sequence numbers do not increase")
-    if not share.owns(seq).all():
-        raise WireFormatError(f"message {message.index} from producer {message.rank}: events outside its share")
-    _check_omitted(share, message.omitted_seqs, f"message {message.index} from producer {message.rank}")
+    what = f"message {message.index} from producer {message.rank}"
+    _check_seqs(share, seq, what)
+    _check_seqs(share, message.omitted_seqs, what, "omitted ")
 
 
-def _check_omitted(share: Share, omitted: np.ndarray, what: str) -> None:
-    """WireFormatError unless the omitted sequence numbers increase and belong to the share."""
-    if len(omitted) > 1 and not (np.diff(omitted) > 0).all():
-        raise WireFormatError(f"{what}: omitted sequence numbers do not increase")
-    if len(omitted) and not share.owns(omitted).all():
-        raise WireFormatError(f"{what}: omitted events outside its share")
+def _check_seqs(share: Share, seqs: np.ndarray, what: str, kind: str = "") -> None:
+    """WireFormatError (naming ``what``, and the ``kind`` of sequence numbers) unless ``seqs`` increase and
+    belong to the share."""
+    if len(seqs) > 1 and not (np.diff(seqs) > 0).all():
+        raise WireFormatError(f"{what}: {kind}sequence numbers do not increase")
+    if len(seqs) and not share.owns(seqs).all():
+        raise WireFormatError(f"{what}: {kind}events outside its share")
 
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
