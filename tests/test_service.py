@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 
-from pathlib import Path
 
 import h5py
 import httpx
@@ -26,7 +23,8 @@ from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.client import Client
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, signature
-from conftest import start_cli, wait_until
+from conftest import wait_until
+from servicekit import end_jobs_under, run_service, shown, slurm_answers, start_service, stop_service
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SPEC = {"source": {"type": "simulated", "n_events": 10}, "sinks": [{"type": "files", "dir": "out"}]}
@@ -146,27 +144,6 @@ def test_the_api_refuses_bad_requests_clearly(api):
     assert api.get("/v1/streams").json()["total"] == 0, "nothing refused was stored"
 
 
-def start_service(database_url: str, state_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """``beamstream service`` on a free port (``settings`` as environment): the process and its URL, once it listens."""
-    environment = {f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()}
-    process = start_cli("service", "--port", "0", "--database-url", database_url, "--state-dir", str(state_dir),
-                        env_extra=environment)
-    lines = []
-    while (line := process.stderr.readline()):
-        lines.append(line)
-        if (found := re.search(r"service: (http://\S+)", line)):
-            return process, found.group(1)
-    process.kill()
-    raise AssertionError("the service did not start:\n" + "".join(lines))
-
-
-def stop_service(process: subprocess.Popen, url: str) -> None:
-    """Cancel every stream still active (their jobs outlive the service by design), then stop the service."""
-    for state in ("queued", "starting", "running"):
-        for stream in httpx.get(f"{url}/v1/streams", params={"state": state}, timeout=30).json()["items"]:
-            httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
 
 
 def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(database_url, tmp_path):
@@ -190,16 +167,6 @@ def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(databa
         stop_service(process, url)
         end_jobs_under(tmp_path)  # jobs of the killed service call back to its old port for a minute: not wanted here
 
-
-def end_jobs_under(folder: Path) -> None:
-    """Stop every process whose command line names ``folder`` (jobs a test's services left), and wait for them."""
-    processes = [process for process in psutil.process_iter(["cmdline"])
-                 if any(str(folder) in part for part in process.info["cmdline"] or [])]
-    for process in processes:
-        process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=10)
-    for process in alive:
-        process.kill()
 
 
 def signed(secret: str, event: dict, timestamp: float | None = None) -> tuple[bytes, dict]:
@@ -237,20 +204,7 @@ def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
     assert shown["history"][-1]["reason"] == "stream x: complete: 60 events"
 
 
-def run_service(tmp_path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """A service with its job store and stream folders in ``tmp_path``."""
-    return start_service(f"sqlite:///{tmp_path / 'service.db'}", tmp_path / "state", **settings)
 
-
-def shown(url: str, stream_id: str) -> dict:
-    return httpx.get(f"{url}/v1/streams/{stream_id}", timeout=30).json()
-
-
-def slurm_answers() -> bool:
-    try:
-        return subprocess.run(["sinfo"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.skipif(
