@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 import uuid
 
@@ -231,6 +232,56 @@ def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path
         logs = httpx.get(f"{url}/v1/streams/{stream['id']}/logs", timeout=30).text
         assert "==> buffer (buffer." in logs and "buffer: producers → tcp://127.0.0.1:" in logs
         assert "==> producers (producers." in logs and "60 events" in logs
+    finally:
+        stop_service(service, url)
+
+
+def sse_events(response: httpx.Response) -> list[dict]:
+    """The events of a text/event-stream answer, read to its end: each as {"id", "event", "data"}."""
+    events, current = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            current[field] = json.loads(value) if field == "data" else value
+    return events
+
+
+def test_a_running_stream_shows_live_figures_and_pushes_each_change_as_an_event(tmp_path):
+    service, url = run_service(tmp_path, drain_grace_s="30")
+    try:
+        spec = {"source": {"type": "simulated", "n_events": 200, "events_per_read": 1, "rate_hz": 100,
+                           "detectors": [{"kind": "waveform", "samples": 256}]}}
+        stream_id = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()["id"]
+        changes: list[dict] = []
+        with httpx.stream("GET", f"{url}/v1/streams/{stream_id}/events", timeout=60) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            listener = threading.Thread(target=lambda: changes.extend(sse_events(response)))
+            listener.start()
+            wait_until(lambda: shown(url, stream_id)["state"] == "running", "the stream to run", timeout=60)
+            with Client(shown(url, stream_id)["endpoints"]["consumers"], group="viewers", timeout=60) as client:
+                events = client.events()
+                next(events)
+                wait_until(lambda: (shown(url, stream_id)["figures"] or {}).get("events", 0) > 0,
+                           "the buffer's figures to count events", timeout=30)
+                figures = shown(url, stream_id)["figures"]
+                assert figures["groups"]["viewers"]["members"] == 1 and figures["bytes"] > 0
+                assert figures["rate_bytes_per_s"] > 0 and figures["producers_connected"] == 1
+                rest = sum(1 for _ in events)
+            assert rest == 199 and client.report.complete
+            listener.join(timeout=90)
+        assert not listener.is_alive(), "the event stream did not end with the stream"
+        assert [change["event"] for change in changes] == ["change"] * 4
+        assert [(change["id"], change["data"]["state"]) for change in changes] == [
+            ("0", "queued"), ("1", "starting"), ("2", "running"), ("3", "completed")]
+        assert changes[-1]["data"]["stream"]["verdict"]["complete"] is True
+        assert shown(url, stream_id)["figures"] is None, "figures are shown only while the stream runs"
+        again = httpx.get(f"{url}/v1/streams/{stream_id}/events", headers={"Last-Event-ID": "1"}, timeout=30)
+        assert [event["id"] for event in sse_events(again)] == ["2", "3"]
+        assert httpx.get(f"{url}/v1/streams/nope/events", timeout=30).status_code == 404
     finally:
         stop_service(service, url)
 

@@ -9,7 +9,8 @@ may be from instants microseconds apart.
 
 Every metric is named ``beamstream_buffer_`` + one of these:
 
-- counters: ``messages_in_total``, ``bytes_in_total`` (data messages and payload bytes accepted),
+- counters: ``messages_in_total``, ``bytes_in_total``, ``events_in_total`` (data messages, payload bytes
+  and events accepted),
   ``messages_out_total``, ``bytes_out_total`` (delivered to consumers, redeliveries included),
   ``rejected_messages_total`` (producer messages refused as unreadable), ``duplicate_messages_total``
   (producer messages that arrived again after a reconnect, dropped), ``groups_dropped_total``
@@ -120,6 +121,8 @@ def intake_metrics(counters: dict[str, int], report: StreamReport) -> Iterator[M
     for key, (name, text) in SERVICE_COUNTERS.items():
         if key in counters:
             yield CounterMetricFamily(PREFIX + name, text, value=counters[key])
+    yield CounterMetricFamily(PREFIX + "events_in", "Events in the data messages accepted from producers.",
+                              value=report.events)
     records = list(report.records.values())
     ended = sum(record.end is not None for record in records)
     yield GaugeMetricFamily(PREFIX + "producers_connected", "Producer ranks heard from that have not ended.",

@@ -12,10 +12,11 @@ import json
 import logging
 from importlib.metadata import version
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -26,14 +27,18 @@ from beamstream.errors import SpecError
 from beamstream.service.catalogue import Catalogue, Run, RunNotFound
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
 from beamstream.service.dispatcher import with_stream_sink
+from beamstream.service.events import change_events
+from beamstream.service.figures import LiveFigures
+from beamstream.service.relay import add_relay
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.spec import parse_spec
 
 logger = logging.getLogger(__name__)
-MAX_BODY_BYTES = 1 << 20
-MAX_LOG_BYTES = 16 << 20  # of each job's output, in one answer  # a request (a stream spec and its resources): as large as a spec file may be
+MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
+MAX_LOG_BYTES = 16 << 20  # of each job's output, in one answer
+MAX_EVENT_STREAMS = 256  # Server-Sent Event streams open at once
 
 
 class Resources(BaseModel):
@@ -83,6 +88,8 @@ class StreamView(BaseModel):
     endpoints: dict[str, Any] | None = Field(description="where to read the stream, once it runs")
     verdict: dict[str, Any] | None = Field(description="the stream's verdict, once it ended")
     resources: dict[str, Any]
+    figures: dict[str, Any] | None = Field(None, description="a running stream's live figures, from its buffer "
+                                                                "(only in GET /v1/streams/{id})")
 
     @classmethod
     def of(cls, record: StreamRecord) -> StreamView:
@@ -148,6 +155,8 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     app.state.dispatcher = None  # set by whoever runs the jobs (beamstream service), once it knows its URL
     app.state.executors = set(settings.executors) | {settings.executor}
     verifier = Verifier()
+    live = LiveFigures()
+    event_streams = EventStreamLimit(MAX_EVENT_STREAMS)
     catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern)
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
@@ -208,8 +217,29 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     @app.get("/v1/streams/{stream_id}", response_model=StreamView, tags=["streams"],
              responses={404: {"model": Problem}})
     def show_stream(stream_id: str) -> StreamView:
-        """One stream: its state, the history of its state changes, where to read it, its verdict."""
-        return StreamView.of(_find(store, stream_id))
+        """One stream: its state, the history of its state changes, where to read it, its live figures while it
+        runs (from its buffer), its verdict once it ended."""
+        record = _find(store, stream_id)
+        view = StreamView.of(record)
+        metrics = (record.endpoints or {}).get("metrics")
+        if record.state is State.RUNNING and metrics:
+            view.figures = live.of(record.id, metrics, record.history[-1].at)
+        elif record.state.final:
+            live.forget(record.id)
+        return view
+
+    @app.get("/v1/streams/{stream_id}/events", tags=["streams"], response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem},
+                        503: {"model": Problem}})
+    def stream_events(stream_id: str, after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
+                      last_event_id: Annotated[int | None, Header(ge=-1, le=10**6)] = None) -> StreamingResponse:
+        """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.events`): those already
+        made, then each as it happens, until a final one; after the ``after``-th (or ``Last-Event-ID``) only."""
+        _find(store, stream_id)
+        start = last_event_id if last_event_id is not None else after
+        return StreamingResponse(event_streams.guard(change_events(store, stream_id, start, _public_view)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/streams/{stream_id}/logs", response_class=PlainTextResponse, tags=["streams"],
              responses={404: {"model": Problem}})
@@ -267,7 +297,12 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
 
+    add_relay(app)
     return app
+
+
+def _public_view(record: StreamRecord) -> dict[str, Any]:
+    return StreamView.of(record).model_dump(mode="json")
 
 
 def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:
@@ -307,6 +342,29 @@ class StreamCollector(Collector):
         for state, count in self.store.count_by_state().items():
             family.add_metric([state.value], count)
         yield family
+
+
+class EventStreamLimit:
+    """At most ``limit`` event streams open at once; one more is refused with 503 (each holds a connection and
+    polls the store)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def guard(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        if self.open >= self.limit:
+            raise HTTPException(503, f"{self.limit} event streams are open on this service, the most it serves; "
+                                     "try again later, or poll GET /v1/streams/{id}")
+        return self._counted(events)
+
+    async def _counted(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        self.open += 1
+        try:
+            async for text in events:
+                yield text
+        finally:
+            self.open -= 1
 
 
 class BodyLimit:
