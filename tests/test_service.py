@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -286,22 +287,33 @@ def test_a_running_stream_shows_live_figures_and_pushes_each_change_as_an_event(
         stop_service(service, url)
 
 
-def test_cancelling_a_running_stream_stops_every_job(tmp_path):
-    service, url = run_service(tmp_path)
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.skipif(
+    not slurm_answers(), reason="no Slurm answers here (bash scripts/slurm.sh up, as root)"))])
+def test_cancelling_a_running_stream_stops_every_job(tmp_path, executor):
+    service, url = run_service(tmp_path, executors=f'["{executor}"]', executor=executor)
     try:
         spec = {"source": {"type": "simulated", "n_events": 100000, "events_per_read": 1, "rate_hz": 20,
                            "detectors": [{"kind": "waveform", "samples": 64}]}}
-        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2}}, timeout=30).json()
         store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
         wait_until(lambda: "producers" in store.jobs(stream["id"]), "the producers to start", timeout=60)
-        pids = [int(job.native_id.split(":")[0]) for job in store.jobs(stream["id"]).values()]
-        processes = [psutil.Process(pid) for pid in pids]
-        processes += [child for process in processes for child in process.children(recursive=True)]
+        jobs = store.jobs(stream["id"]).values()
+        store.close()
+        if executor == "local":
+            processes = [psutil.Process(int(job.native_id.split(":")[0])) for job in jobs]
+            processes += [child for process in processes for child in process.children(recursive=True)]
+        else:
+            processes = [process for process in psutil.process_iter(["cmdline"])
+                         if any(stream["id"] in part for part in process.info["cmdline"] or [])]
+        assert len(processes) >= 3, "the buffer and two producers run"
         cancelled = httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30).json()
         assert cancelled["state"] == "cancelled"
         gone, alive = psutil.wait_procs(processes, timeout=30)
         assert not alive, f"still running: {alive}"
-        store.close()
+        if executor == "slurm":
+            ids = ",".join(job.native_id for job in jobs)
+            wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", ids], capture_output=True, text=True)
+                       .stdout.strip(), "Slurm to list none of the stream's jobs", timeout=60)
     finally:
         stop_service(service, url)
 
