@@ -396,6 +396,7 @@ def service(
         import uvicorn
 
         from beamstream.service.api import create_app
+        from beamstream.service.relay import MAX_CLIENT_MESSAGE
         from beamstream.service.settings import ServiceSettings
     except ImportError as exc:
         fail(f"the service needs its extra: pip install 'beamstream[service]' ({exc})")
@@ -408,7 +409,8 @@ def service(
     from beamstream.service.dispatcher import Dispatcher
 
     application = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning",
+                                           ws_max_size=MAX_CLIENT_MESSAGE, ws_per_message_deflate=False))
     original_startup = server.startup
 
     async def startup(sockets=None) -> None:  # once bound (port 0 included): run the jobs, say where it listens

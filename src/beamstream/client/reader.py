@@ -82,7 +82,9 @@ class Client:
         endpoints: an endpoint or a list (e.g. one per producer that binds its own), or
             ``nats://HOST:PORT/NAME``: the stream a buffer keeps in NATS JetStream
             (``beamstream buffer --backend``), read as a member of ``group`` or, without one,
-            whole by this client alone.
+            whole by this client alone, or ``http(s)://SERVICE/v1/streams/ID``: a stream of the
+            request service, read as a member of ``group`` through the service's relay (a
+            WebSocket; docs/relay.md), for a reader that can reach the service but not its buffer.
         timeout: seconds of silence before giving up (None waits forever).
         verify: check every payload's checksum.
         stream: accept only this stream id (default: the first one seen).
@@ -93,7 +95,7 @@ class Client:
             acknowledges each end-of-stream message upstream, so producers close only once it arrived.
         hwm: messages queued in this client before the sender waits (default 4).
 
-    Reading through a buffer (``group``, or ``nats://``):
+    Reading through a buffer (``group``, ``nats://`` or ``http(s)://``):
         group: read as a member of this consumer group; members of a group share the messages,
             every group gets all of them. A message is acknowledged when the application asks
             for the next one, so one a client was still working on when it died goes to
@@ -271,6 +273,10 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
                              redeliver_after=DEFAULT_REDELIVER_AFTER if redeliver_after is None else redeliver_after)
     if redeliver_after is not None:
         refuse("redeliver_after", "to a group of a nats:// stream (the local buffer notices a departed member itself)")
+    relayed = endpoints[0].startswith(("http://", "https://"))
+    if relayed and group is None:
+        raise OptionError(f"{endpoints[0]} is read through the service's relay as a member of a consumer group: "
+                          "give group=...")
     if group is not None:
         if len(endpoints) > 1:
             refuse("a second endpoint", "to streams read from producers directly (a group reads one buffer)")
@@ -278,6 +284,11 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
             refuse("bind", "to streams read from producers directly (a group member connects to its buffer)")
         if pattern != "pull":
             refuse("pattern='sub'", "to streams read from producers directly (every group gets every message)")
+        if relayed:
+            from beamstream.client.transports.relay import RelayTransport
+
+            return RelayTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
+                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message)
         from beamstream.client.transports.group import GroupTransport
 
         return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",

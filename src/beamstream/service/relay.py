@@ -1,0 +1,199 @@
+"""The relay: a running stream's consumer side over a WebSocket, for readers that reach only the service.
+
+``/v1/streams/{stream_id}/relay`` (:func:`add_relay`) is a pipe between the WebSocket and a
+ZeroMQ DEALER connected to the stream's buffer (its ``endpoints.consumers``): the reader
+(:class:`~beamstream.client.transports.relay.RelayTransport`) speaks the buffer's own consumer
+protocol (docs/buffer-protocol.md) over it, and the buffer validates what it says, as it does
+for any consumer. Each WebSocket message is one ZeroMQ multipart message
+(:func:`~beamstream.client.transports.relay.join_frames`); docs/relay.md describes it.
+
+- A stream still queued or starting is waited for, up to :data:`WAIT_FOR_RUNNING_S`, while the
+  reader's latest :data:`PENDING` messages wait in the relay (before it has a buffer, a reader
+  only says hello, again each second; the relay keeps reading, so the WebSocket stays alive).
+- The buffer's liveness pings are not passed on: the WebSocket has a keepalive of its own, and a
+  reader that is slow to read should not find its queue filled with them.
+- The WebSocket is closed with a reason the reader shows: 4404 for an unknown stream, 4410 for
+  one that has ended (or ends while waited for, or whose buffer has gone silent after its end),
+  1013 for one that did not start running in time, 1003 for a text message, 1007 for a message
+  that is not a relay message, 1011 for a buffer that cannot be reached. A message larger than
+  :data:`MAX_CLIENT_MESSAGE` is refused by the server itself (uvicorn's ``ws_max_size``, 1009).
+- At most :data:`MAX_RELAYS` readers are relayed at once; one more is closed with 1013.
+- The DEALER is closed as soon as either side goes away, so the buffer hands a departed
+  reader's unacknowledged messages to the other members of its group; it queues at most
+  :data:`QUEUED` messages, so a slow reader holds back its buffer, not the service's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import zmq
+import zmq.asyncio
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from beamstream.client.transports.relay import join_frames, split_frames
+from beamstream.errors import TransportError, WireFormatError
+from beamstream.service.states import State
+from beamstream.service.store import JobStore, StreamNotFound
+from beamstream.transport import open_socket
+from beamstream.wire.control import Ping, pack
+
+MAX_CLIENT_MESSAGE = 64 << 10  # a reader sends only control messages (hello, ack)
+WAIT_FOR_RUNNING_S = 120.0
+CHECK_EVERY_S = 0.1  # while waiting for a stream to run
+WATCH_EVERY_S = 1.0  # while relaying: is the stream still running?
+SILENT_AFTER_END_S = 2.0  # a buffer that says nothing for this long after its stream ended has stopped
+PENDING = 16  # reader's messages held while the stream is not yet running
+QUEUED = 4  # messages the DEALER queues each way
+MAX_RELAYS = 256  # readers relayed at once (each holds a connection, a DEALER and a few messages)
+MAX_REASON_BYTES = 123  # what a WebSocket close frame can carry
+PING = pack(Ping())
+
+
+class RelayClosed(Exception):
+    """Close the WebSocket with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+
+
+def add_relay(app: FastAPI) -> None:
+    """Serve ``/v1/streams/{stream_id}/relay`` on ``app`` (over ``app.state.store``)."""
+    app.state.relay_context = zmq.asyncio.Context()
+    app.state.relays = 0
+    app.add_api_websocket_route("/v1/streams/{stream_id}/relay", relay, name="relay")
+
+
+async def relay(websocket: WebSocket, stream_id: str) -> None:
+    """Pipe a reader's WebSocket to the stream's buffer until either side goes away."""
+    state = websocket.app.state
+    await websocket.accept()
+    if state.relays >= MAX_RELAYS:
+        await _close(websocket, 1013, f"this service relays {MAX_RELAYS} readers already; try again later")
+        return
+    state.relays += 1
+    try:
+        await _pipe(websocket, state.store, stream_id, state.relay_context)
+    finally:
+        state.relays -= 1
+
+
+async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: zmq.asyncio.Context) -> None:
+    """Wait for the stream to run, then pipe both ways until either side goes away or the stream has ended."""
+    inbox: asyncio.Queue[list[memoryview]] = asyncio.Queue(PENDING)
+    heard = [time.monotonic()]  # when the buffer last said something
+    connected = asyncio.Event()
+    tasks = {asyncio.create_task(_from_reader(websocket, inbox, connected))}
+    dealer = None
+    try:
+        waiting = asyncio.create_task(_consumer_endpoint(store, stream_id))
+        tasks.add(waiting)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            _outcome(tasks)  # the reader left, or broke the framing, while the stream was waited for
+            return
+        tasks.discard(waiting)
+        dealer = _connect(context, waiting.result())
+        connected.set()
+        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox)),
+                  asyncio.create_task(_to_reader(dealer, websocket, heard)),
+                  asyncio.create_task(_watch(store, stream_id, heard))}
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _outcome(done)
+    except RelayClosed as closed:
+        await _close(websocket, closed.code, closed.reason)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if dealer is not None:
+            dealer.close(linger=0)
+
+
+def _outcome(tasks: set[asyncio.Task]) -> None:
+    """Raise what ended any finished task of ``tasks`` (RelayClosed), if anything did."""
+    for task in tasks:
+        if task.done():
+            task.result()
+
+
+async def _consumer_endpoint(store: JobStore, stream_id: str) -> str:
+    """The buffer's consumer endpoint once the stream runs; RelayClosed if it is unknown, ended or late."""
+    deadline = time.monotonic() + WAIT_FOR_RUNNING_S
+    while True:
+        try:
+            record = await asyncio.to_thread(store.get, stream_id)
+        except StreamNotFound:
+            raise RelayClosed(4404, f"no stream {stream_id!r} on this service") from None
+        if record.state.final:
+            raise RelayClosed(4410, f"stream {record.id} has ended ({record.state.value})")
+        if record.state is State.RUNNING and record.endpoints:
+            return record.endpoints["consumers"]
+        if time.monotonic() > deadline:
+            raise RelayClosed(1013, f"stream {record.id} did not start running within {WAIT_FOR_RUNNING_S:g} s "
+                                    f"(it is {record.state.value})")
+        await asyncio.sleep(CHECK_EVERY_S)
+
+
+def _connect(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    try:
+        return open_socket(context, zmq.DEALER, endpoint, bind=False, hwm=QUEUED)
+    except TransportError as exc:
+        raise RelayClosed(1011, f"cannot reach the stream's buffer: {exc}") from None
+
+
+async def _from_reader(websocket: WebSocket, inbox: asyncio.Queue, connected: asyncio.Event) -> None:
+    """Put each of the reader's messages, split into frames, in ``inbox`` (the oldest dropped from a full one
+    until ``connected``); return when the reader has gone."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is None:
+            raise RelayClosed(1003, "the relay takes binary messages only (docs/relay.md)")
+        try:
+            frames = split_frames(message["bytes"])
+        except WireFormatError as exc:
+            raise RelayClosed(1007, str(exc)) from None
+        if inbox.full() and not connected.is_set():
+            inbox.get_nowait()
+        await inbox.put(frames)
+
+
+async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue) -> None:
+    while True:
+        await dealer.send_multipart(await inbox.get(), copy=False)
+
+
+async def _to_reader(dealer: zmq.asyncio.Socket, websocket: WebSocket, heard: list[float]) -> None:
+    """Send each of the buffer's messages but its pings to the reader; return when the reader has gone."""
+    while True:
+        frames = await dealer.recv_multipart(copy=False)
+        heard[0] = time.monotonic()
+        if len(frames) == 1 and frames[0].bytes == PING:
+            continue
+        try:
+            await websocket.send_bytes(join_frames(frames))
+        except WebSocketDisconnect:
+            return
+
+
+async def _watch(store: JobStore, stream_id: str, heard: list[float]) -> None:
+    """RelayClosed once the stream has ended and its buffer has been silent for :data:`SILENT_AFTER_END_S`."""
+    while True:
+        await asyncio.sleep(WATCH_EVERY_S)
+        record = await asyncio.to_thread(store.get, stream_id)
+        if record.state.final and time.monotonic() - heard[0] > SILENT_AFTER_END_S:
+            raise RelayClosed(4410, f"stream {record.id} has ended ({record.state.value})")
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close the WebSocket with ``code`` and ``reason`` unless it is closed already."""
+    if websocket.application_state is WebSocketState.CONNECTED and websocket.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await websocket.close(code, reason)
