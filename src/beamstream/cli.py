@@ -18,11 +18,15 @@ import typer
 
 from beamstream.display import console
 from beamstream.errors import BeamstreamError
+from beamstream.service.states import State
 
 from beamstream.buffer.config import BufferConfig
 
 if TYPE_CHECKING:
     from beamstream.buffer.base import Buffer
+    from beamstream.client import Client
+    from beamstream.remote import Change, Service, Stream
+    from beamstream.saving import MessageSaver
 
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -64,6 +68,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(name)s: %(message)s", datefmt="[%X]", handlers=[handler],
                         force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin it loads
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to a service
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -201,8 +206,7 @@ def consume(
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
-    from beamstream.display import ConsumerProgress
-    from beamstream.errors import OptionError, StreamIncomplete
+    from beamstream.errors import OptionError
     from beamstream.saving import MessageSaver
 
     if start not in (None, "earliest", "now"):
@@ -224,24 +228,41 @@ def consume(
         client.close()
         raise
     try:
-        with client, ConsumerProgress() as progress:
+        with client:
+            complete = read_to_the_end(client, saver, max_events)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    finally:
+        if saver:
+            saver.close()
+    if not complete:
+        raise typer.Exit(1)
+
+
+def read_to_the_end(client: Client, saver: MessageSaver | None = None, max_events: int | None = None) -> bool:
+    """Read ``client``'s stream to its end (or ``max_events``) with a progress line, saving each message with
+    ``saver``, then print its report; False if it was incomplete. On Ctrl-C the report so far is printed and
+    KeyboardInterrupt raised again."""
+    from beamstream.display import ConsumerProgress
+    from beamstream.errors import StreamIncomplete
+
+    try:
+        with ConsumerProgress() as progress:
             for message in client.messages():
                 if saver:
                     saver.save(message.header)
                 progress.update(client.report)
                 if max_events is not None and client.report.events >= max_events:
                     console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")
-                    return
+                    return True
     except KeyboardInterrupt:
         console.print(client.report.summary(), highlight=False)
-        raise typer.Exit(130) from None
+        raise
     except StreamIncomplete as exc:
         console.print(exc.report.summary(), highlight=False)
-        raise typer.Exit(1) from None
-    finally:
-        if saver:
-            saver.close()
+        return False
     console.print(client.report.summary(), highlight=False)
+    return True
 
 
 def _option_names(text: str) -> str:
@@ -250,6 +271,195 @@ def _option_names(text: str) -> str:
                          ("lossy", "--lossy"), ("start", "--start"), ("bind", "--bind")):
         text = text.replace(name, option)
     return text
+
+
+ServiceURL = Annotated[Optional[str], typer.Option(
+    "--service", envvar="BEAMSTREAM_SERVICE", show_envvar=False, metavar="URL",
+    help="the request service (default: $BEAMSTREAM_SERVICE, else http://127.0.0.1:8080)")]
+
+
+def connect(url: str | None) -> Service:
+    """The request service at ``url`` (None: the default)."""
+    from beamstream.remote import DEFAULT_URL, Service
+
+    return Service(url or DEFAULT_URL)
+
+
+@app.command()
+def request(
+    spec_file: Annotated[Optional[Path], typer.Argument(
+        help="stream spec (YAML or JSON); may be left out with --experiment and --run", metavar="SPEC")] = None,
+    service_url: ServiceURL = None,
+    experiment: Annotated[Optional[str], typer.Option(help="stream a run of this experiment (with --run)")] = None,
+    run: Annotated[Optional[int], typer.Option(
+        min=0, help="the run (with --experiment): the service finds its files")] = None,
+    name: Annotated[Optional[str], typer.Option(help="the stream's name (default: the spec's)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1,
+                                                   help="producer workers (default: 1)")] = None,
+    executor: Annotated[Optional[str], typer.Option(
+        help="where the jobs run: local or slurm (default: the service's)")] = None,
+    group: Annotated[str, typer.Option(help="read the stream as a member of this consumer group")] = "default",
+    relay: Annotated[bool, typer.Option(
+        help="read through the service's HTTP relay instead of from the stream's buffer")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds of silence from the running stream before giving up")] = 60.0,
+) -> None:
+    """Ask the request service for a stream, show its state as it changes, read it; exit 1 unless it completes.
+
+    Ctrl-C cancels the stream (its jobs are stopped) and exits 130.
+    """
+    if spec_file is None and (experiment is None or run is None):
+        fail("give a SPEC, or --experiment E --run R (or both)", code=2)
+    if (experiment is None) != (run is None):
+        fail("--experiment and --run go together", code=2)
+    resources = {key: value for key, value in (("workers", workers), ("executor", executor)) if value is not None}
+    stream = None
+    with connect(service_url) as service:
+        try:
+            stream = service.request(spec_file, resources=resources or None, experiment=experiment, run=run,
+                                     name=name)
+            console.print(f"stream {stream.id} requested from {service.url}", highlight=False)
+            follow_and_read(stream, group, relay, timeout)
+        except KeyboardInterrupt:
+            if stream is not None:
+                cancel_interrupted(stream)
+            raise typer.Exit(130) from None
+
+
+def follow_and_read(stream: Stream, group: str, relay: bool, timeout: float) -> None:
+    """Show the stream's changes until it runs, read it as a member of ``group``, show its changes until it
+    ends; typer.Exit(1) unless it completed and arrived complete."""
+    last = show_changes(stream, until_running=True)
+    complete = False
+    if last.state is State.RUNNING:
+        with stream.client(group=group, relay=relay, timeout=timeout) as client:
+            complete = read_to_the_end(client)
+        last = show_changes(stream, after=last.index)
+    if last.state is not State.COMPLETED:
+        fail(f"stream {stream.id} {last.state.value}: {last.reason}")
+    if not complete:
+        raise typer.Exit(1)
+
+
+def show_changes(stream: Stream, after: int | None = None, until_running: bool = False) -> Change:
+    """Print each state change of ``stream`` after the ``after``-th (time, state, reason) as the service pushes
+    it, until the stream runs (with ``until_running``) or ends; the last one printed."""
+    from contextlib import closing
+
+    with closing(stream.changes(after)) as changes, console.status(f"stream {stream.id}…") as status:
+        for change in changes:
+            console.print(f"{_clock(change.at)} {change.state.value:<9} {change.reason}", highlight=False)
+            status.update(f"stream {stream.id}: {change.state.value}…")
+            if change.state.final or (until_running and change.state is State.RUNNING):
+                break
+    return change
+
+
+def cancel_interrupted(stream: Stream) -> None:
+    """Cancel ``stream`` after Ctrl-C and say so (or why it could not be: it has ended, say)."""
+    from beamstream.errors import ServiceError
+
+    try:
+        stream.cancel()
+    except ServiceError as exc:
+        console.print(f"interrupted; stream {stream.id} not cancelled: {exc}", highlight=False)
+        return
+    console.print(f"interrupted: stream {stream.id} cancelled", highlight=False)
+
+
+def _clock(at: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+streams_app = typer.Typer(help="List, show and cancel the streams of a request service; read their jobs' logs.",
+                          no_args_is_help=True)
+app.add_typer(streams_app, name="streams")
+
+
+@streams_app.command("list")
+def streams_list(
+    service_url: ServiceURL = None,
+    state: Annotated[Optional[State], typer.Option(case_sensitive=False, help="only streams in this state")] = None,
+    experiment: Annotated[Optional[str], typer.Option(help="only streams of this experiment")] = None,
+    owner: Annotated[Optional[str], typer.Option(help="only streams of this owner")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="show at most this many (the newest)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print the streams as JSON on standard output")] = False,
+) -> None:
+    """The service's streams, newest first: id, name, owner, run, state and its reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with connect(service_url) as service:
+        streams = service.streams(state=state.value if state else None, experiment=experiment, owner=owner,
+                                  limit=limit)
+        if as_json:
+            print(json.dumps([stream.view for stream in streams], indent=2))
+            return
+        table = Table(title=f"streams at {service.url}")
+    for column in ("id", "name", "owner", "experiment", "run", "state", "since"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", ratio=1)
+    for stream in streams:
+        view, last = stream.view, stream.view["history"][-1]
+        table.add_row(view["id"], view["name"] or "", view["owner"], view["experiment"] or "",
+                      "" if view["run"] is None else str(view["run"]), view["state"], _clock(last["at"]),
+                      last["reason"].splitlines()[0] if last["reason"] else "")
+    Console().print(table)
+
+
+@streams_app.command("show")
+def streams_show(
+    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    service_url: ServiceURL = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the stream as JSON on standard output")] = False,
+) -> None:
+    """One stream: its state, the history of its state changes, where to read it, its verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with connect(service_url) as service:
+        view = service.stream(stream_id).view
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    out = Console(highlight=False)
+    run = f", experiment {view['experiment']} run {view['run']}" if view["experiment"] else ""
+    out.print(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: [bold]{view['state']}[/]")
+    history = Table(title="history")
+    for column in ("#", "at", "state", "reason"):
+        history.add_column(column)
+    for index, change in enumerate(view["history"]):
+        history.add_row(str(index), _clock(change["at"]), change["state"], change["reason"])
+    out.print(history)
+    for role, endpoint in (view["endpoints"] or {}).items():
+        out.print(f"{role}: {endpoint}")
+    if view["verdict"]:
+        out.print(f"verdict: {'complete' if view['verdict']['complete'] else 'INCOMPLETE'}\n"
+                  f"{view['verdict']['summary']}")
+
+
+@streams_app.command("cancel")
+def streams_cancel(
+    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    service_url: ServiceURL = None,
+) -> None:
+    """Cancel a stream that has not ended (its jobs are stopped); exit 1 if it has."""
+    with connect(service_url) as service:
+        stream = service.stream(stream_id).cancel()
+    console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
+
+
+@streams_app.command("logs")
+def streams_logs(
+    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    service_url: ServiceURL = None,
+    tail: Annotated[Optional[int], typer.Option(min=1, help="bytes from the end of each job's output "
+                                                            "(default: the service's)")] = None,
+) -> None:
+    """The output of the stream's jobs (buffer first), on standard output."""
+    with connect(service_url) as service:
+        print(service.stream(stream_id).logs(tail), end="")
 
 
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
@@ -367,15 +577,28 @@ def buffer_status(
 @app.command()
 def demo(
     workers: Annotated[int, typer.Option(min=1, help="producer processes")] = 2,
-    events: Annotated[int, typer.Option(min=1, help="events to stream")] = 2000,
-    shape: Annotated[tuple[int, int], typer.Option(help="image shape")] = (1024, 1024),
+    events: Annotated[Optional[int], typer.Option(min=1, help="events to stream (default: 2000; with --service "
+                                                               "300)")] = None,
+    shape: Annotated[Optional[tuple[int, int]], typer.Option(help="image shape (default: 1024 1024; with "
+                                                                    "--service 64 64)")] = None,
     serializer: Annotated[str, typer.Option(help="arrays or hdf5")] = "arrays",
     batch: Annotated[int, typer.Option(min=1, help="events per message")] = 1,
+    service: Annotated[bool, typer.Option("--service", help="ask a request service, started for the demo and "
+                                                            "stopped after it, for the stream; read it through "
+                                                            "the Python API (beamstream.Service)")] = False,
 ) -> None:
-    """Stream simulated detector images end to end on this machine and print the rates."""
-    from beamstream.demo import run_demo
+    """Stream simulated detector images end to end on this machine and print the rates; exit 1 unless complete."""
+    from beamstream.demo import run_demo, run_service_demo
 
-    outcome = run_demo(workers=workers, events=events, shape=shape, serializer=serializer, batch=batch)
+    if service:
+        outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
+                                              serializer=serializer, batch=batch)
+        console.print(outcome, highlight=False)
+        if not completed:
+            raise typer.Exit(1)
+        return
+    outcome = run_demo(workers=workers, events=events or 2000, shape=shape or (1024, 1024), serializer=serializer,
+                       batch=batch)
     console.print(outcome, highlight=False)
 
 

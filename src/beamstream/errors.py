@@ -11,7 +11,10 @@
     │   └── ChecksumMismatch              a payload's checksum does not match its header
     ├── TransportError (ConnectionError)  a socket could not be bound, connected or used
     │   └── StreamTimeout (TimeoutError)  nothing arrived (or could be sent) within the timeout
-    └── StreamIncomplete                  a stream ended, or went silent, with events missing
+    ├── StreamIncomplete                  a stream ended, or went silent, with events missing
+    └── ServiceError                      the request service refused a request (its status and words),
+        │                                 or could not be reached
+        └── StreamEnded                   a requested stream ended before it ran (failed or cancelled)
 
 Library code raises these; only the CLI turns them into messages and exit codes.
 """
@@ -72,3 +75,20 @@ class StreamIncomplete(BeamstreamError):
     def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ServiceError(BeamstreamError):
+    """The request service refused a request, or could not be reached.
+
+    ``status`` is the HTTP status of the answer (None when none came); ``detail`` the service's
+    own words (every problem of a refused spec, one a line).
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class StreamEnded(ServiceError):
+    """A requested stream ended (failed or cancelled) before it ran; the message gives the reason."""

@@ -1,0 +1,359 @@
+"""Ask a request service (``beamstream service``) for a stream, follow it, read it.
+
+    from beamstream import Service
+
+    with Service("http://service.example:8080") as service:
+        stream = service.request("spec.yaml", resources={"workers": 4})
+        for event in stream:  # waits until it runs, then reads it from its buffer as group "default"
+            use(event.seq, event.data["image"])
+    print(stream.report.summary())
+
+- :class:`Service`: the service's REST API under ``/v1``: request a stream, look one up, list them.
+- :class:`Stream`: one requested stream: its state and history, followed as the service pushes
+  each change (:meth:`Stream.changes`, server-sent events); a :class:`~beamstream.client.Client`
+  that reads it from its buffer or through the service's relay; cancel; its jobs' logs.
+
+Every refusal becomes a :class:`~beamstream.errors.ServiceError` that carries the HTTP status and
+the service's own words (each problem of a refused spec on its own line); a service that cannot
+be reached is one too, with ``status`` None. This module needs only the core package: it talks
+HTTP with httpx and imports nothing of the service's extra.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from beamstream.accounting import StreamReport
+from beamstream.client import Client, Event
+from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamTimeout
+from beamstream.service.states import State
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_GROUP = "default"
+READ_TIMEOUT = 60.0  # a stream's producers start only once it runs: time enough for its first message
+PAGE = 1000  # streams asked for per page when listing (the service's largest page)
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to reconnect to the events of a stream; then 5 s
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One state change of a stream: its index in the stream's history (0 is ``queued``), the new
+    state, why, when (seconds since the epoch), and the stream's view as the service sent it."""
+
+    index: int
+    state: State
+    reason: str
+    at: float
+    view: dict[str, Any]
+
+
+class Service:
+    """A request service's REST API at ``url``; ``timeout`` bounds each request (seconds).
+
+    ``transport`` replaces httpx's network transport (e.g. an ``httpx.MockTransport`` in tests).
+    Use it as a context manager, or :meth:`close` it, to release its connections.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __repr__(self) -> str:
+        return f"Service({self.url!r})"
+
+    def request(self, spec: dict[str, Any] | str | Path | None = None, *, resources: dict[str, Any] | None = None,
+                experiment: str | None = None, run: int | None = None, name: str | None = None) -> Stream:
+        """Ask for a stream; it is queued at once and started when the service's limits allow.
+
+        ``spec`` is a spec as a dict, or the path of a YAML or JSON spec file (read with the same
+        checks as ``beamstream spec check``); its sinks may be left out (the service adds the one to
+        the stream's buffer). With ``experiment`` and ``run``, a source that reads files but names
+        none reads the run's files, found by the service's catalogue; the spec may then be left out.
+        ``resources``: ``workers``, ``nodes``, ``time_limit_s``, ``executor``, ``buffer``.
+        """
+        body = {"spec": _spec_data(spec), "resources": resources, "name": name, "experiment": experiment, "run": run}
+        answer = self.call("POST", "/v1/streams", json={key: value for key, value in body.items() if value is not None})
+        return Stream(self, answer.json())
+
+    def stream(self, stream_id: str) -> Stream:
+        """The stream with this id, as the service shows it now."""
+        return Stream(self, self.call("GET", stream_path(stream_id)).json())
+
+    def streams(self, state: str | None = None, experiment: str | None = None, owner: str | None = None,
+                limit: int | None = None) -> list[Stream]:
+        """The streams in ``state`` of ``experiment`` and ``owner`` (each filter if given), newest first:
+        every one, or the first ``limit``."""
+        found: list[Stream] = []
+        while limit is None or len(found) < limit:
+            params = {"state": state, "experiment": experiment, "owner": owner, "offset": len(found),
+                      "limit": PAGE if limit is None else min(PAGE, limit - len(found))}
+            page = self.call("GET", "/v1/streams",
+                             params={key: value for key, value in params.items() if value is not None}).json()
+            found += [Stream(self, view) for view in page["items"]]
+            if not page["items"] or len(found) >= page["total"]:
+                break
+        return found
+
+    def call(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """The service's answer to ``method path`` (httpx ``options``); ServiceError for a refusal or no answer."""
+        try:
+            response = self.http.request(method, path, **options)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+        self.check(response)
+        return response
+
+    def check(self, response: httpx.Response) -> None:
+        """ServiceError, in the service's words, unless ``response`` succeeded."""
+        if response.is_success:
+            return
+        response.read()
+        detail = _detail(response)
+        where = f"{response.request.method} {response.request.url.path}"
+        separator = "\n" if "\n" in detail else " "
+        raise ServiceError(f"the service refused {where} ({response.status_code} {response.reason_phrase}):"
+                           f"{separator}{detail}", response.status_code, detail)
+
+    def unreachable(self, exc: httpx.TransportError) -> ServiceError:
+        return ServiceError(f"no answer from the service at {self.url}: {exc or type(exc).__name__}")
+
+
+class Stream:
+    """A stream requested from a :class:`Service`, as it was last seen.
+
+    ``view`` is the stream as the service last showed it (``GET /v1/streams/{id}``: state,
+    history, endpoints, verdict, resources); :meth:`refresh` and :meth:`changes` renew it.
+    ``report`` is the account of the last iteration over the stream (None before one).
+    """
+
+    def __init__(self, service: Service, view: dict[str, Any]) -> None:
+        self.service = service
+        self.view = view
+        self.report: StreamReport | None = None
+
+    @property
+    def id(self) -> str:
+        return self.view["id"]
+
+    @property
+    def state(self) -> State:
+        return State(self.view["state"])
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id} {self.state.value}>"
+
+    def refresh(self) -> Stream:
+        """Read the stream's view again; return this stream."""
+        self.view = self.service.call("GET", stream_path(self.id)).json()
+        return self
+
+    def changes(self, after: int | None = None) -> Iterator[Change]:
+        """The stream's state changes, from the first in its history (or the one after index ``after``)
+        to its final one, each as soon as the service pushes it; ``view`` follows them.
+
+        A connection that drops before the final change is made again, going on after the last
+        change seen; ServiceError if the service cannot be reached again within its ``timeout``.
+        """
+        return self._follow(after, deadline=None)
+
+    def wait_until_running(self, timeout: float | None = None) -> Stream:
+        """Return this stream once it runs (at once if it ran already, even if it has ended since).
+
+        StreamEnded if it failed or was cancelled before it ran, with the reason;
+        StreamTimeout if it does not run within ``timeout`` seconds (None: wait as long as it takes).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with closing(self._follow(None, deadline)) as changes:  # they end with a final change, if none ran
+            change = next(change for change in changes if change.state is State.RUNNING or change.state.final)
+        if change.state is not State.RUNNING:
+            raise StreamEnded(f"stream {self.id} {change.state.value} before it ran: {change.reason}",
+                              detail=change.reason)
+        return self
+
+    def client(self, group: str = DEFAULT_GROUP, relay: bool = False, **client_options: Any) -> Client:
+        """A :class:`~beamstream.client.Client` reading this stream as a member of ``group``.
+
+        Directly from the stream's buffer (its ``endpoints.consumers``; the view is read again if
+        it has none yet), or with ``relay`` through the service's HTTP relay, for a consumer that
+        cannot reach the buffer. ``client_options`` go to the Client (``timeout`` defaults to
+        :data:`READ_TIMEOUT`). ServiceError if the stream has no endpoint yet (it does not run).
+        """
+        client_options.setdefault("timeout", READ_TIMEOUT)
+        if relay:
+            return Client(f"{self.service.url}{stream_path(self.id)}", group=group, **client_options)
+        if not (self.view.get("endpoints") or {}).get("consumers"):
+            self.refresh()
+        endpoint = (self.view.get("endpoints") or {}).get("consumers")
+        if not endpoint:
+            raise ServiceError(f"stream {self.id} is {self.state.value} and has no endpoint to read yet; "
+                               "wait_until_running() first")
+        return Client(endpoint, group=group, **client_options)
+
+    def __iter__(self) -> Iterator[Event]:
+        """Wait until the stream runs, then yield its events read from its buffer as group ``default``.
+
+        Afterwards ``report`` is the account of what arrived (also when StreamIncomplete ends the
+        iteration). For another group, the relay or Client options, iterate :meth:`client`'s events.
+        """
+        self.wait_until_running()
+        with self.client() as client:
+            try:
+                yield from client.events()
+            finally:
+                self.report = client.report
+
+    def cancel(self) -> Stream:
+        """Cancel the stream (its jobs are stopped); return it, cancelled. ServiceError (409) if it has ended."""
+        self.view = self.service.call("DELETE", stream_path(self.id)).json()
+        return self
+
+    def logs(self, tail: int | None = None) -> str:
+        """The output of the stream's jobs, buffer first: the last ``tail`` bytes of each (the service's default
+        if None)."""
+        params = {} if tail is None else {"tail": tail}
+        return self.service.call("GET", f"{stream_path(self.id)}/logs", params=params).text
+
+    def _follow(self, after: int | None, deadline: float | None) -> Iterator[Change]:
+        """The changes after index ``after`` (all if None) until the final one, reconnecting as needed;
+        StreamTimeout once ``deadline`` (monotonic) passes."""
+        service = self.service
+        path = f"{stream_path(self.id)}/events"
+        last, tries, since = after, 0, time.monotonic()
+        while True:
+            read_timeout = service.timeout if deadline is None else max(0.01, min(service.timeout,
+                                                                                  deadline - time.monotonic()))
+            headers = {"Accept": "text/event-stream"} | ({} if last is None else {"Last-Event-ID": str(last)})
+            try:
+                with service.http.stream("GET", path, headers=headers,
+                                         timeout=httpx.Timeout(service.timeout, read=read_timeout)) as response:
+                    service.check(response)
+                    tries, since = 0, time.monotonic()
+                    reader = EventReader()
+                    for line in response.iter_lines():
+                        self._check_deadline(deadline)
+                        event = reader.feed(line)
+                        if event is None or event.kind != "change":
+                            continue
+                        change = _change(event)
+                        last, self.view = change.index, change.view
+                        yield change
+                        if change.state.final:
+                            return
+            except httpx.TransportError as exc:  # refused, dropped, or silent (no keep-alive) for too long
+                self._check_deadline(deadline)
+                if not isinstance(exc, httpx.ReadTimeout) and time.monotonic() - since > service.timeout:
+                    raise service.unreachable(exc) from None
+            delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            tries += 1
+
+    def _check_deadline(self, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StreamTimeout(f"stream {self.id} is still {self.state.value}: it did not run within the timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """One server-sent event: its ``id`` (None if it named none), type and data."""
+
+    id: str | None
+    kind: str
+    data: str
+
+
+class EventReader:
+    """Reads a ``text/event-stream`` line by line (the WHATWG server-sent events format): :meth:`feed`
+    each line, without its line ending, and get each event as its blank line ends it."""
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._kind = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> ServerEvent | None:
+        """The event this line completes, if any (comments, such as ``: keep-alive``, are skipped)."""
+        if not line:
+            event = ServerEvent(self._id, self._kind or "message", "\n".join(self._data)) if self._data else None
+            self._kind, self._data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._kind = value
+        elif field == "id" and "\0" not in value:
+            self._id = value
+        return None
+
+
+def stream_path(stream_id: str) -> str:
+    return f"/v1/streams/{quote(stream_id, safe='')}"
+
+
+def _change(event: ServerEvent) -> Change:
+    """The state change a ``change`` event carries; ServiceError for one that does not follow the contract."""
+    try:
+        data = json.loads(event.data)
+        return Change(int(event.id or ""), State(data["state"]), str(data["reason"]), float(data["at"]),
+                      dict(data["stream"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ServiceError(f"the service sent a state change that cannot be read ({exc}): id {event.id!r}, "
+                           f"data {event.data[:200]!r}") from None
+
+
+def _detail(response: httpx.Response) -> str:
+    """The service's words in a refusal: its ``detail`` (a list joined one item a line; a validation
+    error as ``location: message``), else the start of the body."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:2000].strip() or response.reason_phrase
+    if not isinstance(detail, list):
+        return str(detail)
+    lines = []
+    for item in detail:
+        if isinstance(item, dict) and "msg" in item:
+            location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+            lines.append(f"{location}: {item['msg']}" if location else str(item["msg"]))
+        else:
+            lines.append(str(item))
+    return "\n".join(lines)
+
+
+def _spec_data(spec: dict[str, Any] | str | Path | None) -> dict[str, Any]:
+    """The spec to send: ``spec`` itself, the content of the spec file it names, or ``{}`` for None."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return spec
+    from beamstream.spec_input import parse_yaml, read_spec_text
+
+    path = Path(spec)
+    data = parse_yaml(read_spec_text(path), str(path))
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping with keys source, steps, serializer, sinks; "
+                        f"got {type(data).__name__}")
+    return data

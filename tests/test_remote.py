@@ -1,0 +1,243 @@
+"""The client side of the request service: beamstream.Service, `beamstream request`, `beamstream streams`,
+`beamstream demo --service`, against a real service process (and the SSE reader against a mock one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import httpx
+import psutil
+import pytest
+
+from beamstream import Service
+from beamstream.errors import ServiceError, SpecError, StreamEnded
+from beamstream.remote import EventReader, ServerEvent
+from beamstream.service.states import State
+from beamstream.service.store import JobStore
+from conftest import BEAMSTREAM, run_cli, start_cli, wait_until
+from servicekit import end_jobs_under, run_service, shown, stop_service
+
+WAVEFORMS = {"source": {"type": "simulated", "n_events": 60, "events_per_read": 5,
+                        "detectors": [{"kind": "waveform", "samples": 1024}]}}
+ENDLESS = {"source": {"type": "simulated", "n_events": 100000, "events_per_read": 1, "rate_hz": 20,
+                      "detectors": [{"kind": "waveform", "samples": 64}]}}
+
+
+@pytest.fixture(scope="module")
+def service_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="module")
+def service_url(service_folder):
+    """One service for the module (local jobs; a drained buffer is stopped at once, an undrained one after 5 s)."""
+    process, url = run_service(service_folder, drain_grace_s="5")
+    yield url
+    stop_service(process, url)
+    end_jobs_under(service_folder)
+
+
+@pytest.fixture(scope="module")
+def store(service_url, service_folder):
+    """The module's service's job store, read directly (to find its jobs' processes)."""
+    store = JobStore.open(f"sqlite:///{service_folder / 'service.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def service(service_url):
+    with Service(service_url) as service:
+        yield service
+
+
+def test_a_requested_stream_iterates_to_every_event_and_a_complete_report(service):
+    stream = service.request(WAVEFORMS, resources={"workers": 2}, name="sixty")
+    assert stream.state is State.QUEUED and stream.view["name"] == "sixty" and stream.report is None
+    assert sorted(event.seq for event in stream) == list(range(60))
+    assert stream.report.complete and stream.report.events == 60
+    *_, final = stream.changes()
+    assert final.state is State.COMPLETED and stream.state is State.COMPLETED
+    assert stream.view["verdict"]["complete"] and f"stream {stream.id}: complete: 60 events" in final.reason
+    assert service.stream(stream.id).view["history"] == stream.view["history"]
+
+
+def test_changes_come_as_they_happen_in_order_with_their_reasons(service, write_spec):
+    stream = service.request(write_spec({"name": "from-a-file", **WAVEFORMS}), experiment="xpp1", run=7)
+    seen = []
+    for change in stream.changes():
+        seen.append((change.index, change.state, change.reason))
+        assert stream.view == change.view and stream.state is change.state
+        if change.state is State.RUNNING:
+            with stream.client(group="g") as client:
+                assert sorted(event.seq for event in client.events()) == list(range(60))
+    assert [state for _, state, _ in seen] == [State.QUEUED, State.STARTING, State.RUNNING, State.COMPLETED]
+    assert [index for index, _, _ in seen] == [0, 1, 2, 3]
+    assert seen[0][2] == "requested" and seen[1][2].startswith("buffer job submitted (local ")
+    assert seen[2][2] == "the buffer is listening" and "complete: 60 events" in seen[3][2]
+    assert [change.state for change in stream.changes(after=1)] == [State.RUNNING, State.COMPLETED]
+    assert (stream.view["name"], stream.view["experiment"], stream.view["run"]) == ("from-a-file", "xpp1", 7)
+    assert stream.wait_until_running(timeout=5) is stream, "a stream that ran, then ended, has run"
+
+
+def test_a_stream_is_read_through_the_services_relay(service):
+    stream = service.request(WAVEFORMS).wait_until_running(timeout=60)
+    with stream.client(group="far", relay=True) as client:
+        assert client.endpoints == [f"{service.url}/v1/streams/{stream.id}"]
+        assert sorted(event.seq for event in client.events()) == list(range(60))
+    assert client.report.complete
+
+
+def test_cancelling_a_running_stream_stops_every_job(service, store):
+    stream = service.request(ENDLESS).wait_until_running(timeout=60)
+    wait_until(lambda: "producers" in store.jobs(stream.id), "the producers to start", timeout=60)
+    processes = [psutil.Process(int(job.native_id.split(":")[0])) for job in store.jobs(stream.id).values()]
+    processes += [child for process in processes for child in process.children(recursive=True)]
+    assert stream.cancel() is stream and stream.state is State.CANCELLED
+    assert stream.view["history"][-1]["reason"] == "cancelled by local"
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, f"still running: {alive}"
+    assert [change.state for change in stream.changes()][-1] is State.CANCELLED
+
+
+def test_a_stream_cancelled_before_it_ran_says_so_when_waited_for(service):
+    stream = service.request(ENDLESS)
+    stream.cancel()
+    with pytest.raises(StreamEnded, match=f"stream {stream.id} cancelled before it ran: cancelled by local"):
+        stream.wait_until_running(timeout=30)
+
+
+def test_refusals_become_errors_in_the_services_words(service, tmp_path):
+    with pytest.raises(ServiceError) as bad_spec:
+        service.request({"source": {"type": "simulated", "n_events": 0}, "sinks": [{"type": "files"}]})
+    assert bad_spec.value.status == 422
+    assert bad_spec.value.detail.splitlines()[1:] == ["source.n_events: Input should be greater than or equal to 1",
+                                                      "sinks[0].dir: required, not given"]
+    assert str(bad_spec.value).startswith("the service refused POST /v1/streams (422 Unprocessable Entity):\n")
+    with pytest.raises(ServiceError, match=r"\(422 Unprocessable Entity\):\nresources.workers: Input should be "
+                                           r"greater than or equal to 1\nresources.gpus: Extra inputs"):
+        service.request(WAVEFORMS, resources={"workers": 0, "gpus": 1})
+    with pytest.raises(ServiceError, match=r"GET /v1/streams/nope \(404 Not Found\): no stream 'nope'") as missing:
+        service.stream("nope")
+    assert missing.value.status == 404 and missing.value.detail == "no stream 'nope'"
+    ended = service.request(WAVEFORMS).cancel()
+    with pytest.raises(ServiceError, match="has already ended \\(cancelled\\)") as again:
+        ended.cancel()
+    assert again.value.status == 409
+    with pytest.raises(SpecError, match="no such spec file"):
+        service.request(tmp_path / "absent.yaml")
+    assert service.streams(state="queued", experiment="never-requested") == []
+    with Service("http://127.0.0.1:1", timeout=2) as nowhere, pytest.raises(ServiceError) as unreachable:
+        nowhere.streams()
+    assert unreachable.value.status is None and "no answer from the service at http://127.0.0.1:1" in str(
+        unreachable.value)
+
+
+def sse(*events: tuple[int, str], comment: bool = False) -> bytes:
+    """SSE text of ``(index, state)`` changes, each carrying a stream view in that state."""
+    text = ": keep-alive\n\n" if comment else ""
+    for index, state in events:
+        data = {"state": state, "reason": f"because {index}", "at": 1.0 + index, "stream": {"id": "s", "state": state}}
+        text += f"id: {index}\nevent: change\ndata: {json.dumps(data)}\n\n"
+    return text.encode()
+
+
+def test_changes_go_on_after_a_dropped_connection_from_the_last_one_seen():
+    """The first connection ends after two changes; the reader reconnects with Last-Event-ID: 1 and goes on."""
+    asked = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/streams/s":
+            return httpx.Response(200, json={"id": "s", "state": "queued", "history": []})
+        asked.append(request.headers.get("Last-Event-ID"))
+        if len(asked) == 1:
+            return httpx.Response(200, content=sse((0, "queued"), (1, "starting"), comment=True))
+        return httpx.Response(200, content=sse((2, "running"), (3, "failed")))
+
+    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        stream = service.stream("s")
+        changes = [(change.index, change.state.value, change.reason) for change in stream.changes()]
+    assert changes == [(0, "queued", "because 0"), (1, "starting", "because 1"), (2, "running", "because 2"),
+                       (3, "failed", "because 3")]
+    assert asked == [None, "1"] and stream.state is State.FAILED
+
+
+def test_the_event_reader_follows_the_sse_format():
+    reader = EventReader()
+    lines = [": keep-alive", "", "id: 4", "event: change", "data: {\"a\":", "data:1}", "retry: 10", "",
+             "data: plain", ""]
+    events = [event for event in map(reader.feed, lines) if event is not None]
+    assert events == [ServerEvent("4", "change", "{\"a\":\n1}"), ServerEvent("4", "message", "plain")]
+
+
+def test_beamstream_request_shows_the_states_then_reads_the_stream(service_url, write_spec):
+    result = run_cli("request", str(write_spec(WAVEFORMS)), "--service", service_url, "--workers", "2",
+                     "--group", "cli", timeout=180)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    stream_id = lines[0].split()[1]
+    assert lines[0] == f"stream {stream_id} requested from {service_url}"
+    states = [line.split()[2] for line in lines if line[:4].isdigit()]
+    assert states == ["queued", "starting", "running", "completed"], result.stderr
+    assert "queued    requested" in result.stderr and "running   the buffer is listening" in result.stderr
+    assert f"stream {stream_id}: complete: 60 events" in result.stderr
+    assert "this consumer: 60 events in 60 messages" in result.stderr
+    assert shown(service_url, stream_id)["resources"]["workers"] == 2
+
+
+def test_beamstream_request_refuses_a_request_without_a_spec_or_a_run():
+    result = run_cli("request", "--experiment", "xpp1")
+    assert result.returncode == 2 and "give a SPEC, or --experiment E --run R (or both)" in result.stderr
+
+
+def test_ctrl_c_on_beamstream_request_cancels_the_stream(service_url, write_spec):
+    process = subprocess.Popen(  # SIGINT as a terminal sends it, whatever this test's own disposition of it
+        [*BEAMSTREAM, "request", str(write_spec(ENDLESS)), "--service", service_url], stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "COLUMNS": "200"}, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                                          signal.SIG_DFL))
+    said = [process.stderr.readline()]
+    stream_id = said[0].split()[1]
+    while " running " not in said[-1]:
+        said.append(process.stderr.readline())
+        assert said[-1], f"the request ended before the stream ran: {''.join(said)}"
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130, "".join(said) + rest
+    assert f"interrupted: stream {stream_id} cancelled" in rest
+    final = shown(service_url, stream_id)
+    assert final["state"] == "cancelled" and final["history"][-1]["reason"] == "cancelled by local"
+
+
+def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_spec):
+    stream = service.request(ENDLESS, experiment="xlist1", run=3, name="endless").wait_until_running(timeout=60)
+    url = service.url
+    listed = run_cli("streams", "list", "--service", url, "--experiment", "xlist1")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if stream.id in line)
+    assert all(word in row for word in ("endless", "local", "xlist1", "3", "running", "the buffer is listening"))
+    as_json = json.loads(run_cli("streams", "list", "--service", url, "--state", "running", "--json").stdout)
+    assert stream.id in [view["id"] for view in as_json] and {view["state"] for view in as_json} == {"running"}
+    shown_text = run_cli("streams", "show", stream.id, "--service", url).stdout
+    assert f"stream {stream.id} (endless) of local, experiment xlist1 run 3: running" in shown_text
+    assert "requested" in shown_text and "the buffer is listening" in shown_text and "consumers: tcp://" in shown_text
+    assert json.loads(run_cli("streams", "show", stream.id, "--service", url, "--json").stdout)["id"] == stream.id
+    logs = start_cli("streams", "logs", stream.id, env_extra={"BEAMSTREAM_SERVICE": url})
+    out, err = logs.communicate(timeout=60)
+    assert logs.returncode == 0, err
+    assert "==> buffer (buffer.log) <==" in out and "buffer: producers → tcp://127.0.0.1:" in out
+    cancelled = run_cli("streams", "cancel", stream.id, "--service", url)
+    assert cancelled.returncode == 0 and f"stream {stream.id} cancelled: cancelled by local" in cancelled.stderr
+    again = run_cli("streams", "cancel", stream.id, "--service", url)
+    assert again.returncode == 1 and "(409 Conflict): stream" in again.stderr and "has already ended" in again.stderr
+    unknown = run_cli("streams", "show", "nope", "--service", url)
+    assert unknown.returncode == 1 and "(404 Not Found): no stream 'nope'" in unknown.stderr
+
+
+def test_beamstream_demo_with_a_service_completes():
+    result = run_cli("demo", "--service", timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "complete: 300 events" in result.stderr and "300 events of 64×64 uint16" in result.stderr
+    assert "request service at http://127.0.0.1:" in result.stderr and "completed, verdict complete" in result.stderr
