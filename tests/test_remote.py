@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from beamstream import Service
-from beamstream.errors import ServiceError, SpecError, StreamEnded
-from beamstream.remote import EventReader, ServerEvent
+from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamTimeout
+from beamstream.remote import EventReader, ServerEvent, Stream
 from beamstream.service.states import State
 from beamstream.service.store import JobStore
 from conftest import BEAMSTREAM, run_cli, start_cli, wait_until
@@ -163,6 +163,21 @@ def test_changes_go_on_after_a_dropped_connection_from_the_last_one_seen():
     assert changes == [(0, "queued", "because 0"), (1, "starting", "because 1"), (2, "running", "because 2"),
                        (3, "failed", "because 3")]
     assert asked == [None, "1"] and stream.state is State.FAILED
+
+
+def test_waiting_for_a_stream_that_does_not_run_times_out():
+    """Each connection ends with the stream still queued; the reader reconnects (after change 0) until the timeout."""
+    asked = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("Last-Event-ID"))
+        return httpx.Response(200, content=sse((0, "queued")) if len(asked) == 1 else b": keep-alive\n\n")
+
+    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        stream = Stream(service, {"id": "s", "state": "queued"})
+        with pytest.raises(StreamTimeout, match="stream s is still queued: it did not run within the timeout"):
+            stream.wait_until_running(timeout=0.5)
+    assert asked[:2] == [None, "0"] and set(asked[1:]) == {"0"}
 
 
 def test_the_event_reader_follows_the_sse_format():

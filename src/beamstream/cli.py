@@ -23,6 +23,8 @@ from beamstream.service.states import State
 from beamstream.buffer.config import BufferConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from beamstream.buffer.base import Buffer
     from beamstream.client import Client
     from beamstream.remote import Change, Service, Stream
@@ -312,17 +314,40 @@ def request(
     if (experiment is None) != (run is None):
         fail("--experiment and --run go together", code=2)
     resources = {key: value for key, value in (("workers", workers), ("executor", executor)) if value is not None}
-    stream = None
     with connect(service_url) as service:
+        stream = service.request(spec_file, resources=resources or None, experiment=experiment, run=run, name=name)
+        console.print(f"stream {stream.id} requested from {service.url}", highlight=False)
+        run_cancellable(stream, lambda: follow_and_read(stream, group, relay, timeout))
+
+
+CANCEL_GRACE_S = 10.0  # after Ctrl-C cancelled a stream, for its reader to show how it ended
+
+
+def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
+    """Run ``work`` on a thread while this main thread waits for it, so that Ctrl-C lands here, not inside a
+    library's clean-up (a generator being closed, say) that would swallow it. On Ctrl-C: cancel ``stream``,
+    give ``work`` CANCEL_GRACE_S seconds to show how the stream ended, exit 130. Otherwise raise what
+    ``work`` raised."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
         try:
-            stream = service.request(spec_file, resources=resources or None, experiment=experiment, run=run,
-                                     name=name)
-            console.print(f"stream {stream.id} requested from {service.url}", highlight=False)
-            follow_and_read(stream, group, relay, timeout)
-        except KeyboardInterrupt:
-            if stream is not None:
-                cancel_interrupted(stream)
-            raise typer.Exit(130) from None
+            work()
+        except BaseException as exc:  # typer.Exit included: raised again in the main thread
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, name="beamstream-request", daemon=True)
+    worker.start()
+    try:
+        worker.join()
+    except KeyboardInterrupt:
+        cancel_interrupted(stream)
+        worker.join(CANCEL_GRACE_S)
+        raise typer.Exit(130) from None
+    if raised:
+        raise raised[0]
 
 
 def follow_and_read(stream: Stream, group: str, relay: bool, timeout: float) -> None:

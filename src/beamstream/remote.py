@@ -238,7 +238,7 @@ class Stream:
         StreamTimeout once ``deadline`` (monotonic) passes."""
         service = self.service
         path = f"{stream_path(self.id)}/events"
-        last, tries, since = after, 0, time.monotonic()
+        last, tries, heard = after, 0, time.monotonic()  # heard: when the service last said something
         while True:
             read_timeout = service.timeout if deadline is None else max(0.01, min(service.timeout,
                                                                                   deadline - time.monotonic()))
@@ -247,9 +247,10 @@ class Stream:
                 with service.http.stream("GET", path, headers=headers,
                                          timeout=httpx.Timeout(service.timeout, read=read_timeout)) as response:
                     service.check(response)
-                    tries, since = 0, time.monotonic()
+                    tries = 0
                     reader = EventReader()
                     for line in response.iter_lines():
+                        heard = time.monotonic()
                         self._check_deadline(deadline)
                         event = reader.feed(line)
                         if event is None or event.kind != "change":
@@ -261,7 +262,7 @@ class Stream:
                             return
             except httpx.TransportError as exc:  # refused, dropped, or silent (no keep-alive) for too long
                 self._check_deadline(deadline)
-                if not isinstance(exc, httpx.ReadTimeout) and time.monotonic() - since > service.timeout:
+                if not isinstance(exc, httpx.ReadTimeout) and time.monotonic() - heard > service.timeout:
                     raise service.unreachable(exc) from None
             delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS) - 1)]
             time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
