@@ -129,7 +129,7 @@ def test_refusals_become_errors_in_the_services_words(service, tmp_path):
     assert again.value.status == 409
     with pytest.raises(SpecError, match="no such spec file"):
         service.request(tmp_path / "absent.yaml")
-    assert service.streams(state="queued", experiment="never-requested") == []
+    assert service.streams(state=State.QUEUED, experiment="never-requested") == []
     with Service("http://127.0.0.1:1", timeout=2) as nowhere, pytest.raises(ServiceError) as unreachable:
         nowhere.streams()
     assert unreachable.value.status is None and "no answer from the service at http://127.0.0.1:1" in str(

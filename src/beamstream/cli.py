@@ -416,8 +416,7 @@ def streams_list(
     from rich.table import Table
 
     with connect(service_url) as service:
-        streams = service.streams(state=state.value if state else None, experiment=experiment, owner=owner,
-                                  limit=limit)
+        streams = service.streams(state=state, experiment=experiment, owner=owner, limit=limit)
         if as_json:
             print(json.dumps([stream.view for stream in streams], indent=2))
             return

@@ -99,13 +99,14 @@ class Service:
         """The stream with this id, as the service shows it now."""
         return Stream(self, self.call("GET", stream_path(stream_id)).json())
 
-    def streams(self, state: str | None = None, experiment: str | None = None, owner: str | None = None,
+    def streams(self, state: State | str | None = None, experiment: str | None = None, owner: str | None = None,
                 limit: int | None = None) -> list[Stream]:
         """The streams in ``state`` of ``experiment`` and ``owner`` (each filter if given), newest first:
-        every one, or the first ``limit``."""
+        every one, or the first ``limit``. ValueError for a state that is not one of :class:`State`'s."""
         found: list[Stream] = []
         while limit is None or len(found) < limit:
-            params = {"state": state, "experiment": experiment, "owner": owner, "offset": len(found),
+            params = {"state": None if state is None else State(state).value, "experiment": experiment,
+                      "owner": owner, "offset": len(found),
                       "limit": PAGE if limit is None else min(PAGE, limit - len(found))}
             page = self.call("GET", "/v1/streams",
                              params={key: value for key, value in params.items() if value is not None}).json()
@@ -135,6 +136,7 @@ class Service:
                            f"{separator}{detail}", response.status_code, detail)
 
     def unreachable(self, exc: httpx.TransportError) -> ServiceError:
+        """The ServiceError for a request that got no answer (``exc`` says why)."""
         return ServiceError(f"no answer from the service at {self.url}: {exc or type(exc).__name__}")
 
 
