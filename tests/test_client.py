@@ -114,3 +114,31 @@ def test_consume_refuses_an_option_that_does_not_apply_in_its_own_words():
     result = run_cli("consume", "tcp://127.0.0.1:1", "--lossy", timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--lossy applies only with --group" in result.stderr
+
+
+def test_a_group_member_whose_buffer_vanished_gives_up_after_its_timeout_never_blocking():
+    """The member keeps saying hello to a buffer that is gone; its queue fills, and still it reports the silence."""
+    import threading
+
+    import zmq
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            with Client(f"tcp://127.0.0.1:{port}", group="g", hwm=1, timeout=4) as client:
+                outcome["events"] = list(client.events())
+        except Exception as exc:  # what the reader raises is the outcome under test
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert router.poll(10_000), "the member said hello"
+    router.close(linger=0)
+    context.term()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the member blocked sending to a buffer that is gone"
+    assert isinstance(outcome.get("error"), StreamTimeout), outcome

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -108,7 +109,13 @@ class GroupMember(Transport):
 
 
 class DealerCarrier(Carrier):
-    """A DEALER connected to a buffer's consumer ``endpoint``: ``hwm`` messages queued, frames up to ``max_message``."""
+    """A DEALER connected to a buffer's consumer ``endpoint``: ``hwm`` messages queued, frames up to ``max_message``.
+
+    Sending never blocks: a frame the socket cannot take (its queue is full because the buffer
+    is gone, or not reading) waits here and goes out, in order, before the next one and at each
+    receive. So a reader whose buffer vanished still notices its silence after ``timeout`` seconds.
+    A hello already waiting is not queued again.
+    """
 
     def __init__(self, endpoint: str, *, hwm: int, max_message: int) -> None:
         self.where = f"the buffer at {endpoint}"
@@ -118,11 +125,23 @@ class DealerCarrier(Carrier):
         except TransportError:
             self.context.term()
             raise
+        self.waiting: deque[bytes] = deque()
 
     def send(self, frame: bytes) -> None:
-        self.socket.send(frame)
+        if frame not in self.waiting:  # acks differ from each other; an unsent hello need not go twice
+            self.waiting.append(frame)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.waiting:
+            try:
+                self.socket.send(self.waiting[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.waiting.popleft()
 
     def receive(self, wait_s: float) -> list[Any] | None:
+        self._flush()
         if not self.socket.poll(int(wait_s * 1000)):
             return None
         return self.socket.recv_multipart(copy=False)
