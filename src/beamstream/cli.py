@@ -139,12 +139,24 @@ def produce(
     stream_id: Annotated[Optional[str], typer.Option(help="stream id (default: random)")] = None,
     rank: Annotated[Optional[int], typer.Option(min=0, help="run only the producer of this rank (with --producers and --stream-id)")] = None,
     producers: Annotated[Optional[int], typer.Option(min=1, help="how many producers share the run (with --rank)")] = None,
+    rank_from_env: Annotated[bool, typer.Option(
+        "--rank-from-env", help="run as one rank of a launcher (srun, mpirun; with --stream-id): --rank and "
+                                "--producers from SLURM_PROCID/SLURM_NTASKS, PMI_RANK/PMI_SIZE or "
+                                "OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE")] = False,
 ) -> None:
     """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
     from beamstream.display import ProducerProgress, workers_table
-    from beamstream.producer import abort_on_signals, run_local, run_mpi, run_worker
+    from beamstream.errors import OptionError
+    from beamstream.producer import abort_on_signals, launcher_rank, run_local, run_mpi, run_worker
     from beamstream.spec import load_spec
 
+    if rank_from_env:
+        if rank is not None or producers is not None:
+            fail("--rank-from-env takes the rank from the launcher: give no --rank or --producers", code=2)
+        try:
+            rank, producers = launcher_rank(os.environ)
+        except OptionError as exc:
+            fail(str(exc), code=2)
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
     _say_bound_endpoints(spec, workers if rank is None else producers or 1)
@@ -516,7 +528,8 @@ def buffer(
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
     callback: Annotated[Optional[Path], typer.Option(
         help="tell the request service that started this buffer where it listens and, at the end, the "
-             "stream's verdict (a file the service wrote: its URL and the stream's secret)")] = None,
+             "stream's verdict (a file the service wrote: its URL and the stream's secret, read again at every "
+             "attempt, so a service restarted elsewhere is found)")] = None,
 ) -> None:
     """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
 
@@ -664,8 +677,11 @@ def service(
         await original_startup(sockets)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (settings.host, settings.port)
         url = f"http://{bound[0]}:{bound[1]}"
-        application.state.dispatcher = Dispatcher(application.state.store, settings, url).start()
-        console.print(f"service: {url} (API /v1, docs /docs), store {settings.database_url}", highlight=False)
+        public = settings.public_url or url  # where jobs call back
+        application.state.dispatcher = Dispatcher(application.state.store, settings, public).start()
+        reached = f"; jobs call back to {public}" if public != url else ""
+        console.print(f"service: {url} (API /v1, docs /docs{reached}), store {settings.database_url}",
+                      highlight=False)
 
     server.startup = startup
     try:

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
-from beamstream.errors import BeamstreamError
+from beamstream.errors import BeamstreamError, OptionError
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
 from beamstream.steps.batch import BatchStep
@@ -197,10 +197,10 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
     """Run ``spec`` in ``workers`` local processes and wait for all of them.
 
     ``on_progress`` receives every worker's running totals about every ``poll_interval`` seconds.
-    A worker that dies is reported in ``RunResult.errors`` with its exit code. SIGTERM or SIGINT
-    (when called from the main thread) stops the workers: each ends its share with an
-    ``aborted`` end message, those still running after :data:`STOP_GRACE_S` are killed (at once
-    on a second signal), and the result reports them. No worker outlives this call.
+    A worker that dies is reported in ``RunResult.errors`` with its exit code (or the signal that
+    killed it). SIGTERM or SIGINT (when called from the main thread) stops the workers: each ends
+    its share with an ``aborted`` end message, those still running after :data:`STOP_GRACE_S` are
+    killed (at once on a second signal), and the result reports them. No worker outlives this call.
     """
     stream_id = stream_id or new_stream_id()
     ctx = multiprocessing.get_context("spawn")
@@ -241,7 +241,9 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
         errors[rank] = reason
     for rank, process in enumerate(processes):
         if process.exitcode != 0 and rank not in errors:
-            errors[rank] = f"worker exited with code {process.exitcode}"
+            code = process.exitcode
+            errors[rank] = (f"worker killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                            else f"worker exited with code {code}")
         final[rank].finished = time.time()
     return RunResult(stream_id, final, errors, time.time() - started)
 
@@ -280,6 +282,29 @@ def _stop_workers(processes: list[Any], kill: bool) -> None:
 
 
 # --- MPI ranks --------------------------------------------------------------------------
+
+LAUNCHER_RANKS = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                  ("SLURM_PROCID", "SLURM_NTASKS"))
+"""Where launchers put a process's rank and their number: Open MPI's mpirun, MPICH/Hydra's (and srun's PMI),
+srun's own. The first pair set wins (an mpirun inside a Slurm job also sees the job's SLURM_PROCID)."""
+
+
+def launcher_rank(environment: Mapping[str, str]) -> tuple[int, int]:
+    """(rank, ranks) of this process, from the first of :data:`LAUNCHER_RANKS` set in ``environment``.
+
+    Raises OptionError naming the variables when none is set, or when one holds no rank below its count.
+    """
+    for rank_name, size_name in LAUNCHER_RANKS:
+        if rank_name in environment and size_name in environment:
+            rank, size = environment[rank_name], environment[size_name]
+            if not (rank.isdigit() and size.isdigit() and int(rank) < int(size)):
+                raise OptionError(f"--rank-from-env: {rank_name}={rank!r} and {size_name}={size!r} are not a rank "
+                                  "and a larger count of ranks")
+            return int(rank), int(size)
+    names = ", ".join(f"{rank_name}/{size_name}" for rank_name, size_name in LAUNCHER_RANKS)
+    raise OptionError(f"--rank-from-env: no launcher set this process's rank (none of {names}); run it under srun "
+                      "or mpirun, or give --rank and --producers")
+
 
 
 def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:

@@ -290,10 +290,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                 store.change_state(stream_id, State.RUNNING, "the buffer is listening",
                                    endpoints=event.model_dump(exclude={"event"}))
             else:
-                verdict = event.verdict
-                store.change_state(stream_id, State.COMPLETED if verdict.complete else State.FAILED,
-                                   verdict.summary.splitlines()[0] if verdict.summary else "the buffer ended",
-                                   verdict=verdict.model_dump())
+                from beamstream.service.dispatcher import verdict_reason
+
+                verdict = event.verdict.model_dump()
+                store.change_state(stream_id, State.COMPLETED if verdict["complete"] else State.FAILED,
+                                   verdict_reason(verdict, store.jobs(stream_id).get("producers")), verdict=verdict)
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
 

@@ -6,7 +6,9 @@ A job (the buffer) POSTs a JSON body to ``/v1/streams/{id}/callback`` with two h
 wrongly signed, more than :data:`MAX_SKEW_S` from its own clock, or seen before (a replay).
 
 The job learns where to call and the secret from a file the service writes for it, private to
-its owner (``{"url": ..., "secret": ...}``), never from its command line or environment.
+its owner (``{"url": ..., "secret": ...}``), never from its command line or environment. The job
+reads the file again at every attempt: a service restarted at another address rewrites the files
+of its streams still starting or running, so a callback being retried reaches the new service.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class Verifier:
 
 
 def write_callback_file(path: Path, url: str, secret: str) -> None:
-    """Write the file a job reads to call back: private to its owner."""
+    """Write the file a job reads to call back, whole or not at all (a job may be reading it): private to its
+    owner."""
     from beamstream.atomic import write_atomically
 
     write_atomically(path, json.dumps({"url": url, "secret": secret}).encode())
@@ -75,13 +78,14 @@ def write_callback_file(path: Path, url: str, secret: str) -> None:
 def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
               give_up: Callable[[], bool] = lambda: False) -> bool:
     """POST ``event`` (JSON) to the service named in the callback file ``path``, signed; retried (the service may be
-    restarting) for up to ``retry_for_s`` seconds, or until ``give_up()`` says to stop. True if the service took it;
-    failures are logged, not raised."""
-    target = json.loads(path.read_text())
+    restarting) for up to ``retry_for_s`` seconds, or until ``give_up()`` says to stop. The file is read at every
+    attempt, so a retry goes where a restarted service has pointed it. True if the service took it; failures are
+    logged, not raised."""
     body = json.dumps(event).encode()
     deadline = time.monotonic() + retry_for_s
     delay = 0.2
     while True:
+        target = json.loads(path.read_text())
         timestamp = f"{time.time():.3f}"
         request = urllib.request.Request(target["url"], data=body, method="POST", headers={
             "Content-Type": "application/json", TIMESTAMP: timestamp,

@@ -10,20 +10,29 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds. A round:
    has ended, e.g. one cancelled while its buffer job was being submitted):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
    - once the buffer listens (its callback made the stream ``running``): submit the producers
-     job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's);
+     job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
+     ``--workers N`` local processes, or, with an executor that launches ranks (Slurm), N ranks
+     (``srun``) on the request's nodes, each ``--rank-from-env``;
    - the buffer job ended without a verdict → producers stopped, ``failed``;
    - the producers ended and every group has acknowledged everything (read from the buffer's
      metrics), or ``drain_grace_s`` passed → the buffer is asked to stop; it sends the verdict,
-     which makes the stream ``completed`` or ``failed`` (with the missing ranges).
+     which makes the stream ``completed``, or ``failed`` with :func:`verdict_reason`: the missing
+     ranges and how the producers job ended (exit code or signal, its log's tail).
+
+A job that cannot be submitted (e.g. more nodes than the partition has) fails the stream with the
+executor's words, and a job of the stream already running (its buffer) is then stopped.
 
 Everything it decides is in the job store, so a restarted service's dispatcher goes on where the
-last one stopped: jobs are found again by their native ids (:mod:`beamstream.service.executors`).
+last one stopped: jobs are found again by their native ids (:mod:`beamstream.service.executors`),
+and :meth:`Dispatcher.start` first points the callback files of the streams still starting or
+running at this service's URL (their jobs re-read the file at each callback attempt).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -33,6 +42,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from beamstream.accounting import format_ranges
 from beamstream.modes import make_dirs
 from beamstream.service.callbacks import write_callback_file
 from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
@@ -46,7 +56,10 @@ LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's histo
 
 
 class Dispatcher:
-    """Runs the streams in ``store``; :meth:`start` a thread that ticks, :meth:`close` it."""
+    """Runs the streams in ``store``; :meth:`start` a thread that ticks, :meth:`close` it.
+
+    ``service_url``: where jobs reach this service (its ``public_url`` setting, else the bound URL).
+    """
 
     def __init__(self, store: JobStore, settings: ServiceSettings, service_url: str,
                  executors: dict[str, Executor] | None = None, interval: float = 0.5) -> None:
@@ -59,6 +72,11 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Dispatcher:
+        """Point the callback files of the streams still starting or running at this service, then tick on a
+        thread."""
+        for state in (State.STARTING, State.RUNNING):
+            for record in self.store.list(state=state, limit=10_000)[0]:
+                self._write_callback(record)
         self._thread = threading.Thread(target=self._run, name="beamstream-dispatcher", daemon=True)
         self._thread.start()
         return self
@@ -99,8 +117,7 @@ class Dispatcher:
     def _start(self, record: StreamRecord) -> None:
         directory = self.folder(record)
         make_dirs(directory)
-        callback = directory / "callback.json"
-        write_callback_file(callback, f"{self.service_url}/v1/streams/{record.id}/callback", record.secret)
+        callback = self._write_callback(record)
         host = self.settings.data_host
         buffer = {**(record.resources.get("buffer") or {}), "producers": f"tcp://{host}:0",
                   "consumers": f"tcp://{host}:0", "metrics_port": 0, "metrics_addr": host}
@@ -108,12 +125,18 @@ class Dispatcher:
         _write_json(directory / "buffer-spec.json", {**with_stream_sink(record.spec), "buffer": buffer})
         argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
                 "--callback", str(callback)]
-        self._submit(record, "buffer", argv, tasks=1, state=State.STARTING)
+        self._submit(record, "buffer", argv, state=State.STARTING)
 
-    def _submit(self, record: StreamRecord, role: str, argv: list[str], tasks: int,
+    def _write_callback(self, record: StreamRecord) -> Path:
+        """Write the stream's callback file (where its jobs call this service back, and the secret); its path."""
+        path = self.folder(record) / "callback.json"
+        write_callback_file(path, f"{self.service_url}/v1/streams/{record.id}/callback", record.secret)
+        return path
+
+    def _submit(self, record: StreamRecord, role: str, argv: list[str], ranks: int | None = None,
                 state: State | None = None) -> None:
         executor = self.executor(record)
-        request = JobRequest(role, argv, self.folder(record), tasks=tasks,
+        request = JobRequest(role, argv, self.folder(record), ranks=ranks,
                              nodes=int(record.resources.get("nodes") or 1),
                              time_limit_s=record.resources.get("time_limit_s"))
         try:
@@ -139,7 +162,8 @@ class Dispatcher:
         if buffer_status.state is not JobState.RUNNING:
             self.stop_jobs(record.id)
             what = "before it listened" if record.state is State.STARTING else "without a verdict"
-            self._fail(record, f"the buffer job ended {what} ({_outcome(buffer_status)}){self._log_tail(buffer)}")
+            ended = outcome(buffer_status.state, buffer_status.exit_code)
+            self._fail(record, f"the buffer job ended {what} ({ended}){log_tail(buffer)}")
             return
         if record.state is not State.RUNNING:
             return
@@ -158,17 +182,20 @@ class Dispatcher:
         spec = with_stream_sink(record.spec, record.endpoints["producers"])
         spec.pop("buffer", None)
         _write_json(self.folder(record) / "producers-spec.json", spec)
-        workers = str(int(record.resources.get("workers") or 1))
-        argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--workers", workers,
-                "--stream-id", record.id]
-        self._submit(record, "producers", argv, tasks=int(workers))
+        workers = int(record.resources.get("workers") or 1)
+        argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--stream-id", record.id]
+        if self.executor(record).launches_ranks:
+            self._submit(record, "producers", [*argv, "--rank-from-env"], ranks=workers)
+        else:
+            self._submit(record, "producers", [*argv, "--workers", str(workers)])
 
     def _status(self, job: Job) -> JobStatus:
         """The job's status; its end is recorded the first time it is seen."""
         status = self.executors[job.executor].status(job.native_id, JobRequest(job.role, [], Path(job.directory)))
         if status.state is not JobState.RUNNING and job.ended is None:
             self.store.update_job(job.id, ended=time.time(), outcome=status.state.value, exit_code=status.exit_code)
-            logger.info("stream %s: %s job ended (%s)", job.stream_id, job.role, _outcome(status))
+            logger.info("stream %s: %s job ended (%s)", job.stream_id, job.role,
+                        outcome(status.state, status.exit_code))
         return status
 
     def _drained(self, record: StreamRecord) -> bool:
@@ -206,13 +233,6 @@ class Dispatcher:
     def folder(self, record: StreamRecord) -> Path:
         return self.settings.state_dir.resolve() / "streams" / record.id
 
-    def _log_tail(self, job: Job) -> str:
-        try:
-            text = (Path(job.directory) / f"{job.role}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return f"; its log ends: {text[-LOG_TAIL:].strip()}" if text.strip() else ""
-
 
 def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
     """The executors ``settings`` names (Slurm's work files under the state directory)."""
@@ -229,10 +249,51 @@ def with_stream_sink(spec: dict[str, Any], endpoint: str = BUFFER_PLACEHOLDER) -
     return {**spec, "sinks": [*sinks, {"type": "stream", "endpoint": endpoint}]}
 
 
-def _outcome(status: JobStatus) -> str:
-    if status.state is JobState.LOST:
+def outcome(state: JobState, exit_code: int | None) -> str:
+    """How a job ended, in words: ``exit code 1``, ``exit code 137 (SIGKILL)`` (128 + a signal, as shells and
+    jobrun record a command a signal ended), or that it is gone or left no exit code (e.g. cancelled by Slurm)."""
+    if state is JobState.LOST:
         return "it is gone, with no exit code recorded"
-    return f"exit code {status.exit_code}"
+    if exit_code is None:
+        return "no exit code"
+    if exit_code is not None and 128 < exit_code < 128 + signal.NSIG:
+        return f"exit code {exit_code} ({signal.Signals(exit_code - 128).name})"
+    return f"exit code {exit_code}"
+
+
+def log_tail(job: Job) -> str:
+    """``; its log ends: ...``: the last :data:`LOG_TAIL` characters of the job's output (its ``.log``, then its
+    ``.err`` where the executor keeps standard error apart), or "" if there is none."""
+    parts = []
+    for suffix in (".log", ".err"):
+        try:
+            with open(Path(job.directory) / f"{job.role}{suffix}", "rb") as file:
+                file.seek(0, 2)
+                file.seek(max(0, file.tell() - LOG_TAIL))
+                parts.append(file.read().decode(errors="replace").strip())
+        except OSError:
+            pass
+    text = "\n".join(part for part in parts if part)[-LOG_TAIL:]
+    return f"; its log ends: {text}" if text else ""
+
+
+def verdict_reason(verdict: dict[str, Any], producers: Job | None) -> str:
+    """Why a stream ended as its buffer's ``verdict`` says: the verdict's first line; when it is incomplete, also
+    the missing sequence ranges and how the ``producers`` job ended (with its log's tail if it failed)."""
+    summary = verdict.get("summary") or ""
+    reason = summary.splitlines()[0] if summary else "the buffer ended"
+    if verdict.get("complete"):
+        return reason
+    if verdict.get("missing"):
+        reason += f"; missing sequence ranges: {format_ranges([tuple(r) for r in verdict['missing']])}"
+    if producers is None:
+        return f"{reason}; no producers job was started"
+    if producers.ended is None:
+        return f"{reason}; the producers job was still running"
+    state = JobState(producers.outcome)
+    ended = "ended" if state is JobState.LOST else state.value
+    said = f"{reason}; the producers job {ended} ({outcome(state, producers.exit_code)})"
+    return said if state is JobState.SUCCEEDED else said + log_tail(producers)
 
 
 def _write_json(path: Path, data: Any) -> None:

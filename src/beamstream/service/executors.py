@@ -13,7 +13,11 @@ ticks since boot, from ``/proc``), so a reused pid is not taken for the job.
 Slurm jobs are submitted through PSI/J (``psij-python``: one interface for Slurm, PBS, LSF and
 Flux, so another batch system is a name away); the native id is Slurm's job id, and a restarted
 service attaches to it. PSI/J's states are used, not squeue's: Slurm records a job that exited
-non-zero as completed, PSI/J as failed with its exit code (docs/slurm.md).
+non-zero as completed, PSI/J as failed with its exit code (docs/slurm.md). A job asked to run as
+ranks (:attr:`JobRequest.ranks`) is launched by ``srun``, one task per rank, each task seeing its
+rank in ``SLURM_PROCID`` and their number in ``SLURM_NTASKS``; other jobs are one task on one node.
+An executor that cannot launch ranks (``launches_ranks`` false: the local one) is never given a
+job with ranks: its caller runs the workers itself instead.
 """
 
 from __future__ import annotations
@@ -46,12 +50,16 @@ class JobStatus:
 
 @dataclass(frozen=True, slots=True)
 class JobRequest:
-    """One job: its command, the folder it runs in and writes its output to, and what it may use."""
+    """One job: its command, the folder it runs in and writes its output to, and what it may use.
+
+    ``ranks``: None runs ``argv`` once; N runs it as N ranks spread over ``nodes`` nodes (only for an
+    executor that ``launches_ranks``). ``nodes`` applies to ranks only: a job without is one node.
+    """
 
     name: str
     argv: list[str]
     directory: Path
-    tasks: int = 1
+    ranks: int | None = None
     nodes: int = 1
     time_limit_s: float | None = None
     environment: dict[str, str] = field(default_factory=dict)
@@ -67,6 +75,7 @@ class JobRequest:
 
 class Executor(Protocol):
     name: str
+    launches_ranks: bool  # whether it takes a JobRequest with ranks (else the job runs its workers itself)
 
     def submit(self, job: JobRequest) -> str:
         """Start ``job``; its native id."""
@@ -85,6 +94,7 @@ class LocalExecutor:
     """Jobs as processes on this machine, each in its own session (they outlive the service)."""
 
     name = "local"
+    launches_ranks = False
 
     def submit(self, job: JobRequest) -> str:
         job.directory.mkdir(parents=True, exist_ok=True)
@@ -116,6 +126,7 @@ class SlurmExecutor:
     """Jobs as Slurm batch jobs, through PSI/J; one PSI/J executor polls squeue every ``polling_s`` seconds."""
 
     name = "slurm"
+    launches_ranks = True
     FOREVER_S = 365 * 86400  # PSI/J's default walltime is 10 minutes: a job without a limit gets this
 
     def __init__(self, work_directory: Path, polling_s: float = 1.0) -> None:
@@ -133,10 +144,15 @@ class SlurmExecutor:
         from datetime import timedelta
 
         job.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            resources = self.psij.ResourceSpecV1(node_count=job.nodes if job.ranks else 1,
+                                                 process_count=job.ranks or 1)
+        except self.psij.InvalidJobException as exc:  # e.g. ranks not a multiple of nodes
+            raise OSError(f"the job cannot be laid out: {exc}") from None
         spec = self.psij.JobSpec(
             executable=job.argv[0], arguments=job.argv[1:], directory=job.directory, name=job.name,
             stdout_path=job.output, stderr_path=job.directory / f"{job.name}.err", environment=job.environment,
-            resources=self.psij.ResourceSpecV1(node_count=job.nodes, process_count=1),
+            resources=resources, launcher="srun" if job.ranks else "single",
             attributes=self.psij.JobAttributes(duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S)))
         psij_job = self.psij.Job(spec)
         try:

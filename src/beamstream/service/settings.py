@@ -1,6 +1,12 @@
 """The service's settings: defaults, then a YAML file (``--config``), then ``BEAMSTREAM_SERVICE_*`` variables.
 
 Every value is validated when the service starts; a wrong one stops it with a message naming it.
+
+Two addresses matter: the one the REST API is bound at (``host``, ``port``) and the one jobs and
+users reach it at (``public_url``: behind a proxy, or on a node whose bound address other nodes
+cannot use). Jobs call back to ``public_url`` through their stream's callback file, which a
+restarted service rewrites for every stream still starting or running, so a job whose service
+came back elsewhere (another port, another host) still reaches it.
 """
 
 from __future__ import annotations
@@ -8,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +27,11 @@ class ServiceSettings(BaseSettings):
                               "e.g. sqlite:///path/service.db or postgresql+psycopg://user@host/db")
     host: str = Field("127.0.0.1", description="address the REST API listens on")
     port: int = Field(8080, ge=0, le=65535, description="port the REST API listens on (0: any free one)")
+    public_url: str | None = Field(None, pattern=r"^https?://[^/\s]+(/\S*)?$", description="the URL jobs and "
+                                   "users reach the service at, e.g. https://beamstream.example.org or "
+                                   "http://node7:8080 (jobs call back to it; a restarted service rewrites its "
+                                   "active streams' callback files with it). Default: the URL the API is bound at, "
+                                   "http://HOST:PORT with the port chosen when 0")
     executor: Literal["local", "slurm"] = Field("local", description="where streams' jobs run unless a request says")
     executors: list[Literal["local", "slurm"]] = Field(["local"], min_length=1, description="the executors "
                                                        "requests may name (slurm needs psij-python and a cluster)")
@@ -39,6 +50,11 @@ class ServiceSettings(BaseSettings):
     hdf5_pattern: str | None = Field(None, description="the catalogue's HDF5 runs: a glob with {experiment} and "
                                      "{run}, e.g. /data/{experiment}/raw/r{run:04d}/*.h5")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
+
+    @field_validator("public_url")
+    @classmethod
+    def _without_trailing_slash(cls, url: str | None) -> str | None:
+        return None if url is None else url.rstrip("/")
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> ServiceSettings:
