@@ -68,7 +68,9 @@ need_root() {
 
 write_config() {  # (re)write slurm.conf if it differs; config_changed=1 if it did
     local cpus mem_mb new
-    cpus=$(nproc)
+    # a stream takes one CPU for its buffer and one per producer rank, and mostly waits on I/O: a small
+    # machine is declared with 8 CPUs (Slurm then runs more tasks than cores), a larger one with nproc
+    cpus=${BEAMSTREAM_SLURM_CPUS:-$(( $(nproc) > 8 ? $(nproc) : 8 ))}
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
     new=$(cat <<EOF
 $MARK: a single-node cluster, all daemons as root.
@@ -145,7 +147,7 @@ up() {
         say "up: node $NODE is up, all its CPUs busy with jobs (not checking that a new job runs)"
     else
         wait_until "a job to run (srun -N1 true)" job_runs
-        say "up: node $NODE $(node_state) ($(nproc) CPUs), jobs run; logs in $DIR"
+        say "up: node $NODE $(node_state) ($(sinfo -h -o %c) CPUs declared, $(nproc) here), jobs run; logs in $DIR"
     fi
 }
 

@@ -318,6 +318,29 @@ def test_cancelling_a_running_stream_stops_every_job(tmp_path, executor):
         stop_service(service, url)
 
 
+def test_a_buffer_job_that_dies_fails_the_stream_and_stops_its_producers(tmp_path):
+    service, url = run_service(tmp_path)
+    try:
+        spec = {"source": {"type": "simulated", "n_events": 100000, "events_per_read": 1, "rate_hz": 20,
+                           "detectors": [{"kind": "waveform", "samples": 64}]}}
+        stream_id = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()["id"]
+        store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
+        wait_until(lambda: "producers" in store.jobs(stream_id), "the producers to start", timeout=60)
+        jobs = store.jobs(stream_id)
+        store.close()
+        producers = psutil.Process(int(jobs["producers"].native_id.split(":")[0]))
+        producers = [producers, *producers.children(recursive=True)]
+        buffer = psutil.Process(int(jobs["buffer"].native_id.split(":")[0])).children(recursive=True)
+        [process.kill() for process in buffer if "buffer" in process.cmdline()]
+        wait_until(lambda: shown(url, stream_id)["state"] == "failed", "the stream to fail", timeout=60)
+        reason = shown(url, stream_id)["history"][-1]["reason"]
+        assert reason.startswith("the buffer job ended without a verdict (") and "SIGKILL" in reason, reason
+        _, alive = psutil.wait_procs(producers, timeout=30)
+        assert not alive, f"producers still running: {alive}"
+    finally:
+        stop_service(service, url)
+
+
 def test_eight_requests_at_once_all_complete_within_the_limits(tmp_path):
     """Eight streams requested together by one user, at most three at a time: the rest wait queued, all complete."""
     service, url = run_service(tmp_path, max_streams_per_user="3", drain_grace_s="1")

@@ -140,7 +140,7 @@ def cluster_cpus() -> int:
 
 
 @pytest.mark.skipif(cluster_cpus() < 3, reason=f"a buffer task and 2 producer ranks take 3 CPUs at once; this "
-                    f"cluster has {cluster_cpus()} (scripts/slurm.sh declares the machine's nproc)")
+                    f"cluster has {cluster_cpus()} (scripts/slurm.sh declares nproc, at least 8)")
 def test_a_streams_producers_run_as_srun_ranks(tmp_path):
     service, url = run_service(tmp_path, **ON_SLURM)
     try:
