@@ -233,6 +233,11 @@ def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path
         logs = httpx.get(f"{url}/v1/streams/{stream['id']}/logs", timeout=30).text
         assert "==> buffer (buffer." in logs and "buffer: producers → tcp://127.0.0.1:" in logs
         assert "==> producers (producers." in logs and "60 events" in logs
+        if executor == "slurm":  # the producers are 2 srun ranks of one job; the buffer is a job of one task
+            assert "from 2/2 producers" in final["verdict"]["summary"]
+            assert f"stream {stream['id']}, rank 0 of 2" in logs and f"stream {stream['id']}, rank 1 of 2" in logs
+            submitted = (tmp_path / "state" / "slurm" / "slurm").glob("*.job")
+            assert {path.read_text().count("#SBATCH --ntasks=2") for path in submitted} == {0, 1}
     finally:
         stop_service(service, url)
 

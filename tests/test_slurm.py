@@ -14,7 +14,6 @@ import httpx
 import psutil
 import pytest
 
-from beamstream.client import Client
 from beamstream.service.store import JobStore
 from conftest import wait_until
 from servicekit import run_service, shown, stop_service
@@ -131,39 +130,6 @@ def test_request_the_cluster_cannot_meet_is_refused_at_submit(submit):
 
 
 ON_SLURM = {"executor": "slurm", "executors": '["slurm"]', "drain_grace_s": "30"}
-
-
-def cluster_cpus() -> int:
-    """The CPUs of the cluster's nodes, together."""
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True, check=True).stdout
-    return sum(int(cpus) for cpus in out.split())
-
-
-@pytest.mark.skipif(cluster_cpus() < 3, reason=f"a buffer task and 2 producer ranks take 3 CPUs at once; this "
-                    f"cluster has {cluster_cpus()} (scripts/slurm.sh declares nproc, at least 8)")
-def test_a_streams_producers_run_as_srun_ranks(tmp_path):
-    service, url = run_service(tmp_path, **ON_SLURM)
-    try:
-        spec = {"source": {"type": "simulated", "n_events": 60, "events_per_read": 5,
-                           "detectors": [{"kind": "waveform", "samples": 1024}]}}
-        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2}}, timeout=30).json()
-        wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
-        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
-            seqs = sorted(event.seq for event in client.events())
-        assert seqs == list(range(60)) and client.report.complete
-        wait_until(lambda: shown(url, stream["id"])["state"] in ("completed", "failed"), "the stream to end",
-                   timeout=60)
-        final = shown(url, stream["id"])
-        assert final["state"] == "completed", final["history"]
-        assert f"stream {stream['id']}: complete: 60 events in 60 messages" in final["verdict"]["summary"]
-        assert "from 2/2 producers" in final["verdict"]["summary"]
-        logs = httpx.get(f"{url}/v1/streams/{stream['id']}/logs", timeout=30).text
-        assert f"stream {stream['id']}, rank 0 of 2" in logs and f"stream {stream['id']}, rank 1 of 2" in logs
-        submitted = (tmp_path / "state" / "slurm" / "slurm").glob("*.job")
-        scripts = {path.read_text().count("#SBATCH --ntasks=2") for path in submitted}
-        assert scripts == {0, 1}, "one job (the producers) of 2 tasks, one (the buffer) of 1"
-    finally:
-        stop_service(service, url)
 
 
 def test_a_request_the_partition_cannot_meet_fails_with_slurms_words_and_leaves_no_job(tmp_path):
