@@ -14,7 +14,7 @@ plugins by these registered names, never by import path.
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from beamstream.errors import MissingDependency, SpecError
 from beamstream.stages import SerializerSpec, SinkSpec, SourceSpec, SpecModel, StepSpec
@@ -28,11 +28,16 @@ KINDS: dict[str, type[SpecModel]] = {
 
 
 @cache
-def plugin_names(kind: str) -> tuple[str, ...]:
-    """Names registered for ``kind`` (one of :data:`KINDS`), sorted."""
+def _registered(kind: str) -> tuple[EntryPoint, ...]:
+    """The entry points of ``kind``, read once per process (each reading scans every installed package)."""
     if kind not in KINDS:
         raise ValueError(f"unknown plugin kind {kind!r}; expected one of: {', '.join(KINDS)}")
-    return tuple(sorted({ep.name for ep in entry_points(group=f"beamstream.{kind}")}))
+    return tuple(entry_points(group=f"beamstream.{kind}"))
+
+
+def plugin_names(kind: str) -> tuple[str, ...]:
+    """Names registered for ``kind`` (one of :data:`KINDS`), sorted."""
+    return tuple(sorted({ep.name for ep in _registered(kind)}))
 
 
 @cache
@@ -42,7 +47,7 @@ def plugin(kind: str, name: str) -> type[SpecModel]:
     Raises SpecError listing the installed names on a miss, MissingDependency when the
     plugin's module needs a package that is not installed.
     """
-    matches = [ep for ep in entry_points(group=f"beamstream.{kind}") if ep.name == name]
+    matches = [ep for ep in _registered(kind) if ep.name == name]
     if not matches:
         known = ", ".join(plugin_names(kind)) or "(none installed)"
         raise SpecError(f"unknown {kind[:-1]} type {name!r}; expected one of: {known}")

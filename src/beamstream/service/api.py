@@ -26,7 +26,7 @@ from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
 from beamstream.service.catalogue import Catalogue, Run, RunNotFound
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
-from beamstream.service.dispatcher import with_stream_sink
+from beamstream.service.dispatcher import VerdictBody, end_with_verdict, with_stream_sink
 from beamstream.service.events import change_events
 from beamstream.service.figures import LiveFigures
 from beamstream.service.relay import add_relay
@@ -119,12 +119,6 @@ class Listening(BaseModel):
     metrics: str | None = Field(None, max_length=1024)
 
 
-class VerdictBody(BaseModel):
-    complete: bool
-    summary: str = Field(max_length=1 << 16)
-    missing: list[tuple[int, int]] = Field(max_length=1000)
-
-
 class Ended(BaseModel):
     """The buffer job has stopped: the stream's verdict."""
 
@@ -192,6 +186,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                                      f"it runs jobs with: {', '.join(sorted(app.state.executors))}")
         record = store.create(owner=owner, spec=requested, resources=request.resources.model_dump(mode="json"),
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
+        _wake(app)
         return StreamView.of(record)
 
     @app.get("/v1/experiments/{experiment}/runs", tags=["runs"], responses={404: {"model": Problem}})
@@ -290,16 +285,19 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                 store.change_state(stream_id, State.RUNNING, "the buffer is listening",
                                    endpoints=event.model_dump(exclude={"event"}))
             else:
-                from beamstream.service.dispatcher import verdict_reason
-
-                verdict = event.verdict.model_dump()
-                store.change_state(stream_id, State.COMPLETED if verdict["complete"] else State.FAILED,
-                                   verdict_reason(verdict, store.jobs(stream_id).get("producers")), verdict=verdict)
+                end_with_verdict(store, stream_id, event.verdict.model_dump())
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
+        _wake(app)
 
     add_relay(app)
     return app
+
+
+def _wake(app: FastAPI) -> None:
+    """Let the dispatcher act on a change now (a new request, a job's report), if this app has one."""
+    if app.state.dispatcher is not None:
+        app.state.dispatcher.wake()
 
 
 def _public_view(record: StreamRecord) -> dict[str, Any]:

@@ -9,6 +9,9 @@ The job learns where to call and the secret from a file the service writes for i
 its owner (``{"url": ..., "secret": ...}``), never from its command line or environment. The job
 reads the file again at every attempt: a service restarted at another address rewrites the files
 of its streams still starting or running, so a callback being retried reaches the new service.
+The buffer job also writes its verdict to :data:`VERDICT_FILE` beside the callback file before it
+calls back with it: a service that finds the job ended without that callback (it raced the job's
+end, or the service was down for longer than the job retried) ends the stream from the file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ TIMESTAMP = "Beamstream-Timestamp"
 SIGNATURE = "Beamstream-Signature"
 MAX_SKEW_S = 300.0
 REMEMBERED = 100_000  # signatures kept to refuse replays (older ones are outside MAX_SKEW_S anyway)
+VERDICT_FILE = "verdict.json"  # beside the callback file: a buffer job's verdict, written before it calls back
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

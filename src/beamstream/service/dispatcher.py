@@ -1,6 +1,7 @@
 """The service's scheduler: starts queued streams within the limits, watches their jobs, ends them.
 
-One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds. A round:
+One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once when woken
+(:meth:`Dispatcher.wake`: the API does so when a stream is requested or a job calls back). A round:
 
 1. **Start** queued streams, oldest first, while fewer than ``max_streams`` (in total) and
    ``max_streams_per_user`` (per owner) are starting or running: write the stream's folder
@@ -30,6 +31,7 @@ running at this service's URL (their jobs re-read the file at each callback atte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -41,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
 
 from beamstream.accounting import format_ranges
 from beamstream.modes import make_dirs
-from beamstream.service.callbacks import write_callback_file
+from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
@@ -52,6 +55,7 @@ from beamstream.service.store import Job, JobStore, StreamRecord
 
 logger = logging.getLogger(__name__)
 BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
+MAX_VERDICT_BYTES = 1 << 20
 LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's history
 
 
@@ -69,6 +73,7 @@ class Dispatcher:
         self.executors = executors or make_executors(settings)
         self.interval = interval
         self._stopping = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> Dispatcher:
@@ -81,13 +86,22 @@ class Dispatcher:
         self._thread.start()
         return self
 
+    def wake(self) -> None:
+        """Run the next round now (something changed that it may act on), not after the interval."""
+        self._woken.set()
+
     def close(self) -> None:
         self._stopping.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
+        while True:
+            self._woken.wait(self.interval)
+            self._woken.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self.tick()
             except Exception:  # one bad round must not end the scheduler; the next one retries
@@ -161,6 +175,11 @@ class Dispatcher:
         buffer_status = self._status(buffer)
         if buffer_status.state is not JobState.RUNNING:
             self.stop_jobs(record.id)
+            verdict = read_verdict(self.folder(record) / VERDICT_FILE)
+            if verdict is not None and record.state is State.RUNNING:  # its callback did not arrive (yet)
+                with contextlib.suppress(TransitionError):  # unless it just did
+                    end_with_verdict(self.store, record.id, verdict)
+                return
             what = "before it listened" if record.state is State.STARTING else "without a verdict"
             ended = outcome(buffer_status.state, buffer_status.exit_code)
             self._fail(record, f"the buffer job ended {what} ({ended}){log_tail(buffer)}")
@@ -186,6 +205,8 @@ class Dispatcher:
         argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--stream-id", record.id]
         if self.executor(record).launches_ranks:
             self._submit(record, "producers", [*argv, "--rank-from-env"], ranks=workers)
+        elif workers == 1:  # the one rank runs in the job's own process: no worker process to start
+            self._submit(record, "producers", [*argv, "--rank", "0", "--producers", "1"])
         else:
             self._submit(record, "producers", [*argv, "--workers", str(workers)])
 
@@ -275,6 +296,38 @@ def log_tail(job: Job) -> str:
             pass
     text = "\n".join(part for part in parts if part)[-LOG_TAIL:]
     return f"; its log ends: {text}" if text else ""
+
+
+class VerdictBody(BaseModel):
+    """A stream's verdict as its buffer job reports it (in its callback, and in :data:`VERDICT_FILE`)."""
+
+    complete: bool
+    summary: str = Field(max_length=1 << 16)
+    missing: list[tuple[int, int]] = Field(max_length=1000)
+
+
+def read_verdict(path: Path) -> dict[str, Any] | None:
+    """The verdict a buffer job wrote to ``path`` before it called back, if it is there, well-formed and no larger
+    than :data:`MAX_VERDICT_BYTES`."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(MAX_VERDICT_BYTES + 1)
+        if len(text) > MAX_VERDICT_BYTES:
+            raise ValueError(f"larger than {MAX_VERDICT_BYTES} bytes")
+        return VerdictBody.model_validate_json(text).model_dump()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignored the verdict file %s: %s", path, exc)
+        return None
+
+
+def end_with_verdict(store: JobStore, stream_id: str, verdict: dict[str, Any]) -> StreamRecord:
+    """End the stream as its buffer's ``verdict`` says: completed or failed, with :func:`verdict_reason`.
+    Raises TransitionError if it has ended already."""
+    state = State.COMPLETED if verdict["complete"] else State.FAILED
+    return store.change_state(stream_id, state, verdict_reason(verdict, store.jobs(stream_id).get("producers")),
+                              verdict=verdict)
 
 
 def verdict_reason(verdict: dict[str, Any], producers: Job | None) -> str:
