@@ -13,9 +13,11 @@ import psutil
 from conftest import start_cli
 
 
-def start_service(database_url: str, state_dir: Path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """``beamstream service`` on a free port (``settings`` as environment): the process and its URL, once it listens."""
-    environment = {f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()}
+def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None = None,
+                  **settings: str) -> tuple[subprocess.Popen, str]:
+    """``beamstream service`` on a free port (``settings`` as environment, and ``env``): the process and its URL,
+    once it listens."""
+    environment = {**(env or {}), **{f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()}}
     process = start_cli("service", "--port", "0", "--database-url", database_url, "--state-dir", str(state_dir),
                         env_extra=environment)
     lines = []

@@ -27,7 +27,7 @@ from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.client import Client
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, VERDICT_FILE, signature
 from beamstream.service.dispatcher import Dispatcher
-from beamstream.service.executors import JobRequest, LocalExecutor
+from beamstream.service.executors import JobRequest, JobState, JobStatus, LocalExecutor
 from conftest import wait_until
 from servicekit import end_jobs_under, run_service, shown, slurm_answers, start_service, stop_service
 
@@ -202,6 +202,14 @@ def test_a_buffer_jobs_verdict_is_read_from_its_file_when_its_callback_never_cam
     store.close()
 
 
+def test_a_local_job_past_its_time_limit_is_stopped_and_its_end_recorded(tmp_path):
+    job = JobRequest("sleeper", ["sleep", "600"], tmp_path, time_limit_s=1)
+    executor = LocalExecutor()
+    native_id = executor.submit(job)
+    wait_until(job.exit_file.exists, "the job to be stopped", timeout=30)
+    assert executor.status(native_id, job) == JobStatus(JobState.FAILED, 128 + signal.SIGTERM)
+
+
 def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
     store = api.app.state.store
     stream = api.post("/v1/streams", json={"spec": SPEC}).json()
@@ -365,8 +373,20 @@ def test_a_buffer_job_that_dies_fails_the_stream_and_stops_its_producers(tmp_pat
         wait_until(lambda: shown(url, stream_id)["state"] == "failed", "the stream to fail", timeout=60)
         reason = shown(url, stream_id)["history"][-1]["reason"]
         assert reason.startswith("the buffer job ended without a verdict (") and "SIGKILL" in reason, reason
-        _, alive = psutil.wait_procs(producers, timeout=30)
-        assert not alive, f"producers still running: {alive}"
+        wait_until(lambda: all(not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+                               for process in producers), "the producers to stop", timeout=60)
+    finally:
+        stop_service(service, url)
+
+
+def test_a_request_for_more_local_workers_than_the_service_runs_is_refused_before_anything_is_made(tmp_path):
+    service, url = run_service(tmp_path, max_local_workers="2")
+    try:
+        refused = httpx.post(f"{url}/v1/streams", json={"spec": SPEC, "resources": {"workers": 3}}, timeout=30)
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == ("resources: workers: 3 is more than this service runs as local processes "
+                                            "for one stream (2); ask for fewer")
+        assert httpx.get(f"{url}/v1/streams", timeout=30).json()["total"] == 0
     finally:
         stop_service(service, url)
 

@@ -14,9 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from beamstream.service.store import JobStore
-from conftest import wait_until
-from servicekit import run_service, shown, stop_service
+from servicekit import run_service, stop_service
 
 
 def slurm_missing() -> str | None:
@@ -132,30 +130,36 @@ def test_request_the_cluster_cannot_meet_is_refused_at_submit(submit):
 ON_SLURM = {"executor": "slurm", "executors": '["slurm"]', "drain_grace_s": "30"}
 
 
-def test_a_request_the_partition_cannot_meet_fails_with_slurms_words_and_leaves_no_job(tmp_path):
-    """More nodes than the cluster has: sbatch refuses the producers job; the stream fails saying so, and its buffer
-    job, already running, is stopped."""
+def test_a_request_slurm_would_refuse_is_refused_in_slurms_words_before_any_job(tmp_path):
+    """More nodes than the cluster has: sbatch --test-only refuses it, so the request is refused (422) with Slurm's
+    words and nothing is made: no stream, no job."""
     nodes = len(subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True,
                                check=True).stdout.split())
+    queued_before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     service, url = run_service(tmp_path, **ON_SLURM)
     try:
         spec = {"source": {"type": "simulated", "n_events": 10}}
-        stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {
-            "workers": nodes + 1, "nodes": nodes + 1}}, timeout=30).json()
-        wait_until(lambda: shown(url, stream["id"])["state"] in ("completed", "failed"), "the stream to end",
-                   timeout=60)
-        final = shown(url, stream["id"])
-        assert final["state"] == "failed", final["history"]
-        assert final["history"][-1]["reason"].startswith("could not submit the producers job (slurm): Slurm refused "
-                                                         "the job: "), final["history"]
-        assert "Node count specification invalid" in final["history"][-1]["reason"]
-        store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
-        try:
-            jobs = store.jobs(stream["id"])
-            assert set(jobs) == {"buffer"}
-            wait_until(lambda: not listed_by_squeue(jobs["buffer"].native_id), "the buffer job to leave the queue")
-            wait_until(lambda: store.jobs(stream["id"])["buffer"].ended is not None, "the service to see it end")
-        finally:
-            store.close()
+        refused = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {
+            "workers": nodes + 1, "nodes": nodes + 1}}, timeout=30)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"].startswith("resources: Slurm would not take the job: ")
+        assert "Node count specification invalid" in refused.json()["detail"]
+        laid_out = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 3, "nodes": 2}},
+                              timeout=30)
+        assert laid_out.status_code == 422 and "cannot be laid out" in laid_out.json()["detail"]
+        assert httpx.get(f"{url}/v1/streams", timeout=30).json()["total"] == 0
+        assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split() == \
+            queued_before
+    finally:
+        stop_service(service, url)
+
+
+def test_a_request_for_slurm_while_slurm_does_not_answer_is_503(tmp_path):
+    service, url = run_service(tmp_path, env={"PATH": "/nonexistent"}, **ON_SLURM)  # no sbatch
+    try:
+        refused = httpx.post(f"{url}/v1/streams", json={"spec": {"source": {"type": "simulated"}}}, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["detail"].startswith("resources: Slurm does not answer (sbatch --test-only: ")
+        assert httpx.get(f"{url}/v1/streams", timeout=30).json()["total"] == 0
     finally:
         stop_service(service, url)

@@ -27,6 +27,7 @@ from beamstream.errors import SpecError
 from beamstream.service.catalogue import Catalogue, Run, RunNotFound
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
 from beamstream.service.dispatcher import VerdictBody, end_with_verdict, with_stream_sink
+from beamstream.service.executors import CannotRun
 from beamstream.service.events import change_events
 from beamstream.service.figures import LiveFigures
 from beamstream.service.relay import add_relay
@@ -168,9 +169,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         return {"status": "ok"}
 
     @app.post("/v1/streams", status_code=201, response_model=StreamView, tags=["streams"],
-              responses={422: {"model": Problem}})
+              responses={404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
     def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
-        """Ask for a stream: it is queued at once and started when the limits allow."""
+        """Ask for a stream: it is queued at once and started when the limits allow. One its executor could not
+        run is refused before anything is made: 422 if it asks for more than the executor gives (Slurm would
+        refuse its nodes, tasks or time), 503 if the executor does not answer (Slurm is down)."""
         requested = dict(request.spec)
         source = requested.get("source") if isinstance(requested.get("source"), dict) else {}
         reads_files = source.get("type") in (None, "psana2", "hdf5") and "files" not in source
@@ -184,6 +187,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         if executor not in app.state.executors:
             raise HTTPException(422, f"resources.executor: {executor!r} is not available on this service; "
                                      f"it runs jobs with: {', '.join(sorted(app.state.executors))}")
+        if app.state.dispatcher is not None:
+            try:
+                app.state.dispatcher.admit(request.resources.model_dump(mode="json"))
+            except CannotRun as exc:
+                raise HTTPException(503 if exc.unavailable else 422, f"resources: {exc}") from None
         record = store.create(owner=owner, spec=requested, resources=request.resources.model_dump(mode="json"),
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
         _wake(app)

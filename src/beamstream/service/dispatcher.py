@@ -12,9 +12,12 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
    - once the buffer listens (its callback made the stream ``running``): submit the producers
      job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
-     ``--workers N`` local processes, or, with an executor that launches ranks (Slurm), N ranks
-     (``srun``) on the request's nodes, each ``--rank-from-env``;
-   - the buffer job ended without a verdict → producers stopped, ``failed``;
+     ``--workers N`` local processes (one worker: ``--rank 0``, in the job's own process), or, with
+     an executor that launches ranks (Slurm), N ranks (``srun``) on the request's nodes, each
+     ``--rank-from-env``;
+   - the buffer job ended: if its verdict is in its folder (:data:`VERDICT_FILE`, written before it
+     calls back) the stream ends as the verdict says, as if the callback had come; if not →
+     producers stopped, ``failed`` (a buffer told to stop gets :data:`VERDICT_GRACE_S` first);
    - the producers ended and every group has acknowledged everything (read from the buffer's
      metrics), or ``drain_grace_s`` passed → the buffer is asked to stop; it sends the verdict,
      which makes the stream ``completed``, or ``failed`` with :func:`verdict_reason`: the missing
@@ -48,7 +51,7 @@ from pydantic import BaseModel, Field
 from beamstream.accounting import format_ranges
 from beamstream.modes import make_dirs
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
-from beamstream.service.executors import Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
+from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
@@ -56,6 +59,7 @@ from beamstream.service.store import Job, JobStore, StreamRecord
 logger = logging.getLogger(__name__)
 BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
 MAX_VERDICT_BYTES = 1 << 20
+VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its verdict, though it seems ended
 LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's history
 
 
@@ -85,6 +89,18 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name="beamstream-dispatcher", daemon=True)
         self._thread.start()
         return self
+
+    def admit(self, resources: dict[str, Any]) -> None:
+        """Raise :class:`~beamstream.service.executors.CannotRun` if a stream asking for ``resources`` could not
+        run on its executor (asked when it is requested: nothing is submitted, nothing is left behind)."""
+        executor = self.executors[resources.get("executor") or self.settings.executor]
+        workers = int(resources.get("workers") or 1)
+        if not executor.launches_ranks and workers > self.settings.max_local_workers:
+            raise CannotRun(f"workers: {workers} is more than this service runs as local processes for one stream "
+                            f"({self.settings.max_local_workers}); ask for fewer")
+        ranks = workers if executor.launches_ranks else None
+        executor.check(JobRequest("producers", [], self.settings.state_dir, ranks=ranks,
+                                  nodes=int(resources.get("nodes") or 1), time_limit_s=resources.get("time_limit_s")))
 
     def wake(self) -> None:
         """Run the next round now (something changed that it may act on), not after the interval."""
@@ -174,12 +190,15 @@ class Dispatcher:
             return
         buffer_status = self._status(buffer)
         if buffer_status.state is not JobState.RUNNING:
-            self.stop_jobs(record.id)
             verdict = read_verdict(self.folder(record) / VERDICT_FILE)
             if verdict is not None and record.state is State.RUNNING:  # its callback did not arrive (yet)
+                self.stop_jobs(record.id)
                 with contextlib.suppress(TransitionError):  # unless it just did
                     end_with_verdict(self.store, record.id, verdict)
                 return
+            if buffer.stop_requested is not None and time.time() - buffer.stop_requested < VERDICT_GRACE_S:
+                return  # told to stop, it may be writing its verdict still (Slurm says a job ended once told to)
+            self.stop_jobs(record.id)
             what = "before it listened" if record.state is State.STARTING else "without a verdict"
             ended = outcome(buffer_status.state, buffer_status.exit_code)
             self._fail(record, f"the buffer job ended {what} ({ended}){log_tail(buffer)}")

@@ -22,6 +22,7 @@ job with ranks: its caller runs the workers itself instead.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -73,9 +74,22 @@ class JobRequest:
         return self.directory / f"{self.name}.exit"
 
 
+class CannotRun(Exception):
+    """A job that cannot run here: ``unavailable`` if the executor does not answer (try again later), else the
+    request asks for what the executor will never give (ask for less)."""
+
+    def __init__(self, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
 class Executor(Protocol):
     name: str
     launches_ranks: bool  # whether it takes a JobRequest with ranks (else the job runs its workers itself)
+
+    def check(self, job: JobRequest) -> None:
+        """Raise :class:`CannotRun` if ``job`` could not run here; nothing is submitted."""
+        ...
 
     def submit(self, job: JobRequest) -> str:
         """Start ``job``; its native id."""
@@ -95,6 +109,9 @@ class LocalExecutor:
 
     name = "local"
     launches_ranks = False
+
+    def check(self, job: JobRequest) -> None:
+        """Any job runs here (the service's settings bound how many workers a stream may ask for)."""
 
     def submit(self, job: JobRequest) -> str:
         job.directory.mkdir(parents=True, exist_ok=True)
@@ -128,6 +145,7 @@ class SlurmExecutor:
     name = "slurm"
     launches_ranks = True
     FOREVER_S = 365 * 86400  # PSI/J's default walltime is 10 minutes: a job without a limit gets this
+    ANSWER_WITHIN_S = 10.0  # for sbatch --test-only
 
     def __init__(self, work_directory: Path, polling_s: float = 1.0) -> None:
         import psij
@@ -140,15 +158,36 @@ class SlurmExecutor:
             keep_files=True))
         self.jobs: dict[str, object] = {}  # native id → PSI/J job, submitted or attached by this service
 
+    def check(self, job: JobRequest) -> None:
+        """Ask ``sbatch --test-only`` whether Slurm would take a job of ``job``'s nodes, tasks and time limit
+        (a request the partition can never meet is refused there, with ``EnforcePartLimits``)."""
+        try:
+            self._resources(job)
+        except OSError as exc:
+            raise CannotRun(str(exc)) from None
+        minutes = math.ceil((job.time_limit_s or self.FOREVER_S) / 60)
+        argv = ["sbatch", "--test-only", f"--nodes={job.nodes if job.ranks else 1}", f"--ntasks={job.ranks or 1}",
+                f"--time={minutes}", "--wrap=true"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.ANSWER_WITHIN_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CannotRun(f"Slurm does not answer (sbatch --test-only: {exc})", unavailable=True) from None
+        if done.returncode != 0:
+            words = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
+            unreachable = any(sign in words for sign in ("Unable to contact", "Socket timed out", "Connection refused"))
+            raise CannotRun(f"Slurm would not take the job: {words}", unavailable=unreachable)
+
+    def _resources(self, job: JobRequest) -> object:
+        try:
+            return self.psij.ResourceSpecV1(node_count=job.nodes if job.ranks else 1, process_count=job.ranks or 1)
+        except self.psij.InvalidJobException as exc:  # e.g. ranks not a multiple of nodes
+            raise OSError(f"the job cannot be laid out: {exc}") from None
+
     def submit(self, job: JobRequest) -> str:
         from datetime import timedelta
 
         job.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            resources = self.psij.ResourceSpecV1(node_count=job.nodes if job.ranks else 1,
-                                                 process_count=job.ranks or 1)
-        except self.psij.InvalidJobException as exc:  # e.g. ranks not a multiple of nodes
-            raise OSError(f"the job cannot be laid out: {exc}") from None
+        resources = self._resources(job)
         spec = self.psij.JobSpec(
             executable=job.argv[0], arguments=job.argv[1:], directory=job.directory, name=job.name,
             stdout_path=job.output, stderr_path=job.directory / f"{job.name}.err", environment=job.environment,

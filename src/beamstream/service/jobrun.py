@@ -4,7 +4,8 @@ The command runs as a child; its exit code (or 128 + the signal that ended it) i
 ``EXIT_FILE`` atomically when it ends, so whoever watches the job — also a service restarted
 meanwhile — knows its outcome. SIGTERM and SIGINT are passed on to the child (one arriving
 before the child has started stops it as soon as it has); a ``LIMIT_S`` above 0 is a
-wall-clock limit (SIGTERM, then SIGKILL 10 s later), as a batch system's would be. Only the
+wall-clock limit (SIGTERM). A child that has not ended :data:`KILL_AFTER_S` seconds after it was
+told to stop either way is killed (SIGKILL), as Slurm does after its ``KillWait``. Only the
 standard library is imported, and it runs as a script (not ``-m``, which would import the
 beamstream package first), so its signal handlers are in place within milliseconds.
 """
@@ -15,26 +16,36 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
-KILL_AFTER_S = 10.0
+KILL_AFTER_S = 30.0  # Slurm's default KillWait
+POLL_S = 0.2
 received: list[int] = []
+stopped_at: list[float] = []  # when the child was first told to stop
 child: subprocess.Popen | None = None
 
 
 def _pass_on(signum: int, _frame: object) -> None:
     received.append(signum)
+    stopped_at.append(time.monotonic())
     if child is not None:
         child.send_signal(signum)
 
 
 def _wait(process: subprocess.Popen, limit: float) -> int:
-    try:
-        return process.wait(timeout=limit or None)
-    except subprocess.TimeoutExpired:
-        process.terminate()
+    """The child's exit code, once it ended: told to stop (SIGTERM) after ``limit`` seconds (0: never), killed
+    :data:`KILL_AFTER_S` after it was first told to stop."""
+    started = time.monotonic()
+    while True:
         try:
-            return process.wait(timeout=KILL_AFTER_S)
+            return process.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if limit and now - started > limit and not stopped_at:
+            stopped_at.append(now)
+            process.terminate()
+        if stopped_at and now - stopped_at[0] > KILL_AFTER_S:
             process.kill()
             return process.wait()
 

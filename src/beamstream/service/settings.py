@@ -37,6 +37,8 @@ class ServiceSettings(BaseSettings):
                                                        "requests may name (slurm needs psij-python and a cluster)")
     max_streams: int = Field(16, ge=1, description="streams starting or running at once, in total; more wait queued")
     max_streams_per_user: int = Field(4, ge=1, description="streams starting or running at once, per user")
+    max_local_workers: int = Field(64, ge=1, description="producer workers a stream may ask for on the local "
+                                   "executor (each is a process on the service's machine)")
     default_owner: str = Field("local", min_length=1, max_length=256,
                                description="whom requests are made for until authentication is configured")
     state_dir: Path = Field(Path("beamstream-service"), description="where each stream's folder (specs, job logs, "
