@@ -8,20 +8,13 @@ consumer protocol over it (:class:`~beamstream.client.transports.group.GroupMemb
 Framing, both ways: one binary WebSocket message per ZeroMQ multipart message, laid out as the
 frame count (uint32, little-endian), each frame's length (uint64, little-endian), then the
 frames back to back (:func:`join_frames`, :func:`split_frames`).
-
-A relay message of :data:`LARGE_FRAME` bytes or more (one WebSocket frame: neither side
-fragments) is received with one copy instead of websockets' three (:class:`WholeFrameReader`).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
-
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.streams import StreamReader
-from websockets.sync.client import ClientConnection, connect
 
 from beamstream.client.transports.group import Carrier, GroupMember
 from beamstream.errors import TransportError, WireFormatError
@@ -31,7 +24,6 @@ COUNT = struct.Struct("<I")
 LENGTH_BYTES = 8
 OPEN_TIMEOUT_S = 10.0  # for the WebSocket's opening handshake
 CONTROL_SLACK = 16  # messages beyond its credit a member may be sent unasked (describe, end, error, rejoin)
-LARGE_FRAME = 1 << 16  # WebSocket frames this long or longer are read as received chunks, joined once
 
 
 def join_frames(frames: Sequence[Any]) -> bytes:
@@ -65,62 +57,6 @@ def split_frames(message: bytes) -> list[memoryview]:
     return frames
 
 
-class WholeFrameReader(StreamReader):
-    """websockets' stream reader, but a frame of :data:`LARGE_FRAME` bytes or more is read with one copy.
-
-    websockets appends each received chunk to one growing ``bytearray`` (a copy, and more while
-    it grows), slices the frame out of it (a copy) and joins the frame into ``bytes`` for
-    ``recv`` (a copy). Here the chunks of a large frame are kept as received and joined once,
-    into the ``bytes`` that ``recv`` then returns as they are; bytes past the frame go back to
-    the buffer. That took the reader's CPU time per relayed 2 MiB message from about 1.7 ms to
-    1.2 ms (docs/relay.md). The chunks held never exceed the frame's length (which websockets
-    has checked against ``max_size`` before reading it) and one chunk.
-    """
-
-    chunks: list[bytes] | None = None  # while a large frame is read: what was received of it, in order
-    held = 0  # bytes in ``chunks``
-
-    def feed_data(self, data: bytes | bytearray) -> None:
-        if self.chunks is None:
-            super().feed_data(data)
-            return
-        if self.eof:
-            raise EOFError("stream ended")
-        self.chunks.append(data)
-        self.held += len(data)
-
-    def read_exact(self, n: int) -> Generator[None, None, bytes | bytearray]:
-        if n < LARGE_FRAME or len(self.buffer) >= n:
-            return (yield from super().read_exact(n))
-        chunks = self.chunks = [bytes(self.buffer)]
-        self.held = len(chunks[0])
-        del self.buffer[:]
-        try:
-            while self.held < n:
-                if self.eof:
-                    raise EOFError(f"stream ends after {self.held} bytes, expected {n} bytes")
-                yield
-        finally:  # also when websockets drops this read (the connection failed): later data goes to the buffer
-            self.chunks = None
-        last = memoryview(chunks.pop())
-        end = len(last) - (self.held - n)  # where the frame ends in the last chunk
-        self.buffer += last[end:]
-        return b"".join([*chunks, last[:end]])
-
-
-class RelayConnection(ClientConnection):
-    """websockets' client connection, reading with :class:`WholeFrameReader`.
-
-    The reader replaces websockets' own before the connection reads anything; should websockets
-    ever use another reader than the one this was written for, the connection keeps its own.
-    """
-
-    def __init__(self, socket: Any, protocol: Any, **options: Any) -> None:
-        if type(protocol.reader) is StreamReader:
-            protocol.reader.__class__ = WholeFrameReader
-        super().__init__(socket, protocol, **options)
-
-
 def relay_url(url: str) -> str:
     """The relay's WebSocket URL for stream URL ``http(s)://SERVICE/v1/streams/ID``."""
     scheme, rest = url.split("://", 1)
@@ -141,11 +77,14 @@ class WebSocketCarrier(Carrier):
     """
 
     def __init__(self, url: str, *, max_message: int, queue: int) -> None:
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
         address = relay_url(url)
         self.where = f"the service's relay at {address}"
         try:
             self.connection = connect(address, max_size=max_message, max_queue=queue, compression=None, legacy=True,
-                                      open_timeout=OPEN_TIMEOUT_S, create_connection=RelayConnection)
+                                      open_timeout=OPEN_TIMEOUT_S)
         except InvalidStatus as exc:
             raise TransportError(f"{address} answered HTTP {exc.response.status_code} instead of a WebSocket: is "
                                  f"{url} a stream of a beamstream service (http://SERVICE/v1/streams/ID)?") from None
@@ -153,12 +92,16 @@ class WebSocketCarrier(Carrier):
             raise TransportError(f"cannot connect to {address}: {exc}") from None
 
     def send(self, frame: bytes) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             self.connection.send(join_frames([frame]))
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
 
     def receive(self, wait_s: float) -> list[Any] | None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             message = self.connection.recv(timeout=wait_s)
         except TimeoutError:
