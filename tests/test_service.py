@@ -413,7 +413,9 @@ def test_eight_requests_at_once_all_complete_within_the_limits(tmp_path):
 
 
 @pytest.mark.psana
-def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp_path, xtc):
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.skipif(
+    not slurm_answers(), reason="no Slurm answers here (bash scripts/slurm.sh up, as root)"))])
+def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp_path, xtc, executor):
     root = tmp_path / "lcls"
     folder = root / "xpp" / "xpptut15" / "xtc"
     folder.mkdir(parents=True)
@@ -423,7 +425,8 @@ def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp
     with h5py.File(hdf5 / "frames.h5", "w") as h5:
         h5["entry_1/data_1/data"] = np.zeros((4, 2, 2), dtype="<u2")
     pattern = str(tmp_path / "hdf5" / "{experiment}" / "r{run:04d}" / "*.h5")
-    service, url = run_service(tmp_path, xtc_root=str(root), hdf5_pattern=pattern, drain_grace_s="1")
+    service, url = run_service(tmp_path, xtc_root=str(root), hdf5_pattern=pattern, drain_grace_s="1",
+                               executor=executor, executors=f'["{executor}"]')
     try:
         runs = httpx.get(f"{url}/v1/experiments/xpptut15/runs", timeout=30).json()
         assert runs["runs"] == [{"run": 14, "source": "psana2", "files": [str(folder / "xpptut15-r0014-s000-c000.xtc2")]}]
