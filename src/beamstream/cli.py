@@ -18,6 +18,7 @@ import typer
 
 from beamstream.display import console
 from beamstream.errors import BeamstreamError
+from beamstream.security.cli import ca_app
 from beamstream.service.states import State
 
 from beamstream.buffer.config import BufferConfig
@@ -34,6 +35,7 @@ app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", 
                   pretty_exceptions_enable=False, add_completion=False)
 spec_app = typer.Typer(help="Check stream specs and show their schema.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+app.add_typer(ca_app, name="ca")
 
 
 class LogLevel(str, Enum):

@@ -12,6 +12,8 @@
     ├── TransportError (ConnectionError)  a socket could not be bound, connected or used
     │   └── StreamTimeout (TimeoutError)  nothing arrived (or could be sent) within the timeout
     ├── StreamIncomplete                  a stream ended, or went silent, with events missing
+    ├── AuthorityError (ValueError)       the certificate authority (``beamstream ca``) refused: its directory
+    │                                     or a key is missing or unsafe, a name, serial or validity is wrong
     └── ServiceError                      the request service refused a request (its status and words),
         │                                 or could not be reached
         └── StreamEnded                   a requested stream ended before it ran (failed or cancelled)
@@ -92,3 +94,8 @@ class ServiceError(BeamstreamError):
 
 class StreamEnded(ServiceError):
     """A requested stream ended (failed or cancelled) before it ran; the message gives the reason."""
+
+
+class AuthorityError(BeamstreamError, ValueError):
+    """The certificate authority cannot do what was asked; the message names the file, name or value and what
+    to do instead (e.g. the ``chmod`` that makes a directory safe)."""
