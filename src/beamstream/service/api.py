@@ -4,6 +4,11 @@
 Every request body is bounded (:data:`MAX_BODY_BYTES`) before it is parsed; a stream spec is
 validated exactly as ``beamstream spec check`` does, and refused with 422 naming each problem at
 its location. An unknown stream id is 404.
+
+Who is asking is said in one place, :func:`identity`; what they may do is decided by the service's
+:class:`~beamstream.service.policy.Authorizer`: a request for data the caller may not read is 403
+naming the experiment, and someone else's stream (unless the caller is an admin) is 404 on every
+route, exactly as an unknown id, so its existence is not revealed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
@@ -30,6 +36,7 @@ from beamstream.service.dispatcher import VerdictBody, end_with_verdict, with_st
 from beamstream.service.executors import CannotRun
 from beamstream.service.events import change_events
 from beamstream.service.figures import LiveFigures
+from beamstream.service.policy import Authorizer
 from beamstream.service.relay import add_relay
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
@@ -37,6 +44,7 @@ from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.spec import parse_spec
 
 logger = logging.getLogger(__name__)
+IDENTITY_KEY = "beamstream.identity"  # the ASGI scope key an authentication layer puts the verified identity in
 MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
 MAX_LOG_BYTES = 16 << 20  # of each job's output, in one answer
 MAX_EVENT_STREAMS = 256  # Server-Sent Event streams open at once
@@ -133,9 +141,15 @@ class Callback(BaseModel):
     body: Annotated[Listening | Ended, Field(discriminator="event")]
 
 
-def identity(request: Request) -> str:
-    """Who is asking (until authentication is configured: the service's ``default_owner``)."""
-    return request.app.state.settings.default_owner
+def identity(connection: HTTPConnection) -> str:
+    """Who is asking, on an HTTP request or a WebSocket: the single place that says so.
+
+    An authentication layer (an ASGI middleware that verifies the TLS peer certificate or a
+    token) puts the identity it verified in the ASGI scope under :data:`IDENTITY_KEY`; nothing a
+    client sends (a header, a body, a query) can set it. Without such a layer, the first-run
+    default, every request is made for the settings' ``default_owner``.
+    """
+    return connection.scope.get(IDENTITY_KEY) or connection.app.state.settings.default_owner
 
 
 Owner = Annotated[str, Depends(identity)]
@@ -153,7 +167,9 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     live = LiveFigures()
     event_streams = EventStreamLimit(MAX_EVENT_STREAMS)
     catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern)
+    authorizer = Authorizer(settings.policy_file)
     app.state.settings = settings
+    app.state.authorizer = authorizer
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StreamCollector(store))
@@ -169,15 +185,23 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         return {"status": "ok"}
 
     @app.post("/v1/streams", status_code=201, response_model=StreamView, tags=["streams"],
-              responses={404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
+              responses={403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
+                         503: {"model": Problem}})
     def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
         """Ask for a stream: it is queued at once and started when the limits allow. One its executor could not
         run is refused before anything is made: 422 if it asks for more than the executor gives (Slurm would
-        refuse its nodes, tasks or time), 503 if the executor does not answer (Slurm is down)."""
+        refuse its nodes, tasks or time), 503 if the executor does not answer (Slurm is down). Under a policy, 403
+        for an experiment the caller may not read, and (but for admins) for data other than a catalogue run of
+        the request's experiment or a simulated source."""
         requested = dict(request.spec)
         source = requested.get("source") if isinstance(requested.get("source"), dict) else {}
         reads_files = source.get("type") in (None, "psana2", "hdf5") and "files" not in source
-        if request.experiment is not None and request.run is not None and reads_files:
+        from_catalogue = request.experiment is not None and request.run is not None and reads_files
+        decision = authorizer.may_request(owner, request.experiment,
+                                          own_data=source.get("type") != "simulated" and not from_catalogue)
+        if not decision.allowed:
+            raise HTTPException(403, decision.told)
+        if from_catalogue:
             requested = with_run_files(requested, _found(catalogue, request.experiment, request.run))
         try:  # the service adds the stream sink to the stream's buffer: a request need not name one
             spec = parse_spec(with_stream_sink(requested), origin="spec")
@@ -198,8 +222,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         return StreamView.of(record)
 
     @app.get("/v1/experiments/{experiment}/runs", tags=["runs"], responses={404: {"model": Problem}})
-    def experiment_runs(experiment: str) -> dict[str, Any]:
-        """The runs of an experiment that the catalogue finds, with their files."""
+    def experiment_runs(experiment: str, caller: Owner) -> dict[str, Any]:
+        """The runs of an experiment that the catalogue finds, with their files (404 for an experiment the caller
+        may not read, as for one the catalogue does not know)."""
+        if not authorizer.may_read_experiment(caller, experiment).allowed:
+            raise HTTPException(404, f"no experiment {experiment!r} you may read")
         try:
             runs = catalogue.runs(experiment)
         except RunNotFound as exc:
@@ -208,21 +235,26 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                 "runs": [{"run": run.run, "source": run.source, "files": run.files} for run in runs]}
 
     @app.get("/v1/streams", response_model=StreamPage, tags=["streams"])
-    def list_streams(state: State | None = None, experiment: str | None = None, owner: str | None = None,
-                     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    def list_streams(caller: Owner, state: State | None = None, experiment: str | None = None,
+                     owner: str | None = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
                      offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> StreamPage:
-        """Streams, newest first, filtered by state, experiment and owner."""
+        """The caller's streams (an admin's: everyone's), newest first, filtered by state, experiment and owner
+        (another owner's: none, but for admins)."""
         limit = limit or settings.page_size
+        if not authorizer.may_list(caller, owner).allowed:
+            return StreamPage(items=[], total=0, limit=limit, offset=offset)
+        if owner is None and not authorizer.is_admin(caller):
+            owner = caller
         records, total = store.list(state=state, experiment=experiment, owner=owner, limit=limit, offset=offset)
         return StreamPage(items=[StreamView.of(record) for record in records], total=total, limit=limit,
                           offset=offset)
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamView, tags=["streams"],
              responses={404: {"model": Problem}})
-    def show_stream(stream_id: str) -> StreamView:
+    def show_stream(stream_id: str, caller: Owner) -> StreamView:
         """One stream: its state, the history of its state changes, where to read it, its live figures while it
         runs (from its buffer), its verdict once it ended."""
-        record = _find(store, stream_id)
+        record = visible(stream_id, caller, "see")
         view = StreamView.of(record)
         metrics = (record.endpoints or {}).get("metrics")
         if record.state is State.RUNNING and metrics:
@@ -234,11 +266,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     @app.get("/v1/streams/{stream_id}/events", tags=["streams"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem},
                         503: {"model": Problem}})
-    def stream_events(stream_id: str, after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
+    def stream_events(stream_id: str, caller: Owner, after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
                       last_event_id: Annotated[int | None, Header(ge=-1, le=10**6)] = None) -> StreamingResponse:
         """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.events`): those already
         made, then each as it happens, until a final one; after the ``after``-th (or ``Last-Event-ID``) only."""
-        _find(store, stream_id)
+        visible(stream_id, caller, "follow the events of")
         start = last_event_id if last_event_id is not None else after
         return StreamingResponse(event_streams.guard(change_events(store, stream_id, start, _public_view)),
                                  media_type="text/event-stream",
@@ -246,9 +278,10 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
 
     @app.get("/v1/streams/{stream_id}/logs", response_class=PlainTextResponse, tags=["streams"],
              responses={404: {"model": Problem}})
-    def stream_logs(stream_id: str, tail: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 65536) -> str:
+    def stream_logs(stream_id: str, caller: Owner,
+                    tail: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 65536) -> str:
         """The output of the stream's jobs (the last ``tail`` bytes of each), buffer first."""
-        record = _find(store, stream_id)
+        record = visible(stream_id, caller, "read the logs of")
         parts = []
         for job in store.jobs(record.id).values():
             for path in sorted(Path(job.directory).glob(f"{job.role}.*")):
@@ -262,7 +295,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                 responses={404: {"model": Problem}, 409: {"model": Problem}})
     def cancel_stream(stream_id: str, owner: Owner) -> StreamView:
         """Cancel a stream that has not ended; 409 for one that has."""
-        record = _find(store, stream_id)
+        record = visible(stream_id, owner, "cancel")
         if record.state.final:
             raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})")
         if app.state.dispatcher is not None:
@@ -298,7 +331,14 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             raise HTTPException(409, str(exc)) from None
         _wake(app)
 
-    add_relay(app)
+    def visible(stream_id: str, caller: str, action: str) -> StreamRecord:
+        """The stream if ``caller`` may see it; 404 alike for an unknown stream and for someone else's."""
+        try:
+            return authorizer.visible_stream(store, stream_id, caller, action=action)
+        except StreamNotFound:
+            raise _unknown(stream_id) from None
+
+    add_relay(app, identity)
     return app
 
 
@@ -335,7 +375,11 @@ def _find(store: JobStore, stream_id: str) -> StreamRecord:
     try:
         return store.get(stream_id)
     except StreamNotFound:
-        raise HTTPException(404, f"no stream {stream_id!r}") from None
+        raise _unknown(stream_id) from None
+
+
+def _unknown(stream_id: str) -> HTTPException:
+    return HTTPException(404, f"no stream {stream_id!r}")
 
 
 class StreamCollector(Collector):

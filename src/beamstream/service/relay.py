@@ -12,6 +12,8 @@ for any consumer. Each WebSocket message is one ZeroMQ multipart message
   only says hello, again each second; the relay keeps reading, so the WebSocket stays alive).
 - The buffer's liveness pings are not passed on: the WebSocket has a keepalive of its own, and a
   reader that is slow to read should not find its queue filled with them.
+- Only who may see the stream (its owner, an admin: :mod:`beamstream.service.policy`) is relayed
+  it; for anyone else it is an unknown stream.
 - The WebSocket is closed with a reason the reader shows: 4404 for an unknown stream, 4410 for
   one that has ended (or ends while waited for, or whose buffer has gone silent after its end),
   1013 for one that did not start running in time, 1003 for a text message, 1007 for a message
@@ -28,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from beamstream.buffer.allocator import release_freed_buffers, trim_freed_buffers
@@ -63,8 +66,9 @@ class RelayClosed(Exception):
         self.reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
-def add_relay(app: FastAPI) -> None:
-    """Serve ``/v1/streams/{stream_id}/relay`` on ``app`` (over ``app.state.store``).
+def add_relay(app: FastAPI, identity: Callable[..., str]) -> None:
+    """Serve ``/v1/streams/{stream_id}/relay`` on ``app`` (over ``app.state.store``) to those ``identity`` (the
+    service's dependency that says who is asking) names and ``app.state.authorizer`` lets see the stream.
 
     Also makes glibc, for the whole process, reuse freed message-sized memory instead of mapping
     fresh pages for each message (as ``beamstream buffer`` does, :mod:`beamstream.buffer.allocator`):
@@ -74,13 +78,24 @@ def add_relay(app: FastAPI) -> None:
     release_freed_buffers()
     app.state.relay_context = zmq.asyncio.Context()
     app.state.relays = 0
-    app.add_api_websocket_route("/v1/streams/{stream_id}/relay", relay, name="relay")
+
+    async def endpoint(websocket: WebSocket, stream_id: str, caller: str = Depends(identity)) -> None:
+        await relay(websocket, stream_id, caller)
+
+    app.add_api_websocket_route("/v1/streams/{stream_id}/relay", endpoint, name="relay")
 
 
-async def relay(websocket: WebSocket, stream_id: str) -> None:
-    """Pipe a reader's WebSocket to the stream's buffer until either side goes away."""
+async def relay(websocket: WebSocket, stream_id: str, caller: str) -> None:
+    """Pipe a reader's WebSocket to the stream's buffer until either side goes away, if ``caller`` may see the
+    stream (closed as for an unknown stream if not)."""
     state = websocket.app.state
     await websocket.accept()
+    try:
+        await asyncio.to_thread(state.authorizer.visible_stream, state.store, stream_id, caller, action="relay")
+    except StreamNotFound:
+        closed = _unknown(stream_id)
+        await _close(websocket, closed.code, closed.reason)
+        return
     if state.relays >= MAX_RELAYS:
         await _close(websocket, 1013, f"this service relays {MAX_RELAYS} readers already; try again later")
         return
@@ -139,7 +154,7 @@ async def _consumer_endpoint(store: JobStore, stream_id: str) -> str:
         try:
             record = await asyncio.to_thread(store.get, stream_id)
         except StreamNotFound:
-            raise RelayClosed(4404, f"no stream {stream_id!r} on this service") from None
+            raise _unknown(stream_id) from None
         if record.state.final:
             raise RelayClosed(4410, f"stream {record.id} has ended ({record.state.value})")
         if record.state is State.RUNNING and record.endpoints:
@@ -148,6 +163,10 @@ async def _consumer_endpoint(store: JobStore, stream_id: str) -> str:
             raise RelayClosed(1013, f"stream {record.id} did not start running within {WAIT_FOR_RUNNING_S:g} s "
                                     f"(it is {record.state.value})")
         await asyncio.sleep(CHECK_EVERY_S)
+
+
+def _unknown(stream_id: str) -> RelayClosed:
+    return RelayClosed(4404, f"no stream {stream_id!r} on this service")
 
 
 def _connect(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:

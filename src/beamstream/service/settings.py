@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
                                   "<xtc_root>/<instrument>/<experiment>/xtc/<experiment>-r<run:04d>-s*-c*.xtc2")
     hdf5_pattern: str | None = Field(None, description="the catalogue's HDF5 runs: a glob with {experiment} and "
                                      "{run}, e.g. /data/{experiment}/raw/r{run:04d}/*.h5")
+    policy_file: Path | None = Field(None, description="the authorization policy (YAML: admins, and the "
+                                     "experiments each identity may read; docs/security.md), read again when it "
+                                     "changes. Default: none, everyone may request any experiment and do "
+                                     "everything with their own streams")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
 
     @field_validator("public_url")
