@@ -23,7 +23,7 @@ def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None
     lines = []
     while (line := process.stderr.readline()):
         lines.append(line)
-        if (found := re.search(r"service: (http://\S+)", line)):
+        if (found := re.search(r"service: (https?://\S+)", line)):
             return process, found.group(1)
     process.kill()
     raise AssertionError("the service did not start:\n" + "".join(lines))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from beamstream.buffer.base import Buffer
     from beamstream.client import Client
     from beamstream.remote import Change, Service, Stream
+    from beamstream.service.settings import ServiceSettings
     from beamstream.saving import MessageSaver
 
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
@@ -294,11 +295,22 @@ ServiceURL = Annotated[Optional[str], typer.Option(
     help="the request service (default: $BEAMSTREAM_SERVICE, else http://127.0.0.1:8080)")]
 
 
-def connect(url: str | None) -> Service:
-    """The request service at ``url`` (None: the default)."""
+CertFile = Annotated[Optional[Path], typer.Option(
+    "--cert", envvar="BEAMSTREAM_CERT", show_envvar=False, metavar="FILE",
+    help="your certificate (PEM), for a service with mutual TLS (default: $BEAMSTREAM_CERT)")]
+KeyFile = Annotated[Optional[Path], typer.Option(
+    "--key", envvar="BEAMSTREAM_KEY", show_envvar=False, metavar="FILE",
+    help="the key of --cert (PEM; default: $BEAMSTREAM_KEY)")]
+CAFile = Annotated[Optional[Path], typer.Option(
+    "--ca", envvar="BEAMSTREAM_CA", show_envvar=False, metavar="FILE",
+    help="the CA certificate that verifies the service (default: $BEAMSTREAM_CA, else the system's)")]
+
+
+def connect(url: str | None, cert: Path | None = None, key: Path | None = None, ca: Path | None = None) -> Service:
+    """The request service at ``url`` (None: the default), with the TLS files given (an https:// service)."""
     from beamstream.remote import DEFAULT_URL, Service
 
-    return Service(url or DEFAULT_URL)
+    return Service(url or DEFAULT_URL, cert=cert, key=key, ca=ca)
 
 
 @app.command()
@@ -306,6 +318,9 @@ def request(
     spec_file: Annotated[Optional[Path], typer.Argument(
         help="stream spec (YAML or JSON); may be left out with --experiment and --run", metavar="SPEC")] = None,
     service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
     experiment: Annotated[Optional[str], typer.Option(help="stream a run of this experiment (with --run)")] = None,
     run: Annotated[Optional[int], typer.Option(
         min=0, help="the run (with --experiment): the service finds its files")] = None,
@@ -328,7 +343,7 @@ def request(
     if (experiment is None) != (run is None):
         fail("--experiment and --run go together", code=2)
     resources = {key: value for key, value in (("workers", workers), ("executor", executor)) if value is not None}
-    with connect(service_url) as service:
+    with connect(service_url, cert, key, ca) as service:
         stream = service.request(spec_file, resources=resources or None, experiment=experiment, run=run, name=name)
         console.print(f"stream {stream.id} requested from {service.url}", highlight=False)
         run_cancellable(stream, lambda: follow_and_read(stream, group, relay, timeout))
@@ -419,6 +434,9 @@ app.add_typer(streams_app, name="streams")
 @streams_app.command("list")
 def streams_list(
     service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
     state: Annotated[Optional[State], typer.Option(case_sensitive=False, help="only streams in this state")] = None,
     experiment: Annotated[Optional[str], typer.Option(help="only streams of this experiment")] = None,
     owner: Annotated[Optional[str], typer.Option(help="only streams of this owner")] = None,
@@ -429,7 +447,7 @@ def streams_list(
     from rich.console import Console
     from rich.table import Table
 
-    with connect(service_url) as service:
+    with connect(service_url, cert, key, ca) as service:
         streams = service.streams(state=state, experiment=experiment, owner=owner, limit=limit)
         if as_json:
             print(json.dumps([stream.view for stream in streams], indent=2))
@@ -450,13 +468,16 @@ def streams_list(
 def streams_show(
     stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
     service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the stream as JSON on standard output")] = False,
 ) -> None:
     """One stream: its state, the history of its state changes, where to read it, its verdict."""
     from rich.console import Console
     from rich.table import Table
 
-    with connect(service_url) as service:
+    with connect(service_url, cert, key, ca) as service:
         view = service.stream(stream_id).view
     if as_json:
         print(json.dumps(view, indent=2))
@@ -481,9 +502,12 @@ def streams_show(
 def streams_cancel(
     stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
     service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
 ) -> None:
     """Cancel a stream that has not ended (its jobs are stopped); exit 1 if it has."""
-    with connect(service_url) as service:
+    with connect(service_url, cert, key, ca) as service:
         stream = service.stream(stream_id).cancel()
     console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
 
@@ -492,11 +516,14 @@ def streams_cancel(
 def streams_logs(
     stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
     service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
     tail: Annotated[Optional[int], typer.Option(min=1, help="bytes from the end of each job's output "
                                                             "(default: the service's)")] = None,
 ) -> None:
     """The output of the stream's jobs (buffer first), on standard output."""
-    with connect(service_url) as service:
+    with connect(service_url, cert, key, ca) as service:
         print(service.stream(stream_id).logs(tail), end="")
 
 
@@ -673,15 +700,17 @@ def service(
         fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
     from beamstream.service.dispatcher import Dispatcher
 
+    tls_options = _service_tls(settings)
     application = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning",
-                                           ws_max_size=MAX_CLIENT_MESSAGE, ws_per_message_deflate=False))
+                                           ws_max_size=MAX_CLIENT_MESSAGE, ws_per_message_deflate=False,
+                                           **tls_options))
     original_startup = server.startup
 
     async def startup(sockets=None) -> None:  # once bound (port 0 included): run the jobs, say where it listens
         await original_startup(sockets)
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (settings.host, settings.port)
-        url = f"http://{bound[0]}:{bound[1]}"
+        url = f"{'https' if settings.tls else 'http'}://{bound[0]}:{bound[1]}"
         public = settings.public_url or url  # where jobs call back
         application.state.dispatcher = Dispatcher(application.state.store, settings, public).start()
         reached = f"; jobs call back to {public}" if public != url else ""
@@ -694,6 +723,34 @@ def service(
     finally:
         if application.state.dispatcher is not None:
             application.state.dispatcher.close()
+
+
+def _service_tls(settings: ServiceSettings) -> dict[str, object]:
+    """The uvicorn options that serve ``settings``' mutual TLS (none without it: then a loud warning if the
+    service is bound beyond this machine); exits with the reason if a TLS file cannot be used."""
+    import ssl
+
+    from beamstream.service.tls import ServerTLS, client_certificate_usable, loopback, uvicorn_options
+
+    if not settings.tls:
+        if not loopback(settings.host):
+            warning = (f"the service listens on {settings.host} WITHOUT TLS: anyone who reaches it acts as "
+                       f"{settings.default_owner!r}; set tls_cert, tls_key, tls_ca and tls_crl (docs/security.md)")
+            logging.getLogger("beamstream.service").warning(warning)
+            console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
+        return {}
+    try:
+        tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_crl)
+    except (ssl.SSLError, OSError) as exc:
+        fail(f"cannot serve HTTPS: {exc}", code=2)
+    jobs_cert, _ = settings.jobs_certificate
+    if (why := client_certificate_usable(jobs_cert)) is not None:
+        fail(f"the service's jobs cannot call it back: {why}; give them a client certificate from the CA "
+             "(`beamstream ca issue DIR --user beamstream-jobs`) as tls_jobs_cert and tls_jobs_key", code=2)
+    if settings.tls_crl is None:
+        console.print("[bold yellow]warning:[/] tls_crl is not set: revoked certificates are accepted until they "
+                      "expire", highlight=False)
+    return uvicorn_options(tls)
 
 
 def main() -> None:

@@ -34,7 +34,8 @@ import httpx
 
 from beamstream.accounting import StreamReport
 from beamstream.client import Client, Event
-from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamTimeout
+from beamstream.client.transports.relay import client_tls_context
+from beamstream.errors import OptionError, ServiceError, SpecError, StreamEnded, StreamTimeout
 from beamstream.service.states import State
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -59,15 +60,28 @@ class Change:
 class Service:
     """A request service's REST API at ``url``; ``timeout`` bounds each request (seconds).
 
+    A service with mutual TLS (``https://``) takes ``cert`` and ``key``, the user's certificate and
+    key (PEM files), and ``ca``, the CA certificate that verifies the service (default: the system's
+    trusted CAs); the relay (:meth:`Stream.client` with ``relay``) uses them too. OptionError for
+    them with an ``http://`` URL, or a certificate without its key.
+
     ``transport`` replaces httpx's network transport (e.g. an ``httpx.MockTransport`` in tests).
     Use it as a context manager, or :meth:`close` it, to release its connections.
     """
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, cert: str | Path | None = None,
+                 key: str | Path | None = None, ca: str | Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self.tls: tuple | None = None
+        options: dict[str, Any] = {}
+        if (cert, key, ca) != (None, None, None):
+            if not self.url.startswith("https://"):
+                raise OptionError(f"cert, key and ca apply only to an https:// service, not {self.url}")
+            self.tls = (cert, key, ca)
+            options["verify"] = client_tls_context(self.tls)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, **options)
 
     def __enter__(self) -> Service:
         return self
@@ -202,6 +216,8 @@ class Stream:
         """
         client_options.setdefault("timeout", READ_TIMEOUT)
         if relay:
+            if self.service.tls is not None:
+                client_options.setdefault("tls", self.service.tls)
             return Client(f"{self.service.url}{stream_path(self.id)}", group=group, **client_options)
         if not (self.view.get("endpoints") or {}).get("consumers"):
             self.refresh()

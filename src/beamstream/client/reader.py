@@ -109,6 +109,10 @@ class Client:
             message a member has not acknowledged goes to another member (default 30; the local
             buffer instead notices a departed member within a second).
 
+    tls: ``(cert, key, ca)`` for an ``https://`` stream of a service with mutual TLS: the client
+        certificate and key (PEM; both or neither) and the CA certificate that verifies the service
+        (None: the system's). Only for ``https://``.
+
     max_message: the largest frame this client takes (default 1 GiB); a sender of a larger one
         is disconnected before it is allocated (a NATS server bounds its own messages).
 
@@ -123,12 +127,12 @@ class Client:
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
                  hwm: int | None = None, group: str | None = None, lossy: bool = False,
                  start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None) -> None:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise OptionError("Client needs an endpoint to read")
         transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
-                                    start=start, redeliver_after=redeliver_after, max_message=max_message)
+                                    start=start, redeliver_after=redeliver_after, max_message=max_message, tls=tls)
         self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream)
 
     @classmethod
@@ -253,12 +257,15 @@ class Client:
 
 
 def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int | None, group: str | None,
-                    lossy: bool, start: str | None, redeliver_after: float | None, max_message: int) -> Transport:
+                    lossy: bool, start: str | None, redeliver_after: float | None, max_message: int,
+                    tls: tuple | None = None) -> Transport:
     """The transport for these endpoints and options; OptionError for an option that does not apply to it."""
     def refuse(option: str, applies: str) -> None:
         raise OptionError(f"{option} applies only {applies}; it was given for {', '.join(endpoints)}"
                           + (f" with group={group!r}" if group else ""))
 
+    if tls is not None and not endpoints[0].startswith("https://"):
+        refuse("tls=(cert, key, ca)", "to https:// streams of a request service (read through its relay)")
     if endpoints[0].startswith("nats://"):
         if len(endpoints) > 1:
             refuse("a second endpoint", "to streams read from producers directly (a nats:// stream is one URL)")
@@ -288,7 +295,7 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
             from beamstream.client.transports.relay import RelayTransport
 
             return RelayTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message)
+                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, tls=tls)
         from beamstream.client.transports.group import GroupTransport
 
         return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",

@@ -20,7 +20,7 @@ from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocketException
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -147,9 +147,20 @@ def identity(connection: HTTPConnection) -> str:
     An authentication layer (an ASGI middleware that verifies the TLS peer certificate or a
     token) puts the identity it verified in the ASGI scope under :data:`IDENTITY_KEY`; nothing a
     client sends (a header, a body, a query) can set it. Without such a layer, the first-run
-    default, every request is made for the settings' ``default_owner``.
+    default, every request is made for the settings' ``default_owner``. With TLS on (``app.state.tls``,
+    set by :func:`create_app` from the settings: beamstream.service.tls puts the client certificate's
+    common name there) that default never applies: a connection without an identity is refused, 401
+    (a WebSocket: closed with code 4401).
     """
-    return connection.scope.get(IDENTITY_KEY) or connection.app.state.settings.default_owner
+    found = connection.scope.get(IDENTITY_KEY)
+    if found:
+        return found
+    if connection.app.state.tls:
+        why = "no identity: the client certificate names none (its subject common name)"
+        if connection.scope["type"] == "websocket":
+            raise WebSocketException(4401, why)
+        raise HTTPException(401, why)
+    return connection.app.state.settings.default_owner
 
 
 Owner = Annotated[str, Depends(identity)]
@@ -169,6 +180,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern)
     authorizer = Authorizer(settings.policy_file)
     app.state.settings = settings
+    app.state.tls = settings.tls  # identity() then refuses a request without a verified identity
     app.state.authorizer = authorizer
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     registry = CollectorRegistry(auto_describe=False)

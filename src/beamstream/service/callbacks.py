@@ -6,7 +6,9 @@ A job (the buffer) POSTs a JSON body to ``/v1/streams/{id}/callback`` with two h
 wrongly signed, more than :data:`MAX_SKEW_S` from its own clock, or seen before (a replay).
 
 The job learns where to call and the secret from a file the service writes for it, private to
-its owner (``{"url": ..., "secret": ...}``), never from its command line or environment. The job
+its owner (``{"url": ..., "secret": ...}``, and with mutual TLS ``"tls": {"ca", "cert", "key"}``: the
+files that verify the service and the client certificate to present), never from its command line or
+environment. The job
 reads the file again at every attempt: a service restarted at another address rewrites the files
 of its streams still starting or running, so a callback being retried reaches the new service.
 The buffer job also writes its verdict to :data:`VERDICT_FILE` beside the callback file before it
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -71,12 +74,27 @@ class Verifier:
             self.seen.popitem(last=False)
 
 
-def write_callback_file(path: Path, url: str, secret: str) -> None:
+def write_callback_file(path: Path, url: str, secret: str, tls: dict[str, str] | None = None) -> None:
     """Write the file a job reads to call back, whole or not at all (a job may be reading it): private to its
-    owner."""
+    owner. With a service on HTTPS (mutual TLS), ``tls`` says how the job connects: ``ca`` (the CA certificate
+    that verifies the service), ``cert`` and ``key`` (the client certificate the job presents)."""
     from beamstream.atomic import write_atomically
 
-    write_atomically(path, json.dumps({"url": url, "secret": secret}).encode())
+    target: dict[str, Any] = {"url": url, "secret": secret}
+    if tls is not None:
+        target["tls"] = tls
+    write_atomically(path, json.dumps(target).encode())
+
+
+def _tls_context(target: dict[str, Any]) -> ssl.SSLContext | None:
+    """The SSL context for calling back the service of callback file contents ``target`` (None: plain HTTP)."""
+    tls = target.get("tls")
+    if not tls:
+        return None
+    context = ssl.create_default_context(cafile=tls["ca"])
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls["cert"], tls["key"])
+    return context
 
 
 def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
@@ -95,7 +113,7 @@ def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
             "Content-Type": "application/json", TIMESTAMP: timestamp,
             SIGNATURE: signature(target["secret"], timestamp, body)})
         try:
-            with urllib.request.urlopen(request, timeout=10):
+            with urllib.request.urlopen(request, timeout=10, context=_tls_context(target)):
                 return True
         except urllib.error.HTTPError as exc:  # the service answered: it will not take it
             logger.warning("the service refused callback %s: %s %s", event.get("event"), exc.code, exc.read()[:200])

@@ -160,7 +160,9 @@ class Dispatcher:
     def _write_callback(self, record: StreamRecord) -> Path:
         """Write the stream's callback file (where its jobs call this service back, and the secret); its path."""
         path = self.folder(record) / "callback.json"
-        write_callback_file(path, f"{self.service_url}/v1/streams/{record.id}/callback", record.secret)
+        jobs = self.settings.jobs_certificate  # with mutual TLS: the CA that verifies the service, the jobs' cert
+        tls = None if jobs is None else {"ca": str(self.settings.tls_ca), "cert": str(jobs[0]), "key": str(jobs[1])}
+        write_callback_file(path, f"{self.service_url}/v1/streams/{record.id}/callback", record.secret, tls)
         return path
 
     def _submit(self, record: StreamRecord, role: str, argv: list[str], ranks: int | None = None,

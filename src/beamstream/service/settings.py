@@ -7,14 +7,18 @@ users reach it at (``public_url``: behind a proxy, or on a node whose bound addr
 cannot use). Jobs call back to ``public_url`` through their stream's callback file, which a
 restarted service rewrites for every stream still starting or running, so a job whose service
 came back elsewhere (another port, another host) still reaches it.
+
+With ``tls_cert``, ``tls_key`` and ``tls_ca`` (and, recommended, ``tls_crl``) the service serves
+HTTPS only, with mutual TLS (docs/security.md, Mutual TLS); without any of them, plain HTTP. Some
+but not all of them is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +26,7 @@ class ServiceSettings(BaseSettings):
     """How the request service runs (each field is also ``BEAMSTREAM_SERVICE_<NAME>``)."""
 
     model_config = SettingsConfigDict(env_prefix="BEAMSTREAM_SERVICE_", extra="forbid")
+    check_tls: ClassVar[bool] = True  # whether the TLS settings must be whole (not for the environment alone)
 
     database_url: str = Field("sqlite:///beamstream-service.db", description="the job store: a SQLAlchemy URL, "
                               "e.g. sqlite:///path/service.db or postgresql+psycopg://user@host/db")
@@ -55,12 +60,61 @@ class ServiceSettings(BaseSettings):
                                      "experiments each identity may read; docs/security.md), read again when it "
                                      "changes. Default: none, everyone may request any experiment and do "
                                      "everything with their own streams")
+    tls_cert: Path | None = Field(None, description="the service's TLS certificate (PEM, with its chain; its "
+                                  "subject alternative names must name the host of public_url). With tls_key and "
+                                  "tls_ca: HTTPS only, a client certificate required")
+    tls_key: Path | None = Field(None, description="the key of tls_cert (PEM, mode 0600)")
+    tls_ca: Path | None = Field(None, description="the CA certificate(s) (PEM) client certificates must be signed by")
+    tls_crl: Path | None = Field(None, description="the CA's revocation list (PEM), checked on every connection and "
+                                 "read again when the file changes (recommended: without it, a revoked "
+                                 "certificate is accepted until it expires)")
+    tls_jobs_cert: Path | None = Field(None, description="the client certificate the service's jobs present when "
+                                       "they call it back (PEM; extended key usage clientAuth, from tls_ca's CA, e.g. "
+                                       "`beamstream ca issue DIR --user beamstream-jobs`). Default: tls_cert, if it "
+                                       "allows clientAuth")
+    tls_jobs_key: Path | None = Field(None, description="the key of tls_jobs_cert")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
 
     @field_validator("public_url")
     @classmethod
     def _without_trailing_slash(cls, url: str | None) -> str | None:
         return None if url is None else url.rstrip("/")
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_jobs_cert", "tls_jobs_key")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().absolute()  # jobs read them from elsewhere
+
+    @model_validator(mode="after")
+    def _tls_whole(self) -> ServiceSettings:
+        if not self.check_tls:
+            return self
+        given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(self, name) is not None]
+        extra = [name for name in ("tls_crl", "tls_jobs_cert", "tls_jobs_key") if getattr(self, name) is not None]
+        if given and len(given) < 3 or extra and not given:
+            missing = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(self, name) is None]
+            raise ValueError(f"TLS is half configured: {', '.join(given + extra)} given, {', '.join(missing)} "
+                             "missing (give tls_cert, tls_key and tls_ca, and tls_crl, or none of them)")
+        if (self.tls_jobs_cert is None) != (self.tls_jobs_key is None):
+            raise ValueError("tls_jobs_cert and tls_jobs_key go together")
+        if given and self.public_url is not None and not self.public_url.startswith("https://"):
+            raise ValueError(f"public_url {self.public_url} is not https://, but the service serves HTTPS only "
+                             "(tls_cert is set)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service serves HTTPS with mutual TLS (tls_cert, tls_key and tls_ca are set)."""
+        return self.tls_cert is not None
+
+    @property
+    def jobs_certificate(self) -> tuple[Path, Path] | None:
+        """The certificate and key the service's jobs present when they call it back (None without TLS)."""
+        if not self.tls:
+            return None
+        if self.tls_jobs_cert is not None:
+            return self.tls_jobs_cert, self.tls_jobs_key
+        return self.tls_cert, self.tls_key
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> ServiceSettings:
@@ -74,6 +128,12 @@ class ServiceSettings(BaseSettings):
         values: dict[str, Any] = {}
         if path is not None:
             values = parse_yaml(read_spec_text(path), str(path)) or {}
-        environment = cls()  # the environment over the defaults
+        environment = _Environment()  # the environment over the defaults (its TLS part checked with the file's)
         given = {name: getattr(environment, name) for name in environment.model_fields_set}
         return cls.model_validate({**values, **given, **overrides})
+
+
+class _Environment(ServiceSettings):
+    """The ``BEAMSTREAM_SERVICE_*`` variables alone: their TLS settings may complete those of a file."""
+
+    check_tls: ClassVar[bool] = False

@@ -12,6 +12,7 @@ frames back to back (:func:`join_frames`, :func:`split_frames`).
 
 from __future__ import annotations
 
+import ssl
 import struct
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -57,6 +58,30 @@ def split_frames(message: bytes) -> list[memoryview]:
     return frames
 
 
+TLSFiles = tuple  # (cert, key, ca): paths (str or Path) or None; see client_tls_context
+
+
+def client_tls_context(tls: TLSFiles) -> ssl.SSLContext:
+    """The SSL context of a client of a service with mutual TLS: ``tls`` is ``(cert, key, ca)``, the client
+    certificate and its key (PEM; both or neither) and the CA certificate that verifies the service (None: the
+    system's trusted CAs). TLS 1.2 at least, host names checked.
+
+    Raises OptionError for a ``tls`` that is not three items, or a certificate without its key.
+    """
+    from beamstream.errors import OptionError
+
+    if not isinstance(tls, (tuple, list)) or len(tls) != 3:
+        raise OptionError(f"tls=(cert, key, ca) takes three paths (or None), not {tls!r}")
+    cert, key, ca = tls
+    if (cert is None) != (key is None):
+        raise OptionError("tls=(cert, key, ca): give the client certificate and its key together")
+    context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
 def relay_url(url: str) -> str:
     """The relay's WebSocket URL for stream URL ``http(s)://SERVICE/v1/streams/ID``."""
     scheme, rest = url.split("://", 1)
@@ -76,15 +101,16 @@ class WebSocketCarrier(Carrier):
     TransportError with the relay's reason at the next send or receive.
     """
 
-    def __init__(self, url: str, *, max_message: int, queue: int) -> None:
+    def __init__(self, url: str, *, max_message: int, queue: int, tls: TLSFiles | None = None) -> None:
         from websockets.exceptions import InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
         address = relay_url(url)
         self.where = f"the service's relay at {address}"
+        options = {} if tls is None else {"ssl": client_tls_context(tls)}
         try:
             self.connection = connect(address, max_size=max_message, max_queue=queue, compression=None, legacy=True,
-                                      open_timeout=OPEN_TIMEOUT_S)
+                                      open_timeout=OPEN_TIMEOUT_S, **options)
         except InvalidStatus as exc:
             raise TransportError(f"{address} answered HTTP {exc.response.status_code} instead of a WebSocket: is "
                                  f"{url} a stream of a beamstream service (http://SERVICE/v1/streams/ID)?") from None
@@ -129,10 +155,11 @@ class RelayTransport(GroupMember):
 
     As :class:`~beamstream.client.transports.group.GroupTransport`, with ``credit`` the
     messages the buffer may hand this member before it acknowledges one, and ``max_message``
-    the largest relay message (a whole message, all its frames) taken.
+    the largest relay message (a whole message, all its frames) taken; ``tls`` the files of a
+    service with mutual TLS (``https://`` only: :func:`client_tls_context`).
     """
 
     def __init__(self, url: str, *, group: str, lossy: bool, start: Literal["earliest", "now"], credit: int,
-                 max_message: int) -> None:
-        super().__init__(WebSocketCarrier(url, max_message=max_message, queue=credit + CONTROL_SLACK), group=group, lossy=lossy, start=start,
-                         credit=credit)
+                 max_message: int, tls: TLSFiles | None = None) -> None:
+        super().__init__(WebSocketCarrier(url, max_message=max_message, queue=credit + CONTROL_SLACK, tls=tls),
+                         group=group, lossy=lossy, start=start, credit=credit)

@@ -1,0 +1,192 @@
+"""Mutual TLS for the request service: the server's SSL context and the identity of each connection (docs/security.md).
+
+What this module promises, with the settings ``tls_cert``, ``tls_key``, ``tls_ca`` (and ``tls_crl``) given:
+
+- :class:`ServerTLS` makes the context ``beamstream service`` serves with: TLS 1.3 only, a client
+  certificate required and verified against ``tls_ca`` (a handshake without one, or with one from
+  another CA, expired, or revoked, fails: the connection never reaches the application), and no
+  session tickets, so every connection is a full handshake whose certificate is verified again.
+- Revocation (``tls_crl``, OpenSSL's ``VERIFY_CRL_CHECK_LEAF``) is checked on every connection
+  against the CRL file as it is when the connection starts: at each handshake (in the context's
+  SNI callback, which OpenSSL calls on every ClientHello, with or without a server name) the
+  file's inode, modification time and size are compared with those of the copy loaded; when
+  they changed, a new context is made from the files and the handshake (and every later one)
+  switches to it. A CRL that cannot be read or loaded leaves the last good one in force and is
+  logged at ERROR once per change.
+- :func:`identifying` makes a uvicorn protocol class (HTTP or WebSocket) whose connections put
+  the verified client certificate's subject common name into every ASGI scope they make, under
+  :data:`~beamstream.service.api.IDENTITY_KEY`; the peer certificate is read from the TLS
+  transport once, when the connection is made (after its handshake). A certificate with no
+  common name, or more than one, gives no identity (the API then answers 401). Nothing a client
+  sends can set the key: it is written, or removed, in every scope.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from beamstream.service.api import IDENTITY_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """The file's inode, modification time and size (None if it cannot be looked at): a change means a new file."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+class ServerTLS:
+    """The service's TLS: ``context`` is the SSL context to serve with (uvicorn's ``ssl_context_factory``).
+
+    ``cert``/``key``: the service's certificate (with its chain) and key; ``ca``: the CA certificate(s) that
+    client certificates must chain to; ``crl``: the revocation list (PEM) checked on every connection, re-read
+    when the file changes (None: revocation is not checked). Raises ssl.SSLError or OSError, naming the file,
+    when a file cannot be loaded at start.
+    """
+
+    def __init__(self, cert: Path, key: Path, ca: Path, crl: Path | None = None) -> None:
+        self.cert, self.key, self.ca, self.crl = Path(cert), Path(key), Path(ca), None if crl is None else Path(crl)
+        self._stamp = None if self.crl is None else _stamp(self.crl)
+        self._failed: tuple[int, int, int] | None = None  # the stamp of a CRL that could not be loaded
+        self.current = self._make()
+        self.context = self._make()
+        self.context.sni_callback = self._switch
+
+    def _make(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0  # no resumption: a resumed session would skip the certificate's checks
+        for what, load in (("tls_cert/tls_key", lambda: context.load_cert_chain(self.cert, self.key)),
+                           ("tls_ca", lambda: context.load_verify_locations(cafile=self.ca))):
+            try:
+                load()
+            except (ssl.SSLError, OSError) as exc:
+                raise type(exc)(f"{what} ({self.cert if what.startswith('tls_cert') else self.ca}): {exc}") from None
+        if self.crl is not None:
+            try:
+                context.load_verify_locations(cafile=self.crl)
+            except (ssl.SSLError, OSError) as exc:
+                raise type(exc)(f"tls_crl ({self.crl}): {exc}") from None
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        return context
+
+    def refresh(self) -> None:
+        """Load the CRL again if its file changed since it was loaded (else nothing): later handshakes use it."""
+        if self.crl is None:
+            return
+        stamp = _stamp(self.crl)
+        if stamp == self._stamp or stamp == self._failed:
+            return
+        try:
+            self.current = self._make()
+        except (ssl.SSLError, OSError) as exc:
+            self._failed = stamp
+            logger.error("the revocation list %s could not be loaded; the last good one stays in force: %s",
+                         self.crl, exc)
+            return
+        self._stamp, self._failed = stamp, None
+        logger.info("revocation list %s loaded again (it changed)", self.crl)
+
+    def _switch(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        """The SNI callback, at every ClientHello: verify this handshake with the context of the current CRL."""
+        try:
+            self.refresh()
+            ssl_object.context = self.current
+        except Exception:  # never let a surprise here pass a handshake unchecked: the base context checks too
+            logger.exception("could not switch to the current TLS context; using the one loaded at start")
+
+
+def peer_identity(transport: Any) -> str | None:
+    """The subject common name of the verified client certificate of ``transport``; None without TLS, without a
+    certificate, or when it has no common name or several."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    certificate = ssl_object.getpeercert() or {}
+    names = [value for part in certificate.get("subject", ()) for key, value in part if key == "commonName"]
+    return names[0] if len(names) == 1 and names[0] else None
+
+
+ASGIApp = Callable[[dict, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
+
+
+def with_identity(app: ASGIApp, identity: str | None) -> ASGIApp:
+    """``app`` with ``identity`` put into every scope (or :data:`IDENTITY_KEY` removed when None)."""
+    async def identified(scope: dict, receive: Any, send: Any) -> None:
+        if identity is None:
+            scope.pop(IDENTITY_KEY, None)
+        else:
+            scope[IDENTITY_KEY] = identity
+        await app(scope, receive, send)
+
+    return identified
+
+
+def identifying(protocol_class: type) -> type:
+    """A subclass of the uvicorn protocol class ``protocol_class`` (HTTP: h11, httptools; WebSocket: websockets,
+    wsproto) that gives every scope of a connection the connection's :func:`peer_identity`.
+
+    Every uvicorn protocol keeps the application as ``self.app`` (set in ``__init__``) and calls it for each
+    request or WebSocket it parses after ``connection_made``; the subclass wraps it there. An HTTP connection
+    upgraded to a WebSocket hands its transport to the WebSocket protocol's ``connection_made``, which reads
+    the same certificate.
+    """
+    def connection_made(self: Any, transport: Any) -> None:
+        protocol_class.connection_made(self, transport)
+        self.app = with_identity(self.app, peer_identity(transport))
+
+    return type(f"Identifying{protocol_class.__name__}", (protocol_class,), {"connection_made": connection_made,
+                                                                           "__doc__": identifying.__doc__})
+
+
+def uvicorn_options(tls: ServerTLS) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options that serve with ``tls``: its context, and protocols that identify peers."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    if AutoWebSocketsProtocol is None:  # pragma: no cover - websockets is a dependency
+        raise RuntimeError("the service needs websockets for its relay")
+    return {"ssl_context_factory": lambda config, default: tls.context, "http": identifying(AutoHTTPProtocol),
+            "ws": identifying(AutoWebSocketsProtocol)}
+
+
+def client_certificate_usable(cert: Path) -> str | None:
+    """Why the certificate ``cert`` cannot be presented as a TLS client certificate (its extended key usage lacks
+    clientAuth), or None if it can."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        certificate = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"{cert}: {exc}"
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.CLIENT_AUTH in usages:
+        return None
+    return f"{cert} is not for TLS clients (its extended key usage has no clientAuth)"
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind) reaches only this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
