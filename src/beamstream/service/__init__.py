@@ -9,6 +9,8 @@
 - :mod:`~beamstream.service.figures`: a running stream's live figures, from its buffer's metrics.
 - :mod:`~beamstream.service.relay`: a running stream's consumer side over a WebSocket.
 - :mod:`~beamstream.service.policy`: who may request which experiments and see which streams.
+- :mod:`~beamstream.service.tls`: HTTPS with mutual TLS: the identity from the client certificate,
+  revocation checked at every handshake.
 - :mod:`~beamstream.service.catalogue`: experiment and run → the files a source reads.
 - :mod:`~beamstream.service.dispatcher`: starts queued streams within the limits, watches their jobs,
   ends them with their verdict.
