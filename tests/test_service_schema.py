@@ -1,4 +1,6 @@
-"""The request service's API under schemathesis: requests generated from its own OpenAPI document, none answered 5xx."""
+"""The request service's API under schemathesis: requests generated from its own OpenAPI document, none answered 5xx:
+as the first-run service (no policy, everyone ``default_owner``) and authenticated under a policy (an identity in
+the request's scope, as mutual TLS puts it there; here a test-only middleware stands in for the TLS layer)."""
 
 from __future__ import annotations
 
@@ -12,27 +14,34 @@ from hypothesis.errors import Unsatisfiable
 
 from beamstream.service.api import create_app
 from beamstream.service.settings import ServiceSettings
+from test_authorization import POLICY, AsUser, write_policy
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
+@pytest.fixture(scope="module", params=["first-run", "authenticated"])
+def api_schema(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("service")
+    policy = None
+    if request.param == "authenticated":
+        policy = folder / "policy.yaml"
+        write_policy(policy, POLICY)
     app = create_app(ServiceSettings(database_url=f"sqlite:///{folder / 'service.db'}", state_dir=folder / "state",
-                                     xtc_root=folder / "xtc"))
-    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+                                     xtc_root=folder / "xtc", policy_file=policy))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", AsUser(app) if policy else app)
+    yield schema, {"x-test-user": "alice"} if policy else {}
     app.state.store.close()
 
 
 def test_no_generated_request_gets_a_server_error(api_schema):
     """Every operation of the served OpenAPI document, with requests generated from it (conforming to it, and not)."""
-    operations = [result.ok() for result in api_schema.get_all_operations()]
+    schema, headers = api_schema
+    operations = [result.ok() for result in schema.get_all_operations()]
     assert {operation.label for operation in operations} >= {"POST /v1/streams", "GET /v1/streams/{stream_id}/events",
                                                              "DELETE /v1/streams/{stream_id}"}
     for operation, mode in itertools.product(operations, GenerationMode):
         @given(case=operation.as_strategy(mode))
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def no_server_error(case):
-            response = case.call()
+            response = case.call(headers=headers)
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path} → {response.status_code}: {response.text[:2000]}")
 
