@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
@@ -63,3 +67,41 @@ def slurm_answers() -> bool:
         return subprocess.run(["sinfo"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def make_pki(root: Path) -> SimpleNamespace:
+    """A CA in ``root/ca`` with a service certificate (localhost, 127.0.0.1), one for the service's jobs, alice's,
+    an expired one; and another CA (``root/other``) with its own 'alice'."""
+    from beamstream.security import ca
+
+    ca_dir = root / "ca"
+    ca.init_ca(ca_dir, name="test facility CA")
+    now = datetime.now(timezone.utc)
+    other = root / "other"
+    ca.init_ca(other, name="another CA")
+    return SimpleNamespace(
+        dir=ca_dir, ca=ca_dir / "ca.crt", crl=ca_dir / "crl.pem",
+        service=ca.issue(ca_dir, service=["localhost", "127.0.0.1"]),
+        jobs=ca.issue(ca_dir, user="beamstream-jobs"),
+        alice=ca.issue(ca_dir, user="alice"),
+        expired=ca.issue(ca_dir, user="old", not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)),
+        stranger=ca.issue(other, user="alice"))
+
+
+def tls_settings(pki: SimpleNamespace) -> dict[str, str]:
+    """The service's TLS settings for ``pki`` (:func:`make_pki`)."""
+    return {"tls_cert": str(pki.service.certificate), "tls_key": str(pki.service.key), "tls_ca": str(pki.ca),
+            "tls_crl": str(pki.crl), "tls_jobs_cert": str(pki.jobs.certificate), "tls_jobs_key": str(pki.jobs.key)}
+
+
+@contextmanager
+def tls_service(folder: Path, pki: SimpleNamespace, **settings: str) -> Iterator[str]:
+    """A service with mutual TLS on ``pki``'s certificates, its state in ``folder``: its URL
+    (https://127.0.0.1:PORT); stopped and its jobs ended afterwards."""
+    process, url = run_service(folder, **{**tls_settings(pki), **settings})
+    try:
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        end_jobs_under(folder)

@@ -251,8 +251,9 @@ def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_sp
     assert unknown.returncode == 1 and "(404 Not Found): no stream 'nope'" in unknown.stderr
 
 
-def test_beamstream_demo_with_a_service_completes():
-    result = run_cli("demo", "--service", timeout=240)
+def test_beamstream_demo_with_a_service_without_tls_completes():
+    result = run_cli("demo", "--service", "--no-tls", timeout=240)
     assert result.returncode == 0, result.stderr
     assert "complete: 300 events" in result.stderr and "300 events of 64×64 uint16" in result.stderr
     assert "request service at http://127.0.0.1:" in result.stderr and "completed, verdict complete" in result.stderr
+    assert "ran without TLS (plain HTTP)" in result.stderr  # with TLS (the default): tests/test_profile.py

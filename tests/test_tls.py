@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -21,7 +19,7 @@ from beamstream.security import ca
 from beamstream.service.api import create_app
 from beamstream.service.settings import ServiceSettings
 from conftest import start_cli
-from servicekit import end_jobs_under, run_service
+from servicekit import make_pki, tls_service, tls_settings
 
 SPEC = {"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
                    "detectors": [{"kind": "waveform", "samples": 256}]}}
@@ -29,39 +27,14 @@ SPEC = {"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """A CA with a service certificate (localhost, 127.0.0.1), one for the service's jobs, alice's, an expired
-    one; and another CA with its own 'alice'."""
-    root = tmp_path_factory.mktemp("pki")
-    ca_dir = root / "ca"
-    ca.init_ca(ca_dir, name="test facility CA")
-    now = datetime.now(timezone.utc)
-    other = root / "other"
-    ca.init_ca(other, name="another CA")
-    return SimpleNamespace(
-        dir=ca_dir, ca=ca_dir / "ca.crt", crl=ca_dir / "crl.pem",
-        service=ca.issue(ca_dir, service=["localhost", "127.0.0.1"]),
-        jobs=ca.issue(ca_dir, user="beamstream-jobs"),
-        alice=ca.issue(ca_dir, user="alice"),
-        expired=ca.issue(ca_dir, user="old", not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)),
-        stranger=ca.issue(other, user="alice"))
-
-
-def tls_settings(pki) -> dict[str, str]:
-    return {"tls_cert": str(pki.service.certificate), "tls_key": str(pki.service.key), "tls_ca": str(pki.ca),
-            "tls_crl": str(pki.crl), "tls_jobs_cert": str(pki.jobs.certificate), "tls_jobs_key": str(pki.jobs.key)}
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
 def service(pki, tmp_path_factory):
     """A service with mutual TLS: its URL (https://127.0.0.1:PORT); stopped and its jobs ended afterwards."""
-    folder = tmp_path_factory.mktemp("service")
-    process, url = run_service(folder, drain_grace_s="30", **tls_settings(pki))
-    try:
+    with tls_service(tmp_path_factory.mktemp("service"), pki, drain_grace_s="30") as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        end_jobs_under(folder)
 
 
 def as_user(url: str, pki, who) -> Service:

@@ -292,24 +292,34 @@ def _option_names(text: str) -> str:
 
 ServiceURL = Annotated[Optional[str], typer.Option(
     "--service", envvar="BEAMSTREAM_SERVICE", show_envvar=False, metavar="URL",
-    help="the request service (default: $BEAMSTREAM_SERVICE, else http://127.0.0.1:8080)")]
+    help="the request service (default: $BEAMSTREAM_SERVICE, else the profile's, else http://127.0.0.1:8080)")]
 
 
 CertFile = Annotated[Optional[Path], typer.Option(
     "--cert", envvar="BEAMSTREAM_CERT", show_envvar=False, metavar="FILE",
-    help="your certificate (PEM), for a service with mutual TLS (default: $BEAMSTREAM_CERT)")]
+    help="your certificate (PEM), for a service with mutual TLS (default: $BEAMSTREAM_CERT, else the profile's)")]
 KeyFile = Annotated[Optional[Path], typer.Option(
     "--key", envvar="BEAMSTREAM_KEY", show_envvar=False, metavar="FILE",
-    help="the key of --cert (PEM; default: $BEAMSTREAM_KEY)")]
+    help="the key of --cert (PEM; default: $BEAMSTREAM_KEY, else the profile's)")]
 CAFile = Annotated[Optional[Path], typer.Option(
     "--ca", envvar="BEAMSTREAM_CA", show_envvar=False, metavar="FILE",
-    help="the CA certificate that verifies the service (default: $BEAMSTREAM_CA, else the system's)")]
+    help="the CA certificate that verifies the service (default: $BEAMSTREAM_CA, else the profile's, else the system's)")]
 
 
 def connect(url: str | None, cert: Path | None = None, key: Path | None = None, ca: Path | None = None) -> Service:
-    """The request service at ``url`` (None: the default), with the TLS files given (an https:// service)."""
-    from beamstream.remote import DEFAULT_URL, Service
+    """The request service at ``url``, with the TLS files given (an https:// service).
 
+    Each value is taken from its option, else its environment variable (both already in the arguments),
+    else the profile (``$BEAMSTREAM_PROFILE``, else ``~/.config/beamstream/profile.yaml``), else the default.
+    The profile's TLS files apply only to an https:// service.
+    """
+    from beamstream.remote import DEFAULT_URL, Service, load_profile
+
+    profile = load_profile()
+    if profile is not None:
+        url = url or profile.service
+        if (url or DEFAULT_URL).startswith("https://"):
+            cert, key, ca = cert or profile.cert, key or profile.key, ca or profile.ca
     return Service(url or DEFAULT_URL, cert=cert, key=key, ca=ca)
 
 
@@ -655,13 +665,15 @@ def demo(
     service: Annotated[bool, typer.Option("--service", help="ask a request service, started for the demo and "
                                                             "stopped after it, for the stream; read it through "
                                                             "the Python API (beamstream.Service)")] = False,
+    tls: Annotated[bool, typer.Option(help="with --service: mutual TLS, on a CA and certificates the demo makes "
+                                           "for itself (--no-tls: plain HTTP)")] = True,
 ) -> None:
     """Stream simulated detector images end to end on this machine and print the rates; exit 1 unless complete."""
     from beamstream.demo import run_demo, run_service_demo
 
     if service:
         outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
-                                              serializer=serializer, batch=batch)
+                                              serializer=serializer, batch=batch, tls=tls)
         console.print(outcome, highlight=False)
         if not completed:
             raise typer.Exit(1)

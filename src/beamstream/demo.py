@@ -1,11 +1,13 @@
 """``beamstream demo``: simulated images from N producer processes to a client in this process.
 
 With ``--service``, the same stream is asked of a request service (started for the demo, then
-stopped) and read through the Python API (:class:`~beamstream.remote.Service`).
+stopped) and read through the Python API (:class:`~beamstream.remote.Service`); by default with
+mutual TLS, on a CA and certificates the demo makes for itself.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import signal
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,43 +70,101 @@ def run_demo(workers: int, events: int, shape: tuple[int, int], serializer: str,
 
 
 def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializer: str,
-                     batch: int) -> tuple[str, bool]:
+                     batch: int, tls: bool = True) -> tuple[str, bool]:
     """Start a request service (job store and stream folders in a temporary folder, local jobs), ask it for
     ``events`` images from ``workers`` producers, read them through :class:`~beamstream.remote.Service`, stop it.
 
-    Returns the outcome (the account, the rates, the stream's final state and its reason) and whether the
-    stream completed. StreamIncomplete if the events did not all arrive.
+    With ``tls`` (the default) the service serves HTTPS with mutual TLS, on a CA and certificates made in
+    the temporary folder (:func:`demo_credentials`): the stream is requested as the current user, with
+    their certificate, and read through the service's relay (wss), so every byte crosses TLS. Without,
+    plain HTTP, and the stream is read from its buffer.
+
+    Returns the outcome (the account, the rates, the stream's final state and its reason, how it was
+    secured) and whether the stream completed. StreamIncomplete if the events did not all arrive.
     """
     from beamstream.remote import Service
     from beamstream.service.states import State
 
-    with (tempfile.TemporaryDirectory(prefix="beamstream-demo-", ignore_cleanup_errors=True) as folder,
-          demo_service(Path(folder)) as url, Service(url) as service):
-        stream = service.request(demo_spec_data(events, shape, serializer, batch), resources={"workers": workers})
-        first = None
-        for _ in stream:
-            first = first or time.perf_counter()
-        seconds = time.perf_counter() - first
-        *_, final = stream.changes()
+    with tempfile.TemporaryDirectory(prefix="beamstream-demo-", ignore_cleanup_errors=True) as folder:
+        credentials = demo_credentials(Path(folder) / "ca") if tls else None
+        client_tls = {} if credentials is None else credentials.client
+        with (demo_service(Path(folder), credentials) as url, Service(url, **client_tls) as service):
+            stream = service.request(demo_spec_data(events, shape, serializer, batch), resources={"workers": workers})
+            first = None
+            if credentials is None:
+                for _ in stream:
+                    first = first or time.perf_counter()
+            else:
+                stream.wait_until_running()
+                with stream.client(relay=True) as client:
+                    try:
+                        for _ in client.events():
+                            first = first or time.perf_counter()
+                    finally:
+                        stream.report = client.report
+            seconds = time.perf_counter() - first
+            *_, final = stream.changes()
     rates = _rates(stream.report, seconds, workers, shape, serializer, batch)
     completed = final.state is State.COMPLETED
     verdict = "complete" if (stream.view["verdict"] or {}).get("complete") else "not complete"
     ended = f"{final.state.value}, verdict {verdict}" if completed else f"{final.state.value}: {final.reason}"
-    return f"{stream.report.summary()}\n{rates}\nrequest service at {url}: stream {stream.id} {ended}", completed
+    secured = (f"with mutual TLS, as {credentials.user} (owner {stream.view['owner']}), read through the relay; "
+               f"certificates from a CA made for the demo" if credentials is not None else "without TLS (plain HTTP)")
+    return (f"{stream.report.summary()}\n{rates}\nrequest service at {url}: stream {stream.id} {ended}\n"
+            f"ran {secured}"), completed
+
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    """The demo's TLS files: the user it runs as, the service's settings, the client's files."""
+
+    user: str
+    settings: dict[str, str]  # BEAMSTREAM_SERVICE_TLS_* variables
+    client: dict[str, Path]  # Service(cert=, key=, ca=)
+
+
+def demo_user() -> str:
+    """The current user's name, as a certificate's user name allows it (else ``demo``)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = ""
+    name = re.sub(r"[^A-Za-z0-9._@-]", "-", name).lstrip("._@-")[:64]
+    return name or "demo"
+
+
+def demo_credentials(directory: Path) -> DemoCredentials:
+    """A CA in ``directory`` with a service certificate for 127.0.0.1 and localhost, one for the current user
+    and one for the service's jobs (``beamstream-jobs``)."""
+    from beamstream.security.ca import init_ca, issue
+
+    init_ca(directory, name="beamstream demo CA", days=2)
+    served = issue(directory, service=["127.0.0.1", "localhost"], days=1)
+    user = demo_user()
+    if user == "beamstream-jobs":
+        user = "demo"
+    own = issue(directory, user=user, days=1)
+    jobs = issue(directory, user="beamstream-jobs", days=1)
+    ca = directory / "ca.crt"
+    files = {"tls_cert": served.certificate, "tls_key": served.key, "tls_ca": ca, "tls_crl": directory / "crl.pem",
+             "tls_jobs_cert": jobs.certificate, "tls_jobs_key": jobs.key}
+    return DemoCredentials(user, {f"BEAMSTREAM_SERVICE_{name.upper()}": str(path) for name, path in files.items()},
+                           {"cert": own.certificate, "key": own.key, "ca": ca})
 
 
 @contextmanager
-def demo_service(folder: Path) -> Iterator[str]:
+def demo_service(folder: Path, credentials: DemoCredentials | None = None) -> Iterator[str]:
     """``beamstream service`` on a free port with its job store and state in ``folder`` and local jobs; its URL.
 
-    On leaving, its streams that have not ended are cancelled (their jobs would outlive it), then it
-    is stopped (SIGTERM). ServiceError, with its output, if it does not listen within SERVICE_START_S.
+    With ``credentials``, with their TLS settings (an https:// URL). On leaving, its streams that have not
+    ended are cancelled (their jobs would outlive it), then it is stopped (SIGTERM). ServiceError, with its
+    output, if it does not listen within SERVICE_START_S.
     """
     from beamstream.remote import Service
 
     log = folder / "service.log"
     environment = {**os.environ, "BEAMSTREAM_SERVICE_EXECUTOR": "local", "BEAMSTREAM_SERVICE_EXECUTORS": '["local"]',
-                   "BEAMSTREAM_SERVICE_DRAIN_GRACE_S": "10"}
+                   "BEAMSTREAM_SERVICE_DRAIN_GRACE_S": "10", **(credentials.settings if credentials else {})}
     with open(log, "wb") as output:
         process = subprocess.Popen([sys.executable, "-m", "beamstream.cli", "service", "--host", "127.0.0.1",
                                     "--port", "0", "--database-url", f"sqlite:///{folder / 'service.db'}",
@@ -111,7 +172,7 @@ def demo_service(folder: Path) -> Iterator[str]:
                                    stdout=output, stderr=subprocess.STDOUT, env=environment)
     try:
         deadline = time.monotonic() + SERVICE_START_S
-        while not (found := re.search(r"service: (http://\S+)", log.read_text(errors="replace"))):
+        while not (found := re.search(r"service: (https?://\S+)", log.read_text(errors="replace"))):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ServiceError(f"the demo's service did not start (exit code {process.poll()}):\n"
                                    f"{log.read_text(errors='replace')[-2000:]}")
@@ -120,7 +181,7 @@ def demo_service(folder: Path) -> Iterator[str]:
         try:
             yield url
         finally:
-            with Service(url) as service:
+            with Service(url, **(credentials.client if credentials else {})) as service:
                 for stream in service.streams():
                     if not stream.state.final:
                         _cancel(stream)

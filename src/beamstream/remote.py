@@ -22,7 +22,10 @@ HTTP with httpx and imports nothing of the service's extra.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from beamstream.accounting import StreamReport
 from beamstream.client import Client, Event
@@ -39,6 +43,7 @@ from beamstream.errors import OptionError, ServiceError, SpecError, StreamEnded,
 from beamstream.service.states import State
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_PROFILE = Path("~/.config/beamstream/profile.yaml")  # or $BEAMSTREAM_PROFILE
 DEFAULT_GROUP = "default"
 READ_TIMEOUT = 60.0  # a stream's producers start only once it runs: time enough for its first message
 PAGE = 1000  # streams asked for per page when listing (the service's largest page)
@@ -82,6 +87,15 @@ class Service:
             self.tls = (cert, key, ca)
             options["verify"] = client_tls_context(self.tls)
         self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, **options)
+
+    @classmethod
+    def from_profile(cls, path: str | Path | None = None, timeout: float = 30.0, **options: Any) -> Service:
+        """The service a profile names (:func:`load_profile`: ``path``, else ``$BEAMSTREAM_PROFILE``, else
+        ``~/.config/beamstream/profile.yaml``), with its ``cert``, ``key`` and ``ca``; :data:`DEFAULT_URL` if
+        it names none. OptionError for a profile that is missing (when named), unreadable or invalid."""
+        profile = load_profile(path) or Profile()
+        return cls(profile.service or DEFAULT_URL, timeout, cert=profile.cert, key=profile.key, ca=profile.ca,
+                   **options)
 
     def __enter__(self) -> Service:
         return self
@@ -326,6 +340,85 @@ class EventReader:
         elif field == "id" and "\0" not in value:
             self._id = value
         return None
+
+
+class Profile(BaseModel):
+    """A user's profile: the service they use and their TLS files, so that they type them once.
+
+    ``service`` is a URL; ``cert``, ``key`` and ``ca`` are PEM files, relative to the profile's folder
+    unless absolute (``~`` is expanded). Every entry may be left out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+def profile_path(path: str | Path | None = None) -> tuple[Path, bool]:
+    """The profile to read and whether it was named (``path`` or ``$BEAMSTREAM_PROFILE``) rather than the default."""
+    if path is not None:
+        return Path(path).expanduser(), True
+    if os.environ.get("BEAMSTREAM_PROFILE"):
+        return Path(os.environ["BEAMSTREAM_PROFILE"]).expanduser(), True
+    return DEFAULT_PROFILE.expanduser(), False
+
+
+def load_profile(path: str | Path | None = None) -> Profile | None:
+    """The profile at ``path``, else ``$BEAMSTREAM_PROFILE``, else ``~/.config/beamstream/profile.yaml``.
+
+    None when the default file does not exist. OptionError, naming the file and the entry, for a named
+    file that does not exist, one that is not valid (YAML, a mapping of service, cert, key, ca; a
+    service that is not http:// or https://; cert without key), or one that others can write (it
+    chooses the service you talk to and the CA you trust). A warning when the key it names can be
+    read by others.
+    """
+    from beamstream.spec_input import parse_yaml
+
+    file, named = profile_path(path)
+    try:
+        text = file.read_text()
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        if not named:
+            return None
+        raise OptionError(f"profile {file}: no such file") from None
+    except OSError as exc:
+        raise OptionError(f"profile {file}: cannot be read: {exc.strerror or exc}") from None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OptionError(f"profile {file} can be written by others (mode {stat.S_IMODE(mode):o}): whoever can "
+                          f"write it chooses the service you talk to and the CA you trust; chmod go-w {file}")
+    try:
+        data = parse_yaml(text, str(file))
+    except SpecError as exc:
+        raise OptionError(f"profile {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise OptionError(f"profile {file}: expected a mapping with keys service, cert, key, ca; "
+                          f"got {type(data).__name__}")
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'profile'}: {error['msg']}"
+                             for error in exc.errors())
+        raise OptionError(f"profile {file}: {problems}") from None
+    if profile.service is not None and not profile.service.startswith(("http://", "https://")):
+        raise OptionError(f"profile {file}: service: expected an http:// or https:// URL, got {profile.service!r}")
+    if (profile.cert is None) != (profile.key is None):
+        raise OptionError(f"profile {file}: cert and key go together")
+    files = {name: (file.parent / value.expanduser()) for name in ("cert", "key", "ca")
+             if (value := getattr(profile, name)) is not None}
+    profile = profile.model_copy(update=files)
+    if profile.key is not None:
+        try:
+            if profile.key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                warnings.warn(f"profile {file}: key {profile.key} can be read by others; chmod 600 {profile.key}",
+                              stacklevel=2)
+        except OSError:
+            pass  # a missing key is reported when it is used
+    return profile
 
 
 def stream_path(stream_id: str) -> str:
