@@ -752,7 +752,8 @@ def _service_tls(settings: ServiceSettings) -> dict[str, object]:
             console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
         return {}
     try:
-        tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_crl)
+        tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_crl,
+                        client_cert=settings.tls_client_cert)
     except (ssl.SSLError, OSError) as exc:
         fail(f"cannot serve HTTPS: {exc}", code=2)
     jobs_cert, _ = settings.jobs_certificate

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from urllib.parse import urlencode
 from importlib.metadata import version
 from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocketException
+from fastapi import Path as Path_
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket, WebSocketException
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -41,6 +44,7 @@ from beamstream.service.relay import add_relay
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
+from beamstream.service.tokens import DEFAULT_TTL_S, MAX_TTL_S, Caller, bearer, digest, grant_of, new_secret
 from beamstream.spec import parse_spec
 
 logger = logging.getLogger(__name__)
@@ -137,6 +141,28 @@ class Ended(BaseModel):
     verdict: VerdictBody
 
 
+class TokenRequest(BaseModel):
+    """A token to mint: how long it lives, and what it is limited to (by default: all the caller may)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: int = Field(DEFAULT_TTL_S, ge=1, le=MAX_TTL_S, description="seconds until it expires")
+    experiments: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$")]] | None = (
+        Field(None, max_length=64, description="only streams (and runs) of these experiments"))
+    stream: str | None = Field(None, min_length=1, max_length=32, pattern=r"^[0-9a-f]+$",
+                               description="only this stream (one of the caller's)")
+
+
+class TokenView(BaseModel):
+    """A minted token: the secret (shown this once, never stored), its id (to revoke it) and its limits."""
+
+    token: str
+    id: str
+    expires: float = Field(description="seconds since the Unix epoch")
+    experiments: list[str] | None
+    stream: str | None
+
+
 class Callback(BaseModel):
     body: Annotated[Listening | Ended, Field(discriminator="event")]
 
@@ -151,19 +177,43 @@ def identity(connection: HTTPConnection) -> str:
     set by :func:`create_app` from the settings: beamstream.service.tls puts the client certificate's
     common name there) that default never applies: a connection without an identity is refused, 401
     (a WebSocket: closed with code 4401).
+
+    Without a certificate's identity, a bearer token (``Authorization: Bearer TOKEN``; on a WebSocket,
+    the relay, also ``?token=``) names it: the answer is then a :class:`~beamstream.service.tokens.Caller`
+    carrying the token's grant, whose limits the routes apply. A token presented but not valid is 401.
     """
     found = connection.scope.get(IDENTITY_KEY)
     if found:
-        return found
+        return Caller(found)
+    websocket = connection.scope["type"] == "websocket"
+    token = bearer(connection.headers.get("authorization"))
+    if token is None and websocket:  # browsers cannot set headers on a WebSocket (the relay, its only one)
+        token = connection.query_params.get("token")
+        if token is not None:  # out of the scope once read: what logs the path with its query must not log it
+            kept = [(name, value) for name, value in connection.query_params.multi_items() if name != "token"]
+            connection.scope["query_string"] = urlencode(kept).encode()
+    if token is not None:
+        grant = grant_of(connection.app.state.store, token)
+        if grant is None:
+            _unauthenticated(websocket, "the bearer token is not valid (unknown, expired or revoked)")
+        return Caller(grant.identity, grant)
     if connection.app.state.tls:
-        why = "no identity: the client certificate names none (its subject common name)"
-        if connection.scope["type"] == "websocket":
-            raise WebSocketException(4401, why)
-        raise HTTPException(401, why)
-    return connection.app.state.settings.default_owner
+        _unauthenticated(websocket, "no identity: no client certificate naming one (its subject common name), "
+                                    "and no bearer token")
+    return Caller(connection.app.state.settings.default_owner)
 
 
-Owner = Annotated[str, Depends(identity)]
+def _unauthenticated(websocket: bool, why: str) -> None:
+    if websocket:
+        raise WebSocketException(4401, why)
+    raise HTTPException(401, why, headers={"WWW-Authenticate": "Bearer"})
+
+
+Owner = Annotated[str, Depends(identity)]  # a Caller: with the token's grant when a token said who is asking
+
+
+def _grant(caller: str):  # noqa: ANN202
+    return getattr(caller, "grant", None)
 
 
 def create_app(settings: ServiceSettings, store: JobStore | None = None) -> FastAPI:
@@ -209,6 +259,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         source = requested.get("source") if isinstance(requested.get("source"), dict) else {}
         reads_files = source.get("type") in (None, "psana2", "hdf5") and "files" not in source
         from_catalogue = request.experiment is not None and request.run is not None and reads_files
+        if (grant := _grant(owner)) is not None and (grant.stream is not None
+                                                     or not grant.permits_experiment(request.experiment)):
+            raise HTTPException(403, "this token may not request this stream: it is limited to "
+                                     + (f"stream {grant.stream}" if grant.stream else
+                                        f"experiments {', '.join(grant.experiments)}"))
         decision = authorizer.may_request(owner, request.experiment,
                                           own_data=source.get("type") != "simulated" and not from_catalogue)
         if not decision.allowed:
@@ -237,7 +292,9 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     def experiment_runs(experiment: str, caller: Owner) -> dict[str, Any]:
         """The runs of an experiment that the catalogue finds, with their files (404 for an experiment the caller
         may not read, as for one the catalogue does not know)."""
-        if not authorizer.may_read_experiment(caller, experiment).allowed:
+        grant = _grant(caller)
+        if (grant is not None and not grant.permits_experiment(experiment)
+                or not authorizer.may_read_experiment(caller, experiment).allowed):
             raise HTTPException(404, f"no experiment {experiment!r} you may read")
         try:
             runs = catalogue.runs(experiment)
@@ -257,7 +314,11 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             return StreamPage(items=[], total=0, limit=limit, offset=offset)
         if owner is None and not authorizer.is_admin(caller):
             owner = caller
-        records, total = store.list(state=state, experiment=experiment, owner=owner, limit=limit, offset=offset)
+        grant = _grant(caller)
+        records, total = store.list(state=state, experiment=experiment, owner=owner, limit=limit, offset=offset,
+                                    ids=None if grant is None or grant.stream is None else [grant.stream],
+                                    experiments=None if grant is None or grant.experiments is None
+                                    else list(grant.experiments))
         return StreamPage(items=[StreamView.of(record) for record in records], total=total, limit=limit,
                           offset=offset)
 
@@ -344,13 +405,65 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         _wake(app)
 
     def visible(stream_id: str, caller: str, action: str) -> StreamRecord:
-        """The stream if ``caller`` may see it; 404 alike for an unknown stream and for someone else's."""
+        """The stream if ``caller`` may see it (and its token, if it came with one, covers it); 404 alike for an
+        unknown stream and for someone else's (or one outside the token's limits)."""
         try:
-            return authorizer.visible_stream(store, stream_id, caller, action=action)
+            record = authorizer.visible_stream(store, stream_id, caller, action=action)
         except StreamNotFound:
             raise _unknown(stream_id) from None
+        grant = _grant(caller)
+        if grant is not None and not grant.permits_stream(record.id, record.experiment):
+            logger.warning("refused %s to %s stream %s: outside the limits of token %s", caller, action, stream_id,
+                           grant.id)
+            raise _unknown(stream_id)
+        return record
 
-    add_relay(app, identity)
+    @app.post("/v1/tokens", status_code=201, response_model=TokenView, tags=["tokens"],
+              responses={403: {"model": Problem}, 404: {"model": Problem}})
+    def mint_token(request: TokenRequest, caller: Owner) -> TokenView:
+        """A short-lived bearer token that acts as the caller, limited to ``experiments`` and ``stream`` if given,
+        for ``ttl_s`` seconds; only for a caller with a client certificate (TLS on): a token cannot mint tokens.
+        The token is shown this once; the service keeps only its SHA-256."""
+        if _grant(caller) is not None:
+            raise HTTPException(403, "a token cannot mint tokens: present your client certificate")
+        if not settings.tls:
+            raise HTTPException(403, "tokens are minted only with TLS on, for a caller with a client certificate")
+        for experiment in request.experiments or []:
+            if not authorizer.may_read_experiment(caller, experiment).allowed:
+                raise HTTPException(403, f"you may not read experiment {experiment!r}")
+        if request.stream is not None:
+            visible(request.stream, caller, "mint a token for")
+        secret = new_secret()
+        grant = store.add_token(digest=digest(secret), identity=str(caller), expires=time.time() + request.ttl_s,
+                                experiments=request.experiments, stream=request.stream)
+        logger.info("issued token %s to %s (expires in %d s, experiments %s, stream %s)", grant.id, caller,
+                    request.ttl_s, request.experiments or "all", request.stream or "any")
+        return TokenView(token=secret, id=grant.id, expires=grant.expires, experiments=request.experiments,
+                         stream=grant.stream)
+
+    @app.delete("/v1/tokens/{token_id}", status_code=204, tags=["tokens"], responses={404: {"model": Problem}})
+    def revoke_token(token_id: Annotated[str, Path_(max_length=64)], caller: Owner) -> None:
+        """Revoke a token (the caller's own; an admin: anyone's); 404 for an unknown token or someone else's."""
+        found = store.token(token_id)
+        if found is None or found.identity != caller and not authorizer.is_admin(caller):
+            raise HTTPException(404, f"no token {token_id!r}")
+        store.revoke_token(token_id)
+        logger.info("%s revoked token %s (of %s)", caller, token_id, found.identity)
+
+    def relay_identity(websocket: WebSocket, stream_id: str) -> str:
+        """:func:`identity` for the relay; a token limited elsewhere is refused here as for an unknown stream."""
+        caller = identity(websocket)
+        grant = _grant(caller)
+        if grant is not None:
+            try:
+                record = store.get(stream_id)
+            except StreamNotFound:
+                record = None
+            if record is None or not grant.permits_stream(record.id, record.experiment):
+                raise WebSocketException(4404, f"no stream {stream_id!r} on this service")
+        return caller
+
+    add_relay(app, relay_identity)
     return app
 
 

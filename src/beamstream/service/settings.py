@@ -10,7 +10,8 @@ came back elsewhere (another port, another host) still reaches it.
 
 With ``tls_cert``, ``tls_key`` and ``tls_ca`` (and, recommended, ``tls_crl``) the service serves
 HTTPS only, with mutual TLS (docs/security.md, Mutual TLS); without any of them, plain HTTP. Some
-but not all of them is refused.
+but not all of them is refused. ``tls_client_cert: optional`` lets clients without a certificate
+complete the handshake, to authenticate with a bearer token (docs/security.md, Tokens).
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class ServiceSettings(BaseSettings):
     tls_crl: Path | None = Field(None, description="the CA's revocation list (PEM), checked on every connection and "
                                  "read again when the file changes (recommended: without it, a revoked "
                                  "certificate is accepted until it expires)")
+    tls_client_cert: Literal["required", "optional"] = Field("required", description="whether the TLS handshake "
+                                                             "requires a client certificate (required) or verifies "
+                                                             "one only if presented (optional: clients without one, "
+                                                             "notebooks and browsers, then authenticate with a "
+                                                             "bearer token; docs/security.md, Tokens)")
     tls_jobs_cert: Path | None = Field(None, description="the client certificate the service's jobs present when "
                                        "they call it back (PEM; extended key usage clientAuth, from tls_ca's CA, e.g. "
                                        "`beamstream ca issue DIR --user beamstream-jobs`). Default: tls_cert, if it "

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from beamstream.service.states import State, check_transition
+from beamstream.service.tokens import Grant
 
 
 class Base(DeclarativeBase):
@@ -74,6 +75,25 @@ class JobRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))  # succeeded, failed or lost, once ended
     exit_code: Mapped[int | None] = mapped_column(Integer)
     stop_requested: Mapped[float | None] = mapped_column(Float)
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # SHA-256 of the token, hex
+    identity: Mapped[str] = mapped_column(String(256), index=True)
+    experiments: Mapped[str | None] = mapped_column(Text)  # JSON list, or None: not limited
+    stream: Mapped[str | None] = mapped_column(String(32))
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[float | None] = mapped_column(Float)
+
+
+def _grant(row: TokenRow) -> Grant:
+    experiments = None if row.experiments is None else tuple(json.loads(row.experiments))
+    return Grant(id=row.id, identity=row.identity, experiments=experiments, stream=row.stream, created=row.created,
+                 expires=row.expires, revoked=row.revoked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +212,15 @@ class JobStore:
             return StreamRecord.of(row)
 
     def list(self, *, state: State | None = None, experiment: str | None = None, owner: str | None = None,
-             limit: int = 50, offset: int = 0, oldest_first: bool = False) -> tuple[list[StreamRecord], int]:
+             limit: int = 50, offset: int = 0, oldest_first: bool = False, ids: list[str] | None = None,
+             experiments: list[str] | None = None) -> tuple[list[StreamRecord], int]:
         """Streams matching every filter given, newest (or oldest) first: (``limit`` of them from ``offset``, how
-        many match)."""
+        many match). ``ids`` and ``experiments``: only streams among them (a token's limits)."""
         query = select(StreamRow)
+        if ids is not None:
+            query = query.where(StreamRow.id.in_(ids))
+        if experiments is not None:
+            query = query.where(StreamRow.experiment.in_(experiments))
         if state is not None:
             query = query.where(StreamRow.state == state.value)
         if experiment is not None:
@@ -268,6 +293,40 @@ class JobStore:
             query = query.where(StreamRow.owner == owner)
         with self._session() as session:
             return int(session.scalar(query) or 0)
+
+    def add_token(self, *, digest: str, identity: str, expires: float, experiments: list[str] | None = None,
+                  stream: str | None = None) -> Grant:
+        """Record a token by its ``digest`` (never the token): it acts as ``identity`` within its limits until
+        ``expires``."""
+        row = TokenRow(id=uuid.uuid4().hex, digest=digest, identity=identity, stream=stream, created=time.time(),
+                       expires=expires, experiments=None if experiments is None else json.dumps(experiments))
+        with self._session() as session:
+            session.add(row)
+            session.flush()
+            return _grant(row)
+
+    def token_by_digest(self, digest: str) -> Grant | None:
+        """The token whose SHA-256 is ``digest`` (expired and revoked ones too), or None."""
+        with self._session() as session:
+            row = session.scalar(select(TokenRow).where(TokenRow.digest == digest))
+            return None if row is None else _grant(row)
+
+    def token(self, token_id: str) -> Grant | None:
+        """The token ``token_id``, or None."""
+        with self._session() as session:
+            row = session.get(TokenRow, token_id)
+            return None if row is None else _grant(row)
+
+    def revoke_token(self, token_id: str) -> Grant | None:
+        """Revoke the token ``token_id`` (from now; a revoked one keeps its first revocation time); None if unknown."""
+        with self._session() as session:
+            row = session.get(TokenRow, token_id, with_for_update=True)
+            if row is None:
+                return None
+            if row.revoked is None:
+                row.revoked = time.time()
+            session.flush()
+            return _grant(row)
 
     def healthy(self) -> bool:
         """True if the database answers a query."""

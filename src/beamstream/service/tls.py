@@ -6,6 +6,9 @@ What this module promises, with the settings ``tls_cert``, ``tls_key``, ``tls_ca
   certificate required and verified against ``tls_ca`` (a handshake without one, or with one from
   another CA, expired, or revoked, fails: the connection never reaches the application), and no
   session tickets, so every connection is a full handshake whose certificate is verified again.
+  With ``client_cert="optional"`` (the setting ``tls_client_cert``) a client may present no
+  certificate (it is then identified by a bearer token, or refused 401 by the API); one it
+  presents is verified exactly as when required.
 - Revocation (``tls_crl``, OpenSSL's ``VERIFY_CRL_CHECK_LEAF``) is checked on every connection
   against the CRL file as it is when the connection starts: at each handshake (in the context's
   SNI callback, which OpenSSL calls on every ClientHello, with or without a server name) the
@@ -52,7 +55,11 @@ class ServerTLS:
     when a file cannot be loaded at start.
     """
 
-    def __init__(self, cert: Path, key: Path, ca: Path, crl: Path | None = None) -> None:
+    def __init__(self, cert: Path, key: Path, ca: Path, crl: Path | None = None,
+                 client_cert: str = "required") -> None:
+        if client_cert not in ("required", "optional"):
+            raise ValueError(f"client_cert must be 'required' or 'optional', not {client_cert!r}")
+        self.client_cert = client_cert
         self.cert, self.key, self.ca, self.crl = Path(cert), Path(key), Path(ca), None if crl is None else Path(crl)
         self._stamp = None if self.crl is None else _stamp(self.crl)
         self._failed: tuple[int, int, int] | None = None  # the stamp of a CRL that could not be loaded
@@ -63,7 +70,9 @@ class ServerTLS:
     def _make(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.verify_mode = ssl.CERT_REQUIRED
+        # optional: a certificate presented is verified exactly as when required (a bad one fails the handshake);
+        # a client without one gets through, with no identity (the API then wants a bearer token, else 401)
+        context.verify_mode = ssl.CERT_REQUIRED if self.client_cert == "required" else ssl.CERT_OPTIONAL
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0  # no resumption: a resumed session would skip the certificate's checks
         for what, load in (("tls_cert/tls_key", lambda: context.load_cert_chain(self.cert, self.key)),

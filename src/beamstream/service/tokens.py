@@ -1,0 +1,85 @@
+"""Short-lived bearer tokens for notebooks and browsers (docs/security.md, Tokens).
+
+A caller authenticated by its client certificate mints a token (``POST /v1/tokens``): a random
+secret (:func:`secrets.token_urlsafe`, 32 bytes) that the service returns once and keeps only as
+its SHA-256 digest, with the identity it acts as, the experiments and the stream it is limited
+to, when it expires and whether it was revoked. Whoever presents the secret
+(``Authorization: Bearer TOKEN``; on the relay's WebSocket also ``?token=TOKEN``) acts as that
+identity, within those limits, until it expires or is revoked. The secret itself is never logged
+nor stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a token allows: act as ``identity``, only on ``experiments`` (None: all the identity may) and only on
+    ``stream`` (None: any), until ``expires`` (seconds since the epoch) unless ``revoked`` (when, or None)."""
+
+    id: str
+    identity: str
+    experiments: tuple[str, ...] | None
+    stream: str | None
+    created: float
+    expires: float
+    revoked: float | None
+
+    def valid(self, now: float | None = None) -> bool:
+        return self.revoked is None and (time.time() if now is None else now) < self.expires
+
+    def permits_stream(self, stream_id: str, experiment: str | None) -> bool:
+        """Whether the stream ``stream_id`` (labelled ``experiment``) is within this token's limits."""
+        if self.stream is not None and stream_id != self.stream:
+            return False
+        return self.experiments is None or experiment in self.experiments
+
+    def permits_experiment(self, experiment: str | None) -> bool:
+        return self.experiments is None or experiment in self.experiments
+
+
+class Caller(str):
+    """An identity, as the API's routes use it (a str), with the :class:`Grant` it came from when a token said who
+    is asking (``grant`` None: a client certificate, or the default owner)."""
+
+    grant: Grant | None
+
+    def __new__(cls, identity: str, grant: Grant | None = None) -> Caller:
+        made = super().__new__(cls, identity)
+        made.grant = grant
+        return made
+
+
+def new_secret() -> str:
+    """A fresh token: 32 random bytes, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def digest(token: str) -> str:
+    """What the store keeps of ``token``: its SHA-256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (None without one, or for another scheme)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def grant_of(store, token: str) -> Grant | None:  # noqa: ANN001 (a JobStore; imported lazily by the API)
+    """The valid grant of ``token`` (None: unknown, tampered, expired or revoked)."""
+    if not token or len(token) > 256:
+        return None
+    found = store.token_by_digest(digest(token))
+    return found if found is not None and found.valid() else None
