@@ -38,11 +38,10 @@ class Grant:
 
     def permits_stream(self, stream_id: str, experiment: str | None) -> bool:
         """Whether the stream ``stream_id`` (labelled ``experiment``) is within this token's limits."""
-        if self.stream is not None and stream_id != self.stream:
-            return False
-        return self.experiments is None or experiment in self.experiments
+        return (self.stream is None or stream_id == self.stream) and self.permits_experiment(experiment)
 
     def permits_experiment(self, experiment: str | None) -> bool:
+        """Whether ``experiment`` is within this token's limits."""
         return self.experiments is None or experiment in self.experiments
 
 
