@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 
 import httpx
 import psutil
@@ -211,19 +213,47 @@ def test_beamstream_request_refuses_a_request_without_a_spec_or_a_run():
 def test_ctrl_c_on_beamstream_request_cancels_the_stream(service_url, write_spec):
     process = subprocess.Popen(  # SIGINT as a terminal sends it, whatever this test's own disposition of it
         [*BEAMSTREAM, "request", str(write_spec(ENDLESS)), "--service", service_url], stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "COLUMNS": "200"}, preexec_fn=lambda: signal.signal(signal.SIGINT,
-                                                                                          signal.SIG_DFL))
+        text=True, env={**os.environ, "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     said = [process.stderr.readline()]
     stream_id = said[0].split()[1]
     while " running " not in said[-1]:
         said.append(process.stderr.readline())
         assert said[-1], f"the request ended before the stream ran: {''.join(said)}"
     process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=60)
+    try:
+        _, rest = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # the fault handler prints every thread's stack
+        raise AssertionError("no exit within 60 s of Ctrl-C:\n" + "".join(said) + process.communicate()[1]) from None
     assert process.returncode == 130, "".join(said) + rest
     assert f"interrupted: stream {stream_id} cancelled" in rest
     final = shown(service_url, stream_id)
     assert final["state"] == "cancelled" and final["history"][-1]["reason"] == "cancelled by local"
+
+
+def test_ctrl_c_ends_beamstream_request_even_when_its_reader_does_not_stop(tmp_path):
+    script = tmp_path / "stuck.py"  # a reader that never ends, inside a live display that keeps refreshing
+    script.write_text(textwrap.dedent("""
+        import os, signal, threading, time
+        from types import SimpleNamespace
+        import beamstream.cli as cli
+
+        cli.CANCEL_GRACE_S = 0.5
+        stream = SimpleNamespace(id="s1", cancel=lambda: None)
+
+        def stuck():
+            with cli.console.status("reading…", refresh_per_second=50) as status:
+                while True:
+                    status.update(f"reading… {time.time()}")
+
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        cli.run_cancellable(stream, stuck)
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    assert result.returncode == 130, result.stderr
+    assert "interrupted: stream s1 cancelled" in result.stderr
 
 
 def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_spec):

@@ -365,28 +365,47 @@ CANCEL_GRACE_S = 10.0  # after Ctrl-C cancelled a stream, for its reader to show
 def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
     """Run ``work`` on a thread while this main thread waits for it, so that Ctrl-C lands here, not inside a
     library's clean-up (a generator being closed, say) that would swallow it. On Ctrl-C: cancel ``stream``,
-    give ``work`` CANCEL_GRACE_S seconds to show how the stream ended, exit 130. Otherwise raise what
-    ``work`` raised."""
+    give ``work`` CANCEL_GRACE_S seconds to show how the stream ended, say what became of the stream, exit 130;
+    if ``work`` is still running then, the process ends at once (see :func:`_exit_now`). Otherwise raise what
+    ``work`` raised.
+
+    This thread prints nothing while ``work`` runs: rich's live displays (``work``'s progress) and a print from
+    another thread can deadlock on rich's locks."""
+    import signal
     import threading
 
     raised: list[BaseException] = []
+    done = threading.Event()  # not Thread.join: Ctrl-C inside join() marks a running thread stopped (CPython 3.11)
 
     def run() -> None:
-        try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Linux may hand a process's SIGINT to any
+        try:  # thread that does not block it; here, the main thread asleep in wait() would never hear of it (seen)
             work()
         except BaseException as exc:  # typer.Exit included: raised again in the main thread
             raised.append(exc)
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=run, name="beamstream-request", daemon=True)
-    worker.start()
+    threading.Thread(target=run, name="beamstream-request", daemon=True).start()
     try:
-        worker.join()
+        done.wait()
     except KeyboardInterrupt:
-        cancel_interrupted(stream)
-        worker.join(CANCEL_GRACE_S)
+        said = cancel_interrupted(stream)
+        if not done.wait(CANCEL_GRACE_S):
+            _exit_now(said, 130)
+        console.print(said, highlight=False)
         raise typer.Exit(130) from None
     if raised:
         raise raised[0]
+
+
+def _exit_now(line: str, code: int) -> None:
+    """Write ``line`` to stderr with a bare system call and end the process without Python's shutdown: a thread
+    still inside a live display or a socket holds locks that shutdown (or rich) would wait on forever."""
+    import os
+
+    os.write(2, f"\n{line}\n".encode())
+    os._exit(code)
 
 
 def follow_and_read(stream: Stream, group: str, relay: bool, timeout: float) -> None:
@@ -418,16 +437,15 @@ def show_changes(stream: Stream, after: int | None = None, until_running: bool =
     return change
 
 
-def cancel_interrupted(stream: Stream) -> None:
-    """Cancel ``stream`` after Ctrl-C and say so (or why it could not be: it has ended, say)."""
+def cancel_interrupted(stream: Stream) -> str:
+    """Cancel ``stream`` after Ctrl-C; what to say of it (cancelled, or why not: it has ended, say)."""
     from beamstream.errors import ServiceError
 
     try:
         stream.cancel()
     except ServiceError as exc:
-        console.print(f"interrupted; stream {stream.id} not cancelled: {exc}", highlight=False)
-        return
-    console.print(f"interrupted: stream {stream.id} cancelled", highlight=False)
+        return f"interrupted; stream {stream.id} not cancelled: {exc}"
+    return f"interrupted: stream {stream.id} cancelled"
 
 
 def _clock(at: float) -> str:
