@@ -58,6 +58,10 @@ class ChecksumMismatch(WireFormatError):
     """The payload of a message does not match the checksum in its header."""
 
 
+class SealRefused(WireFormatError):
+    """A message of a sealed stream that its key does not open: unsealed, forged, altered, or of another stream."""
+
+
 class TransportError(BeamstreamError, ConnectionError):
     """A socket could not be bound, connected or used."""
 
