@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as Path_
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket, WebSocketException
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, WebSocket, WebSocketException
 from fastapi.requests import HTTPConnection
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -108,6 +108,23 @@ class StreamView(BaseModel):
     def of(cls, record: StreamRecord) -> StreamView:
         """The view of ``record``: its attributes by name (the secret and the spec are not shown)."""
         return cls.model_validate(record, from_attributes=True)
+
+
+class Credentials(BaseModel):
+    """A stream's credentials: its key, for its owner only (docs/security.md, Stream credentials). Producers seal
+    the stream's messages with it, consumers open them, the buffer admits those who prove they hold it."""
+
+    stream: str = Field(description="the stream's id")
+    key: str = Field(description="the stream's key (URL-safe base64): beamstream.security.streamkey.StreamKey")
+
+
+class StreamCreated(StreamView):
+    """A stream just requested, as the API shows it, with its credentials (in this answer to its owner only)."""
+
+    credentials: Credentials | None = Field(description="the stream's credentials (None: the service keeps none)")
+
+
+NO_STORE = {"Cache-Control": "no-store"}  # on every answer that carries credentials
 
 
 class StreamPage(BaseModel):
@@ -246,15 +263,16 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             raise HTTPException(503, f"job store unavailable: {type(exc).__name__}") from None
         return {"status": "ok"}
 
-    @app.post("/v1/streams", status_code=201, response_model=StreamView, tags=["streams"],
+    @app.post("/v1/streams", status_code=201, response_model=StreamCreated, tags=["streams"],
               responses={403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
                          503: {"model": Problem}})
-    def request_stream(request: StreamRequest, owner: Owner) -> StreamView:
+    def request_stream(request: StreamRequest, owner: Owner, response: Response) -> StreamCreated:
         """Ask for a stream: it is queued at once and started when the limits allow. One its executor could not
         run is refused before anything is made: 422 if it asks for more than the executor gives (Slurm would
         refuse its nodes, tasks or time), 503 if the executor does not answer (Slurm is down). Under a policy, 403
         for an experiment the caller may not read, and (but for admins) for data other than a catalogue run of
-        the request's experiment or a simulated source."""
+        the request's experiment or a simulated source. The answer carries the stream's credentials (its key),
+        which the service gives to the stream's owner only (again: ``GET /v1/streams/{id}/credentials``)."""
         requested = dict(request.spec)
         source = requested.get("source") if isinstance(requested.get("source"), dict) else {}
         reads_files = source.get("type") in (None, "psana2", "hdf5") and "files" not in source
@@ -286,7 +304,8 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         record = store.create(owner=owner, spec=requested, resources=request.resources.model_dump(mode="json"),
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
         _wake(app)
-        return StreamView.of(record)
+        response.headers.update(NO_STORE)
+        return StreamCreated(**StreamView.of(record).model_dump(), credentials=_credentials(record))
 
     @app.get("/v1/experiments/{experiment}/runs", tags=["runs"], responses={404: {"model": Problem}})
     def experiment_runs(experiment: str, caller: Owner) -> dict[str, Any]:
@@ -335,6 +354,24 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         elif record.state.final:
             live.forget(record.id)
         return view
+
+    @app.get("/v1/streams/{stream_id}/credentials", response_model=Credentials, tags=["streams"],
+             responses={404: {"model": Problem}})
+    def stream_credentials(stream_id: str, caller: Owner, response: Response) -> Credentials:
+        """The stream's credentials, for its owner only: anyone else (an admin too) gets 404, exactly as for an
+        unknown stream. A token may fetch them if its holder owns the stream and its limits cover it. 404 too for
+        a stream requested before the service kept credentials."""
+        try:
+            record = authorizer.owned_stream(store, stream_id, caller, action="fetch the credentials of")
+        except StreamNotFound:
+            raise _unknown(stream_id) from None
+        within_token(record, caller, "fetch the credentials of")
+        credentials = _credentials(record)
+        if credentials is None:
+            raise HTTPException(404, f"stream {stream_id} has no credentials: it was requested before the "
+                                     "service kept them")
+        response.headers.update(NO_STORE)
+        return credentials
 
     @app.get("/v1/streams/{stream_id}/events", tags=["streams"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem},
@@ -411,11 +448,16 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             record = authorizer.visible_stream(store, stream_id, caller, action=action)
         except StreamNotFound:
             raise _unknown(stream_id) from None
+        return within_token(record, caller, action)
+
+    def within_token(record: StreamRecord, caller: str, action: str) -> StreamRecord:
+        """``record``, unless the caller came with a token whose limits exclude it: then 404, as for an unknown
+        stream (the refusal logged)."""
         grant = _grant(caller)
         if grant is not None and not grant.permits_stream(record.id, record.experiment):
-            logger.warning("refused %s to %s stream %s: outside the limits of token %s", caller, action, stream_id,
+            logger.warning("refused %s to %s stream %s: outside the limits of token %s", caller, action, record.id,
                            grant.id)
-            raise _unknown(stream_id)
+            raise _unknown(record.id)
         return record
 
     @app.post("/v1/tokens", status_code=201, response_model=TokenView, tags=["tokens"],
@@ -471,6 +513,10 @@ def _wake(app: FastAPI) -> None:
     """Let the dispatcher act on a change now (a new request, a job's report), if this app has one."""
     if app.state.dispatcher is not None:
         app.state.dispatcher.wake()
+
+
+def _credentials(record: StreamRecord) -> Credentials | None:
+    return None if record.key is None else Credentials(stream=record.id, key=record.key)
 
 
 def _public_view(record: StreamRecord) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from beamstream.accounting import format_ranges
 from beamstream.modes import make_dirs
+from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.settings import ServiceSettings
@@ -57,6 +58,13 @@ from beamstream.service.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
 
 logger = logging.getLogger(__name__)
+# The jobs' credentials (docs/security.md, Stream credentials): the dispatcher always writes a stream's key files
+# to its folder (0600); these say whether it also names them to the jobs, options of `beamstream produce` and
+# `beamstream buffer` that are being added alongside (off: the jobs run without credentials, as before).
+PRODUCERS_GET_KEY_FILE = False  # `beamstream produce --key-file stream.key`: producers seal the stream's messages
+BUFFER_GETS_ADMISSION_KEY_FILE = False  # `beamstream buffer --admission-key-file admission.key`: it admits holders
+KEY_FILE = "stream.key"  # the stream's key, for its producers job
+ADMISSION_KEY_FILE = "admission.key"  # only the admission key derived from it, for its buffer job
 BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
 MAX_VERDICT_BYTES = 1 << 20
 VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its verdict, though it seems ended
@@ -155,6 +163,10 @@ class Dispatcher:
         _write_json(directory / "buffer-spec.json", {**with_stream_sink(record.spec), "buffer": buffer})
         argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
                 "--callback", str(callback)]
+        if record.key is not None:  # the buffer holds the admission key only: it cannot open a payload
+            write_key_file(directory / ADMISSION_KEY_FILE, StreamKey.from_text(record.key).admission)
+            if BUFFER_GETS_ADMISSION_KEY_FILE:
+                argv += ["--admission-key-file", str(directory / ADMISSION_KEY_FILE)]
         self._submit(record, "buffer", argv, state=State.STARTING)
 
     def _write_callback(self, record: StreamRecord) -> Path:
@@ -224,6 +236,10 @@ class Dispatcher:
         _write_json(self.folder(record) / "producers-spec.json", spec)
         workers = int(record.resources.get("workers") or 1)
         argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--stream-id", record.id]
+        if record.key is not None:
+            key_file = write_key_file(self.folder(record) / KEY_FILE, StreamKey.from_text(record.key))
+            if PRODUCERS_GET_KEY_FILE:
+                argv += ["--key-file", str(key_file)]
         if self.executor(record).launches_ranks:
             self._submit(record, "producers", [*argv, "--rank-from-env"], ranks=workers)
         elif workers == 1:  # the one rank runs in the job's own process: no worker process to start

@@ -113,6 +113,14 @@ class Policy:
             return Decision(True, f"{identity} is an admin")
         return Decision(False, f"it is {stream_owner}'s and {identity} is not an admin")
 
+    def may_have_credentials(self, identity: str, stream_owner: str) -> Decision:
+        """May ``identity`` have the credentials (the key) of a stream of ``stream_owner``? Its owner only: not
+        even an admin, who may follow, cancel and relay any stream, but reads its payloads only if the owner
+        shares the key (docs/security.md, Stream credentials)."""
+        if identity == stream_owner:
+            return Decision(True, f"{identity} owns it")
+        return Decision(False, f"it is {stream_owner}'s, and credentials go to a stream's owner only")
+
 
 def load_policy(path: Path) -> PolicyModel:
     """The policy in the YAML file ``path``; PolicyError naming the file and the bad entry."""
@@ -185,6 +193,15 @@ class Authorizer:
         alike for an unknown stream and for one it may not see, so that its existence is not revealed."""
         record = store.get(stream_id)
         if not self.may_see(identity, record.owner, action=action, stream_id=stream_id).allowed:
+            raise StreamNotFound(stream_id)
+        return record
+
+    def owned_stream(self, store: JobStore, stream_id: str, identity: str, *, action: str) -> StreamRecord:
+        """The stream ``stream_id`` if ``identity`` owns it (:meth:`Policy.may_have_credentials`, logged as
+        ``action``); StreamNotFound alike for an unknown stream and for anyone else's, admins' included."""
+        record = store.get(stream_id)
+        decision = self.policy.may_have_credentials(identity, record.owner)
+        if not _logged(identity, f"{action} stream {stream_id}", decision).allowed:
             raise StreamNotFound(stream_id)
         return record
 

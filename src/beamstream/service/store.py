@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
@@ -44,6 +44,7 @@ class StreamRow(Base):
     spec: Mapped[str] = mapped_column(Text)  # the stream spec, JSON
     resources: Mapped[str] = mapped_column(Text)  # JSON
     secret: Mapped[str] = mapped_column(String(64))  # signs the jobs' callbacks
+    stream_key: Mapped[str | None] = mapped_column(String(64))  # the stream's credentials (StreamKey text); never shown
     endpoints: Mapped[str | None] = mapped_column(Text)  # JSON, once the buffer said where it listens
     verdict: Mapped[str | None] = mapped_column(Text)  # JSON, once the stream ended
     created: Mapped[float] = mapped_column(Float, index=True)
@@ -146,13 +147,16 @@ class StreamRecord:
     created: float
     updated: float
     history: list[Change]
+    # the stream's credentials (StreamKey text; None for a stream requested before the service made them): for
+    # its owner and its jobs only, never in a view, a repr or a log
+    key: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, row: StreamRow) -> StreamRecord:
         return cls(id=row.id, owner=row.owner, name=row.name, experiment=row.experiment, run=row.run,
                    state=State(row.state), spec=json.loads(row.spec), resources=json.loads(row.resources),
                    secret=row.secret, endpoints=_loads(row.endpoints), verdict=_loads(row.verdict),
-                   created=row.created, updated=row.updated,
+                   created=row.created, updated=row.updated, key=row.stream_key,
                    history=[Change(State(change.state), change.reason, change.at) for change in row.changes])
 
 
@@ -192,11 +196,15 @@ class JobStore:
 
     def create(self, *, owner: str, spec: dict[str, Any], resources: dict[str, Any], name: str | None = None,
                experiment: str | None = None, run: int | None = None, reason: str = "requested") -> StreamRecord:
-        """A new stream in state ``queued``, with its first history entry and a fresh callback secret."""
+        """A new stream in state ``queued``, with its first history entry, a fresh callback secret and fresh
+        credentials (a :class:`~beamstream.security.streamkey.StreamKey`, kept as text: ``record.key``)."""
+        from beamstream.security.streamkey import StreamKey
+
         now = time.time()
         row = StreamRow(id=uuid.uuid4().hex, owner=owner, name=name, experiment=experiment, run=run,
                         state=State.QUEUED.value, spec=json.dumps(spec), resources=json.dumps(resources),
-                        secret=secrets.token_hex(32), created=now, updated=now)
+                        secret=secrets.token_hex(32), stream_key=StreamKey.generate().to_text(), created=now,
+                        updated=now)
         row.changes.append(ChangeRow(state=State.QUEUED.value, reason=reason, at=now))
         with self._session() as session:
             session.add(row)
