@@ -555,6 +555,22 @@ def streams_logs(
         print(service.stream(stream_id).logs(tail), end="")
 
 
+@streams_app.command("credentials")
+def streams_credentials(
+    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help='print {"stream": ID, "key": KEY} on standard output')]
+    = False,
+) -> None:
+    """The stream's key, on standard output (for its owner only; keep it secret, e.g. in a file of mode 0600)."""
+    with connect(service_url, cert, key, ca) as service:
+        credentials = service.stream(stream_id).credentials()
+    print(json.dumps(credentials) if as_json else credentials["key"])
+
+
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 app.add_typer(buffer_app, name="buffer")
 
@@ -583,6 +599,7 @@ def buffer(
     max_consumers: Annotated[Optional[int], typer.Option(help=_help("max_consumers"))] = None,
     max_connections: Annotated[Optional[int], typer.Option(help=_help("max_connections"))] = None,
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
+    admission_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_help("admission_key_file"))] = None,
     callback: Annotated[Optional[Path], typer.Option(
         help="tell the request service that started this buffer where it listens and, at the end, the "
              "stream's verdict (a file the service wrote: its URL and the stream's secret, read again at every "

@@ -48,6 +48,9 @@ DEFAULT_GROUP = "default"
 READ_TIMEOUT = 60.0  # a stream's producers start only once it runs: time enough for its first message
 PAGE = 1000  # streams asked for per page when listing (the service's largest page)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to reconnect to the events of a stream; then 5 s
+# Stream.client() gives the Client the stream's key (Client(..., key=...), being added alongside), so that it opens
+# sealed messages and proves itself to the buffer; off, it reads without one, as before.
+CLIENT_GETS_KEY = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +124,8 @@ class Service:
         """
         body = {"spec": _spec_data(spec), "resources": resources, "name": name, "experiment": experiment, "run": run}
         answer = self.call("POST", "/v1/streams", json={key: value for key, value in body.items() if value is not None})
-        return Stream(self, answer.json())
+        view = answer.json()
+        return Stream(self, view, credentials=view.pop("credentials", None))
 
     def stream(self, stream_id: str) -> Stream:
         """The stream with this id, as the service shows it now."""
@@ -174,12 +178,24 @@ class Stream:
     ``view`` is the stream as the service last showed it (``GET /v1/streams/{id}``: state,
     history, endpoints, verdict, resources); :meth:`refresh` and :meth:`changes` renew it.
     ``report`` is the account of the last iteration over the stream (None before one).
+    The stream's credentials (:meth:`credentials`) are kept from the service's answer to the request, or
+    asked for once; they are never part of ``view`` or the repr.
     """
 
-    def __init__(self, service: Service, view: dict[str, Any]) -> None:
+    def __init__(self, service: Service, view: dict[str, Any], credentials: dict[str, str] | None = None) -> None:
         self.service = service
         self.view = view
         self.report: StreamReport | None = None
+        self._credentials = credentials
+
+    def credentials(self) -> dict[str, str]:
+        """The stream's credentials, ``{"stream": id, "key": text}`` (the key as
+        :meth:`StreamKey.from_text <beamstream.security.streamkey.StreamKey.from_text>` reads it): from the
+        answer to the request, else ``GET /v1/streams/{id}/credentials`` once. They go to the stream's owner only:
+        ServiceError (404) for anyone else, an admin too, as for an unknown stream."""
+        if self._credentials is None:
+            self._credentials = self.service.call("GET", f"{stream_path(self.id)}/credentials").json()
+        return self._credentials
 
     @property
     def id(self) -> str:
@@ -226,9 +242,15 @@ class Stream:
         Directly from the stream's buffer (its ``endpoints.consumers``; the view is read again if
         it has none yet), or with ``relay`` through the service's HTTP relay, for a consumer that
         cannot reach the buffer. ``client_options`` go to the Client (``timeout`` defaults to
-        :data:`READ_TIMEOUT`). ServiceError if the stream has no endpoint yet (it does not run).
+        :data:`READ_TIMEOUT`; ``key`` to the stream's key, from :meth:`credentials`, when the caller has them:
+        an admin reading another's stream has not, and reads without it). ServiceError if the stream has no
+        endpoint yet (it does not run).
         """
         client_options.setdefault("timeout", READ_TIMEOUT)
+        if CLIENT_GETS_KEY and "key" not in client_options:
+            key = self._key()
+            if key is not None:
+                client_options["key"] = key
         if relay:
             if self.service.tls is not None:
                 client_options.setdefault("tls", self.service.tls)
@@ -240,6 +262,16 @@ class Stream:
             raise ServiceError(f"stream {self.id} is {self.state.value} and has no endpoint to read yet; "
                                "wait_until_running() first")
         return Client(endpoint, group=group, **client_options)
+
+    def _key(self) -> str | None:
+        """The stream's key, or None when the service gives this caller none (404: not the owner, or a stream
+        or a service without credentials)."""
+        try:
+            return self.credentials()["key"]
+        except ServiceError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def __iter__(self) -> Iterator[Event]:
         """Wait until the stream runs, then yield its events read from its buffer as group ``default``.

@@ -14,6 +14,13 @@ for any consumer. Each WebSocket message is one ZeroMQ multipart message
   reader that is slow to read should not find its queue filled with them.
 - Only who may see the stream (its owner, an admin: :mod:`beamstream.service.policy`) is relayed
   it; for anyone else it is an unknown stream.
+- Admission (docs/security.md, Stream credentials): the relay reads the buffer as a consumer the
+  service vouches for. A buffer given its stream's admission key admits only a hello that proves
+  its sender holds that key; the relay, which keeps the stream's key and has decided who may read,
+  gives every hello it forwards a fresh proof of its own (:func:`vouched`), so a reader need not
+  hold the key to be admitted. Everything else, the buffer's sealed messages included, is
+  forwarded unchanged: the relay never opens a payload, and a reader opens them with its own copy
+  of the key (``Client(..., key=...)``).
 - The WebSocket is closed with a reason the reader shows: 4404 for an unknown stream, 4410 for
   one that has ended (or ends while waited for, or whose buffer has gone silent after its end),
   1013 for one that did not start running in time, 1003 for a text message, 1007 for a message
@@ -40,6 +47,7 @@ from starlette.websockets import WebSocketState
 from beamstream.buffer.allocator import release_freed_buffers, trim_freed_buffers
 from beamstream.client.transports.relay import join_frames, split_frames
 from beamstream.errors import TransportError, WireFormatError
+from beamstream.security.streamkey import AdmissionKey, StreamKey
 from beamstream.service.states import State
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.transport import open_socket
@@ -55,6 +63,9 @@ QUEUED = 4  # messages the DEALER queues each way
 MAX_RELAYS = 256  # readers relayed at once (each holds a connection, a DEALER and a few messages)
 MAX_REASON_BYTES = 123  # what a WebSocket close frame can carry
 PING = pack(Ping())
+# Give each hello forwarded to the buffer the relay's own proof (beamstream.wire.control.proven_hello, being added
+# alongside with the buffer's admission): off, hellos go to the buffer as the reader sent them.
+RELAY_PROVES_HELLOS = False
 
 
 class RelayClosed(Exception):
@@ -123,9 +134,10 @@ async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: 
             _outcome(tasks)  # the reader left, or broke the framing, while the stream was waited for
             return
         tasks.discard(waiting)
-        dealer = _connect(context, waiting.result())
+        endpoint, admission = waiting.result()
+        dealer = _connect(context, endpoint)
         connected.set()
-        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox)),
+        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox, admission)),
                   asyncio.create_task(_to_reader(dealer, websocket, heard)),
                   asyncio.create_task(_watch(store, stream_id, heard))}
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -147,8 +159,9 @@ def _outcome(tasks: set[asyncio.Task]) -> None:
             task.result()
 
 
-async def _consumer_endpoint(store: JobStore, stream_id: str) -> str:
-    """The buffer's consumer endpoint once the stream runs; RelayClosed if it is unknown, ended or late."""
+async def _consumer_endpoint(store: JobStore, stream_id: str) -> tuple[str, AdmissionKey | None]:
+    """The buffer's consumer endpoint once the stream runs, and the stream's admission key (None: the stream has
+    no credentials, or the relay does not prove hellos); RelayClosed if it is unknown, ended or late."""
     deadline = time.monotonic() + WAIT_FOR_RUNNING_S
     while True:
         try:
@@ -158,7 +171,10 @@ async def _consumer_endpoint(store: JobStore, stream_id: str) -> str:
         if record.state.final:
             raise RelayClosed(4410, f"stream {record.id} has ended ({record.state.value})")
         if record.state is State.RUNNING and record.endpoints:
-            return record.endpoints["consumers"]
+            admission = None
+            if RELAY_PROVES_HELLOS and record.key is not None:
+                admission = StreamKey.from_text(record.key).admission
+            return record.endpoints["consumers"], admission
         if time.monotonic() > deadline:
             raise RelayClosed(1013, f"stream {record.id} did not start running within {WAIT_FOR_RUNNING_S:g} s "
                                     f"(it is {record.state.value})")
@@ -194,9 +210,26 @@ async def _from_reader(websocket: WebSocket, inbox: asyncio.Queue, connected: as
         await inbox.put(frames)
 
 
-async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue) -> None:
+async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue, admission: AdmissionKey | None) -> None:
     while True:
-        await dealer.send_multipart(await inbox.get(), copy=False)
+        await dealer.send_multipart(vouched(await inbox.get(), admission), copy=False)
+
+
+def vouched(frames: list, admission: AdmissionKey | None) -> list:
+    """A reader's message as the relay forwards it to the buffer: a hello made again with the relay's own fresh
+    proof under ``admission`` (same group, lossy, start and credit; a new nonce and time, so that the reader's
+    hello, sent again each second, is never a replay); anything else (and everything without ``admission``)
+    unchanged."""
+    if admission is None or len(frames) != 1:
+        return frames
+    from beamstream.wire.control import Hello, proven_hello, unpack
+
+    try:
+        hello = unpack(frames[0], Hello)
+    except WireFormatError:
+        return frames  # an ack, or a message the buffer will refuse in its own words
+    return [pack(proven_hello(admission, group=hello.group, lossy=hello.lossy, start=hello.start,
+                              credit=hello.credit))]
 
 
 async def _to_reader(dealer: zmq.asyncio.Socket, websocket: WebSocket, heard: list[float]) -> None:
