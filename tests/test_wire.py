@@ -113,7 +113,7 @@ def test_headers_are_the_version_1_bytes_documented():
     end = EndMessage(stream="s1", rank=0, producers=2, share=SHARE, messages=5, events=50, last_seq=89)
     assert end.to_frames() == [msgpack.packb({
         "v": 1, "kind": "end", "stream": "s1", "rank": 0, "producers": 2, "share": [1, 2, 0, 100, 10], "messages": 5,
-        "events": 50, "last_seq": 89, "status": "ok", "reason": "", "extra": {}, "omitted": b""})]
+        "events": 50, "last_seq": 89, "status": "ok", "reason": "", "extra": {}, "omitted": b"", "seal": b""})]
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
