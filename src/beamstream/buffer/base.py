@@ -18,6 +18,10 @@ The first message that carries the stream's description sets ``metadata``, which
 passes on to readers that never see that message (:meth:`described`).
 Each socket a buffer binds keeps at most ``max_connections`` connections
 (:class:`~beamstream.buffer.connections.ConnectionLimit`).
+
+Admission: a buffer given its stream's ``admission`` key (:mod:`beamstream.buffer.admission`) takes only
+sealed messages whose seal matches that key; any other is refused like an unreadable one, before it is
+kept, spilled, forwarded or counted in the stream's account (so a forged end cannot end the stream).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from beamstream.wire.replies import ACK, kept, refused
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from beamstream.security.streamkey import AdmissionKey
+
 logger = logging.getLogger(__name__)
 Received = tuple[bytes, list[zmq.Frame], DataMessage | EndMessage]
 
@@ -64,8 +70,10 @@ class Buffer(ABC):
     thread_name = "beamstream-buffer"
 
     def __init__(self, context: zmq.Context, producer_endpoint: str, *, hwm: int, bind: bool,
-                 producer_timeout_s: float, max_message: int, max_connections: int, affinity: int = 0) -> None:
+                 producer_timeout_s: float, max_message: int, max_connections: int, affinity: int = 0,
+                 admission: AdmissionKey | None = None) -> None:
         self.context = context
+        self.admission = admission  # the stream's admission key: only messages sealed with it are taken
         self.producer_endpoint = producer_endpoint
         self.producer_socket = open_socket(context, zmq.ROUTER, producer_endpoint, bind=bind, hwm=hwm,
                                            affinity=affinity, replies="out", max_message=max_message)
@@ -180,8 +188,8 @@ class Buffer(ABC):
         identity = frames[0].bytes
         self.last_producer_message = time.monotonic()
         try:
-            message = parse_message(frames[1:], verify=True)  # a corrupt payload must not reach a group
-        except WireFormatError as exc:
+            message = self.parse(frames[1:])
+        except WireFormatError as exc:  # SealRefused too
             self._refuse(identity, str(exc))
             return None
         if self.report.stream is not None and message.stream != self.report.stream:
@@ -193,6 +201,12 @@ class Buffer(ABC):
             self.producer_socket.send_multipart([identity, kept(message.index)])
             return None
         return identity, frames[1:], message
+
+    def parse(self, frames: list[zmq.Frame]) -> DataMessage | EndMessage:
+        """The message in a producer's ``frames``; WireFormatError if it may not be taken: SealRefused, with the
+        admission key, for one not sealed with it (its payload then stays encrypted: the buffer cannot read it,
+        and a sealed message has no checksum, its seal authenticates it)."""
+        return parse_message(frames, verify=True, admission=self.admission)  # a corrupt payload must not reach a group
 
     def _refuse(self, identity: bytes, reason: str) -> None:
         """Tell a producer its message was refused and why; count it, and log it once per reason."""

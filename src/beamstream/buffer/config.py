@@ -7,10 +7,11 @@
       spill_dir: /scratch/run42-spill
       retention_s: 86400
       metrics_port: 9100
+      admission_key_file: /run/beamstream/run42.admission   # the key's file, never the key itself
 
 A service that runs a stream starts its buffer from the spec (``beamstream buffer --spec
-SPEC``, or :meth:`BufferConfig.open` in Python) before its producers. Sockets, threads and
-nats-py are touched only by :meth:`open`, so validating a spec needs none of them.
+SPEC``, or :meth:`BufferConfig.open` in Python) before its producers. Sockets, threads,
+nats-py and the admission key file are touched only by :meth:`open`, so validating a spec needs none of them.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class BufferConfig(SpecModel):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(0: any free one; none: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server listens on")
+    admission_key_file: Path | None = Field(None, description="admit only the stream's credential holders: "
+                                            "the file (mode 600) holding the stream's admission key; producer "
+                                            "messages must be sealed with it, consumers prove it in their hello "
+                                            "(none: admit anyone who reaches the endpoints)")
 
     @classmethod
     def option_help(cls, name: str) -> str:

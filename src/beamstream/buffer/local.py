@@ -19,6 +19,11 @@ that the next received message reuses, instead of every message landing in fresh
 then stays at the peak it reached, within this bound, until the buffer goes idle and gives the
 freed memory back (:func:`~beamstream.buffer.allocator.trim_freed_buffers`).
 
+Admission: given its stream's ``admission`` key, the buffer takes only producer messages sealed with it
+(:class:`~beamstream.buffer.base.Buffer`) and admits a consumer only on a hello that proves it holds the key
+(:class:`~beamstream.buffer.admission.HelloCheck`); a refused consumer is told why in an ``error`` and sent
+nothing else, joins no group, and its acks are not taken (it is no member).
+
 Speed: the context has two I/O threads, the producer socket's connections on one and the
 consumer socket's on the other, so receiving a message and sending the previous one (each a
 copy between kernel and memory) run side by side.
@@ -31,13 +36,14 @@ import logging
 import time
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
 from prometheus_client.core import Metric
 
 from beamstream.atomic import write_atomically
+from beamstream.buffer.admission import HelloCheck
 from beamstream.buffer.allocator import trim_freed_buffers
 from beamstream.buffer.base import Buffer
 from beamstream.buffer.metrics import group_metrics, log_metrics
@@ -48,6 +54,9 @@ from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket
 from beamstream.wire import EndMessage, parse_message
 from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 from beamstream.wire.metadata import RunMetadata
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 logger = logging.getLogger(__name__)
 MAX_CONTROL_BYTES = 1 << 20  # a consumer's control message is small: a larger one drops its connection
@@ -63,12 +72,14 @@ class LocalBuffer(Buffer):
                  bind: bool = True, probe_interval: float = 0.5, spill: str | Path | None = None,
                  max_spill: int | None = None, retention_s: float | None = None,
                  producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE,
-                 group_stall_s: float = 60.0, max_consumers: int = 1024, max_connections: int = 4096) -> None:
+                 group_stall_s: float = 60.0, max_consumers: int = 1024, max_connections: int = 4096,
+                 admission: AdmissionKey | None = None) -> None:
         # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
         # thread behind it would leave the socket unable to connect)
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
                          producer_timeout_s=producer_timeout_s, max_message=max_message,
-                         max_connections=max_connections, affinity=0b01)
+                         max_connections=max_connections, affinity=0b01, admission=admission)
+        self.hello_check = HelloCheck(admission) if admission is not None else None
         self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
                                            affinity=0b10, max_message=MAX_CONTROL_BYTES)
         if bind:
@@ -89,7 +100,7 @@ class LocalBuffer(Buffer):
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
         self._restore()
         self.last_size = 0
-        self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0, control_rejected=0)
+        self.counters.update(messages_out=0, bytes_out=0, groups_dropped=0, control_rejected=0, consumers_refused=0)
         self._moved_at_last_probe = self._moved_at_last_trim = 0
 
     @property
@@ -111,8 +122,8 @@ class LocalBuffer(Buffer):
             self.metadata = msgspec.msgpack.decode(saved_metadata.read_bytes(), type=RunMetadata)
         for _, _, frames in self.message_log.segments.records(first_frame_only=True):
             self.account(parse_message(frames, verify=False))
-        for _, _, frames in self.ends.records():
-            self.account(parse_message(frames, verify=False))
+        for _, _, frames in self.ends.records():  # the header alone: a sealed end has its seal frame after it
+            self.account(parse_message(frames[:1], verify=False))
         saved = self.spill / "groups.json"
         for name, state in (json.loads(saved.read_text()) if saved.exists() else {}).items():
             offset = max(int(state["low_water"]), self.message_log.first_offset)
@@ -245,6 +256,12 @@ class LocalBuffer(Buffer):
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
             return  # a repeated hello (the client could not tell whether we heard the first)
+        if self.hello_check is not None and (refusal := self.hello_check.refusal(hello)) is not None:
+            kind, reason = refusal
+            self.counters["consumers_refused"] += 1
+            self.warn_once(f"consumer hello: {kind}", "refused consumer %s: %s", identity.hex(), reason)
+            self._send_consumer(identity, [pack(Error(reason=reason))])
+            return
         if len(self.members) >= self.max_consumers:
             self.counters["control_rejected"] += 1
             reason = (f"this buffer serves {self.max_consumers} consumers already; "

@@ -15,7 +15,10 @@ Every metric is named ``beamstream_buffer_`` + one of these:
   ``rejected_messages_total`` (producer messages refused as unreadable), ``duplicate_messages_total``
   (producer messages that arrived again after a reconnect, dropped), ``groups_dropped_total``
   (lossless groups dropped for keeping a full buffer's producers waiting without acknowledging),
-  ``rejected_control_messages_total`` (consumer control messages refused as unusable);
+  ``rejected_control_messages_total`` (consumer control messages refused as unusable),
+  ``refused_consumers_total`` (consumer hellos refused for not proving that their sender holds the stream's
+  credentials: no proof, a wrong one, a stale one or a replay; local buffer);
+  with an admission key, ``rejected_messages_total`` also counts producer messages not sealed with it;
 - per listening socket, label ``side`` (``producer`` or ``consumer``): ``connections_open``
   (gauge), ``connections_refused_total`` (shut down for being over ``max_connections``) and
   ``accepts_failed_total`` (accepts that failed because descriptors ran out);
@@ -70,6 +73,8 @@ SERVICE_COUNTERS = {
     "duplicates": ("duplicate_messages", "Producer messages that arrived again (resent after a reconnect), dropped."),
     "groups_dropped": ("groups_dropped", "Lossless groups dropped for keeping producers waiting without acknowledging."),
     "control_rejected": ("rejected_control_messages", "Consumer control messages refused because they could not be used."),
+    "consumers_refused": ("refused_consumers", "Consumer hellos refused for not proving the stream's credentials "
+                          "(buffers given an admission key)."),
 }
 
 

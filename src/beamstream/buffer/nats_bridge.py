@@ -18,6 +18,10 @@ Promises:
 - **End of stream.** A producer's end message is acknowledged once stored. When every producer
   has ended, or those that have not said nothing for ``producer_timeout_s``, the verdict on
   everything stored is written to the stream, and again whenever it changes.
+- **Admission.** Given the stream's ``admission`` key, the bridge stores only producer messages sealed
+  with it (:class:`~beamstream.buffer.base.Buffer`); others are refused and never reach NATS. Consumers
+  read from the NATS server, not from the bridge: who may read is the server's own accounts and
+  permissions (docs/nats-backend.md); the payloads they read stay sealed with the stream key.
 - **Restart.** A new bridge on the same stream first reads what is stored (headers only) so
   that its verdict covers the messages stored before it.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from prometheus_client.core import Metric
@@ -39,6 +43,9 @@ from beamstream.jetstream.urls import split_url
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage
 
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,14 +57,15 @@ class NatsBridge(Buffer):
     def __init__(self, producer_endpoint: str, url: str, *, hwm: int = 4, bind: bool = True,
                  retention_s: float | None = None, max_bytes: int | None = None,
                  producer_timeout_s: float = 60.0, retry_s: float = 1.0, timeout: float = 10.0,
-                 max_message: int = DEFAULT_MAX_MESSAGE, max_connections: int = 4096) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, max_connections: int = 4096,
+                 admission: AdmissionKey | None = None) -> None:
         self.url = url
         self.server, self.name = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
             super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s,
-                             max_message=max_message, max_connections=max_connections)
+                             max_message=max_message, max_connections=max_connections, admission=admission)
         except BaseException:
             self._drop_store()
             raise

@@ -28,8 +28,14 @@ def open_buffer(config: BufferConfig) -> Buffer:
 
     Raises TransportError if an endpoint or the metrics port cannot be bound (or, with a NATS
     backend, the server does not answer), MissingDependency if the NATS backend is asked for
-    without nats-py.
+    without nats-py, StreamKeyError if ``admission_key_file`` cannot be read, may be read by
+    others, or holds no key.
     """
+    admission = None
+    if config.admission_key_file is not None:
+        from beamstream.buffer.admission import load_admission_key
+
+        admission = load_admission_key(config.admission_key_file)
     if config.backend is not None:
         try:
             from beamstream.buffer.nats_bridge import NatsBridge
@@ -37,7 +43,8 @@ def open_buffer(config: BufferConfig) -> Buffer:
             raise MissingDependency(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
         buffer: Buffer = NatsBridge(config.producers, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
                                     retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s,
-                                    max_message=config.max_message, max_connections=config.max_connections)
+                                    max_message=config.max_message, max_connections=config.max_connections,
+                                    admission=admission)
     else:
         from beamstream.buffer.local import LocalBuffer
 
@@ -45,7 +52,7 @@ def open_buffer(config: BufferConfig) -> Buffer:
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
                              producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
                              group_stall_s=config.group_stall_s, max_consumers=config.max_consumers,
-                             max_connections=config.max_connections)
+                             max_connections=config.max_connections, admission=admission)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)

@@ -107,6 +107,8 @@ def totals_table(totals: dict[str, float]) -> Table:
         rows["messages out"] = count(totals["messages_out_total"])
         rows["bytes out"] = megabytes(totals["bytes_out_total"])
     rows["rejected"] = count(totals["rejected_messages_total"])
+    if "refused_consumers_total" in totals:
+        rows["consumers refused"] = count(totals["refused_consumers_total"])
     if "resident_bytes" in totals:
         used, bound = totals["resident_bytes"], totals["max_bytes"]
         rows["memory"] = f"{megabytes(used)} of {megabytes(bound)} ({100 * used / bound:.0f}%)" if bound else megabytes(used)

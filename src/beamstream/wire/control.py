@@ -13,7 +13,9 @@ buffer sends it inside :class:`End`, the NATS backend stores it as a record of i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+import os
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -21,6 +23,9 @@ from beamstream.batch import NonNegative
 from beamstream.errors import WireFormatError
 from beamstream.wire.frames import decode, frame_buffer
 from beamstream.wire.metadata import RunMetadata
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 PROTOCOL = "beamstream-buffer/1"
 Range = tuple[int, int]
@@ -35,12 +40,20 @@ class Control(msgspec.Struct, tag_field="op", kw_only=True):
 
 
 class Hello(Control, tag="hello", kw_only=True):
-    """Join ``group`` (created at ``start`` if new); the buffer may send ``credit`` messages before an ack."""
+    """Join ``group`` (created at ``start`` if new); the buffer may send ``credit`` messages before an ack.
+
+    A buffer that holds its stream's admission key admits only a hello that proves its sender holds it too:
+    ``nonce`` (fresh random bytes), ``at`` (the sender's clock, Unix seconds) and ``proof``, the admission key's
+    HMAC of :func:`hello_proof_data` (made by :func:`proven_hello`). Without a key all three stay empty.
+    """
 
     group: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     lossy: bool = False
     start: Literal["earliest", "now"] = "earliest"
     credit: Credit = 1
+    nonce: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
+    at: float = 0.0
+    proof: Annotated[bytes, msgspec.Meta(max_length=64)] = b""
 
 
 class Ack(Control, tag="ack", kw_only=True):
@@ -111,6 +124,31 @@ class _Envelope(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _envelope = msgspec.msgpack.Decoder(_Envelope)
 _decoders: dict[Any, msgspec.msgpack.Decoder] = {}
+
+
+HELLO_NONCE_BYTES = 16
+HELLO_WINDOW_S = 60.0  # a proven hello's ``at`` may be this far from the buffer's clock, either way
+_HELLO_PROOF_CONTEXT = "beamstream-buffer/1 hello proof"
+
+
+def hello_proof_data(hello: Hello) -> bytes:
+    """What a hello's ``proof`` signs: msgpack of the array [context, protocol, group, lossy, start, nonce, at]
+    (``credit`` is not signed: it only paces deliveries)."""
+    return _encoder.encode([_HELLO_PROOF_CONTEXT, hello.protocol, hello.group, hello.lossy, hello.start,
+                            hello.nonce, float(hello.at)])
+
+
+def proven_hello(admission: AdmissionKey | None, *, group: str, lossy: bool = False,
+                 start: Literal["earliest", "now"] = "earliest", credit: int = 1, at: float | None = None,
+                 nonce: bytes | None = None) -> Hello:
+    """A hello for ``group``; with ``admission``, carrying a fresh proof that its sender holds that key
+    (``at``: now, ``nonce``: random, unless given)."""
+    hello = Hello(group=group, lossy=lossy, start=start, credit=credit)
+    if admission is not None:
+        hello.nonce = os.urandom(HELLO_NONCE_BYTES) if nonce is None else nonce
+        hello.at = time.time() if at is None else at
+        hello.proof = admission.sign(hello_proof_data(hello))
+    return hello
 
 
 def pack(message: Control) -> bytes:

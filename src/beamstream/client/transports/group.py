@@ -4,6 +4,10 @@ The consumer protocol (hello, ack, deliver, describe, end, ping, rejoin, error) 
 once, by :class:`GroupMember`, over a :class:`Carrier` that only moves its frames: a ZeroMQ
 DEALER connected to the buffer (:class:`GroupTransport`) or a WebSocket to the request service's
 relay (:class:`~beamstream.client.transports.relay.RelayTransport`).
+
+A buffer that holds its stream's admission key admits a member only if its hello proves that it holds the
+key too: a member given ``admission`` (the stream key's ``.admission``) signs every hello it sends, each
+with a fresh nonce and the time (:func:`~beamstream.wire.control.proven_hello`).
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.transport import open_socket
-from beamstream.wire.control import Ack, Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToConsumer, pack, unpack
+from beamstream.wire.control import (Ack, Deliver, Describe, End, Error, Ping, Rejoin, ToConsumer, pack,
+                                      proven_hello, unpack)
 from beamstream.wire.metadata import RunMetadata
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 HELLO_EVERY_S = 1.0  # while the buffer is silent, say hello again this often (it may have restarted)
 
@@ -42,6 +50,10 @@ class Carrier(ABC):
     def close(self) -> None:
         """Let go of the connection; safe to call twice."""
 
+    def send_hello(self, frame: bytes) -> None:
+        """Send a hello; it replaces any earlier hello not sent yet (each proven hello differs from the last)."""
+        self.send(frame)
+
 
 class GroupMember(Transport):
     """A member of ``group`` of the buffer at the far end of ``carrier``.
@@ -53,28 +65,39 @@ class GroupMember(Transport):
     The buffer's liveness pings do not count as deliveries: ``timeout`` runs from when the
     application asked for the next message. A buffer's ``error`` raises TransportError with its
     reason; a control message that is not the consumer protocol raises WireFormatError.
+    With ``admission`` (the stream's admission key) every hello carries a fresh proof that this member holds
+    it, which a buffer given that key requires.
     """
 
     ends_with_verdict = True
 
     def __init__(self, carrier: Carrier, *, group: str, lossy: bool, start: Literal["earliest", "now"],
-                 credit: int) -> None:
+                 credit: int, admission: AdmissionKey | None = None) -> None:
         self.carrier = carrier
         self.where = f"{carrier.where} (group {group})"
-        self.hello = pack(Hello(group=group, lossy=lossy, start=start, credit=credit))
+        self.hello_options: dict[str, Any] = {"group": group, "lossy": lossy, "start": start, "credit": credit}
+        self.admission = admission
         self.described: RunMetadata | None = None
         try:
-            self.carrier.send(self.hello)
+            self.say_hello()
         except BaseException:
             carrier.close()
             raise
+
+    @property
+    def hello(self) -> bytes:
+        """A hello to send now (with a fresh proof if this member holds the admission key)."""
+        return pack(proven_hello(self.admission, **self.hello_options))
+
+    def say_hello(self) -> None:
+        self.carrier.send_hello(self.hello)
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
         quiet_since = time.monotonic()
         while True:
             frames = self.carrier.receive(HELLO_EVERY_S)
             if frames is None:
-                self.carrier.send(self.hello)
+                self.say_hello()
             else:
                 control = unpack(frames[0], ToConsumer)
                 if isinstance(control, Deliver):
@@ -91,7 +114,7 @@ class GroupMember(Transport):
                 if isinstance(control, Error):
                     raise TransportError(f"{self.where} refused this client: {control.reason}")
                 if isinstance(control, Rejoin):
-                    self.carrier.send(self.hello)
+                    self.say_hello()
                 elif not isinstance(control, Ping):
                     raise WireFormatError(f"{self.where} sent an unexpected {type(control).__name__}")
             if timeout is not None and time.monotonic() - quiet_since > timeout:
@@ -114,7 +137,7 @@ class DealerCarrier(Carrier):
     Sending never blocks: a frame the socket cannot take (its queue is full because the buffer
     is gone, or not reading) waits here and goes out, in order, before the next one and at each
     receive. So a reader whose buffer vanished still notices its silence after ``timeout`` seconds.
-    A hello already waiting is not queued again.
+    A hello not sent yet is replaced by the next one, not queued behind it.
     """
 
     def __init__(self, endpoint: str, *, hwm: int, max_message: int) -> None:
@@ -126,11 +149,20 @@ class DealerCarrier(Carrier):
             self.context.term()
             raise
         self.waiting: deque[bytes] = deque()
+        self.hello_waiting: bytes | None = None
 
     def send(self, frame: bytes) -> None:
-        if frame not in self.waiting:  # acks differ from each other; an unsent hello need not go twice
-            self.waiting.append(frame)
+        self.waiting.append(frame)
         self._flush()
+
+    def send_hello(self, frame: bytes) -> None:
+        if self.hello_waiting is not None:
+            try:
+                self.waiting.remove(self.hello_waiting)
+            except ValueError:
+                pass  # sent meanwhile
+        self.hello_waiting = frame
+        self.send(frame)
 
     def _flush(self) -> None:
         while self.waiting:
@@ -156,6 +188,6 @@ class GroupTransport(GroupMember):
     """A member of ``group`` over a DEALER connected to the buffer's consumer ``endpoint`` (its HWM: ``credit``)."""
 
     def __init__(self, endpoint: str, *, group: str, lossy: bool, start: Literal["earliest", "now"],
-                 credit: int, max_message: int) -> None:
+                 credit: int, max_message: int, admission: AdmissionKey | None = None) -> None:
         super().__init__(DealerCarrier(endpoint, hwm=credit, max_message=max_message), group=group, lossy=lossy,
-                         start=start, credit=credit)
+                         start=start, credit=credit, admission=admission)

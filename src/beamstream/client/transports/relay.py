@@ -15,11 +15,14 @@ from __future__ import annotations
 import ssl
 import struct
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from beamstream.client.transports.group import Carrier, GroupMember
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.wire.frames import frame_buffer
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 COUNT = struct.Struct("<I")
 LENGTH_BYTES = 8
@@ -160,6 +163,6 @@ class RelayTransport(GroupMember):
     """
 
     def __init__(self, url: str, *, group: str, lossy: bool, start: Literal["earliest", "now"], credit: int,
-                 max_message: int, tls: TLSFiles | None = None) -> None:
+                 max_message: int, tls: TLSFiles | None = None, admission: AdmissionKey | None = None) -> None:
         super().__init__(WebSocketCarrier(url, max_message=max_message, queue=credit + CONTROL_SLACK, tls=tls),
-                         group=group, lossy=lossy, start=start, credit=credit)
+                         group=group, lossy=lossy, start=start, credit=credit, admission=admission)

@@ -1,0 +1,78 @@
+"""Admission: a buffer given its stream's admission key serves only the stream's credential holders
+(docs/buffer-protocol.md, "Admission"; docs/security.md, "The data plane").
+
+The buffer holds the admission key only (an :class:`~beamstream.security.streamkey.AdmissionKey`), never the
+stream key: it can tell who holds the stream's credentials, but cannot read a payload.
+
+- **Producers**: every message must carry a seal frame whose HMAC of the header matches the key
+  (:func:`~beamstream.wire.sealing.check_admitted`); :meth:`Buffer.receive <beamstream.buffer.base.Buffer.receive>`
+  refuses any other as it refuses an unreadable one.
+- **Consumers** (local backend): a hello must carry a proof (:func:`~beamstream.wire.control.proven_hello`):
+  :class:`HelloCheck` refuses one without a valid proof, one whose ``at`` is more than
+  :data:`~beamstream.wire.control.HELLO_WINDOW_S` from the buffer's clock, and one whose nonce it has seen
+  within that window (a replay).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from beamstream.security.streamkey import AdmissionKey, StreamKeyError, read_key_file
+from beamstream.wire.control import HELLO_WINDOW_S, Hello, hello_proof_data
+
+ADMIT_ONLY_HOLDERS = "this stream's buffer admits only holders of its credentials"
+
+
+def load_admission_key(path: Path) -> AdmissionKey:
+    """The admission key in the key file ``path`` (its text, as ``AdmissionKey.to_text`` writes it).
+
+    Raises StreamKeyError if the file cannot be read, others may read or change it, or it holds no key.
+    """
+    text = read_key_file(path)
+    try:
+        return AdmissionKey.from_text(text)
+    except StreamKeyError as exc:  # never the text itself: it may be a key after all
+        raise StreamKeyError(f"the key file {path} holds no admission key: {exc}") from None
+
+
+class HelloCheck:
+    """Decides whether a consumer's hello proves that its sender holds the admission key.
+
+    Nonces of admitted hellos are remembered for twice the window (so a hello still within the window can
+    never be replayed); only hellos with a valid proof are remembered, so nobody without the key can fill it.
+    """
+
+    def __init__(self, admission: AdmissionKey, window_s: float = HELLO_WINDOW_S) -> None:
+        self.admission = admission
+        self.window_s = window_s
+        self.seen: dict[bytes, float] = {}  # nonce → the time (buffer's clock) after which it may be forgotten
+
+    def refusal(self, hello: Hello, now: float | None = None) -> tuple[str, str] | None:
+        """None if ``hello`` is admitted (its nonce is then remembered); else (kind, reason): the kind of refusal
+        (``no proof``, ``wrong key``, ``clock``, ``replay``) and why, in words for its sender."""
+        now = time.time() if now is None else now
+        if not hello.proof:
+            return "no proof", (f"{ADMIT_ONLY_HOLDERS}: give the stream's key (Client(..., key=...), or its key file) so that "
+                    "the hello carries a proof")
+        if not hello.nonce or not self.admission.verify(hello_proof_data(hello), hello.proof):
+            return "wrong key", (f"{ADMIT_ONLY_HOLDERS}: the hello's proof does not match this stream's admission key; "
+                    "give this stream's key (not another stream's)")
+        if abs(now - hello.at) > self.window_s:
+            off = now - hello.at
+            return "clock", (f"{ADMIT_ONLY_HOLDERS}: the hello was made {abs(off):.0f} s "
+                             f"{'before' if off > 0 else 'after'} the buffer's time (at most {self.window_s:g} s "
+                             "either way): set this machine's clock right, or send a fresh hello")
+        self._forget_old(now)
+        if hello.nonce in self.seen:
+            return "replay", f"{ADMIT_ONLY_HOLDERS}: this hello was already used (a replay); send a fresh one"
+        self.seen[hello.nonce] = now + 2 * self.window_s
+        return None
+
+    def _forget_old(self, now: float) -> None:
+        """Drop the nonces whose time is up (oldest first: they were added in the order of their times)."""
+        while self.seen:
+            nonce, until = next(iter(self.seen.items()))
+            if until >= now:
+                return
+            del self.seen[nonce]
