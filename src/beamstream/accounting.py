@@ -110,6 +110,7 @@ class StreamReport:
     duplicates: int = 0
     foreign: int = 0
     refused: int = 0  # unreadable messages (malformed, or a payload that did not match its checksum)
+    forged: int = 0  # messages of a sealed stream that its key did not open (forged, altered, unsealed): refused
     skipped: int = 0
     omitted: int = 0  # events the sources left out on purpose (e.g. psana on_missing: skip): not lost
     verdict: Verdict | None = None  # a buffer's verdict on the whole stream, for a consumer of a group
@@ -217,7 +218,8 @@ class StreamReport:
         if self.verdict is not None:
             mine = f"this consumer: {self.events} events in {self.messages} messages ({self.bytes / 1e6:.1f} MB)"
             skipped = f", {self.skipped} messages skipped (lossy group)" if self.skipped else ""
-            return f"{self.verdict.summary}\n{mine}{skipped}"
+            forged = f", {self.forged} forged messages refused" if self.forged else ""
+            return f"{self.verdict.summary}\n{mine}{skipped}{forged}"
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
@@ -225,4 +227,5 @@ class StreamReport:
         extra += [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
         extra += [f"{self.refused} unreadable messages refused"] if self.refused else []
+        extra += [f"{self.forged} forged messages refused (not sealed with the stream's key)"] if self.forged else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])

@@ -146,6 +146,9 @@ def produce(
         "--rank-from-env", help="run as one rank of a launcher (srun, mpirun; with --stream-id): --rank and "
                                 "--producers from SLURM_PROCID/SLURM_NTASKS, PMI_RANK/PMI_SIZE or "
                                 "OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE")] = False,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", metavar="FILE", help="seal every message with the stream key in FILE (readable by its owner "
+                                           "only); consumers then need the same key")] = None,
 ) -> None:
     """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
     from beamstream.display import ProducerProgress, workers_table
@@ -160,6 +163,7 @@ def produce(
             rank, producers = launcher_rank(os.environ)
         except OptionError as exc:
             fail(str(exc), code=2)
+    key = _stream_key(key_file)
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
     _say_bound_endpoints(spec, workers if rank is None else producers or 1)
@@ -167,18 +171,18 @@ def produce(
         if rank is None or producers is None or stream_id is None or rank >= producers:
             fail("--rank R needs --producers N (R < N) and --stream-id ID, the same for every rank", code=2)
         abort_on_signals()
-        stats = run_worker(spec, rank, producers, stream_id)
+        stats = run_worker(spec, rank, producers, stream_id, key=key)
         console.print(workers_table([stats], f"stream {stream_id}, rank {rank} of {producers}"))
         if stats.status != "ok":
             fail(f"rank {rank} {stats.status}: {stats.reason}")
         return
     if _mpi_launched():
-        result = run_mpi(spec, stream_id)
+        result = run_mpi(spec, stream_id, key=key)
         if result is None:  # not rank 0: rank 0 prints the summary
             return
     else:
         with ProducerProgress() as progress:
-            result = run_local(spec, workers, stream_id, on_progress=progress.update)
+            result = run_local(spec, workers, stream_id, on_progress=progress.update, key=key)
     console.print(workers_table(result.workers, f"stream {result.stream_id}"))
     seconds = result.seconds
     console.print(f"{result.events:,} events, {result.bytes / 1e9:.3f} GB in {seconds:.2f} s: "
@@ -187,6 +191,19 @@ def produce(
         console.print(f"[red]worker {rank} failed:[/] {reason}", highlight=False)
     if result.errors:
         raise typer.Exit(1)
+
+
+def _stream_key(key_file: Path | None) -> object:
+    """The StreamKey in ``key_file`` (None without one); exit 2 naming the problem for a file that cannot be
+    read, that others may read or change, or that holds no key."""
+    if key_file is None:
+        return None
+    from beamstream.security.streamkey import StreamKey, StreamKeyError, read_key_file
+
+    try:
+        return StreamKey.from_text(read_key_file(key_file))
+    except StreamKeyError as exc:
+        fail(f"--key-file: {exc}", code=2)
 
 
 def _say_bound_endpoints(spec: object, producers: int) -> None:
@@ -220,6 +237,9 @@ def consume(
     redeliver_after: Annotated[Optional[float], typer.Option(
         help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another "
              "(default: 30)")] = None,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", metavar="FILE", help="the stream is sealed: open its messages with the stream key in FILE "
+                                           "(readable by its owner only); others are refused as forged")] = None,
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
     from beamstream.client import Client
@@ -228,6 +248,7 @@ def consume(
 
     if start not in (None, "earliest", "now"):
         fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
+    key = _stream_key(key_file)
     if producers is not None:
         from beamstream.transport import rank_endpoint
 
@@ -236,7 +257,7 @@ def consume(
         endpoints = [rank_endpoint(endpoints[0], rank) for rank in range(producers)]
     try:
         client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
-                        group=group, lossy=lossy, start=start, redeliver_after=redeliver_after)
+                        group=group, lossy=lossy, start=start, redeliver_after=redeliver_after, key=key)
     except OptionError as exc:
         fail(_option_names(str(exc)), code=2)
     try:

@@ -24,6 +24,7 @@ import numpy as np
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
 from beamstream.errors import BeamstreamError, OptionError
+from beamstream.security.streamkey import StreamKey
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
 from beamstream.steps.batch import BatchStep
@@ -91,8 +92,9 @@ def omitted_by(source: Any) -> np.ndarray:
 
 
 def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
-               report: Callable[[WorkerStats], None] = lambda stats: None) -> WorkerStats:
-    """Produce rank ``rank``'s share of ``spec``; return what was sent.
+               report: Callable[[WorkerStats], None] = lambda stats: None, key: StreamKey | None = None) -> WorkerStats:
+    """Produce rank ``rank``'s share of ``spec``; return what was sent. With ``key`` every message a sink
+    sends is sealed with it (docs/wire-format.md, "Sealed messages").
 
     ``report`` is called after every message with the running totals. On an error the
     worker still sends an end message with status ``error`` and the reason (to every sink,
@@ -102,7 +104,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     source = spec.source.open()
     share = source.partition(rank, producers)
     codec = spec.serializer.build()
-    context = SinkContext(stream_id=stream_id, rank=rank, producers=producers)
+    context = SinkContext(stream_id=stream_id, rank=rank, producers=producers, key=key)
     sinks = [sink.open(context) for sink in spec.sinks]
     last_seq = None
     try:
@@ -147,9 +149,11 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
 _COUNTERS = ("events", "messages", "bytes")
 
 
-def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any) -> None:
+def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any,
+                  key_text: str | None = None) -> None:
     abort_on_signals()
     spec = spec_from_json(spec_json)
+    key = None if key_text is None else StreamKey.from_text(key_text)
 
     def report(stats: WorkerStats) -> None:
         base = rank * len(_COUNTERS)
@@ -157,7 +161,7 @@ def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, cou
             counters[base + offset] = getattr(stats, name)
 
     try:
-        stats = run_worker(spec, rank, producers, stream_id, report)
+        stats = run_worker(spec, rank, producers, stream_id, report, key=key)
     except BeamstreamError as exc:
         errors.put((rank, str(exc)))
         raise SystemExit(1) from None
@@ -193,8 +197,9 @@ class RunResult:
 
 def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
               on_progress: Callable[[list[WorkerStats]], None] = lambda stats: None,
-              poll_interval: float = 0.5) -> RunResult:
-    """Run ``spec`` in ``workers`` local processes and wait for all of them.
+              poll_interval: float = 0.5, key: StreamKey | None = None) -> RunResult:
+    """Run ``spec`` in ``workers`` local processes and wait for all of them (sealing every message with ``key``,
+    if given: the workers get it through their start-up pipe, never on a command line).
 
     ``on_progress`` receives every worker's running totals about every ``poll_interval`` seconds.
     A worker that dies is reported in ``RunResult.errors`` with its exit code (or the signal that
@@ -208,7 +213,8 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
     errors_queue = ctx.SimpleQueue()
     spec_json = spec_to_json(spec)
     processes = [
-        ctx.Process(target=_local_worker, args=(spec_json, rank, workers, stream_id, counters, errors_queue),
+        ctx.Process(target=_local_worker, args=(spec_json, rank, workers, stream_id, counters, errors_queue,
+                                                None if key is None else key.to_text()),
                     name=f"beamstream-worker-{rank}")
         for rank in range(workers)
     ]
@@ -307,8 +313,9 @@ def launcher_rank(environment: Mapping[str, str]) -> tuple[int, int]:
 
 
 
-def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
-    """Run this MPI rank's share of ``spec``; rank 0 returns everyone's result, other ranks None.
+def run_mpi(spec: Any, stream_id: str | None = None, key: StreamKey | None = None) -> RunResult | None:
+    """Run this MPI rank's share of ``spec`` (sealed with ``key``, if given); rank 0 returns everyone's result,
+    other ranks None.
 
     Every rank reaches the final gather even when its share fails, so one failure never
     leaves the others hanging; the failure is reported in ``RunResult.errors``.
@@ -323,7 +330,7 @@ def run_mpi(spec: Any, stream_id: str | None = None) -> RunResult | None:
     started = time.time()
     abort_on_signals()
     try:
-        stats = run_worker(spec, rank, producers, stream_id)
+        stats = run_worker(spec, rank, producers, stream_id, key=key)
         error = None if stats.status == "ok" else stats.reason
     except Exception as exc:
         stats, error = WorkerStats(rank=rank, started=started, finished=time.time(), status="error"), str(exc)

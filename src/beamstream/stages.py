@@ -67,11 +67,13 @@ class Serializer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SinkContext:
-    """Where a sink runs: the stream and this producer's rank among all producers."""
+    """Where a sink runs: the stream and this producer's rank among all producers; ``key``, the stream's
+    :class:`~beamstream.security.streamkey.StreamKey` when it is sealed (a sink that sends messages seals them)."""
 
     stream_id: str
     rank: int
     producers: int
+    key: Any = None
 
 
 class Sink(Protocol):

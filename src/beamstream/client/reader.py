@@ -9,7 +9,10 @@ Iteration ends when every producer has sent its end-of-stream message (or, readi
 buffer, when the buffer says the stream has ended). A message that cannot be read (malformed,
 or a payload that does not match its checksum) or belongs to another stream is refused — its
 producer is told why where the transport can say so — counted in the report and logged; it
-never ends the iteration. If the stream then lacks events, or goes
+never ends the iteration. A sealed stream (docs/wire-format.md, "Sealed messages") is read
+with its key (``key=``): a message the key does not open (forged, altered, unsealed) is refused
+and counted as ``forged``, and never delivered nor taken as a producer's end; a Client without
+a key raises SealRefused at the first sealed message. If the stream then lacks events, or goes
 silent for ``timeout`` seconds first, StreamIncomplete is raised (its ``report`` names the
 missing sequence ranges): nothing incomplete passes as complete. Received arrays are
 read-only views that keep their message alive.
@@ -32,8 +35,10 @@ import numpy as np
 from beamstream.accounting import StreamReport
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
 from beamstream.codecs import decode_payload
-from beamstream.errors import OptionError, StreamIncomplete, StreamTimeout, TransportError, WireFormatError
+from beamstream.errors import (OptionError, SealRefused, StreamIncomplete, StreamTimeout, TransportError,
+                               WireFormatError)
 from beamstream.logs import WarnOnce
+from beamstream.security.streamkey import StreamKey
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire.metadata import RunMetadata
@@ -88,6 +93,12 @@ class Client:
         timeout: seconds of silence before giving up (None waits forever).
         verify: check every payload's checksum.
         stream: accept only this stream id (default: the first one seen).
+        key: the stream's :class:`~beamstream.security.streamkey.StreamKey` (or its text) if the stream is
+            sealed: every message is opened with it; one it does not open (forged, altered, not sealed)
+            is refused, counted in ``report.forged``, logged once per reason, never delivered (a forged
+            end message does not end the stream). A group member also proves with it to a buffer that
+            requires the stream's admission key. Without a key, a sealed message raises SealRefused
+            (this stream needs its key): encrypted bytes are never handed out as data.
 
     Reading producers directly (no ``group``, not ``nats://``):
         bind: bind the endpoints instead of connecting (producers then connect).
@@ -127,25 +138,30 @@ class Client:
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
                  hwm: int | None = None, group: str | None = None, lossy: bool = False,
                  start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None,
-                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None,
+                 key: StreamKey | str | None = None) -> None:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise OptionError("Client needs an endpoint to read")
+        key = _stream_key(key)
         transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
-                                    start=start, redeliver_after=redeliver_after, max_message=max_message, tls=tls)
-        self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream)
+                                    start=start, redeliver_after=redeliver_after, max_message=max_message, tls=tls,
+                                    key=key)
+        self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream, key=key)
 
     @classmethod
     def over(cls, transport: Transport, *, timeout: float | None = 10.0, verify: bool = True,
-             stream: str | None = None) -> Client:
+             stream: str | None = None, key: StreamKey | str | None = None) -> Client:
         """A Client reading from ``transport`` (e.g. a :class:`~beamstream.client.transports.memory.MemoryTransport`)."""
         client = cls.__new__(cls)
-        client._setup(transport, [transport.where], timeout=timeout, verify=verify, stream=stream)
+        client._setup(transport, [transport.where], timeout=timeout, verify=verify, stream=stream,
+                      key=_stream_key(key))
         return client
 
     def _setup(self, transport: Transport, endpoints: list[str], *, timeout: float | None, verify: bool,
-               stream: str | None) -> None:
+               stream: str | None, key: StreamKey | None = None) -> None:
         self.transport = transport
+        self.key = key
         self.endpoints = endpoints
         self.timeout = timeout
         self.verify = verify
@@ -186,10 +202,19 @@ class Client:
             if item.skipped is not None:
                 self.report.skipped = item.skipped
             try:
-                message = parse_message(item.frames, verify=self.verify)
+                message = parse_message(item.frames, verify=self.verify, key=self.key)
+            except SealRefused as exc:
+                self._refuse(item, str(exc), forged=True)
+                continue
             except WireFormatError as exc:
                 self._refuse(item, str(exc))
                 continue
+            if message.seal and self.key is None:
+                self._refuse(item, "this stream is sealed")
+                raise SealRefused(f"stream {message.stream!r} from {self.transport.where} is sealed: its messages are "
+                                  "encrypted and can be read only with the stream's key (Client(..., key=...), "
+                                  "`beamstream consume --key-file FILE`; its owner gets it from the request service, "
+                                  "GET /v1/streams/ID/credentials)")
             if self._foreign(message):
                 item.refuse(f"this consumer reads stream {self.report.stream!r}, not {message.stream!r}")
             else:
@@ -206,11 +231,16 @@ class Client:
         for message in self.messages():
             yield from message.events()
 
-    def _refuse(self, item: Delivery, reason: str) -> None:
+    def _refuse(self, item: Delivery, reason: str, forged: bool = False) -> None:
         """Refuse a message that is not a readable beamstream message (malformed, or its payload does not match
-        its checksum): tell its sender where the transport can, count it, log it once per reason, go on."""
-        self.report.refused += 1
-        self._warn_once(reason, "refused a message from %s: %s", self.transport.where, reason)
+        its checksum) or, ``forged``, not sealed with this client's key: tell its sender where the transport
+        can, count it, log it once per reason, go on."""
+        if forged:
+            self.report.forged += 1
+        else:
+            self.report.refused += 1
+        self._warn_once(reason, "refused a%s message from %s: %s", " forged" if forged else "",
+                        self.transport.where, reason)
         item.refuse(reason)
         item.done()
 
@@ -256,10 +286,17 @@ class Client:
         )
 
 
+def _stream_key(key: StreamKey | str | None) -> StreamKey | None:
+    """``key`` as a StreamKey (text is the key's ``to_text()``); StreamKeyError for malformed text."""
+    return StreamKey.from_text(key) if isinstance(key, str) else key
+
+
 def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int | None, group: str | None,
                     lossy: bool, start: str | None, redeliver_after: float | None, max_message: int,
-                    tls: tuple | None = None) -> Transport:
+                    tls: tuple | None = None, key: StreamKey | None = None) -> Transport:
     """The transport for these endpoints and options; OptionError for an option that does not apply to it."""
+    # a group member proves to a buffer that requires it that it holds the stream's admission key
+    admission = {} if key is None else {"admission": key.admission}
     def refuse(option: str, applies: str) -> None:
         raise OptionError(f"{option} applies only {applies}; it was given for {', '.join(endpoints)}"
                           + (f" with group={group!r}" if group else ""))
@@ -295,11 +332,12 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
             from beamstream.client.transports.relay import RelayTransport
 
             return RelayTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, tls=tls)
+                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, tls=tls,
+                                  **admission)
         from beamstream.client.transports.group import GroupTransport
 
         return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                              credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message)
+                              credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, **admission)
     if lossy:
         refuse("lossy", "with group=... (a buffer's consumer group) or a nats:// stream")
     if start is not None:

@@ -70,15 +70,17 @@ class StreamSink(SinkSpec):
 
     def open(self, context: SinkContext) -> StreamSender:
         endpoint = rank_endpoint(self.endpoint, context.rank) if self.bind else self.endpoint
-        return StreamSender(self, endpoint)
+        return StreamSender(self, endpoint, key=context.key)
 
 
 class StreamSender:
-    """One producer's socket; ``send`` blocks while consumers are behind (up to the timeout)."""
+    """One producer's socket; ``send`` blocks while consumers are behind (up to the timeout). With ``key`` (a
+    :class:`~beamstream.security.streamkey.StreamKey`) every message is sealed (docs/wire-format.md)."""
 
-    def __init__(self, spec: StreamSink, endpoint: str) -> None:
+    def __init__(self, spec: StreamSink, endpoint: str, key: Any = None) -> None:
         self.spec = spec
         self.endpoint = endpoint
+        self.key = key
         self.context = zmq.Context()
         kind = zmq.DEALER if spec.pattern == "push" else zmq.XPUB
         self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm, replies="in")
@@ -173,7 +175,7 @@ class StreamSender:
     def send(self, message: Any) -> None:
         while self.poller.poll(0):
             self._handle_incoming(0)
-        frames = message.to_frames()
+        frames = message.to_frames(self.key)
         if self.monitor is not None:
             self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements",
                              failure=self._nobody_takes())
@@ -183,7 +185,7 @@ class StreamSender:
     def close(self, end: Any) -> None:
         """Send ``end`` and wait until it is acknowledged (StreamTimeout after ``send_timeout_s``)."""
         try:
-            frames = end.to_frames()
+            frames = end.to_frames(self.key)
             if self.monitor is not None:
                 self.unacked["end"] = frames
             self._send(frames)

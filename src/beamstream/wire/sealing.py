@@ -42,6 +42,12 @@ def _nonce(nonce: bytes, index: int) -> bytes:
     return nonce[:8] + (int.from_bytes(nonce[8:], "big") ^ index).to_bytes(4, "big")
 
 
+def _octets(frame: Any) -> memoryview:
+    """The bytes of ``frame`` as a flat view (payload frames may be numpy arrays of any dtype and shape)."""
+    view = memoryview(frame_buffer(frame))
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 def _cipher(key: StreamKey) -> Any:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -54,7 +60,7 @@ def _cipher(key: StreamKey) -> Any:
 def seal_payload(header: bytes, nonce: bytes, payload: Sequence[Any], key: StreamKey) -> list[Any]:
     """``[C_0, …, C_{n-1}, S]`` for the header bytes ``header`` (whose ``seal`` is ``nonce``) and ``payload``."""
     cipher = _cipher(key)
-    sealed = [cipher.encrypt(_nonce(nonce, index), frame_buffer(frame), header) for index, frame in enumerate(payload)]
+    sealed = [cipher.encrypt(_nonce(nonce, index), _octets(frame), header) for index, frame in enumerate(payload)]
     sealed.append(cipher.encrypt(_nonce(nonce, len(payload)), b"", header) + key.admission.sign(header))
     return sealed
 
@@ -87,7 +93,7 @@ def open_payload(header: Any, nonce: bytes, frames_after_header: Sequence[Any], 
         if len(seal) != SEAL_BYTES:
             raise InvalidTag
         cipher.decrypt(_nonce(nonce, len(encrypted)), seal[:TAG_BYTES], aad)
-        return [cipher.decrypt(_nonce(nonce, index), frame_buffer(frame), aad) for index, frame in enumerate(encrypted)]
+        return [cipher.decrypt(_nonce(nonce, index), _octets(frame), aad) for index, frame in enumerate(encrypted)]
     except InvalidTag:
         raise SealRefused("the message was not sealed with this stream's key (forged, altered, or of another "
                           "stream)") from None
