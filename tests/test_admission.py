@@ -356,3 +356,31 @@ def test_hello_proof_signs_what_the_buffer_checks():
     assert check.refusal(hello)[0] == "replay"
     assert check.refusal(proven_hello(KEY.admission, group="g"), now=time.time() + 61)[0] == "clock"
     assert parse_header(data_frames(0, KEY)[0]).stream == "s", "a sealed header reads as any other"
+
+
+def test_sealed_stream_end_to_end_through_a_keyed_buffer(keyed):
+    """Producers sealing with the stream key, a Client(key=...) in a group: every event, opened; the keyless
+    Client in the same group is refused by the buffer and takes nothing from the group."""
+    import threading
+
+    from beamstream.producer import run_local
+    from conftest import waveform_spec
+
+    buffer, producers, consumers = keyed
+    results: dict = {}
+
+    def read() -> None:
+        with Client(consumers, group="g", key=KEY, timeout=60) as client:
+            results["ok"] = [event.seq for event in client.events()]
+            results["ok.report"] = client.report
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: len(buffer.members) == 1, "the keyed reader to join")
+    with Client(consumers, group="g", timeout=30) as keyless:
+        with pytest.raises(TransportError, match=ADMITS_ONLY):
+            list(keyless.messages())
+    assert run_local(waveform_spec(producers), workers=1, stream_id="s", key=KEY).ok
+    reader.join(timeout=60)
+    assert sorted(results["ok"]) == list(range(60)) and results["ok.report"].complete
+    assert buffer.counters["rejected"] == 0 and buffer.counters["consumers_refused"] == 1
