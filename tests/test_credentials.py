@@ -172,3 +172,37 @@ def test_a_store_from_before_credentials_is_migrated_and_its_streams_have_none(t
         assert store.get(record.id).key is None
     finally:
         store.close()
+
+
+def sealed_end_to_end() -> bool:
+    from beamstream import remote
+    from beamstream.service import dispatcher, relay
+
+    return all((dispatcher.PRODUCERS_GET_KEY_FILE, dispatcher.BUFFER_GETS_ADMISSION_KEY_FILE,
+                relay.RELAY_PROVES_HELLOS, remote.CLIENT_GETS_KEY))
+
+
+@pytest.mark.skipif(not sealed_end_to_end(), reason="the jobs and the Client do not get the stream's key yet")
+@pytest.mark.parametrize("through_relay", [False, True], ids=["direct", "relay"])
+def test_the_owner_reads_a_sealed_stream_with_no_extra_option(service, pki, through_relay):
+    url, _, _ = service
+    with as_service(url, pki, pki.alice) as alice:
+        stream = alice.request(SPEC).wait_until_running(timeout=120)
+        with stream.client(group="g", relay=through_relay) as reader:
+            seqs = [event.seq for event in reader.events()]
+        assert sorted(seqs) == list(range(20)) and reader.report.complete
+
+
+@pytest.mark.skipif(not sealed_end_to_end(), reason="the jobs and the Client do not get the stream's key yet")
+def test_an_admin_is_relayed_a_stream_but_cannot_open_its_payloads(service, pki):
+    from beamstream.errors import SealRefused
+
+    url, _, _ = service
+    with as_service(url, pki, pki.alice) as alice:
+        stream_id = alice.request(SPEC).wait_until_running(timeout=120).id
+    with as_service(url, pki, pki.carol) as carol:
+        stream = carol.stream(stream_id)
+        with stream.client(group="admin", relay=True) as reader:  # no key: carol is not the owner
+            with pytest.raises(SealRefused):
+                next(iter(reader.events()))
+        stream.cancel()
