@@ -113,7 +113,8 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
         for batch in pipeline(spec, batches):
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
                                          index=stats.messages, share=share, omitted=omitted_by(source),
-                                         metadata=metadata if stats.messages == 0 else None)
+                                         metadata=metadata if stats.messages == 0 else None,
+                                         checksum=key is None)  # a seal authenticates the payload instead
             for sink in sinks:
                 sink.send(message)
             stats.messages += 1

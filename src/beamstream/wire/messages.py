@@ -322,12 +322,15 @@ def _check_seqs(share: Share, seqs: np.ndarray, what: str, kind: str = "") -> No
 
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
-                       share: Share, metadata: RunMetadata | None = None, omitted: np.ndarray = _NONE) -> DataMessage:
+                       share: Share, metadata: RunMetadata | None = None, omitted: np.ndarray = _NONE,
+                       checksum: bool = True) -> DataMessage:
     """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer (carrying
-    ``metadata`` and the ``omitted`` sequence numbers, if given)."""
+    ``metadata`` and the ``omitted`` sequence numbers, if given). ``checksum=False`` leaves the payload's
+    checksum out (a sealed stream's: the seal authenticates the payload)."""
     payload = serializer.encode(batch)
     return DataMessage(
         stream=stream, rank=rank, producers=producers, index=index, share=share, seq=batch.seq, time=batch.time,
         serializer=serializer.name, fields=[FieldInfo.of(name, array) for name, array in batch.data.items()],
-        payload=payload, checksum=payload_checksum(payload), metadata=metadata, omitted_seqs=omitted,
+        payload=payload, checksum=payload_checksum(payload) if checksum else None, metadata=metadata,
+        omitted_seqs=omitted,
     )
