@@ -198,6 +198,7 @@ def test_real_producers_to_a_client_with_the_key_and_forgeries_refused(tmp_path)
     assert len(replies) == 2 and all(reply.startswith(b"beamstream-refused") for reply in replies), replies
     assert sorted(event.seq for event in events) == list(range(60))
     assert all(event.data["waveform"].shape == (64,) for event in events)
+    assert not any(event.data["waveform"].flags.writeable for event in events), "decrypted in place, read-only"
     assert client.report.forged == 2 and client.report.complete and client.report.duplicates == 0
 
 
