@@ -235,6 +235,15 @@ def test_produce_and_consume_with_a_key_file_and_a_key_file_others_can_read_is_r
     assert produced.returncode == 0, produced.stderr
     assert consumer.returncode == 0 and "complete: 20 events in 20 messages" in err, err
 
+    keyless = start_cli("consume", endpoint, "--bind", "--timeout", "60")
+    sealed_spec = write_spec({"source": {"type": "simulated", "n_events": 20, "events_per_read": 5,
+                                         "detectors": [{"kind": "waveform", "samples": 64}]},
+                              "sinks": [{"type": "stream", "endpoint": endpoint, "send_timeout_s": 5}]}, "sealed.yaml")
+    produced = run_cli("produce", str(sealed_spec), "--key-file", str(key_file))
+    _, err = keyless.communicate(timeout=60)
+    assert keyless.returncode == 1 and "is sealed" in err and "--key-file" in err and "Traceback" not in err, err
+    assert produced.returncode == 1, produced.stderr
+
     os.chmod(key_file, 0o644)
     for command in (["produce", str(spec_path)], ["consume", endpoint]):
         refused = run_cli(*command, "--key-file", str(key_file))

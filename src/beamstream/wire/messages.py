@@ -287,9 +287,9 @@ def parse_message(frames: Sequence[Any], verify: bool = True, key: StreamKey | N
 
 
 def _what(header: DataHeader | EndMessage) -> str:
-    if isinstance(header, EndMessage):
-        return f"the end message of producer {header.rank} of stream {header.stream!r}"
-    return f"message {header.index} from producer {header.rank} of stream {header.stream!r}"
+    """The message's kind and sender, without its index (so that a log says each kind of refusal once)."""
+    kind = "An end message" if isinstance(header, EndMessage) else "A data message"
+    return f"{kind} from producer {header.rank} of stream {header.stream!r}"
 
 
 def _check_seal(seal: bytes) -> None:
