@@ -174,15 +174,6 @@ def test_a_store_from_before_credentials_is_migrated_and_its_streams_have_none(t
         store.close()
 
 
-def sealed_end_to_end() -> bool:
-    from beamstream import remote
-    from beamstream.service import dispatcher, relay
-
-    return all((dispatcher.PRODUCERS_GET_KEY_FILE, dispatcher.BUFFER_GETS_ADMISSION_KEY_FILE,
-                relay.RELAY_PROVES_HELLOS, remote.CLIENT_GETS_KEY))
-
-
-@pytest.mark.skipif(not sealed_end_to_end(), reason="the jobs and the Client do not get the stream's key yet")
 @pytest.mark.parametrize("through_relay", [False, True], ids=["direct", "relay"])
 def test_the_owner_reads_a_sealed_stream_with_no_extra_option(service, pki, through_relay):
     url, _, _ = service
@@ -193,7 +184,6 @@ def test_the_owner_reads_a_sealed_stream_with_no_extra_option(service, pki, thro
         assert sorted(seqs) == list(range(20)) and reader.report.complete
 
 
-@pytest.mark.skipif(not sealed_end_to_end(), reason="the jobs and the Client do not get the stream's key yet")
 def test_an_admin_is_relayed_a_stream_but_cannot_open_its_payloads(service, pki):
     from beamstream.errors import SealRefused
 

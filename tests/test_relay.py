@@ -17,6 +17,7 @@ from websockets.sync.client import connect
 from beamstream.client import Client
 from beamstream.client.transports.relay import join_frames, relay_url, split_frames
 from beamstream.errors import OptionError, TransportError
+from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.wire.control import Error, Hello, ToConsumer, pack, unpack
 from conftest import run_cli, start_cli, wait_until
 from servicekit import run_service, shown, stop_service
@@ -38,39 +39,42 @@ def service(tmp_path):
     stop_service(process, url)
 
 
-def request(url: str, spec: dict, workers: int = 2) -> str:
+def request(url: str, spec: dict, workers: int = 2) -> tuple[str, str]:
+    """The id and the key (its credentials, from the service's answer) of a stream requested from ``url``."""
     response = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": workers}}, timeout=30)
     assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return response.json()["id"], response.json()["credentials"]["key"]
 
 
-def read_events(endpoint: str, results: dict, key: str, **options) -> threading.Thread:
-    """Read every event on a thread: ``results[key]`` maps each seq to (time, {name: (dtype, shape, bytes)}),
-    ``results[key + '.report']`` is the client's report (or ``results[key + '.error']`` what it raised)."""
+def read_events(endpoint: str, results: dict, reader: str, **options) -> threading.Thread:
+    """Read every event on a thread: ``results[reader]`` maps each seq to (time, {name: (dtype, shape, bytes)}),
+    ``results[reader + '.report']`` is the client's report (or ``results[reader + '.error']`` what it raised)."""
 
     def read() -> None:
         try:
             with Client(endpoint, timeout=60, **options) as client:
-                results[key] = {event.seq: (event.time, {name: (array.dtype.str, array.shape, array.tobytes())
+                results[reader] = {event.seq: (event.time, {name: (array.dtype.str, array.shape, array.tobytes())
                                                          for name, array in event.data.items()})
                                 for event in client.events()}
-            results[key + ".report"] = client.report
+            results[reader + ".report"] = client.report
         except Exception as exc:  # the test reports it
-            results[key + ".error"] = exc
+            results[reader + ".error"] = exc
 
     thread = threading.Thread(target=read)
     thread.start()
     return thread
 
 
-def test_a_stream_read_through_the_relay_is_bitwise_the_stream_read_directly(service):
-    stream_id = request(service, waveforms())
+def test_a_stream_read_through_the_relay_is_bitwise_the_stream_read_directly(service, tmp_path):
+    stream_id, key = request(service, waveforms())
     stream_url = f"{service}/v1/streams/{stream_id}"
-    consume = start_cli("consume", stream_url, "--group", "cli", "--timeout", "60")
+    key_file = write_key_file(tmp_path / "stream.key", StreamKey.from_text(key))
+    consume = start_cli("consume", stream_url, "--group", "cli", "--timeout", "60", "--key-file", str(key_file))
     results: dict = {}
-    relayed = read_events(stream_url, results, "relay", group="relay")
+    relayed = read_events(stream_url, results, "relay", group="relay", key=key)
     wait_until(lambda: shown(service, stream_id)["state"] == "running", "the stream to run", timeout=60)
-    direct = read_events(shown(service, stream_id)["endpoints"]["consumers"], results, "direct", group="direct")
+    direct = read_events(shown(service, stream_id)["endpoints"]["consumers"], results, "direct", group="direct",
+                         key=key)
     for thread in (relayed, direct):
         thread.join(timeout=120)
     _, err = consume.communicate(timeout=120)
@@ -91,15 +95,15 @@ def test_a_relay_member_that_dies_gives_its_unacknowledged_messages_to_the_other
     member.write_text(
         "import sys, time\n"
         "from beamstream.client import Client\n"
-        "with Client(sys.argv[1], group='workers', timeout=60) as client:\n"
+        "with Client(sys.argv[1], group='workers', timeout=60, key=sys.argv[2]) as client:\n"
         "    for number, message in enumerate(client.messages()):\n"
         "        if number == 3:\n"
         "            print('holding', *message.seq.tolist(), flush=True)\n"
         "            time.sleep(600)\n"
         "        print('done', *message.seq.tolist(), flush=True)\n")
-    stream_id = request(service, waveforms(rate_hz=200.0))
+    stream_id, key = request(service, waveforms(rate_hz=200.0))
     stream_url = f"{service}/v1/streams/{stream_id}"
-    dying = subprocess.Popen([sys.executable, str(member), stream_url], stdout=subprocess.PIPE, text=True)
+    dying = subprocess.Popen([sys.executable, str(member), stream_url, key], stdout=subprocess.PIPE, text=True)
     finished, held = [], []
     try:
         while (line := dying.stdout.readline()):
@@ -109,7 +113,7 @@ def test_a_relay_member_that_dies_gives_its_unacknowledged_messages_to_the_other
                 break
         assert held, f"the first member read nothing (exit code {dying.poll()})"
         results: dict = {}
-        survivor = read_events(stream_url, results, "survivor", group="workers")
+        survivor = read_events(stream_url, results, "survivor", group="workers", key=key)
         dying.send_signal(signal.SIGKILL)
         survivor.join(timeout=120)
     finally:
@@ -126,7 +130,7 @@ def test_an_unknown_or_ended_stream_is_a_clear_error_at_once(service):
     with pytest.raises(TransportError, match=r"closed the connection: no stream '0123456789abcdef' on this service"):
         with Client(f"{service}/v1/streams/0123456789abcdef", group="g", timeout=30) as client:
             list(client.events())
-    ended = request(service, waveforms())
+    ended, _ = request(service, waveforms())
     assert httpx.delete(f"{service}/v1/streams/{ended}", timeout=30).json()["state"] == "cancelled"
     with pytest.raises(TransportError, match=rf"closed the connection: stream {ended} has ended \(cancelled\)"):
         with Client(f"{service}/v1/streams/{ended}/", group="g", timeout=30) as client:
@@ -153,7 +157,7 @@ def closing_code(address: str, message: bytes | str) -> int:
 
 
 def test_oversized_or_garbage_messages_hurt_neither_the_service_nor_the_stream(service):
-    stream_id = request(service, waveforms())
+    stream_id, key = request(service, waveforms())
     address = relay_url(f"{service}/v1/streams/{stream_id}")
     assert closing_code(address, b"\0" * (1 << 20)) == 1009, "a message over 64 KiB is refused by the server"
     assert closing_code(address, b"\x05\0") == 1007, "a message that is not a relay message"
@@ -167,7 +171,7 @@ def test_oversized_or_garbage_messages_hurt_neither_the_service_nor_the_stream(s
         reply = unpack(split_frames(websocket.recv(timeout=60))[0], ToConsumer)
         assert isinstance(reply, Error) and "a control message is one frame, got 2" in reply.reason
     assert httpx.get(f"{service}/healthz", timeout=30).json() == {"status": "ok"}
-    with Client(f"{service}/v1/streams/{stream_id}", group="after", timeout=60) as client:
+    with Client(f"{service}/v1/streams/{stream_id}", group="after", timeout=60, key=key) as client:
         assert sorted(event.seq for event in client.events()) == list(range(EVENTS))
     assert client.report.complete
 

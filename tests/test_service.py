@@ -139,6 +139,8 @@ def test_the_api_refuses_bad_requests_clearly(api):
     unknown = api.post("/v1/streams", json={"spec": SPEC, "resources": {"workers": 0, "gpus": 1}})
     assert unknown.status_code == 422 and {tuple(error["loc"]) for error in unknown.json()["detail"]} == {
         ("body", "resources", "workers"), ("body", "resources", "gpus")}
+    keyed = api.post("/v1/streams", json={"spec": SPEC, "resources": {"buffer": {"admission_key_file": "/etc/k"}}})
+    assert keyed.status_code == 422 and "admission_key_file is the service's to give" in keyed.text
     missing = api.get("/v1/streams/0123456789abcdef")
     assert missing.status_code == 404 and missing.json()["detail"] == "no stream '0123456789abcdef'"
     assert api.delete("/v1/streams/nope").status_code == 404
@@ -253,7 +255,8 @@ def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path
         stream = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"workers": 2, "executor": executor}},
                             timeout=30).json()
         wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
-        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
+        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60,
+                    key=stream["credentials"]["key"]) as client:
             seqs = sorted(event.seq for event in client.events())
         assert seqs == list(range(60)) and client.report.complete
         wait_until(lambda: shown(url, stream["id"])["state"] in ("completed", "failed"), "the stream to end",
@@ -294,14 +297,16 @@ def test_a_running_stream_shows_live_figures_and_pushes_each_change_as_an_event(
     try:
         spec = {"source": {"type": "simulated", "n_events": 200, "events_per_read": 1, "rate_hz": 100,
                            "detectors": [{"kind": "waveform", "samples": 256}]}}
-        stream_id = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()["id"]
+        created = httpx.post(f"{url}/v1/streams", json={"spec": spec}, timeout=30).json()
+        stream_id = created["id"]
         changes: list[dict] = []
         with httpx.stream("GET", f"{url}/v1/streams/{stream_id}/events", timeout=60) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             listener = threading.Thread(target=lambda: changes.extend(sse_events(response)))
             listener.start()
             wait_until(lambda: shown(url, stream_id)["state"] == "running", "the stream to run", timeout=60)
-            with Client(shown(url, stream_id)["endpoints"]["consumers"], group="viewers", timeout=60) as client:
+            with Client(shown(url, stream_id)["endpoints"]["consumers"], group="viewers", timeout=60,
+                        key=created["credentials"]["key"]) as client:
                 events = client.events()
                 next(events)
                 wait_until(lambda: (shown(url, stream_id)["figures"] or {}).get("events", 0) > 0,
@@ -439,7 +444,8 @@ def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp
         stream = httpx.post(f"{url}/v1/streams", json={"spec": {"source": {"fields": {"image": "xppcspad.raw.raw"}}},
                                                        "experiment": "xpptut15", "run": 14}, timeout=30).json()
         wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
-        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60) as client:
+        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60,
+                    key=stream["credentials"]["key"]) as client:
             assert sorted(event.seq for event in client.events()) == list(range(10))
         assert client.metadata.experiment == "xpptut15" and client.metadata.run == 14
         wait_until(lambda: shown(url, stream["id"])["state"] == "completed", "the stream to complete", timeout=60)

@@ -29,14 +29,14 @@ SLOW_SPEC = {"source": {"type": "simulated", "n_events": EVENTS, "events_per_rea
 class Reader:
     """A consumer group member reading the stream on a thread: the seqs seen so far, and how the stream ended."""
 
-    def __init__(self, endpoint: str, group: str) -> None:
+    def __init__(self, endpoint: str, group: str, key: str) -> None:
         self.seqs: list[int] = []
         self.incomplete: StreamIncomplete | None = None
-        self.thread = threading.Thread(target=self._read, args=(endpoint, group))
+        self.thread = threading.Thread(target=self._read, args=(endpoint, group, key))
         self.thread.start()
 
-    def _read(self, endpoint: str, group: str) -> None:
-        with Client(endpoint, group=group, timeout=60) as client:
+    def _read(self, endpoint: str, group: str, key: str) -> None:
+        with Client(endpoint, group=group, timeout=60, key=key) as client:
             try:
                 for event in client.events():
                     self.seqs.append(event.seq)
@@ -49,12 +49,12 @@ class Reader:
         assert not self.thread.is_alive(), "the reader did not finish"
 
 
-def start_slow_stream(url: str) -> str:
-    """Request SLOW_SPEC with 2 workers; its id, once it runs."""
+def start_slow_stream(url: str) -> tuple[str, str]:
+    """Request SLOW_SPEC with 2 workers; its id and key, once it runs."""
     stream = httpx.post(f"{url}/v1/streams", json={"spec": SLOW_SPEC, "resources": {"workers": 2}}, timeout=30)
     stream_id = stream.json()["id"]
     wait_until(lambda: shown(url, stream_id)["state"] == "running", "the stream to run", timeout=60)
-    return stream_id
+    return stream_id, stream.json()["credentials"]["key"]
 
 
 def test_a_callback_being_retried_follows_its_file_to_a_restarted_service(tmp_path):
@@ -99,8 +99,8 @@ def test_a_callback_being_retried_follows_its_file_to_a_restarted_service(tmp_pa
 def test_the_service_killed_mid_stream_and_restarted_completes_the_stream(tmp_path):
     service, url = run_service(tmp_path, drain_grace_s="30")
     try:
-        stream_id = start_slow_stream(url)
-        reader = Reader(shown(url, stream_id)["endpoints"]["consumers"], "g")
+        stream_id, key = start_slow_stream(url)
+        reader = Reader(shown(url, stream_id)["endpoints"]["consumers"], "g", key)
         wait_until(lambda: len(reader.seqs) >= 20, "events to flow", timeout=60)
         assert shown(url, stream_id)["state"] == "running" and len(reader.seqs) < EVENTS, "killed mid-stream"
         service.send_signal(signal.SIGKILL)
@@ -136,7 +136,7 @@ def test_a_producer_worker_killed_fails_the_stream_with_the_jobs_end_and_the_mis
     """No consumer reads it: the buffer is stopped ``drain_grace_s`` after the producers job ended."""
     service, url = run_service(tmp_path, drain_grace_s="2")
     try:
-        stream_id = start_slow_stream(url)
+        stream_id, _ = start_slow_stream(url)
         metrics = shown(url, stream_id)["endpoints"]["metrics"]
         wait_until(lambda: fetch_status(metrics).totals["messages_in_total"] >= 20, "events to flow", timeout=60)
         workers = producer_workers(tmp_path, stream_id)

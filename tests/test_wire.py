@@ -147,7 +147,7 @@ def test_control_messages_are_typed_and_checked():
 
     hello = Hello(group="g", lossy=True, start="now", credit=4)
     assert pack(hello) == msgpack.packb({"op": "hello", "protocol": PROTOCOL, "group": "g", "lossy": True,
-                                         "start": "now", "credit": 4})
+                                         "start": "now", "credit": 4, "nonce": b"", "at": 0.0, "proof": b""})
     assert unpack(pack(hello), ToBuffer) == hello
     for junk, expected in [({"op": "ack", "protocol": PROTOCOL, "offsets": [[1]]}, r"at `\$.offsets\[0\]`"),
                            ({"op": "ack", "protocol": PROTOCOL, "credit": -5}, r">= 0 - at `\$.credit`"),

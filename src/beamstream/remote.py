@@ -48,9 +48,6 @@ DEFAULT_GROUP = "default"
 READ_TIMEOUT = 60.0  # a stream's producers start only once it runs: time enough for its first message
 PAGE = 1000  # streams asked for per page when listing (the service's largest page)
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to reconnect to the events of a stream; then 5 s
-# Stream.client() gives the Client the stream's key (Client(..., key=...), being added alongside), so that it opens
-# sealed messages and proves itself to the buffer; off, it reads without one, as before.
-CLIENT_GETS_KEY = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +244,7 @@ class Stream:
         endpoint yet (it does not run).
         """
         client_options.setdefault("timeout", READ_TIMEOUT)
-        if CLIENT_GETS_KEY and "key" not in client_options:
+        if "key" not in client_options:
             key = self._key()
             if key is not None:
                 client_options["key"] = key

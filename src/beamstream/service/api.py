@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
@@ -63,7 +63,16 @@ class Resources(BaseModel):
     nodes: int = Field(1, ge=1, le=1024, description="nodes for the producer job (slurm)")
     time_limit_s: float | None = Field(None, gt=0, le=7 * 86400, description="wall-clock limit of the jobs")
     executor: Literal["local", "slurm"] | None = Field(None, description="where the jobs run (default: the service's)")
-    buffer: BufferConfig | None = Field(None, description="buffer settings (endpoints are chosen by the service)")
+    buffer: BufferConfig | None = Field(None, description="buffer settings (endpoints and the admission key are "
+                                                          "the service's)")
+
+    @field_validator("buffer")
+    @classmethod
+    def _no_key_file(cls, buffer: BufferConfig | None) -> BufferConfig | None:
+        if buffer is not None and buffer.admission_key_file is not None:
+            raise ValueError("admission_key_file is the service's to give: it gives each stream's buffer that "
+                             "stream's admission key; leave it out")
+        return buffer
 
 
 class StreamRequest(BaseModel):

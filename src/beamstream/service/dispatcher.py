@@ -58,11 +58,6 @@ from beamstream.service.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
 
 logger = logging.getLogger(__name__)
-# The jobs' credentials (docs/security.md, Stream credentials): the dispatcher always writes a stream's key files
-# to its folder (0600); these say whether it also names them to the jobs, options of `beamstream produce` and
-# `beamstream buffer` that are being added alongside (off: the jobs run without credentials, as before).
-PRODUCERS_GET_KEY_FILE = False  # `beamstream produce --key-file stream.key`: producers seal the stream's messages
-BUFFER_GETS_ADMISSION_KEY_FILE = False  # `beamstream buffer --admission-key-file admission.key`: it admits holders
 KEY_FILE = "stream.key"  # the stream's key, for its producers job
 ADMISSION_KEY_FILE = "admission.key"  # only the admission key derived from it, for its buffer job
 BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
@@ -165,8 +160,7 @@ class Dispatcher:
                 "--callback", str(callback)]
         if record.key is not None:  # the buffer holds the admission key only: it cannot open a payload
             write_key_file(directory / ADMISSION_KEY_FILE, StreamKey.from_text(record.key).admission)
-            if BUFFER_GETS_ADMISSION_KEY_FILE:
-                argv += ["--admission-key-file", str(directory / ADMISSION_KEY_FILE)]
+            argv += ["--admission-key-file", str(directory / ADMISSION_KEY_FILE)]
         self._submit(record, "buffer", argv, state=State.STARTING)
 
     def _write_callback(self, record: StreamRecord) -> Path:
@@ -238,8 +232,7 @@ class Dispatcher:
         argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--stream-id", record.id]
         if record.key is not None:
             key_file = write_key_file(self.folder(record) / KEY_FILE, StreamKey.from_text(record.key))
-            if PRODUCERS_GET_KEY_FILE:
-                argv += ["--key-file", str(key_file)]
+            argv += ["--key-file", str(key_file)]
         if self.executor(record).launches_ranks:
             self._submit(record, "producers", [*argv, "--rank-from-env"], ranks=workers)
         elif workers == 1:  # the one rank runs in the job's own process: no worker process to start

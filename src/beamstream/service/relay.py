@@ -63,9 +63,6 @@ QUEUED = 4  # messages the DEALER queues each way
 MAX_RELAYS = 256  # readers relayed at once (each holds a connection, a DEALER and a few messages)
 MAX_REASON_BYTES = 123  # what a WebSocket close frame can carry
 PING = pack(Ping())
-# Give each hello forwarded to the buffer the relay's own proof (beamstream.wire.control.proven_hello, being added
-# alongside with the buffer's admission): off, hellos go to the buffer as the reader sent them.
-RELAY_PROVES_HELLOS = False
 
 
 class RelayClosed(Exception):
@@ -172,7 +169,7 @@ async def _consumer_endpoint(store: JobStore, stream_id: str) -> tuple[str, Admi
             raise RelayClosed(4410, f"stream {record.id} has ended ({record.state.value})")
         if record.state is State.RUNNING and record.endpoints:
             admission = None
-            if RELAY_PROVES_HELLOS and record.key is not None:
+            if record.key is not None:
                 admission = StreamKey.from_text(record.key).admission
             return record.endpoints["consumers"], admission
         if time.monotonic() > deadline:
