@@ -192,3 +192,36 @@ def test_the_relay_takes_a_token_as_a_query_parameter(tmp_path):
         with pytest.raises(WebSocketDisconnect), test.websocket_connect(f"/v1/streams/{record.id}/relay?token=bad"):
             pass
         assert test.get(f"/v1/streams/{record.id}", params={"token": secret}).status_code == 404  # HTTP: ignored
+
+
+def test_the_python_client_with_a_token_alone_requests_follows_and_reads_a_sealed_stream(service, pki):
+    from beamstream import Service
+
+    token = mint(service, pki)["token"]
+    with Service(service, token=token, ca=pki.ca) as notebook:  # no certificate: the token names alice
+        stream = notebook.request(SPEC, name="by-token")
+        assert stream.view["owner"] == "alice" and stream.credentials()["key"]
+        with stream.wait_until_running(timeout=120).client(group="notebook", relay=True) as reader:
+            seqs = sorted(event.seq for event in reader.events())
+        assert seqs == list(range(40)) and reader.report.complete and not reader.report.forged
+    with client(service, pki) as browser:  # an EventSource sends no header: the live page takes ?token=
+        with browser.stream("GET", f"/v1/streams/{stream.id}/events", params={"token": token}) as changes:
+            assert changes.status_code == 200 and changes.headers["content-type"].startswith("text/event-stream")
+        assert browser.get(f"/v1/streams/{stream.id}/events").status_code == 401
+        assert browser.get(f"/v1/streams/{stream.id}", params={"token": token}).status_code == 401, \
+            "only the live pages take ?token="
+
+
+def test_a_token_goes_to_no_http_service(monkeypatch):
+    from beamstream import Service
+    from beamstream.client import Client
+    from beamstream.errors import OptionError
+
+    with pytest.raises(OptionError, match="a bearer token goes only to an https:// service"):
+        Service("http://127.0.0.1:8080", token="abc")
+    monkeypatch.setenv("BEAMSTREAM_TOKEN", "abc")
+    with pytest.raises(OptionError, match="unset BEAMSTREAM_TOKEN"):
+        Service("http://127.0.0.1:8080")
+    assert Service("http://127.0.0.1:8080", token="").token is None
+    with pytest.raises(OptionError, match="token applies only to https:// streams"):
+        Client("http://127.0.0.1:8080/v1/streams/ab", group="g", token="abc")

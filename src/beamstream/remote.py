@@ -67,8 +67,11 @@ class Service:
 
     A service with mutual TLS (``https://``) takes ``cert`` and ``key``, the user's certificate and
     key (PEM files), and ``ca``, the CA certificate that verifies the service (default: the system's
-    trusted CAs); the relay (:meth:`Stream.client` with ``relay``) uses them too. OptionError for
-    them with an ``http://`` URL, or a certificate without its key.
+    trusted CAs); the relay (:meth:`Stream.client` with ``relay``) uses them too. Instead of a
+    certificate, ``token`` (a bearer token a certificate holder minted, ``POST /v1/tokens``) names the
+    caller: it goes in the ``Authorization`` header of every request and of the relay's handshake
+    (default: ``$BEAMSTREAM_TOKEN``; pass ``token=""`` for none). OptionError for any of them with an
+    ``http://`` URL (a token must not cross a network in clear), or a certificate without its key.
 
     ``transport`` replaces httpx's network transport (e.g. an ``httpx.MockTransport`` in tests).
     Use it as a context manager, or :meth:`close` it, to release its connections.
@@ -76,16 +79,22 @@ class Service:
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0, *,
                  transport: httpx.BaseTransport | None = None, cert: str | Path | None = None,
-                 key: str | Path | None = None, ca: str | Path | None = None) -> None:
+                 key: str | Path | None = None, ca: str | Path | None = None, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.tls: tuple | None = None
+        self.token = os.environ.get("BEAMSTREAM_TOKEN") if token is None else token or None
         options: dict[str, Any] = {}
         if (cert, key, ca) != (None, None, None):
             if not self.url.startswith("https://"):
                 raise OptionError(f"cert, key and ca apply only to an https:// service, not {self.url}")
             self.tls = (cert, key, ca)
             options["verify"] = client_tls_context(self.tls)
+        if self.token is not None:
+            if not self.url.startswith("https://"):
+                raise OptionError(f"a bearer token goes only to an https:// service, not {self.url}: it would cross "
+                                  "the network in clear (unset BEAMSTREAM_TOKEN, or use the service's https:// URL)")
+            options["headers"] = {"Authorization": f"Bearer {self.token}"}
         self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, **options)
 
     @classmethod
@@ -251,6 +260,8 @@ class Stream:
         if relay:
             if self.service.tls is not None:
                 client_options.setdefault("tls", self.service.tls)
+            if self.service.token is not None:
+                client_options.setdefault("token", self.service.token)
             return Client(f"{self.service.url}{stream_path(self.id)}", group=group, **client_options)
         if not (self.view.get("endpoints") or {}).get("consumers"):
             self.refresh()

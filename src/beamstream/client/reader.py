@@ -123,6 +123,8 @@ class Client:
     tls: ``(cert, key, ca)`` for an ``https://`` stream of a service with mutual TLS: the client
         certificate and key (PEM; both or neither) and the CA certificate that verifies the service
         (None: the system's). Only for ``https://``.
+    token: a bearer token of that service (``POST /v1/tokens``), for a reader without a certificate
+        (``tls=(None, None, ca)``); sent in the relay's ``Authorization`` header. Only for ``https://``.
 
     max_message: the largest frame this client takes (default 1 GiB); a sender of a larger one
         is disconnected before it is allocated (a NATS server bounds its own messages).
@@ -138,7 +140,7 @@ class Client:
                  pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
                  hwm: int | None = None, group: str | None = None, lossy: bool = False,
                  start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None,
-                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None,
+                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None, token: str | None = None,
                  key: StreamKey | str | None = None) -> None:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
@@ -146,7 +148,7 @@ class Client:
         key = _stream_key(key)
         transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
                                     start=start, redeliver_after=redeliver_after, max_message=max_message, tls=tls,
-                                    key=key)
+                                    token=token, key=key)
         self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream, key=key)
 
     @classmethod
@@ -293,7 +295,7 @@ def _stream_key(key: StreamKey | str | None) -> StreamKey | None:
 
 def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int | None, group: str | None,
                     lossy: bool, start: str | None, redeliver_after: float | None, max_message: int,
-                    tls: tuple | None = None, key: StreamKey | None = None) -> Transport:
+                    tls: tuple | None = None, token: str | None = None, key: StreamKey | None = None) -> Transport:
     """The transport for these endpoints and options; OptionError for an option that does not apply to it."""
     # a group member proves to a buffer that requires it that it holds the stream's admission key
     admission = {} if key is None else {"admission": key.admission}
@@ -303,6 +305,8 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
 
     if tls is not None and not endpoints[0].startswith("https://"):
         refuse("tls=(cert, key, ca)", "to https:// streams of a request service (read through its relay)")
+    if token is not None and not endpoints[0].startswith("https://"):
+        refuse("token", "to https:// streams of a request service (a token must not cross a network in clear)")
     if endpoints[0].startswith("nats://"):
         if len(endpoints) > 1:
             refuse("a second endpoint", "to streams read from producers directly (a nats:// stream is one URL)")
@@ -333,7 +337,7 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
 
             return RelayTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
                                   credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, tls=tls,
-                                  **admission)
+                                  token=token, **admission)
         from beamstream.client.transports.group import GroupTransport
 
         return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",

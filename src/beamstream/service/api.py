@@ -204,16 +204,17 @@ def identity(connection: HTTPConnection) -> str:
     common name there) that default never applies: a connection without an identity is refused, 401
     (a WebSocket: closed with code 4401).
 
-    Without a certificate's identity, a bearer token (``Authorization: Bearer TOKEN``; on a WebSocket,
-    the relay, also ``?token=``) names it: the answer is then a :class:`~beamstream.service.tokens.Caller`
-    carrying the token's grant, whose limits the routes apply. A token presented but not valid is 401.
+    Without a certificate's identity, a bearer token (``Authorization: Bearer TOKEN``; on the live pages a
+    browser opens without headers, the relay's WebSocket and a stream's events, also ``?token=``) names it:
+    the answer is then a :class:`~beamstream.service.tokens.Caller` carrying the token's grant, whose limits
+    the routes apply. A token presented but not valid is 401.
     """
     found = connection.scope.get(IDENTITY_KEY)
     if found:
         return Caller(found)
     websocket = connection.scope["type"] == "websocket"
     token = bearer(connection.headers.get("authorization"))
-    if token is None and websocket:  # browsers cannot set headers on a WebSocket (the relay, its only one)
+    if token is None and (websocket or connection.url.path.endswith("/events")):  # WebSocket, EventSource: no headers
         token = connection.query_params.get("token")
         if token is not None:  # out of the scope once read: what logs the path with its query must not log it
             kept = [(name, value) for name, value in connection.query_params.multi_items() if name != "token"]

@@ -104,13 +104,16 @@ class WebSocketCarrier(Carrier):
     TransportError with the relay's reason at the next send or receive.
     """
 
-    def __init__(self, url: str, *, max_message: int, queue: int, tls: TLSFiles | None = None) -> None:
+    def __init__(self, url: str, *, max_message: int, queue: int, tls: TLSFiles | None = None,
+                 token: str | None = None) -> None:
         from websockets.exceptions import InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
         address = relay_url(url)
         self.where = f"the service's relay at {address}"
-        options = {} if tls is None else {"ssl": client_tls_context(tls)}
+        options: dict[str, Any] = {} if tls is None else {"ssl": client_tls_context(tls)}
+        if token is not None:  # a header, not ?token=: nothing on the way logs it with the URL
+            options["additional_headers"] = {"Authorization": f"Bearer {token}"}
         try:
             self.connection = connect(address, max_size=max_message, max_queue=queue, compression=None, legacy=True,
                                       open_timeout=OPEN_TIMEOUT_S, **options)
@@ -159,10 +162,13 @@ class RelayTransport(GroupMember):
     As :class:`~beamstream.client.transports.group.GroupTransport`, with ``credit`` the
     messages the buffer may hand this member before it acknowledges one, and ``max_message``
     the largest relay message (a whole message, all its frames) taken; ``tls`` the files of a
-    service with mutual TLS (``https://`` only: :func:`client_tls_context`).
+    service with mutual TLS (``https://`` only: :func:`client_tls_context`); ``token`` a bearer token
+    of the service, sent in the ``Authorization`` header of the opening handshake.
     """
 
     def __init__(self, url: str, *, group: str, lossy: bool, start: Literal["earliest", "now"], credit: int,
-                 max_message: int, tls: TLSFiles | None = None, admission: AdmissionKey | None = None) -> None:
-        super().__init__(WebSocketCarrier(url, max_message=max_message, queue=credit + CONTROL_SLACK, tls=tls),
+                 max_message: int, tls: TLSFiles | None = None, admission: AdmissionKey | None = None,
+                 token: str | None = None) -> None:
+        super().__init__(WebSocketCarrier(url, max_message=max_message, queue=credit + CONTROL_SLACK, tls=tls,
+                                          token=token),
                          group=group, lossy=lossy, start=start, credit=credit, admission=admission)
