@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from beamstream.errors import ServiceError
@@ -196,3 +197,58 @@ def test_an_admin_is_relayed_a_stream_but_cannot_open_its_payloads(service, pki)
             with pytest.raises(SealRefused):
                 next(iter(reader.events()))
         stream.cancel()
+
+
+def test_forged_messages_and_strangers_at_a_live_streams_buffer_are_refused_and_the_owner_gets_exactly_the_stream(
+        service, pki):
+    """A stranger who reaches the buffer's ports of alice's running stream: its forged event (sealed with another
+    key), forged ends (unsealed, and sealed with another key) and its joining her group without the key are all
+    refused; alice's reader gets exactly the stream's events, complete."""
+    import zmq
+
+    from beamstream.batch import Share
+    from beamstream.client import Client
+    from beamstream.errors import TransportError
+    from beamstream.wire import DataMessage, EndMessage
+    from beamstream.wire.replies import REFUSED
+
+    url, _, _ = service
+    slow = {"source": {**SPEC["source"], "n_events": 60, "events_per_read": 1, "rate_hz": 30}}
+    with as_service(url, pki, pki.alice) as alice:
+        stream = alice.request(slow).wait_until_running(timeout=120)
+        got: dict = {}
+
+        def read() -> None:
+            with stream.client(group="g") as reader:
+                got["seqs"] = sorted(event.seq for event in reader.events())
+            got["report"] = reader.report
+
+        owner = threading.Thread(target=read)
+        owner.start()
+        stranger_key, share = StreamKey.generate(), Share(rank=0, producers=1)
+        forged_event = DataMessage(stream=stream.id, rank=0, producers=1, index=2, share=share,
+                                   seq=np.array([2]), time=np.array([0.0]), serializer="arrays", fields=[],
+                                   payload=[b"forged"])
+        forged_end = EndMessage(stream=stream.id, rank=0, producers=1, share=share, messages=1, events=1, last_seq=0)
+        context = zmq.Context()
+        try:
+            dealer = context.socket(zmq.DEALER)
+            dealer.connect(stream.view["endpoints"]["producers"])
+            replies = []
+            for frames in (forged_event.to_frames(key=stranger_key), forged_end.to_frames(),
+                           forged_end.to_frames(key=stranger_key)):
+                dealer.send_multipart(frames)
+                assert dealer.poll(30_000), "the buffer answers a producer's message"
+                replies.append(dealer.recv())
+            dealer.close(linger=0)
+        finally:
+            context.term()
+        assert all(reply.startswith(REFUSED) and b"seal" in reply for reply in replies), replies
+        with pytest.raises(TransportError, match="refused this client"):  # no key: not admitted to alice's group
+            with Client(stream.view["endpoints"]["consumers"], group="g", timeout=30) as stranger:
+                next(iter(stranger.events()))
+        owner.join(timeout=120)
+        assert got["seqs"] == list(range(60)), "exactly the stream's events, none forged, none lost"
+        assert got["report"].complete and not got["report"].forged
+        final = [change for change in stream.changes() if change.state.final][-1]
+        assert final.state.value == "completed", final.reason
