@@ -24,6 +24,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Self
 
 from beamstream.errors import BeamstreamError
 
@@ -58,13 +59,31 @@ def _encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-class AdmissionKey:
-    """The key that admits a stream's producers and consumers to its buffer (HMAC-SHA256 tags of 32 bytes)."""
+class _Key:
+    """32 secret bytes, written as URL-safe base64 text; never shown by repr."""
+
+    what = "key"
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:
-            raise StreamKeyError(f"an admission key holds {KEY_BYTES} bytes, not {len(raw)}")
+            raise StreamKeyError(f"a {self.what} holds {KEY_BYTES} bytes, not {len(raw)}")
         self.raw = raw
+
+    def to_text(self) -> str:
+        return _encode(self.raw)
+
+    @classmethod
+    def from_text(cls, text: str) -> Self:
+        return cls(_decode(text, f"the {cls.what}"))
+
+    def __repr__(self) -> str:  # never the key itself
+        return f"{type(self).__name__}(…)"
+
+
+class AdmissionKey(_Key):
+    """The key that admits a stream's producers and consumers to its buffer (HMAC-SHA256 tags of 32 bytes)."""
+
+    what = "admission key"
 
     def sign(self, data: bytes) -> bytes:
         """The 32-byte tag of ``data``."""
@@ -74,40 +93,20 @@ class AdmissionKey:
         """True if ``tag`` is the tag of ``data`` (compared in constant time)."""
         return hmac.compare_digest(self.sign(data), tag)
 
-    def to_text(self) -> str:
-        return _encode(self.raw)
 
-    @classmethod
-    def from_text(cls, text: str) -> AdmissionKey:
-        return cls(_decode(text, "the admission key"))
-
-    def __repr__(self) -> str:  # never the key itself
-        return "AdmissionKey(…)"
-
-
-class StreamKey:
+class StreamKey(_Key):
     """A stream's secret (32 random bytes) and the keys derived from it."""
 
+    what = "stream key"
+
     def __init__(self, raw: bytes) -> None:
-        if len(raw) != KEY_BYTES:
-            raise StreamKeyError(f"a stream key holds {KEY_BYTES} bytes, not {len(raw)}")
-        self.raw = raw
+        super().__init__(raw)
         self.payload_key = _hkdf(raw, _PAYLOAD_INFO)
         self.admission = AdmissionKey(_hkdf(raw, _ADMISSION_INFO))
 
     @classmethod
     def generate(cls) -> StreamKey:
         return cls(secrets.token_bytes(KEY_BYTES))
-
-    def to_text(self) -> str:
-        return _encode(self.raw)
-
-    @classmethod
-    def from_text(cls, text: str) -> StreamKey:
-        return cls(_decode(text, "the stream key"))
-
-    def __repr__(self) -> str:  # never the key itself
-        return "StreamKey(…)"
 
 
 def write_key_file(path: Path, key: StreamKey | AdmissionKey) -> Path:
