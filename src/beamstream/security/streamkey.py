@@ -66,7 +66,7 @@ class _Key:
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_BYTES:
-            raise StreamKeyError(f"a {self.what} holds {KEY_BYTES} bytes, not {len(raw)}")
+            raise StreamKeyError(f"the {self.what} must be {KEY_BYTES} bytes, not {len(raw)}")
         self.raw = raw
 
     def to_text(self) -> str:
