@@ -237,18 +237,18 @@ def test_ctrl_c_ends_beamstream_request_even_when_its_reader_does_not_stop(tmp_p
     script.write_text(textwrap.dedent("""
         import os, signal, threading, time
         from types import SimpleNamespace
-        import beamstream.cli as cli
+        import beamstream.remote_cli as remote_cli
 
-        cli.CANCEL_GRACE_S = 0.5
+        remote_cli.CANCEL_GRACE_S = 0.5
         stream = SimpleNamespace(id="s1", cancel=lambda: None)
 
         def stuck():
-            with cli.console.status("reading…", refresh_per_second=50) as status:
+            with remote_cli.console.status("reading…", refresh_per_second=50) as status:
                 while True:
                     status.update(f"reading… {time.time()}")
 
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-        cli.run_cancellable(stream, stuck)
+        remote_cli.run_cancellable(stream, stuck)
     """))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"})

@@ -1,6 +1,7 @@
-"""``beamstream`` command line: check specs, produce, consume, demo.
+"""``beamstream`` command line: check specs, produce, consume, buffer, demo, service; ``request`` and
+``streams`` come from :mod:`beamstream.remote_cli`, ``ca`` from :mod:`beamstream.security.cli`.
 
-Library code raises typed errors; this module alone turns them into messages and exit
+Library code raises typed errors; the command modules alone turn them into messages and exit
 codes (0 success, 1 failure or incomplete stream, 2 bad usage).
 """
 
@@ -12,25 +13,21 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from beamstream.display import console
+from beamstream.display import console, fail, read_to_the_end
 from beamstream.errors import BeamstreamError
+from beamstream.remote_cli import request, streams_app
 from beamstream.security.cli import ca_app
-from beamstream.service.states import State
 
 from beamstream.buffer.config import BufferConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from beamstream.buffer.base import Buffer
-    from beamstream.client import Client
-    from beamstream.remote import Change, Service, Stream
     from beamstream.service.settings import ServiceSettings
-    from beamstream.saving import MessageSaver
 
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -74,11 +71,6 @@ def configure_logging(level: str) -> None:
                         force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin it loads
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to a service
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @spec_app.command("check")
@@ -277,32 +269,6 @@ def consume(
         raise typer.Exit(1)
 
 
-def read_to_the_end(client: Client, saver: MessageSaver | None = None, max_events: int | None = None) -> bool:
-    """Read ``client``'s stream to its end (or ``max_events``) with a progress line, saving each message with
-    ``saver``, then print its report; False if it was incomplete. On Ctrl-C the report so far is printed and
-    KeyboardInterrupt raised again."""
-    from beamstream.display import ConsumerProgress
-    from beamstream.errors import StreamIncomplete
-
-    try:
-        with ConsumerProgress() as progress:
-            for message in client.messages():
-                if saver:
-                    saver.save(message.header)
-                progress.update(client.report)
-                if max_events is not None and client.report.events >= max_events:
-                    console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")
-                    return True
-    except KeyboardInterrupt:
-        console.print(client.report.summary(), highlight=False)
-        raise
-    except StreamIncomplete as exc:
-        console.print(exc.report.summary(), highlight=False)
-        return False
-    console.print(client.report.summary(), highlight=False)
-    return True
-
-
 def _option_names(text: str) -> str:
     """A Client's OptionError in the command line's words (``lossy`` → ``--lossy``)."""
     for name, option in (("pattern='sub'", "--sub"), ("redeliver_after", "--redeliver-after"), ("group=...", "--group"),
@@ -311,286 +277,8 @@ def _option_names(text: str) -> str:
     return text
 
 
-ServiceURL = Annotated[Optional[str], typer.Option(
-    "--service", envvar="BEAMSTREAM_SERVICE", show_envvar=False, metavar="URL",
-    help="the request service (default: $BEAMSTREAM_SERVICE, else the profile's, else http://127.0.0.1:8080)")]
-
-
-CertFile = Annotated[Optional[Path], typer.Option(
-    "--cert", envvar="BEAMSTREAM_CERT", show_envvar=False, metavar="FILE",
-    help="your certificate (PEM), for a service with mutual TLS (default: $BEAMSTREAM_CERT, else the profile's)")]
-KeyFile = Annotated[Optional[Path], typer.Option(
-    "--key", envvar="BEAMSTREAM_KEY", show_envvar=False, metavar="FILE",
-    help="the key of --cert (PEM; default: $BEAMSTREAM_KEY, else the profile's)")]
-CAFile = Annotated[Optional[Path], typer.Option(
-    "--ca", envvar="BEAMSTREAM_CA", show_envvar=False, metavar="FILE",
-    help="the CA certificate that verifies the service (default: $BEAMSTREAM_CA, else the profile's, else the system's)")]
-
-
-def connect(url: str | None, cert: Path | None = None, key: Path | None = None, ca: Path | None = None) -> Service:
-    """The request service at ``url``, with the TLS files given (an https:// service).
-
-    Each value is taken from its option, else its environment variable (both already in the arguments),
-    else the profile (``$BEAMSTREAM_PROFILE``, else ``~/.config/beamstream/profile.yaml``), else the default.
-    The profile's TLS files apply only to an https:// service.
-    """
-    from beamstream.remote import DEFAULT_URL, Service, load_profile
-
-    profile = load_profile()
-    if profile is not None:
-        url = url or profile.service
-        if (url or DEFAULT_URL).startswith("https://"):
-            cert, key, ca = cert or profile.cert, key or profile.key, ca or profile.ca
-    return Service(url or DEFAULT_URL, cert=cert, key=key, ca=ca)
-
-
-@app.command()
-def request(
-    spec_file: Annotated[Optional[Path], typer.Argument(
-        help="stream spec (YAML or JSON); may be left out with --experiment and --run", metavar="SPEC")] = None,
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-    experiment: Annotated[Optional[str], typer.Option(help="stream a run of this experiment (with --run)")] = None,
-    run: Annotated[Optional[int], typer.Option(
-        min=0, help="the run (with --experiment): the service finds its files")] = None,
-    name: Annotated[Optional[str], typer.Option(help="the stream's name (default: the spec's)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1,
-                                                   help="producer workers (default: 1)")] = None,
-    executor: Annotated[Optional[str], typer.Option(
-        help="where the jobs run: local or slurm (default: the service's)")] = None,
-    group: Annotated[str, typer.Option(help="read the stream as a member of this consumer group")] = "default",
-    relay: Annotated[bool, typer.Option(
-        help="read through the service's HTTP relay instead of from the stream's buffer")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds of silence from the running stream before giving up")] = 60.0,
-) -> None:
-    """Ask the request service for a stream, show its state as it changes, read it; exit 1 unless it completes.
-
-    Ctrl-C cancels the stream (its jobs are stopped) and exits 130.
-    """
-    if spec_file is None and (experiment is None or run is None):
-        fail("give a SPEC, or --experiment E --run R (or both)", code=2)
-    if (experiment is None) != (run is None):
-        fail("--experiment and --run go together", code=2)
-    resources = {key: value for key, value in (("workers", workers), ("executor", executor)) if value is not None}
-    with connect(service_url, cert, key, ca) as service:
-        stream = service.request(spec_file, resources=resources or None, experiment=experiment, run=run, name=name)
-        console.print(f"stream {stream.id} requested from {service.url}", highlight=False)
-        run_cancellable(stream, lambda: follow_and_read(stream, group, relay, timeout))
-
-
-CANCEL_GRACE_S = 10.0  # after Ctrl-C cancelled a stream, for its reader to show how it ended
-
-
-def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
-    """Run ``work`` on a thread while this main thread waits for it, so that Ctrl-C lands here, not inside a
-    library's clean-up (a generator being closed, say) that would swallow it. On Ctrl-C: cancel ``stream``,
-    give ``work`` CANCEL_GRACE_S seconds to show how the stream ended, say what became of the stream, exit 130;
-    if ``work`` is still running then, the process ends at once (see :func:`_exit_now`). Otherwise raise what
-    ``work`` raised.
-
-    This thread prints nothing while ``work`` runs: rich's live displays (``work``'s progress) and a print from
-    another thread can deadlock on rich's locks."""
-    import signal
-    import threading
-
-    raised: list[BaseException] = []
-    done = threading.Event()  # not Thread.join: Ctrl-C inside join() marks a running thread stopped (CPython 3.11)
-
-    def run() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Linux may hand a process's SIGINT to any
-        try:  # thread that does not block it; here, the main thread asleep in wait() would never hear of it (seen)
-            work()
-        except BaseException as exc:  # typer.Exit included: raised again in the main thread
-            raised.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="beamstream-request", daemon=True).start()
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        said = cancel_interrupted(stream)
-        if not done.wait(CANCEL_GRACE_S):
-            _exit_now(said, 130)
-        console.print(said, highlight=False)
-        raise typer.Exit(130) from None
-    if raised:
-        raise raised[0]
-
-
-def _exit_now(line: str, code: int) -> None:
-    """Write ``line`` to stderr with a bare system call and end the process without Python's shutdown: a thread
-    still inside a live display or a socket holds locks that shutdown (or rich) would wait on forever."""
-    import os
-
-    os.write(2, f"\n{line}\n".encode())
-    os._exit(code)
-
-
-def follow_and_read(stream: Stream, group: str, relay: bool, timeout: float) -> None:
-    """Show the stream's changes until it runs, read it as a member of ``group``, show its changes until it
-    ends; typer.Exit(1) unless it completed and arrived complete."""
-    last = show_changes(stream, until_running=True)
-    complete = False
-    if last.state is State.RUNNING:
-        with stream.client(group=group, relay=relay, timeout=timeout) as client:
-            complete = read_to_the_end(client)
-        last = show_changes(stream, after=last.index)
-    if last.state is not State.COMPLETED:
-        fail(f"stream {stream.id} {last.state.value}: {last.reason}")
-    if not complete:
-        raise typer.Exit(1)
-
-
-def show_changes(stream: Stream, after: int | None = None, until_running: bool = False) -> Change:
-    """Print each state change of ``stream`` after the ``after``-th (time, state, reason) as the service pushes
-    it, until the stream runs (with ``until_running``) or ends; the last one printed."""
-    from contextlib import closing
-
-    with closing(stream.changes(after)) as changes, console.status(f"stream {stream.id}…") as status:
-        for change in changes:
-            console.print(f"{_clock(change.at)} {change.state.value:<9} {change.reason}", highlight=False)
-            status.update(f"stream {stream.id}: {change.state.value}…")
-            if change.state.final or (until_running and change.state is State.RUNNING):
-                break
-    return change
-
-
-def cancel_interrupted(stream: Stream) -> str:
-    """Cancel ``stream`` after Ctrl-C; what to say of it (cancelled, or why not: it has ended, say)."""
-    from beamstream.errors import ServiceError
-
-    try:
-        stream.cancel()
-    except ServiceError as exc:
-        return f"interrupted; stream {stream.id} not cancelled: {exc}"
-    return f"interrupted: stream {stream.id} cancelled"
-
-
-def _clock(at: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
-streams_app = typer.Typer(help="List, show and cancel the streams of a request service; read their jobs' logs.",
-                          no_args_is_help=True)
+app.command()(request)
 app.add_typer(streams_app, name="streams")
-
-
-@streams_app.command("list")
-def streams_list(
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-    state: Annotated[Optional[State], typer.Option(case_sensitive=False, help="only streams in this state")] = None,
-    experiment: Annotated[Optional[str], typer.Option(help="only streams of this experiment")] = None,
-    owner: Annotated[Optional[str], typer.Option(help="only streams of this owner")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="show at most this many (the newest)")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="print the streams as JSON on standard output")] = False,
-) -> None:
-    """The service's streams, newest first: id, name, owner, run, state and its reason."""
-    from rich.console import Console
-    from rich.table import Table
-
-    with connect(service_url, cert, key, ca) as service:
-        streams = service.streams(state=state, experiment=experiment, owner=owner, limit=limit)
-        if as_json:
-            print(json.dumps([stream.view for stream in streams], indent=2))
-            return
-        table = Table(title=f"streams at {service.url}")
-    for column in ("id", "name", "owner", "experiment", "run", "state", "since"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("reason", ratio=1)
-    for stream in streams:
-        view, last = stream.view, stream.view["history"][-1]
-        table.add_row(view["id"], view["name"] or "", view["owner"], view["experiment"] or "",
-                      "" if view["run"] is None else str(view["run"]), view["state"], _clock(last["at"]),
-                      last["reason"].splitlines()[0] if last["reason"] else "")
-    Console().print(table)
-
-
-@streams_app.command("show")
-def streams_show(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the stream as JSON on standard output")] = False,
-) -> None:
-    """One stream: its state, the history of its state changes, where to read it, its verdict."""
-    from rich.console import Console
-    from rich.table import Table
-
-    with connect(service_url, cert, key, ca) as service:
-        view = service.stream(stream_id).view
-    if as_json:
-        print(json.dumps(view, indent=2))
-        return
-    out = Console(highlight=False)
-    run = f", experiment {view['experiment']} run {view['run']}" if view["experiment"] else ""
-    out.print(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: [bold]{view['state']}[/]")
-    history = Table(title="history")
-    for column in ("#", "at", "state", "reason"):
-        history.add_column(column)
-    for index, change in enumerate(view["history"]):
-        history.add_row(str(index), _clock(change["at"]), change["state"], change["reason"])
-    out.print(history)
-    for role, endpoint in (view["endpoints"] or {}).items():
-        out.print(f"{role}: {endpoint}")
-    if view["verdict"]:
-        out.print(f"verdict: {'complete' if view['verdict']['complete'] else 'INCOMPLETE'}\n"
-                  f"{view['verdict']['summary']}")
-
-
-@streams_app.command("cancel")
-def streams_cancel(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-) -> None:
-    """Cancel a stream that has not ended (its jobs are stopped); exit 1 if it has."""
-    with connect(service_url, cert, key, ca) as service:
-        stream = service.stream(stream_id).cancel()
-    console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
-
-
-@streams_app.command("logs")
-def streams_logs(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-    tail: Annotated[Optional[int], typer.Option(min=1, help="bytes from the end of each job's output "
-                                                            "(default: the service's)")] = None,
-) -> None:
-    """The output of the stream's jobs (buffer first), on standard output."""
-    with connect(service_url, cert, key, ca) as service:
-        print(service.stream(stream_id).logs(tail), end="")
-
-
-@streams_app.command("credentials")
-def streams_credentials(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
-    service_url: ServiceURL = None,
-    cert: CertFile = None,
-    key: KeyFile = None,
-    ca: CAFile = None,
-    as_json: Annotated[bool, typer.Option("--json", help='print {"stream": ID, "key": KEY} on standard output')]
-    = False,
-) -> None:
-    """The stream's key, on standard output (for its owner only; keep it secret, e.g. in a file of mode 0600)."""
-    with connect(service_url, cert, key, ca) as service:
-        credentials = service.stream(stream_id).credentials()
-    print(json.dumps(credentials) if as_json else credentials["key"])
-
 
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 app.add_typer(buffer_app, name="buffer")

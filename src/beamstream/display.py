@@ -5,13 +5,24 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from beamstream.client import Client
+    from beamstream.saving import MessageSaver
+
 console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` as an error and end the command with exit code ``code``."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
 
 
 def rate(count: float, seconds: float) -> float:
@@ -86,3 +97,28 @@ class ConsumerProgress:
         elif time.monotonic() - self.last_line >= 5.0:
             self.last_line = time.monotonic()
             console.log(text)
+
+
+def read_to_the_end(client: Client, saver: MessageSaver | None = None, max_events: int | None = None) -> bool:
+    """Read ``client``'s stream to its end (or ``max_events``) with a progress line, saving each message with
+    ``saver``, then print its report; False if it was incomplete. On Ctrl-C the report so far is printed and
+    KeyboardInterrupt raised again."""
+    from beamstream.errors import StreamIncomplete
+
+    try:
+        with ConsumerProgress() as progress:
+            for message in client.messages():
+                if saver:
+                    saver.save(message.header)
+                progress.update(client.report)
+                if max_events is not None and client.report.events >= max_events:
+                    console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")
+                    return True
+    except KeyboardInterrupt:
+        console.print(client.report.summary(), highlight=False)
+        raise
+    except StreamIncomplete as exc:
+        console.print(exc.report.summary(), highlight=False)
+        return False
+    console.print(client.report.summary(), highlight=False)
+    return True
