@@ -19,6 +19,7 @@ with the right key. A replayed message passes both (it is authentic) and is then
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,6 @@ from beamstream.wire.frames import frame_buffer
 NONCE_BYTES = 12
 TAG_BYTES = 16
 SEAL_BYTES = TAG_BYTES + 32
-_ciphers: dict[bytes, Any] = {}
 
 
 def new_nonce() -> bytes:
@@ -49,12 +49,14 @@ def _octets(frame: Any) -> memoryview:
 
 
 def _cipher(key: StreamKey) -> Any:
+    return _aesgcm(key.payload_key)
+
+
+@functools.lru_cache(maxsize=16)  # the streams a process reads or writes at once, each key set up once
+def _aesgcm(payload_key: bytes) -> Any:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    cipher = _ciphers.get(key.payload_key)
-    if cipher is None:
-        cipher = _ciphers[key.payload_key] = AESGCM(key.payload_key)
-    return cipher
+    return AESGCM(payload_key)
 
 
 def seal_payload(header: bytes, nonce: bytes, payload: Sequence[Any], key: StreamKey) -> list[Any]:
