@@ -72,7 +72,7 @@ def test_changes_come_as_they_happen_in_order_with_their_reasons(service, write_
     seen = []
     for change in stream.changes():
         seen.append((change.index, change.state, change.reason))
-        assert stream.view == change.view and stream.state is change.state
+        assert stream.view == change.view  # the stream as the service showed it with the change (maybe later)
         if change.state is State.RUNNING:
             with stream.client(group="g") as client:
                 assert sorted(event.seq for event in client.events()) == list(range(60))
