@@ -441,3 +441,28 @@ def test_consumers_beyond_the_limit_are_refused_and_the_others_served(tmp_path):
     finally:
         buffer.close()
     assert sorted(results["ok"]) == list(range(60))
+
+
+def test_a_buffer_without_a_spill_that_stops_mid_stream_tells_its_members_at_once(tmp_path):
+    """Stopped (cancelled, shut down) before the stream ended, a buffer that keeps no spill tells each member
+    that nothing more will come: it raises at once instead of waiting out its 60 s timeout."""
+    from beamstream.errors import TransportError
+
+    buffer = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}").start()
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            with Client(f"ipc://{tmp_path / 'out'}", group="g", timeout=60) as client:
+                list(client.messages())
+        except TransportError as exc:
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: buffer.message_log.groups.get("g") and buffer.message_log.groups["g"].members,
+               "the member to join")
+    buffer.close()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the member still waits for a buffer that has stopped"
+    assert "the buffer stopped before the stream ended" in str(outcome.get("error")), outcome

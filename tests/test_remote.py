@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import httpx
 import psutil
 import pytest
 
 from beamstream import Service
-from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamTimeout
+from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamIncomplete, StreamTimeout
 from beamstream.remote import EventReader, ServerEvent, Stream
 from beamstream.service.states import State
 from beamstream.service.store import JobStore
@@ -85,6 +86,30 @@ def test_changes_come_as_they_happen_in_order_with_their_reasons(service, write_
     assert stream.wait_until_running(timeout=5) is stream, "a stream that ran, then ended, has run"
 
 
+def test_a_reader_of_a_cancelled_stream_hears_its_end_from_the_buffer(service, store):
+    """The buffer outlives the cancelled stream's producers long enough to pass on their aborted ends: its
+    reader ends with the stream's account at once, not after its 60 s of silence."""
+    stream = service.request(ENDLESS).wait_until_running(timeout=60)
+    wait_until(lambda: "producers" in store.jobs(stream.id), "the producers to start", timeout=60)
+    outcome: dict = {}
+
+    def read() -> None:
+        with stream.client(group="g", timeout=60) as client:
+            try:
+                for event in client.events():
+                    outcome["first"] = event.seq
+            except StreamIncomplete as exc:
+                outcome["incomplete"] = exc
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: "first" in outcome, "the first event", timeout=60)
+    stream.cancel()
+    reader.join(timeout=40)
+    assert not reader.is_alive(), "the reader still waits for a stream that was cancelled"
+    assert "ended with status aborted" in str(outcome["incomplete"]), outcome
+
+
 def test_a_stream_is_read_through_the_services_relay(service):
     stream = service.request(WAVEFORMS).wait_until_running(timeout=60)
     with stream.client(group="far", relay=True) as client:
@@ -100,7 +125,7 @@ def test_cancelling_a_running_stream_stops_every_job(service, store):
     processes += [child for process in processes for child in process.children(recursive=True)]
     assert stream.cancel() is stream and stream.state is State.CANCELLED
     assert stream.view["history"][-1]["reason"] == "cancelled by local"
-    _, alive = psutil.wait_procs(processes, timeout=30)
+    _, alive = psutil.wait_procs(processes, timeout=60)  # the buffer outlives its producers a few s
     assert not alive, f"still running: {alive}"
     assert [change.state for change in stream.changes()][-1] is State.CANCELLED
 

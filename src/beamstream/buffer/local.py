@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 MAX_CONTROL_BYTES = 1 << 20  # a consumer's control message is small: a larger one drops its connection
+STOP_NOTICE_LINGER_MS = 1000  # at most this long to get "the buffer stopped" to members when it closes
 METADATA_FILE = "metadata.msgpack"  # the stream's description, in the spill directory
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
@@ -160,7 +161,21 @@ class LocalBuffer(Buffer):
         if self.spill is not None:  # seal the segments being written: the next start trusts their indexes
             self.message_log.segments.close()
             self.ends.close()
-        self.consumer_socket.close(linger=0)
+        told = self.spill is None and self._tell_members_it_stopped()
+        self.consumer_socket.close(linger=STOP_NOTICE_LINGER_MS if told else 0)
+
+    def _tell_members_it_stopped(self) -> bool:
+        """A buffer without a spill that stops before it sent a member the stream's end tells that member so
+        (an Error): nothing can resume the stream, and the member need not wait for its timeout to learn it.
+        True if it told any."""
+        reason = ("the buffer stopped before the stream ended (cancelled or shut down; it kept no spill to resume "
+                  "from): nothing more will come")
+        told = False
+        for group in self.message_log.groups.values():
+            for identity in list(group.members):
+                if identity not in group.end_sent:
+                    told = self._send_consumer(identity, [pack(Error(reason=reason))]) or told
+        return told
 
     def _serve(self, poll_ms: int = 100) -> None:
         poller = zmq.Poller()

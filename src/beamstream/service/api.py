@@ -419,11 +419,14 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         if record.state.final:
             raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})")
         if app.state.dispatcher is not None:
-            app.state.dispatcher.stop_jobs(record.id)
+            app.state.dispatcher.stop_jobs(record.id, buffer_last=True)
         try:
-            return StreamView.of(store.change_state(record.id, State.CANCELLED, f"cancelled by {owner}"))
+            cancelled = StreamView.of(store.change_state(record.id, State.CANCELLED, f"cancelled by {owner}"))
         except TransitionError:
             raise HTTPException(409, f"stream {stream_id} has already ended ({record.state.value})") from None
+        if app.state.dispatcher is not None:
+            app.state.dispatcher.wake()  # it stops the buffer once the producers have told its readers
+        return cancelled
 
     @app.post("/v1/streams/{stream_id}/callback", status_code=204, tags=["jobs"],
               responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}})

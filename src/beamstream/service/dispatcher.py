@@ -8,7 +8,9 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once
    (its spec, the buffer's settings, the private callback file), submit the buffer job
    (``beamstream buffer --callback``, on free ports) → ``starting``.
 2. **Watch** each starting or running stream (and stop any job still running of a stream that
-   has ended, e.g. one cancelled while its buffer job was being submitted):
+   has ended, e.g. one cancelled while its buffer job was being submitted; a cancelled stream's
+   buffer only once its producers have ended and :data:`CANCEL_LINGER_S` passed, so that their
+   aborted ends reach its readers as the stream's end):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
    - once the buffer listens (its callback made the stream ``running``): submit the producers
      job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
@@ -63,6 +65,7 @@ ADMISSION_KEY_FILE = "admission.key"  # only the admission key derived from it, 
 BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
 MAX_VERDICT_BYTES = 1 << 20
 VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its verdict, though it seems ended
+CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
 LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's history
 
 
@@ -132,7 +135,10 @@ class Dispatcher:
         for state in (State.STARTING, State.RUNNING):
             for record in self.store.list(state=state, limit=10_000, oldest_first=True)[0]:
                 self._watch(record)
-        for job in self.store.jobs_of_ended_streams():  # an ended stream keeps no job: stop it, see it end, reap it
+        ended = sorted(self.store.jobs_of_ended_streams(), key=lambda job: job.role == "buffer")  # buffers last
+        for job in ended:  # an ended stream keeps no job: stop it, see it end, reap it
+            if job.role == "buffer" and self._producers_stopping(job.stream_id):
+                continue
             if self._status(job).state is JobState.RUNNING and job.stop_requested is None:
                 self.executors[job.executor].cancel(job.native_id)
                 self.store.update_job(job.id, stop_requested=time.time())
@@ -265,12 +271,25 @@ class Dispatcher:
 
     # --- ending ----------------------------------------------------------------------------------
 
-    def stop_jobs(self, stream_id: str) -> None:
-        """Ask every job of the stream that still runs to stop (producers send aborted ends, the buffer its verdict)."""
+    def stop_jobs(self, stream_id: str, buffer_last: bool = False) -> None:
+        """Ask every job of the stream that still runs to stop (producers send aborted ends, the buffer its verdict).
+        With ``buffer_last`` (a stream being cancelled) the buffer is left running: :meth:`tick` stops it once
+        the producers have ended and :data:`CANCEL_LINGER_S` passed, time for their aborted ends to reach the
+        stream's readers, who then know the stream has ended instead of waiting for their timeout."""
         for job in self.store.jobs(stream_id).values():
-            if job.ended is None:
+            if job.ended is None and not (buffer_last and job.role == "buffer"):
                 self.executors[job.executor].cancel(job.native_id)
                 self.store.update_job(job.id, stop_requested=time.time())
+
+    def _producers_stopping(self, stream_id: str) -> bool:
+        """True while an ended stream's producers job is being stopped, or ended less than CANCEL_LINGER_S ago
+        (at most VERDICT_GRACE_S after it was told to stop: a job that ignores being stopped holds nothing up)."""
+        producers = self.store.jobs(stream_id).get("producers")
+        if producers is None or producers.stop_requested is None:
+            return False
+        if producers.ended is not None:
+            return time.time() - producers.ended < CANCEL_LINGER_S
+        return time.time() - producers.stop_requested < VERDICT_GRACE_S
 
     def _fail(self, record: StreamRecord, reason: str) -> None:
         try:
