@@ -125,13 +125,12 @@ class LocalExecutor:
         return f"{process.pid}:{_start_time(process.pid)}"
 
     def status(self, native_id: str, job: JobRequest) -> JobStatus:
+        if _alive(native_id):  # also between jobrun writing its exit file and exiting: the end is seen (and the
+            return JobStatus(JobState.RUNNING)  # process reaped) once it has exited, or it would stay a zombie
+        _reap(native_id)
         if job.exit_file.exists():
             code = int(job.exit_file.read_text().strip() or 1)
-            _reap(native_id)
             return JobStatus(JobState.SUCCEEDED if code == 0 else JobState.FAILED, code)
-        if _alive(native_id):
-            return JobStatus(JobState.RUNNING)
-        _reap(native_id)
         return JobStatus(JobState.LOST)
 
     def cancel(self, native_id: str) -> None:
