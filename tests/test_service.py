@@ -193,8 +193,10 @@ def test_a_buffer_jobs_verdict_is_read_from_its_file_when_its_callback_never_cam
     verdict = {"complete": False, "summary": f"stream {record.id}: incomplete", "missing": [[5, 9]]}
     write = f"import json, pathlib; pathlib.Path({VERDICT_FILE!r}).write_text(json.dumps({verdict!r}))"
     job = JobRequest("buffer", [sys.executable, "-c", write], dispatcher.folder(record))
-    store.add_job(record.id, "buffer", "local", LocalExecutor().submit(job), str(job.directory))
-    wait_until(job.exit_file.exists, "the job to end", timeout=30)
+    native_id = LocalExecutor().submit(job)
+    store.add_job(record.id, "buffer", "local", native_id, str(job.directory))
+    wait_until(lambda: LocalExecutor().status(native_id, job).state is not JobState.RUNNING, "the job to end",
+               timeout=30)
     dispatcher.tick()
     final = store.get(record.id)
     assert final.state is State.FAILED and final.verdict == verdict
@@ -208,8 +210,9 @@ def test_a_local_job_past_its_time_limit_is_stopped_and_its_end_recorded(tmp_pat
     job = JobRequest("sleeper", ["sleep", "600"], tmp_path, time_limit_s=1)
     executor = LocalExecutor()
     native_id = executor.submit(job)
-    wait_until(job.exit_file.exists, "the job to be stopped", timeout=30)
-    assert executor.status(native_id, job) == JobStatus(JobState.FAILED, 128 + signal.SIGTERM)
+    wait_until(lambda: executor.status(native_id, job).state is not JobState.RUNNING, "the job to be stopped",
+               timeout=30)
+    assert job.exit_file.exists() and executor.status(native_id, job) == JobStatus(JobState.FAILED, 128 + signal.SIGTERM)
 
 
 def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
