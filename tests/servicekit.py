@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,3 +106,13 @@ def tls_service(folder: Path, pki: SimpleNamespace, **settings: str) -> Iterator
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         end_jobs_under(folder)
+
+
+def https_client(url: str, pki, who=None, token: str | None = None) -> httpx.Client:
+    """An HTTPS client of ``url`` trusting ``pki``'s CA, presenting ``who``'s certificate (None: none) and
+    ``token`` (None: none)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if who is not None:
+        context.load_cert_chain(who.certificate, who.key)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.Client(base_url=url, verify=context, headers=headers, timeout=30)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import signal
-import ssl
 import stat
 import threading
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -21,7 +19,7 @@ from beamstream.remote import Service
 from beamstream.security import ca
 from beamstream.security.streamkey import StreamKey
 from conftest import run_cli
-from servicekit import end_jobs_under, make_pki, run_service, tls_settings
+from servicekit import end_jobs_under, https_client as client, make_pki, run_service, tls_settings
 
 SPEC = {"source": {"type": "simulated", "n_events": 20, "events_per_read": 5,
                    "detectors": [{"kind": "waveform", "samples": 64}]}}
@@ -54,14 +52,6 @@ def service(pki, tmp_path_factory):
         process.wait(timeout=30)
         reader.join(timeout=10)
         end_jobs_under(folder)
-
-
-def client(url: str, pki, who=None, token: str | None = None) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if who is not None:
-        context.load_cert_chain(who.certificate, who.key)
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx.Client(base_url=url, verify=context, headers=headers, timeout=30)
 
 
 def request(url: str, pki, who) -> dict:

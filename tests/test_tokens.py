@@ -3,7 +3,6 @@ client certificate) over real TLS to a real ``beamstream service`` process with 
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 from fastapi import WebSocket
 
 from beamstream.service.tokens import Caller, Grant, bearer, digest
-from servicekit import make_pki, tls_service
+from servicekit import https_client as client, make_pki, tls_service
 
 SPEC = {"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
                    "detectors": [{"kind": "waveform", "samples": 256}]}}
@@ -26,16 +25,6 @@ def pki(tmp_path_factory):
 def service(pki, tmp_path_factory):
     with tls_service(tmp_path_factory.mktemp("service"), pki, drain_grace_s="30", tls_client_cert="optional") as url:
         yield url
-
-
-def client(url: str, pki, who=None, token: str | None = None) -> httpx.Client:
-    """An HTTPS client of ``url`` trusting ``pki``'s CA, presenting ``who``'s certificate (None: none) and
-    ``token`` (None: none)."""
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if who is not None:
-        context.load_cert_chain(who.certificate, who.key)
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx.Client(base_url=url, verify=context, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
