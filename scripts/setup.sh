@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service, Slurm).
-# Idempotent: a second run only checks. Needs Debian's libkrb5-dev for psana and hdf5-tools (HDF5 1.10's
-# h5ls/h5dump, which the tests use to check that written files open in older HDF5); installed when root.
+# Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service, Slurm),
+# every package at the version requirements.lock pins (refresh it with scripts/lock.sh), so that a new
+# release of a dependency changes nothing here until the lock is refreshed. Idempotent: a second run only
+# checks. Needs Debian's libkrb5-dev for psana and hdf5-tools (HDF5 1.10's h5ls/h5dump, which the tests
+# use to check that written files open in older HDF5); installed when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +22,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,mpi,psana,nats,service,slurm]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,mpi,psana,nats,service,slurm]' \
+    2> >(grep -v '^WARNING: Location' >&2)   # this machine's pip.conf names find-links folders it may lack
 .venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, sqlalchemy, psycopg, psij"

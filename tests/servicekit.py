@@ -6,6 +6,7 @@ import re
 import signal
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,8 @@ from conftest import start_cli
 def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None = None,
                   **settings: str) -> tuple[subprocess.Popen, str]:
     """``beamstream service`` on a free port (``settings`` as environment, and ``env``): the process and its URL,
-    once it listens."""
+    once it listens. From then on its stderr goes on being read into ``process.log`` (its lines), so that a service
+    that logs a lot never blocks on a full pipe."""
     environment = {**(env or {}), **{f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()}}
     process = start_cli("service", "--port", "0", "--database-url", database_url, "--state-dir", str(state_dir),
                         env_extra=environment)
@@ -29,6 +31,9 @@ def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None
     while (line := process.stderr.readline()):
         lines.append(line)
         if (found := re.search(r"service: (https?://\S+)", line)):
+            process.log = lines
+            threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True).start()
+            threading.Thread(target=process.stdout.read, daemon=True).start()
             return process, found.group(1)
     process.kill()
     raise AssertionError("the service did not start:\n" + "".join(lines))

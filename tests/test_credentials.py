@@ -42,15 +42,11 @@ def service(pki, tmp_path_factory):
     policy.write_text("admins: [carol]\nreaders: {}\n")
     process, url = run_service(folder, **tls_settings(pki), tls_client_cert="optional", policy_file=str(policy),
                                drain_grace_s="30")
-    log: list[str] = []
-    reader = threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True)
-    reader.start()
     try:
-        yield url, folder / "state", log
+        yield url, folder / "state", process.log
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
-        reader.join(timeout=10)
         end_jobs_under(folder)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -47,6 +50,24 @@ def names(cell: str) -> set[str]:
 def test_schema_file_is_generated_from_the_definitions():
     committed = (DOCS / "wire-format.schema.json").read_text()
     assert committed == schema_text(), f"docs/wire-format.schema.json is stale: run `{REGENERATE}`"
+
+
+@pytest.mark.parametrize("version", ["0.22.0", "0.23.0"])
+def test_schema_is_the_same_whichever_msgspec_makes_it(version, tmp_path):
+    """0.23 dedents docstrings where 0.22 kept their indentation; the generator's output must not change."""
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--only-binary", ":all:", "--target", str(tmp_path), f"msgspec=={version}"],
+        capture_output=True, text=True, timeout=300)
+    if pip.returncode:
+        pytest.skip(f"pip could not fetch msgspec {version}: {pip.stderr.strip()[-300:]}")
+    generate = ("import sys, msgspec; from beamstream.wire.schema import schema_text; "
+                "assert msgspec.__version__ == sys.argv[1], msgspec.__version__; print(schema_text(), end='')")
+    made = subprocess.run([sys.executable, "-c", generate, version], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == (DOCS / "wire-format.schema.json").read_text(), (
+        f"msgspec {version} generates another schema than docs/wire-format.schema.json")
 
 
 @pytest.mark.parametrize("message", ["DataHeader", "EndMessage", "RunMetadata", "FieldMetadata"])

@@ -6,10 +6,15 @@ The messages travel as msgpack, not JSON; the schema describes the same maps (ms
 fields such as ``seq`` appear as base64 strings, as JSON has no bytes). Non-Python consumers
 can validate or generate code from it. tests/test_wire_schema.py fails when the committed file
 and these definitions differ.
+
+Descriptions come from docstrings, and msgspec releases differ in how they indent them (0.23 dedents,
+earlier ones kept the indentation); :func:`wire_schema` cleans every one with :func:`inspect.cleandoc`,
+so the file depends on the definitions alone, not on which msgspec made it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -35,8 +40,18 @@ def wire_schema() -> dict[str, Any]:
         "title": f"beamstream wire format, version {WIRE_VERSION}",
         "description": "Messages exchanged and stored by beamstream (docs/wire-format.md, docs/buffer-protocol.md). "
                        "Sent as msgpack maps; bytes fields appear here as base64 strings.",
-        "$defs": components,
+        "$defs": _cleaned_docs(components),
     }
+
+
+def _cleaned_docs(node: Any) -> Any:
+    """``node`` with every ``title`` and ``description`` text cleaned as :func:`inspect.cleandoc` cleans docstrings."""
+    if isinstance(node, dict):
+        return {key: inspect.cleandoc(value) if key in ("title", "description") and isinstance(value, str)
+                else _cleaned_docs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_cleaned_docs(item) for item in node]
+    return node
 
 
 def schema_text() -> str:
