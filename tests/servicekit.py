@@ -16,7 +16,23 @@ from types import SimpleNamespace
 import httpx
 import psutil
 
+from beamstream.service.api import IDENTITY_KEY
 from conftest import start_cli
+
+
+class AsUser:
+    """Test-only ASGI middleware (standing in for the mTLS layer): the ``X-Test-User`` header's identity, put in
+    the scope under IDENTITY_KEY."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            user = dict(scope["headers"]).get(b"x-test-user")
+            if user is not None:
+                scope = {**scope, IDENTITY_KEY: user.decode()}
+        await self.app(scope, receive, send)
 
 
 def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None = None,

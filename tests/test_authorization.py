@@ -21,25 +21,10 @@ from starlette.websockets import WebSocketDisconnect
 from beamstream.service.api import IDENTITY_KEY, create_app
 from beamstream.service.policy import PolicyError
 from beamstream.service.settings import ServiceSettings
-from servicekit import run_service, stop_service
+from servicekit import AsUser, run_service, stop_service
 
 SIMULATED = {"source": {"type": "simulated", "n_events": 10}}
 POLICY = "admins: [carol]\nreaders:\n  alice: [xpptut15, 'mfx*']\n  bob: ['cxi*']\n"
-
-
-class AsUser:
-    """Test-only ASGI middleware (standing in for the mTLS layer): the ``X-Test-User`` header's identity, put in
-    the scope under IDENTITY_KEY."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            user = dict(scope["headers"]).get(b"x-test-user")
-            if user is not None:
-                scope = {**scope, IDENTITY_KEY: user.decode()}
-        await self.app(scope, receive, send)
 
 
 def write_policy(path: Path, text: str) -> None:

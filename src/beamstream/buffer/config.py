@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from beamstream.jetstream.urls import split_url
+from beamstream.spec_paths import ReadPath, WritePath
 from beamstream.stages import SpecModel
 from beamstream.transport import DEFAULT_MAX_MESSAGE
 
@@ -57,7 +58,7 @@ class BufferConfig(SpecModel):
     hwm: int = Field(4, ge=1, description="messages ZeroMQ queues per producer")
     max_message: Size = Field(DEFAULT_MAX_MESSAGE, description="largest message frame taken from a producer, e.g. "
                               "1GiB; a producer that sends a larger one is disconnected before it is allocated")
-    spill_dir: Path | None = Field(None, description="write every message to segment files here: "
+    spill_dir: WritePath | None = Field(None, description="write every message to segment files here: "
                                                      "replay by new groups, survive a restart")
     max_spill: Size | None = Field(None, description="disk the spill may use, e.g. 50GiB (none: no bound); "
                                                      "with backend: the JetStream stream's size")
@@ -78,7 +79,7 @@ class BufferConfig(SpecModel):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(0: any free one; none: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server listens on")
-    admission_key_file: Path | None = Field(None, description="admit only the stream's credential holders: "
+    admission_key_file: ReadPath | None = Field(None, description="admit only the stream's credential holders: "
                                             "the file (mode 600) holding the stream's admission key; producer "
                                             "messages must be sealed with it, consumers prove it in their hello "
                                             "(none: admit anyone who reaches the endpoints)")

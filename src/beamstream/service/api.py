@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from urllib.parse import urlencode
 from importlib.metadata import version
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path as Path_
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, WebSocket, WebSocketException
 from fastapi.requests import HTTPConnection
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -39,6 +40,7 @@ from beamstream.service.dispatcher import VerdictBody, end_with_verdict, with_st
 from beamstream.service.executors import CannotRun
 from beamstream.service.events import change_events
 from beamstream.service.figures import LiveFigures
+from beamstream.service.job_paths import PathGrant, PathRefused, confined, output_file, output_files, stream_folder
 from beamstream.service.policy import Authorizer
 from beamstream.service.relay import add_relay
 from beamstream.service.settings import ServiceSettings
@@ -141,6 +143,18 @@ class StreamPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class OutputFile(BaseModel):
+    path: str = Field(description="relative to the stream's output folder (a files sink's relative dir is there)")
+    size: int = Field(description="bytes")
+
+
+class OutputFiles(BaseModel):
+    """What a stream's jobs wrote into its output folder."""
+
+    stream: str
+    files: list[OutputFile]
 
 
 class Problem(BaseModel):
@@ -254,7 +268,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     verifier = Verifier()
     live = LiveFigures()
     event_streams = EventStreamLimit(MAX_EVENT_STREAMS)
-    catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern)
+    catalogue = Catalogue(settings.xtc_root, settings.hdf5_pattern, settings.calib_pattern)
     authorizer = Authorizer(settings.policy_file)
     app.state.settings = settings
     app.state.tls = settings.tls  # identity() then refuses a request without a verified identity
@@ -296,12 +310,19 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                                           own_data=source.get("type") != "simulated" and not from_catalogue)
         if not decision.allowed:
             raise HTTPException(403, decision.told)
-        if from_catalogue:
-            requested = with_run_files(requested, _found(catalogue, request.experiment, request.run))
+        run = _found(catalogue, request.experiment, request.run) if from_catalogue else None
+        if run is not None:
+            requested = with_run_files(requested, run)
         try:  # the service adds the stream sink to the stream's buffer: a request need not name one
             spec = parse_spec(with_stream_sink(requested), origin="spec")
         except SpecError as exc:
             raise HTTPException(422, [line.strip() for line in str(exc).splitlines()]) from None
+        grant = path_grant(owner, request.experiment, run)
+        try:
+            requested = confined(requested, spec, grant, "spec")
+            resources = confined(request.resources.model_dump(mode="json"), request.resources, grant, "resources")
+        except PathRefused as exc:
+            raise HTTPException(403, exc.problems) from None
         executor = request.resources.executor or settings.executor
         if executor not in app.state.executors:
             raise HTTPException(422, f"resources.executor: {executor!r} is not available on this service; "
@@ -311,11 +332,24 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
                 app.state.dispatcher.admit(request.resources.model_dump(mode="json"))
             except CannotRun as exc:
                 raise HTTPException(503 if exc.unavailable else 422, f"resources: {exc}") from None
-        record = store.create(owner=owner, spec=requested, resources=request.resources.model_dump(mode="json"),
+        record = store.create(owner=owner, spec=requested, resources=resources,
                               name=request.name or spec.name, experiment=request.experiment, run=request.run)
         _wake(app)
         response.headers.update(NO_STORE)
         return StreamCreated(**StreamView.of(record).model_dump(), credentials=_credentials(record))
+
+    def path_grant(owner: str, experiment: str | None, run: Run | None) -> PathGrant:
+        """What a request of ``owner`` for ``experiment`` (``run``: the catalogue run it reads) may make jobs open."""
+        if authorizer.may_open_any_path(owner).allowed:
+            return PathGrant(any_path=True)
+        folder = catalogue.calibration_folder(experiment) if experiment is not None else None
+        files = frozenset(run.files) if run is not None else frozenset()
+        if folder is None and not files:
+            return PathGrant(any_path=False)
+        named = [f"the files of run {run.run} of experiment {experiment!r} that the service finds"] if run else []
+        named += [f"files under the calibration folder of experiment {experiment!r}, {folder}/"] if folder else []
+        return PathGrant(any_path=False, files=files, folders=(os.path.realpath(folder),) if folder else (),
+                         where=" or ".join(named))
 
     @app.get("/v1/experiments/{experiment}/runs", tags=["runs"], responses={404: {"model": Problem}})
     def experiment_runs(experiment: str, caller: Owner) -> dict[str, Any]:
@@ -371,17 +405,40 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         """The stream's credentials, for its owner only: anyone else (an admin too) gets 404, exactly as for an
         unknown stream. A token may fetch them if its holder owns the stream and its limits cover it. 404 too for
         a stream requested before the service kept credentials."""
-        try:
-            record = authorizer.owned_stream(store, stream_id, caller, action="fetch the credentials of")
-        except StreamNotFound:
-            raise _unknown(stream_id) from None
-        within_token(record, caller, "fetch the credentials of")
+        record = owned(stream_id, caller, "fetch the credentials of")
         credentials = _credentials(record)
         if credentials is None:
             raise HTTPException(404, f"stream {stream_id} has no credentials: it was requested before the "
                                      "service kept them")
         response.headers.update(NO_STORE)
         return credentials
+
+    def owned(stream_id: str, caller: str, action: str) -> StreamRecord:
+        """The stream if ``caller`` owns it (and its token covers it); 404 alike for unknown streams and others'."""
+        try:
+            record = authorizer.owned_stream(store, stream_id, caller, action=action)
+        except StreamNotFound:
+            raise _unknown(stream_id) from None
+        return within_token(record, caller, action)
+
+    @app.get("/v1/streams/{stream_id}/files", response_model=OutputFiles, tags=["streams"],
+             responses={404: {"model": Problem}})
+    def stream_files(stream_id: str, caller: Owner) -> OutputFiles:
+        """What the stream's jobs wrote into its output folder (a files sink's relative ``dir`` is there), for its
+        owner only: anyone else (an admin too) gets 404, as for the credentials."""
+        record = owned(stream_id, caller, "list the files of")
+        found = output_files(stream_folder(settings.state_dir, record.id))
+        return OutputFiles(stream=record.id, files=[OutputFile(path=path, size=size) for path, size in found])
+
+    @app.get("/v1/streams/{stream_id}/files/{path:path}", response_class=FileResponse, tags=["streams"],
+             responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": Problem}})
+    def stream_file(stream_id: str, path: str, caller: Owner) -> FileResponse:
+        """One file of the stream's output folder (a path as ``/files`` lists it), for its owner only."""
+        record = owned(stream_id, caller, "fetch a file of")
+        found = output_file(stream_folder(settings.state_dir, record.id), path)
+        if found is None:
+            raise HTTPException(404, f"stream {stream_id} has no output file {path!r}")
+        return FileResponse(found, media_type="application/octet-stream", filename=found.name)
 
     @app.get("/v1/streams/{stream_id}/events", tags=["streams"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem},

@@ -9,6 +9,10 @@ Two layouts, each configured in the service's settings:
 - ``hdf5_pattern``: a glob with ``{experiment}`` and ``{run}`` (format fields, e.g.
   ``/data/{experiment}/raw/r{run:04d}/*.h5``); read with the ``hdf5`` source.
 
+Each experiment's calibration folder (pedestals, gains, masks, geometry: the constants files a
+non-admin's steps may read) is ``calib_pattern`` with ``{experiment}`` and ``{instrument}``, by
+default ``<xtc_root>/<instrument>/<experiment>/calib`` when ``xtc_root`` is set.
+
 Experiment names are checked (letters, digits, ``_``, ``-``, ``.``) before they become part of a
 path, so a request cannot walk the file system.
 """
@@ -37,11 +41,23 @@ class Run:
 
 
 class Catalogue:
-    """Finds runs under ``xtc_root`` (LCLS-II layout) and ``hdf5_pattern``; either may be None."""
+    """Finds runs under ``xtc_root`` (LCLS-II layout) and ``hdf5_pattern``, and experiments' calibration folders
+    (``calib_pattern``); any may be None."""
 
-    def __init__(self, xtc_root: Path | None = None, hdf5_pattern: str | None = None) -> None:
+    def __init__(self, xtc_root: Path | None = None, hdf5_pattern: str | None = None,
+                 calib_pattern: str | None = None) -> None:
         self.xtc_root = xtc_root
         self.hdf5_pattern = hdf5_pattern
+        if calib_pattern is None and xtc_root is not None:
+            calib_pattern = str(xtc_root / "{instrument}" / "{experiment}" / "calib")
+        self.calib_pattern = calib_pattern
+
+    def calibration_folder(self, experiment: str) -> Path | None:
+        """Where the constants files of ``experiment`` are (None: this catalogue knows no such folder)."""
+        if self.calib_pattern is None:
+            return None
+        checked = _checked(experiment)
+        return Path(self.calib_pattern.format(experiment=checked, instrument=checked[:3].lower()))
 
     def find(self, experiment: str, run: int) -> Run:
         """The files of ``run`` of ``experiment``; RunNotFound naming the places looked in."""

@@ -55,6 +55,7 @@ from beamstream.modes import make_dirs
 from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
+from beamstream.service.job_paths import stream_folder
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
@@ -301,7 +302,7 @@ class Dispatcher:
         return self.executors[record.resources.get("executor") or self.settings.executor]
 
     def folder(self, record: StreamRecord) -> Path:
-        return self.settings.state_dir.resolve() / "streams" / record.id
+        return stream_folder(self.settings.state_dir, record.id)
 
 
 def make_executors(settings: ServiceSettings) -> dict[str, Executor]:

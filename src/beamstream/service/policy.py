@@ -105,6 +105,16 @@ class Policy:
                             "read (give experiment and run, and name no files) or a simulated source")
         return Decision(True, "a simulated source reads no facility data")
 
+    def may_open_any_path(self, identity: str) -> Decision:
+        """May ``identity`` make a job read or write any path the service's user may (not only the files of the
+        experiment's runs and calibration folder, and its stream's own folder)? Admins, and everyone without a
+        policy file."""
+        if self.model is None:
+            return Decision(True, "no policy file: everyone may request any data")
+        if self.is_admin(identity):
+            return Decision(True, f"{identity} is an admin")
+        return Decision(False, f"{identity} is not an admin", "only admins may name other paths")
+
     def may_see(self, identity: str, stream_owner: str) -> Decision:
         """May ``identity`` see (and read, follow, cancel) a stream of ``stream_owner``?"""
         if identity == stream_owner:
@@ -183,6 +193,10 @@ class Authorizer:
         """:meth:`Policy.may_request`, logged."""
         what = f"request a stream of experiment {experiment!r}" if experiment else "request a stream"
         return _logged(identity, what, self.policy.may_request(identity, experiment, own_data=own_data))
+
+    def may_open_any_path(self, identity: str) -> Decision:
+        """:meth:`Policy.may_open_any_path`, logged."""
+        return _logged(identity, "name any path", self.policy.may_open_any_path(identity))
 
     def may_see(self, identity: str, stream_owner: str, *, action: str, stream_id: str) -> Decision:
         """:meth:`Policy.may_see`, logged as ``action`` (``see``, ``cancel``, ...) on stream ``stream_id``."""

@@ -57,6 +57,10 @@ class ServiceSettings(BaseSettings):
                                   "<xtc_root>/<instrument>/<experiment>/xtc/<experiment>-r<run:04d>-s*-c*.xtc2")
     hdf5_pattern: str | None = Field(None, description="the catalogue's HDF5 runs: a glob with {experiment} and "
                                      "{run}, e.g. /data/{experiment}/raw/r{run:04d}/*.h5")
+    calib_pattern: str | None = Field(None, description="each experiment's calibration folder, whose files "
+                                      "(constants: pedestals, gains, masks) a request's steps may read: a path with "
+                                      "{experiment} and {instrument}, e.g. /data/{experiment}/calib (default: "
+                                      "<xtc_root>/<instrument>/<experiment>/calib when xtc_root is set)")
     policy_file: Path | None = Field(None, description="the authorization policy (YAML: admins, and the "
                                      "experiments each identity may read; docs/security.md), read again when it "
                                      "changes. Default: none, everyone may request any experiment and do "

@@ -26,6 +26,7 @@ from beamstream.atomic import commit, partial_path
 from beamstream.modes import create_file, make_dirs
 from beamstream.saving import message_h5_bytes, safe_name, save_file
 from beamstream.sinks.cxi import signal_field, write_structure
+from beamstream.spec_paths import WritePath
 from beamstream.wire import DataMessage, EndMessage
 from beamstream.wire.metadata import RunMetadata
 
@@ -208,7 +209,7 @@ class FilesSink(SinkSpec):
     """
 
     type: Literal["files"] = "files"
-    dir: str
+    dir: WritePath
     layout: Literal["messages", "cxi"] = "messages"
     compression: Compression = "none"
     level: int | None = Field(None, ge=0, le=22)

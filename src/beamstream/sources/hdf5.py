@@ -28,6 +28,7 @@ from beamstream.batch import Batch, Share, little_endian
 from beamstream.errors import SourceError
 from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, check_memory
 from beamstream.sources.hdf5_metadata import describe_files
+from beamstream.spec_paths import ReadPattern
 from beamstream.stages import SourceSpec
 from beamstream.wire.metadata import RunMetadata
 
@@ -246,7 +247,7 @@ class HDF5Source(SourceSpec):
     """
 
     type: Literal["hdf5"] = "hdf5"
-    files: list[str] = Field(min_length=1)
+    files: list[ReadPattern] = Field(min_length=1)
     datasets: dict[str, str] = Field(default_factory=lambda: {"data": CXI_DATA}, min_length=1)
     time_dataset: str | None = None
     events_per_read: int = Field(0, ge=0, le=MAX_EVENTS_PER_BATCH)

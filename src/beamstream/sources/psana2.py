@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from beamstream.batch import TIMESTAMP_FIELD, Batch, Share
 from beamstream.errors import MissingDependency, SourceError
+from beamstream.spec_paths import ReadPattern
 from beamstream.stages import SourceSpec
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
@@ -265,7 +266,7 @@ class Psana2Source(SourceSpec):
     """
 
     type: Literal["psana2"] = "psana2"
-    files: list[str] = Field(min_length=1)
+    files: list[ReadPattern] = Field(min_length=1)
     exp: str | None = None
     run: int | None = None
     fields: dict[str, str] = Field(min_length=1)

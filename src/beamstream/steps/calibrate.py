@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from beamstream.batch import Batch
 from beamstream.errors import StepError
+from beamstream.spec_paths import ReadPath
 from beamstream.stages import SpecModel, StepSpec
 from beamstream.steps import BatchwiseStep, require_field
 
@@ -28,7 +29,7 @@ class ConstantsFile(SpecModel):
             for ``.npy``).
     """
 
-    file: Path
+    file: ReadPath
     dataset: str | None = None
 
     @model_validator(mode="after")
