@@ -17,10 +17,19 @@ from conftest import run_cli
 SHARE = Share(rank=0, producers=1, start=0, stop=6, block=1)
 
 
-def data(index: int, stream: str = "s1") -> list:
+class UnknownSerializer:
+    """Encodes as ``arrays`` does, under a name no reader has a codec for."""
+
+    name = "x"
+
+    def encode(self, batch: Batch) -> list:
+        return ArraysSerializer().build().encode(batch)
+
+
+def data(index: int, stream: str = "s1", serializer=None) -> list:
     seq = np.arange(2 * index, 2 * index + 2, dtype=np.int64)
     batch = Batch(seq, seq * 1.0, {"image": np.full((2, 3, 4), index, dtype=np.uint16)})
-    message = message_from_batch(batch, ArraysSerializer().build(), stream=stream, rank=0, producers=1,
+    message = message_from_batch(batch, serializer or ArraysSerializer().build(), stream=stream, rank=0, producers=1,
                                  index=index, share=SHARE)
     return [bytes(memoryview(frame)) for frame in message.to_frames()]
 
@@ -59,6 +68,19 @@ def test_a_corrupt_or_malformed_message_is_refused_and_never_passes_as_data():
     assert transport.refusals[0].startswith("message 0 from producer 0 (events 0-1): payload checksum")
     assert "is not msgpack" in transport.refusals[1] and transport.done == [0, 1, 2, 3]
     assert raised.value.report.refused == 2 and "2 unreadable messages refused" in raised.value.report.summary()
+
+
+def test_a_message_no_codec_decodes_is_refused_and_counted_and_the_stream_goes_on():
+    transport = MemoryTransport([data(0), data(1, serializer=UnknownSerializer()), data(1), data(2), end()])
+    with Client.over(transport, timeout=1) as client:
+        seqs = [event.seq for event in client.events()]
+    assert seqs == [0, 1, 2, 3, 4, 5] and client.report.complete and client.report.refused == 1
+    assert transport.refusals == ["message encoded by serializer 'x', which this reader cannot decode; "
+                                  "installed: arrays, hdf5"]
+    alone = MemoryTransport([data(0), data(1, serializer=UnknownSerializer()), data(2), end()])
+    with Client.over(alone, timeout=1) as client:  # never decoded, its events are missing, not silently skipped
+        with pytest.raises(StreamIncomplete, match="2 events never arrived: 2-3"):
+            list(client.events())
 
 
 def test_a_missing_message_makes_the_stream_incomplete_naming_it():

@@ -9,6 +9,7 @@ import json
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,8 @@ def test_a_store_from_before_credentials_is_migrated_and_its_streams_have_none(t
     engine = create_engine(url)
     upgrade(engine, "0003")
     engine.dispose()
-    store = JobStore.open(url)  # to 0004
+    (tmp_path / "old.db").chmod(0o600)  # made by create_engine under the umask; the store refuses it otherwise
+    store = JobStore.open(url)  # to the newest
     try:
         record = store.create(owner="alice", spec=SPEC, resources={})
         assert record.key is not None and record.key not in repr(record)
@@ -169,6 +171,26 @@ def test_the_owner_reads_a_sealed_stream_with_no_extra_option(service, pki, thro
         with stream.client(group="g", relay=through_relay) as reader:
             seqs = [event.seq for event in reader.events()]
         assert sorted(seqs) == list(range(20)) and reader.report.complete
+
+
+def test_a_reader_with_another_streams_key_is_refused_at_once_directly_and_through_the_relay(service, pki):
+    """The wrong key fails within the reader's timeout with the buffer's words, whichever way it reads."""
+    from beamstream.errors import TransportError
+
+    url, _, _ = service
+    with as_service(url, pki, pki.alice) as alice:
+        stream = alice.request(SPEC).wait_until_running(timeout=120)
+        errors = []
+        for through_relay in (False, True):
+            began = time.monotonic()
+            with stream.client(group="g", relay=through_relay, key=StreamKey.generate(), timeout=8) as reader:
+                with pytest.raises(TransportError, match="refused this client") as refused:
+                    next(iter(reader.events()))
+            assert time.monotonic() - began < 8, "refused at once, not after the timeout"
+            errors.append(refused.value.args[0].split("refused this client: ")[1])
+        assert errors[0] == errors[1] and "does not match this stream's admission key" in errors[0]
+        with stream.client(group="g") as owner:  # the refusals cost the owner nothing
+            assert sorted(event.seq for event in owner.events()) == list(range(20))
 
 
 def test_an_admin_is_relayed_a_stream_but_cannot_open_its_payloads(service, pki):

@@ -74,6 +74,12 @@ CASES: dict[str, bytes] = {
     "seed-negative": dumped(source__seed=-1),
     "rate-huge": dumped(source__rate_hz=1e300),
     "rate-infinite": b"source: {type: simulated, rate_hz: .inf}\nsinks: [{type: files, dir: out}]\n",
+    "rate-tiny": dumped(source__rate_hz=1.0e-300),
+    "files-from-the-root": dumped(source={"type": "hdf5", "files": ["/**/*.nonexistent-ext"]}),
+    "files-from-the-working-folder": dumped(source={"type": "hdf5", "files": ["**/*.h5"]}),
+    "files-under-any-top-folder": dumped(source={"type": "hdf5", "files": ["/*/raw/*.h5"]}),
+    "duplicate-key": b"source: {type: simulated, n_events: 10}\nsinks: [{type: files, dir: out}]\nsource: {type: hdf5}\n",
+    "duplicate-nested-key": b"source: {type: simulated, n_events: 10, n_events: 20}\nsinks: [{type: files, dir: out}]\n",
     "no-detectors": dumped(source__detectors=[]),
     "batch-zero": dumped(steps=[{"type": "batch", "size": 0}]),
     "batch-huge": dumped(steps=[{"type": "batch", "size": 10**12}]),
@@ -196,3 +202,22 @@ def test_a_batch_larger_than_memory_is_refused_at_its_first_event(write_spec, tm
     source = {"type": "simulated", "n_events": 10, "bank_size": 1, "events_per_read": 1,
               "detectors": [{"kind": "image", "shape": [1024, 1024], "dtype": "uint16"}]}  # 2 MiB per event
     _refused_at_start(write_spec, tmp_path, source, [{"type": "batch", "size": 10_000_000}], "lower size")
+
+
+def test_a_duplicate_key_is_named_with_its_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_bytes(CASES["duplicate-key"])
+    with pytest.raises(SpecError, match=r"twice.yaml: key 'source' appears twice in one mapping \(lines 1 and 3\)"):
+        load_spec(path)
+
+
+def test_patterns_that_match_too_many_files_are_refused_when_read(tmp_path, monkeypatch):
+    import beamstream.sources.hdf5 as hdf5_source
+    from beamstream.errors import SourceError
+
+    for index in range(5):
+        (tmp_path / f"{index}.h5").touch()
+    monkeypatch.setattr(hdf5_source, "MAX_FILES", 4)
+    with pytest.raises(SourceError, match="matches more than 4 files"):
+        hdf5_source.expand_files([str(tmp_path / "*.h5")])
+    assert len(hdf5_source.expand_files([str(tmp_path / "[0-3].h5")])) == 4

@@ -27,6 +27,7 @@ from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.client import Client
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, VERDICT_FILE, signature
 from beamstream.service.dispatcher import Dispatcher
+from beamstream.service.at_rest import ServiceKey
 from beamstream.service.executors import JobRequest, JobState, JobStatus, LocalExecutor
 from conftest import wait_until
 from servicekit import end_jobs_under, run_service, shown, slurm_answers, start_service, stop_service
@@ -84,11 +85,12 @@ def test_a_stream_goes_through_its_lifecycle_with_every_change_kept(store):
 
 
 def test_streams_survive_a_restart_of_the_store(database_url):
-    first = JobStore.open(database_url)
+    service_key = ServiceKey.generate()
+    first = JobStore.open(database_url, service_key)
     record = first.create(owner="alice", spec=SPEC, resources={})
     first.change_state(record.id, State.STARTING, "jobs submitted")
     first.close()
-    again = JobStore.open(database_url)  # the migrations find the schema current and change nothing
+    again = JobStore.open(database_url, service_key)  # the migrations find the schema current and change nothing
     try:
         kept = again.get(record.id)
         assert kept.state is State.STARTING and kept.spec == SPEC and kept.secret == record.secret
@@ -454,3 +456,14 @@ def test_a_stream_asked_for_by_experiment_and_run_reads_the_catalogues_files(tmp
         wait_until(lambda: shown(url, stream["id"])["state"] == "completed", "the stream to complete", timeout=60)
     finally:
         stop_service(service, url)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_service_never_shows_its_database_password(database_url, tmp_path):
+    service, url = start_service(database_url.replace("postgres@", "postgres:s3cret-pw@", 1), tmp_path / "state")
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    finally:
+        stop_service(service, url)
+    said = "".join(service.log)
+    assert "postgres:***@127.0.0.1" in said and "s3cret-pw" not in said

@@ -277,3 +277,30 @@ def test_an_hdf5_payload_that_would_read_beyond_the_message_is_refused(tmp_path,
 
     with pytest.raises(WireFormatError, match=expected):
         HDF5Codec().decode([FieldInfo("image", "<u2", (3, 4))], [hdf5_image(build)])
+
+
+@pytest.mark.parametrize("chunks", [None, (1, 1024, 1024), (7, 100, 100)], ids=["contiguous", "chunked", "partial"])
+def test_a_fill_value_bomb_is_refused_before_anything_is_allocated(chunks):
+    """A 1.6 KB payload declaring 800 MB of fill values (storage never written; or all chunks but one written) is
+    refused; a compressed payload that stores every chunk decodes whole, however well it compressed."""
+    import tracemalloc
+
+    from beamstream.codecs.hdf5 import HDF5Codec
+    from beamstream.wire import FieldInfo
+
+    shape = (400, 1024, 1024)
+
+    def build(h5):
+        dataset = h5.create_dataset("image", shape=shape, dtype="<u2", chunks=chunks, fillvalue=7)
+        if chunks == (7, 100, 100):
+            dataset[:7, :100, :100] = 1  # one chunk written of many
+    payload = hdf5_image(build)
+    assert len(payload) < 200_000  # for 800 MB declared
+    tracemalloc.start()
+    with pytest.raises(WireFormatError, match="a message must hold every element it declares"):
+        HDF5Codec().decode([FieldInfo("image", "<u2", shape)], [payload])
+    assert tracemalloc.get_traced_memory()[1] < 10 << 20
+    tracemalloc.stop()
+    zeros = hdf5_image(lambda h5: h5.create_dataset("image", data=np.zeros((8, 256, 256), "<u2"), chunks=(1, 256, 256),
+                                                    compression="gzip"))
+    assert HDF5Codec().decode([FieldInfo("image", "<u2", (8, 256, 256))], [zeros])["image"].sum() == 0

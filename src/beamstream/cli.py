@@ -456,8 +456,16 @@ def service(
         fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
     from beamstream.service.dispatcher import Dispatcher
 
+    from sqlalchemy import make_url
+
+    from beamstream.service.at_rest import ServiceKeyError
+    from beamstream.service.store import StoreError
+
     tls_options = _service_tls(settings)
-    application = create_app(settings)
+    try:
+        application = create_app(settings)
+    except (StoreError, ServiceKeyError) as exc:
+        fail(str(exc))
     server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning",
                                            ws_max_size=MAX_CLIENT_MESSAGE, ws_per_message_deflate=False,
                                            **tls_options))
@@ -470,7 +478,8 @@ def service(
         public = settings.public_url or url  # where jobs call back
         application.state.dispatcher = Dispatcher(application.state.store, settings, public).start()
         reached = f"; jobs call back to {public}" if public != url else ""
-        console.print(f"service: {url} (API /v1, docs /docs{reached}), store {settings.database_url}",
+        store = make_url(settings.database_url).render_as_string(hide_password=True)
+        console.print(f"service: {url} (API /v1, docs /docs{reached}), store {store}",
                       highlight=False)
 
     server.startup = startup

@@ -19,6 +19,8 @@ MAX_DIMENSIONS = 8
 MAX_EVENT_BYTES = 1 << 32  # one event of one field: 4 GiB
 MAX_EVENTS_PER_BATCH = 1 << 24
 MAX_RATE_HZ = 1e8
+MIN_RATE_HZ = 1e-3  # one event each 1000 s; slower rates are not a stream (and their delays overflow timers)
+MAX_FILES = 100_000  # files one source reads (what its glob patterns may match, together)
 MAX_EVENTS = 2**62
 
 Axis = Annotated[int, Field(ge=1, le=MAX_AXIS)]
@@ -26,7 +28,7 @@ Index = Annotated[int, Field(ge=0, le=MAX_AXIS)]
 Shape = Annotated[list[Axis], Field(min_length=1, max_length=MAX_DIMENSIONS)]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_EVENTS_PER_BATCH)]
 EventCount = Annotated[int, Field(ge=1, le=MAX_EVENTS)]
-Rate = Annotated[float, Field(gt=0, le=MAX_RATE_HZ)]
+Rate = Annotated[float, Field(ge=MIN_RATE_HZ, le=MAX_RATE_HZ)]
 
 
 def available_memory() -> int | None:

@@ -58,6 +58,24 @@ def read_spec_text(path: Path) -> str:
                         "save the spec as UTF-8") from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (which would otherwise keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool, type(None))) and key in seen:
+                raise _DuplicateKey(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, origin: str) -> Any:
     """The data in YAML (or JSON) ``text``, after checking its shape event by event (no recursion, no aliases)."""
     try:
@@ -80,9 +98,11 @@ def parse_yaml(text: str, origin: str) -> Any:
                 if len(event.value) > MAX_INT_DIGITS and event.value.lstrip("+-").isdigit() and event.implicit[0]:
                     raise SpecError(f"{origin}: a number of {len(event.value)} digits at line "
                                     f"{event.start_mark.line + 1}; numbers in a spec have at most {MAX_INT_DIGITS}")
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except SpecError:
         raise
+    except _DuplicateKey as exc:
+        raise SpecError(f"{origin}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -36,6 +36,18 @@ def load_admission_key(path: Path) -> AdmissionKey:
         raise StreamKeyError(f"the key file {path} holds no admission key: {exc}") from None
 
 
+def proof_refusal(admission: AdmissionKey, hello: Hello) -> tuple[str, str] | None:
+    """None if ``hello``'s proof was made with ``admission``; else (kind, reason), as :meth:`HelloCheck.refusal`
+    says them (``no proof``, ``wrong key``). Also the relay's check of a reader's own proof."""
+    if not hello.proof:
+        return "no proof", (f"{ADMIT_ONLY_HOLDERS}: give the stream's key (Client(..., key=...), or its key file) so that "
+                "the hello carries a proof")
+    if not hello.nonce or not admission.verify(hello_proof_data(hello), hello.proof):
+        return "wrong key", (f"{ADMIT_ONLY_HOLDERS}: the hello's proof does not match this stream's admission key; "
+                "give this stream's key (not another stream's)")
+    return None
+
+
 class HelloCheck:
     """Decides whether a consumer's hello proves that its sender holds the admission key.
 
@@ -52,12 +64,8 @@ class HelloCheck:
         """None if ``hello`` is admitted (its nonce is then remembered); else (kind, reason): the kind of refusal
         (``no proof``, ``wrong key``, ``clock``, ``replay``) and why, in words for its sender."""
         now = time.time() if now is None else now
-        if not hello.proof:
-            return "no proof", (f"{ADMIT_ONLY_HOLDERS}: give the stream's key (Client(..., key=...), or its key file) so that "
-                    "the hello carries a proof")
-        if not hello.nonce or not self.admission.verify(hello_proof_data(hello), hello.proof):
-            return "wrong key", (f"{ADMIT_ONLY_HOLDERS}: the hello's proof does not match this stream's admission key; "
-                    "give this stream's key (not another stream's)")
+        if (refused := proof_refusal(self.admission, hello)) is not None:
+            return refused
         if abs(now - hello.at) > self.window_s:
             off = now - hello.at
             return "clock", (f"{ADMIT_ONLY_HOLDERS}: the hello was made {abs(off):.0f} s "

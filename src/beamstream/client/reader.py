@@ -220,8 +220,14 @@ class Client:
             if self._foreign(message):
                 item.refuse(f"this consumer reads stream {self.report.stream!r}, not {message.stream!r}")
             else:
+                try:
+                    accepted = self._accept(message)
+                except WireFormatError as exc:  # a payload this reader cannot decode: refused, the stream goes on
+                    self._refuse(item, str(exc))
+                    continue
                 item.receipt(message)
-                yield from self._accept(message)
+                if accepted is not None:
+                    yield accepted
             item.done()
             if not self.transport.ends_with_verdict and self.report.all_ended:
                 break
@@ -259,20 +265,22 @@ class Client:
                         "stream %r", message.stream, self.transport.where, self.report.stream)
         return True
 
-    def _accept(self, message: DataMessage | EndMessage) -> Iterator[Message]:
-        """The message, unless it is an end message or a duplicate."""
+    def _accept(self, message: DataMessage | EndMessage) -> Message | None:
+        """The message with its arrays, accounted for; None for an end message or a duplicate. WireFormatError
+        (nothing accounted) for a payload this reader cannot decode."""
         if isinstance(message, EndMessage):
             self.report.add_end(message)
-            return
+            return None
         key = (message.rank, message.index)
         if key in self._seen:
             self.report.duplicates += 1
-            return
+            return None
+        arrays = decode_payload(message)
         self._seen.add(key)
         self.report.add_data(message)
         if message.metadata is not None and self._metadata is None:
             self._metadata = message.metadata
-        yield Message(message, decode_payload(message), time.time())
+        return Message(message, arrays, time.time())
 
     def _silent(self) -> None:
         """Raise for a stream that said nothing for ``timeout`` seconds."""

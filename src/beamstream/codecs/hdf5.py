@@ -9,6 +9,7 @@ h5py is imported only when a file is written or read.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -83,6 +84,8 @@ class HDF5Codec:
             with h5py.File(io.BytesIO(frames[0]), "r") as h5:
                 datasets = {info.name: _checked_dataset(h5, info) for info in fields}
                 return {name: dataset[()] for name, dataset in datasets.items()}
+        except WireFormatError:
+            raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise WireFormatError(f"hdf5 payload cannot be read: {exc}") from None
 
@@ -111,4 +114,24 @@ def _checked_dataset(h5: Any, info: FieldInfo) -> Any:
     if dataset.size * dataset.dtype.itemsize > MAX_DECODED_BYTES:
         raise WireFormatError(f"hdf5 payload: {info.name!r} declares {dataset.size * dataset.dtype.itemsize:,} bytes; "
                               f"a message holds at most {MAX_DECODED_BYTES:,}")
+    _check_stored(dataset, info.name)
     return dataset
+
+
+def _check_stored(dataset: Any, name: str) -> None:
+    """WireFormatError unless the message stores every element of ``dataset``: a dataset whose storage (or some of
+    whose chunks) was never written reads as its fill value, so a payload of a few bytes could make its reader
+    allocate gigabytes."""
+    if dataset.size == 0:
+        return
+    if dataset.chunks is None:
+        stored, expected = dataset.id.get_storage_size(), dataset.size * dataset.dtype.itemsize
+        complete = stored == expected
+    else:
+        expected = math.prod(-(-extent // chunk) for extent, chunk in zip(dataset.shape, dataset.chunks))
+        stored = dataset.id.get_num_chunks()
+        complete = stored == expected
+    if not complete:
+        unit = "chunks" if dataset.chunks is not None else "bytes"
+        raise WireFormatError(f"hdf5 payload: {name!r} stores {stored:,} of its {expected:,} {unit}: a message "
+                              "must hold every element it declares (unwritten storage reads as fill values)")

@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from beamstream.buffer.config import BufferConfig
 from beamstream.errors import SpecError
+from beamstream.modes import make_dirs
+from beamstream.service.at_rest import ServiceKey
 from beamstream.service.catalogue import Catalogue, Run, RunNotFound
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, Verifier
 from beamstream.service.dispatcher import VerdictBody, end_with_verdict, with_stream_sink
@@ -258,8 +260,12 @@ def _grant(caller: str):  # noqa: ANN202
 
 
 def create_app(settings: ServiceSettings, store: JobStore | None = None) -> FastAPI:
-    """The application; it opens (and migrates) the store at ``settings.database_url`` unless one is given."""
-    store = store or JobStore.open(settings.database_url)
+    """The application; it opens (and migrates) the store at ``settings.database_url`` unless one is given, its
+    secrets sealed under the service key (``settings.service_key_path``, made if missing). Raises StoreError or
+    ServiceKeyError, saying what to fix, for a store or key file others may read."""
+    if store is None:
+        make_dirs(settings.service_key_path.parent)
+        store = JobStore.open(settings.database_url, ServiceKey.from_file(settings.service_key_path))
     app = FastAPI(title="beamstream request service", version=version("beamstream"),
                   description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
     app.state.store = store

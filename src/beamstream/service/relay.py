@@ -51,7 +51,8 @@ from beamstream.security.streamkey import AdmissionKey, StreamKey
 from beamstream.service.states import State
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.transport import open_socket
-from beamstream.wire.control import Ping, pack
+from beamstream.buffer.admission import proof_refusal
+from beamstream.wire.control import Error, Hello, Ping, pack, proven_hello, unpack
 
 MAX_CLIENT_MESSAGE = 64 << 10  # a reader sends only control messages (hello, ack)
 WAIT_FOR_RUNNING_S = 120.0
@@ -134,7 +135,7 @@ async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: 
         endpoint, admission = waiting.result()
         dealer = _connect(context, endpoint)
         connected.set()
-        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox, admission)),
+        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox, admission, websocket)),
                   asyncio.create_task(_to_reader(dealer, websocket, heard)),
                   asyncio.create_task(_watch(store, stream_id, heard))}
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -207,24 +208,33 @@ async def _from_reader(websocket: WebSocket, inbox: asyncio.Queue, connected: as
         await inbox.put(frames)
 
 
-async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue, admission: AdmissionKey | None) -> None:
+async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue, admission: AdmissionKey | None,
+                     websocket: WebSocket) -> None:
+    """Forward the reader's messages to the buffer, its hellos vouched for; a hello whose own proof is wrong is
+    answered, as the buffer answers it on the direct path, with an ``error`` (the reader then stops at once)."""
     while True:
-        await dealer.send_multipart(vouched(await inbox.get(), admission), copy=False)
+        frames = vouched(await inbox.get(), admission)
+        if isinstance(frames, Error):
+            await websocket.send_bytes(join_frames([pack(frames)]))
+        else:
+            await dealer.send_multipart(frames, copy=False)
 
 
-def vouched(frames: list, admission: AdmissionKey | None) -> list:
+def vouched(frames: list, admission: AdmissionKey | None) -> list | Error:
     """A reader's message as the relay forwards it to the buffer: a hello made again with the relay's own fresh
     proof under ``admission`` (same group, lossy, start and credit; a new nonce and time, so that the reader's
     hello, sent again each second, is never a replay); anything else (and everything without ``admission``)
-    unchanged."""
+    unchanged. A hello that carries a proof of its own (its reader holds a key) must prove the stream's
+    admission key: if not, the ``error`` the buffer would answer it with, instead. A hello without a proof
+    (a reader without the key: an admin) is vouched for, and gets sealed payloads it cannot open."""
     if admission is None or len(frames) != 1:
         return frames
-    from beamstream.wire.control import Hello, proven_hello, unpack
-
     try:
         hello = unpack(frames[0], Hello)
     except WireFormatError:
         return frames  # an ack, or a message the buffer will refuse in its own words
+    if hello.proof and (refused := proof_refusal(admission, hello)) is not None:
+        return Error(reason=refused[1])
     return [pack(proven_hello(admission, group=hello.group, lossy=hello.lossy, start=hello.start,
                               credit=hello.credit))]
 

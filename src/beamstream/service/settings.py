@@ -49,6 +49,10 @@ class ServiceSettings(BaseSettings):
                                description="whom requests are made for until authentication is configured")
     state_dir: Path = Field(Path("beamstream-service"), description="where each stream's folder (specs, job logs, "
                             "the private callback file) is made")
+    service_key_file: Path | None = Field(None, description="the key the job store seals each stream's key and "
+                                          "callback secret with, kept outside the database (made, mode 600, if "
+                                          "missing; default: <state_dir>/service.key); a database without it "
+                                          "opens no stream")
     data_host: str = Field("127.0.0.1", description="address the buffer jobs bind (0.0.0.0: every interface; "
                            "consumers are then told the machine's name)")
     drain_grace_s: float = Field(60.0, gt=0, description="seconds a buffer is kept after its producers ended for "
@@ -111,6 +115,11 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"public_url {self.public_url} is not https://, but the service serves HTTPS only "
                              "(tls_cert is set)")
         return self
+
+    @property
+    def service_key_path(self) -> Path:
+        """Where the service key is: ``service_key_file``, or ``service.key`` in ``state_dir``."""
+        return self.service_key_file or self.state_dir / "service.key"
 
     @property
     def tls(self) -> bool:

@@ -12,18 +12,22 @@ Times are seconds since the Unix epoch (float), UTC.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import stat
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from beamstream.service.at_rest import ServiceKey, is_sealed
 from beamstream.service.states import State, check_transition
 from beamstream.service.tokens import Grant
 
@@ -43,8 +47,8 @@ class StreamRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[str] = mapped_column(Text)  # the stream spec, JSON
     resources: Mapped[str] = mapped_column(Text)  # JSON
-    secret: Mapped[str] = mapped_column(String(64))  # signs the jobs' callbacks
-    stream_key: Mapped[str | None] = mapped_column(String(64))  # the stream's credentials (StreamKey text); never shown
+    secret: Mapped[str] = mapped_column(Text)  # signs the jobs' callbacks; sealed (at_rest)
+    stream_key: Mapped[str | None] = mapped_column(Text)  # the stream's credentials (StreamKey text); sealed; never shown
     endpoints: Mapped[str | None] = mapped_column(Text)  # JSON, once the buffer said where it listens
     verdict: Mapped[str | None] = mapped_column(Text)  # JSON, once the stream ended
     created: Mapped[float] = mapped_column(Float, index=True)
@@ -152,11 +156,13 @@ class StreamRecord:
     key: str | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, row: StreamRow) -> StreamRecord:
+    def of(cls, row: StreamRow, service_key: ServiceKey) -> StreamRecord:
+        """The record of ``row``, its secrets opened with ``service_key``."""
+        key = None if row.stream_key is None else service_key.open(row.stream_key, f"streams.{row.id}.stream_key")
         return cls(id=row.id, owner=row.owner, name=row.name, experiment=row.experiment, run=row.run,
                    state=State(row.state), spec=json.loads(row.spec), resources=json.loads(row.resources),
-                   secret=row.secret, endpoints=_loads(row.endpoints), verdict=_loads(row.verdict),
-                   created=row.created, updated=row.updated, key=row.stream_key,
+                   secret=service_key.open(row.secret, f"streams.{row.id}.secret"), endpoints=_loads(row.endpoints),
+                   verdict=_loads(row.verdict), created=row.created, updated=row.updated, key=key,
                    history=[Change(State(change.state), change.reason, change.at) for change in row.changes])
 
 
@@ -168,23 +174,47 @@ class StreamNotFound(LookupError):
     """No stream with that id (or none its asker may see)."""
 
 
-class JobStore:
-    """The streams and their histories in one database; safe to share between threads."""
+class StoreError(Exception):
+    """A job store that may not be used as it is; the message names the file and what to do."""
 
-    def __init__(self, engine: Engine) -> None:
+
+class JobStore:
+    """The streams and their histories in one database; safe to share between threads. Each stream's key and
+    callback secret are kept sealed under ``service_key`` (:mod:`beamstream.service.at_rest`; default: a key held
+    in memory, so that what this store writes only it can open)."""
+
+    def __init__(self, engine: Engine, service_key: ServiceKey | None = None) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.service_key = service_key or ServiceKey.generate()
 
     @classmethod
-    def open(cls, url: str) -> JobStore:
-        """The store at ``url``, its schema migrated to the newest revision (created if new)."""
+    def open(cls, url: str, service_key: ServiceKey | None = None) -> JobStore:
+        """The store at ``url``, its schema migrated to the newest revision (created if new), every secret in it
+        sealed under ``service_key``. A SQLite file is created readable and writable by its owner only; StoreError
+        for one (or its journal) that others may read, since it holds every stream's key."""
         from beamstream.service.migrations import upgrade
 
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
+            _private_sqlite_file(engine.url.database)
             event.listen(engine, "connect", _sqlite_pragmas)
         upgrade(engine)
-        return cls(engine)
+        store = cls(engine, service_key)
+        store._seal_clear_secrets()
+        return store
+
+    def _seal_clear_secrets(self) -> None:
+        """Seal the secrets written before the store sealed them (no prefix)."""
+        with self._session() as session:
+            for row in session.scalars(select(StreamRow)):
+                if not is_sealed(row.secret):
+                    row.secret = self.service_key.seal(row.secret, f"streams.{row.id}.secret")
+                if row.stream_key is not None and not is_sealed(row.stream_key):
+                    row.stream_key = self.service_key.seal(row.stream_key, f"streams.{row.id}.stream_key")
+
+    def _record(self, row: StreamRow) -> StreamRecord:
+        return StreamRecord.of(row, self.service_key)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -201,15 +231,17 @@ class JobStore:
         from beamstream.security.streamkey import StreamKey
 
         now = time.time()
-        row = StreamRow(id=uuid.uuid4().hex, owner=owner, name=name, experiment=experiment, run=run,
+        stream_id = uuid.uuid4().hex
+        secret = self.service_key.seal(secrets.token_hex(32), f"streams.{stream_id}.secret")
+        key = self.service_key.seal(StreamKey.generate().to_text(), f"streams.{stream_id}.stream_key")
+        row = StreamRow(id=stream_id, owner=owner, name=name, experiment=experiment, run=run,
                         state=State.QUEUED.value, spec=json.dumps(spec), resources=json.dumps(resources),
-                        secret=secrets.token_hex(32), stream_key=StreamKey.generate().to_text(), created=now,
-                        updated=now)
+                        secret=secret, stream_key=key, created=now, updated=now)
         row.changes.append(ChangeRow(state=State.QUEUED.value, reason=reason, at=now))
         with self._session() as session:
             session.add(row)
             session.flush()
-            return StreamRecord.of(row)
+            return self._record(row)
 
     def get(self, stream_id: str) -> StreamRecord:
         """The stream ``stream_id``; StreamNotFound if there is none."""
@@ -217,7 +249,7 @@ class JobStore:
             row = session.get(StreamRow, stream_id)
             if row is None:
                 raise StreamNotFound(stream_id)
-            return StreamRecord.of(row)
+            return self._record(row)
 
     def list(self, *, state: State | None = None, experiment: str | None = None, owner: str | None = None,
              limit: int = 50, offset: int = 0, oldest_first: bool = False, ids: list[str] | None = None,
@@ -239,7 +271,7 @@ class JobStore:
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             order = StreamRow.created.asc() if oldest_first else StreamRow.created.desc()
             rows = session.scalars(query.order_by(order, StreamRow.id).limit(limit).offset(offset))
-            return [StreamRecord.of(row) for row in rows], int(total or 0)
+            return [self._record(row) for row in rows], int(total or 0)
 
     def change_state(self, stream_id: str, state: State, reason: str, **columns: Any) -> StreamRecord:
         """Move the stream to ``state`` (TransitionError if its lifecycle does not allow it), record why, and set
@@ -255,7 +287,7 @@ class JobStore:
                 setattr(row, column, json.dumps(value))
             row.changes.append(ChangeRow(state=state.value, reason=reason, at=now))
             session.flush()
-            return StreamRecord.of(row)
+            return self._record(row)
 
     def add_job(self, stream_id: str, role: str, executor: str, native_id: str, directory: str) -> Job:
         """Record a submitted job of the stream."""
@@ -348,3 +380,26 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def _private_sqlite_file(database: str | None) -> None:
+    """Create the SQLite file ``database`` readable and writable by its owner only (SQLite gives its write-ahead
+    log and shared-memory files the same mode); StoreError if it, or one of those, may be read by others."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create the job store {path}: {exc.strerror}") from None
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            mode = file.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise StoreError(f"the job store file {file} may be read or changed by others (mode "
+                             f"{stat.filemode(mode)}): it holds every stream's sealed key and the state of every "
+                             f"stream; chmod 600 {file}")

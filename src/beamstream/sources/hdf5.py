@@ -22,11 +22,11 @@ from typing import Literal
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle, lz4 and zstd filters for reading)
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from beamstream.batch import Batch, Share, little_endian
 from beamstream.errors import SourceError
-from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, check_memory
+from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, MAX_FILES, check_memory
 from beamstream.sources.hdf5_metadata import describe_files
 from beamstream.spec_paths import ReadPattern
 from beamstream.stages import SourceSpec
@@ -60,6 +60,17 @@ class FileLayout:
         return sum(np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in self.fields.values())
 
 
+def _literal_folder(pattern: str) -> str:
+    """The folder a glob pattern searches from (its path components before the first with a wildcard), without
+    the root: '' for ``/**/*.h5``, ``*.h5`` or ``/*/raw/*.h5``."""
+    literal = []
+    for part in pattern.split(os.sep):
+        if GLOB_CHARS & set(part):
+            break
+        literal.append(part)
+    return os.sep.join(literal).strip(os.sep)
+
+
 def expand_files(patterns: list[str]) -> list[str]:
     """The files ``patterns`` name, in order; each glob pattern's matches sorted.
 
@@ -69,7 +80,14 @@ def expand_files(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if GLOB_CHARS & set(pattern):
-            matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+            matches = []
+            for path in glob.iglob(pattern, recursive=True):
+                if os.path.isfile(path):
+                    matches.append(path)
+                    if len(paths) + len(matches) > MAX_FILES:
+                        raise SourceError(f"hdf5 source: pattern {pattern!r} matches more than {MAX_FILES:,} files "
+                                          "(with the patterns before it); name the run's folder more exactly")
+            matches.sort()
             if not matches:
                 raise SourceError(f"hdf5 source: pattern {pattern!r} matches no file; fix files: in the spec")
             paths.extend(matches)
@@ -253,6 +271,16 @@ class HDF5Source(SourceSpec):
     events_per_read: int = Field(0, ge=0, le=MAX_EVENTS_PER_BATCH)
     max_events: int | None = Field(None, ge=0, le=MAX_EVENTS)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=1024)
+
+    @field_validator("files")
+    @classmethod
+    def _bounded_patterns(cls, files: list[str]) -> list[str]:
+        for pattern in files:
+            if GLOB_CHARS & set(pattern) and not _literal_folder(os.path.expanduser(pattern)):
+                raise ValueError(f"{pattern!r} would search from the top of the file system (or the working "
+                                 "folder): start a pattern with the folder the files are in, e.g. "
+                                 "/data/xpptut15/r0014/*.h5")
+        return files
 
     def field_names(self) -> set[str]:
         return set(self.datasets)
