@@ -214,3 +214,22 @@ def test_a_token_goes_to_no_http_service(monkeypatch):
     assert Service("http://127.0.0.1:8080", token="").token is None
     with pytest.raises(OptionError, match="token applies only to https:// streams"):
         Client("http://127.0.0.1:8080/v1/streams/ab", group="g", token="abc")
+
+
+def test_a_token_dies_with_the_certificate_that_minted_it(service, pki):
+    """Revoking erin's certificate (the CA's revocation list rewritten while the service runs) refuses her token at
+    once, though it has not expired nor been revoked itself; alice's token, minted with another certificate, lives."""
+    from beamstream.security import ca
+
+    erin = ca.issue(pki.dir, user="erin")
+    with client(service, pki, erin) as holder:
+        minted = holder.post("/v1/tokens", json={}).json()
+    alices = mint(service, pki)["token"]
+    with client(service, pki, token=minted["token"]) as notebook:
+        assert notebook.get("/v1/streams").status_code == 200
+        ca.revoke(pki.dir, user="erin")
+        refused = notebook.get("/v1/streams")
+    assert refused.status_code == 401
+    assert "the certificate it was minted with is revoked" in refused.json()["detail"]
+    with client(service, pki, token=alices) as notebook:
+        assert notebook.get("/v1/streams").status_code == 200

@@ -45,6 +45,7 @@ from beamstream.service.figures import LiveFigures
 from beamstream.service.job_paths import PathGrant, PathRefused, confined, output_file, output_files, stream_folder
 from beamstream.service.policy import Authorizer
 from beamstream.service.relay import add_relay
+from beamstream.service.revocation import Revocations
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
@@ -53,6 +54,7 @@ from beamstream.spec import parse_spec
 
 logger = logging.getLogger(__name__)
 IDENTITY_KEY = "beamstream.identity"  # the ASGI scope key an authentication layer puts the verified identity in
+CERTIFICATE_KEY = "beamstream.certificate"  # and the serial number (hex) of the certificate that proved it
 MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
 MAX_LOG_BYTES = 16 << 20  # of each job's output, in one answer
 MAX_EVENT_STREAMS = 256  # Server-Sent Event streams open at once
@@ -227,7 +229,7 @@ def identity(connection: HTTPConnection) -> str:
     """
     found = connection.scope.get(IDENTITY_KEY)
     if found:
-        return Caller(found)
+        return Caller(found, certificate=connection.scope.get(CERTIFICATE_KEY))
     websocket = connection.scope["type"] == "websocket"
     token = bearer(connection.headers.get("authorization"))
     if token is None and (websocket or connection.url.path.endswith("/events")):  # WebSocket, EventSource: no headers
@@ -239,6 +241,10 @@ def identity(connection: HTTPConnection) -> str:
         grant = grant_of(connection.app.state.store, token)
         if grant is None:
             _unauthenticated(websocket, "the bearer token is not valid (unknown, expired or revoked)")
+        if grant.certificate is not None and connection.app.state.revocations.revoked(grant.certificate):
+            logger.warning("refused token %s of %s: the certificate it was minted with (serial %s) is revoked",
+                           grant.id, grant.identity, grant.certificate)
+            _unauthenticated(websocket, "the bearer token is not valid: the certificate it was minted with is revoked")
         return Caller(grant.identity, grant)
     if connection.app.state.tls:
         _unauthenticated(websocket, "no identity: no client certificate naming one (its subject common name), "
@@ -278,6 +284,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     authorizer = Authorizer(settings.policy_file)
     app.state.settings = settings
     app.state.tls = settings.tls  # identity() then refuses a request without a verified identity
+    app.state.revocations = Revocations(settings.tls_crl)  # a token dies with the certificate that minted it
     app.state.authorizer = authorizer
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     registry = CollectorRegistry(auto_describe=False)
@@ -553,7 +560,8 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
             visible(request.stream, caller, "mint a token for")
         secret = new_secret()
         grant = store.add_token(digest=digest(secret), identity=str(caller), expires=time.time() + request.ttl_s,
-                                experiments=request.experiments, stream=request.stream)
+                                experiments=request.experiments, stream=request.stream,
+                                certificate=caller.certificate)
         logger.info("issued token %s to %s (expires in %d s, experiments %s, stream %s)", grant.id, caller,
                     request.ttl_s, request.experiments or "all", request.stream or "any")
         return TokenView(token=secret, id=grant.id, expires=grant.expires, experiments=request.experiments,

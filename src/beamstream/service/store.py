@@ -93,12 +93,13 @@ class TokenRow(Base):
     created: Mapped[float] = mapped_column(Float)
     expires: Mapped[float] = mapped_column(Float)
     revoked: Mapped[float | None] = mapped_column(Float)
+    certificate: Mapped[str | None] = mapped_column(String(64))  # serial (hex) of the certificate that minted it
 
 
 def _grant(row: TokenRow) -> Grant:
     experiments = None if row.experiments is None else tuple(json.loads(row.experiments))
     return Grant(id=row.id, identity=row.identity, experiments=experiments, stream=row.stream, created=row.created,
-                 expires=row.expires, revoked=row.revoked)
+                 expires=row.expires, revoked=row.revoked, certificate=row.certificate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,11 +336,12 @@ class JobStore:
             return int(session.scalar(query) or 0)
 
     def add_token(self, *, digest: str, identity: str, expires: float, experiments: list[str] | None = None,
-                  stream: str | None = None) -> Grant:
+                  stream: str | None = None, certificate: str | None = None) -> Grant:
         """Record a token by its ``digest`` (never the token): it acts as ``identity`` within its limits until
-        ``expires``."""
+        ``expires``, or until ``certificate`` (the serial of the certificate that minted it) is revoked."""
         row = TokenRow(id=uuid.uuid4().hex, digest=digest, identity=identity, stream=stream, created=time.time(),
-                       expires=expires, experiments=None if experiments is None else json.dumps(experiments))
+                       expires=expires, experiments=None if experiments is None else json.dumps(experiments),
+                       certificate=certificate)
         with self._session() as session:
             session.add(row)
             session.flush()

@@ -18,7 +18,8 @@ What this module promises, with the settings ``tls_cert``, ``tls_key``, ``tls_ca
   logged at ERROR once per change.
 - :func:`identifying` makes a uvicorn protocol class (HTTP or WebSocket) whose connections put
   the verified client certificate's subject common name into every ASGI scope they make, under
-  :data:`~beamstream.service.api.IDENTITY_KEY`; the peer certificate is read from the TLS
+  :data:`~beamstream.service.api.IDENTITY_KEY` (its serial number under ``CERTIFICATE_KEY``, so that a token
+  minted with it dies with it); the peer certificate is read from the TLS
   transport once, when the connection is made (after its handshake). A certificate with no
   common name, or more than one, gives no identity (the API then answers 401). Nothing a client
   sends can set the key: it is written, or removed, in every scope.
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from beamstream.service.api import IDENTITY_KEY
+from beamstream.service.api import CERTIFICATE_KEY, IDENTITY_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -115,27 +116,29 @@ class ServerTLS:
             logger.exception("could not switch to the current TLS context; using the one loaded at start")
 
 
-def peer_identity(transport: Any) -> str | None:
-    """The subject common name of the verified client certificate of ``transport``; None without TLS, without a
-    certificate, or when it has no common name or several."""
+def peer_identity(transport: Any) -> tuple[str, str] | None:
+    """The subject common name and the serial number (hex) of the verified client certificate of ``transport``;
+    None without TLS, without a certificate, or when it has no common name or several."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
     certificate = ssl_object.getpeercert() or {}
     names = [value for part in certificate.get("subject", ()) for key, value in part if key == "commonName"]
-    return names[0] if len(names) == 1 and names[0] else None
+    return (names[0], certificate["serialNumber"].lower()) if len(names) == 1 and names[0] else None
 
 
 ASGIApp = Callable[[dict, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 
 
-def with_identity(app: ASGIApp, identity: str | None) -> ASGIApp:
-    """``app`` with ``identity`` put into every scope (or :data:`IDENTITY_KEY` removed when None)."""
+def with_identity(app: ASGIApp, identity: tuple[str, str] | None) -> ASGIApp:
+    """``app`` with ``identity`` (a name and its certificate's serial) put into every scope (:data:`IDENTITY_KEY`,
+    :data:`CERTIFICATE_KEY`; both removed when None)."""
     async def identified(scope: dict, receive: Any, send: Any) -> None:
         if identity is None:
             scope.pop(IDENTITY_KEY, None)
+            scope.pop(CERTIFICATE_KEY, None)
         else:
-            scope[IDENTITY_KEY] = identity
+            scope[IDENTITY_KEY], scope[CERTIFICATE_KEY] = identity
         await app(scope, receive, send)
 
     return identified

@@ -32,6 +32,7 @@ class Grant:
     created: float
     expires: float
     revoked: float | None
+    certificate: str | None = None  # serial number (hex) of the client certificate it was minted with
 
     def valid(self, now: float | None = None) -> bool:
         return self.revoked is None and (time.time() if now is None else now) < self.expires
@@ -47,13 +48,16 @@ class Grant:
 
 class Caller(str):
     """An identity, as the API's routes use it (a str), with the :class:`Grant` it came from when a token said who
-    is asking (``grant`` None: a client certificate, or the default owner)."""
+    is asking (``grant`` None: a client certificate, or the default owner), and the serial number (hex) of the
+    client certificate that said it (``certificate``; None without one)."""
 
     grant: Grant | None
+    certificate: str | None
 
-    def __new__(cls, identity: str, grant: Grant | None = None) -> Caller:
+    def __new__(cls, identity: str, grant: Grant | None = None, certificate: str | None = None) -> Caller:
         made = super().__new__(cls, identity)
         made.grant = grant
+        made.certificate = certificate
         return made
 
 
