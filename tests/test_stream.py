@@ -258,3 +258,42 @@ def test_producers_that_bind_say_where_and_consume_reads_them_from_the_first_end
     assert produced.returncode == 0, produced.stderr
     assert f"producers bind tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port + 1}" in produced.stderr
     assert consumer.returncode == 0 and "complete: 40 events" in err
+
+
+def test_no_worker_outlives_a_killed_produce_whose_consumer_is_gone_too(tmp_path, write_spec):
+    """kill -9 of the consumer; a worker stopped (SIGTERM, as the kernel tells it of its parent's death) gives its end
+    message ABORTED_END_S to be taken and exits, quietly; then kill -9 of `produce`: no worker is left 10 s later
+    (send_timeout_s is 300)."""
+    import psutil
+
+    from beamstream.producer import ABORTED_END_S
+    from conftest import wait_until
+
+    endpoint = f"ipc://{tmp_path / 's'}"
+    source = {**SOURCE, "n_events": 100000, "rate_hz": 50}
+    spec_path = write_spec({"source": source, "sinks": [{"type": "stream", "endpoint": endpoint}]})
+    consumer = start_cli("consume", endpoint, "--bind", "--timeout", "60")
+    produce = start_cli("produce", str(spec_path), "--workers", "2")
+    try:
+        wait_until(lambda: len([child for child in psutil.Process(produce.pid).children()
+                                if "beamstream-worker" in child.name() or "python" in child.name()]) >= 2,
+                   "two workers", timeout=60)
+        consumer.stderr.readline()  # it has heard from the producers
+        children = psutil.Process(produce.pid).children(recursive=True)
+        workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+        consumer.kill()
+        consumer.wait(timeout=30)
+
+        def gone(processes) -> bool:
+            return all(not process.is_running() or process.status() == psutil.STATUS_ZOMBIE for process in processes)
+
+        workers[0].terminate()
+        wait_until(lambda: gone(workers[:1]), "the stopped worker to exit", timeout=ABORTED_END_S + 5)
+        produce.kill()
+        _, err = produce.communicate(timeout=30)
+        wait_until(lambda: gone(children), "every worker to exit", timeout=10)
+        assert "Traceback" not in err, err
+    finally:
+        for process in (consumer, produce):
+            if process.poll() is None:
+                process.kill()

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +63,38 @@ def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
 
 STOP_GRACE_S = 10.0
 """Seconds stopped workers get to send their end messages before they are killed."""
+ABORTED_END_S = 5.0
+"""Seconds a stopped worker waits for its end message to be taken (its consumer or buffer may be gone too)
+before it gives up and exits: a worker whose parent was killed never waits out ``send_timeout_s``."""
 PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
 
 class _Aborted(BaseException):
     """Raised inside a worker on SIGTERM or SIGINT so it can still send its end message."""
+
+
+class _EndAbandoned(BaseException):
+    """Raised inside a stopped worker whose end message was not taken within :data:`ABORTED_END_S`."""
+
+
+@contextmanager
+def _bounded(seconds: float | None) -> Iterator[None]:
+    """Within the block, _EndAbandoned once ``seconds`` have passed (a SIGALRM timer; None, or outside the main
+    thread, where signals cannot be handled: no bound)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _EndAbandoned(f"its end message was not taken within {seconds:g} s of the stop")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _raise_aborted(signum: int, frame: Any) -> None:
@@ -134,11 +162,15 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason,
                          omitted=omitted_by(source).astype("<i8").tobytes())
         failures = []
-        for sink in sinks:
-            try:
-                sink.close(end)
-            except Exception as exc:  # every sink gets its end; the first failure is raised below
-                failures.append(exc)
+        try:
+            with _bounded(ABORTED_END_S if stats.status == "aborted" else None):
+                for sink in sinks:
+                    try:
+                        sink.close(end)
+                    except Exception as exc:  # every sink gets its end; the first failure is raised below
+                        failures.append(exc)
+        except (_EndAbandoned, _Aborted) as exc:  # out of time, or stopped again (a parent's death can signal twice)
+            stats.reason = f"{stats.reason}; its end message was abandoned: {exc}"
         report(stats)
         if failures and stats.status != "error":  # an error already on its way is the one to report
             raise failures[0]
