@@ -145,12 +145,57 @@ def read_shared_and_broadcast(endpoint: str, producers: str) -> dict:
     return results
 
 
-def wait_until(condition, what: str = "the condition", timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+def wait_until(condition, what: str = "the condition", timeout: float = 30.0, every: float = 0.01) -> None:
+    """Poll ``condition`` every ``every`` seconds until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.01)
+        time.sleep(every)
+
+
+SESSION_MARK = "BEAMSTREAM_TEST_SESSION"
+LEFT_BEHIND_GRACE_S = 30.0
+
+
+def processes_of_this_session(session: str) -> list:
+    """Every live process (but this one) whose environment carries ``session``'s mark: whatever the suite started,
+    however far down (jobs of a service, ranks of a Slurm job) and whoever is its parent now."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if (process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE
+                    and process.environ().get(SESSION_MARK) == session):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """The suite fails if its tests leave a process running: every process they start inherits a mark in its
+    environment; once every test has ended, any process (this one's resource tracker aside) still carrying it
+    after LEFT_BEHIND_GRACE_S is listed and the suite fails."""
+    import uuid
+
+    session = uuid.uuid4().hex
+    os.environ[SESSION_MARK] = session
+    yield
+
+    def left() -> list:
+        return [process for process in processes_of_this_session(session)
+                if "multiprocessing.resource_tracker" not in " ".join(process.cmdline())]
+
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
+    while (remaining := left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if remaining:
+        listed = "\n".join(f"  {process.pid}: {' '.join(process.cmdline())[:300]}" for process in remaining)
+        for process in remaining:
+            process.kill()
+        pytest.fail(f"{len(remaining)} process(es) left behind by the tests (killed now):\n{listed}", pytrace=False)
 
 
 def stream_into_client(spec, endpoint: str, workers: int = 1, timeout: float = 120) -> tuple[list, Client]:

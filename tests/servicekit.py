@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from beamstream.service.api import IDENTITY_KEY
-from conftest import start_cli
+from conftest import start_cli, wait_until
 
 
 class AsUser:
@@ -47,7 +47,7 @@ def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None
     while (line := process.stderr.readline()):
         lines.append(line)
         if (found := re.search(r"service: (https?://\S+)", line)):
-            process.log = lines
+            process.log, process.state_dir = lines, state_dir
             threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True).start()
             threading.Thread(target=process.stdout.read, daemon=True).start()
             return process, found.group(1)
@@ -56,18 +56,32 @@ def start_service(database_url: str, state_dir: Path, env: dict[str, str] | None
 
 
 def stop_service(process: subprocess.Popen, url: str) -> None:
-    """Cancel every stream still active (their jobs outlive the service by design), then stop the service."""
+    """Cancel every stream still active (their jobs outlive the service by design), wait while the service still
+    runs until its dispatcher has ended their jobs (a job left after 30 s fails the test), then stop the service."""
     for state in ("queued", "starting", "running"):
         for stream in httpx.get(f"{url}/v1/streams", params={"state": state}, timeout=30).json()["items"]:
             httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    try:
+        wait_until(lambda: [job.pid for job in jobs_under(process.state_dir)] in ([], [process.pid]),
+                   "the cancelled streams' jobs to end", timeout=30, every=0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def jobs_under(folder: Path) -> list[psutil.Process]:
+    """The processes whose command line names ``folder`` (a service's jobs name files in its state folder; so does the
+    service itself)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(folder) in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
 
 
 def end_jobs_under(folder: Path) -> None:
     """Stop every process whose command line names ``folder`` (jobs a test's services left), and wait for them."""
-    processes = [process for process in psutil.process_iter(["cmdline"])
-                 if any(str(folder) in part for part in process.info["cmdline"] or [])]
+    processes = jobs_under(folder)
     for process in processes:
         process.terminate()
     _, alive = psutil.wait_procs(processes, timeout=10)

@@ -106,3 +106,38 @@ def test_secrets_kept_in_clear_by_an_older_release_are_sealed_when_the_store_is_
     assert store.get("s1").key == clear_key and store.get("s1").secret == "ab" * 32
     store.close()
     assert clear_key.encode() not in b"".join(path.read_bytes() for path in tmp_path.glob("service.db*"))
+
+
+def test_two_transitions_at_once_never_lose_one(tmp_path):
+    """A cancel and a callback's 'running' made at the same moment on SQLite: whichever way they interleave, a
+    cancel that was accepted is the stream's last state (never overwritten by a transition checked before it)."""
+    import threading
+
+    from beamstream.service.states import State, TransitionError
+
+    store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
+    outcomes = []
+    for _ in range(40):
+        record = store.create(owner="alice", spec=SPEC, resources={})
+        store.change_state(record.id, State.STARTING, "buffer job submitted")
+        ready = threading.Barrier(2)
+        accepted = {}
+
+        def move(state: State) -> None:
+            ready.wait()
+            try:
+                store.change_state(record.id, state, "at once")
+                accepted[state] = True
+            except TransitionError:
+                accepted[state] = False
+
+        threads = [threading.Thread(target=move, args=(state,)) for state in (State.RUNNING, State.CANCELLED)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        final = store.get(record.id)
+        outcomes.append((accepted[State.CANCELLED], final.state, [change.state for change in final.history]))
+    store.close()
+    assert all(state is State.CANCELLED for cancelled, state, _ in outcomes if cancelled), outcomes
+    assert all(history[-1] is state for _, state, history in outcomes)

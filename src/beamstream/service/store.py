@@ -200,6 +200,7 @@ class JobStore:
         if engine.dialect.name == "sqlite":
             _private_sqlite_file(engine.url.database)
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin_immediate)
         upgrade(engine)
         store = cls(engine, service_key)
         store._seal_clear_secrets()
@@ -377,11 +378,20 @@ class JobStore:
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
-    """Foreign keys on, and write-ahead logging so readers never wait for the writer."""
+    """Foreign keys on, write-ahead logging so readers never wait for the writer, and transactions begun by
+    SQLAlchemy (:func:`_sqlite_begin_immediate`) rather than by the driver at the first write."""
+    connection.isolation_level = None
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    """Begin every transaction holding SQLite's write lock, so that what a transaction reads (a stream's state, to
+    check a transition) is still true when it writes: the driver would begin it only at the first write, and two
+    transitions made at once (a cancel and a callback) could both pass their check, the later write winning."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _private_sqlite_file(database: str | None) -> None:
