@@ -7,6 +7,10 @@ key's ``.admission`` (what ``Client(..., key=...)`` passes it), or a Client with
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import threading
 import time
 import uuid
 
@@ -16,18 +20,22 @@ import pytest
 import zmq
 
 from beamstream.batch import Batch, Share
+from beamstream.buffer.admission import HelloCheck, read_admitted
 from beamstream.buffer.config import BufferConfig
-from beamstream.buffer.local import LocalBuffer
+from beamstream.buffer.local import NEW_GROUP_STALL_S, LocalBuffer
+from beamstream.buffer.segments import SpillError
 from beamstream.client import Client
 from beamstream.client.transports.base import StreamEnd
 from beamstream.client.transports.group import GroupTransport
 from beamstream.errors import TransportError
+from beamstream.producer import run_local
 from beamstream.security.streamkey import StreamKey, StreamKeyError, write_key_file
 from beamstream.serializers.arrays import ArraysSerializer
 from beamstream.wire import EndMessage, message_from_batch, parse_header
-from beamstream.wire.control import Ack, Deliver, Describe, End, Error, Hello, ToConsumer, pack, proven_hello, unpack
+from beamstream.wire.control import (HELLO_WINDOW_S, Ack, Deliver, Describe, End, Error, Hello, Ping, ToConsumer, pack,
+                                     proven_hello, unpack)
 from beamstream.wire.replies import ACK, KEPT, REFUSED
-from conftest import run_cli, wait_until
+from conftest import banner, run_cli, start_cli, wait_until, waveform_spec
 
 KEY = StreamKey.generate()
 OTHER = StreamKey.generate()  # another stream's
@@ -75,6 +83,11 @@ class Peer:
 
     def send(self, control) -> None:
         self.socket.send(pack(control) if not isinstance(control, bytes) else control)
+
+    def answer(self, wait_ms: int = 10_000):
+        """The next control message from the buffer (of a delivery, its first frame); fails after ``wait_ms``."""
+        assert self.socket.poll(wait_ms), f"the buffer said nothing for {wait_ms} ms"
+        return unpack(self.socket.recv_multipart()[0], ToConsumer)
 
     def received(self, wait_ms: int = 1000) -> list:
         """The control messages received until ``wait_ms`` passes with nothing new."""
@@ -384,3 +397,118 @@ def test_sealed_stream_end_to_end_through_a_keyed_buffer(keyed):
     reader.join(timeout=60)
     assert sorted(results["ok"]) == list(range(60)) and results["ok.report"].complete
     assert buffer.counters["rejected"] == 0 and buffer.counters["consumers_refused"] == 1
+
+
+def start_buffer(*options: str) -> subprocess.Popen:
+    """``beamstream buffer OPTIONS`` in a process of its own, once it serves."""
+    buffer = start_cli("buffer", *options)
+    assert "buffer: producers" in banner(buffer)
+    return buffer
+
+
+def stop_buffer(buffer: subprocess.Popen) -> str:
+    """Stop a buffer process as Ctrl-C does; what it wrote to stderr."""
+    buffer.send_signal(signal.SIGINT)
+    return buffer.communicate(timeout=30)[1]
+
+
+def test_a_hello_captured_before_a_restart_is_refused_after_it(tmp_path):
+    """The attack: capture an owner's hello, kill -9 the sealed buffer, restart it on its spill, replay the hello
+    within its window. The restarted buffer refuses it as a replay; a fresh hello of the owner is admitted."""
+    key_file = write_key_file(tmp_path / "admission", KEY.admission)
+    consumers = f"ipc://{tmp_path / 'out'}"
+    options = ("--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+               "--spill-dir", str(tmp_path / "spill"), "--admission-key-file", str(key_file))
+    captured = pack(proven_hello(KEY.admission, group="g"))
+    buffer = start_buffer(*options)
+    peers = [Peer(consumers) for _ in range(3)]
+    owner, replay, fresh = peers
+    try:
+        owner.send(captured)
+        assert isinstance(owner.answer(), Ping), "admitted: the buffer pings its members"
+        os.kill(buffer.pid, signal.SIGKILL)
+        buffer.wait()
+        buffer = start_buffer(*options)
+        replay.send(captured)
+        refused = replay.answer()
+        fresh.send(proven_hello(KEY.admission, group="g"))
+        admitted = fresh.answer()
+        replayed_after = time.time() - unpack(captured, Hello).at
+    finally:
+        for peer in peers:
+            peer.close()
+        logged = stop_buffer(buffer)
+    assert replayed_after < HELLO_WINDOW_S, "the replay came within the hello's window: only the record refuses it"
+    assert isinstance(refused, Error), refused
+    assert refused.reason == f"{ADMITS_ONLY}: this hello was already used (a replay); send a fresh one"
+    assert isinstance(admitted, Ping), admitted
+    assert "this hello was already used (a replay)" in logged
+
+
+def test_admitted_hellos_are_recorded_until_their_time_is_up(tmp_path):
+    record = tmp_path / "admitted"
+    hello = proven_hello(KEY.admission, group="g")
+    assert HelloCheck(KEY.admission, record=record).refusal(hello) is None
+    assert HelloCheck(KEY.admission, record=record).refusal(hello)[0] == "replay", "read back by the next check"
+    assert list(read_admitted(record, time.time())) == [hello.nonce]
+    assert read_admitted(record, time.time() + 2 * HELLO_WINDOW_S + 1) == {}, "forgotten once its time is up"
+    unrecordable = HelloCheck(KEY.admission, record=tmp_path / "gone" / "admitted")
+    kind, reason = unrecordable.refusal(proven_hello(KEY.admission, group="g"))
+    assert kind == "unrecorded" and "admits nobody until it can" in reason and not unrecordable.seen
+    record.write_bytes(b"\xc1")
+    with pytest.raises(SpillError, match=f"{record}: cannot read the hellos this buffer admitted"):
+        HelloCheck(KEY.admission, record=record)
+
+
+def test_a_group_that_reads_nothing_holds_an_unsealed_buffer_back_for_seconds_not_a_minute(tmp_path):
+    """Without an admission key anyone may make a group. A stranger's group that never reads is dropped once it has held
+    the full buffer's producers back for NEW_GROUP_STALL_S, not --group-stall (60 s); a real group that has read,
+    then works on one message for longer than that, holds them back and gets everything."""
+    producers, consumers = f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}"
+    buffer = start_buffer("--producers", producers, "--consumers", consumers, "--max-memory", "1MiB",
+                          "--group-stall", "60")
+    stranger = Peer(consumers)
+    dropped = threading.Event()
+    results: dict = {}
+
+    def read_slowly() -> None:
+        seqs: list[int] = []
+        with Client(consumers, group="slow", timeout=60) as client:
+            try:
+                for number, message in enumerate(client.messages()):
+                    seqs += message.header.seq.tolist()
+                    if number == 1:  # the first message is acknowledged now; the application works on the second
+                        dropped.wait(30)
+                        time.sleep(NEW_GROUP_STALL_S + 2)  # its work: longer than a group that read nothing is given
+            except TransportError as exc:
+                results["slow.error"] = exc
+        results["slow"], results["slow.report"] = seqs, client.report
+
+    try:
+        stranger.send(Hello(group="stranger", credit=1))
+        assert isinstance(stranger.answer(), Ping), "the stranger's group was made"
+        reader = threading.Thread(target=read_slowly)
+        reader.start()
+        producer = threading.Thread(target=lambda: results.setdefault(
+            "run", run_local(waveform_spec(producers, n_events=80, samples=32768), workers=1)))  # 10 MB
+        producer.start()
+        started = time.monotonic()
+        told = None
+        while not isinstance(told, Error) and time.monotonic() - started < 30:
+            told = stranger.answer()
+        held_for = time.monotonic() - started
+        still_sending = "run" not in results
+        dropped.set()
+        producer.join(timeout=120)
+        reader.join(timeout=120)
+    finally:
+        dropped.set()
+        stranger.close()
+        logged = stop_buffer(buffer)
+    assert isinstance(told, Error), told
+    assert told.reason == (f"group stranger was dropped: it acknowledged nothing for {NEW_GROUP_STALL_S:g} s since it "
+                           "joined while the buffer was full and producers waited for it")
+    assert NEW_GROUP_STALL_S < held_for < 30 and still_sending, "the producers were held back, for seconds"
+    assert results["run"].ok and "slow.error" not in results, results.get("slow.error")
+    assert sorted(results["slow"]) == list(range(80)) and results["slow.report"].complete, "the slow group got all"
+    assert "group slow was dropped" not in logged

@@ -17,6 +17,7 @@ from beamstream.jetstream.readers import NatsGroupReader  # noqa: E402
 from beamstream.jetstream.store import NatsStore  # noqa: E402
 from beamstream.jetstream.urls import listening  # noqa: E402
 from beamstream.errors import TransportError, WireFormatError  # noqa: E402
+from beamstream.security.streamkey import StreamKey  # noqa: E402
 from beamstream.serializers.arrays import ArraysSerializer  # noqa: E402
 from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message  # noqa: E402
 
@@ -39,17 +40,19 @@ def stream_name(store: NatsStore) -> str:
     return store.stream.removeprefix("BEAMSTREAM_")
 
 
-def data_frames(index: int, nbytes: int = 4000, total: int = N) -> list:
-    """Frames of data message ``index`` (4 events) whose ``image`` field holds about ``nbytes`` bytes,
-    from a producer whose share is events 0 to ``total`` - 1."""
-    rng = np.random.default_rng(index)
+def data_frames(index: int, nbytes: int = 4000, total: int = N, key: StreamKey | None = None,
+                seed: int | None = None) -> list:
+    """Frames of data message ``index`` (4 events) whose ``image`` field holds about ``nbytes`` bytes (random,
+    from ``seed``, default ``index``), from a producer whose share is events 0 to ``total`` - 1; sealed with
+    ``key`` if given."""
+    rng = np.random.default_rng(index if seed is None else seed)
     events = 4
     image = rng.integers(0, 60000, size=(events, max(1, nbytes // (2 * events))), dtype=np.uint16)
     batch = Batch(np.arange(index * events, (index + 1) * events, dtype=np.int64), np.full(events, 1.7e9),
                   {"image": image, "energy": rng.random(events)})
     message = message_from_batch(batch, ArraysSerializer().build(), stream="run1", rank=0, producers=1,
                                  index=index, share=Share(0, 1, 0, total, 1))
-    return message.to_frames()
+    return message.to_frames(key=key)
 
 
 def drain(readers: list[NatsGroupReader], timeout: float = 0.5) -> dict[int, list[int]]:
@@ -293,9 +296,9 @@ def test_restarted_bridge_accounts_for_what_was_stored_before(bridge, tmp_path):
         producer.close()
 
 
-def end_frames(messages: int, events: int) -> list:
+def end_frames(messages: int, events: int, key: StreamKey | None = None) -> list:
     return EndMessage(stream="run1", rank=0, producers=1, share=Share(0, 1, 0, events, 1), messages=messages,
-                      events=events, last_seq=events - 1).to_frames()
+                      events=events, last_seq=events - 1).to_frames(key=key)
 
 
 def test_buffer_command_with_nats_backend_and_consume_processes(tmp_path, write_spec):
@@ -402,3 +405,162 @@ def test_full_stream_makes_the_bridge_hold_the_message_and_retry(tmp_path):
         assert sorted(event.seq for event in client.events()) == list(range(16))
     with NatsStore(URL, name) as store:
         store.delete()
+
+
+# --- message ids nobody else can claim, and a message NATS refused never passes as stored ---------
+
+from beamstream.jetstream.store import MessageIdTaken  # noqa: E402
+from beamstream.wire import nats as layout  # noqa: E402
+
+KEY = StreamKey.generate()
+OTHER = StreamKey.generate()  # another stream's: what a stranger may hold
+
+
+def publish_as_stranger(name: str, records: list[tuple[str, str, list | bytes]]) -> None:
+    """Publish ``(subject kind, Nats-Msg-Id, frames)`` records to stream ``name`` with a plain nats-py client
+    of its own, as anyone allowed to publish to the server could (``bytes`` instead of frames: that body, with no
+    beamstream headers); each must be stored (none a duplicate)."""
+    import asyncio
+
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(URL)
+        try:
+            js = connection.jetstream()
+            for kind, msg_id, frames in records:
+                body, headers = frames, {"Nats-Msg-Id": msg_id}
+                if not isinstance(frames, bytes):
+                    body, lengths = layout.join_frames(frames)
+                    headers |= {"Bs-Msg": layout.message_id(parse_message(frames, verify=False)), "Bs-Frames": lengths}
+                ack = await js.publish(f"beamstream.{name}.{kind}", body, headers=headers)
+                assert not ack.duplicate, f"the stranger's record {msg_id} was stored"
+        finally:
+            await connection.close()
+
+    asyncio.run(publish())
+
+
+@pytest.fixture
+def sealed_bridge(tmp_path):
+    """A bridge given KEY's admission key on a fresh stream; yields (bridge, stream name); deletes the stream."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    service = NatsBridge(f"ipc://{tmp_path / 'in'}", f"{URL}/{name}", producer_timeout_s=3.0,
+                         admission=KEY.admission).start()
+    yield service, name
+    service.close()
+    with NatsStore(URL, name) as store:
+        store.delete()
+
+
+def send_all(producer: FakeProducer, frames: list[list], end: list) -> None:
+    """Send every message, then the end; return once the end is acknowledged, every data message kept."""
+    for message in frames:
+        producer.send(message)
+    producer.send(end)
+    assert producer.reply() == ACK
+    assert {parse_message(message, verify=False).index for message in frames} <= set(producer.kept)
+
+
+def test_message_ids_of_a_sealed_stream_depend_on_its_key():
+    headers = {layout.MSG: "run1-0-5"}
+    ids = layout.MessageIds(KEY.admission)
+    assert layout.MessageIds().of(headers) == "run1-0-5", "unsealed: the record's identity, as before"
+    assert ids.of(headers) == layout.MessageIds(KEY.admission).of(headers), "the same message, the same id"
+    assert len(ids.of(headers)) == 22 and ids.of(headers) != "run1-0-5"
+    assert ids.of(headers) != layout.MessageIds(OTHER.admission).of(headers)
+    assert len({ids.of(headers), ids.of({layout.MSG: "run1-0-6"}), ids.of({**headers, layout.PART: "0"})}) == 3
+
+
+def test_a_stranger_publishing_first_under_predictable_ids_takes_no_real_message(sealed_bridge, tmp_path):
+    """Issue 17, item 8: a stranger stores forged records under the ids the old scheme gave every future message
+    (and its end), under random ids, and one that is no beamstream record at all, before the producer sends: the
+    owner still gets every real event, and a complete report."""
+    service, name = sealed_bridge
+    n = 12
+    forged = [("data", f"run1-0-{index}", data_frames(index, total=4 * n, key=OTHER, seed=1000 + index))
+              for index in range(n)]
+    forged += [("data", uuid.uuid4().hex, data_frames(index, total=4 * n, key=OTHER)) for index in (0, 5, 11)]
+    forged += [("end", "run1-0-end", end_frames(messages=n - 1, events=4 * n, key=OTHER)),
+               ("data", uuid.uuid4().hex, b"junk")]
+    publish_as_stranger(name, forged)
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        send_all(producer, [data_frames(index, total=4 * n, key=KEY) for index in range(n)],
+                 end_frames(messages=n, events=4 * n, key=KEY))
+    finally:
+        producer.close()
+    with Client(f"{URL}/{name}", group="owner", key=KEY, timeout=30) as client:
+        assert sorted(event.seq for event in client.events()) == list(range(4 * n))
+    report = client.report
+    assert report.complete and report.forged == n + 3 and report.refused == 1, report.summary()
+    assert not service.displaced and service.counters["messages_in"] == n
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["sealed", "unsealed"])
+def test_a_real_message_nats_dropped_as_a_duplicate_makes_the_stream_incomplete(key, tmp_path):
+    """Another record under the id a real message gets (published by a holder of the admission key, or by anyone
+    on an unsealed stream): NATS drops the real one; the bridge counts it, names it in the verdict, and no reader
+    is told the stream is complete."""
+    name, n = f"test-{uuid.uuid4().hex[:12]}", 6
+    admission = key.admission if key else None
+    service = NatsBridge(f"ipc://{tmp_path / 'in'}", f"{URL}/{name}", producer_timeout_s=3.0,
+                         admission=admission).start()
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        taken = layout.MessageIds(admission).of({layout.MSG: "run1-0-2"})
+        publish_as_stranger(name, [("data", taken, data_frames(2, total=4 * n, key=OTHER if key else None, seed=99))])
+        send_all(producer, [data_frames(index, total=4 * n, key=key) for index in range(n)],
+                 end_frames(messages=n, events=4 * n, key=key))
+        assert list(service.displaced) == [(0, 2)]
+        assert "message 2 of producer 0 (events 8-11)" in service.displaced[0, 2]
+        assert service.status().totals["displaced_messages_total"] == 1
+        with pytest.raises(StreamIncomplete) as raised, Client(f"{URL}/{name}", group="g", key=key, timeout=30) as c:
+            list(c.events())
+    finally:
+        producer.close()
+        service.close()
+        with NatsStore(URL, name) as store:
+            store.delete()
+    report = raised.value.report
+    assert not report.complete and report.verdict.missing == [(8, 11)]
+    assert "NATS did not store message 2 of producer 0" in report.summary()
+    assert report.events == (4 * (n - 1) if key else 4 * n), "sealed: the forgery refused; unsealed: taken for real"
+
+
+def test_the_store_takes_its_own_copy_as_stored_and_another_record_under_its_id_as_taken(store):
+    small, split = data_frames(0), data_frames(1, 5 << 20)
+    assert store.append(small) == store.append(small), "a resend within the duplicate window: the same record"
+    assert store.append(split) == store.append(split), "parts and manifest alike"
+    store.conn.call(store.conn.js.publish(layout.subject(stream_name(store), "data"), b"not it",
+                                          headers={layout.MSG_ID: "run1-0-2"}))
+    with pytest.raises(MessageIdTaken, match="already holds another record .* under the message id of run1-0-2"):
+        store.append(data_frames(2))
+
+
+def test_a_restarted_bridge_counts_only_records_sealed_with_the_admission_key(sealed_bridge, tmp_path):
+    """Forged records stored while no bridge ran (a data message the producer has yet to send, an end) are not
+    taken into the new bridge's account: the real message is stored when it comes, the stream completes."""
+    service, name = sealed_bridge
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        for index in range(3):  # the second one is split into parts: its seal is read from the last ones
+            producer.send(data_frames(index, nbytes=(5 << 20) if index == 1 else 4000, total=24, key=KEY))
+        wait_until(lambda: service.counters["messages_in"] == 3)
+        service.close()
+        publish_as_stranger(name, [("data", uuid.uuid4().hex, data_frames(3, total=24, key=OTHER)),
+                                   ("end", uuid.uuid4().hex, end_frames(messages=6, events=24))])
+        second = NatsBridge(f"ipc://{tmp_path / 'in'}", f"{URL}/{name}", producer_timeout_s=3.0,
+                            admission=KEY.admission).start()
+        try:
+            assert second.report.messages == 3 and not second.report.ended
+            send_all(producer, [data_frames(index, total=24, key=KEY) for index in range(3, 6)],
+                     end_frames(messages=6, events=24, key=KEY))
+            assert second.counters["messages_in"] == 3 and second.counters["duplicates"] == 0
+        finally:
+            second.close()
+    finally:
+        producer.close()
+    with Client(f"{URL}/{name}", group="g", key=KEY, timeout=30) as client:
+        assert sorted(event.seq for event in client.events()) == list(range(24))
+    assert client.report.complete and client.report.forged == 1, client.report.summary()

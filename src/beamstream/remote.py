@@ -477,22 +477,13 @@ def _change(event: ServerEvent) -> Change:
 
 
 def _detail(response: httpx.Response) -> str:
-    """The service's words in a refusal: its ``detail`` (a list joined one item a line; a validation
-    error as ``location: message``), else the start of the body."""
+    """The service's words in a refusal: its ``detail`` (a list, as a validation error's ``location: message``
+    lines, joined one item a line), else the start of the body."""
     try:
         detail = response.json()["detail"]
     except (ValueError, KeyError, TypeError):
         return response.text[:2000].strip() or response.reason_phrase
-    if not isinstance(detail, list):
-        return str(detail)
-    lines = []
-    for item in detail:
-        if isinstance(item, dict) and "msg" in item:
-            location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-            lines.append(f"{location}: {item['msg']}" if location else str(item["msg"]))
-        else:
-            lines.append(str(item))
-    return "\n".join(lines)
+    return "\n".join(str(item) for item in detail) if isinstance(detail, list) else str(detail)
 
 
 def _spec_data(spec: dict[str, Any] | str | Path | None) -> dict[str, Any]:

@@ -10,7 +10,9 @@ stream key: it can tell who holds the stream's credentials, but cannot read a pa
 - **Consumers** (local backend): a hello must carry a proof (:func:`~beamstream.wire.control.proven_hello`):
   :class:`HelloCheck` refuses one without a valid proof, one whose ``at`` is more than
   :data:`~beamstream.wire.control.HELLO_WINDOW_S` from the buffer's clock, and one whose nonce it has seen
-  within that window (a replay).
+  within that window (a replay). Given a ``record`` file (the local buffer's spill directory has one), the nonces
+  it remembers are written there, atomically and fsynced, before a hello is admitted, and read back when the
+  buffer starts again on that directory: a hello captured before a restart is still a replay after it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
+
+from beamstream.atomic import write_atomically
+from beamstream.buffer.segments import SpillError
 from beamstream.security.streamkey import AdmissionKey, StreamKeyError, read_key_file
 from beamstream.wire.control import HELLO_WINDOW_S, Hello, hello_proof_data
 
@@ -53,16 +59,23 @@ class HelloCheck:
 
     Nonces of admitted hellos are remembered for twice the window (so a hello still within the window can
     never be replayed); only hellos with a valid proof are remembered, so nobody without the key can fill it.
+    With ``record`` (a file path) they are remembered across restarts: each admission first writes every
+    nonce still remembered to ``record`` (:func:`~beamstream.atomic.write_atomically`: complete, fsynced), and
+    a HelloCheck made on the same ``record`` starts with the nonces whose time is not up. Raises SpillError
+    naming ``record`` if it is damaged.
     """
 
-    def __init__(self, admission: AdmissionKey, window_s: float = HELLO_WINDOW_S) -> None:
+    def __init__(self, admission: AdmissionKey, window_s: float = HELLO_WINDOW_S, record: Path | None = None) -> None:
         self.admission = admission
         self.window_s = window_s
-        self.seen: dict[bytes, float] = {}  # nonce → the time (buffer's clock) after which it may be forgotten
+        self.record = record
+        # nonce → the time (buffer's clock) after which it may be forgotten, oldest first
+        self.seen: dict[bytes, float] = read_admitted(record, time.time()) if record is not None else {}
 
     def refusal(self, hello: Hello, now: float | None = None) -> tuple[str, str] | None:
-        """None if ``hello`` is admitted (its nonce is then remembered); else (kind, reason): the kind of refusal
-        (``no proof``, ``wrong key``, ``clock``, ``replay``) and why, in words for its sender."""
+        """None if ``hello`` is admitted (its nonce is then remembered, and recorded first if there is a
+        ``record``); else (kind, reason): the kind of refusal (``no proof``, ``wrong key``, ``clock``,
+        ``replay``, ``unrecorded``: the record could not be written) and why, in words for its sender."""
         now = time.time() if now is None else now
         if (refused := proof_refusal(self.admission, hello)) is not None:
             return refused
@@ -74,7 +87,22 @@ class HelloCheck:
         self._forget_old(now)
         if hello.nonce in self.seen:
             return "replay", f"{ADMIT_ONLY_HOLDERS}: this hello was already used (a replay); send a fresh one"
-        self.seen[hello.nonce] = now + 2 * self.window_s
+        until = now + 2 * self.window_s
+        if (unrecorded := self._record(hello.nonce, until)) is not None:
+            return "unrecorded", unrecorded
+        self.seen[hello.nonce] = until
+        return None
+
+    def _record(self, nonce: bytes, until: float) -> str | None:
+        """Write the remembered nonces, and ``nonce`` with them, to ``record``; None once they are on disk (or
+        without a record), else why they could not be written."""
+        if self.record is None:
+            return None
+        try:
+            write_atomically(self.record, msgspec.msgpack.encode({**self.seen, nonce: until}))
+        except OSError as exc:
+            return (f"the buffer cannot record the hellos it admits in {self.record} ({exc.strerror or exc}), "
+                    "so it admits nobody until it can")
         return None
 
     def _forget_old(self, now: float) -> None:
@@ -84,3 +112,21 @@ class HelloCheck:
             if until >= now:
                 return
             del self.seen[nonce]
+
+
+def read_admitted(path: Path, now: float) -> dict[bytes, float]:
+    """The nonces that :class:`HelloCheck` recorded in ``path`` and whose time is not up at ``now``, oldest first
+    (nonce → time after which it may be forgotten); {} if there is no such file.
+
+    Raises SpillError naming ``path`` if it cannot be read or is damaged (it is written whole or not at all,
+    so only something else can damage it).
+    """
+    try:
+        recorded = msgspec.msgpack.decode(path.read_bytes(), type=dict[bytes, float])
+    except FileNotFoundError:
+        return {}
+    except (OSError, msgspec.DecodeError) as exc:
+        raise SpillError(f"{path}: cannot read the hellos this buffer admitted ({exc}); move the file away to go on "
+                         f"once the buffer has been stopped {2 * HELLO_WINDOW_S:g} s (until then a hello it "
+                         "admitted could be admitted again)") from None
+    return dict(sorted(((nonce, until) for nonce, until in recorded.items() if until >= now), key=lambda item: item[1]))

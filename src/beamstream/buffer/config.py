@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 
 from beamstream.jetstream.urls import split_url
 from beamstream.spec_paths import ReadPath, WritePath
@@ -42,7 +43,12 @@ def _size(value: Any) -> Any:
                          "(KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500MB or 2GiB") from None
 
 
-Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+SIZE_TEXT = r"^\s*[1-9][0-9]{0,15}(\.[0-9]{1,6})?\s*([kKmMgGtT][iI]?[bB]|[bB])?\s*$"
+"""Sizes written as text, as :func:`_size` reads them (a number, then a unit), for the JSON Schema."""
+
+Size = Annotated[int, Field(gt=0), BeforeValidator(_size),
+                 WithJsonSchema({"anyOf": [{"type": "integer", "exclusiveMinimum": 0},
+                                           {"type": "string", "pattern": SIZE_TEXT}]})]
 
 
 class BufferConfig(SpecModel):

@@ -22,7 +22,11 @@ freed memory back (:func:`~beamstream.buffer.allocator.trim_freed_buffers`).
 Admission: given its stream's ``admission`` key, the buffer takes only producer messages sealed with it
 (:class:`~beamstream.buffer.base.Buffer`) and admits a consumer only on a hello that proves it holds the key
 (:class:`~beamstream.buffer.admission.HelloCheck`); a refused consumer is told why in an ``error`` and sent
-nothing else, joins no group, and its acks are not taken (it is no member).
+nothing else, joins no group, and its acks are not taken (it is no member). With a spill directory the hellos
+it admitted are recorded there (``ADMITTED_HELLOS_FILE``) before it admits them, so none is admitted again after
+a restart. Without an admission key anyone who reaches the consumer endpoint may make a group: a group made
+on this run that has acknowledged nothing since it was made holds a full buffer's producers back for at most
+``NEW_GROUP_STALL_S`` (or ``group_stall_s`` if shorter), every other lossless group for ``group_stall_s``.
 
 Speed: the context has two I/O threads, the producer socket's connections on one and the
 consumer socket's on the other, so receiving a message and sending the previous one (each a
@@ -62,6 +66,8 @@ logger = logging.getLogger(__name__)
 MAX_CONTROL_BYTES = 1 << 20  # a consumer's control message is small: a larger one drops its connection
 STOP_NOTICE_LINGER_MS = 1000  # at most this long to get "the buffer stopped" to members when it closes
 METADATA_FILE = "metadata.msgpack"  # the stream's description, in the spill directory
+ADMITTED_HELLOS_FILE = "admitted-hellos.msgpack"  # the admitted hellos' nonces (with an admission key), in the spill
+NEW_GROUP_STALL_S = 10.0  # without an admission key: how long a new group that reads nothing may hold producers back
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
 
@@ -80,7 +86,6 @@ class LocalBuffer(Buffer):
         super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
                          producer_timeout_s=producer_timeout_s, max_message=max_message,
                          max_connections=max_connections, affinity=0b01, admission=admission)
-        self.hello_check = HelloCheck(admission) if admission is not None else None
         self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
                                            affinity=0b10, max_message=MAX_CONTROL_BYTES)
         if bind:
@@ -89,6 +94,8 @@ class LocalBuffer(Buffer):
         self.consumer_endpoint = consumer_endpoint
         self.probe_interval = probe_interval
         self.group_stall_s = group_stall_s
+        self.new_group_stall_s = min(group_stall_s, NEW_GROUP_STALL_S)
+        self.made_at: dict[str, int] = {}  # group made by a hello on this run → its low_water then
         self.max_consumers = max_consumers
         self.next_probe = 0.0
         self.spill = Path(spill) if spill is not None else None
@@ -97,6 +104,8 @@ class LocalBuffer(Buffer):
         segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
         segments = Segments.recover(self.spill, segment_bytes) if self.spill else None
         self.message_log = MessageLog(max_bytes, segments, max_spill, retention_s)
+        record = self.spill / ADMITTED_HELLOS_FILE if self.spill else None
+        self.hello_check = HelloCheck(admission, record=record) if admission is not None else None
         self._saved_groups: dict[str, dict[str, Any]] = {}
         self.members: dict[bytes, Group] = {}  # connected consumer → the group it joined
         self._restore()
@@ -201,18 +210,33 @@ class LocalBuffer(Buffer):
 
     def _drop_stalled_groups(self) -> bool:
         """Drop the lossless groups that keep producers waiting without acknowledging anything for
-        ``group_stall_s``; their members are told why. True if any was dropped."""
-        stalled = self.message_log.stalled_groups(self.group_stall_s)
-        for group in stalled:
-            reason = (f"group {group.name} was dropped: it acknowledged nothing for {self.group_stall_s:g} s "
+        ``group_stall_s`` (a new group on a buffer without an admission key: ``new_group_stall_s``, see
+        :meth:`_stalled_groups`); their members are told why. True if any was dropped."""
+        stalled = self._stalled_groups()
+        for group, why in stalled:
+            reason = (f"group {group.name} was dropped: it acknowledged nothing for {why} "
                       "while the buffer was full and producers waited for it")
             logger.warning("%s (%d members)", reason, len(group.members))
             for identity in list(group.members):
                 self.members.pop(identity, None)
                 self._send_consumer(identity, [pack(Error(reason=reason))])
             self.message_log.drop_group(group)
+            self.made_at.pop(group.name, None)
             self.counters["groups_dropped"] += 1
         return bool(stalled)
+
+    def _stalled_groups(self) -> list[tuple[Group, str]]:
+        """(group, for how long, in words) of each lossless group that has kept producers waiting too long:
+        ``group_stall_s`` without acknowledging anything; or, on a buffer without an admission key (anyone may
+        make a group there), ``new_group_stall_s`` for a group made on this run that has acknowledged nothing
+        since it was made (a stranger's group that reads nothing holds the stream back no longer)."""
+        stalled = {group.name: (group, f"{self.group_stall_s:g} s")
+                   for group in self.message_log.stalled_groups(self.group_stall_s)}
+        if self.hello_check is None:
+            for group in self.message_log.stalled_groups(self.new_group_stall_s):
+                if self.made_at.get(group.name) == group.low_water:
+                    stalled.setdefault(group.name, (group, f"{self.new_group_stall_s:g} s since it joined"))
+        return list(stalled.values())
 
     def _trim_when_idle(self) -> None:
         """Give freed message memory back to the system once a probe interval passed with no message in or out."""
@@ -284,7 +308,10 @@ class LocalBuffer(Buffer):
             logger.warning("refused consumer %s: %s", identity.hex(), reason)
             self._send_consumer(identity, [pack(Error(reason=reason))])
             return
+        made = hello.group not in self.message_log.groups
         group = self.message_log.group(hello.group, hello.lossy, hello.start)
+        if made:
+            self.made_at[group.name] = group.low_water
         self.message_log.join(group, identity, hello.credit)
         self.members[identity] = group
         logger.info("consumer %s joined group %s", identity.hex(), group.name)

@@ -15,6 +15,13 @@ Promises:
   hand is kept and stored again every ``retry_s`` (producers blocked meanwhile), with one
   warning per outage. A second copy that reached the server anyway is dropped by it
   (``Nats-Msg-Id``).
+- **Nothing lost passes as stored.** If the server holds another record under a message's id (so
+  it dropped the message as a duplicate: someone else published under that id first), the message
+  is not accounted as stored: it is counted (``displaced``), logged, named in the verdict, which then
+  never says complete, and acknowledged to its producer (sent again within the server's duplicate
+  window, it would meet the same record).
+  On a sealed stream nobody without the stream's credentials can know a message's id before it is
+  stored (:class:`~beamstream.wire.nats.MessageIds`), so nobody else can displace one.
 - **End of stream.** A producer's end message is acknowledged once stored. When every producer
   has ended, or those that have not said nothing for ``producer_timeout_s``, the verdict on
   everything stored is written to the stream, and again whenever it changes.
@@ -22,8 +29,9 @@ Promises:
   with it (:class:`~beamstream.buffer.base.Buffer`); others are refused and never reach NATS. Consumers
   read from the NATS server, not from the bridge: who may read is the server's own accounts and
   permissions (docs/nats-backend.md); the payloads they read stay sealed with the stream key.
-- **Restart.** A new bridge on the same stream first reads what is stored (headers only) so
-  that its verdict covers the messages stored before it.
+- **Restart.** A new bridge on the same stream first reads what is stored (headers only, and
+  seals: with the admission key, only records sealed with it count) so that its verdict covers
+  the messages stored before it.
 """
 
 from __future__ import annotations
@@ -33,15 +41,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from beamstream.buffer.base import Buffer, Received
-from beamstream.buffer.metrics import nats_metrics
+from beamstream.buffer.metrics import PREFIX, nats_metrics
 from beamstream.errors import TransportError
-from beamstream.jetstream.store import NatsStore
+from beamstream.jetstream.store import MessageIdTaken, NatsStore
 from beamstream.jetstream.urls import split_url
 from beamstream.transport import DEFAULT_MAX_MESSAGE
-from beamstream.wire import DataMessage
+from beamstream.wire import DataMessage, EndMessage
+from beamstream.wire.control import Verdict
+from beamstream.wire.replies import ACK, kept
 
 if TYPE_CHECKING:
     from beamstream.security.streamkey import AdmissionKey
@@ -61,7 +71,8 @@ class NatsBridge(Buffer):
                  admission: AdmissionKey | None = None) -> None:
         self.url = url
         self.server, self.name = split_url(url)
-        self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes}
+        self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes,
+                                              "admission": admission}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
             super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s,
@@ -77,7 +88,8 @@ class NatsBridge(Buffer):
         self.pending: Received | None = None
         self.outage: str | None = None
         self.metadata_stored = False
-        self.verdict_for: tuple[int, int] | None = None  # (messages, ended producers) the stored verdict covers
+        self.displaced: dict[tuple[int, int | None], str] = {}  # (rank, index; None: its end) → what NATS refused
+        self.verdict_for: tuple[int, int, int] | None = None  # (messages, ended, displaced) the stored verdict covers
 
     def _release(self) -> None:
         """Close the connection; a message still not stored is named in a warning (it was not acknowledged,
@@ -93,6 +105,9 @@ class NatsBridge(Buffer):
         return self.url
 
     def backend_metrics(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(PREFIX + "displaced_messages", "Producer messages NATS did not store because "
+                                  "another record held their message id (named in the verdict).",
+                                  value=len(self.displaced))
         yield from nats_metrics(self.store)
 
     def _serve(self, poll_ms: int = 100) -> None:
@@ -121,12 +136,26 @@ class NatsBridge(Buffer):
             self.outage = str(exc)
             self._drop_store()
             return False
+        except MessageIdTaken as exc:
+            self._displace(identity, message, str(exc))
+        else:
+            self.displaced.pop(_key(message), None)  # stored after all: resent once the server forgot the id
+            self.acknowledge(identity, message)
         if self.outage is not None:
             logger.warning("NATS stores again after: %s", self.outage)
             self.outage = None
         self.pending = None
-        self.acknowledge(identity, message)
         return True
+
+    def _displace(self, identity: bytes, message: DataMessage | EndMessage, reason: str) -> None:
+        """A message NATS did not store because another record holds its id: remembered for the verdict (once,
+        however often its producer sends it), logged, left out of the account, and acknowledged to its producer."""
+        what = (f"the end of producer {message.rank}" if isinstance(message, EndMessage) else
+                f"message {message.index} of producer {message.rank} (events {message.first_seq}-{message.last_seq})")
+        key = _key(message)
+        self.displaced.setdefault(key, f"NATS did not store {what}: {reason} (published by someone else?)")
+        logger.error("%s", self.displaced[key])
+        self.producer_socket.send_multipart([identity, ACK if isinstance(message, EndMessage) else kept(message.index)])
 
     def _drop_store(self) -> None:
         """Close the store after a failure; the next attempt connects afresh."""
@@ -151,13 +180,25 @@ class NatsBridge(Buffer):
             return
         self.metadata_stored = True
 
+    def verdict(self) -> Verdict | None:
+        """The stream's verdict once its producers are done, else None; never complete while a message is displaced."""
+        return self._final_verdict() if self.producers_done() else None
+
+    def _final_verdict(self) -> Verdict:
+        """The account's verdict, never complete while a message is displaced (each one named in its summary)."""
+        verdict = self.report.final_verdict()
+        if not self.displaced:
+            return verdict
+        return Verdict(complete=False, summary="\n".join([verdict.summary, *self.displaced.values()]),
+                       missing=verdict.missing)
+
     def _write_verdict(self) -> None:
         """Write the verdict once the producers are done (all ended, or silent too long), and again
-        whenever a message arrives after that (it is computed only then, not on every idle poll)."""
-        state = (self.report.messages, len(self.report.ended))
+        whenever a message arrives or is displaced after that (it is computed only then, not on every idle poll)."""
+        state = (self.report.messages, len(self.report.ended), len(self.displaced))
         if self.store is None or state == self.verdict_for or not self.producers_done():
             return
-        verdict = self.report.final_verdict()
+        verdict = self._final_verdict()
         try:
             self.store.write_verdict(verdict)
         except TransportError as exc:
@@ -165,3 +206,8 @@ class NatsBridge(Buffer):
             return
         self.verdict_for = state
         logger.info("verdict stored: %s", verdict.summary.splitlines()[0])
+
+
+def _key(message: DataMessage | EndMessage) -> tuple[int, int | None]:
+    """(rank, index) of a data message, (rank, None) of an end message."""
+    return message.rank, None if isinstance(message, EndMessage) else message.index

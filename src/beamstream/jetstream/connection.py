@@ -10,8 +10,8 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar
 
 import nats
 import nats.errors
@@ -23,6 +23,7 @@ from beamstream.wire import nats as layout
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _Self = TypeVar("_Self", bound="UsesConnection")
+Ends = Literal["first", "first and last"]
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
@@ -125,26 +126,58 @@ async def last_on(conn: NatsConnection, stream: str, subject: str) -> Any:
         return None
 
 
-async def stored_frames(conn: NatsConnection, stream: str, msg: Any, first_only: bool = False) -> list[memoryview]:
+async def stored_frames(conn: NatsConnection, stream: str, msg: Any, only: Ends | None = None) -> list[memoryview]:
     """The frames of a stored message (inline or manifest), its parts fetched by sequence number.
 
-    With ``first_only`` just the header frame, from the first part alone. Raises
-    WireFormatError if the record does not follow :mod:`beamstream.wire.nats`.
+    With ``only="first"`` just the header frame, from the first part alone; with ``"first and
+    last"`` the header frame and the last one (a sealed message's seal), from as few parts as hold
+    them (one frame only: just that one). Raises WireFormatError if the record does not follow
+    :mod:`beamstream.wire.nats`.
     """
     headers = msg.headers or {}
     if layout.FRAMES not in headers:
-        raise WireFormatError(f"{stream} sequence {msg.seq} has no {layout.FRAMES} header: not a beamstream message")
+        seq = msg.seq if hasattr(msg, "seq") else msg.metadata.sequence.stream  # a stored or a delivered message
+        raise WireFormatError(f"{stream} sequence {seq} has no {layout.FRAMES} header: not a beamstream message")
     if layout.PART_SEQS not in headers:
-        frames = layout.cut_frames(msg.data, headers[layout.FRAMES])
-        return frames[:1] if first_only else frames
+        frames = layout.cut_frames(msg.data or b"", headers[layout.FRAMES])
+        return frames if only is None else _ends(frames, only)
     seqs = layout.part_seqs(headers[layout.PART_SEQS])
-    lengths = headers[layout.FRAMES]
-    first = layout.frame_lengths(lengths)[0]
-    if first_only:
-        seqs, lengths = seqs[:1], str(first)
-    parts = await asyncio.gather(*(conn.js.get_msg(stream, seq, direct=True) for seq in seqs))
-    for i, part in enumerate(parts):
+    if only is None:
+        return layout.cut_frames(b"".join(await _parts(conn, stream, headers, seqs, range(len(seqs)))),
+                                 headers[layout.FRAMES])
+    lengths = layout.frame_lengths(headers[layout.FRAMES])
+    first = b"".join(await _parts(conn, stream, headers, seqs, [0]))[:lengths[0]]
+    frames = layout.cut_frames(first, str(lengths[0]))
+    if only == "first" or len(lengths) == 1:
+        return frames
+    return frames + [memoryview(await _tail(conn, stream, headers, seqs, lengths[-1]))]
+
+
+def _ends(frames: list[memoryview], only: Ends) -> list[memoryview]:
+    """The first of ``frames`` (``only="first"``), or the first and the last (just one if there is one)."""
+    return frames[:1] if only == "first" or len(frames) == 1 else [frames[0], frames[-1]]
+
+
+async def _parts(conn: NatsConnection, stream: str, headers: dict[str, str], seqs: list[int],
+                 numbers: Sequence[int]) -> list[bytes]:
+    """The bodies of parts ``numbers`` of the manifest with ``headers`` (parts at ``seqs``); WireFormatError if
+    a record there is not that part of that message."""
+    parts = await asyncio.gather(*(conn.js.get_msg(stream, seqs[i], direct=True) for i in numbers))
+    for i, part in zip(numbers, parts):
         if part.headers.get(layout.MSG) != headers.get(layout.MSG) or part.headers.get(layout.PART) != str(i):
             raise WireFormatError(f"{stream} sequence {seqs[i]} is not part {i} of message {headers.get(layout.MSG)}")
-    data = b"".join(part.data for part in parts)
-    return layout.cut_frames(data[:first] if first_only else data, lengths)
+    return [part.data or b"" for part in parts]
+
+
+async def _tail(conn: NatsConnection, stream: str, headers: dict[str, str], seqs: list[int], nbytes: int) -> bytes:
+    """The last ``nbytes`` bytes of the manifest's parts, read from its last part backwards; WireFormatError
+    if the parts hold fewer."""
+    tail = b""
+    for i in reversed(range(len(seqs))):
+        if len(tail) >= nbytes:
+            break
+        tail = (await _parts(conn, stream, headers, seqs, [i]))[0] + tail
+    if len(tail) < nbytes:
+        raise WireFormatError(f"the parts of message {headers.get(layout.MSG)} in {stream} hold fewer bytes than "
+                              f"its {layout.FRAMES} header says")
+    return tail[len(tail) - nbytes:]

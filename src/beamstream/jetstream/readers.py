@@ -5,7 +5,10 @@ on the data subject, so each message goes to one member of each group; a message
 acknowledged within the consumer's ``ack_wait`` is delivered again (possibly to another
 member). A lossy reader (:class:`NatsLatestReader`) has an ephemeral consumer of its own that
 delivers headers only; it reads the newest message in full and counts the ones it passed over.
-Layout of the stream: :mod:`beamstream.wire.nats`.
+Layout of the stream: :mod:`beamstream.wire.nats`. A record on the data subject that does not
+follow it (published there by someone else) stops no reader: it is handed over as its body alone,
+one frame, for the Client to judge as every message (one that is not a beamstream message is
+refused, counted and acknowledged).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, stored_frames
+from beamstream.logs import WarnOnce
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, unpack
 from beamstream.wire.frames import decode
@@ -46,6 +50,7 @@ class NatsReader(UsesConnection, ABC):
         self.durable, self.config = durable, config
         self.sub: Any = None
         self.skipped = 0
+        self.warn_once = WarnOnce(logger)
         self.conn = NatsConnection(url, timeout)
         try:
             self._subscribed()
@@ -77,6 +82,16 @@ class NatsReader(UsesConnection, ABC):
             return await self.sub.fetch(batch, timeout=timeout)
         except nats.errors.TimeoutError:
             return []
+
+    def _frames(self, msg: Any) -> list[Any]:
+        """The frames of a fetched record; for one that does not follow :mod:`beamstream.wire.nats`, its body
+        alone as one frame (the Client refuses it unless it is a whole beamstream message), the reason logged once."""
+        try:
+            return self.conn.call(stored_frames(self.conn, self.stream, msg))
+        except WireFormatError as exc:
+            self.warn_once("layout", "records of %s that do not follow the beamstream layout are handed over as their "
+                           "body alone (the first: %s)", self.stream, exc)
+            return [msg.data or b""]
 
     @abstractmethod
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
@@ -140,8 +155,7 @@ class NatsGroupReader(NatsReader):
         if not found:
             return None
         msg = found[0]
-        frames = self.conn.call(stored_frames(self.conn, self.stream, msg))
-        return frames, lambda: self.conn.call(msg.ack_sync(self.conn.timeout))
+        return self._frames(msg), lambda: self.conn.call(msg.ack_sync(self.conn.timeout))
 
 
 class NatsLatestReader(NatsReader):
@@ -172,7 +186,7 @@ class NatsLatestReader(NatsReader):
             return None
         self.skipped += len(found) - 1
         newest = self.conn.call(self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream, direct=True))
-        return self.conn.call(stored_frames(self.conn, self.stream, newest)), lambda: None
+        return self._frames(newest), lambda: None
 
 
 def _deliver_policy(start: str) -> DeliverPolicy:

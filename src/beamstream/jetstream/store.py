@@ -6,18 +6,31 @@ Layout of the stream: :mod:`beamstream.wire.nats`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.js.errors
 from nats.js.api import DiscardPolicy, StreamConfig
 
-from beamstream.jetstream.connection import NatsConnection, UsesConnection, next_on, stored_frames
+from beamstream.errors import BeamstreamError, WireFormatError
+from beamstream.jetstream.connection import Ends, NatsConnection, UsesConnection, next_on, stored_frames
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, pack
 from beamstream.wire.metadata import RunMetadata
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
+
+logger = logging.getLogger(__name__)
+
+
+class MessageIdTaken(BeamstreamError):
+    """The server already held another record under a message's ``Nats-Msg-Id`` (within its duplicate
+    window), so it dropped the message as a duplicate: the message is not stored (nor would it be if sent
+    again under that id within the window)."""
 
 
 class NatsStore(UsesConnection):
@@ -28,14 +41,22 @@ class NatsStore(UsesConnection):
     (nothing stored is discarded) and :meth:`append` raises TransportError saying so. An
     existing stream keeps its own limits.
 
+    Given the stream's ``admission`` key (a sealed stream), each record's ``Nats-Msg-Id`` is one
+    nobody without the stream's credentials can compute (:class:`~beamstream.wire.nats.MessageIds`),
+    and :meth:`stored` yields only messages sealed with that key.
+
     Promises: when :meth:`append` returns, the message is stored by the server (every part's
-    PubAck arrived); messages appended by one store keep their order on the data subject.
+    PubAck arrived, and where the server answered that it already had a record under the id, that
+    record is this one: same subject, body and headers); messages appended by one store keep their
+    order on the data subject.
     """
 
     def __init__(self, url: str, name: str, timeout: float = 10.0, max_age_s: float | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, admission: AdmissionKey | None = None) -> None:
         self.name = name
         self.stream = layout.stream_name(name)
+        self.admission = admission
+        self.ids = layout.MessageIds(admission)
         self.conn = NatsConnection(url, timeout)
         try:
             self.conn.call(self._ensure_stream(max_age_s, max_bytes))
@@ -56,7 +77,8 @@ class NatsStore(UsesConnection):
 
         ``message`` is its parsed header, if the caller has it already. Raises WireFormatError
         if ``frames`` is not a beamstream message, TransportError if the server does not store
-        it within the timeout.
+        it within the timeout, MessageIdTaken if the server holds another record under the id of
+        the message (or of one of its parts) and so did not store it.
         """
         message = message or parse_message(frames, verify=False)
         data, lengths = layout.join_frames(frames)
@@ -69,10 +91,25 @@ class NatsStore(UsesConnection):
         return self.conn.call(self._publish_split(subject, parts, headers), timeout=timeout)
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
-        msg_id = headers[layout.MSG] + (f"-part-{headers[layout.PART]}" if layout.PART in headers else "")
+        """Store one record; its sequence number. MessageIdTaken if the server answers that it already has
+        the record's id and what it has there is another record."""
         ack = await self.conn.js.publish(subject, data, stream=self.stream,
-                                         headers={**headers, layout.MSG_ID: msg_id})
+                                         headers={**headers, layout.MSG_ID: self.ids.of(headers)})
+        if ack.duplicate and not await self._holds(ack.seq, subject, data, headers):
+            raise MessageIdTaken(f"{self.stream} already holds another record (sequence {ack.seq}) under the "
+                                 f"message id of {layout.record_identity(headers)}, and dropped it as a duplicate")
         return ack.seq
+
+    async def _holds(self, seq: int, subject: str, data: bytes, headers: dict[str, str]) -> bool:
+        """True if the record at ``seq`` is the one with this subject, body and headers (a copy stored before:
+        this store's own resend); False for any other record, or none."""
+        try:
+            stored = await self.conn.js.get_msg(self.stream, seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        found = stored.headers or {}
+        return (stored.subject == subject and (stored.data or b"") == data
+                and all(found.get(key) == value for key, value in headers.items()))
 
     async def _publish_split(self, subject: str, parts: list[bytes], headers: dict[str, str]) -> int:
         count = str(len(parts))
@@ -95,18 +132,31 @@ class NatsStore(UsesConnection):
         self.conn.call(self.conn.js.publish(layout.subject(self.name, "verdict"), pack(verdict), stream=self.stream))
 
     def stored(self) -> Iterator[DataMessage | EndMessage]:
-        """Every message stored so far (data, then ends), parsed from its header frame alone.
+        """Every message stored so far (data, then ends), parsed from its header frame (and seal) alone.
 
-        One request per message, and an inline message comes whole: meant for rebuilding a
-        buffer's account of the stream after a restart, not for reading data.
+        With the admission key, only messages sealed with it: any other record (one published to the
+        server by someone else) is skipped and logged, as is a record that is not a beamstream message.
+        One request per message (a split one's last parts too, for its seal), and an inline message
+        comes whole: meant for rebuilding a buffer's account of the stream after a restart, not for
+        reading data.
         """
+        only: Ends = "first" if self.admission is None else "first and last"
+        skipped, first = 0, ""
         for kind in ("data", "end"):
             seq = 0
             subject = layout.subject(self.name, kind)
             while (found := self.conn.call(next_on(self.conn, self.stream, subject, seq + 1))):
                 seq = found.seq
-                frames = self.conn.call(stored_frames(self.conn, self.stream, found, first_only=True))
-                yield parse_message(frames, verify=False)
+                try:
+                    message = parse_message(self.conn.call(stored_frames(self.conn, self.stream, found, only)),
+                                            verify=False, admission=self.admission)
+                except WireFormatError as exc:  # SealRefused too
+                    skipped, first = skipped + 1, first or f"sequence {seq}: {exc}"
+                    continue
+                yield message
+        if skipped:
+            logger.warning("skipped %d records of %s that are not messages of this stream's producers (the first, %s)",
+                           skipped, self.stream, first)
 
     def delete(self) -> None:
         """Delete the JetStream stream with every message and consumer in it."""

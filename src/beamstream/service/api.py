@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path as Path_
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, WebSocket, WebSocketException
+from fastapi.exceptions import RequestValidationError
 from fastapi.requests import HTTPConnection
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -50,7 +51,7 @@ from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.service.tokens import DEFAULT_TTL_S, MAX_TTL_S, Caller, bearer, digest, grant_of, new_secret
-from beamstream.spec import parse_spec
+from beamstream.spec import parse_spec, spec_json_schema
 
 logger = logging.getLogger(__name__)
 IDENTITY_KEY = "beamstream.identity"  # the ASGI scope key an authentication layer puts the verified identity in
@@ -252,6 +253,71 @@ def identity(connection: HTTPConnection) -> str:
     return Caller(connection.app.state.settings.default_owner)
 
 
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the body could not be parsed"},
+    401: {"model": Problem, "description": "no identity: no client certificate naming one and no valid bearer token "
+                                           "(header WWW-Authenticate: Bearer)"},
+    422: {"model": Problem, "description": "a parameter or the body is not valid: one line per problem, "
+                                           "LOCATION: what is wrong"},
+}
+"""Responses any route may give, described once for the whole OpenAPI document."""
+
+
+def _problem_as_json(status: int) -> dict[str, Any]:
+    """The OpenAPI response of a :class:`Problem` as JSON, for a route whose own answers are of another type."""
+    described = COMMON_ERRORS.get(status, {}).get("description", "not found")
+    return {"description": described,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 whose ``detail`` lists each problem as ``LOCATION: message``, as a malformed spec's does (a body's
+    locations from its top, ``resources.workers``; a parameter's with where it is, ``query.limit``)."""
+    lines = []
+    for error in exc.errors():
+        location = list(error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"])
+        lines.append(f"{'.'.join(str(part) for part in location)}: {error['msg']}" if location else error["msg"])
+    return JSONResponse(status_code=422, content={"detail": lines})
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with a request's ``spec`` described by the stream spec's own JSON Schema (the
+    installed plugins'; its sinks may be left out), and how callers prove who they are: a client certificate
+    (mutual TLS) or a bearer token (``POST /v1/tokens``); a service without TLS settings asks for neither."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        spec = spec_json_schema()
+        for name, definition in spec.pop("$defs", {}).items():
+            schemas[f"Spec.{name}"] = _spec_refs(definition)
+        spec["required"] = [name for name in spec.get("required", []) if name != "sinks"]
+        schemas["StreamSpec"] = _spec_refs(spec)
+        described = schemas["StreamRequest"]["properties"]["spec"].get("description", "")
+        schemas["StreamRequest"]["properties"]["spec"] = {"$ref": "#/components/schemas/StreamSpec",
+                                                          "description": described}
+        document["components"]["securitySchemes"] = {
+            "clientCertificate": {"type": "mutualTLS", "description": "a certificate of the facility's CA; its "
+                                                                      "subject common name is the identity"},
+            "bearerToken": {"type": "http", "scheme": "bearer", "description": "a token from POST /v1/tokens"},
+        }
+        document["security"] = [{"clientCertificate": []}, {"bearerToken": []}, {}]
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def _spec_refs(node: Any) -> Any:
+    """``node`` (part of the spec's JSON Schema) with its ``#/$defs/NAME`` references made ``Spec.NAME`` components."""
+    if isinstance(node, dict):
+        return {key: (f"#/components/schemas/Spec.{value.removeprefix('#/$defs/')}" if key == "$ref"
+                      and isinstance(value, str) and value.startswith("#/$defs/") else _spec_refs(value))
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [_spec_refs(item) for item in node]
+    return node
+
+
 def _unauthenticated(websocket: bool, why: str) -> None:
     if websocket:
         raise WebSocketException(4401, why)
@@ -272,8 +338,10 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
     if store is None:
         make_dirs(settings.service_key_path.parent)
         store = JobStore.open(settings.database_url, ServiceKey.from_file(settings.service_key_path))
-    app = FastAPI(title="beamstream request service", version=version("beamstream"),
+    app = FastAPI(title="beamstream request service", version=version("beamstream"), responses=COMMON_ERRORS,
                   description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.openapi = lambda: _openapi(app)
     app.state.store = store
     app.state.dispatcher = None  # set by whoever runs the jobs (beamstream service), once it knows its URL
     app.state.executors = set(settings.executors) | {settings.executor}
@@ -457,17 +525,18 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
              responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": Problem},
                         503: {"model": Problem}})
     def stream_events(stream_id: str, caller: Owner, after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
-                      last_event_id: Annotated[int | None, Header(ge=-1, le=10**6)] = None) -> StreamingResponse:
+                      last_event_id: Annotated[str, Header(pattern=r"^(|-1|[0-9]{1,6})$")] = "",
+                      ) -> StreamingResponse:
         """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.events`): those already
         made, then each as it happens, until a final one; after the ``after``-th (or ``Last-Event-ID``) only."""
         visible(stream_id, caller, "follow the events of")
-        start = last_event_id if last_event_id is not None else after
+        start = int(last_event_id) if last_event_id else after
         return StreamingResponse(event_streams.guard(change_events(store, stream_id, start, _public_view)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/streams/{stream_id}/logs", response_class=PlainTextResponse, tags=["streams"],
-             responses={404: {"model": Problem}})
+             responses={status: _problem_as_json(status) for status in (*COMMON_ERRORS, 404)})
     def stream_logs(stream_id: str, caller: Owner,
                     tail: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES)] = 65536) -> str:
         """The output of the stream's jobs (the last ``tail`` bytes of each), buffer first."""

@@ -18,19 +18,29 @@ Stream ``name`` is the JetStream stream ``BEAMSTREAM_<name>`` with subjects ``be
   (msgpack), written by the buffer when the first message that carries it arrives, so a reader
   that never sees that message still has it (until the stream's ``max_age`` removes it).
 
-``Bs-Msg`` is also the ``Nats-Msg-Id`` (``-part-i`` appended for a part), so the server drops
-a message stored twice within its duplicate window.
+Every data, part and end record carries a ``Nats-Msg-Id`` (:class:`MessageIds`), so the server
+drops a copy stored twice within its duplicate window. On a sealed stream the id is a MAC
+under a key derived from the stream's admission key, which nobody without the stream's
+credentials can compute: nobody else can claim a future message's id first and so make the
+server drop the real message as a duplicate. On an unsealed stream it is the record's identity
+(:func:`record_identity`), which protects only against the buffer's own resends.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from beamstream.errors import WireFormatError
 from beamstream.wire.frames import frame_buffer
 from beamstream.wire.messages import EndMessage
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 MSG = "Bs-Msg"
 FRAMES = "Bs-Frames"
@@ -38,6 +48,8 @@ PARTS = "Bs-Parts"
 PART = "Bs-Part"
 PART_SEQS = "Bs-Part-Seqs"
 MSG_ID = "Nats-Msg-Id"
+ID_BYTES = 16  # MAC bytes in a sealed stream's message ids: 128 bits, 22 characters of URL-safe base64
+_ID_KEY_CONTEXT = b"beamstream-nats/1 message id key"
 HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 Subject = Literal["data", "part", "end", "verdict", "metadata"]
@@ -64,6 +76,34 @@ def message_id(message: Any) -> str:
     """``Bs-Msg`` of a data or end message: ``<stream id>-<rank>-<index>`` or ``<stream id>-<rank>-end``."""
     suffix = "end" if isinstance(message, EndMessage) else str(message.index)
     return f"{message.stream}-{message.rank}-{suffix}"
+
+
+def record_identity(headers: Mapping[str, str]) -> str:
+    """What tells one stored record from every other of its stream: ``Bs-Msg``, ``-part-i`` appended for part i."""
+    return headers[MSG] + (f"-part-{headers[PART]}" if PART in headers else "")
+
+
+class MessageIds:
+    """The ``Nats-Msg-Id`` of each record of one stream, given its admission key if it is sealed.
+
+    Promises: a record's id depends only on its identity (:func:`record_identity`) and the key, so
+    storing a record again gives it the same id (the server drops the copy). With ``admission``,
+    the id is the first :data:`ID_BYTES` bytes of HMAC-SHA256 of the identity under a key derived
+    from ``admission`` (HMAC of a fixed context: not a tag the admission key makes for anything
+    else), URL-safe base64 without padding: without the key, nobody can tell a record's id
+    before it is stored. Without it (an unsealed stream) the id is the identity itself.
+    """
+
+    def __init__(self, admission: AdmissionKey | None = None) -> None:
+        self.key = None if admission is None else admission.sign(_ID_KEY_CONTEXT)
+
+    def of(self, headers: Mapping[str, str]) -> str:
+        """The ``Nats-Msg-Id`` of the record with these beamstream headers."""
+        identity = record_identity(headers)
+        if self.key is None:
+            return identity
+        mac = hmac.new(self.key, identity.encode(), hashlib.sha256).digest()[:ID_BYTES]
+        return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
 def header_bytes(headers: dict[str, str]) -> int:
