@@ -16,7 +16,7 @@ from beamstream.accounting import format_ranges
 from beamstream.buffer.status import fetch_status
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
-from beamstream.service.callbacks import call_back, write_callback_file
+from beamstream.service.callbacks import VERDICT_FILE, call_back, write_callback_file
 from conftest import wait_until
 from servicekit import end_jobs_under, run_service, shown, start_service, stop_service
 
@@ -172,4 +172,28 @@ def test_the_public_url_is_where_jobs_call_back(tmp_path):
             f"http://beamstream.example.org:8443/v1/streams/{stream['id']}/callback")
     finally:
         stop_service(service, url)
+        end_jobs_under(tmp_path)
+
+
+def test_a_buffer_whose_service_never_comes_back_ends_by_itself_leaving_its_verdict(tmp_path):
+    """The service killed while its stream runs, for good: once its producers have ended, nobody reads and the
+    service does not answer for orphan_after_s (here 3 s), the buffer job ends, its verdict in the stream's folder."""
+    service, url = run_service(tmp_path, drain_grace_s="30")
+    stream = httpx.post(f"{url}/v1/streams", timeout=30, json={
+        "spec": {"source": {**SLOW_SPEC["source"], "n_events": 100}},
+        "resources": {"workers": 2, "buffer": {"orphan_after_s": 3}}}).json()
+    wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
+    service.send_signal(signal.SIGKILL)
+    service.wait(timeout=30)
+    folder = tmp_path / "state" / "streams" / stream["id"]
+    buffers = [process for process in psutil.process_iter(["cmdline"])
+               if any(part == str(folder / "callback.json") for part in process.info["cmdline"] or [])]
+    assert buffers, "the buffer job runs"
+    try:
+        _, alive = psutil.wait_procs(buffers, timeout=60)  # the producers take about 2 s, then 3 s of nothing
+        assert not alive, "the orphaned buffer ended by itself"
+        verdict = json.loads((folder / VERDICT_FILE).read_text())
+        assert verdict["complete"] and "complete: 100 events" in verdict["summary"], verdict
+        assert "nobody used this buffer and its service did not answer" in (folder / "buffer.log").read_text()
+    finally:
         end_jobs_under(tmp_path)

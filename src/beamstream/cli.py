@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -309,6 +310,7 @@ def buffer(
     max_connections: Annotated[Optional[int], typer.Option(help=_help("max_connections"))] = None,
     backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
     admission_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_help("admission_key_file"))] = None,
+    orphan_after_s: Annotated[Optional[float], typer.Option("--orphan-after", help=_help("orphan_after_s"))] = None,
     callback: Annotated[Optional[Path], typer.Option(
         help="tell the request service that started this buffer where it listens and, at the end, the "
              "stream's verdict (a file the service wrote: its URL and the stream's secret, read again at every "
@@ -325,7 +327,8 @@ def buffer(
 
 
 # BufferConfig fields whose command-line option has another name
-OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout", "group_stall_s": "--group-stall"}
+OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout", "group_stall_s": "--group-stall",
+                "orphan_after_s": "--orphan-after"}
 
 
 def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
@@ -361,7 +364,9 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
 
     from beamstream.atomic import write_atomically
     from beamstream.buffer.run import run_buffer
-    from beamstream.service.callbacks import VERDICT_FILE, call_back
+    from beamstream.service.callbacks import VERDICT_FILE, call_back, end_when_orphaned
+
+    orphaned = threading.Event()
 
     def say_where(buffer: Buffer) -> None:
         memory = "" if config.backend else f", memory ≤ {config.max_memory / 2**30:g} GiB"
@@ -373,13 +378,14 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
                                  "consumers": buffer.consumer_address,
                                  "metrics": buffer.metrics_server.url if buffer.metrics_server else None},
                       give_up=lambda: buffer.stopping)
+            end_when_orphaned(buffer, callback, config.orphan_after_s, orphaned)
 
     report = run_buffer(config, on_ready=say_where)
     console.print(report.summary(), highlight=False)
     if callback is not None:  # the verdict goes to a file beside the callback file first: the service reads it
         verdict = to_builtins(report.final_verdict())  # there should the callback not arrive
         write_atomically(callback.with_name(VERDICT_FILE), json.dumps(verdict).encode())
-        call_back(callback, {"event": "ended", "verdict": verdict})
+        call_back(callback, {"event": "ended", "verdict": verdict}, retry_for_s=0 if orphaned.is_set() else 60.0)
 
 
 @buffer_app.command("status")

@@ -141,6 +141,11 @@ class Buffer(ABC):
         """Ask the loop to return; safe from any thread and from a signal handler."""
         self._stopping.set()
 
+    def activity(self) -> tuple[int, int]:
+        """(messages taken and handed out so far, readers attached now): whether anyone uses this buffer. A backend
+        whose readers attach elsewhere (NATS) has none here."""
+        return self.counters["messages_in"] + self.counters.get("messages_out", 0), 0
+
     def wait_stopping(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for :meth:`stop`; True if it was called."""
         return self._stopping.wait(seconds)

@@ -85,6 +85,10 @@ class BufferConfig(SpecModel):
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port "
                                      "(0: any free one; none: off)")
     metrics_addr: str = Field("127.0.0.1", description="address the metrics server listens on")
+    orphan_after_s: float = Field(600.0, gt=0, le=7 * 86400, description="a buffer run by a request service "
+                                  "(--callback) ends by itself, leaving its verdict beside its callback file, once "
+                                  "no message went in or out, no consumer was attached and its service did not "
+                                  "answer for this many seconds (a service gone for good, or a stream long over)")
     admission_key_file: ReadPath | None = Field(None, description="admit only the stream's credential holders: "
                                             "the file (mode 600) holding the stream's admission key; producer "
                                             "messages must be sealed with it, consumers prove it in their hello "

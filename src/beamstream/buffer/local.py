@@ -238,6 +238,10 @@ class LocalBuffer(Buffer):
                     stalled.setdefault(group.name, (group, f"{self.new_group_stall_s:g} s since it joined"))
         return list(stalled.values())
 
+    def activity(self) -> tuple[int, int]:
+        moved, _ = super().activity()
+        return moved, len(self.members)
+
     def _trim_when_idle(self) -> None:
         """Give freed message memory back to the system once a probe interval passed with no message in or out."""
         moved = self.counters["messages_in"] + self.counters["messages_out"]

@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,6 +96,39 @@ def _tls_context(target: dict[str, Any]) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls["cert"], tls["key"])
     return context
+
+
+def service_answers(path: Path) -> bool:
+    """Whether the service named in the callback file ``path`` answers its health check now (within 10 s)."""
+    try:
+        target = json.loads(path.read_text())
+        health = target["url"].split("/v1/streams/")[0] + "/healthz"
+        with urllib.request.urlopen(health, timeout=10, context=_tls_context(target)) as answer:
+            return answer.status == 200
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def end_when_orphaned(buffer: Any, path: Path, after_s: float, orphaned: threading.Event) -> None:
+    """Watch ``buffer`` (run for the service named in the callback file ``path``) on a thread and stop it once, for
+    ``after_s`` seconds, no message moved, no reader was attached and the service did not answer: nobody can use it
+    any more (its stream ended long ago, or its service is gone for good). Stopped so, it ends as on SIGTERM,
+    its verdict left beside the callback file, and ``orphaned`` is set."""
+    def watch() -> None:
+        last_moved, used, answered = None, time.monotonic(), time.monotonic()
+        while not buffer.wait_stopping(min(after_s / 4, 5.0)):
+            moved, readers = buffer.activity()
+            now = time.monotonic()
+            if moved != last_moved or readers:
+                last_moved, used = moved, now
+            elif now - used >= after_s and service_answers(path):
+                answered = now
+            if now - max(used, answered) >= after_s:
+                logger.warning("ending: for %g s nobody used this buffer and its service did not answer", after_s)
+                orphaned.set()
+                buffer.stop()
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
