@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from beamstream.security.streamkey import StreamKeyError, read_key_file
 
 PREFIX = "sealed1:"
 NONCE_BYTES = 12
@@ -61,13 +62,9 @@ class ServiceKey:
             with os.fdopen(descriptor, "w") as file:
                 file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
         try:
-            mode = path.stat().st_mode
-            text = path.read_text().strip()
-        except OSError as exc:
-            raise ServiceKeyError(f"cannot read the service key file {path}: {exc.strerror}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ServiceKeyError(f"the service key file {path} may be read or changed by others (mode "
-                                  f"{stat.filemode(mode)}): it opens every stream's key; chmod 600 {path}")
+            text = read_key_file(path)  # refused if others may read or change it, as every key file
+        except StreamKeyError as exc:
+            raise ServiceKeyError(f"service key: {exc}") from None
         try:
             key = base64.urlsafe_b64decode(text.encode())
         except ValueError:
