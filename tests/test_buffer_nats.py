@@ -564,3 +564,26 @@ def test_a_restarted_bridge_counts_only_records_sealed_with_the_admission_key(se
     with Client(f"{URL}/{name}", group="g", key=KEY, timeout=30) as client:
         assert sorted(event.seq for event in client.events()) == list(range(24))
     assert client.report.complete and client.report.forged == 1, client.report.summary()
+
+
+def test_a_verdict_a_stranger_publishes_is_not_taken_for_the_buffers(sealed_bridge, tmp_path):
+    """A stranger publishes 'complete' verdicts on a sealed stream's verdict subject, before the buffer writes its own
+    and after: the owner's reader ends with the buffer's verdict (incomplete: message 2 never came), never with the
+    forgeries."""
+    from beamstream.wire.control import Verdict, pack
+
+    service, name = sealed_bridge
+    forged = Verdict(complete=True, summary="stream run1: complete (forged)", missing=[])
+    publish_as_stranger(name, [("verdict", uuid.uuid4().hex, pack(forged))])
+    producer = FakeProducer(f"ipc://{tmp_path / 'in'}")
+    try:
+        send_all(producer, [data_frames(index, total=16, key=KEY) for index in (0, 1, 3)],
+                 end_frames(messages=4, events=16, key=KEY))
+        wait_until(lambda: service.verdict_for is not None, "the buffer to store its verdict", timeout=30)
+        publish_as_stranger(name, [("verdict", uuid.uuid4().hex, pack(forged))])
+        with pytest.raises(StreamIncomplete) as raised, Client(f"{URL}/{name}", group="g", key=KEY, timeout=30) as c:
+            list(c.events())
+    finally:
+        producer.close()
+    verdict = raised.value.report.verdict
+    assert not verdict.complete and verdict.missing == [(8, 11)] and "forged" not in verdict.summary

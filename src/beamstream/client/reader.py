@@ -326,7 +326,8 @@ def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int 
         from beamstream.client.transports.nats import NatsTransport
 
         return NatsTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                             redeliver_after=DEFAULT_REDELIVER_AFTER if redeliver_after is None else redeliver_after)
+                             redeliver_after=DEFAULT_REDELIVER_AFTER if redeliver_after is None else redeliver_after,
+                             **admission)
     if redeliver_after is not None:
         refuse("redeliver_after", "to a group of a nats:// stream (the local buffer notices a departed member itself)")
     relayed = endpoints[0].startswith(("http://", "https://"))

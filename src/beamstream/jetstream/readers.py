@@ -17,7 +17,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import nats.errors
@@ -25,12 +25,15 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, stored_frames
+from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, next_on, stored_frames
 from beamstream.logs import WarnOnce
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, unpack
 from beamstream.wire.frames import decode
 from beamstream.wire.metadata import RunMetadata
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import AdmissionKey
 
 Start = Literal["earliest", "now"]
 logger = logging.getLogger(__name__)
@@ -41,11 +44,14 @@ class NatsReader(UsesConnection, ABC):
     """What every reader of stream ``name`` has: its pull subscription and the stream's verdict.
 
     A reader may come before its stream: until a buffer creates the stream, fetches find
-    nothing (each waits its timeout) and there is no verdict.
+    nothing (each waits its timeout) and there is no verdict. Given the stream's ``admission`` key (a sealed
+    stream), only verdicts that prove they were written with it count: anyone may publish to the server.
     """
 
-    def __init__(self, url: str, name: str, timeout: float, durable: str | None, config: ConsumerConfig) -> None:
+    def __init__(self, url: str, name: str, timeout: float, durable: str | None, config: ConsumerConfig,
+                 admission: AdmissionKey | None = None) -> None:
         self.name = name
+        self.admission = admission
         self.stream = layout.stream_name(name)
         self.durable, self.config = durable, config
         self.sub: Any = None
@@ -118,11 +124,22 @@ class NatsReader(UsesConnection, ABC):
             return None
 
     def verdict(self) -> Verdict | None:
-        """The stream's newest verdict, or None before there is one."""
+        """The stream's newest verdict (with the admission key: the newest the buffer wrote), or None before there
+        is one."""
         if not self._subscribed():
             return None
-        found = self.conn.call(last_on(self.conn, self.stream, layout.subject(self.name, "verdict")))
+        subject = layout.subject(self.name, "verdict")
+        found = self.conn.call(last_on(self.conn, self.stream, subject))
+        if found is not None and self.admission is not None and not self._proven(found):
+            self.warn_once("verdict", "ignored verdict records in %s that the stream's buffer did not write (no proof "
+                                      "of its admission key)", self.stream)
+            found, seq = None, 1
+            while (record := self.conn.call(next_on(self.conn, self.stream, subject, seq))) is not None:
+                found, seq = (record if self._proven(record) else found), record.seq + 1
         return None if found is None else unpack(found.data, Verdict)
+
+    def _proven(self, record: Any) -> bool:
+        return layout.verdict_proven(self.admission, record.data, (record.headers or {}).get(layout.PROOF))
 
 
 class NatsGroupReader(NatsReader):
@@ -137,13 +154,13 @@ class NatsGroupReader(NatsReader):
     """
 
     def __init__(self, url: str, name: str, group: str | None, start: Start = "earliest",
-                 ack_wait: float = 30.0, timeout: float = 10.0) -> None:
+                 ack_wait: float = 30.0, timeout: float = 10.0, admission: AdmissionKey | None = None) -> None:
         config = ConsumerConfig(
             durable_name=None if group is None else layout.check_name("group", group),
             ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, deliver_policy=_deliver_policy(start),
             inactive_threshold=None if group else 60.0,
         )
-        super().__init__(url, name, timeout, group, config)
+        super().__init__(url, name, timeout, group, config, admission)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The next message of the group as (frames, ack), or None if none came within ``timeout``.
@@ -169,10 +186,11 @@ class NatsLatestReader(NatsReader):
 
     BATCH = 1024
 
-    def __init__(self, url: str, name: str, start: Start = "earliest", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, name: str, start: Start = "earliest", timeout: float = 10.0,
+                 admission: AdmissionKey | None = None) -> None:
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, headers_only=True, deliver_policy=_deliver_policy(start),
                                 inactive_threshold=60.0)
-        super().__init__(url, name, timeout, None, config)
+        super().__init__(url, name, timeout, None, config, admission)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing."""

@@ -128,8 +128,12 @@ class NatsStore(UsesConnection):
                                             stream=self.stream))
 
     def write_verdict(self, verdict: Verdict) -> None:
-        """Store the stream's verdict (readers end with the newest one)."""
-        self.conn.call(self.conn.js.publish(layout.subject(self.name, "verdict"), pack(verdict), stream=self.stream))
+        """Store the stream's verdict (readers end with the newest one; of a sealed stream, with the newest that
+        proves it was written with the admission key: ``Bs-Proof``)."""
+        body = pack(verdict)
+        headers = None if self.admission is None else {layout.PROOF: layout.verdict_proof(self.admission, body)}
+        self.conn.call(self.conn.js.publish(layout.subject(self.name, "verdict"), body, stream=self.stream,
+                                            headers=headers))
 
     def stored(self) -> Iterator[DataMessage | EndMessage]:
         """Every message stored so far (data, then ends), parsed from its header frame (and seal) alone.

@@ -13,7 +13,9 @@ Stream ``name`` is the JetStream stream ``BEAMSTREAM_<name>`` with subjects ``be
   published only after every part is stored, so a reader never sees half a message.
 - ``beamstream.<name>.end``: end-of-stream messages, stored the same way.
 - ``beamstream.<name>.verdict``: :class:`~beamstream.wire.control.Verdict` records written by
-  the buffer once every producer has ended (or went silent); the newest one counts.
+  the buffer once every producer has ended (or went silent); the newest one counts. On a sealed
+  stream each carries ``Bs-Proof`` (:func:`verdict_proof`: the admission key's tag of the record),
+  and a reader holding the stream's key counts only the newest verdict that proves it.
 - ``beamstream.<name>.metadata``: the stream's :class:`~beamstream.wire.metadata.RunMetadata`
   (msgpack), written by the buffer when the first message that carries it arrives, so a reader
   that never sees that message still has it (until the stream's ``max_age`` removes it).
@@ -48,6 +50,8 @@ PARTS = "Bs-Parts"
 PART = "Bs-Part"
 PART_SEQS = "Bs-Part-Seqs"
 MSG_ID = "Nats-Msg-Id"
+PROOF = "Bs-Proof"
+_VERDICT_CONTEXT = b"beamstream-nats/1 verdict "
 ID_BYTES = 16  # MAC bytes in a sealed stream's message ids: 128 bits, 22 characters of URL-safe base64
 _ID_KEY_CONTEXT = b"beamstream-nats/1 message id key"
 HEADER_ROOM = 1024  # bytes kept free in every part for its headers (they need < 200)
@@ -104,6 +108,21 @@ class MessageIds:
             return identity
         mac = hmac.new(self.key, identity.encode(), hashlib.sha256).digest()[:ID_BYTES]
         return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+def verdict_proof(admission: AdmissionKey, body: bytes) -> str:
+    """``Bs-Proof`` of a verdict record of a sealed stream whose msgpack is ``body``: the admission key's tag of it
+    (under a context of its own: no tag the key makes for anything else), URL-safe base64."""
+    return base64.urlsafe_b64encode(admission.sign(_VERDICT_CONTEXT + bytes(body))).decode("ascii")
+
+
+def verdict_proven(admission: AdmissionKey, body: bytes, proof: str | None) -> bool:
+    """Whether ``proof`` (a record's ``Bs-Proof``, None: none) shows the verdict ``body`` was written with
+    ``admission``."""
+    try:
+        return proof is not None and admission.verify(_VERDICT_CONTEXT + bytes(body), base64.urlsafe_b64decode(proof))
+    except ValueError:
+        return False
 
 
 def header_bytes(headers: dict[str, str]) -> int:

@@ -24,13 +24,14 @@ class NatsTransport(Transport):
     The stream ends for this reader once the buffer has stored its verdict and the reader's
     consumer has nothing left: no message waiting and none handed to a member of its group
     unacknowledged. ``redeliver_after``: for a group this reader creates, seconds after which a
-    message a member did not acknowledge goes to another member.
+    message a member did not acknowledge goes to another member. ``admission``: the stream's admission key (a
+    sealed stream): only verdicts the stream's buffer wrote count.
     """
 
     ends_with_verdict = True
 
     def __init__(self, url: str, *, group: str | None, lossy: bool, start: Literal["earliest", "now"],
-                 redeliver_after: float, request_timeout: float = 10.0) -> None:
+                 redeliver_after: float, request_timeout: float = 10.0, admission: Any = None) -> None:
         server, name = split_url(url)
         try:
             from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
@@ -38,8 +39,9 @@ class NatsTransport(Transport):
             raise MissingDependency(f"reading {url} needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
         self.where = url if group is None else f"{url} (group {group})"
         self.reader: Any = (
-            NatsLatestReader(server, name, start, timeout=request_timeout) if lossy else
-            NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=request_timeout))
+            NatsLatestReader(server, name, start, timeout=request_timeout, admission=admission) if lossy else
+            NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=request_timeout,
+                            admission=admission))
         self.described: RunMetadata | None = None
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
