@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 
 import h5py
@@ -354,6 +355,11 @@ def test_cancelling_a_running_stream_stops_every_job(tmp_path, executor):
             processes = [process for process in psutil.process_iter(["cmdline"])
                          if any(stream["id"] in part for part in process.info["cmdline"] or [])]
         assert len(processes) >= 3, "the buffer and two producers run"
+        if executor == "slurm":  # named after their stream, limited to the service's default time limit (1 day)
+            listed = subprocess.run(["squeue", "-h", "-j", ",".join(job.native_id for job in jobs), "-o", "%j %l"],
+                                    capture_output=True, text=True, check=True).stdout.split("\n")
+            assert sorted(line for line in listed if line) == [f"beamstream-{stream['id'][:12]}-{role} 1-00:00:00"
+                                                              for role in ("buffer", "producers")], listed
         cancelled = httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30).json()
         assert cancelled["state"] == "cancelled"
         gone, alive = psutil.wait_procs(processes, timeout=30)
@@ -467,3 +473,36 @@ def test_the_service_never_shows_its_database_password(database_url, tmp_path):
         stop_service(service, url)
     said = "".join(service.log)
     assert "postgres:***@127.0.0.1" in said and "s3cret-pw" not in said
+
+
+def test_an_hdf5_catalogue_runs_stream_says_which_experiment_and_run_it_is(tmp_path):
+    """Asked for by experiment and run alone, an HDF5 run streams its CXI detector data as ``image`` and describes
+    itself with its experiment and run."""
+    hdf5 = tmp_path / "hdf5" / "p002345" / "r0003"
+    hdf5.mkdir(parents=True)
+    with h5py.File(hdf5 / "frames.h5", "w") as h5:
+        h5["entry_1/data_1/data"] = np.arange(4 * 2 * 2, dtype="<u2").reshape(4, 2, 2)
+    service, url = run_service(tmp_path, hdf5_pattern=str(tmp_path / "hdf5" / "{experiment}" / "r{run:04d}" / "*.h5"),
+                               drain_grace_s="1")
+    try:
+        stream = httpx.post(f"{url}/v1/streams", json={"spec": {}, "experiment": "p002345", "run": 3}, timeout=30).json()
+        wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
+        with Client(shown(url, stream["id"])["endpoints"]["consumers"], group="g", timeout=60,
+                    key=stream["credentials"]["key"]) as client:
+            images = {event.seq: event.data["image"].tolist() for event in client.events()}
+        assert images == {seq: [[4 * seq, 4 * seq + 1], [4 * seq + 2, 4 * seq + 3]] for seq in range(4)}
+        assert (client.metadata.experiment, client.metadata.run) == ("p002345", 3)
+    finally:
+        stop_service(service, url)
+
+
+def test_every_setting_is_in_the_generated_reference_and_the_example_configuration_loads():
+    from beamstream.service.settings import ServiceSettings, reference
+
+    root = Path(__file__).parent.parent
+    committed = (root / "docs" / "service-settings.md").read_text()
+    assert committed == reference(), ("docs/service-settings.md is stale: run "
+                                      "`python -m beamstream.service.settings > docs/service-settings.md`")
+    assert all(f"| `{name}` |" in committed for name in ServiceSettings.model_fields)
+    example = ServiceSettings.load(root / "examples" / "service" / "settings.yaml")
+    assert example.tls and example.executor == "slurm" and example.calib_pattern == "/data/{experiment}/calib"

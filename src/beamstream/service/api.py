@@ -51,6 +51,7 @@ from beamstream.service.settings import ServiceSettings
 from beamstream.service.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound, StreamRecord
 from beamstream.service.tokens import DEFAULT_TTL_S, MAX_TTL_S, Caller, bearer, digest, grant_of, new_secret
+from beamstream.sources.hdf5 import CXI_DATA
 from beamstream.spec import parse_spec, spec_json_schema
 
 logger = logging.getLogger(__name__)
@@ -678,14 +679,19 @@ def _public_view(record: StreamRecord) -> dict[str, Any]:
 
 def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:
     """``spec`` whose source reads ``run``'s files (the source type the run needs, unless the spec names one; the
-    files unless it names some; a psana2 source's ``exp`` and ``run`` labels)."""
+    files unless it names some; a psana2 source's ``exp`` and ``run`` labels; an hdf5 source's CXI detector data
+    as the field ``image``, unless it names its datasets), and whose description says which experiment and run it
+    is (unless the spec's ``metadata:`` says otherwise)."""
     source = dict(spec.get("source") or {})
     source.setdefault("type", run.source)
     source.setdefault("files", run.files)
     if source["type"] == "psana2":
         source.setdefault("exp", run.experiment)
         source.setdefault("run", run.run)
-    return {**spec, "source": source}
+    if source["type"] == "hdf5":
+        source.setdefault("datasets", {"image": CXI_DATA})
+    metadata = {"experiment": run.experiment, "run": run.run, **(spec.get("metadata") or {})}
+    return {**spec, "source": source, "metadata": metadata}
 
 
 def _found(catalogue: Catalogue, experiment: str, run: int) -> Run:

@@ -107,7 +107,8 @@ class Dispatcher:
                             f"({self.settings.max_local_workers}); ask for fewer")
         ranks = workers if executor.launches_ranks else None
         executor.check(JobRequest("producers", [], self.settings.state_dir, ranks=ranks,
-                                  nodes=int(resources.get("nodes") or 1), time_limit_s=resources.get("time_limit_s")))
+                                  nodes=int(resources.get("nodes") or 1),
+                                  time_limit_s=resources.get("time_limit_s") or self.settings.job_time_limit_s))
 
     def wake(self) -> None:
         """Run the next round now (something changed that it may act on), not after the interval."""
@@ -183,7 +184,8 @@ class Dispatcher:
         executor = self.executor(record)
         request = JobRequest(role, argv, self.folder(record), ranks=ranks,
                              nodes=int(record.resources.get("nodes") or 1),
-                             time_limit_s=record.resources.get("time_limit_s"))
+                             time_limit_s=record.resources.get("time_limit_s") or self.settings.job_time_limit_s,
+                             label=f"beamstream-{record.id[:12]}-{role}")
         try:
             native_id = executor.submit(request)
         except OSError as exc:

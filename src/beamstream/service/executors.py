@@ -54,7 +54,8 @@ class JobRequest:
     """One job: its command, the folder it runs in and writes its output to, and what it may use.
 
     ``ranks``: None runs ``argv`` once; N runs it as N ranks spread over ``nodes`` nodes (only for an
-    executor that ``launches_ranks``). ``nodes`` applies to ranks only: a job without is one node.
+    executor that ``launches_ranks``). ``nodes`` applies to ranks only: a job without is one node. ``label``: the
+    name a scheduler shows for it (``squeue``), ``name`` if empty; ``name`` also names its output files.
     """
 
     name: str
@@ -64,6 +65,7 @@ class JobRequest:
     nodes: int = 1
     time_limit_s: float | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    label: str = ""
 
     @property
     def output(self) -> Path:
@@ -188,10 +190,12 @@ class SlurmExecutor:
         job.directory.mkdir(parents=True, exist_ok=True)
         resources = self._resources(job)
         spec = self.psij.JobSpec(
-            executable=job.argv[0], arguments=job.argv[1:], directory=job.directory, name=job.name,
+            executable=job.argv[0], arguments=job.argv[1:], directory=job.directory, name=job.label or job.name,
             stdout_path=job.output, stderr_path=job.directory / f"{job.name}.err", environment=job.environment,
             resources=resources, launcher="srun" if job.ranks else "single",
-            attributes=self.psij.JobAttributes(duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S)))
+            attributes=self.psij.JobAttributes(  # PSI/J's template leaves the job's name out: Slurm's own option
+                duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S),
+                custom_attributes={"slurm.job-name": job.label or job.name}))
         psij_job = self.psij.Job(spec)
         try:
             self.executor.submit(psij_job)

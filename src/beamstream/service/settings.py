@@ -12,6 +12,10 @@ With ``tls_cert``, ``tls_key`` and ``tls_ca`` (and, recommended, ``tls_crl``) th
 HTTPS only, with mutual TLS (docs/security.md, Mutual TLS); without any of them, plain HTTP. Some
 but not all of them is refused. ``tls_client_cert: optional`` lets clients without a certificate
 complete the handshake, to authenticate with a bearer token (docs/security.md, Tokens).
+
+Every setting is described once, in its field; docs/service-settings.md is generated from them
+(``python -m beamstream.service.settings > docs/service-settings.md``; tests/test_service.py fails
+when it is stale), and examples/service/settings.yaml shows a facility's configuration.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class ServiceSettings(BaseSettings):
                                           "opens no stream")
     data_host: str = Field("127.0.0.1", description="address the buffer jobs bind (0.0.0.0: every interface; "
                            "consumers are then told the machine's name)")
+    job_time_limit_s: float = Field(86400.0, gt=0, le=7 * 86400, description="wall-clock limit of a stream's "
+                                    "jobs when its request gives none (resources.time_limit_s); a scheduler needs "
+                                    "one (PSI/J's own default is 10 minutes)")
     drain_grace_s: float = Field(60.0, gt=0, description="seconds a buffer is kept after its producers ended for "
                                  "groups to read everything (it stops earlier once every group has)")
     xtc_root: Path | None = Field(None, description="the catalogue's LCLS-II data root: "
@@ -156,3 +163,23 @@ class _Environment(ServiceSettings):
     """The ``BEAMSTREAM_SERVICE_*`` variables alone: their TLS settings may complete those of a file."""
 
     check_tls: ClassVar[bool] = False
+
+
+def reference() -> str:
+    """The settings as a Markdown reference: each one's name, variable, default and description."""
+    lines = ["# The request service's settings", "",
+             "Generated from `ServiceSettings` (`python -m beamstream.service.settings > docs/service-settings.md`).",
+             "Each is read from the settings file given with `beamstream service --config FILE` (YAML; see",
+             "[examples/service/settings.yaml](../examples/service/settings.yaml)), then from its environment variable, which wins; "
+             "a wrong",
+             "value stops the service with a message naming it.", "",
+             "| setting | environment variable | default | what it does |", "| --- | --- | --- | --- |"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = "" if field.default is None else f"`{field.default}`"
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | `BEAMSTREAM_SERVICE_{name.upper()}` | {default} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
