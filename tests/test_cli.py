@@ -63,7 +63,7 @@ def test_spec_schema_is_json_schema_of_installed_plugins():
 
 def test_plugins_lists_installed_names():
     result = run_cli("plugins")
-    assert "sources: hdf5, psana2, simulated" in result.stderr
+    assert "sources: hdf5, psana2, simulated" in result.stdout.splitlines() and not result.stderr
 
 
 @pytest.mark.parametrize(

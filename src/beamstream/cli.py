@@ -113,15 +113,15 @@ def spec_schema() -> None:
 
 
 @app.command()
-def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON on standard output")] = False) -> None:
-    """List the installed sources, steps, serializers and sinks."""
+def plugins(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List the installed sources, steps, serializers and sinks (on standard output)."""
     from beamstream.plugins import installed_plugins
 
     if as_json:
         print(json.dumps(installed_plugins(), indent=2))
         return
     for kind, names in installed_plugins().items():
-        console.print(f"[bold]{kind}[/]: {', '.join(names)}")
+        print(f"{kind}: {', '.join(names)}")
 
 
 def _mpi_launched() -> bool:
