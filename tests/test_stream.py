@@ -297,3 +297,11 @@ def test_no_worker_outlives_a_killed_produce_whose_consumer_is_gone_too(tmp_path
         for process in (consumer, produce):
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_consumer_that_received_nothing_leaves_no_archive_to_block_the_next_try(tmp_path):
+    out = tmp_path / "run14.tar"
+    for _ in range(2):
+        result = run_cli("consume", f"ipc://{tmp_path / 'nobody'}", "--bind", "--out", str(out), "--timeout", "1")
+        assert result.returncode == 1 and "nothing arrived" in result.stderr and "exists" not in result.stderr
+        assert not out.exists()

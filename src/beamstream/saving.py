@@ -50,14 +50,17 @@ class MessageSaver:
     """Writes each message as one .h5 file into a directory, or as one member of a tar archive.
 
     Files are created private (:mod:`beamstream.modes`). An existing file is not overwritten
-    unless ``overwrite``: TransportError names it and says to pass ``--force``.
+    unless ``overwrite``: TransportError names it and says to pass ``--force``. An archive that got no
+    message is removed when closed, so that nothing blocks the next try.
     """
 
     def __init__(self, directory: Path | None = None, archive: tarfile.TarFile | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, archive_path: Path | None = None) -> None:
         self.directory = directory
         self.archive = archive
+        self.archive_path = archive_path
         self.overwrite = overwrite
+        self.saved = 0
 
     @classmethod
     def open(cls, out: Path, overwrite: bool = False) -> MessageSaver:
@@ -65,7 +68,7 @@ class MessageSaver:
         try:
             if out.suffix == ".tar":
                 file = os.fdopen(create_file(out, exclusive=not overwrite), "wb")
-                return cls(archive=tarfile.open(fileobj=file, mode="w"), overwrite=overwrite)
+                return cls(archive=tarfile.open(fileobj=file, mode="w"), overwrite=overwrite, archive_path=out)
             make_dirs(out)
         except FileExistsError:
             raise TransportError(f"{out} exists; pass --force to overwrite it") from None
@@ -81,6 +84,7 @@ class MessageSaver:
             if not self.overwrite and path.exists():
                 raise TransportError(f"{path} exists; pass --force to overwrite it")
             save_file(path, image)
+            self.saved += 1
             return
         info = tarfile.TarInfo(name)
         info.size = len(image)
@@ -89,8 +93,11 @@ class MessageSaver:
             self.archive.addfile(info, io.BytesIO(image))
         except OSError as exc:
             raise TransportError(f"cannot add {name} to {self.archive.name}: {exc.strerror or exc}") from None
+        self.saved += 1
 
     def close(self) -> None:
         if self.archive is not None:
             self.archive.close()
             self.archive.fileobj.close()  # tarfile leaves a file it was handed open
+            if not self.saved and self.archive_path is not None:
+                self.archive_path.unlink(missing_ok=True)
