@@ -2,13 +2,14 @@
 # Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service, Slurm),
 # every package at the version requirements.lock pins (refresh it with scripts/lock.sh), so that a new
 # release of a dependency changes nothing here until the lock is refreshed. Idempotent: a second run only
-# checks. Needs Debian's libkrb5-dev for psana and hdf5-tools (HDF5 1.10's h5ls/h5dump, which the tests
-# use to check that written files open in older HDF5); installed when root.
+# checks. Needs Debian's libkrb5-dev for psana, hdf5-tools (HDF5 1.10's h5ls/h5dump, which the tests
+# use to check that written files open in older HDF5) and chromium (the browser tests/test_pages.py drives
+# through the playwright package; never `playwright install`); installed when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for package in libkrb5-dev hdf5-tools; do
+for package in libkrb5-dev hdf5-tools chromium; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,4 +25,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,mpi,psana,nats,service,slurm]' \
     2> >(grep -v '^WARNING: Location' >&2)   # this machine's pip.conf names find-links folders it may lack
-.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, sqlalchemy, psycopg, psij"
+.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, fastapi_offline, sqlalchemy, psycopg, psij, playwright"

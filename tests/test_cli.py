@@ -40,6 +40,30 @@ def test_spec_check_names_unknown_stage_options_and_allowed_ones(write_spec):
     assert "steps[0].size: required, not given" in result.stderr
 
 
+def test_spec_check_for_the_service_checks_a_spec_as_the_service_does(write_spec):
+    """A spec for the request service may leave out its sinks: the service replaces its stream sinks with one to the
+    stream's buffer and keeps the others."""
+    path = write_spec({"source": {"type": "simulated", "n_events": 4}, "steps": [{"type": "batch", "size": 2}]})
+    plain = run_cli("spec", "check", str(path))
+    assert plain.returncode == 1
+    assert ("sinks: required, not given (a spec for the request service may leave its sinks out: check it with "
+            "`beamstream spec check --for-service`)") in plain.stderr
+    for_service = run_cli("spec", "check", "--for-service", str(path))
+    assert for_service.returncode == 0, for_service.stderr
+    assert f"✓ {path}: simulated → batch → arrays → stream" in for_service.stderr
+    sinks = write_spec({"source": {"type": "simulated"}, "sinks": [{"type": "files", "dir": "out"},
+                                                                    {"type": "stream", "endpoint": "tcp://localhost"}]},
+                       name="sinks.yaml")
+    assert run_cli("spec", "check", str(sinks)).returncode == 1, "tcp://localhost has no port"
+    checked = json.loads(run_cli("spec", "check", "--for-service", "--json", str(sinks)).stdout)
+    assert checked == [{"file": str(sinks), "ok": True, "source": "simulated", "steps": [], "serializer": "arrays",
+                        "sinks": ["files", "stream"]}]
+    bad = write_spec({"source": {"type": "simulated", "n_events": 0}}, name="bad.yaml")
+    refused = run_cli("spec", "check", "--for-service", str(bad))
+    assert refused.returncode == 1 and "source.n_events: Input should be greater than or equal to 1" in refused.stderr
+    assert "sinks" not in refused.stderr
+
+
 def test_spec_check_reports_yaml_position(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("source: {type: simulated\nsteps: [\n")

@@ -17,7 +17,7 @@ import pytest
 
 from beamstream import Service
 from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamIncomplete, StreamTimeout
-from beamstream.remote import EventReader, ServerEvent, Stream
+from beamstream.remote import AmbiguousStreamId, EventReader, ServerEvent, Stream
 from beamstream.service.states import State
 from beamstream.service.store import JobStore
 from conftest import BEAMSTREAM, run_cli, start_cli, wait_until
@@ -84,6 +84,96 @@ def test_changes_come_as_they_happen_in_order_with_their_reasons(service, write_
     assert [change.state for change in stream.changes(after=1)] == [State.RUNNING, State.COMPLETED]
     assert (stream.view["name"], stream.view["experiment"], stream.view["run"]) == ("from-a-file", "xpp1", 7)
     assert stream.wait_until_running(timeout=5) is stream, "a stream that ran, then ended, has run"
+
+
+def test_each_change_carries_the_stream_as_it_was_then(service):
+    """Followed after the stream ended, each change still carries the stream in that change's state, with its history
+    up to that change; its endpoints only once it ran, its verdict only with its end."""
+    stream = service.request(WAVEFORMS)
+    assert sorted(event.seq for event in stream) == list(range(60))
+    changes = list(stream.changes())
+    states = [change.state for change in changes]
+    assert states == [State.QUEUED, State.STARTING, State.RUNNING, State.COMPLETED]
+    for change in changes:
+        view = change.view
+        assert view["state"] is change.state and view["updated"] == change.at
+        assert [past["state"] for past in view["history"]] == states[:change.index + 1]
+        assert view["history"][-1]["reason"] == change.reason
+        assert (view["endpoints"] is None) == (change.state in (State.QUEUED, State.STARTING))
+        assert (view["verdict"] is None) == (change.state is not State.COMPLETED)
+    assert stream.view == changes[-1].view and stream.view["state"] is stream.state is State.COMPLETED
+
+
+def test_a_stream_interrupted_inside_with_is_cancelled_unless_kept(service):
+    with pytest.raises(KeyboardInterrupt), service.request(ENDLESS) as stream:
+        for _ in stream:
+            raise KeyboardInterrupt  # Ctrl-C while the loop's body handles an event
+    assert service.stream(stream.id).state is State.CANCELLED
+    assert stream.state is State.CANCELLED and stream.view["history"][-1]["reason"] == "cancelled by local"
+    failing = service.request(ENDLESS)
+    with pytest.raises(ValueError, match="in the block"), failing:
+        raise ValueError("an error in the block")
+    assert service.stream(failing.id).state is State.CANCELLED
+    kept, also_kept = service.request(ENDLESS, keep=True), service.request(ENDLESS).keep()
+    left = service.request(ENDLESS)
+    with pytest.raises(KeyboardInterrupt), kept, also_kept:
+        raise KeyboardInterrupt
+    with left:
+        pass  # a block left without an exception leaves the stream as it is
+    assert not any(service.stream(one.id).state.final for one in (kept, also_kept, left))
+    for one in (kept, also_kept, left):
+        one.cancel()
+
+
+def test_ctrl_c_while_iterating_a_stream_outside_with_cancels_it(service_url, tmp_path):
+    script = tmp_path / "iterate.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        from beamstream import Service
+
+        stream = Service(sys.argv[1]).request(json.loads(sys.argv[2]))
+        print(stream.id, flush=True)
+        for event in stream:
+            pass
+    """))
+    process = subprocess.Popen(  # SIGINT as a terminal sends it, whatever this test's own disposition of it
+        [sys.executable, str(script), service_url, json.dumps(ENDLESS)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stream_id = process.stdout.readline().strip()
+    assert stream_id, process.communicate(timeout=60)[1]
+    wait_until(lambda: ((shown(service_url, stream_id)["figures"] or {}).get("groups", {}).get("default", {})
+                        .get("members")), "the script to read the stream", timeout=60, every=0.1)
+    process.send_signal(signal.SIGINT)  # the script is iterating: waiting for the next event, or in the empty body
+    _, said = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGINT and "KeyboardInterrupt" in said, said
+    final = shown(service_url, stream_id)
+    assert final["state"] == "cancelled" and final["history"][-1]["reason"] == "cancelled by local", said
+
+
+def test_a_stream_is_found_by_the_start_of_its_id_unless_several_start_so():
+    views = [{"id": stream_id, "state": "running", "name": name, "history": []}
+             for stream_id, name in (("abc1234500", "one"), ("abc1299900", "two"), ("ffff000000", None))]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/streams":
+            return httpx.Response(200, json={"items": views, "total": len(views)})
+        asked = request.url.path.removeprefix("/v1/streams/")
+        found = [view for view in views if view["id"] == asked]
+        if not found:
+            return httpx.Response(404, json={"detail": f"no stream {asked!r}"})
+        return httpx.Response(200, json=found[0])
+
+    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        assert service.find("ffff").id == "ffff000000" and service.find("abc12345").id == "abc1234500"
+        assert service.find("abc1299900").id == "abc1299900"
+        with pytest.raises(AmbiguousStreamId) as several:
+            service.find("abc12")
+        assert [stream.id for stream in several.value.candidates] == ["abc1234500", "abc1299900"]
+        assert str(several.value) == ("'abc12' is the start of the ids of 2 of your streams; give more of the id:\n"
+                                      "  abc1234500  running    one\n  abc1299900  running    two")
+        with pytest.raises(ServiceError, match="no stream 'zz', nor any whose id starts with 'zz' among yours") as none:
+            service.find("zz")
+        assert none.value.status == 404
 
 
 def test_a_reader_of_a_cancelled_stream_hears_its_end_from_the_buffer(service, store):
@@ -286,8 +376,9 @@ def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_sp
     url = service.url
     listed = run_cli("streams", "list", "--service", url, "--experiment", "xlist1")
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if stream.id in line)
-    assert all(word in row for word in ("endless", "local", "xlist1", "3", "running", "the buffer is listening"))
+    assert listed.stdout.splitlines()[0].strip() == f"streams of local at {url}"
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(stream.id[:8]))
+    assert all(word in row for word in ("endless", "xlist1/3", "running", "the buffer is listening"))
     as_json = json.loads(run_cli("streams", "list", "--service", url, "--state", "running", "--json").stdout)
     assert stream.id in [view["id"] for view in as_json] and {view["state"] for view in as_json} == {"running"}
     shown_text = run_cli("streams", "show", stream.id, "--service", url).stdout
@@ -304,6 +395,37 @@ def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_sp
     assert again.returncode == 1 and "(409 Conflict): stream" in again.stderr and "has already ended" in again.stderr
     unknown = run_cli("streams", "show", "nope", "--service", url)
     assert unknown.returncode == 1 and "(404 Not Found): no stream 'nope'" in unknown.stderr
+
+
+def test_streams_list_fits_80_columns_with_short_ids_that_every_command_takes(service):
+    name = "a stream whose name is longer than any column of a table eighty characters wide leaves room for"
+    streams = [service.request(ENDLESS, experiment="xnarrow1", run=12, name=name) for _ in range(2)]
+    streams.append(service.request(ENDLESS))
+    listing = start_cli("streams", "list", "--service", service.url, env_extra={"COLUMNS": "80"})
+    out, err = listing.communicate(timeout=60)
+    assert listing.returncode == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    title, header, *rows = out.rstrip("\n").splitlines()
+    assert title.strip() == f"streams of local at {service.url}"
+    assert header.split() == ["id", "name", "run", "state", "since", "reason"]
+    ids = [view["id"] for view in json.loads(run_cli("streams", "list", "--service", service.url, "--json").stdout)]
+    assert len(rows) == len(ids), f"not one line for each of {len(ids)} streams:\n{out}"
+    rows_by_id = {whole: [row for row in rows if whole.startswith(row.split()[0])] for whole in ids}
+    assert all(len(found) == 1 for found in rows_by_id.values()), f"an id is not shown, or shared:\n{out}"
+    for stream in streams:
+        row = rows_by_id[stream.id][0]
+        prefix = row.split()[0]
+        assert len(prefix) >= 8 and {state.value for state in State} & set(row.split()), row
+        assert ("a stream whose" in row and "xnarrow1/12" in row) == (stream.view["experiment"] is not None), row
+        shown_text = run_cli("streams", "show", prefix, "--service", service.url)
+        assert shown_text.returncode == 0 and f"stream {stream.id} (" in shown_text.stdout, shown_text.stderr
+        credentials = run_cli("streams", "credentials", prefix, "--json", "--service", service.url).stdout
+        assert json.loads(credentials) == stream.credentials()
+        cancelled = run_cli("streams", "cancel", prefix, "--service", service.url)
+        assert cancelled.returncode == 0 and f"stream {stream.id} cancelled: cancelled by local" in cancelled.stderr
+    unknown = run_cli("streams", "logs", "zz", "--service", service.url)
+    assert unknown.returncode == 1
+    assert "no stream 'zz', nor any whose id starts with 'zz' among yours" in unknown.stderr, unknown.stderr
 
 
 def test_beamstream_demo_with_a_service_without_tls_completes():

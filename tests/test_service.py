@@ -156,6 +156,49 @@ def test_the_api_refuses_bad_requests_clearly(api):
 
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_request_by_experiment_and_run_needs_no_spec(database_url, tmp_path):
+    run = tmp_path / "hdf5" / "p002345" / "r0003"
+    run.mkdir(parents=True)
+    with h5py.File(run / "frames.h5", "w") as h5:
+        h5["entry_1/data_1/data"] = np.zeros((4, 2, 2), dtype="<u2")
+    settings = ServiceSettings(database_url=database_url, state_dir=tmp_path / "state", default_owner="alice",
+                               hdf5_pattern=str(tmp_path / "hdf5" / "{experiment}" / "r{run:04d}" / "*.h5"))
+    app = create_app(settings)
+    try:
+        with TestClient(app) as api:
+            created = api.post("/v1/streams", json={"experiment": "p002345", "run": 3})
+            assert created.status_code == 201, created.text
+            source = app.state.store.get(created.json()["id"]).spec["source"]
+            assert (source["type"], source["files"]) == ("hdf5", [str(run / "frames.h5")])
+            nothing = api.post("/v1/streams", json={"experiment": "p002345"})
+            assert nothing.status_code == 422 and "source: required, not given" in nothing.json()["detail"]
+    finally:
+        app.state.store.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_each_event_carries_the_stream_as_it_was_at_its_change(api):
+    """Sent after the stream ended, each event still carries the stream in its change's state, with its history up
+    to that change; its endpoints once it ran, its verdict only with its end."""
+    stream_id = api.post("/v1/streams", json={"spec": SPEC}).json()["id"]
+    store = api.app.state.store
+    store.change_state(stream_id, State.STARTING, "jobs submitted")
+    store.change_state(stream_id, State.RUNNING, "buffer listening", endpoints={"consumers": "tcp://node1:5556"})
+    store.change_state(stream_id, State.COMPLETED, "every group drained", verdict={"complete": True})
+    states = ["queued", "starting", "running", "completed"]
+    events = sse_events(api.get(f"/v1/streams/{stream_id}/events"))
+    assert [event["data"]["state"] for event in events] == states
+    for number, event in enumerate(events):
+        stream = event["data"]["stream"]
+        assert stream["state"] == states[number] and stream["updated"] == event["data"]["at"]
+        assert [change["state"] for change in stream["history"]] == states[:number + 1]
+        assert stream["endpoints"] == (None if number < 2 else {"consumers": "tcp://node1:5556"})
+        assert stream["verdict"] == (None if number < 3 else {"complete": True})
+    again = sse_events(api.get(f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": "1"}))
+    assert [len(event["data"]["stream"]["history"]) for event in again] == [3, 4]
+
+
 def test_the_service_killed_with_sigkill_and_restarted_keeps_every_stream(database_url, tmp_path):
     """Every stream's history before the kill is still the start of its history after the restart."""
     process, url = start_service(database_url, tmp_path / "state", drain_grace_s="2")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 
 import httpx
 import pytest
@@ -13,13 +16,15 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from beamstream.client import Client
-from beamstream.errors import OptionError, ServiceError
+from beamstream.client.transports.relay import tls_refusal
+from beamstream.errors import OptionError, ServiceError, TransportError
 from beamstream.remote import Service
 from beamstream.security import ca
 from beamstream.service.api import create_app
 from beamstream.service.settings import ServiceSettings
-from conftest import start_cli
-from servicekit import make_pki, tls_service, tls_settings
+from beamstream.service.tls import Refusals
+from conftest import start_cli, wait_until
+from servicekit import end_jobs_under, make_pki, run_service, tls_settings
 
 SPEC = {"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
                    "detectors": [{"kind": "waveform", "samples": 256}]}}
@@ -31,10 +36,27 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(pki, tmp_path_factory):
-    """A service with mutual TLS: its URL (https://127.0.0.1:PORT); stopped and its jobs ended afterwards."""
-    with tls_service(tmp_path_factory.mktemp("service"), pki, drain_grace_s="30") as url:
-        yield url
+def served(pki, tmp_path_factory):
+    """A service with mutual TLS: its process (its log lines in ``log``) and its URL (https://127.0.0.1:PORT);
+    stopped and its jobs ended afterwards."""
+    folder = tmp_path_factory.mktemp("service")
+    process, url = run_service(folder, **tls_settings(pki), drain_grace_s="30")
+    try:
+        yield process, url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        end_jobs_under(folder)
+
+
+@pytest.fixture(scope="module")
+def service(served):
+    return served[1]
+
+
+def logs(process, text: str) -> None:
+    """Wait until the service ``process`` has logged ``text`` (in its log, with its lines joined by spaces)."""
+    wait_until(lambda: text in " ".join("".join(process.log).split()), f"the service to log {text!r}", timeout=30)
 
 
 def as_user(url: str, pki, who) -> Service:
@@ -106,31 +128,163 @@ def test_without_tls_a_service_bound_beyond_this_machine_warns_loudly(tmp_path):
     assert "WITHOUT TLS" in " ".join("".join(lines).split())
 
 
-def test_refused_without_a_client_certificate(service, pki):
-    assert refusal(service, pki).status is None  # the handshake fails: no HTTP answer at all
+def test_refused_without_a_client_certificate_both_sides_say_so(served, pki):
+    process, url = served
+    refused = refusal(url, pki)
+    assert refused.status is None  # the handshake fails: no HTTP answer at all
+    assert str(refused) == (f"TLS with the service at {url} failed: the service wants a client certificate and we "
+                            "presented none (TLS alert 'certificate required'): give your certificate and key "
+                            "(cert= and key=, or cert: and key: in the profile)")
+    logs(process, "refused a TLS connection from 127.0.0.1: it presented no client certificate")
 
 
-def test_refused_with_a_certificate_from_another_ca(service, pki):
-    assert refusal(service, pki, pki.stranger).status is None
+def test_refused_with_a_certificate_from_another_ca_both_sides_say_so(served, pki):
+    process, url = served
+    refused = refusal(url, pki, pki.stranger)
+    assert refused.status is None
+    assert f"the service refused our certificate {pki.stranger.certificate}: it is not signed by the CA the " \
+           "service trusts" in str(refused) and "'unknown ca'" in str(refused)
+    logs(process, "refused a TLS connection from 127.0.0.1: its certificate is not signed by the CA in tls_ca")
 
 
-def test_refused_with_an_expired_certificate(service, pki):
-    assert refusal(service, pki, pki.expired).status is None
+def test_refused_with_an_expired_certificate_both_sides_say_so(served, pki):
+    process, url = served
+    refused = refusal(url, pki, pki.expired)
+    assert refused.status is None
+    assert f"the service refused our certificate {pki.expired.certificate}: it has expired" in str(refused)
+    logs(process, "refused a TLS connection from 127.0.0.1: its certificate has expired")
 
 
-def test_refused_over_plain_http(service, pki):
-    with pytest.raises(httpx.TransportError):
-        httpx.get(service.replace("https://", "http://") + "/v1/streams", timeout=10)
+def test_a_service_whose_certificate_is_not_signed_by_our_ca_is_refused_by_us_naming_the_ca_file(served, pki):
+    process, url = served
+    other_ca = pki.dir.parent / "other" / "ca.crt"
+    with Service(url, cert=pki.alice.certificate, key=pki.alice.key, ca=other_ca) as user:
+        with pytest.raises(ServiceError) as refused:
+            user.streams()
+    assert refused.value.status is None
+    assert f"the service's certificate is not signed by the CA in {other_ca}" in str(refused.value)
+    logs(process, "refused a TLS connection from 127.0.0.1: it refused the service's certificate or the "
+                  "connection: it sent the TLS alert 'unknown ca'")
 
 
-def test_a_certificate_revoked_while_the_service_runs_is_refused_on_its_next_connection(service, pki):
+def test_plain_http_to_the_https_port_is_answered_use_https(served, pki):
+    process, url = served
+    with Service(url.replace("https://", "http://")) as user:
+        with pytest.raises(ServiceError) as refused:
+            user.streams()
+    assert refused.value.status == 400
+    assert "http:// to an https:// service: use https:// with the same host and port" in str(refused.value)
+    logs(process, "refused a TLS connection from 127.0.0.1: it spoke plain HTTP to the HTTPS port")
+    with pytest.raises(TransportError, match="answered HTTP 400 instead of a WebSocket: http:// to an https:// "
+                                             "service: use https://"):
+        Client(f"{url.replace('https://', 'http://')}/v1/streams/0123abcd", group="g")  # the relay
+
+
+def test_a_client_without_tls_1_3_is_told_by_an_alert(served, pki):
+    process, url = served
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(pki.alice.certificate, pki.alice.key)
+    with pytest.raises(httpx.TransportError) as failed:
+        httpx.get(f"{url}/healthz", verify=context, timeout=30)
+    assert tls_refusal(failed.value, None) == "the service refused the TLS connection (TLS alert 'protocol version')"
+    logs(process, "refused a TLS connection from 127.0.0.1: it does not speak TLS 1.3")
+
+
+def test_https_to_a_plain_http_service_says_it_does_not_speak_tls(pki):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_in_plain_http() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        answering = threading.Thread(target=answer_in_plain_http)
+        answering.start()
+        with Service(f"https://127.0.0.1:{server.getsockname()[1]}", ca=pki.ca) as user:
+            with pytest.raises(ServiceError, match="https:// to a service that does not speak TLS"):
+                user.streams()
+        answering.join(timeout=30)
+
+
+def test_a_certificate_revoked_while_the_service_runs_is_refused_on_its_next_connection(served, pki):
+    process, url = served
     bob = ca.issue(pki.dir, user="bob")
-    with as_user(service, pki, bob) as user:
+    with as_user(url, pki, bob) as user:
         assert user.streams() == []
     ca.revoke(pki.dir, user="bob")
-    assert refusal(service, pki, bob).status is None
-    with as_user(service, pki, pki.alice) as user:  # the others are still let in
+    refused = refusal(url, pki, bob)
+    assert refused.status is None
+    assert f"the service refused our certificate {bob.certificate}: it is revoked" in str(refused)
+    logs(process, "refused a TLS connection from 127.0.0.1: its certificate is revoked (tls_crl)")
+    with pytest.raises(TransportError, match=f"refused our certificate {bob.certificate}: it is revoked"):
+        Client(f"{url}/v1/streams/0123abcd", group="g", tls=(bob.certificate, bob.key, pki.ca))  # the relay
+    with as_user(url, pki, pki.alice) as user:  # the others are still let in
         user.streams()
+
+
+def test_a_refused_handshake_is_logged_once_per_reason_and_address_a_minute(caplog):
+    now = [0.0]
+    refusals = Refusals(every_s=60.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="beamstream.service.tls"):
+        assert refusals.report("10.0.0.7", "its certificate has expired")
+        now[0] = 30.0
+        assert not refusals.report("10.0.0.7", "its certificate has expired")
+        assert not refusals.report("10.0.0.7", "its certificate has expired")
+        assert refusals.report("10.0.0.8", "its certificate has expired")  # another address
+        assert refusals.report("10.0.0.7", "it presented no client certificate")  # another reason
+        now[0] = 60.0
+        assert refusals.report("10.0.0.7", "its certificate has expired")
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused a TLS connection from 10.0.0.7: its certificate has expired",
+        "refused a TLS connection from 10.0.0.8: its certificate has expired",
+        "refused a TLS connection from 10.0.0.7: it presented no client certificate",
+        "refused a TLS connection from 10.0.0.7: its certificate has expired (2 more since, not logged)"]
+
+
+def test_refusals_remember_a_bounded_number_of_peers():
+    now = [0.0]
+    refusals = Refusals(clock=lambda: now[0], most=2)
+    assert refusals.report("10.0.0.1", "r") and refusals.report("10.0.0.2", "r") and refusals.report("10.0.0.3", "r")
+    assert refusals.report("10.0.0.1", "r")  # forgotten, the oldest: logged again within the minute
+    assert not refusals.report("10.0.0.3", "r")
+
+
+def start_failure(tmp_path, pki, **changed: str) -> tuple[int, str]:
+    """The exit code and standard error of ``beamstream service`` with ``pki``'s TLS settings, ``changed``."""
+    settings = {**tls_settings(pki), **changed}
+    process = start_cli("service", "--port", "0", "--state-dir", str(tmp_path / "state"), "--database-url",
+                        f"sqlite:///{tmp_path / 'db'}",
+                        env_extra={f"BEAMSTREAM_SERVICE_{name.upper()}": value for name, value in settings.items()})
+    code, err = finished(process)
+    return code, " ".join(err.split())
+
+
+def test_the_service_refuses_to_start_with_a_key_that_is_not_its_certificates(tmp_path, pki):
+    code, err = start_failure(tmp_path, pki, tls_key=str(pki.alice.key))
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot serve HTTPS: tls_key {pki.alice.key} is not the key of tls_cert {pki.service.certificate}" in err
+    code, err = start_failure(tmp_path, pki, tls_jobs_key=str(pki.alice.key))
+    assert code == 2 and "Traceback" not in err
+    assert f"tls_jobs_key {pki.alice.key} is not the key of tls_jobs_cert {pki.jobs.certificate}" in err
+
+
+def test_the_service_refuses_to_start_with_a_tls_file_it_cannot_read(tmp_path, pki):
+    missing = tmp_path / "missing.crt"
+    for setting in ("tls_cert", "tls_key", "tls_ca", "tls_crl"):
+        code, err = start_failure(tmp_path, pki, **{setting: str(missing)})
+        assert code == 2 and "Traceback" not in err
+        assert f"cannot serve HTTPS: {setting} {missing}: No such file or directory" in err, err
+    code, err = start_failure(tmp_path, pki, tls_cert=str(pki.service.key))
+    assert code == 2 and f"tls_cert {pki.service.key} holds no PEM certificate" in err
+
+
+def test_client_tls_files_that_cannot_be_used_are_refused_naming_them(pki, tmp_path):
+    with pytest.raises(OptionError, match=f"the key {pki.jobs.key} is not the key of the certificate "
+                                          f"{pki.alice.certificate}"):
+        Service("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.jobs.key, ca=pki.ca)
+    with pytest.raises(OptionError, match=f"the CA certificate {tmp_path / 'no.crt'} cannot be used: No such file"):
+        Service("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.alice.key, ca=tmp_path / "no.crt")
 
 
 def test_the_owner_end_to_end_over_https_and_wss_identity_from_the_certificate(service, pki):

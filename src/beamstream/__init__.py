@@ -3,15 +3,18 @@
 from typing import Any
 
 from beamstream.client import Client, Event, Message, StreamReport
-from beamstream.errors import BeamstreamError
+from beamstream.errors import BeamstreamError, ServiceError
+from beamstream.service.states import State
 
-__all__ = ["BeamstreamError", "Client", "Event", "Message", "Service", "StreamReport"]
+__all__ = ["BeamstreamError", "Client", "Event", "Message", "Service", "ServiceError", "State", "Stream",
+           "StreamReport"]
 
 
 def __getattr__(name: str) -> Any:
-    """``Service`` (:mod:`beamstream.remote`), imported on first use: httpx stays out of the CLI's start-up."""
-    if name == "Service":
-        from beamstream.remote import Service
+    """``Service`` and ``Stream`` (:mod:`beamstream.remote`), imported on first use: httpx stays out of the CLI's
+    start-up."""
+    if name in ("Service", "Stream"):
+        import beamstream.remote
 
-        return Service
+        return getattr(beamstream.remote, name)
     raise AttributeError(f"module 'beamstream' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from enum import Enum
@@ -78,6 +79,10 @@ def configure_logging(level: str) -> None:
 def spec_check(
     files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON result per file on standard output")] = False,
+    for_service: Annotated[bool, typer.Option(
+        "--for-service", help="check specs to send to a request service (beamstream request), as it does: their "
+                              "sinks may be left out, as it replaces their stream sinks with one to the stream's "
+                              "buffer")] = False,
 ) -> None:
     """Validate spec files; print every problem with its location."""
     from beamstream.spec import load_spec
@@ -85,7 +90,7 @@ def spec_check(
     results = []
     for path in files:
         try:
-            spec = load_spec(path)
+            spec = load_spec(path, for_service=for_service)
         except BeamstreamError as exc:
             results.append({"file": str(path), "ok": False, "problems": str(exc)})
             if not as_json:
@@ -143,7 +148,10 @@ def produce(
         "--key-file", metavar="FILE", help="seal every message with the stream key in FILE (readable by its owner "
                                            "only); consumers then need the same key")] = None,
 ) -> None:
-    """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank."""
+    """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank.
+
+    Ctrl-C stops the local workers (each ends its share with an aborted end message) and exits 130.
+    """
     from beamstream.display import ProducerProgress, workers_table
     from beamstream.errors import OptionError
     from beamstream.producer import abort_on_signals, launcher_rank, run_local, run_mpi, run_worker
@@ -180,6 +188,11 @@ def produce(
     seconds = result.seconds
     console.print(f"{result.events:,} events, {result.bytes / 1e9:.3f} GB in {seconds:.2f} s: "
                   f"{result.events / seconds:,.0f} events/s, {result.bytes / 1e9 / seconds:.3f} GB/s", highlight=False)
+    if result.stopped_by is signal.SIGINT:  # Ctrl-C: every worker was told to stop; each says how it ended
+        for rank, reason in sorted(result.errors.items()):
+            console.print(f"worker {rank}: {reason}", highlight=False)
+        console.print("interrupted", highlight=False)
+        raise typer.Exit(130)
     for rank, reason in sorted(result.errors.items()):
         console.print(f"[red]worker {rank} failed:[/] {reason}", highlight=False)
     if result.errors:
@@ -418,19 +431,25 @@ def demo(
     tls: Annotated[bool, typer.Option(help="with --service: mutual TLS, on a CA and certificates the demo makes "
                                            "for itself (--no-tls: plain HTTP)")] = True,
 ) -> None:
-    """Stream simulated detector images end to end on this machine and print the rates; exit 1 unless complete."""
+    """Stream simulated detector images end to end on this machine and print the rates; exit 1 unless complete.
+
+    Ctrl-C stops what the demo started (producers; with --service its stream, the service and its jobs) and exits 130.
+    """
     from beamstream.demo import run_demo, run_service_demo
 
-    if service:
-        outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
-                                              serializer=serializer, batch=batch, tls=tls)
-        console.print(outcome, highlight=False)
-        if not completed:
-            raise typer.Exit(1)
-        return
-    outcome = run_demo(workers=workers, events=events or 2000, shape=shape or (1024, 1024), serializer=serializer,
-                       batch=batch)
+    try:
+        if service:
+            outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
+                                                  serializer=serializer, batch=batch, tls=tls)
+        else:
+            outcome, completed = run_demo(workers=workers, events=events or 2000, shape=shape or (1024, 1024),
+                                          serializer=serializer, batch=batch), True
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
     console.print(outcome, highlight=False)
+    if not completed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -498,10 +517,9 @@ def service(
 
 def _service_tls(settings: ServiceSettings) -> dict[str, object]:
     """The uvicorn options that serve ``settings``' mutual TLS (none without it: then a loud warning if the
-    service is bound beyond this machine); exits with the reason if a TLS file cannot be used."""
-    import ssl
-
-    from beamstream.service.tls import ServerTLS, client_certificate_usable, loopback, uvicorn_options
+    service is bound beyond this machine); exits 2 with one line naming the setting and the file if a TLS file
+    cannot be used (missing, unreadable, not PEM, a key that is not its certificate's)."""
+    from beamstream.service.tls import ServerTLS, TLSFileError, client_certificate_usable, loopback, uvicorn_options
 
     if not settings.tls:
         if not loopback(settings.host):
@@ -513,10 +531,11 @@ def _service_tls(settings: ServiceSettings) -> dict[str, object]:
     try:
         tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_crl,
                         client_cert=settings.tls_client_cert)
-    except (ssl.SSLError, OSError) as exc:
+    except TLSFileError as exc:
         fail(f"cannot serve HTTPS: {exc}", code=2)
-    jobs_cert, _ = settings.jobs_certificate
-    if (why := client_certificate_usable(jobs_cert)) is not None:
+    jobs_cert, jobs_key = settings.jobs_certificate
+    names = ("tls_jobs_cert", "tls_jobs_key") if settings.tls_jobs_cert is not None else ("tls_cert", "tls_key")
+    if (why := client_certificate_usable((names[0], jobs_cert), (names[1], jobs_key))) is not None:
         fail(f"the service's jobs cannot call it back: {why}; give them a client certificate from the CA "
              "(`beamstream ca issue DIR --user beamstream-jobs`) as tls_jobs_cert and tls_jobs_key", code=2)
     if settings.tls_crl is None:

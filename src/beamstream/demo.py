@@ -7,6 +7,7 @@ mutual TLS, on a CA and certificates the demo makes for itself.
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import os
 import re
@@ -20,15 +21,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from beamstream.accounting import StreamReport
 from beamstream.client import Client
+from beamstream.display import ConsumerProgress, console
 from beamstream.errors import ServiceError
-from beamstream.producer import RunResult, run_local
+from beamstream.producer import RunResult, run_local, sigint_held
 from beamstream.spec import parse_spec
 
+if TYPE_CHECKING:
+    from beamstream.service.store import JobStore
+
 SERVICE_START_S = 60.0  # for the demo's service to say where it listens
+JOBS_END_S = 30.0  # for the demo's service's jobs to end once stopped (its jobrun kills one 30 s after stopping it)
+PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
+_PRCTL = getattr(ctypes.CDLL(None), "prctl", None)
 
 
 def demo_spec_data(events: int, shape: tuple[int, int], serializer: str, batch: int) -> dict[str, Any]:
@@ -49,24 +57,50 @@ def demo_spec(endpoint: str, events: int, shape: tuple[int, int], serializer: st
 
 
 def run_demo(workers: int, events: int, shape: tuple[int, int], serializer: str, batch: int) -> str:
-    """Stream ``events`` images through ``workers`` producers to one client; return a summary of the rates."""
+    """Stream ``events`` images through ``workers`` producers to one client, showing its progress; return a summary
+    of the rates. On Ctrl-C (KeyboardInterrupt, raised again) the producers are stopped: none outlives this call."""
     with tempfile.TemporaryDirectory(prefix="beamstream-demo-") as folder:
         endpoint = f"ipc://{Path(folder) / 'stream'}"
         spec = demo_spec(endpoint, events, shape, serializer, batch)
-        outcome: dict[str, RunResult] = {}
-        with Client(endpoint, bind=True, timeout=60.0) as client:
-            producers = threading.Thread(target=lambda: outcome.setdefault("run", run_local(spec, workers)))
-            producers.start()
-            first = None
-            for _ in client.messages():
-                first = first or time.perf_counter()
-            seconds = time.perf_counter() - first
-            producers.join()
-            report = client.report
+        with Client(endpoint, bind=True, timeout=60.0) as client, _producers(spec, workers) as outcome:
+            seconds = _read(client)
+        report = client.report
     result = outcome["run"]
     if not result.ok:
         return f"producers failed: {result.errors}"
     return f"{report.summary()}\n{_rates(report, seconds, workers, shape, serializer, batch)}"
+
+
+@contextmanager
+def _producers(spec: Any, workers: int) -> Iterator[dict[str, RunResult]]:
+    """``spec``'s producers (:func:`~beamstream.producer.run_local`) on a thread while the block runs; the
+    ``"run"`` of what it yields is their RunResult once the block is left. Leaving the block waits for them; leaving
+    it with an exception (Ctrl-C, or the client gave up: nothing reads any more) stops them first, so none outlives
+    it. The thread blocks SIGINT (and so do the workers while they start): Ctrl-C lands in the main thread."""
+    stop = threading.Event()
+    outcome: dict[str, RunResult] = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("run", run_local(spec, workers, stop=stop,
+                                                                                 poll_interval=0.1)),
+                              name="beamstream-demo-producers")
+    try:
+        with sigint_held():  # the thread keeps the mask it starts with; a Ctrl-C meanwhile is raised after
+            thread.start()
+        yield outcome
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        thread.join()
+
+
+def _read(client: Client) -> float:
+    """Read ``client``'s stream to its end, showing its progress; the seconds from its first message to its end."""
+    first = None
+    with ConsumerProgress() as progress:
+        for _ in client.messages():
+            first = first or time.perf_counter()
+            progress.update(client.report)
+    return time.perf_counter() - first
 
 
 def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializer: str,
@@ -79,30 +113,30 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
     their certificate, and read through the service's relay (wss), so every byte crosses TLS. Without,
     plain HTTP, and the stream is read from its buffer.
 
-    Returns the outcome (the account, the rates, the stream's final state and its reason, how it was
-    secured) and whether the stream completed. StreamIncomplete if the events did not all arrive.
+    It says what it does as it goes, and shows the reading's progress. Returns the outcome (the account, the rates,
+    the stream's final state and its reason, how it was secured) and whether the stream completed.
+    StreamIncomplete if the events did not all arrive. On Ctrl-C (KeyboardInterrupt, raised again) the stream is
+    cancelled, its jobs and the service stopped (:func:`demo_service`): nothing the demo started outlives it.
     """
     from beamstream.remote import Service
     from beamstream.service.states import State
 
     with tempfile.TemporaryDirectory(prefix="beamstream-demo-", ignore_cleanup_errors=True) as folder:
+        if tls:
+            _say("making a CA and certificates for the demo…")
         credentials = demo_credentials(Path(folder) / "ca") if tls else None
         client_tls = {} if credentials is None else credentials.client
+        _say("starting a request service…")
         with (demo_service(Path(folder), credentials) as url, Service(url, **client_tls) as service):
+            _say(f"request service at {url}: asking it for {events:,} images from {workers} producers…")
             stream = service.request(demo_spec_data(events, shape, serializer, batch), resources={"workers": workers})
-            first = None
-            if credentials is None:
-                for _ in stream:
-                    first = first or time.perf_counter()
-            else:
-                stream.wait_until_running()
-                with stream.client(relay=True) as client:
-                    try:
-                        for _ in client.events():
-                            first = first or time.perf_counter()
-                    finally:
-                        stream.report = client.report
-            seconds = time.perf_counter() - first
+            stream.wait_until_running()
+            _say(f"stream {stream.id} running: reading it {'through the relay' if credentials else 'from its buffer'}…")
+            with stream.client(relay=credentials is not None) as client:
+                try:
+                    seconds = _read(client)
+                finally:
+                    stream.report = client.report
             *_, final = stream.changes()
     rates = _rates(stream.report, seconds, workers, shape, serializer, batch)
     completed = final.state is State.COMPLETED
@@ -156,12 +190,13 @@ def demo_credentials(directory: Path) -> DemoCredentials:
 def demo_service(folder: Path, credentials: DemoCredentials | None = None) -> Iterator[str]:
     """``beamstream service`` on a free port with its job store and state in ``folder`` and local jobs; its URL.
 
-    With ``credentials``, with their TLS settings (an https:// URL). On leaving, its streams that have not
-    ended are cancelled (their jobs would outlive it), then it is stopped (SIGTERM). ServiceError, with its
-    output, if it does not listen within SERVICE_START_S.
+    With ``credentials``, with their TLS settings (an https:// URL). The service runs in a process group of its
+    own, so that Ctrl-C on the terminal reaches the demo, which stops the service, and not the service, which
+    would end before the demo's stream was cancelled; it is sent SIGTERM should the demo die (Linux). On leaving,
+    its streams that have not ended are cancelled and their jobs stopped (:func:`_end_streams`), then it is
+    stopped (SIGTERM), Ctrl-C ignored meanwhile so that nothing is left running. ServiceError, with its output, if
+    it does not listen within SERVICE_START_S.
     """
-    from beamstream.remote import Service
-
     log = folder / "service.log"
     environment = {**os.environ, "BEAMSTREAM_SERVICE_EXECUTOR": "local", "BEAMSTREAM_SERVICE_EXECUTORS": '["local"]',
                    "BEAMSTREAM_SERVICE_DRAIN_GRACE_S": "10", **(credentials.settings if credentials else {})}
@@ -169,29 +204,104 @@ def demo_service(folder: Path, credentials: DemoCredentials | None = None) -> It
         process = subprocess.Popen([sys.executable, "-m", "beamstream.cli", "service", "--host", "127.0.0.1",
                                     "--port", "0", "--database-url", f"sqlite:///{folder / 'service.db'}",
                                     "--state-dir", str(folder / "state")],
-                                   stdout=output, stderr=subprocess.STDOUT, env=environment)
+                                   stdout=output, stderr=subprocess.STDOUT, env=environment, process_group=0,
+                                   preexec_fn=_terminated_with_the_demo)
+    store = None
     try:
-        deadline = time.monotonic() + SERVICE_START_S
-        while not (found := re.search(r"service: (https?://\S+)", log.read_text(errors="replace"))):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError(f"the demo's service did not start (exit code {process.poll()}):\n"
-                                   f"{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.05)
-        url = found.group(1)
-        try:
-            yield url
-        finally:
-            with Service(url, **(credentials.client if credentials else {})) as service:
-                for stream in service.streams():
-                    if not stream.state.final:
-                        _cancel(stream)
+        url = _listening(process, log)
+        store = _job_store(folder)
+        yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with _sigint_ignored():
+            try:
+                if store is not None:
+                    _end_streams(store, url, credentials)
+            finally:
+                _stop(process)
+
+
+def _terminated_with_the_demo() -> None:
+    """The demo's service's ``preexec_fn``: SIGTERM when the demo dies (Linux; ``prctl`` was looked up before the
+    fork, as nothing else may be between fork and exec)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _listening(process: subprocess.Popen, log: Path) -> str:
+    """The URL the service ``process`` says (in ``log``) it listens at; ServiceError, with its output, if it ends
+    or says nothing within SERVICE_START_S."""
+    deadline = time.monotonic() + SERVICE_START_S
+    while not (found := re.search(r"service: (https?://\S+)", log.read_text(errors="replace"))):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise ServiceError(f"the demo's service did not start (exit code {process.poll()}):\n"
+                               f"{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return found.group(1)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) is ignored (in the main thread, where it is handled; elsewhere nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _job_store(folder: Path) -> JobStore:
+    """The job store of the demo's service (its job store in ``folder``), to find its jobs in; opened while the
+    service starts, so that a Ctrl-C does not wait for its modules to be imported."""
+    from sqlalchemy import create_engine
+
+    from beamstream.service.store import JobStore
+
+    return JobStore(create_engine(f"sqlite:///{folder / 'service.db'}"))
+
+
+def _end_streams(store: JobStore, url: str, credentials: DemoCredentials | None) -> None:
+    """Cancel the streams of the demo's service (at ``url``, its jobs in ``store``) that have not ended and stop
+    their jobs at once; then wait until none of its jobs runs (:data:`JOBS_END_S` at most), and close ``store``.
+
+    The demo stops the jobs itself (SIGTERM, through the service's local executor): the service keeps a cancelled
+    stream's buffer a few seconds for its readers, and the demo, its only reader, is gone. A producers job the
+    service stopped already so gets its second SIGTERM, which kills its workers at once: their aborted end messages
+    have nobody to go to."""
+    from beamstream.remote import Service
+    from beamstream.service.executors import JobRequest, JobState, LocalExecutor
+
+    executor = LocalExecutor()
+    try:
+        with Service(url, **(credentials.client if credentials else {})) as service:
+            streams = service.streams()
+            for stream in streams:
+                if not stream.state.final:
+                    _cancel(stream)
+                    for job in store.jobs(stream.id).values():
+                        executor.cancel(job.native_id)
+
+        def running() -> bool:
+            return any(executor.status(job.native_id, JobRequest(job.role, [], Path(job.directory))).state
+                       is JobState.RUNNING for stream in streams for job in store.jobs(stream.id).values())
+
+        deadline = time.monotonic() + JOBS_END_S
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop the service ``process`` (SIGTERM; SIGKILL if it is still running 30 s later) and wait for it."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _cancel(stream: Any) -> None:
@@ -201,6 +311,11 @@ def _cancel(stream: Any) -> None:
     except ServiceError as exc:
         if exc.status != 409:
             raise
+
+
+def _say(line: str) -> None:
+    """Tell the user what the demo is doing."""
+    console.print(line, highlight=False)
 
 
 def _rates(report: StreamReport, seconds: float, workers: int, shape: tuple[int, int], serializer: str,

@@ -1,16 +1,21 @@
-"""Progress and summaries for the terminal: a live rich table on a TTY, plain log lines otherwise."""
+"""Progress and summaries for the terminal: a live rich table on a TTY, plain log lines otherwise; tables
+fitted to the terminal's width (:func:`fitted_table`), and ids shortened as git shortens them (:func:`short_ids`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from beamstream.client import Client
@@ -40,6 +45,76 @@ def workers_table(workers: Sequence[Any], title: str) -> Table:
         table.add_row(str(worker.rank), f"{worker.events:,}", f"{worker.messages:,}", f"{worker.bytes / 1e6:,.1f}",
                       f"{rate(worker.events, seconds):,.0f}", f"{rate(worker.bytes / 1e6, seconds):,.1f}", worker.status)
     return table
+
+
+SHORT_ID = 8  # the fewest characters of a shortened id
+GAP = 2  # cells between two columns of a fitted table: the padding on either side of each
+
+
+def short_ids(ids: Sequence[str], least: int = SHORT_ID) -> dict[str, str]:
+    """Each of ``ids`` shortened as git shortens object names: to its shortest prefix, of at least ``least``
+    characters, that starts no other of ``ids`` (the whole id where there is none)."""
+    ordered = sorted(set(ids))
+    shared = [0] * len(ordered)  # the most characters each shares with another: with a neighbour, once sorted
+    for number in range(1, len(ordered)):
+        common = len(os.path.commonprefix(ordered[number - 1:number + 1]))
+        shared[number - 1] = max(shared[number - 1], common)
+        shared[number] = common
+    return {name: name[:max(least, common + 1)] for name, common in zip(ordered, shared)}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of a :func:`fitted_table`: its ``header``, and ``least``, the fewest cells its texts may be cut to
+    (a cut text ends with "…"), or None for one whose texts are always shown whole."""
+
+    header: str
+    least: int | None = None
+
+
+def fitted_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
+                 title: str | None = None) -> Table:
+    """A table of ``rows`` (a text for each of ``columns``, shown as it is, markup included), one line each,
+    at most ``width`` cells wide where its columns that may not be cut allow it (:func:`column_widths`)."""
+    widths = column_widths(columns, rows, width)
+    table = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    for number, cells in widths.items():
+        table.add_column(columns[number].header, width=cells, no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(Text(row[number]) for number in widths))
+    return table
+
+
+def column_widths(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> dict[int, int]:
+    """The columns to show, by position, each with its width in cells: that of its widest text (header included);
+    then, while the columns and the :data:`GAP` between each two are wider than ``width``, the widest column that
+    may be cut one cell narrower, down to its ``least``; if that is not enough, the rightmost column that may be
+    cut is left out and the others are fitted again. Columns that may not be cut are always shown whole."""
+    widest = [max(cell_len(text) for text in (column.header, *(row[number] for row in rows)))
+              for number, column in enumerate(columns)]
+    shown = list(range(len(columns)))
+    while True:
+        widths = _cut({number: widest[number] for number in shown}, columns, width)
+        cuttable = [number for number in shown if columns[number].least is not None]
+        if _table_width(widths) <= width or not cuttable:
+            return widths
+        shown.remove(cuttable[-1])
+
+
+def _cut(widths: dict[int, int], columns: Sequence[Column], width: int) -> dict[int, int]:
+    """``widths`` with the widest column that may be cut one cell narrower, again and again, until the table is
+    ``width`` cells wide or no column may be cut any more."""
+    for _ in range(_table_width(widths) - width):
+        cuttable = [number for number in widths if columns[number].least is not None
+                    and widths[number] > columns[number].least]
+        if not cuttable:
+            break
+        widths[max(cuttable, key=widths.__getitem__)] -= 1
+    return widths
+
+
+def _table_width(widths: dict[int, int]) -> int:
+    return sum(widths.values()) + GAP * (len(widths) - 1)
 
 
 class ProducerProgress:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,12 @@ STOP_GRACE_S = 10.0
 ABORTED_END_S = 5.0
 """Seconds a stopped worker waits for its end message to be taken (its consumer or buffer may be gone too)
 before it gives up and exits: a worker whose parent was killed never waits out ``send_timeout_s``."""
+STOPPED_AGAIN_S = 0.1
+"""Seconds a worker stopped twice before it sends its end message gives it (abandoning it at once would have to
+happen before the sink's ``close``, which then could not release its socket)."""
+STOP_RELAY_S = 1.0
+"""Seconds :func:`run_local` waits after a SIGINT before it passes the stop on to workers still running: Ctrl-C on a
+terminal reaches the workers too, and a second signal would make one abandon the end message it is sending."""
 PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
 
@@ -77,39 +84,73 @@ class _EndAbandoned(BaseException):
     """Raised inside a stopped worker whose end message was not taken within :data:`ABORTED_END_S`."""
 
 
+_stop_signals: list[int] = []  # the stop signals this process received, once abort_on_signals() set their handler
+_abandon_on_stop = False  # True while a stopped worker sends its end message: a further stop signal abandons it
+
+
+def _raise_aborted(signum: int, frame: Any) -> None:
+    """The first stop signal raises _Aborted wherever the worker is; a further one only while a stopped worker sends
+    its end message (abandoned then), else :func:`_stopped_end` finds it recorded. So a second signal, though it
+    came at the same moment (Ctrl-C on the terminal, and the parent passing a stop on), never lands inside the
+    handling of the first, where it would leave the end message to be sent without a time bound."""
+    _stop_signals.append(signum)
+    if len(_stop_signals) == 1 or _abandon_on_stop:
+        raise _Aborted(f"stopped by {signal.Signals(signum).name}")
+
+
 @contextmanager
-def _bounded(seconds: float | None) -> Iterator[None]:
-    """Within the block, _EndAbandoned once ``seconds`` have passed (a SIGALRM timer; None, or outside the main
-    thread, where signals cannot be handled: no bound)."""
-    if seconds is None or threading.current_thread() is not threading.main_thread():
+def _stopped_end() -> Iterator[None]:
+    """Around a stopped worker's sending of its end messages: _Aborted when it is stopped again, and _EndAbandoned
+    once :data:`ABORTED_END_S` have passed (a SIGALRM timer), or :data:`STOPPED_AGAIN_S` if it was stopped again
+    already. Outside the main thread, where signals cannot be handled, nothing."""
+    global _abandon_on_stop
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    again = [signal.Signals(signum).name for signum in _stop_signals[1:2]]
+    seconds = STOPPED_AGAIN_S if again else ABORTED_END_S
 
     def expire(signum: int, frame: Any) -> None:
-        raise _EndAbandoned(f"its end message was not taken within {seconds:g} s of the stop")
+        raise _EndAbandoned(f"stopped again by {again[0]}" if again else
+                            f"its end message was not taken within {seconds:g} s of the stop")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        _abandon_on_stop = True
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
+        _abandon_on_stop = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
-def _raise_aborted(signum: int, frame: Any) -> None:
-    raise _Aborted(f"stopped by {signal.Signals(signum).name}")
-
-
 def abort_on_signals() -> None:
     """In a producer process: SIGTERM (Slurm's scancel, a time limit, the parent stopping) and SIGINT (Ctrl-C on the
-    terminal's process group) end its share with an ``aborted`` end message; so does its parent's death."""
+    terminal's process group) end its share with an ``aborted`` end message; so does its parent's death.
+
+    SIGINT is unblocked: :func:`run_local` starts its workers with it blocked, so that a Ctrl-C while one starts
+    (imports, no handler yet) is held instead of ending it with a KeyboardInterrupt traceback; one held is raised
+    here, as :class:`_Aborted`."""
+    _stop_signals.clear()
     signal.signal(signal.SIGTERM, _raise_aborted)
     signal.signal(signal.SIGINT, _raise_aborted)
     try:  # Linux: SIGTERM when the parent dies, so no worker outlives a killed `produce`
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
+def sigint_held() -> Iterator[None]:
+    """Within the block, SIGINT is blocked in this thread (held until the block ends, then handled as usual), and so
+    in the processes it starts (they inherit the mask)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 
@@ -163,7 +204,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
                          omitted=omitted_by(source).astype("<i8").tobytes())
         failures = []
         try:
-            with _bounded(ABORTED_END_S if stats.status == "aborted" else None):
+            with _stopped_end() if stats.status == "aborted" else nullcontext():
                 for sink in sinks:
                     try:
                         sink.close(end)
@@ -184,25 +225,33 @@ _COUNTERS = ("events", "messages", "bytes")
 
 def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any,
                   key_text: str | None = None) -> None:
-    abort_on_signals()
-    spec = spec_from_json(spec_json)
-    key = None if key_text is None else StreamKey.from_text(key_text)
-
+    """One worker of :func:`run_local`: its share of the spec, its totals in ``counters``, its failure (or a stop
+    before it could send an end message: while it started, say) in ``errors`` and exit code 1. Once its share has ended, a stop
+    signal is ignored: there is nothing left to stop (a SIGINT or SIGTERM while the process exits would print a
+    traceback)."""
     def report(stats: WorkerStats) -> None:
         base = rank * len(_COUNTERS)
         for offset, name in enumerate(_COUNTERS):
             counters[base + offset] = getattr(stats, name)
 
     try:
+        abort_on_signals()
+        spec = spec_from_json(spec_json)
+        key = None if key_text is None else StreamKey.from_text(key_text)
         stats = run_worker(spec, rank, producers, stream_id, report, key=key)
+        failure = None if stats.status == "ok" else stats.reason
+    except _Aborted as exc:
+        failure = f"{exc}; it sent no end message"
     except BeamstreamError as exc:
-        errors.put((rank, str(exc)))
-        raise SystemExit(1) from None
+        failure = str(exc)
     except Exception as exc:
         errors.put((rank, f"{type(exc).__name__}: {exc}"))
         raise
-    if stats.status != "ok":
-        errors.put((rank, stats.reason))
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+    if failure is not None:
+        errors.put((rank, failure))
         raise SystemExit(1)
 
 
@@ -214,6 +263,7 @@ class RunResult:
     workers: list[WorkerStats]
     errors: dict[int, str]
     seconds: float
+    stopped_by: signal.Signals | None = None  # the first signal that stopped the run, if one did
 
     @property
     def ok(self) -> bool:
@@ -230,15 +280,20 @@ class RunResult:
 
 def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
               on_progress: Callable[[list[WorkerStats]], None] = lambda stats: None,
-              poll_interval: float = 0.5, key: StreamKey | None = None) -> RunResult:
+              poll_interval: float = 0.5, key: StreamKey | None = None,
+              stop: threading.Event | None = None) -> RunResult:
     """Run ``spec`` in ``workers`` local processes and wait for all of them (sealing every message with ``key``,
     if given: the workers get it through their start-up pipe, never on a command line).
 
     ``on_progress`` receives every worker's running totals about every ``poll_interval`` seconds.
     A worker that dies is reported in ``RunResult.errors`` with its exit code (or the signal that
-    killed it). SIGTERM or SIGINT (when called from the main thread) stops the workers: each ends
-    its share with an ``aborted`` end message, those still running after :data:`STOP_GRACE_S` are
-    killed (at once on a second signal), and the result reports them. No worker outlives this call.
+    killed it). SIGTERM or SIGINT (when called from the main thread), or ``stop`` being set (seen
+    within ``poll_interval``), stops the workers: each ends its share with an ``aborted`` end message,
+    those still running after :data:`STOP_GRACE_S` are killed (at once on a second signal), and the
+    result reports them and the signal (``stopped_by``). A SIGINT is passed on to the workers only
+    :data:`STOP_RELAY_S` after it came (on a terminal, Ctrl-C reached them too); a SIGTERM, a second
+    signal or ``stop`` at once. Workers start with SIGINT held (see :func:`abort_on_signals`), so a
+    Ctrl-C while they start prints no traceback. No worker outlives this call.
     """
     stream_id = stream_id or new_stream_id()
     ctx = multiprocessing.get_context("spawn")
@@ -252,8 +307,6 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
         for rank in range(workers)
     ]
     started = time.time()
-    for process in processes:
-        process.start()
 
     def snapshot() -> list[WorkerStats]:
         result = []
@@ -263,14 +316,16 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
             result.append(WorkerStats(rank, *values, started=started, status=status))
         return result
 
-    with _StopSignals() as stop:
+    with _StopSignals() as signals:
         try:
+            with sigint_held():
+                for process in processes:
+                    process.start()
             while any(process.is_alive() for process in processes):
-                alive = [process.sentinel for process in processes if process.is_alive()]
-                multiprocessing.connection.wait(alive, timeout=poll_interval)
+                signals.wait([process.sentinel for process in processes if process.is_alive()], poll_interval)
                 on_progress(snapshot())
-                if stop.received:
-                    _stop_workers(processes, kill=len(stop.received) > 1)
+                if signals.relay_in() == 0 or (stop is not None and stop.is_set()):
+                    _stop_workers(processes, kill=len(signals.received) > 1)
         finally:
             _stop_workers(processes, kill=False)
     final = snapshot()
@@ -284,26 +339,54 @@ def run_local(spec: Any, workers: int = 1, stream_id: str | None = None,
             errors[rank] = (f"worker killed by {signal.Signals(-code).name}" if code is not None and code < 0
                             else f"worker exited with code {code}")
         final[rank].finished = time.time()
-    return RunResult(stream_id, final, errors, time.time() - started)
+    stopped_by = signal.Signals(signals.received[0]) if signals.received else None
+    return RunResult(stream_id, final, errors, time.time() - started, stopped_by)
 
 
 class _StopSignals:
     """While active (in the main thread), SIGTERM and SIGINT are recorded in ``received`` instead of ending
-    the process, so that :func:`run_local` can stop its workers and still report on them."""
+    the process, so that :func:`run_local` can stop its workers and still report on them; :meth:`wait` wakes up
+    as soon as one comes."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        self.first_at = 0.0
         self.previous: dict[int, Any] = {}
+        self.woken, self.waker = os.pipe()  # the handler writes to it, so that wait() wakes up at once
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
-                self.previous[signum] = signal.signal(signum, lambda number, frame: self.received.append(number))
+                self.previous[signum] = signal.signal(signum, self._record)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        os.close(self.woken)
+        os.close(self.waker)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if not self.received:
+            self.first_at = time.monotonic()
+        self.received.append(signum)
+        os.write(self.waker, b"!")
+
+    def wait(self, sentinels: list[Any], timeout: float) -> None:
+        """Return once one of ``sentinels`` is ready, a signal came, it is time to pass a SIGINT on
+        (:meth:`relay_in`), or ``timeout`` seconds have passed."""
+        ready = multiprocessing.connection.wait([*sentinels, self.woken], timeout=min(timeout, self.relay_in()))
+        if self.woken in ready:
+            os.read(self.woken, 64)
+
+    def relay_in(self) -> float:
+        """Seconds until the workers are to be told to stop: 0 once they are (a SIGTERM or a second signal: now;
+        a SIGINT alone: :data:`STOP_RELAY_S` after it came), infinity before any signal."""
+        if not self.received:
+            return float("inf")
+        if self.received != [signal.SIGINT]:
+            return 0.0
+        return max(0.0, self.first_at + STOP_RELAY_S - time.monotonic())
 
 
 def _stop_workers(processes: list[Any], kill: bool) -> None:

@@ -2,16 +2,19 @@
 
     from beamstream import Service
 
-    with Service("http://service.example:8080") as service:
-        stream = service.request("spec.yaml", resources={"workers": 4})
+    with Service("http://service.example:8080") as service, \
+            service.request("spec.yaml", resources={"workers": 4}) as stream:
         for event in stream:  # waits until it runs, then reads it from its buffer as group "default"
-            use(event.seq, event.data["image"])
+            use(event.seq, event.data["image"])  # an error or Ctrl-C here cancels the stream
     print(stream.report.summary())
 
-- :class:`Service`: the service's REST API under ``/v1``: request a stream, look one up, list them.
+- :class:`Service`: the service's REST API under ``/v1``: request a stream, look one up (by its id or
+  the start of it), list them.
 - :class:`Stream`: one requested stream: its state and history, followed as the service pushes
   each change (:meth:`Stream.changes`, server-sent events); a :class:`~beamstream.client.Client`
-  that reads it from its buffer or through the service's relay; cancel; its jobs' logs.
+  that reads it from its buffer or through the service's relay; cancel; its jobs' logs. Used with
+  ``with``, or iterated, it is cancelled when an error or Ctrl-C interrupts its use, unless kept
+  (:meth:`Stream.keep`).
 
 Every refusal becomes a :class:`~beamstream.errors.ServiceError` that carries the HTTP status and
 the service's own words (each problem of a refused spec on its own line); a service that cannot
@@ -38,8 +41,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from beamstream.accounting import StreamReport
 from beamstream.client import Client, Event
-from beamstream.client.transports.relay import client_tls_context
-from beamstream.errors import OptionError, ServiceError, SpecError, StreamEnded, StreamTimeout
+from beamstream.client.transports.relay import client_tls_context, tls_refusal
+from beamstream.errors import BeamstreamError, OptionError, ServiceError, SpecError, StreamEnded, StreamTimeout
 from beamstream.service.states import State
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -119,23 +122,49 @@ class Service:
         return f"Service({self.url!r})"
 
     def request(self, spec: dict[str, Any] | str | Path | None = None, *, resources: dict[str, Any] | None = None,
-                experiment: str | None = None, run: int | None = None, name: str | None = None) -> Stream:
+                experiment: str | None = None, run: int | None = None, name: str | None = None,
+                keep: bool = False) -> Stream:
         """Ask for a stream; it is queued at once and started when the service's limits allow.
 
         ``spec`` is a spec as a dict, or the path of a YAML or JSON spec file (read with the same
         checks as ``beamstream spec check``); its sinks may be left out (the service adds the one to
-        the stream's buffer). With ``experiment`` and ``run``, a source that reads files but names
-        none reads the run's files, found by the service's catalogue; the spec may then be left out.
-        ``resources``: ``workers``, ``nodes``, ``time_limit_s``, ``executor``, ``buffer``.
+        the stream's buffer; ``beamstream spec check --for-service`` checks such a spec). With ``experiment``
+        and ``run``, a source that reads files but names none reads the run's files, found by the service's
+        catalogue; the spec may then be left out. ``resources``: ``workers``, ``nodes``, ``time_limit_s``,
+        ``executor``, ``buffer``. With ``keep``, the stream is not cancelled when an error or Ctrl-C interrupts its
+        use (:meth:`Stream.keep`).
         """
         body = {"spec": _spec_data(spec), "resources": resources, "name": name, "experiment": experiment, "run": run}
         answer = self.call("POST", "/v1/streams", json={key: value for key, value in body.items() if value is not None})
         view = answer.json()
-        return Stream(self, view, credentials=view.pop("credentials", None))
+        return Stream(self, view, credentials=view.pop("credentials", None)).keep(keep)
 
     def stream(self, stream_id: str) -> Stream:
         """The stream with this id, as the service shows it now."""
         return Stream(self, self.call("GET", stream_path(stream_id)).json())
+
+    def find(self, id_or_prefix: str) -> Stream:
+        """The stream with this id, else the only one whose id starts with it among the streams the service lists
+        for the caller (``GET /v1/streams``: their own; an admin's, everyone's), as the service shows it now.
+
+        ServiceError (404) if no stream's id is or starts with it; AmbiguousStreamId, naming them, if the ids of
+        several start with it; OptionError for an empty one.
+        """
+        if not id_or_prefix:
+            raise OptionError("no stream id given: give a stream's id, or the start of it")
+        try:
+            return self.stream(id_or_prefix)
+        except ServiceError as exc:
+            if exc.status != 404:
+                raise
+            unknown = exc
+        found = [stream for stream in self.streams() if stream.id.startswith(id_or_prefix)]
+        if not found:
+            raise ServiceError(f"{unknown}, nor any whose id starts with {id_or_prefix!r} among yours", 404,
+                               unknown.detail)
+        if len(found) > 1:
+            raise AmbiguousStreamId(id_or_prefix, found)
+        return self.stream(found[0].id)
 
     def streams(self, state: State | str | None = None, experiment: str | None = None, owner: str | None = None,
                 limit: int | None = None) -> list[Stream]:
@@ -174,7 +203,11 @@ class Service:
                            f"{separator}{detail}", response.status_code, detail)
 
     def unreachable(self, exc: httpx.TransportError) -> ServiceError:
-        """The ServiceError for a request that got no answer (``exc`` says why)."""
+        """The ServiceError for a request that got no answer (``exc`` says why): when TLS refused the connection,
+        on either side, why, naming the file concerned and what to do (:func:`tls_refusal`); else "no answer"."""
+        refused = tls_refusal(exc, self.tls)
+        if refused is not None:
+            return ServiceError(f"TLS with the service at {self.url} failed: {refused}")
         return ServiceError(f"no answer from the service at {self.url}: {exc or type(exc).__name__}")
 
 
@@ -182,17 +215,59 @@ class Stream:
     """A stream requested from a :class:`Service`, as it was last seen.
 
     ``view`` is the stream as the service last showed it (``GET /v1/streams/{id}``: state,
-    history, endpoints, verdict, resources); :meth:`refresh` and :meth:`changes` renew it.
+    history, endpoints, verdict, resources), its ``state`` and each change's in ``history`` a
+    :class:`~beamstream.service.states.State`; :meth:`refresh` and :meth:`changes` renew it.
     ``report`` is the account of the last iteration over the stream (None before one).
     The stream's credentials (:meth:`credentials`) are kept from the service's answer to the request, or
     asked for once; they are never part of ``view`` or the repr.
+
+    Used as a context manager (``with service.request(spec) as stream:``), the stream is cancelled when an
+    exception (an error, KeyboardInterrupt) leaves the block, unless it is kept (:meth:`keep`) or has ended;
+    leaving the block otherwise leaves it as it is. Iterating it, inside ``with`` or not, cancels it likewise when
+    an exception interrupts the iteration itself (:meth:`__iter__`). Only a stream this caller requested
+    (:meth:`Service.request`) is cancelled so; one looked up (:meth:`Service.stream`, ``find``, ``streams``), which
+    may be another's, is kept unless told otherwise (``keep(False)``).
     """
 
     def __init__(self, service: Service, view: dict[str, Any], credentials: dict[str, str] | None = None) -> None:
         self.service = service
         self.view = view
         self.report: StreamReport | None = None
+        self.kept = True  # Service.request makes its stream cancellable on interrupt
         self._credentials = credentials
+
+    @property
+    def view(self) -> dict[str, Any]:
+        return self._view
+
+    @view.setter
+    def view(self, view: dict[str, Any]) -> None:
+        self._view = _typed(view)
+
+    def keep(self, keep: bool = True) -> Stream:
+        """Keep the stream (or, with ``keep`` False, no longer) when an error or Ctrl-C interrupts its use: it then
+        goes on running; return it."""
+        self.kept = keep
+        return self
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> None:
+        if exc is not None:
+            self._cancel_after(exc)
+
+    def _cancel_after(self, exc: BaseException) -> None:
+        """Cancel the stream because ``exc`` interrupted its use, unless it is kept, it has ended, or ``exc`` is
+        a GeneratorExit (an iteration left early, as by ``break``). A cancel the service refuses for any other
+        reason than that the stream has ended meanwhile is told in a note on ``exc``, which goes on."""
+        if self.kept or self.state.final or isinstance(exc, GeneratorExit):
+            return
+        try:
+            self.cancel()
+        except ServiceError as refused:
+            if refused.status != 409:
+                exc.add_note(f"stream {self.id} was left running: it could not be cancelled: {refused}")
 
     def credentials(self) -> dict[str, str]:
         """The stream's credentials, ``{"stream": id, "key": text}`` (the key as
@@ -209,7 +284,7 @@ class Stream:
 
     @property
     def state(self) -> State:
-        return State(self.view["state"])
+        return self.view["state"]
 
     def __repr__(self) -> str:
         return f"<Stream {self.id} {self.state.value}>"
@@ -286,13 +361,21 @@ class Stream:
 
         Afterwards ``report`` is the account of what arrived (also when StreamIncomplete ends the
         iteration). For another group, the relay or Client options, iterate :meth:`client`'s events.
+
+        An exception raised while the iteration waits (for the stream to run, for its next event), Ctrl-C
+        included, cancels the stream unless it is kept (:meth:`keep`). One raised by the body of the loop does not
+        pass through the iteration: iterate inside ``with`` for the stream to be cancelled then too.
         """
-        self.wait_until_running()
-        with self.client() as client:
-            try:
-                yield from client.events()
-            finally:
-                self.report = client.report
+        try:
+            self.wait_until_running()
+            with self.client() as client:
+                try:
+                    yield from client.events()
+                finally:
+                    self.report = client.report
+        except BaseException as exc:
+            self._cancel_after(exc)
+            raise
 
     def cancel(self) -> Stream:
         """Cancel the stream (its jobs are stopped); return it, cancelled. ServiceError (409) if it has ended."""
@@ -343,6 +426,17 @@ class Stream:
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
             raise StreamTimeout(f"stream {self.id} is still {self.state.value}: it did not run within the timeout")
+
+
+class AmbiguousStreamId(BeamstreamError, LookupError):
+    """The start of a stream id that several of the caller's streams' ids start with (``candidates``)."""
+
+    def __init__(self, prefix: str, candidates: list[Stream]) -> None:
+        lines = [f"{stream.id}  {stream.state.value:<9}  {stream.view.get('name') or ''}" for stream in candidates]
+        super().__init__(f"{prefix!r} is the start of the ids of {len(candidates)} of your streams; give more of "
+                         "the id:\n  " + "\n  ".join(lines))
+        self.prefix = prefix
+        self.candidates = candidates
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,10 +564,19 @@ def _change(event: ServerEvent) -> Change:
     try:
         data = json.loads(event.data)
         return Change(int(event.id or ""), State(data["state"]), str(data["reason"]), float(data["at"]),
-                      dict(data["stream"]))
+                      _typed(data["stream"]))
     except (ValueError, TypeError, KeyError) as exc:
         raise ServiceError(f"the service sent a state change that cannot be read ({exc}): id {event.id!r}, "
                            f"data {event.data[:200]!r}") from None
+
+
+def _typed(view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` (a stream as the service shows it, in JSON) with its state and its changes' states as :class:`State`
+    (a ValueError for one that is not a state)."""
+    typed = {**view, "state": State(view["state"])}
+    if "history" in view:
+        typed["history"] = [{**change, "state": State(change["state"])} for change in view["history"]]
+    return typed
 
 
 def _detail(response: httpx.Response) -> str:

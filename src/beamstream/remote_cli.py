@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from beamstream.display import console, fail, read_to_the_end
+from beamstream.display import Column, console, fail, fitted_table, read_to_the_end, short_ids
 from beamstream.service.states import State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    from rich.table import Table
 
     from beamstream.remote import Change, Service, Stream
 
@@ -37,6 +39,9 @@ KeyFile = Annotated[Optional[Path], typer.Option(
 CAFile = Annotated[Optional[Path], typer.Option(
     "--ca", envvar="BEAMSTREAM_CA", show_envvar=False, metavar="FILE",
     help="the CA certificate that verifies the service (default: $BEAMSTREAM_CA, else the profile's, else the system's)")]
+StreamID = Annotated[str, typer.Argument(
+    metavar="ID", help="the stream's id, or the start of it that no other of your streams' ids starts with "
+                       "(as `beamstream streams list` shows it)")]
 
 
 def connect(url: str | None, cert: Path | None = None, key: Path | None = None, ca: Path | None = None) -> Service:
@@ -91,7 +96,7 @@ def request(
         run_cancellable(stream, lambda: follow_and_read(stream, group, relay, timeout))
 
 
-CANCEL_GRACE_S = 10.0  # after Ctrl-C cancelled a stream, for its reader to show how it ended
+CANCEL_GRACE_S = 1.0  # after Ctrl-C cancelled a stream, for its reader to show how it ended (Ctrl-C ends within 2 s)
 
 
 def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
@@ -131,12 +136,16 @@ def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
         raise raised[0]
 
 
+SHOW_CURSOR = "\x1b[?25h"  # a live display hides the terminal's cursor while it runs
+
+
 def _exit_now(line: str, code: int) -> None:
-    """Write ``line`` to stderr with a bare system call and end the process without Python's shutdown: a thread
-    still inside a live display or a socket holds locks that shutdown (or rich) would wait on forever."""
+    """Write ``line`` to stderr with a bare system call (on a terminal, after showing the cursor again, which the
+    reader's live display hid) and end the process without Python's shutdown: a thread still inside a live display
+    or a socket holds locks that shutdown (or rich) would wait on forever."""
     import os
 
-    os.write(2, f"\n{line}\n".encode())
+    os.write(2, f"{SHOW_CURSOR if os.isatty(2) else ''}\n{line}\n".encode())
     os._exit(code)
 
 
@@ -202,30 +211,57 @@ def streams_list(
     limit: Annotated[int, typer.Option(min=1, help="show at most this many (the newest)")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print the streams as JSON on standard output")] = False,
 ) -> None:
-    """The service's streams, newest first: id, name, owner, run, state and its reason."""
+    """The service's streams, newest first, one line each, no wider than the terminal: id (its shortest start that no
+    other listed stream's shares, of 8 characters at least), name, run, owner, state, since when and why."""
     from rich.console import Console
-    from rich.table import Table
 
     with connect(service_url, cert, key, ca) as service:
         streams = service.streams(state=state, experiment=experiment, owner=owner, limit=limit)
         if as_json:
             print(json.dumps([stream.view for stream in streams], indent=2))
             return
-        table = Table(title=f"streams at {service.url}")
-    for column in ("id", "name", "owner", "experiment", "run", "state", "since"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("reason", ratio=1)
-    for stream in streams:
-        view, last = stream.view, stream.view["history"][-1]
-        table.add_row(view["id"], view["name"] or "", view["owner"], view["experiment"] or "",
-                      "" if view["run"] is None else str(view["run"]), view["state"], _clock(last["at"]),
-                      last["reason"].splitlines()[0] if last["reason"] else "")
-    Console().print(table)
+    out = Console()
+    out.print(streams_table(service.url, [stream.view for stream in streams], out.width))
+
+
+def streams_table(url: str, views: Sequence[dict[str, Any]], width: int) -> Table:
+    """The streams of ``views`` as a table at most ``width`` cells wide (:func:`~beamstream.display.fitted_table`),
+    one line each: the id shortened (:func:`~beamstream.display.short_ids`), the name, the run
+    (``experiment/run``; the column only when one has one), the owner (only when they have several; else the
+    title names the owner), the state, since when (the time of day today, else the day) and why (the reason's first
+    line). Names, runs, owners and reasons are cut to fit."""
+    short = short_ids([view["id"] for view in views])
+    owners = {view["owner"] for view in views}
+    columns = [Column("id"), Column("name", 8)]
+    columns += [Column("run", 8)] if any(view["experiment"] for view in views) else []
+    columns += [Column("owner", 8)] if len(owners) > 1 else []
+    columns += [Column("state"), Column("since"), Column("reason", 12)]
+    rows = [[texts[column.header] for column in columns] for texts in (_texts(view, short) for view in views)]
+    title = f"streams of {next(iter(owners))} at {url}" if len(owners) == 1 else f"streams at {url}"
+    return fitted_table(columns, rows, width, title=title)
+
+
+def _texts(view: dict[str, Any], short: dict[str, str]) -> dict[str, str]:
+    """The text of ``view`` (a stream) in each column of the streams table, by header: each the first line of it."""
+    last = view["history"][-1]
+    texts = {"id": short[view["id"]], "name": view["name"] or "", "owner": view["owner"], "state": view["state"].value,
+             "run": f"{view['experiment']}/{view['run']}" if view["experiment"] else "",
+             "since": _since(last["at"]), "reason": last["reason"]}
+    return {column: next(iter(text.splitlines()), "") for column, text in texts.items()}
+
+
+def _since(at: float) -> str:
+    """The time of day of ``at`` (seconds since the epoch) if it is today, else its day."""
+    import time
+
+    day = "%Y-%m-%d"
+    when = time.localtime(at)
+    return time.strftime("%H:%M:%S" if time.strftime(day, when) == time.strftime(day) else day, when)
 
 
 @streams_app.command("show")
 def streams_show(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    stream_id: StreamID,
     service_url: ServiceURL = None,
     cert: CertFile = None,
     key: KeyFile = None,
@@ -237,18 +273,19 @@ def streams_show(
     from rich.table import Table
 
     with connect(service_url, cert, key, ca) as service:
-        view = service.stream(stream_id).view
+        view = service.find(stream_id).view
     if as_json:
         print(json.dumps(view, indent=2))
         return
     out = Console(highlight=False)
     run = f", experiment {view['experiment']} run {view['run']}" if view["experiment"] else ""
-    out.print(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: [bold]{view['state']}[/]")
+    out.print(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: "
+              f"[bold]{view['state'].value}[/]")
     history = Table(title="history")
     for column in ("#", "at", "state", "reason"):
         history.add_column(column)
     for index, change in enumerate(view["history"]):
-        history.add_row(str(index), _clock(change["at"]), change["state"], change["reason"])
+        history.add_row(str(index), _clock(change["at"]), change["state"].value, change["reason"])
     out.print(history)
     for role, endpoint in (view["endpoints"] or {}).items():
         out.print(f"{role}: {endpoint}")
@@ -259,7 +296,7 @@ def streams_show(
 
 @streams_app.command("cancel")
 def streams_cancel(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    stream_id: StreamID,
     service_url: ServiceURL = None,
     cert: CertFile = None,
     key: KeyFile = None,
@@ -267,13 +304,13 @@ def streams_cancel(
 ) -> None:
     """Cancel a stream that has not ended (its jobs are stopped); exit 1 if it has."""
     with connect(service_url, cert, key, ca) as service:
-        stream = service.stream(stream_id).cancel()
+        stream = service.find(stream_id).cancel()
     console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
 
 
 @streams_app.command("logs")
 def streams_logs(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    stream_id: StreamID,
     service_url: ServiceURL = None,
     cert: CertFile = None,
     key: KeyFile = None,
@@ -283,12 +320,12 @@ def streams_logs(
 ) -> None:
     """The output of the stream's jobs (buffer first), on standard output."""
     with connect(service_url, cert, key, ca) as service:
-        print(service.stream(stream_id).logs(tail), end="")
+        print(service.find(stream_id).logs(tail), end="")
 
 
 @streams_app.command("credentials")
 def streams_credentials(
-    stream_id: Annotated[str, typer.Argument(metavar="ID", help="the stream's id")],
+    stream_id: StreamID,
     service_url: ServiceURL = None,
     cert: CertFile = None,
     key: KeyFile = None,
@@ -298,5 +335,5 @@ def streams_credentials(
 ) -> None:
     """The stream's key, on standard output (for its owner only; keep it secret, e.g. in a file of mode 0600)."""
     with connect(service_url, cert, key, ca) as service:
-        credentials = service.stream(stream_id).credentials()
+        credentials = service.find(stream_id).credentials()
     print(json.dumps(credentials) if as_json else credentials["key"])

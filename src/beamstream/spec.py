@@ -122,11 +122,29 @@ def _check_fields(spec: Any, origin: str) -> None:
         raise SpecError("\n".join([f"{origin}: {len(problems)} problem(s) in the stream spec:", *problems]))
 
 
-def load_spec(path: str | Path) -> Any:
+def load_spec(path: str | Path, for_service: bool = False) -> Any:
     """Read and validate a spec file (YAML, or JSON which is YAML too); its bytes are checked before they
-    are parsed (:mod:`beamstream.spec_input`)."""
+    are parsed (:mod:`beamstream.spec_input`). With ``for_service``, as the request service checks a spec it
+    is sent (:func:`as_the_service_runs_it`)."""
     path = Path(path)
-    return parse_spec(parse_yaml(read_spec_text(path), str(path)), origin=str(path))
+    data = parse_yaml(read_spec_text(path), str(path))
+    if for_service and isinstance(data, dict):
+        data = as_the_service_runs_it(data)
+    return parse_spec(data, origin=str(path))
+
+
+SERVICE_SINK_ENDPOINT = "tcp://buffer:1"  # stands for the stream's buffer, which binds once the stream starts
+
+
+def as_the_service_runs_it(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a spec meant for the request service, as parsed) as the service checks and runs it: its stream
+    sinks replaced by one to the stream's buffer (here :data:`SERVICE_SINK_ENDPOINT`), its other sinks kept; so
+    its sinks may be left out. Sinks that are not a list are left for validation to report."""
+    sinks = data.get("sinks", [])
+    if not isinstance(sinks, list):
+        return data
+    kept = [sink for sink in sinks if not (isinstance(sink, dict) and sink.get("type") == "stream")]
+    return {**data, "sinks": [*kept, {"type": "stream", "endpoint": SERVICE_SINK_ENDPOINT}]}
 
 
 def spec_to_json(spec: BaseModel) -> str:
@@ -208,9 +226,14 @@ def describe_error(error: Any, data: dict[str, Any]) -> str:
         model = _model_at(readable[:-1], data)
         allowed = f"; allowed: {', '.join(k for k in model.model_fields if k != 'type')}" if model else ""
         return f"{_location(readable)}: unknown option{allowed}"
+    hint = FOR_SERVICE_HINT if readable == ("sinks",) else ""
     if kind == "missing":
-        return f"{_location(readable)}: required, not given"
-    return f"{_location(readable)}: {error['msg'].removeprefix('Value error, ')}"
+        return f"{_location(readable)}: required, not given{hint}"
+    return f"{_location(readable)}: {error['msg'].removeprefix('Value error, ')}{hint}"
+
+
+FOR_SERVICE_HINT = (" (a spec for the request service may leave its sinks out: check it with "
+                    "`beamstream spec check --for-service`)")
 
 
 def _drop_tags(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:

@@ -1,4 +1,5 @@
-"""The REST API of the request service (FastAPI): streams under ``/v1``, ``/healthz``, ``/metrics``, OpenAPI.
+"""The REST API of the request service (FastAPI): streams under ``/v1``, ``/healthz``, ``/metrics``, OpenAPI;
+the pages ``/``, ``/docs`` and ``/redoc`` (:mod:`beamstream.service.pages`).
 
 ``create_app(settings)`` builds the application over a :class:`~beamstream.service.store.JobStore`.
 Every request body is bounded (:data:`MAX_BODY_BYTES`) before it is parsed; a stream spec is
@@ -44,6 +45,7 @@ from beamstream.service.executors import CannotRun
 from beamstream.service.events import change_events
 from beamstream.service.figures import LiveFigures
 from beamstream.service.job_paths import PathGrant, PathRefused, confined, output_file, output_files, stream_folder
+from beamstream.service.pages import add_pages
 from beamstream.service.policy import Authorizer
 from beamstream.service.relay import add_relay
 from beamstream.service.revocation import Revocations
@@ -88,8 +90,10 @@ class StreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: dict[str, Any] = Field(description="the stream spec, as in a spec file; its sinks may be left out "
-                                             "(the service adds a stream sink to the stream's buffer)")
+    spec: dict[str, Any] = Field(default_factory=dict,
+                                 description="the stream spec, as in a spec file; its sinks may be left out "
+                                             "(the service adds a stream sink to the stream's buffer), and all of "
+                                             "it with experiment and run (a source that reads the run's files)")
     resources: Resources = Field(default_factory=Resources)
     name: str | None = Field(None, max_length=256)
     # with both, a source that reads files but names none (psana2, hdf5, or no type) reads the catalogue's
@@ -340,7 +344,9 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None) -> Fast
         make_dirs(settings.service_key_path.parent)
         store = JobStore.open(settings.database_url, ServiceKey.from_file(settings.service_key_path))
     app = FastAPI(title="beamstream request service", version=version("beamstream"), responses=COMMON_ERRORS,
-                  description="Ask for a stream of an experiment's data; the service runs and watches its jobs.")
+                  description="Ask for a stream of an experiment's data; the service runs and watches its jobs.",
+                  docs_url=None, redoc_url=None)  # add_pages serves them, without a CDN
+    add_pages(app)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.openapi = lambda: _openapi(app)
     app.state.store = store

@@ -12,6 +12,7 @@ frames back to back (:func:`join_frames`, :func:`split_frames`).
 
 from __future__ import annotations
 
+import functools
 import ssl
 import struct
 from collections.abc import Sequence
@@ -69,7 +70,8 @@ def client_tls_context(tls: TLSFiles) -> ssl.SSLContext:
     certificate and its key (PEM; both or neither) and the CA certificate that verifies the service (None: the
     system's trusted CAs). TLS 1.2 at least, host names checked.
 
-    Raises OptionError for a ``tls`` that is not three items, or a certificate without its key.
+    Raises OptionError for a ``tls`` that is not three items, a certificate without its key, or a file that cannot
+    be used (naming it: missing, unreadable, not PEM, a key that is not the certificate's).
     """
     from beamstream.errors import OptionError
 
@@ -78,11 +80,83 @@ def client_tls_context(tls: TLSFiles) -> ssl.SSLContext:
     cert, key, ca = tls
     if (cert is None) != (key is None):
         raise OptionError("tls=(cert, key, ca): give the client certificate and its key together")
-    context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    try:
+        context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    except (ssl.SSLError, OSError) as exc:
+        raise OptionError(f"the CA certificate {ca} cannot be used: {_file_problem(exc)}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None:
-        context.load_cert_chain(str(cert), str(key))
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                raise OptionError(f"the key {key} is not the key of the certificate {cert}: give the key that was "
+                                  "made with it") from None
+            raise OptionError(f"the certificate {cert} and its key {key} cannot be used: {_file_problem(exc)}") \
+                from None
     return context
+
+
+def _file_problem(exc: OSError) -> str:
+    """What ``exc``, from loading a PEM file into an SSL context, says is wrong with it, in words."""
+    if isinstance(exc, ssl.SSLError):
+        return f"not PEM, or not what it should hold ({exc.reason or exc})"
+    return exc.strerror or str(exc)
+
+
+ALERTS_ON_OUR_CERTIFICATE = {  # the service's TLS alert about the certificate we presented: what is wrong
+    "CERTIFICATE_REVOKED": "it is revoked", "CERTIFICATE_EXPIRED": "it has expired",
+    "UNKNOWN_CA": "it is not signed by the CA the service trusts (is it from another CA?)",
+    "BAD_CERTIFICATE": "it is not one the service accepts", "UNSUPPORTED_CERTIFICATE": "it is not for TLS clients",
+    "CERTIFICATE_UNKNOWN": "it is not one the service accepts",
+}
+NOT_SIGNED_BY_CA = {2, 18, 19, 20, 21}  # OpenSSL's X509_V_ERR_* codes for a chain that does not reach a trusted CA
+
+
+def tls_refusal(exc: BaseException, tls: TLSFiles | None) -> str | None:
+    """Why TLS refused the connection that failed with ``exc`` (an ``ssl.SSLError`` found in its causes), as one
+    sentence that names the file concerned among ``tls`` (``(cert, key, ca)``, as for :func:`client_tls_context`;
+    None: none given) and says what to do; None when no TLS error caused ``exc``.
+
+    Either side may refuse: this client, when the service's certificate does not chain to ``ca`` (or to the
+    system's CAs) or fails another check; the service, whose TLS alert says why (no certificate, one revoked,
+    expired or from another CA); and a plain-HTTP service answers a TLS handshake with bytes that are no TLS.
+    """
+    error = _ssl_error(exc)
+    if error is None:
+        return None
+    cert, _, ca = tls if tls is not None else (None, None, None)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in NOT_SIGNED_BY_CA:
+            trusted = f"the CA in {ca}" if ca is not None else "a CA this system trusts"
+            return (f"the service's certificate is not signed by {trusted} ({error.verify_message}): give the CA "
+                    "certificate of the service's facility (ca=, or ca: in the profile)")
+        return f"the service's certificate failed verification: {error.verify_message}"
+    reason = error.reason or ""
+    alert = reason.split("_ALERT_", 1)[1] if "_ALERT_" in reason else None
+    named = f"TLS alert {alert.lower().replace('_', ' ')!r}" if alert else None
+    if alert == "CERTIFICATE_REQUIRED":
+        return (f"the service wants a client certificate and we presented none ({named}): give your certificate and "
+                "key (cert= and key=, or cert: and key: in the profile)")
+    if alert in ALERTS_ON_OUR_CERTIFICATE and cert is not None:
+        return (f"the service refused our certificate {cert}: {ALERTS_ON_OUR_CERTIFICATE[alert]} ({named}); ask "
+                "the facility's CA for a new one")
+    if alert is not None:
+        return f"the service refused the TLS connection ({named})"
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return "https:// to a service that does not speak TLS: is it served over plain http://?"
+    return f"TLS failed: {error}"
+
+
+def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
+    """The first ``ssl.SSLError`` among ``exc`` and its causes and contexts, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def relay_url(url: str) -> str:
@@ -111,17 +185,24 @@ class WebSocketCarrier(Carrier):
 
         address = relay_url(url)
         self.where = f"the service's relay at {address}"
-        options: dict[str, Any] = {} if tls is None else {"ssl": client_tls_context(tls)}
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options["ssl"] = client_tls_context(tls)
+            options["ssl"].sslsocket_class = _AlertKeepingSocket
         if token is not None:  # a header, not ?token=: nothing on the way logs it with the URL
             options["additional_headers"] = {"Authorization": f"Bearer {token}"}
         try:
             self.connection = connect(address, max_size=max_message, max_queue=queue, compression=None, legacy=True,
-                                      open_timeout=OPEN_TIMEOUT_S, **options)
+                                      open_timeout=OPEN_TIMEOUT_S, create_connection=_telling_connection(), **options)
         except InvalidStatus as exc:
-            raise TransportError(f"{address} answered HTTP {exc.response.status_code} instead of a WebSocket: is "
-                                 f"{url} a stream of a beamstream service (http://SERVICE/v1/streams/ID)?") from None
+            detail = _detail(exc.response.body)
+            raise TransportError(f"{address} answered HTTP {exc.response.status_code} instead of a WebSocket"
+                                 + (f": {detail}" if detail else f": is {url} a stream of a beamstream service "
+                                                                 "(http://SERVICE/v1/streams/ID)?")) from None
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise TransportError(f"cannot connect to {address}: {exc}") from None
+            refused = tls_refusal(exc, tls)
+            raise TransportError(f"TLS with {address} failed: {refused}" if refused is not None
+                                 else f"cannot connect to {address}: {exc}") from None
 
     def send(self, frame: bytes) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -154,6 +235,52 @@ class WebSocketCarrier(Carrier):
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _detail(body: bytes | None) -> str | None:
+    """The ``detail`` of a service's JSON answer ``body`` (the service's own words), or None."""
+    import json
+
+    try:
+        detail = json.loads(body or b"")["detail"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return detail if isinstance(detail, str) else None
+
+
+class _AlertKeepingSocket(ssl.SSLSocket):
+    """An SSL socket that keeps the first TLS error its reads raised (``failure``: e.g. the service's alert). The
+    websockets client reads in a thread of its own, and of the errors of both its threads keeps only the first,
+    which may be its writer's "EOF" after the reader got the alert that says why."""
+
+    failure: ssl.SSLError | None = None
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self.failure = self.failure or exc
+            raise
+
+
+@functools.cache
+def _telling_connection() -> type:
+    """websockets' ClientConnection, but an opening handshake that failed after a TLS error raises that error (its
+    socket's :attr:`_AlertKeepingSocket.failure`), not just "no valid HTTP response" or "no close frame"."""
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import ClientConnection
+
+    class TellingConnection(ClientConnection):
+        def handshake(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                super().handshake(*args, **kwargs)
+            except WebSocketException as exc:
+                failure = getattr(self.socket, "failure", None)
+                if failure is not None:
+                    raise failure from exc
+                raise
+
+    return TellingConnection
 
 
 class RelayTransport(GroupMember):
