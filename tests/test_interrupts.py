@@ -19,6 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from beamstream.client import Client
+from beamstream.errors import StreamIncomplete
+from beamstream.producer import STOP_RELAY_S
 from conftest import BEAMSTREAM, start_cli, wait_until
 from servicekit import jobs_under, run_service, shown, stop_service
 
@@ -134,6 +137,39 @@ def terminal():
         command.close()
 
 
+LOST_INTERRUPT = """
+import sys, time
+from beamstream.interrupts import deliver_lost_interrupts
+if sys.argv[1] == "deliver":
+    deliver_lost_interrupts()
+
+class Finalised:
+    def __del__(self):  # as pyzmq's Frame.__dealloc__ does when SIGINT comes while it frees a frame
+        raise KeyboardInterrupt
+
+try:
+    Finalised()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("lost")
+except KeyboardInterrupt:
+    print("delivered")
+"""
+
+
+@pytest.mark.parametrize("hook", ["deliver", "default"])
+def test_a_keyboard_interrupt_in_a_finaliser_is_delivered_again(hook):
+    """Python cannot propagate an exception out of a finaliser: by default it prints "Exception ignored" and a
+    traceback, and the command carries on as if Ctrl-C had not been typed. Every command installs the hook that
+    delivers it again (the "default" case shows that the test can fail)."""
+    done = subprocess.run([sys.executable, "-c", LOST_INTERRUPT, hook], capture_output=True, text=True, timeout=60)
+    if hook == "deliver":
+        assert (done.stdout, done.stderr) == ("delivered\n", "")
+    else:
+        assert done.stdout == "lost\n" and "Exception ignored" in done.stderr
+
+
 def test_ctrl_c_ends_the_demo_while_it_streams(terminal):
     demo = terminal("demo", "--events", "10000000", "--shape", "256", "256")
     demo.wait_for(STREAMING)
@@ -151,6 +187,31 @@ def test_ctrl_c_while_the_demo_starts_its_workers_prints_no_traceback(terminal):
     assert demo.exit_code() == 130
     assert not re.search(STREAMING, demo.text()), "the workers were streaming already"
     assert len(demo.started) >= 2 and demo.left() == []
+
+
+def test_ctrl_c_ends_produce_and_its_workers_end_their_shares(terminal, tmp_path, write_spec):
+    """The workers hear Ctrl-C too and send their aborted end messages; `produce` passes the stop on to them only
+    STOP_RELAY_S later (a second signal would make them abandon their ends), so a consumer that is busy when Ctrl-C
+    comes, its workers waiting on it, still hears how each ended."""
+    endpoint = f"ipc://{tmp_path / 'stream'}"
+    source = {**WAVEFORMS, "rate_hz": None}  # as fast as they can: they wait on the consumer
+    spec = write_spec({"source": source, "sinks": [{"type": "stream", "endpoint": endpoint}]})
+    with Client(endpoint, bind=True, timeout=60) as client:
+        produce = terminal("produce", str(spec), "--workers", "2")
+        events = client.events()
+        while len(client.report.records) < 2:  # both workers stream
+            next(events)
+        time.sleep(STOP_RELAY_S / 4)  # the consumer is busy, for less than STOP_RELAY_S in all
+        produce.ctrl_c()
+        time.sleep(STOP_RELAY_S / 2)
+        with pytest.raises(StreamIncomplete) as raised:
+            for _ in events:
+                pass
+    assert produce.exit_code() == 130
+    assert "worker 0: stopped by SIGINT" in produce.text() and produce.text().rstrip().endswith("interrupted")
+    assert len(produce.started) >= 2 and produce.left() == []
+    ends = [record.end for record in raised.value.report.records.values()]
+    assert len(ends) == 2 and {(end.status, end.reason) for end in ends} == {("aborted", "stopped by SIGINT")}
 
 
 def test_ctrl_c_ends_consume_with_the_account_so_far(terminal, tmp_path, write_spec):

@@ -21,6 +21,7 @@ import typer
 
 from beamstream.display import console, fail, read_to_the_end
 from beamstream.errors import BeamstreamError
+from beamstream.interrupts import deliver_lost_interrupts
 from beamstream.remote_cli import request, streams_app
 from beamstream.security.cli import ca_app
 
@@ -545,7 +546,9 @@ def _service_tls(settings: ServiceSettings) -> dict[str, object]:
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning beamstream errors into one clear line and exit code 1."""
+    """Entry point: run the CLI, turning beamstream errors into one clear line and exit code 1, Ctrl-C into
+    "interrupted" and exit code 130 (a Ctrl-C raised inside a finaliser included: :func:`deliver_lost_interrupts`)."""
+    deliver_lost_interrupts()
     try:
         app(prog_name="beamstream")
     except BeamstreamError as exc:

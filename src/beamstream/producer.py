@@ -81,7 +81,8 @@ class _Aborted(BaseException):
 
 
 class _EndAbandoned(BaseException):
-    """Raised inside a stopped worker whose end message was not taken within :data:`ABORTED_END_S`."""
+    """Raised inside a stopped worker whose end message was not taken in time (:data:`ABORTED_END_S`, or
+    :data:`STOPPED_AGAIN_S` once it was stopped again)."""
 
 
 _stop_signals: list[int] = []  # the stop signals this process received, once abort_on_signals() set their handler
@@ -226,8 +227,8 @@ _COUNTERS = ("events", "messages", "bytes")
 def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, counters: Any, errors: Any,
                   key_text: str | None = None) -> None:
     """One worker of :func:`run_local`: its share of the spec, its totals in ``counters``, its failure (or a stop
-    before it could send an end message: while it started, say) in ``errors`` and exit code 1. Once its share has ended, a stop
-    signal is ignored: there is nothing left to stop (a SIGINT or SIGTERM while the process exits would print a
+    before it could send an end message: while it started, say) in ``errors`` and exit code 1. Once its share has
+    ended, a stop signal is ignored: there is nothing left to stop (one while the process exits would print a
     traceback)."""
     def report(stats: WorkerStats) -> None:
         base = rank * len(_COUNTERS)
