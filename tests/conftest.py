@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -20,6 +22,7 @@ from beamstream.sources.psana2 import import_psana
 from beamstream.spec import parse_spec
 
 BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"  # the machine's PostgreSQL server
 
 
 @pytest.fixture
@@ -211,3 +214,19 @@ def stream_into_client(spec, endpoint: str, workers: int = 1, timeout: float = 1
         producers.join()
     assert outcome["result"].ok, outcome["result"].errors
     return messages, client
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A new, empty database: a SQLite file, or a database created for this test on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'service.db'}"
+        return
+    name = f"beamstream_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

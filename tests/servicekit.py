@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import httpx
 import psutil
 
-from beamstream.service.api import IDENTITY_KEY
+from beamstream.service.principal import IDENTITY_KEY
 from conftest import start_cli, wait_until
 
 

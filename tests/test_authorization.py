@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from beamstream.service.api import IDENTITY_KEY, create_app
+from beamstream.service.app import create_app
+from beamstream.service.principal import IDENTITY_KEY
 from beamstream.service.policy import PolicyError
 from beamstream.service.settings import ServiceSettings
 from servicekit import AsUser, run_service, stop_service
@@ -55,7 +56,7 @@ def api(tmp_path, policy):
     app = make_app(tmp_path, policy)
     with TestClient(AsUser(app)) as client:
         yield client
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def post(api: TestClient, user: str, **request) -> httpx.Response:
@@ -108,7 +109,7 @@ def test_someone_elses_stream_is_404_on_every_route_exactly_like_an_unknown_one(
         for stream_id in (theirs, "f" * 32):
             answer = api.request(method, f"/v1/streams/{stream_id}{route}", headers=alice)
             assert answer.status_code == 404, (method, route, answer.text)
-            assert answer.json() == {"detail": f"no stream {stream_id!r}"}
+            assert answer.json()["detail"] == f"no stream {stream_id!r}" and answer.json().keys() == {"detail", "request_id"}
     assert relay_close(api, "alice", theirs) == (4404, f"no stream {theirs!r} on this service")
     assert relay_close(api, "alice", "f" * 32)[0] == 4404
     mine = api.get(f"/v1/streams/{theirs}", headers={"X-Test-User": "bob"})
@@ -194,7 +195,7 @@ def test_without_a_policy_everyone_requests_anything_and_sees_only_their_own_str
         assert api.get(f"/v1/streams/{alices}", headers={"X-Test-User": "bob"}).status_code == 404
         assert api.get(f"/v1/streams/{alices}", headers={"X-Test-User": "alice"}).status_code == 200
         assert api.get("/v1/experiments/xpptut15/runs", headers={"X-Test-User": "bob"}).status_code == 200
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def test_a_client_cannot_claim_an_identity(tmp_path, policy):
@@ -206,7 +207,7 @@ def test_a_client_cannot_claim_an_identity(tmp_path, policy):
         assert created.status_code == 201 and created.json()["owner"] == "local"
         assert api.post("/v1/streams", json={"spec": SIMULATED, "experiment": "xpptut15"},
                         headers=forged).status_code == 403  # "local" reads no experiment
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def test_the_service_process_reads_its_policy_file(tmp_path):

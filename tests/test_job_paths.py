@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import beamstream.plugins
-from beamstream.service.api import create_app
+from beamstream.service.app import create_app
 from beamstream.service.job_paths import output_file, output_files
 from beamstream.service.settings import ServiceSettings
 from beamstream.spec import parse_spec, spec_model
@@ -54,7 +54,7 @@ def api(site):
         calib_pattern=str(site / "data" / "{experiment}" / "calib")))
     with TestClient(AsUser(app)) as client:
         yield client
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def post(api: TestClient, user: str, spec: dict, **request):
@@ -118,7 +118,7 @@ def test_a_job_writes_into_its_own_streams_folder(api, site):
 
     created = post(api, "alice", sink("run14/images"))
     assert created.status_code == 201, created.text
-    stored = api.app.app.state.store.get(created.json()["id"]).spec
+    stored = api.app.app.state.context.store.get(created.json()["id"]).spec
     assert stored["sinks"] == [{"type": "files", "dir": "output/run14/images"}]
     for folder in (str(site / "elsewhere"), "~/out", "../../elsewhere", "a/../../b"):
         refused = post(api, "alice", sink(folder))
@@ -127,7 +127,7 @@ def test_a_job_writes_into_its_own_streams_folder(api, site):
     spilled = post(api, "alice", {"source": SIMULATED}, resources={"buffer": {"spill_dir": "/tmp/anywhere"}})
     assert spilled.status_code == 403 and spilled.json()["detail"][0].startswith("resources.buffer.spill_dir: ")
     kept = post(api, "alice", {"source": SIMULATED}, resources={"buffer": {"spill_dir": "spill"}})
-    assert api.app.app.state.store.get(kept.json()["id"]).resources["buffer"]["spill_dir"] == "output/spill"
+    assert api.app.app.state.context.store.get(kept.json()["id"]).resources["buffer"]["spill_dir"] == "output/spill"
 
 
 class ReadsAFileStep(StepSpec):

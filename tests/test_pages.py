@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from beamstream.service.api import create_app
+from beamstream.service.app import create_app
 from beamstream.service.pages import ASSETS_URL
 from beamstream.service.settings import ServiceSettings
 from servicekit import run_service, stop_service

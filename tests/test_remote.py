@@ -18,7 +18,7 @@ import pytest
 from beamstream import Service
 from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamIncomplete, StreamTimeout
 from beamstream.remote import AmbiguousStreamId, EventReader, ServerEvent, Stream
-from beamstream.service.states import State
+from beamstream.protocol.states import State
 from beamstream.service.store import JobStore
 from conftest import BEAMSTREAM, run_cli, start_cli, wait_until
 from servicekit import end_jobs_under, run_service, shown, stop_service

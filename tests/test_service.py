@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 
@@ -17,13 +16,12 @@ import h5py
 import httpx
 import numpy as np
 import psutil
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from beamstream.service.api import MAX_BODY_BYTES, create_app
+from beamstream.service.app import MAX_BODY_BYTES, create_app
 from beamstream.service.settings import ServiceSettings
-from beamstream.service.states import State, TransitionError
+from beamstream.protocol.states import State, TransitionError
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.client import Client
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, VERDICT_FILE, signature
@@ -33,24 +31,7 @@ from beamstream.service.executors import JobRequest, JobState, JobStatus, LocalE
 from conftest import wait_until
 from servicekit import end_jobs_under, run_service, shown, slurm_answers, start_service, stop_service
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SPEC = {"source": {"type": "simulated", "n_events": 10}, "sinks": [{"type": "files", "dir": "out"}]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A new, empty database: a SQLite file, or a database created for this test on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.db'}"
-        return
-    name = f"beamstream_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -65,7 +46,7 @@ def api(database_url):
     app = create_app(ServiceSettings(database_url=database_url, default_owner="alice"))
     with TestClient(app) as client:
         yield client
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def test_a_stream_goes_through_its_lifecycle_with_every_change_kept(store):
@@ -133,6 +114,14 @@ def test_the_api_takes_a_request_and_shows_it(api):
     assert "/v1/streams" in api.get("/openapi.json").json()["paths"]
 
 
+@pytest.mark.parametrize("sinks", [None, []], ids=["null", "empty"])
+def test_a_request_may_leave_its_sinks_to_the_service(api, sinks):
+    """The service streams to the stream's buffer whatever the request's sinks: null and [] mean none of its own."""
+    response = api.post("/v1/streams", json={"spec": {**SPEC, "sinks": sinks}})
+    assert response.status_code == 201, response.text
+    assert response.json()["state"] == "queued"
+
+
 def test_the_api_refuses_bad_requests_clearly(api):
     bad_spec = api.post("/v1/streams", json={"spec": {"source": {"type": "simulated", "n_events": 0},
                                                       "sinks": [{"type": "files"}]}})
@@ -169,12 +158,12 @@ def test_a_request_by_experiment_and_run_needs_no_spec(database_url, tmp_path):
         with TestClient(app) as api:
             created = api.post("/v1/streams", json={"experiment": "p002345", "run": 3})
             assert created.status_code == 201, created.text
-            source = app.state.store.get(created.json()["id"]).spec["source"]
+            source = app.state.context.store.get(created.json()["id"]).spec["source"]
             assert (source["type"], source["files"]) == ("hdf5", [str(run / "frames.h5")])
             nothing = api.post("/v1/streams", json={"experiment": "p002345"})
             assert nothing.status_code == 422 and "source: required, not given" in nothing.json()["detail"]
     finally:
-        app.state.store.close()
+        app.state.context.store.close()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -182,7 +171,7 @@ def test_each_event_carries_the_stream_as_it_was_at_its_change(api):
     """Sent after the stream ended, each event still carries the stream in its change's state, with its history up
     to that change; its endpoints once it ran, its verdict only with its end."""
     stream_id = api.post("/v1/streams", json={"spec": SPEC}).json()["id"]
-    store = api.app.state.store
+    store = api.app.state.context.store
     store.change_state(stream_id, State.STARTING, "jobs submitted")
     store.change_state(stream_id, State.RUNNING, "buffer listening", endpoints={"consumers": "tcp://node1:5556"})
     store.change_state(stream_id, State.COMPLETED, "every group drained", verdict={"complete": True})
@@ -262,7 +251,7 @@ def test_a_local_job_past_its_time_limit_is_stopped_and_its_end_recorded(tmp_pat
 
 
 def test_job_callbacks_are_taken_only_signed_fresh_and_once(api):
-    store = api.app.state.store
+    store = api.app.state.context.store
     stream = api.post("/v1/streams", json={"spec": SPEC}).json()
     secret = store.get(stream["id"]).secret
     store.change_state(stream["id"], State.STARTING, "jobs submitted")

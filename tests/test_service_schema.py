@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from beamstream.service.api import create_app
+from beamstream.service.app import create_app
 from beamstream.service.settings import ServiceSettings
 from servicekit import AsUser
 from test_authorization import POLICY, write_policy
@@ -32,7 +32,7 @@ def api_schema(request, tmp_path_factory):
                                      xtc_root=folder / "xtc", policy_file=policy))
     schema = schemathesis.openapi.from_asgi("/openapi.json", AsUser(app) if policy else app)
     yield schema, {"x-test-user": "alice"} if policy else {}
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 def test_every_generated_request_is_answered_as_the_document_says(api_schema):

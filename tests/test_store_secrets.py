@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
 from beamstream.security.streamkey import StreamKey, StreamKeyError
-from beamstream.service.api import create_app
+from beamstream.service.app import create_app
 from beamstream.service.at_rest import ServiceKey, ServiceKeyError
 from beamstream.service.migrations import upgrade
 from beamstream.service.settings import ServiceSettings
@@ -44,7 +44,7 @@ def test_the_store_and_the_service_key_are_made_private_under_a_permissive_umask
         assert {file.name: mode(file) for file in files} == {file.name: 0o600 for file in files}
         assert mode(tmp_path / "state" / "service.key") == 0o600
         assert mode(tmp_path / "state") == 0o700
-    app.state.store.close()
+    app.state.context.store.close()
 
 
 @pytest.mark.parametrize("loose", ["service.db", "service.db-wal"])
@@ -102,7 +102,7 @@ def test_secrets_kept_in_clear_by_an_older_release_are_sealed_when_the_store_is_
     for file in tmp_path.glob("service.db*"):  # as an operator does when the new release says so
         file.chmod(0o600)
     key = ServiceKey.from_file(tmp_path / "service.key")
-    store = JobStore.open(url, key)
+    store = JobStore.open(url, key, upgrade=True)  # as `beamstream service upgrade-db` does
     assert store.get("s1").key == clear_key and store.get("s1").secret == "ab" * 32
     store.close()
     assert clear_key.encode() not in b"".join(path.read_bytes() for path in tmp_path.glob("service.db*"))
@@ -113,7 +113,7 @@ def test_two_transitions_at_once_never_lose_one(tmp_path):
     cancel that was accepted is the stream's last state (never overwritten by a transition checked before it)."""
     import threading
 
-    from beamstream.service.states import State, TransitionError
+    from beamstream.protocol.states import State, TransitionError
 
     store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
     outcomes = []

@@ -20,7 +20,7 @@ from beamstream.client.transports.relay import tls_refusal
 from beamstream.errors import OptionError, ServiceError, TransportError
 from beamstream.remote import Service
 from beamstream.security import ca
-from beamstream.service.api import create_app
+from beamstream.service.app import create_app
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.tls import Refusals
 from conftest import start_cli, wait_until

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from fastapi import WebSocket
 
-from beamstream.service.tokens import Caller, Grant, bearer, digest
+from beamstream.service.principal import Principal
+from beamstream.service.tokens import Grant, bearer, digest
 from servicekit import https_client as client, make_pki, tls_service
 
 SPEC = {"source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
@@ -142,8 +143,8 @@ def test_bearer_header_parsing_and_caller():
     assert bearer(None) is None
     grant = Grant(id="1", identity="alice", experiments=("a",), stream=None, created=0, expires=time.time() + 9,
                   revoked=None)
-    caller = Caller("alice", grant)
-    assert caller == "alice" and caller.grant is grant and Caller("bob").grant is None
+    caller = Principal("alice", grant)
+    assert str(caller) == "alice" and caller.grant is grant and Principal("bob").grant is None
     assert grant.permits_stream("x", "a") and not grant.permits_stream("x", "b") and not grant.permits_stream("x", None)
 
 
@@ -152,7 +153,7 @@ def test_the_relay_takes_a_token_as_a_query_parameter(tmp_path):
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
-    from beamstream.service.api import create_app
+    from beamstream.service.app import create_app
     from beamstream.service.settings import ServiceSettings
     from beamstream.service.store import JobStore
 
@@ -166,8 +167,8 @@ def test_the_relay_takes_a_token_as_a_query_parameter(tmp_path):
 
     @app.websocket("/probe")  # a WebSocket route besides the relay, to see what the scope keeps
     async def probe(websocket: WebSocket) -> None:
-        from beamstream.service.api import identity
-        seen["caller"] = identity(websocket)
+        from beamstream.service.principal import authenticate
+        seen["caller"] = authenticate(websocket).identity
         seen["query"] = websocket.scope["query_string"]
         await websocket.accept()
         await websocket.close()
@@ -176,8 +177,10 @@ def test_the_relay_takes_a_token_as_a_query_parameter(tmp_path):
         with test.websocket_connect(f"/probe?a=1&token={secret}"):
             pass
         assert seen == {"caller": "alice", "query": b"a=1"}
-        with pytest.raises(WebSocketDisconnect), test.websocket_connect(f"/v1/streams/{other.id}/relay?token={secret}"):
-            pass
+        with test.websocket_connect(f"/v1/streams/{other.id}/relay?token={secret}") as outside:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                outside.receive_bytes()
+        assert closed.value.code == 4404  # as for an unknown stream
         with pytest.raises(WebSocketDisconnect), test.websocket_connect(f"/v1/streams/{record.id}/relay?token=bad"):
             pass
         assert test.get(f"/v1/streams/{record.id}", params={"token": secret}).status_code == 404  # HTTP: ignored

@@ -4,7 +4,7 @@ from typing import Any
 
 from beamstream.client import Client, Event, Message, StreamReport
 from beamstream.errors import BeamstreamError, ServiceError
-from beamstream.service.states import State
+from beamstream.protocol.states import State
 
 __all__ = ["BeamstreamError", "Client", "Event", "Message", "Service", "ServiceError", "State", "Stream",
            "StreamReport"]

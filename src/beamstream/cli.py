@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from beamstream.display import console, fail, read_to_the_end
+from beamstream.cli_help import readable_help_types
+from beamstream.display import console, fail, labelled, read_to_the_end
 from beamstream.errors import BeamstreamError
 from beamstream.interrupts import deliver_lost_interrupts
-from beamstream.remote_cli import request, streams_app
+from beamstream.remote_cli import request, runs_app, streams_app
 from beamstream.security.cli import ca_app
+from beamstream.service.cli import service_app
 
 from beamstream.buffer.config import BufferConfig
 
 if TYPE_CHECKING:
-
     from beamstream.buffer.base import Buffer
-    from beamstream.service.settings import ServiceSettings
 
+readable_help_types()  # --help says INTEGER, PATH, SECONDS; nothing for flags (typer 0.2x: <int range>, <bool>)
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 spec_app = typer.Typer(help="Check stream specs and show their schema.", no_args_is_help=True)
@@ -78,7 +79,7 @@ def configure_logging(level: str) -> None:
 
 @spec_app.command("check")
 def spec_check(
-    files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)")],
+    files: Annotated[list[Path], typer.Argument(help="spec files (YAML or JSON)", metavar="SPEC")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON result per file on standard output")] = False,
     for_service: Annotated[bool, typer.Option(
         "--for-service", help="check specs to send to a request service (beamstream request), as it does: their "
@@ -95,15 +96,15 @@ def spec_check(
         except BeamstreamError as exc:
             results.append({"file": str(path), "ok": False, "problems": str(exc)})
             if not as_json:
-                console.print(f"[red]✗[/] {exc}", highlight=False)
+                console.print(labelled("✗", "red", str(exc)), highlight=False)
             continue
         stages = {"source": spec.source.type, "steps": [step.type for step in spec.steps],
                   "serializer": spec.serializer.type, "sinks": [sink.type for sink in spec.sinks]}
         results.append({"file": str(path), "ok": True, **stages})
         if not as_json:
             steps = " → ".join(stages["steps"]) or "(no steps)"
-            console.print(f"[green]✓[/] {path}: {stages['source']} → {steps} → {stages['serializer']} → "
-                          f"{', '.join(stages['sinks'])}", highlight=False)
+            console.print(labelled("✓", "green", f"{path}: {stages['source']} → {steps} → {stages['serializer']} → "
+                                                 f"{', '.join(stages['sinks'])}"), highlight=False)
     if as_json:
         print(json.dumps(results, indent=2))
     if not all(result["ok"] for result in results):
@@ -138,7 +139,7 @@ def _mpi_launched() -> bool:
 def produce(
     spec_file: Annotated[Path, typer.Argument(help="stream spec (YAML or JSON)", metavar="SPEC")],
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="local worker processes")] = 1,
-    stream_id: Annotated[Optional[str], typer.Option(help="stream id (default: random)")] = None,
+    stream_id: Annotated[Optional[str], typer.Option(metavar="ID", help="stream id (default: random)")] = None,
     rank: Annotated[Optional[int], typer.Option(min=0, help="run only the producer of this rank (with --producers and --stream-id)")] = None,
     producers: Annotated[Optional[int], typer.Option(min=1, help="how many producers share the run (with --rank)")] = None,
     rank_from_env: Annotated[bool, typer.Option(
@@ -195,7 +196,7 @@ def produce(
         console.print("interrupted", highlight=False)
         raise typer.Exit(130)
     for rank, reason in sorted(result.errors.items()):
-        console.print(f"[red]worker {rank} failed:[/] {reason}", highlight=False)
+        console.print(labelled(f"worker {rank} failed:", "red", reason), highlight=False)
     if result.errors:
         raise typer.Exit(1)
 
@@ -226,11 +227,13 @@ def _say_bound_endpoints(spec: object, producers: int) -> None:
 
 @app.command()
 def consume(
-    endpoints: Annotated[list[str], typer.Argument(help="endpoints to read, e.g. tcp://127.0.0.1:5555")],
+    endpoints: Annotated[list[str], typer.Argument(help="endpoints to read, e.g. tcp://127.0.0.1:5555",
+                                                   metavar="ENDPOINT")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="directory for .h5 files, or FILE.tar")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite output files that exist")] = False,
-    max_events: Annotated[Optional[int], typer.Option(min=1, help="stop after this many events")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds of silence before giving up")] = 30.0,
+    max_events: Annotated[Optional[int], typer.Option("--max-events", "-n", min=1,
+                                                      help="stop after this many events")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="seconds of silence before giving up")] = 30.0,
     bind: Annotated[bool, typer.Option(help="bind the endpoints (producers connect)")] = False,
     producers: Annotated[Optional[int], typer.Option(
         min=1, help="the endpoint is the first of this many producers that each bind their own "
@@ -240,10 +243,11 @@ def consume(
     lossy: Annotated[bool, typer.Option(
         help="with --group or nats://: always take the newest message, skipping older ones")] = False,
     start: Annotated[Optional[str], typer.Option(
-        help="with --group or nats://: a new group starts at the 'earliest' message held or 'now' (default: earliest)")] = None,
+        metavar="earliest|now", help="with --group or nats://: a new group starts at the 'earliest' message held or "
+                                     "'now' (default: earliest)")] = None,
     redeliver_after: Annotated[Optional[float], typer.Option(
-        help="with nats:// and a new group: seconds before a message a member did not acknowledge goes to another "
-             "(default: 30)")] = None,
+        metavar="SECONDS", help="with nats:// and a new group: seconds before a message a member did not "
+                                "acknowledge goes to another (default: 30)")] = None,
     key_file: Annotated[Optional[Path], typer.Option(
         "--key-file", metavar="FILE", help="the stream is sealed: open its messages with the stream key in FILE "
                                            "(readable by its owner only); others are refused as forged")] = None,
@@ -294,9 +298,11 @@ def _option_names(text: str) -> str:
 
 app.command()(request)
 app.add_typer(streams_app, name="streams")
+app.add_typer(runs_app, name="runs")
 
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 app.add_typer(buffer_app, name="buffer")
+app.add_typer(service_app, name="service")
 
 
 _help = BufferConfig.option_help  # each option's help is its field's description in BufferConfig
@@ -306,27 +312,31 @@ _help = BufferConfig.option_help  # each option's help is its field's descriptio
 def buffer(
     ctx: typer.Context,
     spec: Annotated[Optional[Path], typer.Option(
-        help="take the settings from this stream spec's buffer: section (options given here override them)")] = None,
-    producers: Annotated[Optional[str], typer.Option(help=_help("producers"))] = None,
-    consumers: Annotated[Optional[str], typer.Option(help=_help("consumers"))] = None,
-    max_memory: Annotated[Optional[str], typer.Option(help=_help("max_memory"))] = None,
-    hwm: Annotated[Optional[int], typer.Option(help=_help("hwm"))] = None,
-    max_message: Annotated[Optional[str], typer.Option(help=_help("max_message"))] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help=_help("metrics_port"))] = None,
-    metrics_addr: Annotated[Optional[str], typer.Option(help=_help("metrics_addr"))] = None,
-    spill_dir: Annotated[Optional[Path], typer.Option(help=_help("spill_dir"))] = None,
-    max_spill: Annotated[Optional[str], typer.Option(help=_help("max_spill"))] = None,
-    retention_s: Annotated[Optional[float], typer.Option("--retention", help=_help("retention_s"))] = None,
-    producer_timeout_s: Annotated[Optional[float], typer.Option("--producer-timeout",
+        metavar="SPEC", help="take the settings from this stream spec's buffer: section (options given here "
+                             "override them)")] = None,
+    producers: Annotated[Optional[str], typer.Option(metavar="ENDPOINT", help=_help("producers"))] = None,
+    consumers: Annotated[Optional[str], typer.Option(metavar="ENDPOINT", help=_help("consumers"))] = None,
+    max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_memory"))] = None,
+    hwm: Annotated[Optional[int], typer.Option(metavar="MESSAGES", help=_help("hwm"))] = None,
+    max_message: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_message"))] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(metavar="PORT", help=_help("metrics_port"))] = None,
+    metrics_addr: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help=_help("metrics_addr"))] = None,
+    spill_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help=_help("spill_dir"))] = None,
+    max_spill: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_spill"))] = None,
+    retention_s: Annotated[Optional[float], typer.Option("--retention", metavar="SECONDS",
+                                                         help=_help("retention_s"))] = None,
+    producer_timeout_s: Annotated[Optional[float], typer.Option("--producer-timeout", metavar="SECONDS",
                                                                 help=_help("producer_timeout_s"))] = None,
-    group_stall_s: Annotated[Optional[float], typer.Option("--group-stall", help=_help("group_stall_s"))] = None,
-    max_consumers: Annotated[Optional[int], typer.Option(help=_help("max_consumers"))] = None,
-    max_connections: Annotated[Optional[int], typer.Option(help=_help("max_connections"))] = None,
-    backend: Annotated[Optional[str], typer.Option(help=_help("backend"))] = None,
+    group_stall_s: Annotated[Optional[float], typer.Option("--group-stall", metavar="SECONDS",
+                                                           help=_help("group_stall_s"))] = None,
+    max_consumers: Annotated[Optional[int], typer.Option(metavar="N", help=_help("max_consumers"))] = None,
+    max_connections: Annotated[Optional[int], typer.Option(metavar="N", help=_help("max_connections"))] = None,
+    backend: Annotated[Optional[str], typer.Option(metavar="URL", help=_help("backend"))] = None,
     admission_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_help("admission_key_file"))] = None,
-    orphan_after_s: Annotated[Optional[float], typer.Option("--orphan-after", help=_help("orphan_after_s"))] = None,
+    orphan_after_s: Annotated[Optional[float], typer.Option("--orphan-after", metavar="SECONDS",
+                                                            help=_help("orphan_after_s"))] = None,
     callback: Annotated[Optional[Path], typer.Option(
-        help="tell the request service that started this buffer where it listens and, at the end, the "
+        metavar="FILE", help="tell the request service that started this buffer where it listens and, at the end, the "
              "stream's verdict (a file the service wrote: its URL and the stream's secret, read again at every "
              "attempt, so a service restarted elsewhere is found)")] = None,
 ) -> None:
@@ -419,12 +429,12 @@ def buffer_status(
 
 @app.command()
 def demo(
-    workers: Annotated[int, typer.Option(min=1, help="producer processes")] = 2,
-    events: Annotated[Optional[int], typer.Option(min=1, help="events to stream (default: 2000; with --service "
-                                                               "300)")] = None,
-    shape: Annotated[Optional[tuple[int, int]], typer.Option(help="image shape (default: 1024 1024; with "
-                                                                    "--service 64 64)")] = None,
-    serializer: Annotated[str, typer.Option(help="arrays or hdf5")] = "arrays",
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="producer processes")] = 2,
+    events: Annotated[Optional[int], typer.Option("--events", "-n", min=1, help="events to stream (default: 2000; "
+                                                                               "with --service 300)")] = None,
+    shape: Annotated[Optional[tuple[int, int]], typer.Option(metavar="Y X", help="image shape (default: 1024 1024; "
+                                                                                 "with --service 64 64)")] = None,
+    serializer: Annotated[str, typer.Option(metavar="arrays|hdf5", help="how messages are encoded")] = "arrays",
     batch: Annotated[int, typer.Option(min=1, help="events per message")] = 1,
     service: Annotated[bool, typer.Option("--service", help="ask a request service, started for the demo and "
                                                             "stopped after it, for the stream; read it through "
@@ -453,98 +463,6 @@ def demo(
         raise typer.Exit(1)
 
 
-@app.command()
-def service(
-    config: Annotated[Optional[Path], typer.Option(help="settings file (YAML); BEAMSTREAM_SERVICE_* variables "
-                                                       "override it")] = None,
-    host: Annotated[Optional[str], typer.Option(help="address to listen on (default: 127.0.0.1)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port to listen on (default: 8080; 0: any free one)")] = None,
-    database_url: Annotated[Optional[str], typer.Option(help="job store URL (default: sqlite:///beamstream-service.db)")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="where streams' folders and job logs go (default: "
-                                                          "./beamstream-service)")] = None,
-) -> None:
-    """Run the request service: REST API under /v1, OpenAPI at /docs, /healthz, /metrics."""
-    from pydantic import ValidationError
-
-    try:
-        import uvicorn
-
-        from beamstream.service.api import create_app
-        from beamstream.service.relay import MAX_CLIENT_MESSAGE
-        from beamstream.service.settings import ServiceSettings
-    except ImportError as exc:
-        fail(f"the service needs its extra: pip install 'beamstream[service]' ({exc})")
-    given = {name: value for name, value in (("host", host), ("port", port), ("database_url", database_url),
-                                             ("state_dir", state_dir)) if value is not None}
-    try:
-        settings = ServiceSettings.load(config, **given)
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
-    from beamstream.service.dispatcher import Dispatcher
-
-    from sqlalchemy import make_url
-
-    from beamstream.service.at_rest import ServiceKeyError
-    from beamstream.service.store import StoreError
-
-    tls_options = _service_tls(settings)
-    try:
-        application = create_app(settings)
-    except (StoreError, ServiceKeyError) as exc:
-        fail(str(exc))
-    server = uvicorn.Server(uvicorn.Config(application, host=settings.host, port=settings.port, log_level="warning",
-                                           ws_max_size=MAX_CLIENT_MESSAGE, ws_per_message_deflate=False,
-                                           **tls_options))
-    original_startup = server.startup
-
-    async def startup(sockets=None) -> None:  # once bound (port 0 included): run the jobs, say where it listens
-        await original_startup(sockets)
-        bound = server.servers[0].sockets[0].getsockname() if server.servers else (settings.host, settings.port)
-        url = f"{'https' if settings.tls else 'http'}://{bound[0]}:{bound[1]}"
-        public = settings.public_url or url  # where jobs call back
-        application.state.dispatcher = Dispatcher(application.state.store, settings, public).start()
-        reached = f"; jobs call back to {public}" if public != url else ""
-        store = make_url(settings.database_url).render_as_string(hide_password=True)
-        console.print(f"service: {url} (API /v1, docs /docs{reached}), store {store}",
-                      highlight=False)
-
-    server.startup = startup
-    try:
-        server.run()
-    finally:
-        if application.state.dispatcher is not None:
-            application.state.dispatcher.close()
-
-
-def _service_tls(settings: ServiceSettings) -> dict[str, object]:
-    """The uvicorn options that serve ``settings``' mutual TLS (none without it: then a loud warning if the
-    service is bound beyond this machine); exits 2 with one line naming the setting and the file if a TLS file
-    cannot be used (missing, unreadable, not PEM, a key that is not its certificate's)."""
-    from beamstream.service.tls import ServerTLS, TLSFileError, client_certificate_usable, loopback, uvicorn_options
-
-    if not settings.tls:
-        if not loopback(settings.host):
-            warning = (f"the service listens on {settings.host} WITHOUT TLS: anyone who reaches it acts as "
-                       f"{settings.default_owner!r}; set tls_cert, tls_key, tls_ca and tls_crl (docs/security.md)")
-            logging.getLogger("beamstream.service").warning(warning)
-            console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
-        return {}
-    try:
-        tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_ca, settings.tls_crl,
-                        client_cert=settings.tls_client_cert)
-    except TLSFileError as exc:
-        fail(f"cannot serve HTTPS: {exc}", code=2)
-    jobs_cert, jobs_key = settings.jobs_certificate
-    names = ("tls_jobs_cert", "tls_jobs_key") if settings.tls_jobs_cert is not None else ("tls_cert", "tls_key")
-    if (why := client_certificate_usable((names[0], jobs_cert), (names[1], jobs_key))) is not None:
-        fail(f"the service's jobs cannot call it back: {why}; give them a client certificate from the CA "
-             "(`beamstream ca issue DIR --user beamstream-jobs`) as tls_jobs_cert and tls_jobs_key", code=2)
-    if settings.tls_crl is None:
-        console.print("[bold yellow]warning:[/] tls_crl is not set: revoked certificates are accepted until they "
-                      "expire", highlight=False)
-    return uvicorn_options(tls)
-
-
 def main() -> None:
     """Entry point: run the CLI, turning beamstream errors into one clear line and exit code 1, Ctrl-C into
     "interrupted" and exit code 130 (a Ctrl-C raised inside a finaliser included: :func:`deliver_lost_interrupts`)."""
@@ -552,7 +470,7 @@ def main() -> None:
     try:
         app(prog_name="beamstream")
     except BeamstreamError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(labelled("error:", "bold red", str(exc)), highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -119,7 +119,7 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
     cancelled, its jobs and the service stopped (:func:`demo_service`): nothing the demo started outlives it.
     """
     from beamstream.remote import Service
-    from beamstream.service.states import State
+    from beamstream.protocol.states import State
 
     with tempfile.TemporaryDirectory(prefix="beamstream-demo-", ignore_cleanup_errors=True) as folder:
         if tls:

@@ -24,9 +24,15 @@ if TYPE_CHECKING:
 console = Console(stderr=True, soft_wrap=True)
 
 
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, then ``message`` as it is: never read as rich markup, in which a path, a reason or an
+    install hint would lose its brackets (``pip install 'beamstream[service]'`` shown as ``'beamstream'``)."""
+    return Text.assemble((label, style), " ", message)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``message`` as an error and end the command with exit code ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` (plain text, no markup) as an error and end the command with exit code ``code``."""
+    console.print(labelled("error:", "bold red", message), highlight=False)
     raise typer.Exit(code)
 
 

@@ -43,7 +43,15 @@ class StepError(BeamstreamError, ValueError):
 
 
 class MissingDependency(BeamstreamError, ImportError):
-    """An optional dependency is not installed; the message says what to install."""
+    """An optional dependency is not installed; the message says what to install (:func:`needs_extra`)."""
+
+
+def needs_extra(what: str, extra: str, *, package: str | None = None, cause: object = None) -> str:
+    """The message for ``what`` lacking beamstream's optional ``extra`` (a name in pyproject.toml's
+    ``[project.optional-dependencies]``), naming the ``package`` it lacks and the ``cause`` if given:
+    ``the NATS backend needs nats-py: pip install 'beamstream[nats]' (No module named 'nats')``."""
+    needed = package or f"the {extra!r} extra"
+    return f"{what} needs {needed}: pip install 'beamstream[{extra}]'" + (f" ({cause})" if cause else "")
 
 
 class OptionError(BeamstreamError, ValueError):

@@ -25,7 +25,7 @@ import numpy as np
 
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
-from beamstream.errors import BeamstreamError, OptionError
+from beamstream.errors import BeamstreamError, MissingDependency, OptionError, needs_extra
 from beamstream.security.streamkey import StreamKey
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
@@ -440,7 +440,7 @@ def run_mpi(spec: Any, stream_id: str | None = None, key: StreamKey | None = Non
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise BeamstreamError(f"running under mpirun needs mpi4py: pip install 'beamstream[mpi]' ({exc})") from None
+        raise MissingDependency(needs_extra("running under mpirun", "mpi", package="mpi4py", cause=exc)) from None
     comm = MPI.COMM_WORLD
     rank, producers = comm.Get_rank(), comm.Get_size()
     stream_id = comm.bcast(stream_id or new_stream_id() if rank == 0 else None, root=0)

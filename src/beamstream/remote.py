@@ -9,10 +9,11 @@
     print(stream.report.summary())
 
 - :class:`Service`: the service's REST API under ``/v1``: request a stream, look one up (by its id or
-  the start of it), list them.
+  the start of it), list them; list an experiment's runs (:meth:`Service.runs`).
 - :class:`Stream`: one requested stream: its state and history, followed as the service pushes
   each change (:meth:`Stream.changes`, server-sent events); a :class:`~beamstream.client.Client`
-  that reads it from its buffer or through the service's relay; cancel; its jobs' logs. Used with
+  that reads it from its buffer or through the service's relay; cancel; its jobs' logs, or their
+  lines as they are written (:meth:`Stream.follow_logs`). Used with
   ``with``, or iterated, it is cancelled when an error or Ctrl-C interrupts its use, unless kept
   (:meth:`Stream.keep`).
 
@@ -29,7 +30,7 @@ import os
 import stat
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +44,14 @@ from beamstream.accounting import StreamReport
 from beamstream.client import Client, Event
 from beamstream.client.transports.relay import client_tls_context, tls_refusal
 from beamstream.errors import BeamstreamError, OptionError, ServiceError, SpecError, StreamEnded, StreamTimeout
-from beamstream.service.states import State
+from beamstream.protocol.states import State
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_PROFILE = Path("~/.config/beamstream/profile.yaml")  # or $BEAMSTREAM_PROFILE
 DEFAULT_GROUP = "default"
 READ_TIMEOUT = 60.0  # a stream's producers start only once it runs: time enough for its first message
 PAGE = 1000  # streams asked for per page when listing (the service's largest page)
+MAX_LINE = 1 << 20  # characters of a followed log line; a longer one comes in pieces
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # between tries to reconnect to the events of a stream; then 5 s
 
 
@@ -182,6 +184,13 @@ class Service:
                 break
         return found
 
+    def runs(self, experiment: str) -> list[dict[str, Any]]:
+        """The runs of ``experiment`` that the service's catalogue finds, in run order, each
+        ``{"run": number, "source": the source type that reads it, "files": [paths]}``. ServiceError (404) for an
+        experiment the service knows no runs of, or that the caller may not read."""
+        path = f"/v1/experiments/{quote(experiment, safe='')}/runs"
+        return self.call("GET", path).json()["runs"]
+
     def call(self, method: str, path: str, **options: Any) -> httpx.Response:
         """The service's answer to ``method path`` (httpx ``options``); ServiceError for a refusal or no answer."""
         try:
@@ -216,7 +225,7 @@ class Stream:
 
     ``view`` is the stream as the service last showed it (``GET /v1/streams/{id}``: state,
     history, endpoints, verdict, resources), its ``state`` and each change's in ``history`` a
-    :class:`~beamstream.service.states.State`; :meth:`refresh` and :meth:`changes` renew it.
+    :class:`~beamstream.protocol.states.State`; :meth:`refresh` and :meth:`changes` renew it.
     ``report`` is the account of the last iteration over the stream (None before one).
     The stream's credentials (:meth:`credentials`) are kept from the service's answer to the request, or
     asked for once; they are never part of ``view`` or the repr.
@@ -382,11 +391,29 @@ class Stream:
         self.view = self.service.call("DELETE", stream_path(self.id)).json()
         return self
 
-    def logs(self, tail: int | None = None) -> str:
-        """The output of the stream's jobs, buffer first: the last ``tail`` bytes of each (the service's default
-        if None)."""
-        params = {} if tail is None else {"tail": tail}
-        return self.service.call("GET", f"{stream_path(self.id)}/logs", params=params).text
+    def logs(self, tail: int | None = None, lines: int | None = None) -> str:
+        """The output of the stream's jobs, buffer first, each file headed ``==> ROLE (FILE) <==``: the last
+        ``lines`` lines of each, whole (within its last ``tail`` bytes); with ``tail`` alone, exactly its last
+        ``tail`` bytes (which may start mid-line); with neither, the whole lines of the service's default tail."""
+        return self.service.call("GET", f"{stream_path(self.id)}/logs", params=_logs_params(tail, lines)).text
+
+    def follow_logs(self, tail: int | None = None, lines: int | None = None) -> Iterator[str]:
+        """The lines of :meth:`logs` (without their line endings), then each line the stream's jobs write, as they
+        write it, until the stream has ended and its jobs' output has been read to its end (as ``kubectl logs -f``).
+
+        It waits as long as the jobs write nothing (the service's ``timeout`` bounds the connection, not the
+        silence). A line longer than :data:`MAX_LINE` characters comes cut in pieces of that length.
+        ServiceError if the service refuses, or the connection drops before the end.
+        """
+        service = self.service
+        params = {**_logs_params(tail, lines), "follow": "true"}
+        try:
+            with service.http.stream("GET", f"{stream_path(self.id)}/logs", params=params,
+                                     timeout=httpx.Timeout(service.timeout, read=None)) as response:
+                service.check(response)
+                yield from bounded_lines(response.iter_text())
+        except httpx.TransportError as exc:
+            raise service.unreachable(exc) from None
 
     def _follow(self, after: int | None, deadline: float | None) -> Iterator[Change]:
         """The changes after index ``after`` (all if None) until the final one, reconnecting as needed;
@@ -553,6 +580,32 @@ def load_profile(path: str | Path | None = None) -> Profile | None:
         except OSError:
             pass  # a missing key is reported when it is used
     return profile
+
+
+def bounded_lines(texts: Iterable[str], longest: int = MAX_LINE) -> Iterator[str]:
+    """The lines of ``texts`` (pieces of one text), without their line endings (``\\n``, ``\\r\\n``), a line longer
+    than ``longest`` characters in pieces of that length (httpx's ``iter_lines`` would hold it whole)."""
+    pending = ""
+    for text in texts:
+        pending += text
+        start = 0
+        while True:
+            end = pending.find("\n", start, start + longest + 1)
+            if end >= 0:
+                yield pending[start:end].removesuffix("\r")
+                start = end + 1
+            elif len(pending) - start > longest:
+                yield pending[start:start + longest]
+                start += longest
+            else:
+                break
+        pending = pending[start:]
+    if pending:
+        yield pending
+
+
+def _logs_params(tail: int | None, lines: int | None) -> dict[str, int]:
+    return {name: value for name, value in (("tail", tail), ("lines", lines)) if value is not None}
 
 
 def stream_path(stream_id: str) -> str:

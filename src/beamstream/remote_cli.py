@@ -1,4 +1,4 @@
-"""``beamstream request`` and ``beamstream streams``: the request service from the command line
+"""``beamstream request``, ``beamstream streams`` and ``beamstream runs``: the request service from the command line
 (:mod:`beamstream.remote` is the same in Python; docs/requests.md).
 
 Each command finds the service, and the TLS files for one with mutual TLS, from its options, else their
@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
 from beamstream.display import Column, console, fail, fitted_table, read_to_the_end, short_ids
-from beamstream.service.states import State
+from beamstream.protocol.states import State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from rich.table import Table
 
     from beamstream.remote import Change, Service, Stream
 
 
+T = TypeVar("T")
 ServiceURL = Annotated[Optional[str], typer.Option(
     "--service", envvar="BEAMSTREAM_SERVICE", show_envvar=False, metavar="URL",
     help="the request service (default: $BEAMSTREAM_SERVICE, else the profile's, else http://127.0.0.1:8080)")]
@@ -100,11 +101,16 @@ CANCEL_GRACE_S = 1.0  # after Ctrl-C cancelled a stream, for its reader to show 
 
 
 def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
-    """Run ``work`` on a thread while this main thread waits for it, so that Ctrl-C lands here, not inside a
-    library's clean-up (a generator being closed, say) that would swallow it. On Ctrl-C: cancel ``stream``,
-    give ``work`` CANCEL_GRACE_S seconds to show how the stream ended, say what became of the stream, exit 130;
-    if ``work`` is still running then, the process ends at once (see :func:`_exit_now`). Otherwise raise what
-    ``work`` raised.
+    """Run ``work`` as :func:`run_interruptible` does; on Ctrl-C, cancel ``stream``, give ``work``
+    CANCEL_GRACE_S seconds to show how the stream ended, say what became of the stream, exit 130."""
+    run_interruptible(work, lambda: cancel_interrupted(stream), CANCEL_GRACE_S)
+
+
+def run_interruptible(work: Callable[[], T], interrupted: Callable[[], str], grace: float) -> T:
+    """What ``work`` returns, run on a thread while this main thread waits for it, so that Ctrl-C lands here, not
+    inside a library's clean-up (a generator being closed, say) that would swallow it. On Ctrl-C: call
+    ``interrupted`` for what to say, give ``work`` ``grace`` seconds to end, say it, exit 130; if ``work`` is still
+    running then, the process ends at once (see :func:`_exit_now`). Otherwise raise what ``work`` raised.
 
     This thread prints nothing while ``work`` runs: rich's live displays (``work``'s progress) and a print from
     another thread can deadlock on rich's locks."""
@@ -112,28 +118,30 @@ def run_cancellable(stream: Stream, work: Callable[[], None]) -> None:
     import threading
 
     raised: list[BaseException] = []
+    returned: list[T] = []
     done = threading.Event()  # not Thread.join: Ctrl-C inside join() marks a running thread stopped (CPython 3.11)
 
     def run() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Linux may hand a process's SIGINT to any
         try:  # thread that does not block it; here, the main thread asleep in wait() would never hear of it (seen)
-            work()
+            returned.append(work())
         except BaseException as exc:  # typer.Exit included: raised again in the main thread
             raised.append(exc)
         finally:
             done.set()
 
-    threading.Thread(target=run, name="beamstream-request", daemon=True).start()
+    threading.Thread(target=run, name="beamstream-command", daemon=True).start()
     try:
         done.wait()
     except KeyboardInterrupt:
-        said = cancel_interrupted(stream)
-        if not done.wait(CANCEL_GRACE_S):
+        said = interrupted()
+        if not done.wait(grace):
             _exit_now(said, 130)
         console.print(said, highlight=False)
         raise typer.Exit(130) from None
     if raised:
         raise raised[0]
+    return returned[0]
 
 
 SHOW_CURSOR = "\x1b[?25h"  # a live display hides the terminal's cursor while it runs
@@ -247,7 +255,11 @@ def _texts(view: dict[str, Any], short: dict[str, str]) -> dict[str, str]:
     texts = {"id": short[view["id"]], "name": view["name"] or "", "owner": view["owner"], "state": view["state"].value,
              "run": f"{view['experiment']}/{view['run']}" if view["experiment"] else "",
              "since": _since(last["at"]), "reason": last["reason"]}
-    return {column: next(iter(text.splitlines()), "") for column, text in texts.items()}
+    return {column: _first_line(text) for column, text in texts.items()}
+
+
+def _first_line(text: str) -> str:
+    return next(iter(text.splitlines()), "")
 
 
 def _since(at: float) -> str:
@@ -308,6 +320,26 @@ def streams_cancel(
     console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
 
 
+@streams_app.command("watch")
+def streams_watch(
+    stream_id: StreamID,
+    service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
+) -> None:
+    """Print each state change of a stream as the service pushes it, until it ends; exit 0 if it completed.
+
+    Each change is a line (time, state, reason), from the stream's first (queued) on, so that the history comes
+    before the news. The command exits 1, with the reason, if the stream failed or was cancelled. Ctrl-C stops
+    watching (exit 130); the stream goes on."""
+    with connect(service_url, cert, key, ca) as service:
+        stream = service.find(stream_id)
+        last = run_interruptible(lambda: show_changes(stream), lambda: left_running(stream), 0.0)
+    if last.state is not State.COMPLETED:
+        fail(f"stream {stream.id} {last.state.value}: {_first_line(last.reason)}")
+
+
 @streams_app.command("logs")
 def streams_logs(
     stream_id: StreamID,
@@ -315,12 +347,33 @@ def streams_logs(
     cert: CertFile = None,
     key: KeyFile = None,
     ca: CAFile = None,
-    tail: Annotated[Optional[int], typer.Option(min=1, help="bytes from the end of each job's output "
-                                                            "(default: the service's)")] = None,
+    tail: Annotated[Optional[int], typer.Option(
+        min=1, metavar="N", help="the last N lines of each job's output (default: the whole lines of its last "
+                                 "64 KiB)")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="then print what the jobs write, as they write it, until the stream has ended")] = False,
 ) -> None:
-    """The output of the stream's jobs (buffer first), on standard output."""
+    """The output of the stream's jobs (buffer first) on standard output; with --follow, as they write it.
+
+    Each file is headed "==> ROLE (FILE) <==". With --follow, the command goes on printing each line the jobs write
+    until the stream has ended and their output has been printed to its end. Ctrl-C stops it (exit 130); the stream
+    goes on."""
     with connect(service_url, cert, key, ca) as service:
-        print(service.find(stream_id).logs(tail), end="")
+        stream = service.find(stream_id)
+        if not follow:
+            print(stream.logs(lines=tail), end="")
+            return
+        run_interruptible(lambda: _print_lines(stream.follow_logs(lines=tail)), lambda: left_running(stream), 0.0)
+
+
+def _print_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        print(line, flush=True)  # flushed: Ctrl-C ends the process without Python's shutdown (_exit_now)
+
+
+def left_running(stream: Stream) -> str:
+    """What to say when Ctrl-C stops watching ``stream``, which goes on."""
+    return f"interrupted; stream {stream.id} goes on (`beamstream streams cancel {stream.id}` cancels it)"
 
 
 @streams_app.command("credentials")
@@ -337,3 +390,44 @@ def streams_credentials(
     with connect(service_url, cert, key, ca) as service:
         credentials = service.find(stream_id).credentials()
     print(json.dumps(credentials) if as_json else credentials["key"])
+
+
+runs_app = typer.Typer(help="The runs of an experiment that a request service's catalogue finds.",
+                       no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="the experiment, as in xpptut15")],
+    service_url: ServiceURL = None,
+    cert: CertFile = None,
+    key: KeyFile = None,
+    ca: CAFile = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='print the runs as JSON on standard output ([{"run", "source", "files"}, ...])')] = False,
+) -> None:
+    """The runs of EXPERIMENT that the service finds (`beamstream request --experiment E --run R` streams one), in
+    run order, one line each, no wider than the terminal: the run, the source type that reads it, its number of
+    files and the folder they are in. Exit 1 if the service knows none, or you may not read the experiment."""
+    from rich.console import Console
+
+    with connect(service_url, cert, key, ca) as service:
+        runs = service.runs(experiment)
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    out = Console()
+    out.print(runs_table(service.url, experiment, runs, out.width))
+
+
+def runs_table(url: str, experiment: str, runs: Sequence[dict[str, Any]], width: int) -> Table:
+    """The ``runs`` of ``experiment`` (as :meth:`~beamstream.remote.Service.runs` gives them) as a table at most
+    ``width`` cells wide (:func:`~beamstream.display.fitted_table`): run, source, files (how many), folder (the one
+    they are all in, cut to fit)."""
+    import os
+
+    columns = [Column("run"), Column("source"), Column("files"), Column("folder", 12)]
+    rows = [[str(run["run"]), run["source"], str(len(run["files"])),
+             os.path.commonpath([os.path.dirname(file) for file in run["files"]]) if run["files"] else ""]
+            for run in runs]
+    return fitted_table(columns, rows, width, title=f"runs of {experiment} at {url}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 
@@ -98,8 +98,8 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
     try:
         spec = spec_model().model_validate(data)
     except ValidationError as exc:
-        lines = [f"{origin}: {len(exc.errors())} problem(s) in the stream spec:"]
-        lines += [f"  {describe_error(error, data)}" for error in exc.errors()]
+        problems = describe_errors(exc.errors(), data)
+        lines = [f"{origin}: {len(problems)} problem(s) in the stream spec:", *(f"  {line}" for line in problems)]
         raise SpecError("\n".join(lines)) from None
     _check_fields(spec, origin)
     return spec
@@ -136,15 +136,16 @@ def load_spec(path: str | Path, for_service: bool = False) -> Any:
 SERVICE_SINK_ENDPOINT = "tcp://buffer:1"  # stands for the stream's buffer, which binds once the stream starts
 
 
-def as_the_service_runs_it(data: dict[str, Any]) -> dict[str, Any]:
+def as_the_service_runs_it(data: dict[str, Any], endpoint: str = SERVICE_SINK_ENDPOINT) -> dict[str, Any]:
     """``data`` (a spec meant for the request service, as parsed) as the service checks and runs it: its stream
-    sinks replaced by one to the stream's buffer (here :data:`SERVICE_SINK_ENDPOINT`), its other sinks kept; so
-    its sinks may be left out. Sinks that are not a list are left for validation to report."""
-    sinks = data.get("sinks", [])
+    sinks replaced by one to the stream's buffer at ``endpoint`` (by default :data:`SERVICE_SINK_ENDPOINT`, until
+    the buffer says where it listens), its other sinks kept; so its sinks may be left out (or null). Sinks that
+    are neither a list nor null are left for validation to report."""
+    sinks = data.get("sinks") or []
     if not isinstance(sinks, list):
         return data
     kept = [sink for sink in sinks if not (isinstance(sink, dict) and sink.get("type") == "stream")]
-    return {**data, "sinks": [*kept, {"type": "stream", "endpoint": SERVICE_SINK_ENDPOINT}]}
+    return {**data, "sinks": [*kept, {"type": "stream", "endpoint": endpoint}]}
 
 
 def spec_to_json(spec: BaseModel) -> str:
@@ -182,6 +183,7 @@ def _raise_missing_plugins(data: dict[str, Any], origin: str) -> None:
 
 
 def _location(loc: tuple[Any, ...]) -> str:
+    """``loc`` written as a path in the spec: ``steps[2].constants``."""
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
@@ -201,27 +203,91 @@ def _model_at(loc: tuple[Any, ...], data: dict[str, Any]) -> type[BaseModel] | N
                 model: Any = plugin(kind, value["type"])
                 for part in loc[len(stage_loc) :]:
                     field = model.model_fields.get(part) if isinstance(part, str) else None
-                    annotation = getattr(field, "annotation", None)
-                    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                    models = _models_in(getattr(field, "annotation", None))
+                    if len(models) != 1:
                         return None
-                    model = annotation
+                    model = models[0]
                 return model
     return None
 
 
-def describe_error(error: Any, data: dict[str, Any]) -> str:
-    """One line for one pydantic error: where, what is wrong, what to write instead."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation allows: itself if it is one, else the models among its union's members
+    (``float | ConstantsFile | None`` → ConstantsFile)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [member for member in get_args(annotation) if isinstance(member, type) and issubclass(member, BaseModel)]
+
+
+TYPE_MISMATCH = {  # pydantic's error types for "not that kind of value", and what that kind is called in a spec
+    "float_type": "a number", "float_parsing": "a number", "int_type": "a whole number",
+    "int_parsing": "a whole number", "int_from_float": "a whole number", "string_type": "text",
+    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list", "tuple_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "none_required": "null", "path_type": "a path", "literal_error": None, "enum": None,
+}
+
+
+def describe_errors(errors: list[Any], data: dict[str, Any]) -> list[str]:
+    """One line per problem in pydantic's ``errors``, located as the spec writes it (:func:`readable_location`).
+
+    Where a value may take several forms (``pedestal: 0.5`` or ``pedestal: {file: p.npy}``), pydantic reports
+    a failure for each form; the lines say only what is wrong with the form the spec chose (the deepest
+    failure), or, when it matches none, which forms are allowed."""
+    located = [(readable_location(tuple(error["loc"]), data, error["type"]), error) for error in errors]
+    mismatches: dict[tuple[Any, ...], list[Any]] = {}  # per location, the forms its value was not
+    lines: list[str | tuple[Any, ...]] = []  # a line, or the location of mismatches said in one line, in order
+    for loc, error in located:
+        if error["type"] not in TYPE_MISMATCH:
+            lines.append(describe_error(error, data, loc))
+        elif not any(where[:len(loc)] == loc and (len(where) > len(loc) or other["type"] not in TYPE_MISMATCH)
+                     for where, other in located):  # no other form got further
+            if loc not in mismatches:
+                lines.append(loc)
+            mismatches.setdefault(loc, []).append(error)
+    return [line if isinstance(line, str) else _mismatch(line, mismatches[line], data) for line in lines]
+
+
+def _mismatch(loc: tuple[Any, ...], errors: list[Any], data: dict[str, Any]) -> str:
+    """One line for the value at ``loc`` matching none of the forms it may take."""
+    if len(errors) == 1:
+        return describe_error(errors[0], data, loc)
+    forms = []
+    for error in errors:
+        form = TYPE_MISMATCH[error["type"]] or error["msg"].removeprefix("Input should be ")
+        if form == "a mapping" and len(models := _mapping_models(loc, data)) == 1:
+            form = f"a mapping ({', '.join(models[0].model_fields)})"
+        if form not in forms:
+            forms.append(form)
+    return f"{_location(loc)}: expected {' or '.join(forms)}; got {_shown(errors[0].get('input'))}"
+
+
+def _mapping_models(loc: tuple[Any, ...], data: dict[str, Any]) -> list[type[BaseModel]]:
+    """The models a spec location may hold, for naming their keys."""
+    parent = _model_at(loc[:-1], data)
+    field = parent.model_fields.get(loc[-1]) if parent is not None and loc and isinstance(loc[-1], str) else None
+    return _models_in(getattr(field, "annotation", None))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_error(error: Any, data: dict[str, Any], readable: tuple[Any, ...] | None = None) -> str:
+    """One line for one pydantic error: where (``readable``, the location as the spec writes it, by default
+    worked out from the error), what is wrong, what to write instead."""
     loc = tuple(error["loc"])
     kind = error["type"]
     ctx = error.get("ctx", {})
+    if readable is None:
+        readable = readable_location(loc, data, kind)
     if kind == "union_tag_invalid":
         expected = ctx["expected_tags"].replace("'", "")
-        return f"{_location(loc)}.type: unknown {ctx['tag']!r}; expected one of: {expected}"
+        return f"{_location(readable)}.type: unknown {ctx['tag']!r}; expected one of: {expected}"
     if kind == "union_tag_not_found":
         plugin_kind = {"source": "sources", "serializer": "serializers"}.get(loc[0], loc[0])
-        return f"{_location(loc)}.type: missing; expected one of: {', '.join(plugin_names(plugin_kind))}"
-    # pydantic puts the union tag in the location (steps.0.batch.size): drop it for readers
-    readable = _drop_tags(loc, data)
+        return f"{_location(readable)}.type: missing; expected one of: {', '.join(plugin_names(plugin_kind))}"
     if kind == "extra_forbidden":
         model = _model_at(readable[:-1], data)
         allowed = f"; allowed: {', '.join(k for k in model.model_fields if k != 'type')}" if model else ""
@@ -229,6 +295,8 @@ def describe_error(error: Any, data: dict[str, Any]) -> str:
     hint = FOR_SERVICE_HINT if readable == ("sinks",) else ""
     if kind == "missing":
         return f"{_location(readable)}: required, not given{hint}"
+    if kind == "path_type":
+        return f"{_location(readable)}: expected a path; got {_shown(error.get('input'))}"
     return f"{_location(readable)}: {error['msg'].removeprefix('Value error, ')}{hint}"
 
 
@@ -236,16 +304,23 @@ FOR_SERVICE_HINT = (" (a spec for the request service may leave its sinks out: c
                     "`beamstream spec check --for-service`)")
 
 
-def _drop_tags(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
-    """``loc`` without the union tags pydantic inserts (``steps.0.batch.size`` → ``steps.0.size``)."""
+def readable_location(loc: tuple[Any, ...], data: Any, kind: str = "") -> tuple[Any, ...]:
+    """Pydantic's error location ``loc`` as a path in the spec ``data``: only the keys and list positions the spec
+    has (and, for a ``missing`` error, the key it lacks). Pydantic's own segments go: the union member that failed
+    (``float``, ``function-after[_check_format(), ConstantsFile]``), the plugin tag (``steps.0.batch.size`` →
+    ``steps[0].size``), a dictionary's ``[key]``."""
     readable: list[Any] = []
     node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("kind")):
-            continue
-        readable.append(part)
-        try:
+    for number, part in enumerate(loc):
+        if isinstance(node, dict):
+            present = part in node
+        elif isinstance(node, list):
+            present = isinstance(part, int) and 0 <= part < len(node)
+        else:
+            present = False
+        if present:
+            readable.append(part)
             node = node[part]
-        except (KeyError, IndexError, TypeError):
-            node = None
+        elif kind == "missing" and number == len(loc) - 1 and isinstance(node, dict):
+            readable.append(part)
     return tuple(readable)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from beamstream.accounting import StreamReport
 from beamstream.buffer.allocator import release_freed_buffers
 from beamstream.buffer.base import Buffer
-from beamstream.errors import MissingDependency
+from beamstream.errors import MissingDependency, needs_extra
 
 if TYPE_CHECKING:
     from beamstream.buffer.config import BufferConfig
@@ -40,7 +40,7 @@ def open_buffer(config: BufferConfig) -> Buffer:
         try:
             from beamstream.buffer.nats_bridge import NatsBridge
         except ImportError as exc:
-            raise MissingDependency(f"the NATS backend needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
+            raise MissingDependency(needs_extra("the NATS backend", "nats", package="nats-py", cause=exc)) from exc
         buffer: Buffer = NatsBridge(config.producers, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
                                     retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s,
                                     max_message=config.max_message, max_connections=config.max_connections,

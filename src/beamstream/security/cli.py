@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
-from beamstream.display import console
+from beamstream.display import console, fail
 from beamstream.errors import MissingDependency
 
 if TYPE_CHECKING:
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 ca_app = typer.Typer(help="Make certificates for mutual TLS: a CA, user and service certificates, revocations.",
                      no_args_is_help=True)
 
-Directory = Annotated[Path, typer.Argument(help="the CA directory (mode 0700)")]
-CrlDays = Annotated[int, typer.Option("--crl-days", help="days until the revocation list's next update")]
+Directory = Annotated[Path, typer.Argument(help="the CA directory (mode 0700)", metavar="DIR")]
+CrlDays = Annotated[int, typer.Option("--crl-days", metavar="DAYS", help="days until the revocation list's next update")]
 
 
 def ca_module() -> ModuleType:
@@ -31,13 +31,13 @@ def ca_module() -> ModuleType:
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("cryptography"):
             raise
-        raise MissingDependency("beamstream ca needs cryptography: pip install 'beamstream[service]'") from exc
+        raise MissingDependency(f"beamstream ca needs cryptography, which beamstream depends on: pip install "
+                                f"'cryptography>=50' ({exc})") from exc
     return ca
 
 
 def usage_error(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+    fail(message, code=2)
 
 
 def parse_serial(text: str) -> int:
@@ -50,8 +50,8 @@ def parse_serial(text: str) -> int:
 
 @ca_app.command("init")
 def init(directory: Directory,
-         name: Annotated[str, typer.Option(help="the CA's name (its certificate's common name)")] = "beamstream CA",
-         days: Annotated[int, typer.Option(help="days the CA certificate is valid")] = 3650,
+         name: Annotated[str, typer.Option(metavar="NAME", help="the CA's name (its certificate's common name)")] = "beamstream CA",
+         days: Annotated[int, typer.Option(metavar="DAYS", help="days the CA certificate is valid")] = 3650,
          crl_days: CrlDays = 30) -> None:
     """Make a CA: a key (ca.key, 0600), a self-signed certificate (ca.crt) and an empty revocation list (crl.pem)."""
     authority = ca_module().init_ca(directory, name, days, crl_days=crl_days)
@@ -61,11 +61,11 @@ def init(directory: Directory,
 
 @ca_app.command("issue")
 def issue(directory: Directory,
-          user: Annotated[Optional[str], typer.Option(help="a user certificate for NAME (clientAuth)")] = None,
+          user: Annotated[Optional[str], typer.Option(metavar="NAME", help="a user certificate for NAME (clientAuth)")] = None,
           service: Annotated[Optional[list[str]], typer.Option(
-              help="a service certificate for HOST, a DNS name or IP address (serverAuth); repeat for more names")
+              metavar="HOST", help="a service certificate for HOST, a DNS name or IP address (serverAuth); repeat for more names")
           ] = None,
-          days: Annotated[int, typer.Option(help="days the certificate is valid")] = 365) -> None:
+          days: Annotated[int, typer.Option(metavar="DAYS", help="days the certificate is valid")] = 365) -> None:
     """Make a key and a certificate signed by the CA, for a user (--user) or a service (--service)."""
     if (user is None) == (not service):
         usage_error("give --user NAME or --service HOST (repeatable), not both")
@@ -79,10 +79,10 @@ def issue(directory: Directory,
 
 @ca_app.command("revoke")
 def revoke(directory: Directory,
-           serial: Annotated[Optional[str], typer.Option(help="the serial (hex) of one certificate")] = None,
-           user: Annotated[Optional[str], typer.Option(help="every unrevoked certificate of this user")] = None,
+           serial: Annotated[Optional[str], typer.Option(metavar="N", help="the serial (hex) of one certificate")] = None,
+           user: Annotated[Optional[str], typer.Option(metavar="NAME", help="every unrevoked certificate of this user")] = None,
            service: Annotated[Optional[str], typer.Option(
-               help="every unrevoked certificate of this service (its first host name)")] = None,
+               metavar="HOST", help="every unrevoked certificate of this service (its first host name)")] = None,
            crl_days: CrlDays = 30) -> None:
     """Revoke certificates: add them to the CA's revocation list (crl.pem), re-signed and rewritten."""
     if sum(value is not None for value in (serial, user, service)) != 1:

@@ -1,22 +1,35 @@
 """The request service: users ask for a stream over REST, the service runs and watches its jobs.
 
+The application (:mod:`~beamstream.service.app`) and what it serves:
+
+- :mod:`~beamstream.service.routes`: one router per resource (streams, runs, tokens, the jobs' callbacks,
+  health and metrics); :mod:`~beamstream.service.relay`, a running stream's consumer side over a WebSocket;
+  :mod:`~beamstream.service.pages`, ``/``, ``/docs`` and ``/redoc``; :mod:`~beamstream.service.openapi`.
+- :mod:`~beamstream.service.context`: what every route works with, given through dependencies.
+- :mod:`~beamstream.service.principal`: who is asking (a certificate's identity or a token's);
+  :mod:`~beamstream.service.access`: what they may do, one decision per route, from
+  :mod:`~beamstream.service.policy` and the token's limits (:mod:`~beamstream.service.tokens`);
+  :mod:`~beamstream.service.problems`: every refusal answered in one place, with the request's id.
+- :mod:`~beamstream.service.requesting`: a request, from what was sent to a queued stream.
+- :mod:`~beamstream.service.events`: a stream's state changes as Server-Sent Events;
+  :mod:`~beamstream.service.job_logs`: its jobs' output, read or followed;
+  :mod:`~beamstream.service.figures`: a running stream's live figures, from its buffer's metrics.
+
+What runs behind it:
+
 - :mod:`~beamstream.service.settings`: the service's settings (file and environment, validated).
-- :mod:`~beamstream.service.states`: a stream's states and the changes allowed between them.
 - :mod:`~beamstream.service.store`: the job store (SQLAlchemy; SQLite by default, PostgreSQL by URL),
-  its schema kept by Alembic migrations (:mod:`beamstream.service.migrations`).
-- :mod:`~beamstream.service.api`: the FastAPI application (``/v1``, OpenAPI, ``/healthz``, ``/metrics``).
-- :mod:`~beamstream.service.events`: a stream's state changes as Server-Sent Events.
-- :mod:`~beamstream.service.figures`: a running stream's live figures, from its buffer's metrics.
-- :mod:`~beamstream.service.relay`: a running stream's consumer side over a WebSocket.
-- :mod:`~beamstream.service.policy`: who may request which experiments and see which streams.
-- :mod:`~beamstream.service.tls`: HTTPS with mutual TLS: the identity from the client certificate,
-  revocation checked at every handshake.
-- :mod:`~beamstream.service.catalogue`: experiment and run → the files a source reads.
+  its schema kept by Alembic migrations (:mod:`beamstream.service.migrations`), applied by
+  ``beamstream service upgrade-db``; secrets in it sealed (:mod:`~beamstream.service.at_rest`).
 - :mod:`~beamstream.service.dispatcher`: starts queued streams within the limits, watches their jobs,
-  ends them with their verdict.
-- :mod:`~beamstream.service.executors`: where jobs run (local processes; Slurm through PSI/J), and
-  :mod:`~beamstream.service.jobrun`, the wrapper that records a local job's end.
-- :mod:`~beamstream.service.callbacks`: the signed reports a stream's jobs send the service.
+  ends them with their verdict; :mod:`~beamstream.service.executors`: where jobs run (local processes; Slurm
+  through PSI/J), and :mod:`~beamstream.service.jobrun`, the wrapper that records a local job's end;
+  :mod:`~beamstream.service.callbacks`: the signed reports a stream's jobs send the service.
+- :mod:`~beamstream.service.catalogue`: experiment and run → the files a source reads;
+  :mod:`~beamstream.service.job_paths`: what a request may make its jobs open.
+- :mod:`~beamstream.service.tls`: HTTPS with mutual TLS: the identity from the client certificate,
+  revocation checked at every handshake (:mod:`~beamstream.service.revocation`).
+- :mod:`~beamstream.service.serve` and :mod:`~beamstream.service.cli`: ``beamstream service``.
 
 Installed with ``pip install 'beamstream[service]'``.
 """

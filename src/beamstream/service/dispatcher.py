@@ -56,14 +56,14 @@ from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.job_paths import stream_folder
+from beamstream.spec import as_the_service_runs_it
 from beamstream.service.settings import ServiceSettings
-from beamstream.service.states import State, TransitionError
+from beamstream.protocol.states import State, TransitionError
 from beamstream.service.store import Job, JobStore, StreamRecord
 
 logger = logging.getLogger(__name__)
 KEY_FILE = "stream.key"  # the stream's key, for its producers job
 ADMISSION_KEY_FILE = "admission.key"  # only the admission key derived from it, for its buffer job
-BUFFER_PLACEHOLDER = "tcp://buffer:1"  # the stream sink's endpoint until the buffer says where it listens
 MAX_VERDICT_BYTES = 1 << 20
 VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its verdict, though it seems ended
 CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
@@ -163,7 +163,7 @@ class Dispatcher:
         buffer = {**(record.resources.get("buffer") or {}), "producers": f"tcp://{host}:0",
                   "consumers": f"tcp://{host}:0", "metrics_port": 0, "metrics_addr": host}
         buffer = {key: value for key, value in buffer.items() if value is not None}
-        _write_json(directory / "buffer-spec.json", {**with_stream_sink(record.spec), "buffer": buffer})
+        _write_json(directory / "buffer-spec.json", {**as_the_service_runs_it(record.spec), "buffer": buffer})
         argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
                 "--callback", str(callback)]
         if record.key is not None:  # the buffer holds the admission key only: it cannot open a payload
@@ -234,7 +234,7 @@ class Dispatcher:
             self.store.update_job(buffer.id, stop_requested=time.time())
 
     def _submit_producers(self, record: StreamRecord) -> None:
-        spec = with_stream_sink(record.spec, record.endpoints["producers"])
+        spec = as_the_service_runs_it(record.spec, record.endpoints["producers"])
         spec.pop("buffer", None)
         _write_json(self.folder(record) / "producers-spec.json", spec)
         workers = int(record.resources.get("workers") or 1)
@@ -314,12 +314,6 @@ def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
     if "slurm" in names:
         executors["slurm"] = SlurmExecutor(settings.state_dir.resolve() / "slurm")
     return executors
-
-
-def with_stream_sink(spec: dict[str, Any], endpoint: str = BUFFER_PLACEHOLDER) -> dict[str, Any]:
-    """``spec`` with its stream sinks replaced by one to ``endpoint`` (the stream's buffer), other sinks kept."""
-    sinks = [sink for sink in spec.get("sinks", []) if not (isinstance(sink, dict) and sink.get("type") == "stream")]
-    return {**spec, "sinks": [*sinks, {"type": "stream", "endpoint": endpoint}]}
 
 
 def outcome(state: JobState, exit_code: int | None) -> str:

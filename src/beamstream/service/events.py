@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from beamstream.service.states import State
+from beamstream.protocol.states import State
 from beamstream.service.store import JobStore, StreamRecord
 
 POLL_S = 0.2

@@ -1,6 +1,6 @@
 """The relay: a running stream's consumer side over a WebSocket, for readers that reach only the service.
 
-``/v1/streams/{stream_id}/relay`` (:func:`add_relay`) is a pipe between the WebSocket and a
+``/v1/streams/{stream_id}/relay`` (:func:`relay`) is a pipe between the WebSocket and a
 ZeroMQ DEALER connected to the stream's buffer (its ``endpoints.consumers``): the reader
 (:class:`~beamstream.client.transports.relay.RelayTransport`) speaks the buffer's own consumer
 protocol (docs/buffer-protocol.md) over it, and the buffer validates what it says, as it does
@@ -37,18 +37,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
-from fastapi import Depends, FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from beamstream.buffer.allocator import release_freed_buffers, trim_freed_buffers
+from beamstream.buffer.allocator import trim_freed_buffers
 from beamstream.client.transports.relay import join_frames, split_frames
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.security.streamkey import AdmissionKey, StreamKey
-from beamstream.service.states import State
+from beamstream.protocol.states import State
+from beamstream.service import access
+from beamstream.service.access import Action
+from beamstream.service.context import Context
+from beamstream.service.principal import Caller
+from beamstream.service.problems import NotFound
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.transport import open_socket
 from beamstream.buffer.admission import proof_refusal
@@ -75,45 +79,30 @@ class RelayClosed(Exception):
         self.reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
-def add_relay(app: FastAPI, identity: Callable[..., str]) -> None:
-    """Serve ``/v1/streams/{stream_id}/relay`` on ``app`` (over ``app.state.store``) to those ``identity`` (the
-    service's dependency that says who is asking) names and ``app.state.authorizer`` lets see the stream.
-
-    Also makes glibc, for the whole process, reuse freed message-sized memory instead of mapping
-    fresh pages for each message (as ``beamstream buffer`` does, :mod:`beamstream.buffer.allocator`):
-    that halved the service's CPU time per relayed 2 MiB message (benchmarks/request_latency.py).
-    The memory is given back whenever the last relayed reader leaves.
-    """
-    release_freed_buffers()
-    app.state.relay_context = zmq.asyncio.Context()
-    app.state.relays = 0
-
-    async def endpoint(websocket: WebSocket, stream_id: str, caller: str = Depends(identity)) -> None:
-        await relay(websocket, stream_id, caller)
-
-    app.add_api_websocket_route("/v1/streams/{stream_id}/relay", endpoint, name="relay")
+router = APIRouter()
 
 
-async def relay(websocket: WebSocket, stream_id: str, caller: str) -> None:
-    """Pipe a reader's WebSocket to the stream's buffer until either side goes away, if ``caller`` may see the
-    stream (closed as for an unknown stream if not)."""
-    state = websocket.app.state
+@router.websocket("/v1/streams/{stream_id}/relay", name="relay")
+async def relay(websocket: WebSocket, stream_id: str, principal: Caller, context: Context) -> None:
+    """Pipe a reader's WebSocket to the stream's buffer until either side goes away, if ``principal`` may see
+    the stream (closed as for an unknown stream if not), through the ZeroMQ context the application's lifespan
+    keeps (``context.relay_context``)."""
     await websocket.accept()
     try:
-        await asyncio.to_thread(state.authorizer.visible_stream, state.store, stream_id, caller, action="relay")
-    except StreamNotFound:
+        await asyncio.to_thread(access.stream, context, principal, stream_id, Action.RELAY)
+    except NotFound:
         closed = _unknown(stream_id)
         await _close(websocket, closed.code, closed.reason)
         return
-    if state.relays >= MAX_RELAYS:
+    if context.relays >= MAX_RELAYS:
         await _close(websocket, 1013, f"this service relays {MAX_RELAYS} readers already; try again later")
         return
-    state.relays += 1
+    context.relays += 1
     try:
-        await _pipe(websocket, state.store, stream_id, state.relay_context)
+        await _pipe(websocket, context.store, stream_id, context.relay_context)
     finally:
-        state.relays -= 1
-        if not state.relays:
+        context.relays -= 1
+        if not context.relays:
             trim_freed_buffers()
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from beamstream.service.at_rest import ServiceKey, is_sealed
-from beamstream.service.states import State, check_transition
+from beamstream.protocol.states import State, check_transition
 from beamstream.service.tokens import Grant
 
 
@@ -179,6 +179,19 @@ class StoreError(Exception):
     """A job store that may not be used as it is; the message names the file and what to do."""
 
 
+def _not_at_head(engine: Engine, found: str, newest: str, known: bool) -> str:
+    """Why the job store behind ``engine``, at revision ``found``, is not used by a beamstream at ``newest``."""
+    where = engine.url.render_as_string(hide_password=True)
+    if not found:
+        return (f"the database {where} has tables but is not a beamstream job store (no schema revision): give the "
+                "service a database of its own (database_url)")
+    if not known:
+        return (f"the job store {where} is at schema revision {found}, which this beamstream does not know (a newer "
+                "one made it): run the newer beamstream, or give this one another database")
+    return (f"the job store {where} is at schema revision {found}; this beamstream needs {newest}: back it up, then "
+            "run `beamstream service upgrade-db` (with the service's settings) to migrate it")
+
+
 class JobStore:
     """The streams and their histories in one database; safe to share between threads. Each stream's key and
     callback secret are kept sealed under ``service_key`` (:mod:`beamstream.service.at_rest`; default: a key held
@@ -190,18 +203,28 @@ class JobStore:
         self.service_key = service_key or ServiceKey.generate()
 
     @classmethod
-    def open(cls, url: str, service_key: ServiceKey | None = None) -> JobStore:
-        """The store at ``url``, its schema migrated to the newest revision (created if new), every secret in it
-        sealed under ``service_key``. A SQLite file is created readable and writable by its owner only; StoreError
-        for one (or its journal) that others may read, since it holds every stream's key."""
-        from beamstream.service.migrations import upgrade
+    def open(cls, url: str, service_key: ServiceKey | None = None, *, upgrade: bool = False) -> JobStore:
+        """The store at ``url``, every secret in it sealed under ``service_key``; a new database is given the
+        newest schema. One at an older revision is migrated only with ``upgrade`` (``beamstream service
+        upgrade-db``); without, StoreError saying so, as for one made by a newer beamstream or that is not a job
+        store. A SQLite file is created readable and writable by its owner only; StoreError for one (or its
+        journal) that others may read, since it holds every stream's key."""
+        from beamstream.service import migrations
 
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             _private_sqlite_file(engine.url.database)
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin_immediate)
-        upgrade(engine)
+        try:
+            found, newest = migrations.revision(engine), migrations.head()
+            if found is None or found != newest and upgrade and migrations.known(found):
+                migrations.upgrade(engine)
+            elif found != newest:
+                raise StoreError(_not_at_head(engine, found, newest, migrations.known(found)))
+        except BaseException:
+            engine.dispose()
+            raise
         store = cls(engine, service_key)
         store._seal_clear_secrets()
         return store

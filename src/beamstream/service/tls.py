@@ -18,7 +18,7 @@ What this module promises, with the settings ``tls_cert``, ``tls_key``, ``tls_ca
   logged at ERROR once per change.
 - :func:`identifying` makes a uvicorn protocol class (HTTP or WebSocket) whose connections put
   the verified client certificate's subject common name into every ASGI scope they make, under
-  :data:`~beamstream.service.api.IDENTITY_KEY` (its serial number under ``CERTIFICATE_KEY``, so that a token
+  :data:`~beamstream.service.principal.IDENTITY_KEY` (its serial number under ``CERTIFICATE_KEY``, so that a token
   minted with it dies with it); the peer certificate is read from the TLS
   transport once, when the connection is made (after its handshake). A certificate with no
   common name, or more than one, gives no identity (the API then answers 401). Nothing a client
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from beamstream.service.api import CERTIFICATE_KEY, IDENTITY_KEY
+from beamstream.service.principal import CERTIFICATE_KEY, IDENTITY_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-DEFAULT_TTL_S = 3600
-MAX_TTL_S = 86400
-
-
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What a token allows: act as ``identity``, only on ``experiments`` (None: all the identity may) and only on
@@ -44,21 +40,6 @@ class Grant:
     def permits_experiment(self, experiment: str | None) -> bool:
         """Whether ``experiment`` is within this token's limits."""
         return self.experiments is None or experiment in self.experiments
-
-
-class Caller(str):
-    """An identity, as the API's routes use it (a str), with the :class:`Grant` it came from when a token said who
-    is asking (``grant`` None: a client certificate, or the default owner), and the serial number (hex) of the
-    client certificate that said it (``certificate``; None without one)."""
-
-    grant: Grant | None
-    certificate: str | None
-
-    def __new__(cls, identity: str, grant: Grant | None = None, certificate: str | None = None) -> Caller:
-        made = super().__new__(cls, identity)
-        made.grant = grant
-        made.certificate = certificate
-        return made
 
 
 def new_secret() -> str:

@@ -16,6 +16,11 @@ restarted), the producer sends them all again, in order; receivers drop what the
 by (rank, message index). So a message in flight to a buffer that died is not lost. With
 several consumers connected at once a producer cannot tell which one had a message, so it
 resends only when the connection that came back is its only one.
+
+A push producer whose receivers have all disconnected (a buffer stopped or killed, a consumer gone) says so at
+once and waits ``reconnect_s`` (default 30 s) for one to come back; then, with messages still unacknowledged, it
+fails with StreamTimeout naming the endpoint, how long ago it lost it and what to do, instead of waiting out
+``send_timeout_s``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class StreamSink(SinkSpec):
         pattern: push (default; each message to one consumer) or pub (every subscriber gets every message).
         hwm: messages queued per consumer before a send waits. Default 4.
         send_timeout_s: how long a send may wait for a consumer before the producer fails. Default 300.
+        reconnect_s: push only: once every buffer or consumer it was connected to has disconnected, how long the
+            producer waits for one to come back (a buffer restarted on its spill) before it fails, saying so.
+            Default 30; null: as long as ``send_timeout_s``.
         subscribers: pub only: wait for this many subscribers before sending. Default 0 (don't wait).
     """
 
@@ -58,6 +66,7 @@ class StreamSink(SinkSpec):
     pattern: Literal["push", "pub"] = "push"
     hwm: int = Field(4, ge=1)
     send_timeout_s: float | None = Field(300.0, gt=0)
+    reconnect_s: float | None = Field(30.0, gt=0)
     subscribers: int = Field(0, ge=0)
 
     @field_validator("endpoint")
@@ -90,15 +99,19 @@ class StreamSender:
         self.acks = 0
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
+        self.write_poller = zmq.Poller()  # the same, and the socket's room for a message
+        self.write_poller.register(self.socket, zmq.POLLIN | zmq.POLLOUT)
         self.unacked: dict[int | str, list[Any]] = {}  # push: message index (or "end") → frames, until kept
         self.window = 2 * spec.hwm + 2
         self.peers = 0
         self.lost_peer = False
+        self.gone_since: float | None = None  # when the last connection dropped (monotonic), until one is back
         self.may_say_waiting = True  # until a consumer replies, or the producer said it waits for one
         self.monitor: zmq.Socket | None = None
         if spec.pattern == "push":
             self.monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             self.poller.register(self.monitor, zmq.POLLIN)
+            self.write_poller.register(self.monitor, zmq.POLLIN)
         if spec.pattern == "pub":
             self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, not only the first
@@ -108,13 +121,14 @@ class StreamSender:
                 self.close_now()
                 raise
 
-    def _handle_incoming(self, wait_ms: int | None) -> None:
-        """Handle what comes within ``wait_ms``: connection events, and one upstream message
-        (a (un)subscription, a kept data message or an end acknowledgement)."""
-        ready = dict(self.poller.poll(wait_ms))
+    def _handle_incoming(self, wait_ms: int | None, writable: bool = False) -> None:
+        """Handle what comes within ``wait_ms`` (or until the socket has room for a message, if ``writable``):
+        connection events, and one upstream message (a (un)subscription, a kept data message or an end
+        acknowledgement)."""
+        ready = dict((self.write_poller if writable else self.poller).poll(wait_ms))
         if self.monitor is not None and self.monitor in ready:
             self._on_connection_event(recv_monitor_message(self.monitor)["event"])
-        if self.socket not in ready:
+        if not ready.get(self.socket, 0) & zmq.POLLIN:
             return
         try:
             reply = parse_reply(self.socket.recv())
@@ -123,6 +137,7 @@ class StreamSender:
             return
         if reply.kind in ("kept", "ack"):
             self.may_say_waiting = False
+            self.gone_since = None  # a receiver answers: one is there, whatever the connection events said
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)
         elif reply.kind == "ack":
@@ -136,35 +151,78 @@ class StreamSender:
     def _on_connection_event(self, event: int) -> None:
         """Count connections; when the only one comes back after a loss, send every unacknowledged message again."""
         if event == zmq.EVENT_DISCONNECTED:
+            had_peers = self.peers > 0
             self.peers = max(self.peers - 1, 0)  # a connection that failed its handshake was never counted
             self.lost_peer = True
+            if had_peers and self.peers == 0 and self.gone_since is None:
+                self.gone_since = time.monotonic()
+                reconnect_s = self._reconnect_s()
+                logger.warning("%s disconnected (stopped?); waiting %s for it to come back", self._receivers(),
+                               "without a limit" if reconnect_s is None else f"up to {reconnect_s:g} s")
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.peers += 1
+            self.gone_since = None
             if self.lost_peer and self.peers == 1:
                 self.lost_peer = False
                 for frames in list(self.unacked.values()):
-                    self._send(frames)
+                    self._send(frames, resend=True)
 
-    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: str | None = None) -> None:
-        """Handle incoming messages until ``done()``; StreamTimeout (``failure``, or saying ``what``) after the send timeout."""
+    def _wait_until(self, done: Callable[[], bool], what: str, *, failure: Callable[[], str] | None = None,
+                    writable: bool = False) -> None:
+        """Handle incoming messages until ``done()`` (waking up when the socket has room, if ``writable``);
+        StreamTimeout (``failure()``, or saying ``what``) after the send timeout, or once the receivers have been
+        gone for ``reconnect_s`` (:meth:`_give_up_if_gone`)."""
         timeout = self.spec.send_timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise StreamTimeout(failure or f"{self.endpoint}: waited {timeout} s for {what}")
-            self._handle_incoming(None if remaining is None else max(1, int(remaining * 1000)))
+            now = time.monotonic()
+            self._give_up_if_gone(now)
+            if deadline is not None and deadline <= now:
+                raise StreamTimeout(failure() if failure else f"{self.endpoint}: waited {timeout} s for {what}")
+            ends = [end for end in (deadline, self._given_up_at()) if end is not None]
+            self._handle_incoming(max(1, int((min(ends) - now) * 1000)) if ends else None, writable)
+
+    def _reconnect_s(self) -> float | None:
+        """How long receivers that are all gone may take to come back: ``reconnect_s`` (or ``send_timeout_s``)."""
+        return self.spec.send_timeout_s if self.spec.reconnect_s is None else self.spec.reconnect_s
+
+    def _given_up_at(self) -> float | None:
+        """When (monotonic) the producer gives up on receivers that are all gone; None while one is connected."""
+        reconnect_s = self._reconnect_s()
+        return None if self.gone_since is None or reconnect_s is None else self.gone_since + reconnect_s
+
+    def _give_up_if_gone(self, now: float) -> None:
+        """StreamTimeout, saying what happened and what to do, once every receiver has been gone for
+        ``reconnect_s`` while messages are unacknowledged (the stream cannot end complete without one)."""
+        given_up_at = self._given_up_at()
+        if given_up_at is None or now < given_up_at or not self.unacked:
+            return
+        raise StreamTimeout(
+            f"{self._receivers()} stopped taking messages: it disconnected {now - self.gone_since:.0f} s ago and is "
+            f"not back ({len(self.unacked)} message(s) unacknowledged); restart it and run the producer again (one "
+            f"restarted within the stream sink's reconnect_s, {self._reconnect_s():g} s, lets the stream go on)")
+
+    def _receivers(self) -> str:
+        return f"the consumers of {self.endpoint}" if self.spec.bind else f"the buffer or consumer at {self.endpoint}"
 
     def _nobody_takes(self) -> str:
-        return (f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s: "
+        gone = "" if self.gone_since is None else \
+            f" ({self._receivers()} disconnected {time.monotonic() - self.gone_since:.0f} s ago)"
+        return (f"no consumer took a message from {self.endpoint} within {self.spec.send_timeout_s} s{gone}: "
                 "start a consumer (beamstream consume) or raise send_timeout_s")
 
-    def _send(self, frames: list[Any]) -> None:
-        if self.monitor is not None and self.may_say_waiting and not self.socket.poll(
-                int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
-            self.may_say_waiting = False
-            logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream consume` "
-                           "or a buffer there)", self.endpoint)
+    def _writable(self) -> bool:
+        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+
+    def _send(self, frames: list[Any], *, resend: bool = False) -> None:
+        """Send ``frames``. push: wait (handling replies and connection events) until the socket has room, so that
+        receivers gone are noticed; a ``resend``, on a connection just back, waits on the socket alone."""
+        if self.monitor is not None and not resend:
+            if self.may_say_waiting and not self.socket.poll(int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
+                self.may_say_waiting = False
+                logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream "
+                               "consume` or a buffer there)", self.endpoint)
+            self._wait_until(self._writable, "room to send", failure=self._nobody_takes, writable=True)
         try:
             self.socket.send_multipart(frames, copy=False)
         except zmq.Again:
@@ -175,10 +233,10 @@ class StreamSender:
     def send(self, message: Any) -> None:
         while self.poller.poll(0):
             self._handle_incoming(0)
+        self._give_up_if_gone(time.monotonic())
         frames = message.to_frames(self.key)
         if self.monitor is not None:
-            self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements",
-                             failure=self._nobody_takes())
+            self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements", failure=self._nobody_takes)
             self.unacked[message.index] = frames
         self._send(frames)
 

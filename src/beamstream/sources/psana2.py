@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from beamstream.batch import TIMESTAMP_FIELD, Batch, Share
-from beamstream.errors import MissingDependency, SourceError
+from beamstream.errors import MissingDependency, SourceError, needs_extra
 from beamstream.spec_paths import ReadPattern
 from beamstream.stages import SourceSpec
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
@@ -46,7 +46,7 @@ CALIBRATED_METHODS = frozenset({"calib", "image"})
 """psana detector methods that apply calibration constants: ``AreaDetector.calib`` and ``image`` in
 ``psana.detector.areadetector``, which the epix, jungfrau, opal, archon and axis detectors inherit or override."""
 NUMERIC_KINDS = frozenset("biufc")
-INSTALL_HINT = "the psana2 source needs psana: pip install 'beamstream[psana]' (and Debian's libkrb5-dev first)"
+INSTALL_HINT = needs_extra("the psana2 source", "psana", package="psana") + " (and Debian's libkrb5-dev first)"
 
 Getter = Callable[[Any], Any]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from beamstream.client.transports.base import Delivery, StreamEnd, Transport
-from beamstream.errors import MissingDependency
+from beamstream.errors import MissingDependency, needs_extra
 from beamstream.jetstream.urls import split_url
 from beamstream.wire.metadata import RunMetadata
 
@@ -36,7 +36,7 @@ class NatsTransport(Transport):
         try:
             from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
         except ImportError as exc:
-            raise MissingDependency(f"reading {url} needs nats-py: pip install 'beamstream[nats]' ({exc})") from exc
+            raise MissingDependency(needs_extra(f"reading {url}", "nats", package="nats-py", cause=exc)) from exc
         self.where = url if group is None else f"{url} (group {group})"
         self.reader: Any = (
             NatsLatestReader(server, name, start, timeout=request_timeout, admission=admission) if lossy else

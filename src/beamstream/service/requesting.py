@@ -1,0 +1,61 @@
+"""A stream request, from what a caller sent to a queued stream: who may ask for what (:mod:`access`), the run the
+catalogue finds, the spec checked as ``beamstream spec check --for-service`` checks it, the paths it names
+confined to those granted, the jobs it needs checked against what the executor gives — and only then stored.
+A request refused at any step leaves nothing behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beamstream.protocol.models import StreamRequest
+from beamstream.service.access import check_request, path_grant
+from beamstream.service.catalogue import Run
+from beamstream.service.context import ServiceContext
+from beamstream.service.job_paths import confined
+from beamstream.service.principal import Principal
+from beamstream.service.problems import Invalid
+from beamstream.service.store import StreamRecord
+from beamstream.sources.hdf5 import CXI_DATA
+from beamstream.spec import as_the_service_runs_it, parse_spec
+
+
+def accept(context: ServiceContext, principal: Principal, request: StreamRequest) -> StreamRecord:
+    """Queue the stream ``request`` asks for, as ``principal``'s; the dispatcher is woken to start it. Raises the
+    domain error of the first step that refuses it: NotAllowed (policy, token limits, paths), RunNotFound,
+    SpecError, Invalid (an executor this service lacks), CannotRun (more than the executor gives, or it does not
+    answer)."""
+    check_request(context, principal, request)
+    requested = dict(request.spec)
+    run = context.catalogue.find(request.experiment, request.run) if request.from_catalogue else None
+    if run is not None:
+        requested = with_run_files(requested, run)
+    spec = parse_spec(as_the_service_runs_it(requested), origin="spec")  # a request need not name its sinks
+    grant = path_grant(context, principal, request.experiment, run)
+    requested = confined(requested, spec, grant, "spec")
+    resources = confined(request.resources.model_dump(mode="json"), request.resources, grant, "resources")
+    executor = request.resources.executor or context.settings.executor
+    if executor not in context.executors:
+        raise Invalid(f"resources.executor: {executor!r} is not available on this service; it runs jobs with: "
+                      f"{', '.join(sorted(context.executors))}")
+    context.admit(request.resources.model_dump(mode="json"))
+    record = context.store.create(owner=principal.identity, spec=requested, resources=resources,
+                                  name=request.name or spec.name, experiment=request.experiment, run=request.run)
+    context.wake()
+    return record
+
+
+def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:
+    """``spec`` whose source reads ``run``'s files (the source type the run needs, unless the spec names one; the
+    files unless it names some; a psana2 source's ``exp`` and ``run`` labels; an hdf5 source's CXI detector data
+    as the field ``image``, unless it names its datasets), and whose description says which experiment and run it
+    is (unless the spec's ``metadata:`` says otherwise)."""
+    source = dict(spec.get("source") or {})
+    source.setdefault("type", run.source)
+    source.setdefault("files", run.files)
+    if source["type"] == "psana2":
+        source.setdefault("exp", run.experiment)
+        source.setdefault("run", run.run)
+    if source["type"] == "hdf5":
+        source.setdefault("datasets", {"image": CXI_DATA})
+    metadata = {"experiment": run.experiment, "run": run.run, **(spec.get("metadata") or {})}
+    return {**spec, "source": source, "metadata": metadata}
