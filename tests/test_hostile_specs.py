@@ -144,7 +144,7 @@ def test_each_hostile_spec_gets_a_clear_error_quickly(tmp_path, name):
     started = time.monotonic()
     with pytest.raises(SpecError) as raised:
         load_spec(path)
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < 20.0  # unguarded, several take minutes or all the memory
     assert str(path) in str(raised.value)
     assert not re.search(r"function-(after|before|wrap|plain)\[|<class '|\.simulated\.", str(raised.value)), \
         "the validation library's own words"

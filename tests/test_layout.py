@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles, a light client, spec and runtime names kept apart."""
+"""The shape of the package: no import cycles, a light client, the clients and the service apart (what both speak
+below both), short modules, spec and runtime names kept apart."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import beamstream
 
@@ -122,3 +125,44 @@ def test_spec_models_and_the_runtime_objects_they_build_are_named_apart():
                 f"{model.__name__}.{method}() builds {built.__name__}: name runtime objects for what they do")
             checked += 1
     assert checked >= 10
+
+
+CLIENT_SIDE = ("beamstream.client", "beamstream.service_client", "beamstream.remote", "beamstream.remote_cli",
+               "beamstream.profile")  # the data-plane client, the service's client (old name too), its CLI, profile
+SERVICE_MAY_USE_OF_THE_BUFFER = {"beamstream.buffer.config"}  # BufferConfig: the API's Resources.buffer
+MAX_MODULE_LINES = 450
+
+
+def within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == package or name.startswith(f"{package}.") for package in packages)
+
+
+def test_the_clients_import_nothing_of_the_service():
+    """What the clients and the service both speak (states, API models, relay framing, TLS context, profile) is
+    below both (beamstream.protocol, beamstream.wire, beamstream.security, beamstream.profile)."""
+    graph = import_graph()
+    found = {name: sorted(target for target in targets if within(target, ("beamstream.service",)))
+             for name, targets in graph.items() if within(name, CLIENT_SIDE)}
+    assert len(found) >= 10, sorted(found)  # the modules were found
+    assert {name: targets for name, targets in found.items() if targets} == {}
+
+
+def test_the_service_imports_no_client_and_no_buffer_internals():
+    graph = import_graph()
+    found = {name: sorted(target for target in targets
+                          if within(target, (*CLIENT_SIDE, "beamstream.buffer"))
+                          and target not in SERVICE_MAY_USE_OF_THE_BUFFER)
+             for name, targets in graph.items() if within(name, ("beamstream.service",))}
+    assert len(found) >= 10, sorted(found)
+    assert {name: targets for name, targets in found.items() if targets} == {}
+
+
+def test_the_layout_tests_see_a_forbidden_import():
+    assert within("beamstream.service.app", ("beamstream.service",))
+    assert not within("beamstream.service_client.client", ("beamstream.service",))
+    assert within("beamstream.service_client", CLIENT_SIDE) and not within("beamstream.services", CLIENT_SIDE)
+
+
+def test_every_module_is_at_most_450_lines():
+    lengths = {str(path.relative_to(ROOT.parent)): len(path.read_text().splitlines()) for path in ROOT.rglob("*.py")}
+    assert {path: lines for path, lines in sorted(lengths.items()) if lines > MAX_MODULE_LINES} == {}

@@ -4,11 +4,13 @@ real TLS over real sockets, to a real ``beamstream service`` process."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from beamstream.errors import OptionError
-from beamstream.remote import DEFAULT_URL, Profile, Service, load_profile
+from beamstream.profile import DEFAULT_URL, Profile, ServiceTarget, load_profile, service_target
+from beamstream.service_client import ServiceClient
 from conftest import run_cli
 from servicekit import make_pki, tls_service
 
@@ -45,9 +47,9 @@ def test_a_profile_supplies_the_service_and_tls_files_to_streams_list(service, p
     listed = run_cli("streams", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == []
-    with Service.from_profile() as alice:
+    with ServiceClient.from_profile() as alice:
         assert alice.url == service and alice.streams() == []
-    with Service.from_profile(profile) as alice:
+    with ServiceClient.from_profile(profile) as alice:
         assert alice.request({"source": {"type": "simulated", "n_events": 5,
                                          "detectors": [{"kind": "waveform", "samples": 8}]}}).view["owner"] == "alice"
 
@@ -100,7 +102,7 @@ def test_a_named_profile_must_exist_and_must_not_be_writable_by_others(tmp_path,
     with pytest.raises(OptionError, match="no such file"):
         load_profile(tmp_path / "absent.yaml")
     with pytest.raises(OptionError, match="no such file"):
-        Service.from_profile(tmp_path / "absent.yaml")
+        ServiceClient.from_profile(tmp_path / "absent.yaml")
     profile = write_profile(tmp_path / "profile.yaml", "service: https://x\n")
     profile.chmod(0o620)
     with pytest.raises(OptionError, match="can be written by others.*chmod go-w"):
@@ -119,8 +121,26 @@ def test_a_profile_naming_a_key_others_can_read_is_warned_about(tmp_path, pki):
 
 
 def test_from_profile_without_a_profile_is_the_default_service():
-    with Service.from_profile() as service:
+    with ServiceClient.from_profile() as service:
         assert service.url == DEFAULT_URL and service.tls is None
+
+
+def test_from_profile_finds_the_service_as_the_command_line_does(tmp_path, monkeypatch):
+    """The option (here the argument), else the environment, else the profile; the profile's TLS files only for an
+    https:// service, so that a profile made for one does not make a plain-HTTP service refuse the client."""
+    profile = write_profile(tmp_path / "profile.yaml", "service: https://beam.example:8443\ncert: me.crt\n"
+                                                       "key: me.key\n")
+    monkeypatch.setenv("BEAMSTREAM_PROFILE", str(profile))
+    assert service_target() == ServiceTarget("https://beam.example:8443", tmp_path / "me.crt", tmp_path / "me.key")
+    assert service_target(ca="ca.crt").ca == Path("ca.crt")
+    with ServiceClient.from_profile(url="http://127.0.0.1:1") as plain:
+        assert plain.url == "http://127.0.0.1:1" and plain.tls is None
+    monkeypatch.setenv("BEAMSTREAM_SERVICE", "http://127.0.0.1:2")
+    with ServiceClient.from_profile() as plain:
+        assert plain.url == "http://127.0.0.1:2" and plain.tls is None
+    monkeypatch.setenv("BEAMSTREAM_CERT", str(tmp_path / "mine.crt"))  # given, not the profile's: refused for http
+    with pytest.raises(OptionError, match="apply only to an https:// service"):
+        ServiceClient.from_profile()
 
 
 def test_beamstream_demo_with_a_service_runs_with_tls_by_default():

@@ -15,10 +15,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from beamstream.client import Client
-from beamstream.client.transports.relay import join_frames, relay_url, split_frames
+from beamstream.client.transports.relay import relay_url
 from beamstream.errors import OptionError, TransportError
 from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.wire.control import Error, Hello, ToConsumer, pack, unpack
+from beamstream.wire.relay import join_frames, split_frames
 from conftest import run_cli, start_cli, wait_until
 from servicekit import run_service, shown, stop_service
 

@@ -1,4 +1,4 @@
-"""The client side of the request service: beamstream.Service, `beamstream request`, `beamstream streams`,
+"""The client side of the request service: beamstream.ServiceClient, `beamstream request`, `beamstream streams`,
 `beamstream demo --service`, against a real service process (and the SSE reader against a mock one)."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import httpx
 import psutil
 import pytest
 
-from beamstream import Service
+from beamstream import ServiceClient
 from beamstream.errors import ServiceError, SpecError, StreamEnded, StreamIncomplete, StreamTimeout
-from beamstream.remote import AmbiguousStreamId, EventReader, ServerEvent, Stream
+from beamstream.protocol.models import Resources, StreamView
 from beamstream.protocol.states import State
 from beamstream.service.store import JobStore
+from beamstream.service_client import AmbiguousStreamId, Change, Stream
 from conftest import BEAMSTREAM, run_cli, start_cli, wait_until
 from servicekit import end_jobs_under, run_service, shown, stop_service
 
@@ -53,7 +54,7 @@ def store(service_url, service_folder):
 
 @pytest.fixture
 def service(service_url):
-    with Service(service_url) as service:
+    with ServiceClient(service_url) as service:
         yield service
 
 
@@ -129,9 +130,9 @@ def test_ctrl_c_while_iterating_a_stream_outside_with_cancels_it(service_url, tm
     script = tmp_path / "iterate.py"
     script.write_text(textwrap.dedent("""
         import json, sys
-        from beamstream import Service
+        from beamstream import ServiceClient
 
-        stream = Service(sys.argv[1]).request(json.loads(sys.argv[2]))
+        stream = ServiceClient(sys.argv[1]).request(json.loads(sys.argv[2]))
         print(stream.id, flush=True)
         for event in stream:
             pass
@@ -163,7 +164,7 @@ def test_a_stream_is_found_by_the_start_of_its_id_unless_several_start_so():
             return httpx.Response(404, json={"detail": f"no stream {asked!r}"})
         return httpx.Response(200, json=found[0])
 
-    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
         assert service.find("ffff").id == "ffff000000" and service.find("abc12345").id == "abc1234500"
         assert service.find("abc1299900").id == "abc1299900"
         with pytest.raises(AmbiguousStreamId) as several:
@@ -247,10 +248,13 @@ def test_refusals_become_errors_in_the_services_words(service, tmp_path):
     with pytest.raises(SpecError, match="no such spec file"):
         service.request(tmp_path / "absent.yaml")
     assert service.streams(state=State.QUEUED, experiment="never-requested") == []
-    with Service("http://127.0.0.1:1", timeout=2) as nowhere, pytest.raises(ServiceError) as unreachable:
+    with ServiceClient("http://127.0.0.1:1", timeout=2) as nowhere, pytest.raises(ServiceError) as unreachable:
         nowhere.streams()
     assert unreachable.value.status is None and "no answer from the service at http://127.0.0.1:1" in str(
         unreachable.value)
+
+
+SSE = {"content-type": "text/event-stream; charset=utf-8"}
 
 
 def sse(*events: tuple[int, str], comment: bool = False) -> bytes:
@@ -271,10 +275,10 @@ def test_changes_go_on_after_a_dropped_connection_from_the_last_one_seen():
             return httpx.Response(200, json={"id": "s", "state": "queued", "history": []})
         asked.append(request.headers.get("Last-Event-ID"))
         if len(asked) == 1:
-            return httpx.Response(200, content=sse((0, "queued"), (1, "starting"), comment=True))
-        return httpx.Response(200, content=sse((2, "running"), (3, "failed")))
+            return httpx.Response(200, headers=SSE, content=sse((0, "queued"), (1, "starting"), comment=True))
+        return httpx.Response(200, headers=SSE, content=sse((2, "running"), (3, "failed")))
 
-    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
         stream = service.stream("s")
         changes = [(change.index, change.state.value, change.reason) for change in stream.changes()]
     assert changes == [(0, "queued", "because 0"), (1, "starting", "because 1"), (2, "running", "because 2"),
@@ -288,21 +292,102 @@ def test_waiting_for_a_stream_that_does_not_run_times_out():
 
     def answer(request: httpx.Request) -> httpx.Response:
         asked.append(request.headers.get("Last-Event-ID"))
-        return httpx.Response(200, content=sse((0, "queued")) if len(asked) == 1 else b": keep-alive\n\n")
+        return httpx.Response(200, headers=SSE, content=sse((0, "queued")) if len(asked) == 1 else b": keep-alive\n\n")
 
-    with Service("http://service.test", transport=httpx.MockTransport(answer)) as service:
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
         stream = Stream(service, {"id": "s", "state": "queued"})
         with pytest.raises(StreamTimeout, match="stream s is still queued: it did not run within the timeout"):
             stream.wait_until_running(timeout=0.5)
     assert asked[:2] == [None, "0"] and set(asked[1:]) == {"0"}
 
 
-def test_the_event_reader_follows_the_sse_format():
-    reader = EventReader()
-    lines = [": keep-alive", "", "id: 4", "event: change", "data: {\"a\":", "data:1}", "retry: 10", "",
-             "data: plain", ""]
-    events = [event for event in map(reader.feed, lines) if event is not None]
-    assert events == [ServerEvent("4", "change", "{\"a\":\n1}"), ServerEvent("4", "message", "plain")]
+def test_a_refused_connection_is_tried_again_until_the_service_has_been_silent_too_long():
+    tries = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        tries.append(request.headers.get("Last-Event-ID"))
+        if len(tries) <= 2:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, headers=SSE, content=sse((0, "queued"), (1, "completed")))
+
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        stream = Stream(service, {"id": "s", "state": "queued"})
+        assert [change.state for change in stream.changes()] == [State.QUEUED, State.COMPLETED]
+    assert tries == [None, None, None]
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with ServiceClient("http://service.test", timeout=0.5, transport=httpx.MockTransport(refused)) as service, \
+            pytest.raises(ServiceError, match="no answer from the service at http://service.test: refused"):
+        list(Stream(service, {"id": "s", "state": "queued"}).changes())
+
+
+def test_changes_are_read_as_the_sse_format_says():
+    """Comments, an event of another type, a change's data over several lines, a retry field, CRLF line endings:
+    only the change comes out, whole; an answer that is no event stream is refused in words."""
+    text = (": keep-alive\r\n\r\n"
+            "data: plain\n\n"
+            "id: 4\nevent: change\n"
+            'data: {"state": "completed", "reason": "done",\n'  # joined with a newline: still JSON
+            'data:"at": 2.0, "stream": {"id": "s", "state": "completed"}}\r\n'
+            "retry: 10\n\n")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=SSE, content=text.encode())
+
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        stream = Stream(service, {"id": "s", "state": "queued"})
+        changes = list(stream.changes())
+    assert changes == [Change(4, State.COMPLETED, "done", 2.0, {"id": "s", "state": State.COMPLETED})]
+
+    def html(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>a login page</html>")
+
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(html)) as service, \
+            pytest.raises(ServiceError, match="with text/html, not text/event-stream"):
+        list(Stream(service, {"id": "s", "state": "queued"}).changes())
+
+
+def test_a_stream_is_typed_and_its_view_kept_as_a_dict():
+    view = {"id": "s", "owner": "alice", "name": None, "experiment": None, "run": None, "state": "running",
+            "created": 1.0, "updated": 2.0, "endpoints": {"consumers": "tcp://127.0.0.1:1"}, "verdict": None,
+            "history": [{"state": "queued", "reason": "requested", "at": 1.0}, {"state": "running", "reason": "go",
+                                                                                  "at": 2.0}],
+            "resources": {"workers": 2, "nodes": 1, "time_limit_s": None, "executor": None, "buffer": None}}
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(201, json={**view, "credentials": None})
+
+    with ServiceClient("http://service.test", transport=httpx.MockTransport(answer)) as service:
+        stream = service.request({"source": {"type": "simulated"}}, resources=Resources(workers=2))
+    assert sent[0]["resources"] == {"workers": 2}  # what was set, no more
+    assert isinstance(stream.info, StreamView) and stream.info.state is State.RUNNING
+    assert [(change.state, change.reason) for change in stream.info.history] == [(State.QUEUED, "requested"),
+                                                                                  (State.RUNNING, "go")]
+    assert stream.resources == Resources(workers=2) and stream.info.endpoints == {"consumers": "tcp://127.0.0.1:1"}
+    assert stream.view["history"][1]["state"] is State.RUNNING and stream.view["owner"] == "alice"  # the dict, kept
+
+
+def test_the_former_names_still_work():
+    """``beamstream.Service`` is ServiceClient, silently; ``beamstream.remote`` is importable, and says where it
+    went."""
+    code = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("error")
+        import beamstream
+        assert beamstream.Service is beamstream.ServiceClient
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import beamstream.remote
+        assert beamstream.remote.Service is beamstream.ServiceClient
+        print([str(warning.message) for warning in caught if warning.category is DeprecationWarning])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "beamstream.remote is now beamstream.service_client" in result.stdout
 
 
 def test_beamstream_request_shows_the_states_then_reads_the_stream(service_url, write_spec):

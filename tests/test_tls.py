@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from beamstream.client import Client
-from beamstream.client.transports.relay import tls_refusal
 from beamstream.errors import OptionError, ServiceError, TransportError
-from beamstream.remote import Service
 from beamstream.security import ca
+from beamstream.security.tls_context import tls_refusal
 from beamstream.service.app import create_app
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.tls import Refusals
+from beamstream.service_client import ServiceClient
 from conftest import start_cli, wait_until
 from servicekit import end_jobs_under, make_pki, run_service, tls_settings
 
@@ -59,13 +59,13 @@ def logs(process, text: str) -> None:
     wait_until(lambda: text in " ".join("".join(process.log).split()), f"the service to log {text!r}", timeout=30)
 
 
-def as_user(url: str, pki, who) -> Service:
-    return Service(url, cert=who.certificate, key=who.key, ca=pki.ca)
+def as_user(url: str, pki, who) -> ServiceClient:
+    return ServiceClient(url, cert=who.certificate, key=who.key, ca=pki.ca)
 
 
 def refusal(url: str, pki, who=None) -> ServiceError:
     """The ServiceError of listing streams at ``url`` as ``who`` (a Credentials; None: no client certificate)."""
-    with (Service(url, ca=pki.ca) if who is None else as_user(url, pki, who)) as user:
+    with (ServiceClient(url, ca=pki.ca) if who is None else as_user(url, pki, who)) as user:
         with pytest.raises(ServiceError) as refused:
             user.streams()
     return refused.value
@@ -158,7 +158,7 @@ def test_refused_with_an_expired_certificate_both_sides_say_so(served, pki):
 def test_a_service_whose_certificate_is_not_signed_by_our_ca_is_refused_by_us_naming_the_ca_file(served, pki):
     process, url = served
     other_ca = pki.dir.parent / "other" / "ca.crt"
-    with Service(url, cert=pki.alice.certificate, key=pki.alice.key, ca=other_ca) as user:
+    with ServiceClient(url, cert=pki.alice.certificate, key=pki.alice.key, ca=other_ca) as user:
         with pytest.raises(ServiceError) as refused:
             user.streams()
     assert refused.value.status is None
@@ -169,7 +169,7 @@ def test_a_service_whose_certificate_is_not_signed_by_our_ca_is_refused_by_us_na
 
 def test_plain_http_to_the_https_port_is_answered_use_https(served, pki):
     process, url = served
-    with Service(url.replace("https://", "http://")) as user:
+    with ServiceClient(url.replace("https://", "http://")) as user:
         with pytest.raises(ServiceError) as refused:
             user.streams()
     assert refused.value.status == 400
@@ -201,7 +201,7 @@ def test_https_to_a_plain_http_service_says_it_does_not_speak_tls(pki):
 
         answering = threading.Thread(target=answer_in_plain_http)
         answering.start()
-        with Service(f"https://127.0.0.1:{server.getsockname()[1]}", ca=pki.ca) as user:
+        with ServiceClient(f"https://127.0.0.1:{server.getsockname()[1]}", ca=pki.ca) as user:
             with pytest.raises(ServiceError, match="https:// to a service that does not speak TLS"):
                 user.streams()
         answering.join(timeout=30)
@@ -282,9 +282,9 @@ def test_the_service_refuses_to_start_with_a_tls_file_it_cannot_read(tmp_path, p
 def test_client_tls_files_that_cannot_be_used_are_refused_naming_them(pki, tmp_path):
     with pytest.raises(OptionError, match=f"the key {pki.jobs.key} is not the key of the certificate "
                                           f"{pki.alice.certificate}"):
-        Service("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.jobs.key, ca=pki.ca)
+        ServiceClient("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.jobs.key, ca=pki.ca)
     with pytest.raises(OptionError, match=f"the CA certificate {tmp_path / 'no.crt'} cannot be used: No such file"):
-        Service("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.alice.key, ca=tmp_path / "no.crt")
+        ServiceClient("https://127.0.0.1:1", cert=pki.alice.certificate, key=pki.alice.key, ca=tmp_path / "no.crt")
 
 
 def test_the_owner_end_to_end_over_https_and_wss_identity_from_the_certificate(service, pki):
@@ -320,6 +320,6 @@ def test_tls_files_apply_only_to_https(pki):
     with pytest.raises(OptionError, match="tls=\\(cert, key, ca\\) applies only to https://"):
         Client("http://127.0.0.1:1/v1/streams/x", group="g", tls=files)
     with pytest.raises(OptionError, match="apply only to an https:// service"):
-        Service("http://127.0.0.1:1", cert=pki.alice.certificate, key=pki.alice.key)
+        ServiceClient("http://127.0.0.1:1", cert=pki.alice.certificate, key=pki.alice.key)
     with pytest.raises(OptionError, match="together"):
-        Service("https://127.0.0.1:1", cert=pki.alice.certificate)
+        ServiceClient("https://127.0.0.1:1", cert=pki.alice.certificate)

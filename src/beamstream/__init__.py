@@ -6,15 +6,15 @@ from beamstream.client import Client, Event, Message, StreamReport
 from beamstream.errors import BeamstreamError, ServiceError
 from beamstream.protocol.states import State
 
-__all__ = ["BeamstreamError", "Client", "Event", "Message", "Service", "ServiceError", "State", "Stream",
-           "StreamReport"]
+__all__ = ["BeamstreamError", "Client", "Event", "Message", "Service", "ServiceClient", "ServiceError", "State",
+           "Stream", "StreamReport"]
 
 
 def __getattr__(name: str) -> Any:
-    """``Service`` and ``Stream`` (:mod:`beamstream.remote`), imported on first use: httpx stays out of the CLI's
-    start-up."""
-    if name in ("Service", "Stream"):
-        import beamstream.remote
+    """``ServiceClient`` and ``Stream`` (:mod:`beamstream.service_client`), imported on first use: httpx stays out
+    of the CLI's start-up. ``Service`` is ``ServiceClient`` under its former name (no warning: kept)."""
+    if name in ("Service", "ServiceClient", "Stream"):
+        import beamstream.service_client
 
-        return getattr(beamstream.remote, name)
+        return getattr(beamstream.service_client, "ServiceClient" if name == "Service" else name)
     raise AttributeError(f"module 'beamstream' has no attribute {name!r}")

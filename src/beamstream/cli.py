@@ -1,5 +1,6 @@
-"""``beamstream`` command line: check specs, produce, consume, buffer, demo, service; ``request`` and
-``streams`` come from :mod:`beamstream.remote_cli`, ``ca`` from :mod:`beamstream.security.cli`.
+"""``beamstream`` command line: check specs, produce, consume, demo; ``request`` and ``streams`` come from
+:mod:`beamstream.remote_cli`, ``buffer`` from :mod:`beamstream.buffer_cli`, ``service`` from
+:mod:`beamstream.service.cli`, ``ca`` from :mod:`beamstream.security.cli`.
 
 Library code raises typed errors; the command modules alone turn them into messages and exit
 codes (0 success, 1 failure or incomplete stream, 2 bad usage).
@@ -12,13 +13,13 @@ import logging
 import os
 import signal
 import sys
-import threading
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from beamstream.buffer_cli import buffer_app
 from beamstream.cli_help import readable_help_types
 from beamstream.display import console, fail, labelled, read_to_the_end
 from beamstream.errors import BeamstreamError
@@ -26,11 +27,6 @@ from beamstream.interrupts import deliver_lost_interrupts
 from beamstream.remote_cli import request, runs_app, streams_app
 from beamstream.security.cli import ca_app
 from beamstream.service.cli import service_app
-
-from beamstream.buffer.config import BufferConfig
-
-if TYPE_CHECKING:
-    from beamstream.buffer.base import Buffer
 
 readable_help_types()  # --help says INTEGER, PATH, SECONDS; nothing for flags (typer 0.2x: <int range>, <bool>)
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
@@ -75,6 +71,7 @@ def configure_logging(level: str) -> None:
                         force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin it loads
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request to a service
+    logging.getLogger("stamina").setLevel(logging.ERROR)  # a bare line per retry; what retries says what failed
 
 
 @spec_app.command("check")
@@ -156,7 +153,8 @@ def produce(
     """
     from beamstream.display import ProducerProgress, workers_table
     from beamstream.errors import OptionError
-    from beamstream.producer import abort_on_signals, launcher_rank, run_local, run_mpi, run_worker
+    from beamstream.launchers import launcher_rank
+    from beamstream.producer import abort_on_signals, run_local, run_mpi, run_worker
     from beamstream.spec import load_spec
 
     if rank_from_env:
@@ -300,131 +298,8 @@ app.command()(request)
 app.add_typer(streams_app, name="streams")
 app.add_typer(runs_app, name="runs")
 
-buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(service_app, name="service")
-
-
-_help = BufferConfig.option_help  # each option's help is its field's description in BufferConfig
-
-
-@buffer_app.callback(invoke_without_command=True)
-def buffer(
-    ctx: typer.Context,
-    spec: Annotated[Optional[Path], typer.Option(
-        metavar="SPEC", help="take the settings from this stream spec's buffer: section (options given here "
-                             "override them)")] = None,
-    producers: Annotated[Optional[str], typer.Option(metavar="ENDPOINT", help=_help("producers"))] = None,
-    consumers: Annotated[Optional[str], typer.Option(metavar="ENDPOINT", help=_help("consumers"))] = None,
-    max_memory: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_memory"))] = None,
-    hwm: Annotated[Optional[int], typer.Option(metavar="MESSAGES", help=_help("hwm"))] = None,
-    max_message: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_message"))] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(metavar="PORT", help=_help("metrics_port"))] = None,
-    metrics_addr: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help=_help("metrics_addr"))] = None,
-    spill_dir: Annotated[Optional[Path], typer.Option(metavar="DIR", help=_help("spill_dir"))] = None,
-    max_spill: Annotated[Optional[str], typer.Option(metavar="SIZE", help=_help("max_spill"))] = None,
-    retention_s: Annotated[Optional[float], typer.Option("--retention", metavar="SECONDS",
-                                                         help=_help("retention_s"))] = None,
-    producer_timeout_s: Annotated[Optional[float], typer.Option("--producer-timeout", metavar="SECONDS",
-                                                                help=_help("producer_timeout_s"))] = None,
-    group_stall_s: Annotated[Optional[float], typer.Option("--group-stall", metavar="SECONDS",
-                                                           help=_help("group_stall_s"))] = None,
-    max_consumers: Annotated[Optional[int], typer.Option(metavar="N", help=_help("max_consumers"))] = None,
-    max_connections: Annotated[Optional[int], typer.Option(metavar="N", help=_help("max_connections"))] = None,
-    backend: Annotated[Optional[str], typer.Option(metavar="URL", help=_help("backend"))] = None,
-    admission_key_file: Annotated[Optional[Path], typer.Option(metavar="FILE", help=_help("admission_key_file"))] = None,
-    orphan_after_s: Annotated[Optional[float], typer.Option("--orphan-after", metavar="SECONDS",
-                                                            help=_help("orphan_after_s"))] = None,
-    callback: Annotated[Optional[Path], typer.Option(
-        metavar="FILE", help="tell the request service that started this buffer where it listens and, at the end, the "
-             "stream's verdict (a file the service wrote: its URL and the stream's secret, read again at every "
-             "attempt, so a service restarted elsewhere is found)")] = None,
-) -> None:
-    """Run a buffer: producers in, consumer groups out, bounded memory, acknowledged delivery.
-
-    `beamstream buffer status URL` instead shows a running buffer (and serves nothing).
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    given = {name: value for name, value in ctx.params.items() if name in BufferConfig.model_fields and value is not None}
-    serve_buffer(buffer_config(spec, given), callback)
-
-
-# BufferConfig fields whose command-line option has another name
-OPTION_NAMES = {"retention_s": "--retention", "producer_timeout_s": "--producer-timeout", "group_stall_s": "--group-stall",
-                "orphan_after_s": "--orphan-after"}
-
-
-def buffer_config(spec: Path | None, given: dict[str, object]) -> BufferConfig:
-    """The buffer settings: the spec's ``buffer:`` section (if a spec is named) overridden by ``given`` options."""
-    from pydantic import ValidationError
-
-    from beamstream.spec import load_spec
-
-    base: dict[str, object] = {}
-    if spec is not None:
-        section = load_spec(spec).buffer
-        if section is None:
-            fail(f"{spec} has no buffer: section; add one (`beamstream spec schema` lists its keys) or pass options",
-                 code=2)
-        base = section.model_dump(exclude_unset=True)
-    try:
-        return BufferConfig.model_validate({**base, **given})
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            text = error["msg"].removeprefix("Value error, ")
-            if error["loc"]:
-                field = str(error["loc"][0])
-                text = f"{OPTION_NAMES.get(field, '--' + field.replace('_', '-'))}: {text}"
-            problems.append(text)
-        fail("; ".join(problems), code=2)
-
-
-def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
-    """Run the buffer ``config`` describes until SIGTERM or Ctrl-C, then print its account of the stream
-    (and, with ``callback``, tell the request service where it listened and, at the end, the verdict)."""
-    from msgspec import to_builtins
-
-    from beamstream.atomic import write_atomically
-    from beamstream.buffer.run import run_buffer
-    from beamstream.service.callbacks import VERDICT_FILE, call_back, end_when_orphaned
-
-    orphaned = threading.Event()
-
-    def say_where(buffer: Buffer) -> None:
-        memory = "" if config.backend else f", memory ≤ {config.max_memory / 2**30:g} GiB"
-        metrics = f", metrics → {buffer.metrics_server.url}" if buffer.metrics_server else ""
-        console.print(f"buffer: producers → {buffer.producer_address}, consumers → {buffer.consumer_address}{memory}"
-                      f"{metrics}", highlight=False)
-        if callback is not None:
-            call_back(callback, {"event": "listening", "producers": buffer.producer_address,
-                                 "consumers": buffer.consumer_address,
-                                 "metrics": buffer.metrics_server.url if buffer.metrics_server else None},
-                      give_up=lambda: buffer.stopping)
-            end_when_orphaned(buffer, callback, config.orphan_after_s, orphaned)
-
-    report = run_buffer(config, on_ready=say_where)
-    console.print(report.summary(), highlight=False)
-    if callback is not None:  # the verdict goes to a file beside the callback file first: the service reads it
-        verdict = to_builtins(report.final_verdict())  # there should the callback not arrive
-        write_atomically(callback.with_name(VERDICT_FILE), json.dumps(verdict).encode())
-        call_back(callback, {"event": "ended", "verdict": verdict}, retry_for_s=0 if orphaned.is_set() else 60.0)
-
-
-@buffer_app.command("status")
-def buffer_status(
-    target: Annotated[str, typer.Argument(help="the buffer's metrics: URL or HOST:PORT, e.g. 127.0.0.1:9100",
-                                          metavar="URL")],
-) -> None:
-    """Show a running buffer's totals, groups and consumers, read from its metrics endpoint."""
-    from rich.console import Console
-
-    from beamstream.buffer.status import fetch_status, status_tables
-
-    out = Console()
-    for table in status_tables(fetch_status(target)):
-        out.print(table)
 
 
 @app.command()

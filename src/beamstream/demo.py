@@ -1,7 +1,7 @@
 """``beamstream demo``: simulated images from N producer processes to a client in this process.
 
 With ``--service``, the same stream is asked of a request service (started for the demo, then
-stopped) and read through the Python API (:class:`~beamstream.remote.Service`); by default with
+stopped) and read through the Python API (:class:`~beamstream.service_client.ServiceClient`); by default with
 mutual TLS, on a CA and certificates the demo makes for itself.
 """
 
@@ -106,7 +106,8 @@ def _read(client: Client) -> float:
 def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializer: str,
                      batch: int, tls: bool = True) -> tuple[str, bool]:
     """Start a request service (job store and stream folders in a temporary folder, local jobs), ask it for
-    ``events`` images from ``workers`` producers, read them through :class:`~beamstream.remote.Service`, stop it.
+    ``events`` images from ``workers`` producers, read them through
+    :class:`~beamstream.service_client.ServiceClient`, stop it.
 
     With ``tls`` (the default) the service serves HTTPS with mutual TLS, on a CA and certificates made in
     the temporary folder (:func:`demo_credentials`): the stream is requested as the current user, with
@@ -118,7 +119,7 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
     StreamIncomplete if the events did not all arrive. On Ctrl-C (KeyboardInterrupt, raised again) the stream is
     cancelled, its jobs and the service stopped (:func:`demo_service`): nothing the demo started outlives it.
     """
-    from beamstream.remote import Service
+    from beamstream.service_client import ServiceClient
     from beamstream.protocol.states import State
 
     with tempfile.TemporaryDirectory(prefix="beamstream-demo-", ignore_cleanup_errors=True) as folder:
@@ -127,7 +128,7 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
         credentials = demo_credentials(Path(folder) / "ca") if tls else None
         client_tls = {} if credentials is None else credentials.client
         _say("starting a request service…")
-        with (demo_service(Path(folder), credentials) as url, Service(url, **client_tls) as service):
+        with (demo_service(Path(folder), credentials) as url, ServiceClient(url, **client_tls) as service):
             _say(f"request service at {url}: asking it for {events:,} images from {workers} producers…")
             stream = service.request(demo_spec_data(events, shape, serializer, batch), resources={"workers": workers})
             stream.wait_until_running()
@@ -154,7 +155,7 @@ class DemoCredentials:
 
     user: str
     settings: dict[str, str]  # BEAMSTREAM_SERVICE_TLS_* variables
-    client: dict[str, Path]  # Service(cert=, key=, ca=)
+    client: dict[str, Path]  # ServiceClient(cert=, key=, ca=)
 
 
 def demo_user() -> str:
@@ -270,12 +271,12 @@ def _end_streams(store: JobStore, url: str, credentials: DemoCredentials | None)
     stream's buffer a few seconds for its readers, and the demo, its only reader, is gone. A producers job the
     service stopped already so gets its second SIGTERM, which kills its workers at once: their aborted end messages
     have nobody to go to."""
-    from beamstream.remote import Service
+    from beamstream.service_client import ServiceClient
     from beamstream.service.executors import JobRequest, JobState, LocalExecutor
 
     executor = LocalExecutor()
     try:
-        with Service(url, **(credentials.client if credentials else {})) as service:
+        with ServiceClient(url, **(credentials.client if credentials else {})) as service:
             streams = service.streams()
             for stream in streams:
                 if not stream.state.final:

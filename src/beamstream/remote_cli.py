@@ -1,9 +1,9 @@
 """``beamstream request``, ``beamstream streams`` and ``beamstream runs``: the request service from the command line
-(:mod:`beamstream.remote` is the same in Python; docs/requests.md).
+(:mod:`beamstream.service_client` is the same in Python; docs/requests.md).
 
 Each command finds the service, and the TLS files for one with mutual TLS, from its options, else their
-environment variables, else the user's profile (:func:`connect`); a bearer token comes from
-``$BEAMSTREAM_TOKEN``. Errors end a command as :mod:`beamstream.cli` says (exit 1, 2 for bad usage).
+environment variables, else the user's profile (:func:`connect`, :mod:`beamstream.profile`); a bearer token comes
+from ``$BEAMSTREAM_TOKEN``. Errors end a command as :mod:`beamstream.cli` says (exit 1, 2 for bad usage).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from rich.table import Table
 
-    from beamstream.remote import Change, Service, Stream
+    from beamstream.service_client import Change, ServiceClient, Stream
 
 
 T = TypeVar("T")
@@ -45,21 +45,18 @@ StreamID = Annotated[str, typer.Argument(
                        "(as `beamstream streams list` shows it)")]
 
 
-def connect(url: str | None, cert: Path | None = None, key: Path | None = None, ca: Path | None = None) -> Service:
-    """The request service at ``url``, with the TLS files given (an https:// service).
+def connect(url: str | None, cert: Path | None = None, key: Path | None = None,
+            ca: Path | None = None) -> ServiceClient:
+    """The request service at ``url``, with the TLS files given (an https:// service): as
+    :meth:`ServiceClient.from_profile <beamstream.service_client.ServiceClient.from_profile>` finds it.
 
     Each value is taken from its option, else its environment variable (both already in the arguments),
     else the profile (``$BEAMSTREAM_PROFILE``, else ``~/.config/beamstream/profile.yaml``), else the default.
     The profile's TLS files apply only to an https:// service.
     """
-    from beamstream.remote import DEFAULT_URL, Service, load_profile
+    from beamstream.service_client import ServiceClient
 
-    profile = load_profile()
-    if profile is not None:
-        url = url or profile.service
-        if (url or DEFAULT_URL).startswith("https://"):
-            cert, key, ca = cert or profile.cert, key or profile.key, ca or profile.ca
-    return Service(url or DEFAULT_URL, cert=cert, key=key, ca=ca)
+    return ServiceClient.from_profile(url=url, cert=cert, key=key, ca=ca)
 
 
 def request(
@@ -421,9 +418,9 @@ def runs_list(
 
 
 def runs_table(url: str, experiment: str, runs: Sequence[dict[str, Any]], width: int) -> Table:
-    """The ``runs`` of ``experiment`` (as :meth:`~beamstream.remote.Service.runs` gives them) as a table at most
-    ``width`` cells wide (:func:`~beamstream.display.fitted_table`): run, source, files (how many), folder (the one
-    they are all in, cut to fit)."""
+    """The ``runs`` of ``experiment`` (as :meth:`~beamstream.service_client.ServiceClient.runs` gives them) as a
+    table at most ``width`` cells wide (:func:`~beamstream.display.fitted_table`): run, source, files (how many),
+    folder (the one they are all in, cut to fit)."""
     import os
 
     columns = [Column("run"), Column("source"), Column("files"), Column("folder", 12)]

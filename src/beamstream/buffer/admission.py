@@ -25,9 +25,9 @@ import msgspec
 from beamstream.atomic import write_atomically
 from beamstream.buffer.segments import SpillError
 from beamstream.security.streamkey import AdmissionKey, StreamKeyError, read_key_file
-from beamstream.wire.control import HELLO_WINDOW_S, Hello, hello_proof_data
+from beamstream.wire.control import ADMIT_ONLY_HOLDERS, HELLO_WINDOW_S, Hello, proof_refusal
 
-ADMIT_ONLY_HOLDERS = "this stream's buffer admits only holders of its credentials"
+__all__ = ["ADMIT_ONLY_HOLDERS", "HelloCheck", "load_admission_key", "proof_refusal", "read_admitted"]
 
 
 def load_admission_key(path: Path) -> AdmissionKey:
@@ -40,18 +40,6 @@ def load_admission_key(path: Path) -> AdmissionKey:
         return AdmissionKey.from_text(text)
     except StreamKeyError as exc:  # never the text itself: it may be a key after all
         raise StreamKeyError(f"the key file {path} holds no admission key: {exc}") from None
-
-
-def proof_refusal(admission: AdmissionKey, hello: Hello) -> tuple[str, str] | None:
-    """None if ``hello``'s proof was made with ``admission``; else (kind, reason), as :meth:`HelloCheck.refusal`
-    says them (``no proof``, ``wrong key``). Also the relay's check of a reader's own proof."""
-    if not hello.proof:
-        return "no proof", (f"{ADMIT_ONLY_HOLDERS}: give the stream's key (Client(..., key=...), or its key file) so that "
-                "the hello carries a proof")
-    if not hello.nonce or not admission.verify(hello_proof_data(hello), hello.proof):
-        return "wrong key", (f"{ADMIT_ONLY_HOLDERS}: the hello's proof does not match this stream's admission key; "
-                "give this stream's key (not another stream's)")
-    return None
 
 
 class HelloCheck:

@@ -14,10 +14,10 @@ Memory bound: the log holds at most ``max_bytes`` of payload plus one message; Z
 per connected producer, its receive queue of ``hwm`` messages and one being decoded. So resident
 memory stays under ``max_bytes + (hwm + 2) × largest message`` beyond the process's own
 (messages handed to consumers are those in the log, not copies). With
-:func:`~beamstream.buffer.allocator.release_freed_buffers` (:func:`~beamstream.buffer.run.run_buffer` calls it) a message evicted from the log leaves memory
+:func:`~beamstream.allocator.release_freed_buffers` (:func:`~beamstream.buffer.run.run_buffer` calls it) a message evicted from the log leaves memory
 that the next received message reuses, instead of every message landing in fresh pages; RSS
 then stays at the peak it reached, within this bound, until the buffer goes idle and gives the
-freed memory back (:func:`~beamstream.buffer.allocator.trim_freed_buffers`).
+freed memory back (:func:`~beamstream.allocator.trim_freed_buffers`).
 
 Admission: given its stream's ``admission`` key, the buffer takes only producer messages sealed with it
 (:class:`~beamstream.buffer.base.Buffer`) and admits a consumer only on a hello that proves it holds the key
@@ -46,9 +46,9 @@ import msgspec
 import zmq
 from prometheus_client.core import Metric
 
+from beamstream.allocator import trim_freed_buffers
 from beamstream.atomic import write_atomically
 from beamstream.buffer.admission import HelloCheck
-from beamstream.buffer.allocator import trim_freed_buffers
 from beamstream.buffer.base import Buffer
 from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments

@@ -53,6 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from beamstream.errors import TransportError
+from beamstream.metrics_reading import PREFIX  # the names' prefix, which readers of these metrics rely on
 
 if TYPE_CHECKING:
     from beamstream.accounting import StreamReport
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from beamstream.buffer.message_log import Group, MessageLog
     from beamstream.jetstream.store import NatsStore
 
-PREFIX = "beamstream_buffer_"
 
 # buffer.counters key → (metric name without prefix and _total, help)
 SERVICE_COUNTERS = {
@@ -76,10 +76,6 @@ SERVICE_COUNTERS = {
     "consumers_refused": ("refused_consumers", "Consumer hellos refused for not proving the stream's credentials "
                           "(buffers given an admission key)."),
 }
-
-
-# the unlabelled samples every buffer exposes, whatever its backend (names without PREFIX)
-TOTALS = {"messages_in_total", "bytes_in_total", "rejected_messages_total", "producers_connected", "producers_ended"}
 
 
 class BufferCollector(Collector):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from beamstream.accounting import StreamReport
-from beamstream.buffer.allocator import release_freed_buffers
+from beamstream.allocator import release_freed_buffers
 from beamstream.buffer.base import Buffer
 from beamstream.errors import MissingDependency, needs_extra
 
@@ -74,7 +74,7 @@ def run_buffer(config: BufferConfig, on_ready: Callable[[Buffer], None] = lambda
     ``buffer.stop()``; then close it and return its account of the stream.
 
     ``on_ready`` is called with the open buffer before it serves (e.g. to say where it listens).
-    Makes glibc reuse freed message memory (:func:`~beamstream.buffer.allocator.release_freed_buffers`).
+    Makes glibc reuse freed message memory (:func:`~beamstream.allocator.release_freed_buffers`).
     """
     release_freed_buffers()
     allow_all_descriptors()

@@ -1,91 +1,20 @@
 """A buffer's figures as ``beamstream buffer status`` shows them: read from its metrics, drawn as tables.
 
 :meth:`Buffer.status <beamstream.buffer.base.Buffer.status>` gives them for a buffer in this
-process; :func:`fetch_status` scrapes them from a running buffer's metrics endpoint. The
-metric names are listed in :mod:`beamstream.buffer.metrics`.
+process; :func:`~beamstream.metrics_reading.fetch_status` scrapes them from a running buffer's
+metrics endpoint (the reading is in :mod:`beamstream.metrics_reading`, which the request service
+uses too; its names are kept here for the buffer's callers). The metric names are listed in
+:mod:`beamstream.buffer.metrics`.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from beamstream.buffer.metrics import PREFIX, TOTALS
-from beamstream.errors import TransportError
+from beamstream.metrics_reading import BufferStatus, fetch_status, metrics_url, parse_status, status_of
 
-
-@dataclass(slots=True)
-class BufferStatus:
-    """A scrape of a buffer: unlabelled samples, per-group samples and per-consumer samples.
-
-    Keys are sample names without the ``beamstream_buffer_`` prefix (counters keep ``_total``).
-    """
-
-    totals: dict[str, float] = field(default_factory=dict)
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)
-    consumers: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-
-
-def metrics_url(target: str) -> str:
-    """``host:port`` or a URL → the full metrics URL (``http://`` and ``/metrics`` added where missing)."""
-    url = target if "://" in target else f"http://{target}"
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(path="/metrics").geturl() if parts.path in ("", "/") else url
-
-
-def status_of(families: Iterable[Metric]) -> BufferStatus:
-    """The ``beamstream_buffer_*`` samples of metric families (others are ignored)."""
-    status = BufferStatus()
-    for family in families:
-        for sample in family.samples:
-            if not sample.name.startswith(PREFIX):
-                continue
-            name, labels = sample.name.removeprefix(PREFIX), sample.labels
-            if "consumer" in labels:
-                status.consumers.setdefault((labels["group"], labels["consumer"]), {})[name] = sample.value
-            elif "group" in labels:
-                status.groups.setdefault(labels["group"], {})[name] = sample.value
-            else:
-                status.totals[name] = sample.value
-    return status
-
-
-def parse_status(text: str) -> BufferStatus:
-    """The ``beamstream_buffer_*`` samples of a Prometheus text exposition (others are ignored).
-
-    Raises ValueError if ``text`` is not Prometheus text format.
-    """
-    return status_of(text_string_to_metric_families(text))
-
-
-def fetch_status(target: str, timeout: float = 5.0) -> BufferStatus:
-    """Scrape a buffer's metrics endpoint (``host:port`` or URL).
-
-    Raises :class:`TransportError` naming the URL when nothing answers within ``timeout``
-    seconds, the answer is an HTTP error, or it lacks any of the buffer's unlabelled metrics.
-    """
-    url = metrics_url(target)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            text = response.read().decode("utf-8")
-    except (OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise TransportError(f"no buffer metrics from {url}: {reason}") from None
-    try:
-        status = parse_status(text)
-    except ValueError as exc:
-        raise TransportError(f"{url} did not answer with Prometheus metrics: {exc}") from None
-    missing = TOTALS - status.totals.keys()
-    if missing:
-        raise TransportError(f"{url} answered, but without beamstream buffer metrics ({', '.join(sorted(missing))})")
-    return status
+__all__ = ["BufferStatus", "consumers_table", "fetch_status", "groups_table", "metrics_url", "parse_status",
+           "status_of", "status_tables", "totals_table"]
 
 
 def count(value: float) -> str:

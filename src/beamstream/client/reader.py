@@ -18,8 +18,9 @@ missing sequence ranges): nothing incomplete passes as complete. Received arrays
 read-only views that keep their message alive.
 
 How the messages arrive is the job of a transport (:mod:`beamstream.client.transports`),
-picked once from the endpoint and options; parsing, checksums, duplicates and the account
-are done here, the same for all of them.
+picked once from the endpoint's scheme and checked against the options it takes
+(:mod:`~beamstream.client.transports.schemes`), or given ready-made (``Client(transport=...)``);
+parsing, checksums, duplicates and the account are done here, the same for all of them.
 """
 
 from __future__ import annotations
@@ -28,24 +29,21 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Unpack
 
 import numpy as np
 
 from beamstream.accounting import StreamReport
-from beamstream.client.transports.base import Delivery, StreamEnd, Transport
+from beamstream.client.transports.base import Delivery, Options, StreamEnd, Transport
+from beamstream.client.transports.schemes import open_transport
 from beamstream.codecs import decode_payload
-from beamstream.errors import (OptionError, SealRefused, StreamIncomplete, StreamTimeout, TransportError,
-                               WireFormatError)
+from beamstream.errors import OptionError, SealRefused, StreamIncomplete, StreamTimeout, TransportError, WireFormatError
 from beamstream.logs import WarnOnce
 from beamstream.security.streamkey import StreamKey
-from beamstream.transport import DEFAULT_MAX_MESSAGE
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire.metadata import RunMetadata
 
 logger = logging.getLogger(__name__)
-DEFAULT_HWM = 4
-DEFAULT_REDELIVER_AFTER = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +79,18 @@ class Message:
 
 
 class Client:
-    """Reads one stream from one or more endpoints.
+    """Reads one stream, from ``endpoints`` through the transport their scheme picks, or through ``transport``.
 
     Args:
-        endpoints: an endpoint or a list (e.g. one per producer that binds its own), or
-            ``nats://HOST:PORT/NAME``: the stream a buffer keeps in NATS JetStream
-            (``beamstream buffer --backend``), read as a member of ``group`` or, without one,
-            whole by this client alone, or ``http(s)://SERVICE/v1/streams/ID``: a stream of the
-            request service, read as a member of ``group`` through the service's relay (a
-            WebSocket; docs/relay.md), for a reader that can reach the service but not its buffer.
+        endpoints: an endpoint or a list (e.g. one per producer that binds its own), read as
+            :mod:`~beamstream.client.transports.schemes` says: ``tcp://``, ``ipc://`` or ``inproc://``
+            producers directly or, with ``group``, a buffer's consumer group; ``http(s)://SERVICE/v1/streams/ID``
+            a stream of the request service, as a member of ``group``, through the service's relay (a WebSocket;
+            docs/relay.md), for a reader that can reach the service but not its buffer; ``nats://HOST:PORT/NAME``
+            the stream a buffer keeps in NATS JetStream (``beamstream buffer --backend``), read as a member of
+            ``group`` or, without one, whole by this client alone.
+        transport: instead of endpoints, a :class:`~beamstream.client.transports.base.Transport` already made
+            (e.g. a :class:`~beamstream.client.transports.memory.MemoryTransport`), given with its own options.
         timeout: seconds of silence before giving up (None waits forever).
         verify: check every payload's checksum.
         stream: accept only this stream id (default: the first one seen).
@@ -99,79 +100,45 @@ class Client:
             end message does not end the stream). A group member also proves with it to a buffer that
             requires the stream's admission key. Without a key, a sealed message raises SealRefused
             (this stream needs its key): encrypted bytes are never handed out as data.
-
-    Reading producers directly (no ``group``, not ``nats://``):
-        bind: bind the endpoints instead of connecting (producers then connect).
-        pattern: ``pull`` (default) or ``sub`` (broadcast streams). Either way the client
-            acknowledges each end-of-stream message upstream, so producers close only once it arrived.
-        hwm: messages queued in this client before the sender waits (default 4).
-
-    Reading through a buffer (``group``, ``nats://`` or ``http(s)://``):
-        group: read as a member of this consumer group; members of a group share the messages,
-            every group gets all of them. A message is acknowledged when the application asks
-            for the next one, so one a client was still working on when it died goes to
-            another member. With the local buffer, ``hwm`` is how many messages the buffer may
-            hand this client before it acknowledges one.
-        lossy: always hand over the newest message, skipping older ones (counted in
-            ``report.skipped``), e.g. for a live viewer.
-        start: where a group that does not exist yet starts: ``earliest`` (default) message
-            held, or ``now``.
-        redeliver_after: ``nats://`` with a group this client creates: seconds after which a
-            message a member has not acknowledged goes to another member (default 30; the local
-            buffer instead notices a departed member within a second).
-
-    tls: ``(cert, key, ca)`` for an ``https://`` stream of a service with mutual TLS: the client
-        certificate and key (PEM; both or neither) and the CA certificate that verifies the service
-        (None: the system's). Only for ``https://``.
-    token: a bearer token of that service (``POST /v1/tokens``), for a reader without a certificate
-        (``tls=(None, None, ca)``); sent in the relay's ``Authorization`` header. Only for ``https://``.
-
-    max_message: the largest frame this client takes (default 1 GiB); a sender of a larger one
-        is disconnected before it is allocated (a NATS server bounds its own messages).
-
-    An option given where it does not apply raises OptionError saying where it does.
+        options: the transport's (:class:`~beamstream.client.transports.base.Options`): ``bind``, ``pattern``
+            and ``hwm`` reading producers directly; ``group``, ``lossy``, ``start`` and ``hwm`` (its credit)
+            reading a buffer's consumer group or the relay; ``group``, ``lossy``, ``start`` and
+            ``redeliver_after`` reading ``nats://``; ``tls`` and ``token`` reading ``https://``; ``max_message``
+            all but ``nats://``. One given where it does not apply raises OptionError saying where it does.
 
     ``metadata`` is the stream's description (:class:`~beamstream.wire.metadata.RunMetadata`:
     experiment, run, constants, each field's source and geometry) once the client knows it: by
     the time the first message is yielded, from that message or from the buffer.
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float | None = 10.0, bind: bool = False,
-                 pattern: Literal["pull", "sub"] = "pull", verify: bool = True, stream: str | None = None,
-                 hwm: int | None = None, group: str | None = None, lossy: bool = False,
-                 start: Literal["earliest", "now"] | None = None, redeliver_after: float | None = None,
-                 max_message: int = DEFAULT_MAX_MESSAGE, tls: tuple | None = None, token: str | None = None,
-                 key: StreamKey | str | None = None) -> None:
-        endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        if not endpoints:
-            raise OptionError("Client needs an endpoint to read")
-        key = _stream_key(key)
-        transport = _pick_transport(endpoints, bind=bind, pattern=pattern, hwm=hwm, group=group, lossy=lossy,
-                                    start=start, redeliver_after=redeliver_after, max_message=max_message, tls=tls,
-                                    token=token, key=key)
-        self._setup(transport, endpoints, timeout=timeout, verify=verify, stream=stream, key=key)
-
-    @classmethod
-    def over(cls, transport: Transport, *, timeout: float | None = 10.0, verify: bool = True,
-             stream: str | None = None, key: StreamKey | str | None = None) -> Client:
-        """A Client reading from ``transport`` (e.g. a :class:`~beamstream.client.transports.memory.MemoryTransport`)."""
-        client = cls.__new__(cls)
-        client._setup(transport, [transport.where], timeout=timeout, verify=verify, stream=stream,
-                      key=_stream_key(key))
-        return client
-
-    def _setup(self, transport: Transport, endpoints: list[str], *, timeout: float | None, verify: bool,
-               stream: str | None, key: StreamKey | None = None) -> None:
+    def __init__(self, endpoints: str | Sequence[str] = (), *, transport: Transport | None = None,
+                 timeout: float | None = 10.0, verify: bool = True, stream: str | None = None,
+                 key: StreamKey | str | None = None, **options: Unpack[Options]) -> None:
+        self.key = StreamKey.from_text(key) if isinstance(key, str) else key
+        if transport is None:
+            transport = open_transport(endpoints, dict(options), self.key)
+            endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        elif endpoints or options:
+            given = ", ".join([*([repr(endpoints)] if endpoints else []), *options])
+            raise OptionError(f"Client(transport=...) takes no endpoints and no transport options ({given}): "
+                              f"give them to the transport, {type(transport).__name__}")
+        else:
+            endpoints = [transport.where]
         self.transport = transport
-        self.key = key
-        self.endpoints = endpoints
+        self.endpoints = list(endpoints)
         self.timeout = timeout
         self.verify = verify
-        self.report = StreamReport(endpoints=endpoints, stream=stream)
+        self.report = StreamReport(endpoints=self.endpoints, stream=stream)
         self._seen: set[tuple[int, int]] = set()
         self._metadata: RunMetadata | None = None
         self._warn_once = WarnOnce(logger)
         self._closed = False
+
+    @classmethod
+    def over(cls, transport: Transport, *, timeout: float | None = 10.0, verify: bool = True,
+             stream: str | None = None, key: StreamKey | str | None = None) -> Client:
+        """``Client(transport=transport, ...)``: a Client reading from ``transport``."""
+        return cls(transport=transport, timeout=timeout, verify=verify, stream=stream, key=key)
 
     @property
     def metadata(self) -> RunMetadata | None:
@@ -295,67 +262,3 @@ class Client:
             self.report,
         )
 
-
-def _stream_key(key: StreamKey | str | None) -> StreamKey | None:
-    """``key`` as a StreamKey (text is the key's ``to_text()``); StreamKeyError for malformed text."""
-    return StreamKey.from_text(key) if isinstance(key, str) else key
-
-
-def _pick_transport(endpoints: list[str], *, bind: bool, pattern: str, hwm: int | None, group: str | None,
-                    lossy: bool, start: str | None, redeliver_after: float | None, max_message: int,
-                    tls: tuple | None = None, token: str | None = None, key: StreamKey | None = None) -> Transport:
-    """The transport for these endpoints and options; OptionError for an option that does not apply to it."""
-    # a group member proves to a buffer that requires it that it holds the stream's admission key
-    admission = {} if key is None else {"admission": key.admission}
-    def refuse(option: str, applies: str) -> None:
-        raise OptionError(f"{option} applies only {applies}; it was given for {', '.join(endpoints)}"
-                          + (f" with group={group!r}" if group else ""))
-
-    if tls is not None and not endpoints[0].startswith("https://"):
-        refuse("tls=(cert, key, ca)", "to https:// streams of a request service (read through its relay)")
-    if token is not None and not endpoints[0].startswith("https://"):
-        refuse("token", "to https:// streams of a request service (a token must not cross a network in clear)")
-    if endpoints[0].startswith("nats://"):
-        if len(endpoints) > 1:
-            refuse("a second endpoint", "to streams read from producers directly (a nats:// stream is one URL)")
-        for given, option in ((bind, "bind"), (pattern != "pull", "pattern='sub'"), (hwm is not None, "hwm")):
-            if given:
-                refuse(option, "to streams read from producers directly or from a local buffer, not nats://")
-        if redeliver_after is not None and (group is None or lossy):
-            refuse("redeliver_after", "to a lossless group (group=..., lossy=False) of a nats:// stream")
-        from beamstream.client.transports.nats import NatsTransport
-
-        return NatsTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                             redeliver_after=DEFAULT_REDELIVER_AFTER if redeliver_after is None else redeliver_after,
-                             **admission)
-    if redeliver_after is not None:
-        refuse("redeliver_after", "to a group of a nats:// stream (the local buffer notices a departed member itself)")
-    relayed = endpoints[0].startswith(("http://", "https://"))
-    if relayed and group is None:
-        raise OptionError(f"{endpoints[0]} is read through the service's relay as a member of a consumer group: "
-                          "give group=...")
-    if group is not None:
-        if len(endpoints) > 1:
-            refuse("a second endpoint", "to streams read from producers directly (a group reads one buffer)")
-        if bind:
-            refuse("bind", "to streams read from producers directly (a group member connects to its buffer)")
-        if pattern != "pull":
-            refuse("pattern='sub'", "to streams read from producers directly (every group gets every message)")
-        if relayed:
-            from beamstream.client.transports.relay import RelayTransport
-
-            return RelayTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                                  credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, tls=tls,
-                                  token=token, **admission)
-        from beamstream.client.transports.group import GroupTransport
-
-        return GroupTransport(endpoints[0], group=group, lossy=lossy, start=start or "earliest",
-                              credit=DEFAULT_HWM if hwm is None else hwm, max_message=max_message, **admission)
-    if lossy:
-        refuse("lossy", "with group=... (a buffer's consumer group) or a nats:// stream")
-    if start is not None:
-        refuse("start", "with group=... (a buffer's consumer group) or a nats:// stream")
-    from beamstream.client.transports.direct import DirectTransport
-
-    return DirectTransport(endpoints, bind=bind, pattern=pattern, hwm=DEFAULT_HWM if hwm is None else hwm,
-                           max_message=max_message)

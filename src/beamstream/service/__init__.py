@@ -11,9 +11,11 @@ The application (:mod:`~beamstream.service.app`) and what it serves:
   :mod:`~beamstream.service.policy` and the token's limits (:mod:`~beamstream.service.tokens`);
   :mod:`~beamstream.service.problems`: every refusal answered in one place, with the request's id.
 - :mod:`~beamstream.service.requesting`: a request, from what was sent to a queued stream.
-- :mod:`~beamstream.service.events`: a stream's state changes as Server-Sent Events;
+- :mod:`~beamstream.service.events`: a stream's state changes as Server-Sent Events (sse-starlette), each
+  follower woken by the store (:mod:`~beamstream.service.notifier`);
   :mod:`~beamstream.service.job_logs`: its jobs' output, read or followed;
-  :mod:`~beamstream.service.figures`: a running stream's live figures, from its buffer's metrics.
+  :mod:`~beamstream.service.live_rates`: a running stream's live rates and counts (its ``figures``), from
+  its buffer's metrics (read by :mod:`beamstream.metrics_reading`).
 
 What runs behind it:
 

@@ -1,4 +1,5 @@
-"""Callbacks from a stream's jobs to the service, signed with the stream's secret (stdlib only: jobs need no extra).
+"""Callbacks from a stream's jobs to the service, signed with the stream's secret (through httpx, tried again with
+:func:`~beamstream.retrying.retrying`: jobs need nothing beyond beamstream's own dependencies).
 
 A job (the buffer) POSTs a JSON body to ``/v1/streams/{id}/callback`` with two headers:
 ``Beamstream-Timestamp`` (Unix seconds) and ``Beamstream-Signature``, the hex HMAC-SHA256 of
@@ -25,12 +26,14 @@ import logging
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
+
+from beamstream.retrying import retrying
 
 logger = logging.getLogger(__name__)
 TIMESTAMP = "Beamstream-Timestamp"
@@ -88,14 +91,19 @@ def write_callback_file(path: Path, url: str, secret: str, tls: dict[str, str] |
 
 
 def _tls_context(target: dict[str, Any]) -> ssl.SSLContext | None:
-    """The SSL context for calling back the service of callback file contents ``target`` (None: plain HTTP)."""
+    """The SSL context for calling back the service of callback file contents ``target`` (None: plain HTTP): the
+    one client context (:func:`~beamstream.security.tls_context.client_tls_context`). TLS files that cannot be
+    used raise an ``ssl.SSLError`` (an OSError, as a connection that fails does) naming the file."""
+    from beamstream.errors import OptionError
+    from beamstream.security.tls_context import client_tls_context
+
     tls = target.get("tls")
     if not tls:
         return None
-    context = ssl.create_default_context(cafile=tls["ca"])
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls["cert"], tls["key"])
-    return context
+    try:
+        return client_tls_context((tls["cert"], tls["key"], tls["ca"]))
+    except OptionError as exc:
+        raise ssl.SSLError(str(exc)) from None
 
 
 def service_answers(path: Path) -> bool:
@@ -103,9 +111,8 @@ def service_answers(path: Path) -> bool:
     try:
         target = json.loads(path.read_text())
         health = target["url"].split("/v1/streams/")[0] + "/healthz"
-        with urllib.request.urlopen(health, timeout=10, context=_tls_context(target)) as answer:
-            return answer.status == 200
-    except (OSError, ValueError, KeyError):
+        return httpx.get(health, timeout=10, verify=_tls_context(target) or True).status_code == 200
+    except (httpx.HTTPError, OSError, ValueError, KeyError):
         return False
 
 
@@ -138,23 +145,21 @@ def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
     attempt, so a retry goes where a restarted service has pointed it. True if the service took it; failures are
     logged, not raised."""
     body = json.dumps(event).encode()
-    deadline = time.monotonic() + retry_for_s
-    delay = 0.2
-    while True:
-        target = json.loads(path.read_text())
-        timestamp = f"{time.time():.3f}"
-        request = urllib.request.Request(target["url"], data=body, method="POST", headers={
-            "Content-Type": "application/json", TIMESTAMP: timestamp,
-            SIGNATURE: signature(target["secret"], timestamp, body)})
-        try:
-            with urllib.request.urlopen(request, timeout=10, context=_tls_context(target)):
-                return True
-        except urllib.error.HTTPError as exc:  # the service answered: it will not take it
-            logger.warning("the service refused callback %s: %s %s", event.get("event"), exc.code, exc.read()[:200])
-            return False
-        except OSError as exc:
-            if time.monotonic() + delay > deadline or give_up():
-                logger.warning("could not call the service back (%s): %s", target["url"], exc)
-                return False
-            time.sleep(delay)  # a back-off between retries, not a synchronisation
-            delay = min(delay * 2, 5.0)
+    url = "the service"
+    try:
+        for attempt in retrying((httpx.TransportError, OSError), for_s=retry_for_s, give_up=give_up):
+            with attempt:
+                target = json.loads(path.read_text())
+                url, timestamp = target["url"], f"{time.time():.3f}"
+                answer = httpx.post(url, content=body, timeout=10, verify=_tls_context(target) or True, headers={
+                    "Content-Type": "application/json", TIMESTAMP: timestamp,
+                    SIGNATURE: signature(target["secret"], timestamp, body)})
+    except (httpx.TransportError, OSError) as exc:  # it did not answer, for as long as we tried
+        logger.warning("could not call the service back (%s): %s", url, exc)
+        return False
+    if answer.is_success:
+        return True
+    # the service answered: it will not take it
+    logger.warning("the service refused callback %s: %s %s", event.get("event"), answer.status_code,
+                   answer.content[:200])
+    return False

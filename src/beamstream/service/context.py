@@ -1,9 +1,11 @@
 """What the request service's routes work with, made once per application: its settings, its job store, the
-decisions of its policy, its catalogue, the verifier of its jobs' reports, its live figures, and — once it runs
-jobs — its dispatcher. Routes receive them through dependencies (:func:`context_of`), never through globals."""
+decisions of its policy, its catalogue, the verifier of its jobs' reports, its streams' live rates, and — once it
+runs jobs — its dispatcher. Routes receive them through dependencies (:func:`context_of`), never through globals."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,7 +14,7 @@ from fastapi.requests import HTTPConnection
 
 from beamstream.service.callbacks import Verifier
 from beamstream.service.catalogue import Catalogue
-from beamstream.service.figures import LiveFigures
+from beamstream.service.live_rates import LiveRates
 from beamstream.service.policy import Authorizer
 from beamstream.service.revocation import Revocations
 from beamstream.service.settings import ServiceSettings
@@ -36,11 +38,12 @@ class ServiceContext:
     catalogue: Catalogue
     revocations: Revocations
     verifier: Verifier = field(default_factory=Verifier)
-    live: LiveFigures = field(default_factory=LiveFigures)
+    live: LiveRates = field(default_factory=LiveRates)
     dispatcher: Dispatcher | None = None
     followed: int = 0  # streams whose events or logs are followed now (at most MAX_FOLLOWED)
     relays: int = 0  # readers relayed now
     relay_context: Any = None  # the relay's zmq.asyncio.Context, while the application's lifespan runs
+    clock: Callable[[], float] = time.time  # now, in seconds since the epoch: when tokens expire
 
     @classmethod
     def of(cls, settings: ServiceSettings, store: JobStore) -> ServiceContext:
@@ -55,10 +58,10 @@ class ServiceContext:
         """The executors this service runs jobs with."""
         return set(self.settings.executors) | {self.settings.executor}
 
-    def admit(self, resources: dict[str, Any]) -> None:
+    def check_resources(self, resources: dict[str, Any]) -> None:
         """CannotRun if a stream asking for ``resources`` could not run (nothing to check without a dispatcher)."""
         if self.dispatcher is not None:
-            self.dispatcher.admit(resources)
+            self.dispatcher.check_resources(resources)
 
     def wake(self) -> None:
         """Let the dispatcher act on a change now (a new request, a job's report), if there is one."""

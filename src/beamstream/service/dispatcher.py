@@ -43,14 +43,14 @@ import signal
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
 from beamstream.accounting import format_ranges
+from beamstream.errors import TransportError
+from beamstream.metrics_reading import fetch_status
 from beamstream.modes import make_dirs
 from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
@@ -97,7 +97,7 @@ class Dispatcher:
         self._thread.start()
         return self
 
-    def admit(self, resources: dict[str, Any]) -> None:
+    def check_resources(self, resources: dict[str, Any]) -> None:
         """Raise :class:`~beamstream.service.executors.CannotRun` if a stream asking for ``resources`` could not
         run on its executor (asked when it is requested: nothing is submitted, nothing is left behind)."""
         executor = self.executors[resources.get("executor") or self.settings.executor]
@@ -264,12 +264,10 @@ class Dispatcher:
         if not url:
             return False
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
+            groups = fetch_status(url, timeout=5).groups
+        except TransportError:
             return False
-        lags = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                if sample.name == "beamstream_buffer_group_lag"]
+        lags = [group["group_lag"] for group in groups.values() if "group_lag" in group]
         return bool(lags) and not any(lags)
 
     # --- ending ----------------------------------------------------------------------------------

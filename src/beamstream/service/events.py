@@ -11,35 +11,45 @@ with ``Last-Event-ID: N`` (or ``?after=N``) gets only the changes after the N-th
 the stream as ``GET /v1/streams/{id}`` showed it right after that change (:func:`view_at`), however
 long ago it was made: in that change's state, with its history up to that change. The answer starts with
 every change already recorded, follows the stream as it changes, and ends once a final state
-(completed, failed, cancelled) has been sent. While nothing changes, a comment line
-(``: keep-alive``) goes out every :data:`KEEP_ALIVE_S` seconds, so that proxies keep the
-connection open and a departed client is noticed.
+(completed, failed, cancelled) has been sent. A comment line (``: keep-alive``) goes out every
+:data:`KEEP_ALIVE_S` seconds, so that proxies keep the connection open and a departed client is
+noticed. sse-starlette (:func:`event_source`) writes the events, lines ended by ``\n``.
 
-The job store is polled (every :data:`POLL_S` seconds) rather than notified, so changes made
-by another process on the same database (a restarted service, say) are seen too.
+The job store tells each follower of a stream when it changes it (:mod:`beamstream.service.notifier`);
+a follower also looks every :data:`FALLBACK_POLL_S` seconds, so that changes made by another process
+on the same database (a restarted service, say) are seen too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from beamstream.protocol.states import State
 from beamstream.service.store import JobStore, StreamRecord
 
-POLL_S = 0.2
+FALLBACK_POLL_S = 3.0  # between two looks at the store when no change was notified
 KEEP_ALIVE_S = 15.0
+LINE_END = "\n"
 
 
-def change_event(record: StreamRecord, index: int, view: dict[str, Any]) -> str:
-    """The SSE text of the ``index``-th change of ``record``, carrying the stream as it was right after that change
+def change_event(record: StreamRecord, index: int, view: dict[str, Any]) -> ServerSentEvent:
+    """The ``index``-th change of ``record`` as an event, carrying the stream as it was right after that change
     (``view``: the stream as the API shows it now)."""
     change = record.history[index]
     data = {"state": change.state.value, "reason": change.reason, "at": change.at, "stream": view_at(view, index)}
-    return f"id: {index}\nevent: change\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return ServerSentEvent(json.dumps(data, separators=(",", ":")), id=str(index), event="change", sep=LINE_END)
+
+
+def event_source(events: AsyncIterable[ServerSentEvent]) -> EventSourceResponse:
+    """The ``text/event-stream`` answer sending ``events``, with a ``: keep-alive`` comment every
+    :data:`KEEP_ALIVE_S` seconds, never stored by a cache nor buffered by a proxy."""
+    return EventSourceResponse(events, sep=LINE_END, ping=KEEP_ALIVE_S,
+                               ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep=LINE_END))
 
 
 def view_at(view: dict[str, Any], index: int) -> dict[str, Any]:
@@ -54,20 +64,17 @@ def view_at(view: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 async def change_events(store: JobStore, stream_id: str, after: int,
-                        view: Callable[[StreamRecord], dict[str, Any]]) -> AsyncIterator[str]:
-    """The stream's changes after the ``after``-th (-1: all of them) as SSE text, until a final one was sent."""
+                        view: Callable[[StreamRecord], dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+    """The stream's changes after the ``after``-th (-1: all of them) as events, until a final one was sent: read
+    again each time the store says the stream changed, and every :data:`FALLBACK_POLL_S` seconds."""
     sent = after
-    quiet_since = time.monotonic()
-    while True:
-        record = await asyncio.to_thread(store.get, stream_id)
-        current = view(record)
-        for index in range(sent + 1, len(record.history)):
-            yield change_event(record, index, current)
-            sent = index
-            quiet_since = time.monotonic()
-        if record.state.final:
-            return
-        if time.monotonic() - quiet_since >= KEEP_ALIVE_S:
-            yield ": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        await asyncio.sleep(POLL_S)
+    with store.changes.watch(stream_id) as changed:  # before the first reading: no change is missed
+        while True:
+            record = await asyncio.to_thread(store.get, stream_id)
+            current = view(record)
+            for index in range(sent + 1, len(record.history)):
+                yield change_event(record, index, current)
+                sent = index
+            if record.state.final:
+                return
+            await changed.wait(FALLBACK_POLL_S)

@@ -8,7 +8,7 @@ come back while they run.
 Local jobs run in a session of their own through :mod:`beamstream.service.jobrun`, which writes
 the job's exit code to a file when it ends, so that its outcome is known also to a service that
 did not start it. The native id is ``PID:START`` (``START``: the process's start time in clock
-ticks since boot, from ``/proc``), so a reused pid is not taken for the job.
+ticks since boot, as psutil reads it), so a reused pid is not taken for the job.
 
 Slurm jobs are submitted through PSI/J (``psij-python``: one interface for Slurm, PBS, LSF and
 Flux, so another batch system is a name away); the native id is Slurm's job id, and a restarted
@@ -32,6 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+import psutil
 
 JOBRUN = Path(__file__).with_name("jobrun.py")  # run as a script: no package import delays its signal handlers
 
@@ -124,7 +125,8 @@ class LocalExecutor:
                  str(job.time_limit_s or 0), "--", *job.argv],
                 cwd=job.directory, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, **job.environment})
-        return f"{process.pid}:{_start_time(process.pid)}"
+        start = _start_time(process.pid)
+        return f"{process.pid}:{'' if start is None else start}"
 
     def status(self, native_id: str, job: JobRequest) -> JobStatus:
         if _alive(native_id):  # also between jobrun writing its exit file and exiting: the end is seen (and the
@@ -136,8 +138,11 @@ class LocalExecutor:
         return JobStatus(JobState.LOST)
 
     def cancel(self, native_id: str) -> None:
-        if _alive(native_id):  # jobrun passes it on to the job, which stops its own children
-            os.kill(int(native_id.split(":")[0]), signal.SIGTERM)
+        if (process := _process(native_id)) is not None:  # jobrun passes it on to the job, which stops its own
+            try:  # children
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:  # it ended meanwhile
+                pass
 
 
 class SlurmExecutor:
@@ -224,25 +229,42 @@ class SlurmExecutor:
         return self.jobs[native_id]
 
 
-def _stat(pid: int) -> tuple[str, str]:
-    """The process's state letter and start time (clock ticks since boot), fields 3 and 22 of /proc/PID/stat;
-    ("", "") if it is gone."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of a START
+
+
+def _running(pid: int) -> tuple[psutil.Process, int] | None:
+    """The process ``pid`` and its start time in clock ticks since boot, unless it is gone or a zombie.
+
+    psutil gives the start in seconds since the epoch: the ticks the kernel keeps (/proc/PID/stat), divided, plus
+    the boot time it read (``psutil.boot_time()``, which it keeps for the processes made after). Taking that
+    boot time away again gives back the ticks, which, unlike the time since the epoch, do not change when the
+    system clock is set: a service restarted after that still knows its jobs."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return "", ""
-    return fields[0], fields[19]
+        boot = psutil.boot_time()  # read first: the process made next reckons its start from it
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process, round((process.create_time() - boot) * CLOCK_TICKS)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
-def _start_time(pid: int) -> str:
-    return _stat(pid)[1]
+def _start_time(pid: int) -> int | None:
+    """The start of process ``pid`` in clock ticks since boot; None if it is gone."""
+    running = _running(pid)
+    return None if running is None else running[1]
+
+
+def _process(native_id: str) -> psutil.Process | None:
+    """The process named by ``PID:START`` while it runs (not a zombie, not another process with its pid)."""
+    pid, _, start = native_id.partition(":")
+    running = _running(int(pid))
+    return running[0] if running is not None and start and str(running[1]) == start else None
 
 
 def _alive(native_id: str) -> bool:
     """True while the process named by ``PID:START`` runs (not a zombie, not another process with its pid)."""
-    pid, _, start = native_id.partition(":")
-    state, started = _stat(int(pid))
-    return bool(start) and started == start and state != "Z"
+    return _process(native_id) is not None
 
 
 def _reap(native_id: str) -> None:

@@ -59,7 +59,7 @@ def authenticate(connection: HTTPConnection) -> Principal:
             kept = [(name, value) for name, value in connection.query_params.multi_items() if name != "token"]
             connection.scope["query_string"] = urlencode(kept).encode()
     if token is not None:
-        grant = grant_of(context.store, token)
+        grant = grant_of(context.store, token, context.clock())
         if grant is None:
             _refuse(websocket, "the bearer token is not valid (unknown, expired or revoked)")
         if grant.certificate is not None and context.revocations.revoked(grant.certificate):

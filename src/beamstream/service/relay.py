@@ -5,7 +5,7 @@ ZeroMQ DEALER connected to the stream's buffer (its ``endpoints.consumers``): th
 (:class:`~beamstream.client.transports.relay.RelayTransport`) speaks the buffer's own consumer
 protocol (docs/buffer-protocol.md) over it, and the buffer validates what it says, as it does
 for any consumer. Each WebSocket message is one ZeroMQ multipart message
-(:func:`~beamstream.client.transports.relay.join_frames`); docs/relay.md describes it.
+(:func:`~beamstream.wire.relay.join_frames`); docs/relay.md describes it.
 
 - A stream still queued or starting is waited for, up to :data:`WAIT_FOR_RUNNING_S`, while the
   reader's latest :data:`PENDING` messages wait in the relay (before it has a buffer, a reader
@@ -43,8 +43,7 @@ import zmq.asyncio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from beamstream.buffer.allocator import trim_freed_buffers
-from beamstream.client.transports.relay import join_frames, split_frames
+from beamstream.allocator import trim_freed_buffers
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.security.streamkey import AdmissionKey, StreamKey
 from beamstream.protocol.states import State
@@ -55,8 +54,8 @@ from beamstream.service.principal import Caller
 from beamstream.service.problems import NotFound
 from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.transport import open_socket
-from beamstream.buffer.admission import proof_refusal
-from beamstream.wire.control import Error, Hello, Ping, pack, proven_hello, unpack
+from beamstream.wire.control import Error, Hello, Ping, pack, proof_refusal, proven_hello, unpack
+from beamstream.wire.relay import join_frames, split_frames
 
 MAX_CLIENT_MESSAGE = 64 << 10  # a reader sends only control messages (hello, ack)
 WAIT_FOR_RUNNING_S = 120.0

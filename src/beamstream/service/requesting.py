@@ -37,7 +37,7 @@ def accept(context: ServiceContext, principal: Principal, request: StreamRequest
     if executor not in context.executors:
         raise Invalid(f"resources.executor: {executor!r} is not available on this service; it runs jobs with: "
                       f"{', '.join(sorted(context.executors))}")
-    context.admit(request.resources.model_dump(mode="json"))
+    context.check_resources(request.resources.model_dump(mode="json"))
     record = context.store.create(owner=principal.identity, spec=requested, resources=resources,
                                   name=request.name or spec.name, experiment=request.experiment, run=request.run)
     context.wake()

@@ -3,7 +3,7 @@
 The listening socket is bound before the application is made, so that the URL its jobs call back to is known
 (port 0 included) when the application's lifespan starts its dispatcher: nothing is patched into uvicorn. The
 process reuses freed message-sized memory instead of mapping fresh pages for each message relayed
-(:func:`~beamstream.buffer.allocator.release_freed_buffers`, as ``beamstream buffer`` does): that halved the
+(:func:`~beamstream.allocator.release_freed_buffers`, as ``beamstream buffer`` does): that halved the
 service's CPU time per relayed 2 MiB message (benchmarks/request_latency.py).
 """
 
@@ -27,7 +27,7 @@ def serve(settings: ServiceSettings) -> None:
     import uvicorn
     from sqlalchemy import make_url
 
-    from beamstream.buffer.allocator import release_freed_buffers
+    from beamstream.allocator import release_freed_buffers
     from beamstream.service.app import create_app
     from beamstream.service.at_rest import ServiceKeyError
     from beamstream.service.policy import PolicyError

@@ -1,4 +1,6 @@
-"""The service's settings: defaults, then a YAML file (``--config``), then ``BEAMSTREAM_SERVICE_*`` variables.
+"""The service's settings: defaults, then a YAML file (``--config``), then ``BEAMSTREAM_SERVICE_*`` variables, then
+the command's options: pydantic-settings sources, merged before anything is validated (so the environment may
+complete the file's TLS settings).
 
 Every value is validated when the service starts; a wrong one stops it with a message naming it.
 
@@ -20,18 +22,21 @@ when it is stale), and examples/service/settings.yaml shows a facility's configu
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               YamlConfigSettingsSource)
+
+_settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)  # ServiceSettings.load's file
 
 
 class ServiceSettings(BaseSettings):
     """How the request service runs (each field is also ``BEAMSTREAM_SERVICE_<NAME>``)."""
 
     model_config = SettingsConfigDict(env_prefix="BEAMSTREAM_SERVICE_", extra="forbid")
-    check_tls: ClassVar[bool] = True  # whether the TLS settings must be whole (not for the environment alone)
 
     database_url: str = Field("sqlite:///beamstream-service.db", description="the job store: a SQLAlchemy URL, "
                               "e.g. sqlite:///path/service.db or postgresql+psycopg://user@host/db")
@@ -108,8 +113,6 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_whole(self) -> ServiceSettings:
-        if not self.check_tls:
-            return self
         given = [name for name in ("tls_cert", "tls_key", "tls_ca") if getattr(self, name) is not None]
         extra = [name for name in ("tls_crl", "tls_jobs_cert", "tls_jobs_key") if getattr(self, name) is not None]
         if given and len(given) < 3 or extra and not given:
@@ -149,20 +152,38 @@ class ServiceSettings(BaseSettings):
         Raises SpecError naming the file for a file that cannot be read, pydantic's ValidationError
         naming the setting for a wrong value.
         """
+        token = _settings_file.set(path)
+        try:
+            return cls(**overrides)
+        finally:
+            _settings_file.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Where settings come from, the first that gives one winning: the arguments (:meth:`load`'s
+        ``overrides``), the ``BEAMSTREAM_SERVICE_*`` variables, the file given to :meth:`load`. No ``.env`` file,
+        no secrets folder."""
+        return init_settings, env_settings, _SettingsFile(settings_cls, _settings_file.get())
+
+
+class _SettingsFile(YamlConfigSettingsSource):
+    """The settings file (YAML), read as spec files are: SpecError naming it if it is missing, too large, not
+    YAML, or not a mapping of settings."""
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        from beamstream.errors import SpecError
         from beamstream.spec_input import parse_yaml, read_spec_text
 
-        values: dict[str, Any] = {}
-        if path is not None:
-            values = parse_yaml(read_spec_text(path), str(path)) or {}
-        environment = _Environment()  # the environment over the defaults (its TLS part checked with the file's)
-        given = {name: getattr(environment, name) for name in environment.model_fields_set}
-        return cls.model_validate({**values, **given, **overrides})
-
-
-class _Environment(ServiceSettings):
-    """The ``BEAMSTREAM_SERVICE_*`` variables alone: their TLS settings may complete those of a file."""
-
-    check_tls: ClassVar[bool] = False
+        if files is None:
+            return {}
+        values = parse_yaml(read_spec_text(Path(files)), str(files)) or {}
+        if not isinstance(values, dict):
+            raise SpecError(f"{files}: not a mapping of settings (setting: value, one a line)")
+        return values
 
 
 def reference() -> str:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from beamstream.service.at_rest import ServiceKey, is_sealed
+from beamstream.service.notifier import Notifier
 from beamstream.protocol.states import State, check_transition
 from beamstream.service.tokens import Grant
 
@@ -195,12 +196,14 @@ def _not_at_head(engine: Engine, found: str, newest: str, known: bool) -> str:
 class JobStore:
     """The streams and their histories in one database; safe to share between threads. Each stream's key and
     callback secret are kept sealed under ``service_key`` (:mod:`beamstream.service.at_rest`; default: a key held
-    in memory, so that what this store writes only it can open)."""
+    in memory, so that what this store writes only it can open). Each state change it makes is told to those
+    who watch the stream (``changes``: :class:`~beamstream.service.notifier.Notifier`)."""
 
     def __init__(self, engine: Engine, service_key: ServiceKey | None = None) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.service_key = service_key or ServiceKey.generate()
+        self.changes = Notifier()
 
     @classmethod
     def open(cls, url: str, service_key: ServiceKey | None = None, *, upgrade: bool = False) -> JobStore:
@@ -312,7 +315,9 @@ class JobStore:
                 setattr(row, column, json.dumps(value))
             row.changes.append(ChangeRow(state=state.value, reason=reason, at=now))
             session.flush()
-            return self._record(row)
+            record = self._record(row)
+        self.changes.notify(stream_id)  # once committed: whoever is woken reads it
+        return record
 
     def add_job(self, stream_id: str, role: str, executor: str, native_id: str, directory: str) -> Job:
         """Record a submitted job of the stream."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +29,9 @@ class Grant:
     revoked: float | None
     certificate: str | None = None  # serial number (hex) of the client certificate it was minted with
 
-    def valid(self, now: float | None = None) -> bool:
-        return self.revoked is None and (time.time() if now is None else now) < self.expires
+    def valid(self, now: float) -> bool:
+        """Whether it is neither revoked nor expired at ``now`` (seconds since the epoch)."""
+        return self.revoked is None and now < self.expires
 
     def permits_stream(self, stream_id: str, experiment: str | None) -> bool:
         """Whether the stream ``stream_id`` (labelled ``experiment``) is within this token's limits."""
@@ -61,9 +61,9 @@ def bearer(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def grant_of(store, token: str) -> Grant | None:  # noqa: ANN001 (a JobStore; imported lazily by the API)
-    """The valid grant of ``token`` (None: unknown, tampered, expired or revoked)."""
+def grant_of(store, token: str, now: float) -> Grant | None:  # noqa: ANN001 (a JobStore: imported lazily)
+    """The grant of ``token`` if it is valid at ``now`` (None: unknown, tampered, expired or revoked)."""
     if not token or len(token) > 256:
         return None
     found = store.token_by_digest(digest(token))
-    return found if found is not None and found.valid() else None
+    return found if found is not None and found.valid(now) else None

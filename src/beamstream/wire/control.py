@@ -129,6 +129,7 @@ _decoders: dict[Any, msgspec.msgpack.Decoder] = {}
 HELLO_NONCE_BYTES = 16
 HELLO_WINDOW_S = 60.0  # a proven hello's ``at`` may be this far from the buffer's clock, either way
 _HELLO_PROOF_CONTEXT = "beamstream-buffer/1 hello proof"
+ADMIT_ONLY_HOLDERS = "this stream's buffer admits only holders of its credentials"
 
 
 def hello_proof_data(hello: Hello) -> bytes:
@@ -149,6 +150,19 @@ def proven_hello(admission: AdmissionKey | None, *, group: str, lossy: bool = Fa
         hello.at = time.time() if at is None else at
         hello.proof = admission.sign(hello_proof_data(hello))
     return hello
+
+
+def proof_refusal(admission: AdmissionKey, hello: Hello) -> tuple[str, str] | None:
+    """None if ``hello``'s proof was made with ``admission``; else (kind, reason), as the buffer's
+    :meth:`HelloCheck.refusal <beamstream.buffer.admission.HelloCheck.refusal>` says them (``no proof``,
+    ``wrong key``). Also the service relay's check of a reader's own proof."""
+    if not hello.proof:
+        return "no proof", (f"{ADMIT_ONLY_HOLDERS}: give the stream's key (Client(..., key=...), or its key file) "
+                            "so that the hello carries a proof")
+    if not hello.nonce or not admission.verify(hello_proof_data(hello), hello.proof):
+        return "wrong key", (f"{ADMIT_ONLY_HOLDERS}: the hello's proof does not match this stream's admission "
+                             "key; give this stream's key (not another stream's)")
+    return None
 
 
 def pack(message: Control) -> bytes:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import zmq
 
-from beamstream.client.transports.base import Delivery, Transport
+from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options, Transport
 from beamstream.errors import TransportError
-from beamstream.transport import open_socket
+from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
 from beamstream.wire import DataMessage, EndMessage
 from beamstream.wire.replies import ACK, kept, refused
+
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import StreamKey
 
 
 class DirectTransport(Transport):
@@ -24,9 +27,11 @@ class DirectTransport(Transport):
     """
 
     ends_with_verdict = False
+    takes = frozenset({"endpoints", "bind", "pattern", "hwm", "max_message"})
+    scope = "to streams read from producers directly"
 
-    def __init__(self, endpoints: Sequence[str], *, bind: bool, pattern: Literal["pull", "sub"], hwm: int,
-                 max_message: int) -> None:
+    def __init__(self, endpoints: Sequence[str], *, bind: bool = False, pattern: Literal["pull", "sub"] = "pull",
+                 hwm: int = DEFAULT_HWM, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.where = ", ".join(endpoints)
         self.context = zmq.Context()
         kind = zmq.ROUTER if pattern == "pull" else zmq.XSUB
@@ -45,6 +50,10 @@ class DirectTransport(Transport):
         if kind == zmq.XSUB:
             self.socket.send(b"\x01")  # subscribe to everything
         self.routed = kind == zmq.ROUTER
+
+    @classmethod
+    def from_options(cls, endpoints: list[str], options: Options, key: StreamKey | None) -> DirectTransport:
+        return cls(endpoints, **options)
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | None]:
         wait_ms = None if timeout is None else int(timeout * 1000)

@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
-from beamstream.client.transports.base import Delivery, StreamEnd, Transport
+from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options, StreamEnd, Transport
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.transport import open_socket
+from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
 from beamstream.wire.control import (Ack, Deliver, Describe, End, Error, Ping, Rejoin, ToConsumer, pack,
                                       proven_hello, unpack)
 from beamstream.wire.metadata import RunMetadata
 
 if TYPE_CHECKING:
-    from beamstream.security.streamkey import AdmissionKey
+    from beamstream.security.streamkey import AdmissionKey, StreamKey
 
 HELLO_EVERY_S = 1.0  # while the buffer is silent, say hello again this often (it may have restarted)
+GROUP_SCOPE = "with group=... (a buffer's consumer group)"  # where a group member's options apply
 
 
 class Carrier(ABC):
@@ -187,7 +188,29 @@ class DealerCarrier(Carrier):
 class GroupTransport(GroupMember):
     """A member of ``group`` over a DEALER connected to the buffer's consumer ``endpoint`` (its HWM: ``credit``)."""
 
-    def __init__(self, endpoint: str, *, group: str, lossy: bool, start: Literal["earliest", "now"],
-                 credit: int, max_message: int, admission: AdmissionKey | None = None) -> None:
+    takes = frozenset({"group", "hwm", "lossy", "start", "max_message"})
+    scope = GROUP_SCOPE
+    refuses = {"endpoints": "a group reads one buffer", "bind": "a group member connects to its buffer",
+               "pattern": "every group gets every message",
+               "redeliver_after": "the local buffer notices a departed member itself"}
+
+    def __init__(self, endpoint: str, *, group: str, lossy: bool = False,
+                 start: Literal["earliest", "now"] = "earliest", credit: int = DEFAULT_HWM,
+                 max_message: int = DEFAULT_MAX_MESSAGE, admission: AdmissionKey | None = None) -> None:
         super().__init__(DealerCarrier(endpoint, hwm=credit, max_message=max_message), group=group, lossy=lossy,
                          start=start, credit=credit, admission=admission)
+
+    @classmethod
+    def from_options(cls, endpoints: list[str], options: Options, key: StreamKey | None) -> GroupTransport:
+        return cls(endpoints[0], **member_options(options, key))
+
+
+def member_options(options: Options, key: StreamKey | None) -> dict[str, Any]:
+    """``options`` in the words of a group member's constructor: ``hwm`` is its credit; with the stream's ``key``,
+    it proves to its buffer that it holds the admission key."""
+    taken: dict[str, Any] = dict(options)
+    if "hwm" in taken:
+        taken["credit"] = taken.pop("hwm")
+    if key is not None:
+        taken["admission"] = key.admission
+    return taken

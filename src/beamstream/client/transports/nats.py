@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from beamstream.client.transports.base import Delivery, StreamEnd, Transport
+from beamstream.client.transports.base import Delivery, Options, StreamEnd, Transport, refusal
 from beamstream.errors import MissingDependency, needs_extra
-from beamstream.jetstream.urls import split_url
 from beamstream.wire.metadata import RunMetadata
 
+if TYPE_CHECKING:
+    from beamstream.security.streamkey import StreamKey
+
 POLL_S = 0.5  # how long one fetch waits before the reader checks whether the stream has ended
+DEFAULT_REDELIVER_AFTER = 30.0
 
 
 class NatsTransport(Transport):
@@ -29,9 +32,16 @@ class NatsTransport(Transport):
     """
 
     ends_with_verdict = True
+    takes = frozenset({"group", "lossy", "start", "redeliver_after"})
+    scope = "to a nats:// stream"
+    scopes = {"redeliver_after": "to a group of a nats:// stream"}
+    refuses = {"endpoints": "a nats:// stream is one URL", "max_message": "a NATS server bounds its own messages"}
 
-    def __init__(self, url: str, *, group: str | None, lossy: bool, start: Literal["earliest", "now"],
-                 redeliver_after: float, request_timeout: float = 10.0, admission: Any = None) -> None:
+    def __init__(self, url: str, *, group: str | None = None, lossy: bool = False,
+                 start: Literal["earliest", "now"] = "earliest", redeliver_after: float = DEFAULT_REDELIVER_AFTER,
+                 request_timeout: float = 10.0, admission: Any = None) -> None:
+        from beamstream.jetstream.urls import split_url  # here: importing beamstream.client imports no jetstream
+
         server, name = split_url(url)
         try:
             from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
@@ -43,6 +53,13 @@ class NatsTransport(Transport):
             NatsGroupReader(server, name, group, start, ack_wait=redeliver_after, timeout=request_timeout,
                             admission=admission))
         self.described: RunMetadata | None = None
+
+    @classmethod
+    def from_options(cls, endpoints: list[str], options: Options, key: StreamKey | None) -> NatsTransport:
+        if "redeliver_after" in options and ("group" not in options or options.get("lossy")):
+            raise refusal("redeliver_after", "to a lossless group (group=..., lossy=False) of a nats:// stream",
+                          endpoints, options)
+        return cls(endpoints[0], **options, admission=None if key is None else key.admission)
 
     def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
         quiet_since = time.monotonic()

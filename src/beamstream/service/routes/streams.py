@@ -4,10 +4,11 @@ files, fetch its credentials, cancel it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from sse_starlette import EventSourceResponse
 
 from beamstream.protocol.models import (Credentials, OutputFile, OutputFiles, Problem, StreamCreated, StreamPage,
                                         StreamRequest, StreamView)
@@ -15,7 +16,7 @@ from beamstream.protocol.states import State, TransitionError
 from beamstream.service import access
 from beamstream.service.access import Action, stream_for
 from beamstream.service.context import MAX_FOLLOWED, Context, ServiceContext
-from beamstream.service.events import change_events
+from beamstream.service.events import change_events, event_source
 from beamstream.service.job_logs import DEFAULT_TAIL, MAX_LOG_BYTES, MAX_LOG_LINES, follow_logs, logs_text
 from beamstream.service.job_paths import output_file, output_files, stream_folder
 from beamstream.service.openapi import COMMON_ERRORS, problem_as_json
@@ -27,6 +28,7 @@ from beamstream.service.store import StreamRecord
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 NO_STORE = {"Cache-Control": "no-store"}  # on every answer that carries credentials
 NOT_FOUND = {404: {"model": Problem}}
+Sent = TypeVar("Sent")
 
 
 def view_of(record: StreamRecord) -> StreamView:
@@ -111,18 +113,17 @@ def stream_file(path: str, context: Context, record: StreamRecord = stream_for(A
     return FileResponse(found, media_type="application/octet-stream", filename=found.name)
 
 
-@router.get("/{stream_id}/events", response_class=StreamingResponse,
+@router.get("/{stream_id}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 503: {"model": Problem}, **NOT_FOUND})
 def stream_events(context: Context, record: StreamRecord = stream_for(Action.FOLLOW),
                   after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
-                  last_event_id: Annotated[str, Header(pattern=r"^(|-1|[0-9]{1,6})$")] = "") -> StreamingResponse:
+                  last_event_id: Annotated[str, Header(pattern=r"^(|-1|[0-9]{1,6})$")] = "") -> EventSourceResponse:
     """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.events`): those already
     made, then each as it happens, until a final one; after the ``after``-th (or ``Last-Event-ID``) only. 503
     while the service follows as many streams as it serves (:data:`~beamstream.service.context.MAX_FOLLOWED`)."""
     start = int(last_event_id) if last_event_id else after
     changes = change_events(context.store, record.id, start, lambda changed: view_of(changed).model_dump(mode="json"))
-    return StreamingResponse(followed(context, changes), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return event_source(followed(context, changes))
 
 
 @router.get("/{stream_id}/logs", response_class=PlainTextResponse, response_model=None,
@@ -148,16 +149,16 @@ def stream_logs(context: Context, record: StreamRecord = stream_for(Action.READ_
     return logs_text(context.store.jobs(record.id).values(), tail, lines)
 
 
-def followed(context: ServiceContext, texts: AsyncIterator[str]) -> AsyncIterator[str]:
+def followed(context: ServiceContext, texts: AsyncIterator[Sent]) -> AsyncIterator[Sent]:
     """``texts`` (a followed stream's events or logs), counted among those the service follows: Unavailable if it
-    follows :data:`~beamstream.service.context.MAX_FOLLOWED` already (each holds a connection and polls)."""
+    follows :data:`~beamstream.service.context.MAX_FOLLOWED` already (each holds a connection)."""
     if context.followed >= MAX_FOLLOWED:
         raise Unavailable(f"{MAX_FOLLOWED} streams of events or logs are followed on this service, the most it "
                           "serves; try again later, or poll GET /v1/streams/{id} (or /logs)")
     return _counted(context, texts)
 
 
-async def _counted(context: ServiceContext, texts: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _counted(context: ServiceContext, texts: AsyncIterator[Sent]) -> AsyncIterator[Sent]:
     context.followed += 1
     try:
         async for text in texts:

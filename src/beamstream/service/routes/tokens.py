@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -29,7 +28,7 @@ def mint_token(request: TokenRequest, principal: Caller, context: Context) -> To
     check_mint(context, principal, request)
     secret = new_secret()
     grant = context.store.add_token(digest=digest(secret), identity=principal.identity,
-                                    expires=time.time() + request.ttl_s, experiments=request.experiments,
+                                    expires=context.clock() + request.ttl_s, experiments=request.experiments,
                                     stream=request.stream, certificate=principal.certificate)
     logger.info("issued token %s to %s (expires in %d s, experiments %s, stream %s)", grant.id, principal,
                 request.ttl_s, request.experiments or "all", request.stream or "any")

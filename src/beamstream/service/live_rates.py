@@ -1,6 +1,6 @@
-"""A running stream's live figures, read from its buffer's metrics endpoint.
+"""A running stream's live rates and counts, read from its buffer's metrics endpoint.
 
-``GET /v1/streams/{id}`` shows them for a running stream: events, messages and payload bytes
+``GET /v1/streams/{id}`` shows them for a running stream (its ``figures``): events, messages and payload bytes
 the buffer accepted, the mean rate since the stream started running, producers connected and
 ended, and per consumer group its members, deliveries and the messages it has not yet
 acknowledged (lag). Missing sequence ranges are known only once the stream ended: they are in
@@ -8,7 +8,7 @@ its verdict.
 
 Each buffer is scraped at most once per :data:`MAX_AGE_S` seconds however often the stream is
 shown, with a short timeout: an unreachable buffer costs the API at most
-:data:`SCRAPE_TIMEOUT_S` and yields ``{"error": ...}`` instead of figures.
+:data:`SCRAPE_TIMEOUT_S` and yields ``{"error": ...}`` instead of numbers.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import threading
 import time
 from typing import Any
 
-from beamstream.buffer.status import BufferStatus, fetch_status
 from beamstream.errors import TransportError
+from beamstream.metrics_reading import BufferStatus, fetch_status
 
 MAX_AGE_S = 1.0
 SCRAPE_TIMEOUT_S = 2.0
 MAX_KEPT = 4096  # streams whose last scrape is kept; the oldest are forgotten beyond
 
 
-class LiveFigures:
+class LiveRates:
     """The last scrape of each running stream's buffer, renewed when older than :data:`MAX_AGE_S`."""
 
     def __init__(self) -> None:
@@ -33,7 +33,8 @@ class LiveFigures:
         self._scrapes: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def of(self, stream_id: str, metrics_url: str, running_since: float) -> dict[str, Any]:
-        """The figures of the stream whose buffer serves ``metrics_url``, running since ``running_since`` (epoch s)."""
+        """The live numbers of the stream whose buffer serves ``metrics_url``, running since ``running_since``
+        (epoch s): what ``GET /v1/streams/{id}`` shows as its ``figures``."""
         with self._lock:
             kept = self._scrapes.get(stream_id)
         if kept is not None and time.time() - kept[0] < MAX_AGE_S:
@@ -56,7 +57,7 @@ class LiveFigures:
 
 
 def summarise(status: BufferStatus, running_for_s: float) -> dict[str, Any]:
-    """The figures a user reads from a buffer's scrape (``running_for_s``: seconds since the stream started running)."""
+    """The numbers a user reads from a buffer's scrape (``running_for_s``: seconds since the stream started running)."""
     totals = status.totals
     bytes_in = int(totals.get("bytes_in_total", 0))
     return {

@@ -1,4 +1,5 @@
-"""How the local buffer asks glibc to reuse freed message memory while busy, and to give it back when idle."""
+"""How a process that moves large messages (the local buffer, the service's relay) asks glibc to reuse freed
+message memory while busy, and to give it back when idle. Below both: the service imports no buffer internals."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def release_freed_buffers(threshold: int = 32 << 20) -> bool:
     (mmap per allocation). So messages up to ``threshold`` bytes (glibc's limit: 32 MiB) come
     from the heap, and the heap is not shrunk on every free: a message evicted from the log
     leaves memory the next one reuses. Resident memory then stays at the peak the log and the
-    ZeroMQ queues reached (bounded as the module docstring says) until the buffer goes idle and
+    ZeroMQ queues reached (bounded as :mod:`beamstream.buffer.local` says) until the buffer goes idle and
     :meth:`LocalBuffer.serve <beamstream.buffer.local.LocalBuffer.serve>` calls :func:`trim_freed_buffers`.
     Returns False where glibc's ``mallopt`` is not available (nothing changes).
     """
