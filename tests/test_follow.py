@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from beamstream import ServiceClient
 from beamstream.errors import ServiceError
 from beamstream.protocol.states import State
-from beamstream.remote_cli import runs_app
+from beamstream.streams_cli import runs_app
 from beamstream.service import job_logs
 from beamstream.service.job_logs import LogFollower, tail_start
 from beamstream.service.store import JobStore

@@ -128,7 +128,7 @@ def test_spec_models_and_the_runtime_objects_they_build_are_named_apart():
 
 
 CLIENT_SIDE = ("beamstream.client", "beamstream.service_client", "beamstream.remote", "beamstream.remote_cli",
-               "beamstream.profile")  # the data-plane client, the service's client (old name too), its CLI, profile
+               "beamstream.streams_cli", "beamstream.profile")  # the data-plane client, the service's client (old name too), its CLI, profile
 SERVICE_MAY_USE_OF_THE_BUFFER = {"beamstream.buffer.config"}  # BufferConfig: the API's Resources.buffer
 MAX_MODULE_LINES = 450
 

@@ -1,6 +1,7 @@
-"""``beamstream`` command line: check specs, produce, consume, demo; ``request`` and ``streams`` come from
-:mod:`beamstream.remote_cli`, ``buffer`` from :mod:`beamstream.buffer_cli`, ``service`` from
-:mod:`beamstream.service.cli`, ``ca`` from :mod:`beamstream.security.cli`.
+"""``beamstream`` command line: check specs, produce, consume, demo; ``request`` comes from
+:mod:`beamstream.remote_cli`, ``streams`` and ``runs`` from :mod:`beamstream.streams_cli`, ``buffer`` from
+:mod:`beamstream.buffer_cli`, ``service`` from :mod:`beamstream.service.cli`, ``ca`` from
+:mod:`beamstream.security.cli`.
 
 Library code raises typed errors; the command modules alone turn them into messages and exit
 codes (0 success, 1 failure or incomplete stream, 2 bad usage).
@@ -24,7 +25,8 @@ from beamstream.cli_help import readable_help_types
 from beamstream.display import console, fail, labelled, read_to_the_end
 from beamstream.errors import BeamstreamError
 from beamstream.interrupts import deliver_lost_interrupts
-from beamstream.remote_cli import request, runs_app, streams_app
+from beamstream.remote_cli import request
+from beamstream.streams_cli import runs_app, streams_app
 from beamstream.security.cli import ca_app
 from beamstream.service.cli import service_app
 

@@ -11,7 +11,7 @@ The application (:mod:`~beamstream.service.app`) and what it serves:
   :mod:`~beamstream.service.policy` and the token's limits (:mod:`~beamstream.service.tokens`);
   :mod:`~beamstream.service.problems`: every refusal answered in one place, with the request's id.
 - :mod:`~beamstream.service.requesting`: a request, from what was sent to a queued stream.
-- :mod:`~beamstream.service.events`: a stream's state changes as Server-Sent Events (sse-starlette), each
+- :mod:`~beamstream.service.changes`: a stream's state changes as Server-Sent Events (sse-starlette), each
   follower woken by the store (:mod:`~beamstream.service.notifier`);
   :mod:`~beamstream.service.job_logs`: its jobs' output, read or followed;
   :mod:`~beamstream.service.live_rates`: a running stream's live rates and counts (its ``figures``), from

@@ -16,7 +16,7 @@ from beamstream.protocol.states import State, TransitionError
 from beamstream.service import access
 from beamstream.service.access import Action, stream_for
 from beamstream.service.context import MAX_FOLLOWED, Context, ServiceContext
-from beamstream.service.events import change_events, event_source
+from beamstream.service.changes import change_events, event_source
 from beamstream.service.job_logs import DEFAULT_TAIL, MAX_LOG_BYTES, MAX_LOG_LINES, follow_logs, logs_text
 from beamstream.service.job_paths import output_file, output_files, stream_folder
 from beamstream.service.openapi import COMMON_ERRORS, problem_as_json
@@ -118,7 +118,7 @@ def stream_file(path: str, context: Context, record: StreamRecord = stream_for(A
 def stream_events(context: Context, record: StreamRecord = stream_for(Action.FOLLOW),
                   after: Annotated[int, Query(ge=-1, le=10**6)] = -1,
                   last_event_id: Annotated[str, Header(pattern=r"^(|-1|[0-9]{1,6})$")] = "") -> EventSourceResponse:
-    """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.events`): those already
+    """The stream's state changes as Server-Sent Events (see :mod:`beamstream.service.changes`): those already
     made, then each as it happens, until a final one; after the ``after``-th (or ``Last-Event-ID``) only. 503
     while the service follows as many streams as it serves (:data:`~beamstream.service.context.MAX_FOLLOWED`)."""
     start = int(last_event_id) if last_event_id else after
