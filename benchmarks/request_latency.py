@@ -45,17 +45,18 @@ FIRST_EVENT_SPEC = {"source": {"type": "simulated", "n_events": 50, "events_per_
                                "detectors": [{"kind": "waveform", "samples": 1024}]}}
 
 
-def request(url: str, spec: dict, executor: str = "local") -> str:
+def request(url: str, spec: dict, executor: str = "local") -> tuple[str, str]:
+    """The id of a stream requested of the service at ``url``, and its key (streams are sealed: a reader needs it)."""
     response = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"executor": executor}}, timeout=30)
     response.raise_for_status()
-    return response.json()["id"]
+    return response.json()["id"], response.json()["credentials"]["key"]
 
 
 def first_event_s(url: str, executor: str, way: str) -> tuple[float, list[float]]:
     """Seconds from the request of a small stream to its first event read ``way`` (direct or relay), and the
     phases: seconds from the request to ``starting`` (buffer job submitted), to ``running`` (buffer listening)."""
     started, requested = time.perf_counter(), time.time()
-    stream_id = request(url, FIRST_EVENT_SPEC, executor)
+    stream_id, key = request(url, FIRST_EVENT_SPEC, executor)
     try:
         if way == "relay":
             endpoint = f"{url}/v1/streams/{stream_id}"
@@ -65,7 +66,7 @@ def first_event_s(url: str, executor: str, way: str) -> tuple[float, list[float]
                     raise RuntimeError(f"stream {stream_id} {view['state']}: {view['history'][-1]['reason']}")
                 time.sleep(POLL_S)
             endpoint = view["endpoints"]["consumers"]
-        with Client(endpoint, group="first", timeout=120) as client:
+        with Client(endpoint, group="first", timeout=120, key=key) as client:
             next(client.events())
             seconds = time.perf_counter() - started
         changes = {change["state"]: change["at"] - requested for change in shown(url, stream_id)["history"]}
@@ -126,15 +127,15 @@ def relay_throughput(folder: Path, repeat: int, images: int) -> None:
     spec = {"source": {"type": "simulated", "n_events": images, "events_per_read": 1, "bank_size": 4,
                        "detectors": [{"kind": "image", "shape": [1024, 1024], "dtype": "uint16"}]}}
     try:
-        stream_id = request(url, spec)
+        stream_id, key = request(url, spec)
         while shown(url, stream_id)["state"] != "running":
             time.sleep(POLL_S)
         endpoints = {"direct": shown(url, stream_id)["endpoints"]["consumers"],
                      "relay": f"{url}/v1/streams/{stream_id}"}
         # every member joins now: the service stops a buffer once its producers ended and every group read all
-        warm_up = Client(endpoints["direct"], group="warm-up", timeout=120)
+        warm_up = Client(endpoints["direct"], group="warm-up", timeout=120, key=key)
         orders = [("direct", "relay") if number % 2 == 0 else ("relay", "direct") for number in range(repeat)]
-        members = [{way: Client(endpoints[way], group=f"{way}-{number}", timeout=120) for way in order}
+        members = [{way: Client(endpoints[way], group=f"{way}-{number}", timeout=120, key=key) for way in order}
                    for number, order in enumerate(orders)]
         rate, events = read_rate(warm_up)
         print(f"relay: stream of {events} images, {events * 2 * 2**20 / 1e6:.0f} MB; warm-up group (direct, while "
