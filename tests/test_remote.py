@@ -457,17 +457,18 @@ def test_ctrl_c_ends_beamstream_request_even_when_its_reader_does_not_stop(tmp_p
 
 
 def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_spec):
-    stream = service.request(ENDLESS, experiment="xlist1", run=3, name="endless").wait_until_running(timeout=60)
+    name = "endless [bold]"  # shown as it is: never read as markup
+    stream = service.request(ENDLESS, experiment="xlist1", run=3, name=name).wait_until_running(timeout=60)
     url = service.url
     listed = run_cli("streams", "list", "--service", url, "--experiment", "xlist1")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0].strip() == f"streams of local at {url}"
     row = next(line for line in listed.stdout.splitlines() if line.startswith(stream.id[:8]))
-    assert all(word in row for word in ("endless", "xlist1/3", "running", "the buffer is listening"))
+    assert all(word in row for word in (name, "xlist1/3", "running", "the buffer is listening"))
     as_json = json.loads(run_cli("streams", "list", "--service", url, "--state", "running", "--json").stdout)
     assert stream.id in [view["id"] for view in as_json] and {view["state"] for view in as_json} == {"running"}
     shown_text = run_cli("streams", "show", stream.id, "--service", url).stdout
-    assert f"stream {stream.id} (endless) of local, experiment xlist1 run 3: running" in shown_text
+    assert f"stream {stream.id} ({name}) of local, experiment xlist1 run 3: running" in shown_text
     assert "requested" in shown_text and "the buffer is listening" in shown_text and "consumers: tcp://" in shown_text
     assert json.loads(run_cli("streams", "show", stream.id, "--service", url, "--json").stdout)["id"] == stream.id
     logs = start_cli("streams", "logs", stream.id, env_extra={"BEAMSTREAM_SERVICE": url})

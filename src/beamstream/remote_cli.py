@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
+from rich.text import Text
 
 from beamstream.display import console, fail, read_to_the_end
 from beamstream.protocol.states import State
@@ -132,7 +133,7 @@ def run_interruptible(work: Callable[[], T], interrupted: Callable[[], str], gra
         said = interrupted()
         if not done.wait(grace):
             _exit_now(said, 130)
-        console.print(said, highlight=False)
+        console.print(Text(said), highlight=False)
         raise typer.Exit(130) from None
     if raised:
         raise raised[0]
@@ -174,7 +175,7 @@ def show_changes(stream: Stream, after: int | None = None, until_running: bool =
 
     with closing(stream.changes(after)) as changes, console.status(f"stream {stream.id}…") as status:
         for change in changes:
-            console.print(f"{clock_time(change.at)} {change.state.value:<9} {change.reason}", highlight=False)
+            console.print(Text(f"{clock_time(change.at)} {change.state.value:<9} {change.reason}"), highlight=False)
             status.update(f"stream {stream.id}: {change.state.value}…")
             if change.state.final or (until_running and change.state is State.RUNNING):
                 break

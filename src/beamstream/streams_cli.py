@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 
 from beamstream.display import Column, console, fail, fitted_table, short_ids
 from beamstream.protocol.states import State
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from rich.table import Table
 
+    from beamstream.protocol.models import RunView
     from beamstream.service_client import Stream
 
 
@@ -49,7 +51,7 @@ def streams_list(
         if as_json:
             print(json.dumps([stream.view for stream in streams], indent=2))
             return
-    out = Console()
+    out = Console(markup=False)  # names and reasons are shown as they are, brackets and all
     out.print(streams_table(service.url, [stream.view for stream in streams], out.width))
 
 
@@ -110,10 +112,10 @@ def streams_show(
     if as_json:
         print(json.dumps(view, indent=2))
         return
-    out = Console(highlight=False)
+    out = Console(highlight=False, markup=False)  # names, reasons and summaries are shown as they are
     run = f", experiment {view['experiment']} run {view['run']}" if view["experiment"] else ""
-    out.print(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: "
-              f"[bold]{view['state'].value}[/]")
+    out.print(Text.assemble(f"stream {view['id']} ({view['name'] or 'no name'}) of {view['owner']}{run}: ",
+                            (view["state"].value, "bold")))
     history = Table(title="history")
     for column in ("#", "at", "state", "reason"):
         history.add_column(column)
@@ -138,7 +140,8 @@ def streams_cancel(
     """Cancel a stream that has not ended (its jobs are stopped); exit 1 if it has."""
     with connect(service_url, cert, key, ca) as service:
         stream = service.find(stream_id).cancel()
-    console.print(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}", highlight=False)
+    console.print(Text(f"stream {stream.id} {stream.state.value}: {stream.view['history'][-1]['reason']}"),
+                  highlight=False)
 
 
 @streams_app.command("watch")
@@ -235,20 +238,20 @@ def runs_list(
     with connect(service_url, cert, key, ca) as service:
         runs = service.runs(experiment)
     if as_json:
-        print(json.dumps(runs, indent=2))
+        print(json.dumps([run.model_dump() for run in runs], indent=2))
         return
-    out = Console()
+    out = Console(markup=False)
     out.print(runs_table(service.url, experiment, runs, out.width))
 
 
-def runs_table(url: str, experiment: str, runs: Sequence[dict[str, Any]], width: int) -> Table:
+def runs_table(url: str, experiment: str, runs: Sequence[RunView], width: int) -> Table:
     """The ``runs`` of ``experiment`` (as :meth:`~beamstream.service_client.ServiceClient.runs` gives them) as a
     table at most ``width`` cells wide (:func:`~beamstream.display.fitted_table`): run, source, files (how many),
     folder (the one they are all in, cut to fit)."""
     import os
 
     columns = [Column("run"), Column("source"), Column("files"), Column("folder", 12)]
-    rows = [[str(run["run"]), run["source"], str(len(run["files"])),
-             os.path.commonpath([os.path.dirname(file) for file in run["files"]]) if run["files"] else ""]
+    rows = [[str(run.run), run.source, str(len(run.files)),
+             os.path.commonpath([os.path.dirname(file) for file in run.files]) if run.files else ""]
             for run in runs]
     return fitted_table(columns, rows, width, title=f"runs of {experiment} at {url}")

@@ -13,7 +13,7 @@ import httpx
 
 from beamstream.errors import OptionError, ServiceError, SpecError
 from beamstream.profile import DEFAULT_URL, service_target
-from beamstream.protocol.models import Resources
+from beamstream.protocol.models import Resources, RunList, RunView
 from beamstream.protocol.states import State
 from beamstream.security.tls_context import client_tls_context, tls_refusal
 from beamstream.service_client.stream import AmbiguousStreamId, Stream, stream_path
@@ -145,12 +145,12 @@ class ServiceClient:
                 break
         return found
 
-    def runs(self, experiment: str) -> list[dict[str, Any]]:
-        """The runs of ``experiment`` that the service's catalogue finds, in run order, each
-        ``{"run": number, "source": the source type that reads it, "files": [paths]}``. ServiceError (404) for an
-        experiment the service knows no runs of, or that the caller may not read."""
+    def runs(self, experiment: str) -> list[RunView]:
+        """The runs of ``experiment`` that the service's catalogue finds, in run order: each its number (``run``),
+        the source type that reads it (``source``) and its ``files``. ServiceError (404) for an experiment the
+        service knows no runs of, or that the caller may not read."""
         path = f"/v1/experiments/{quote(experiment, safe='')}/runs"
-        return self.call("GET", path).json()["runs"]
+        return RunList.model_validate(self.call("GET", path).json()).runs
 
     def call(self, method: str, path: str, **options: Any) -> httpx.Response:
         """The service's answer to ``method path`` (httpx ``options``); ServiceError for a refusal or no answer."""
