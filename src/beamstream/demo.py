@@ -7,7 +7,6 @@ mutual TLS, on a CA and certificates the demo makes for itself.
 
 from __future__ import annotations
 
-import ctypes
 import getpass
 import os
 import re
@@ -27,6 +26,7 @@ from beamstream.accounting import StreamReport
 from beamstream.client import Client
 from beamstream.display import ConsumerProgress, console
 from beamstream.errors import ServiceError
+from beamstream.parent_death import terminate_with_parent
 from beamstream.producer import RunResult, run_local, sigint_held
 from beamstream.spec import parse_spec
 
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 SERVICE_START_S = 60.0  # for the demo's service to say where it listens
 JOBS_END_S = 30.0  # for the demo's service's jobs to end once stopped (its jobrun kills one 30 s after stopping it)
-PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
-_PRCTL = getattr(ctypes.CDLL(None), "prctl", None)
 
 
 def demo_spec_data(events: int, shape: tuple[int, int], serializer: str, batch: int) -> dict[str, Any]:
@@ -206,7 +204,7 @@ def demo_service(folder: Path, credentials: DemoCredentials | None = None) -> It
                                     "--port", "0", "--database-url", f"sqlite:///{folder / 'service.db'}",
                                     "--state-dir", str(folder / "state")],
                                    stdout=output, stderr=subprocess.STDOUT, env=environment, process_group=0,
-                                   preexec_fn=_terminated_with_the_demo)
+                                   preexec_fn=terminate_with_parent)  # (Linux)
     store = None
     try:
         url = _listening(process, log)
@@ -219,13 +217,6 @@ def demo_service(folder: Path, credentials: DemoCredentials | None = None) -> It
                     _end_streams(store, url, credentials)
             finally:
                 _stop(process)
-
-
-def _terminated_with_the_demo() -> None:
-    """The demo's service's ``preexec_fn``: SIGTERM when the demo dies (Linux; ``prctl`` was looked up before the
-    fork, as nothing else may be between fork and exec)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _listening(process: subprocess.Popen, log: Path) -> str:

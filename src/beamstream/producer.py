@@ -8,7 +8,6 @@ finished (``status`` ok, error or aborted). Workers are local processes
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,6 +25,7 @@ import numpy as np
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
 from beamstream.errors import BeamstreamError, MissingDependency, needs_extra
+from beamstream.parent_death import terminate_with_parent
 from beamstream.security.streamkey import StreamKey
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
@@ -73,7 +73,6 @@ happen before the sink's ``close``, which then could not release its socket)."""
 STOP_RELAY_S = 1.0
 """Seconds :func:`run_local` waits after a SIGINT before it passes the stop on to workers still running: Ctrl-C on a
 terminal reaches the workers too, and a second signal would make one abandon the end message it is sending."""
-PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
 
 
 class _Aborted(BaseException):
@@ -136,10 +135,7 @@ def abort_on_signals() -> None:
     _stop_signals.clear()
     signal.signal(signal.SIGTERM, _raise_aborted)
     signal.signal(signal.SIGINT, _raise_aborted)
-    try:  # Linux: SIGTERM when the parent dies, so no worker outlives a killed `produce`
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    terminate_with_parent()  # so that no worker outlives a killed `produce`
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 

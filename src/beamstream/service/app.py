@@ -16,7 +16,6 @@ the request's id.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -36,7 +35,6 @@ from beamstream.service.routes import callbacks, health, runs, streams, tokens
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.store import JobStore
 
-logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a request (a stream spec and its resources): as large as a spec file may be
 
 

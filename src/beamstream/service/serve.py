@@ -65,7 +65,6 @@ def _bind(host: str, port: int) -> socket.socket:
         listening.close()
         fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another host or port (--host, --port)")
     listening.listen(2048)  # connections made before uvicorn serves wait here
-    listening.set_inheritable(True)
     return listening
 
 
