@@ -44,8 +44,8 @@ def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool 
     producers, consumers = f"ipc://{folder}/in-{run}", f"ipc://{folder}/out-{run}"
     if nats:
         consumers = f"{NATS}/bench-{uuid.uuid4().hex[:8]}"
-    where = ["--backend" if nats else "--consumers", consumers]
-    buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producers", producers, *where, "--max-memory", "512MiB"],
+    where = ["--backend" if nats else "--consumer-endpoint", consumers]
+    buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producer-endpoint", producers, *where, "--max-memory", "512MiB"],
                               stderr=subprocess.DEVNULL)
     others = [subprocess.Popen([*BEAMSTREAM, "consume", consumers, "--group", f"g{number}", "--timeout", "120"],
                                stderr=subprocess.PIPE, text=True) for number in range(1, groups)]

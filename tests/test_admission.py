@@ -302,7 +302,7 @@ def test_a_sealed_stream_spilled_is_recovered_after_a_restart(tmp_path):
 
 def test_the_admission_key_comes_from_a_private_file(tmp_path):
     path = write_key_file(tmp_path / "admission", KEY.admission)
-    config = BufferConfig(producers=f"ipc://{tmp_path / 'in'}", consumers=f"ipc://{tmp_path / 'out'}",
+    config = BufferConfig(producer_endpoint=f"ipc://{tmp_path / 'in'}", consumer_endpoint=f"ipc://{tmp_path / 'out'}",
                           admission_key_file=path)
     assert KEY.admission.to_text() not in config.model_dump_json(), "the spec names the file, not the key"
     buffer = config.open()
@@ -314,7 +314,7 @@ def test_the_admission_key_comes_from_a_private_file(tmp_path):
     path.chmod(0o644)
     with pytest.raises(StreamKeyError, match=f"may be read or changed by others .*chmod 600 {path}"):
         config.open()
-    shown = run_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", f"ipc://{tmp_path / 'out'}",
+    shown = run_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", f"ipc://{tmp_path / 'out'}",
                     "--admission-key-file", str(path), timeout=60)
     assert shown.returncode == 1 and f"chmod 600 {path}" in shown.stdout + shown.stderr
     assert KEY.admission.to_text() not in shown.stdout + shown.stderr
@@ -417,7 +417,7 @@ def test_a_hello_captured_before_a_restart_is_refused_after_it(tmp_path):
     within its window. The restarted buffer refuses it as a replay; a fresh hello of the owner is admitted."""
     key_file = write_key_file(tmp_path / "admission", KEY.admission)
     consumers = f"ipc://{tmp_path / 'out'}"
-    options = ("--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+    options = ("--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", consumers,
                "--spill-dir", str(tmp_path / "spill"), "--admission-key-file", str(key_file))
     captured = pack(proven_hello(KEY.admission, group="g"))
     buffer = start_buffer(*options)
@@ -465,7 +465,7 @@ def test_a_group_that_reads_nothing_holds_an_unsealed_buffer_back_for_seconds_no
     the full buffer's producers back for NEW_GROUP_STALL_S, not --group-stall (60 s); a real group that has read,
     then works on one message for longer than that, holds them back and gets everything."""
     producers, consumers = f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}"
-    buffer = start_buffer("--producers", producers, "--consumers", consumers, "--max-memory", "1MiB",
+    buffer = start_buffer("--producer-endpoint", producers, "--consumer-endpoint", consumers, "--max-memory", "1MiB",
                           "--group-stall", "60")
     stranger = Peer(consumers)
     dropped = threading.Event()

@@ -113,7 +113,7 @@ def test_buffer_command_serves_until_interrupted(tmp_path):
     from conftest import run_cli, start_cli
 
     consumers = f"ipc://{tmp_path / 'out'}"
-    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+    service = start_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", consumers,
                         "--max-memory", "64MiB")
     try:
         results: dict = {}
@@ -196,7 +196,7 @@ def test_memory_bound_holds_with_a_slow_consumer(tmp_path):
     from conftest import start_cli
 
     consumers = f"ipc://{tmp_path / 'out'}"
-    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+    service = start_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", consumers,
                         "--max-memory", "64MiB")
     process = psutil.Process(service.pid)
     assert "buffer: producers" in banner(service)  # serving: its own memory is all allocated now
@@ -265,7 +265,7 @@ def test_the_buffer_reuses_message_memory_once_its_log_is_full(tmp_path):
     from conftest import start_cli
 
     consumers = f"ipc://{tmp_path / 'out'}"
-    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", consumers,
+    service = start_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", consumers,
                         "--max-memory", "64MiB")
     assert "buffer: producers" in banner(service)
     spec = parse_spec({

@@ -19,7 +19,7 @@ def buffered_spec(tmp_path, **buffer) -> dict:
         "source": {"type": "simulated", "n_events": 40, "events_per_read": 5,
                    "detectors": [{"kind": "waveform", "samples": 512}]},
         "sinks": [{"type": "stream", "endpoint": producers}],
-        "buffer": {"producers": producers, "consumers": f"ipc://{tmp_path / 'out'}", **buffer},
+        "buffer": {"producer_endpoint": producers, "consumer_endpoint": f"ipc://{tmp_path / 'out'}", **buffer},
     }
 
 
@@ -28,7 +28,7 @@ def test_spec_buffer_opens_the_buffer_it_describes(tmp_path):
     assert spec.buffer.max_memory == 64 << 20
     service = spec.buffer.open().start()
     try:
-        with Client(spec.buffer.consumers, group="g", timeout=60) as client:
+        with Client(spec.buffer.consumer_endpoint, group="g", timeout=60) as client:
             result = run_local(spec, workers=2)
             assert sorted(event.seq for event in client.events()) == list(range(40))
         assert result.ok and client.report.complete
@@ -54,6 +54,28 @@ def test_buffer_command_takes_its_settings_from_the_spec_and_options_override_th
     assert "complete: 40 events" in out + err
 
 
+def test_the_endpoints_old_names_still_work_for_a_release_with_a_warning(tmp_path, caplog):
+    """``producers``/``consumers`` (an endpoint here, a count elsewhere) are read as their new names, warning."""
+    from beamstream.buffer.config import BufferConfig
+
+    old = {"producers": f"ipc://{tmp_path / 'in'}", "consumers": f"ipc://{tmp_path / 'out'}"}
+    with caplog.at_level("WARNING", logger="beamstream.buffer.config"):
+        config = BufferConfig.model_validate(old)
+    assert (config.producer_endpoint, config.consumer_endpoint) == tuple(old.values())
+    assert "'producers' is now called 'producer_endpoint'" in caplog.text
+    assert "'consumers' is now called 'consumer_endpoint'" in caplog.text
+    with pytest.raises(ValueError, match="give only producer_endpoint"):
+        BufferConfig.model_validate({**old, "producer_endpoint": old["producers"]})
+    service = start_cli("buffer", "--producers", old["producers"], "--consumers", old["consumers"])
+    before = []
+    while "buffer: producers" not in (line := service.stderr.readline()) and line:
+        before.append(line)
+    service.send_signal(signal.SIGINT)
+    service.communicate(timeout=30)
+    assert f"buffer: producers → {old['producers']}, consumers → {old['consumers']}" in line
+    assert "'producers' is now called 'producer_endpoint'" in " ".join("".join(before).split())
+
+
 def test_buffer_command_says_when_the_spec_has_no_buffer(tmp_path, write_spec):
     spec = buffered_spec(tmp_path)
     del spec["buffer"]
@@ -66,11 +88,11 @@ def test_open_serves_metrics_when_the_settings_say_so(tmp_path):
     from beamstream.buffer.config import BufferConfig
     from beamstream.buffer.status import fetch_status
 
-    config = BufferConfig(producers=f"ipc://{tmp_path / 'in'}", consumers=f"ipc://{tmp_path / 'out'}",
+    config = BufferConfig(producer_endpoint=f"ipc://{tmp_path / 'in'}", consumer_endpoint=f"ipc://{tmp_path / 'out'}",
                           metrics_port=0)
     buffer = config.open()
     try:
-        assert buffer.metrics_server is not None and buffer.consumer_address == config.consumers
+        assert buffer.metrics_server is not None and buffer.consumer_address == config.consumer_endpoint
         status = fetch_status(buffer.metrics_server.url)
         assert status.totals["messages_in_total"] == 0 and status.totals["max_bytes"] == 2 << 30
         assert status == buffer.status()
@@ -80,7 +102,7 @@ def test_open_serves_metrics_when_the_settings_say_so(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_buffer_command_cleanly_with_its_account(tmp_path, signum):
-    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers", f"ipc://{tmp_path / 'out'}")
+    service = start_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint", f"ipc://{tmp_path / 'out'}")
     assert "buffer: producers" in banner(service)
     service.send_signal(signum)
     out, err = service.communicate(timeout=30)

@@ -123,7 +123,7 @@ def test_status_of_a_port_nobody_serves_is_one_clear_line(tmp_path):
 
 def test_buffer_command_serves_metrics_on_request(tmp_path):
     """``beamstream buffer --metrics-port 0`` says where its metrics are and serves them until interrupted."""
-    service = start_cli("buffer", "--producers", f"ipc://{tmp_path / 'in'}", "--consumers",
+    service = start_cli("buffer", "--producer-endpoint", f"ipc://{tmp_path / 'in'}", "--consumer-endpoint",
                         f"ipc://{tmp_path / 'out'}", "--max-memory", "64MiB", "--metrics-port", "0")
     try:
         line = banner(service)

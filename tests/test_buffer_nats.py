@@ -314,7 +314,7 @@ def test_buffer_command_with_nats_backend_and_consume_processes(tmp_path, write_
     name = f"test-{uuid.uuid4().hex[:12]}"
     url = f"{URL}/{name}"
     producers = f"ipc://{tmp_path / 'in'}"
-    service = start_cli("buffer", "--producers", producers, "--backend", url, "--retention", "600")
+    service = start_cli("buffer", "--producer-endpoint", producers, "--backend", url, "--retention", "600")
     saved = tmp_path / "saved"
     try:
         victim = start_cli("consume", url, "--group", "g", "--out", str(saved), "--redeliver-after", "2")

@@ -256,7 +256,7 @@ def test_buffer_killed_and_restarted_loses_nothing(tmp_path, write_spec):
     from conftest import start_cli
 
     endpoints = (f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
-    command = ("buffer", "--producers", endpoints[0], "--consumers", endpoints[1], "--max-memory", "4MiB",
+    command = ("buffer", "--producer-endpoint", endpoints[0], "--consumer-endpoint", endpoints[1], "--max-memory", "4MiB",
                "--spill-dir", str(tmp_path / "spill"), "--producer-timeout", "5")
     buffer = start_cli(*command)
     assert "buffer: producers" in banner(buffer)
@@ -301,7 +301,7 @@ def test_messages_in_flight_to_a_killed_buffer_are_sent_again(tmp_path):
     endpoints = (f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
 
     def start_buffer(max_spill: str):
-        buffer = start_cli("buffer", "--producers", endpoints[0], "--consumers", endpoints[1],
+        buffer = start_cli("buffer", "--producer-endpoint", endpoints[0], "--consumer-endpoint", endpoints[1],
                            "--max-memory", "1MiB", "--spill-dir", str(tmp_path / "spill"), "--max-spill", max_spill)
         assert "buffer: producers" in banner(buffer)
         return buffer

@@ -30,7 +30,7 @@ def test_a_producer_whose_buffer_stopped_fails_within_reconnect_s_saying_why(tmp
     """SIGTERM to the buffer mid-stream: the producer says at once that it lost it, and after reconnect_s (here 3 s,
     not send_timeout_s's 300) ends failed, naming the endpoint, how long ago and what to do."""
     endpoints = (f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
-    buffer = start_cli("buffer", "--producers", endpoints[0], "--consumers", endpoints[1])
+    buffer = start_cli("buffer", "--producer-endpoint", endpoints[0], "--consumer-endpoint", endpoints[1])
     producer = None
     try:
         assert "buffer: producers" in banner(buffer)

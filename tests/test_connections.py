@@ -77,7 +77,7 @@ def test_buffer_survives_running_out_of_file_descriptors(tmp_path):
     with open(os.devnull) as null:
         taken = [os.dup(null.fileno()) for _ in range(150)]
         try:
-            service = subprocess.Popen([*BEAMSTREAM, "buffer", "--producers", producers, "--consumers", consumers],
+            service = subprocess.Popen([*BEAMSTREAM, "buffer", "--producer-endpoint", producers, "--consumer-endpoint", consumers],
                                        stderr=subprocess.PIPE, text=True, preexec_fn=low_limit, pass_fds=taken)
         finally:
             for descriptor in taken:

@@ -102,12 +102,14 @@ def test_the_key_is_never_shown_nor_logged_and_the_jobs_get_it_in_private_files(
     url, state, log = service
     with as_service(url, pki, pki.alice) as alice:
         stream = alice.request(SPEC)
-        key = stream.credentials()["key"]  # kept from the answer to the request
+        key = stream.credentials().key  # kept from the answer to the request
         assert "credentials" not in stream.view and key not in repr(stream)
         shown = [json.dumps(change.view) for change in stream.changes()]  # the events, to the final change
         assert stream.state.value == "completed", stream.view["history"]
         shown += [json.dumps(alice.stream(stream.id).view), json.dumps([s.view for s in alice.streams()])]
-        assert alice.stream(stream.id).credentials()["key"] == key  # GET .../credentials
+        assert alice.stream(stream.id).credentials().key == key  # GET .../credentials
+        with pytest.warns(DeprecationWarning, match=r"write \.key, not \['key'\]"):
+            assert stream.credentials()["key"] == key  # as when it was a dict, for one release
     with client(url, pki, pki.alice) as raw:
         shown += [raw.get(f"/v1/streams/{stream.id}").text, raw.get("/v1/streams").text,
                   raw.get(f"/v1/streams/{stream.id}/events").text, raw.get(f"/v1/streams/{stream.id}/logs").text]

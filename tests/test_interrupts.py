@@ -21,11 +21,11 @@ import pytest
 
 from beamstream.client import Client
 from beamstream.errors import StreamIncomplete
-from beamstream.producer import STOP_RELAY_S
+from beamstream.worker_signals import STOP_RELAY_S
 from conftest import BEAMSTREAM, start_cli, wait_until
 from servicekit import jobs_under, run_service, shown, stop_service
 
-WITHIN_S = 2.0  # Ctrl-C ends a command within this
+WITHIN_S = 5.0  # Ctrl-C ends a command within this (ends seen here take 0.3–1 s; 3.9 s on a loaded machine)
 LEFT_S = 2.0  # for what a command started to be gone once it has exited (multiprocessing's resource tracker ends
 # just after its parent)
 TAKE_TERMINAL = (  # the command's first step: SIGINT as a shell leaves it, whatever this test's own disposition of it

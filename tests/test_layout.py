@@ -130,7 +130,7 @@ def test_spec_models_and_the_runtime_objects_they_build_are_named_apart():
 CLIENT_SIDE = ("beamstream.client", "beamstream.service_client", "beamstream.remote", "beamstream.remote_cli",
                "beamstream.streams_cli", "beamstream.profile")  # the data-plane client, the service's client (old name too), its CLI, profile
 SERVICE_MAY_USE_OF_THE_BUFFER = {"beamstream.buffer.config"}  # BufferConfig: the API's Resources.buffer
-MAX_MODULE_LINES = 450
+MAX_MODULE_LINES = 420  # ~400: a module a newcomer reads in one sitting
 
 
 def within(name: str, packages: tuple[str, ...]) -> bool:
@@ -163,6 +163,6 @@ def test_the_layout_tests_see_a_forbidden_import():
     assert within("beamstream.service_client", CLIENT_SIDE) and not within("beamstream.services", CLIENT_SIDE)
 
 
-def test_every_module_is_at_most_450_lines():
+def test_every_module_is_at_most_420_lines():
     lengths = {str(path.relative_to(ROOT.parent)): len(path.read_text().splitlines()) for path in ROOT.rglob("*.py")}
     assert {path: lines for path, lines in sorted(lengths.items()) if lines > MAX_MODULE_LINES} == {}

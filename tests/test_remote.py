@@ -506,7 +506,7 @@ def test_streams_list_fits_80_columns_with_short_ids_that_every_command_takes(se
         shown_text = run_cli("streams", "show", prefix, "--service", service.url)
         assert shown_text.returncode == 0 and f"stream {stream.id} (" in shown_text.stdout, shown_text.stderr
         credentials = run_cli("streams", "credentials", prefix, "--json", "--service", service.url).stdout
-        assert json.loads(credentials) == stream.credentials()
+        assert json.loads(credentials) == stream.credentials().model_dump()
         cancelled = run_cli("streams", "cancel", prefix, "--service", service.url)
         assert cancelled.returncode == 0 and f"stream {stream.id} cancelled: cancelled by local" in cancelled.stderr
     unknown = run_cli("streams", "logs", "zz", "--service", service.url)

@@ -12,7 +12,8 @@ from sqlalchemy import String, Text, create_engine, text
 
 from beamstream.service import migrations
 from beamstream.service.at_rest import ServiceKey
-from beamstream.service.store import Base, JobStore, StoreError
+from beamstream.service.store import JobStore, StoreError
+from beamstream.service.tables import Base
 from conftest import run_cli
 
 SPEC = {"source": {"type": "simulated", "n_events": 10}}

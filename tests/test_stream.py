@@ -266,7 +266,7 @@ def test_no_worker_outlives_a_killed_produce_whose_consumer_is_gone_too(tmp_path
     (send_timeout_s is 300)."""
     import psutil
 
-    from beamstream.producer import ABORTED_END_S
+    from beamstream.worker_signals import ABORTED_END_S
     from conftest import wait_until
 
     endpoint = f"ipc://{tmp_path / 's'}"

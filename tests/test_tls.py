@@ -21,7 +21,7 @@ from beamstream.security import ca
 from beamstream.security.tls_context import tls_refusal
 from beamstream.service.app import create_app
 from beamstream.service.settings import ServiceSettings
-from beamstream.service.tls import Refusals
+from beamstream.service.tls_handshake import Refusals
 from beamstream.service_client import ServiceClient
 from conftest import start_cli, wait_until
 from servicekit import end_jobs_under, make_pki, run_service, tls_settings
@@ -226,7 +226,7 @@ def test_a_certificate_revoked_while_the_service_runs_is_refused_on_its_next_con
 def test_a_refused_handshake_is_logged_once_per_reason_and_address_a_minute(caplog):
     now = [0.0]
     refusals = Refusals(every_s=60.0, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="beamstream.service.tls"):
+    with caplog.at_level("WARNING", logger="beamstream.service.tls_handshake"):
         assert refusals.report("10.0.0.7", "its certificate has expired")
         now[0] = 30.0
         assert not refusals.report("10.0.0.7", "its certificate has expired")

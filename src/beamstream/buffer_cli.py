@@ -2,7 +2,9 @@
 
 The command's options are made from :class:`~beamstream.buffer.config.BufferConfig`, one per field: the field's
 description (and default) is its help, its type the option's (a size, such as ``2GiB``, is taken as text and read
-by the model), and a field in seconds (``retention_s``) is the option without the suffix (``--retention``).
+by the model), and a field in seconds (``retention_s``) is the option without the suffix (``--retention``). A
+field's old name (:data:`~beamstream.buffer.config.RENAMED`: ``--producers``, ``--consumers``) is still taken, hidden
+from the help, and read as the new one with a warning.
 Only the words shown for what each takes (``ENDPOINT``, ``PORT``) are listed here (:data:`METAVARS`).
 
 This module is beside the buffer package, not in it: a buffer started by a request service reports to it
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, Union, get_args, get
 import typer
 from pydantic.fields import FieldInfo
 
-from beamstream.buffer.config import BufferConfig, Size
+from beamstream.buffer.config import RENAMED, BufferConfig, Size
 from beamstream.display import console, fail
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 buffer_app = typer.Typer(subcommand_metavar="[COMMAND] [ARGS]...")
 
 # what the help shows an option takes, where the field's type does not say it well enough
-METAVARS = {"producers": "ENDPOINT", "consumers": "ENDPOINT", "hwm": "MESSAGES", "metrics_port": "PORT",
+METAVARS = {"producer_endpoint": "ENDPOINT", "consumer_endpoint": "ENDPOINT", "hwm": "MESSAGES", "metrics_port": "PORT",
             "metrics_addr": "ADDRESS", "spill_dir": "DIR", "backend": "URL", "admission_key_file": "FILE"}
 SECONDS_SUFFIX = "_s"  # a field in seconds: its option drops the suffix and takes SECONDS
 
@@ -71,12 +73,19 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter:
                              annotation=Annotated[Optional[kind], option])
 
 
+def _old_option(old: str) -> inspect.Parameter:
+    """The hidden option of a field's old name ``old`` (a key of :data:`RENAMED`), passed on under that name."""
+    option = typer.Option(option_name(old), hidden=True, help=f"the old name of {option_name(RENAMED[old])}")
+    return inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], option])
+
+
 def _with_config_options(command: Any) -> Any:
     """``command``, taking besides its own parameters one option per BufferConfig field (passed in ``**given``)."""
     own = [parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
            for parameter in inspect.signature(command, eval_str=True).parameters.values()
            if parameter.kind is not inspect.Parameter.VAR_KEYWORD]
     generated = [_option(name, field) for name, field in BufferConfig.model_fields.items()]
+    generated += [_old_option(old) for old in RENAMED]
     command.__signature__ = inspect.Signature([*own[:-1], *generated, own[-1]])  # --callback last, as ever
     return command
 

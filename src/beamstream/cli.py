@@ -156,7 +156,8 @@ def produce(
     from beamstream.display import ProducerProgress, workers_table
     from beamstream.errors import OptionError
     from beamstream.launchers import launcher_rank
-    from beamstream.producer import abort_on_signals, run_local, run_mpi, run_worker
+    from beamstream.producer import run_local, run_mpi, run_worker
+    from beamstream.worker_signals import abort_on_signals
     from beamstream.spec import load_spec
 
     if rank_from_env:

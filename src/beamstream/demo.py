@@ -27,7 +27,8 @@ from beamstream.client import Client
 from beamstream.display import ConsumerProgress, console
 from beamstream.errors import ServiceError
 from beamstream.parent_death import terminate_with_parent
-from beamstream.producer import RunResult, run_local, sigint_held
+from beamstream.producer import RunResult, run_local
+from beamstream.worker_signals import sigint_held
 from beamstream.spec import parse_spec
 
 if TYPE_CHECKING:

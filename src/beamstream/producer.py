@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,13 @@ import numpy as np
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
 from beamstream.errors import BeamstreamError, MissingDependency, needs_extra
-from beamstream.parent_death import terminate_with_parent
 from beamstream.security.streamkey import StreamKey
 from beamstream.spec import spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
 from beamstream.steps.batch import BatchStep
 from beamstream.wire import EndMessage, message_from_batch
+from beamstream.worker_signals import (STOP_GRACE_S, STOP_RELAY_S, Aborted, EndAbandoned, abort_on_signals,
+                                       sigint_held, stopped_end)
 
 
 @dataclass(slots=True)
@@ -60,95 +61,6 @@ def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
     if not any(isinstance(step, BatchStep) for step in spec.steps):
         batches = BatchStep(size=1).build()(batches)
     return batches
-
-
-STOP_GRACE_S = 10.0
-"""Seconds stopped workers get to send their end messages before they are killed."""
-ABORTED_END_S = 5.0
-"""Seconds a stopped worker waits for its end message to be taken (its consumer or buffer may be gone too)
-before it gives up and exits: a worker whose parent was killed never waits out ``send_timeout_s``."""
-STOPPED_AGAIN_S = 0.1
-"""Seconds a worker stopped twice before it sends its end message gives it (abandoning it at once would have to
-happen before the sink's ``close``, which then could not release its socket)."""
-STOP_RELAY_S = 1.0
-"""Seconds :func:`run_local` waits after a SIGINT before it passes the stop on to workers still running: Ctrl-C on a
-terminal reaches the workers too, and a second signal would make one abandon the end message it is sending."""
-
-
-class _Aborted(BaseException):
-    """Raised inside a worker on SIGTERM or SIGINT so it can still send its end message."""
-
-
-class _EndAbandoned(BaseException):
-    """Raised inside a stopped worker whose end message was not taken in time (:data:`ABORTED_END_S`, or
-    :data:`STOPPED_AGAIN_S` once it was stopped again)."""
-
-
-_stop_signals: list[int] = []  # the stop signals this process received, once abort_on_signals() set their handler
-_abandon_on_stop = False  # True while a stopped worker sends its end message: a further stop signal abandons it
-
-
-def _raise_aborted(signum: int, frame: Any) -> None:
-    """The first stop signal raises _Aborted wherever the worker is; a further one only while a stopped worker sends
-    its end message (abandoned then), else :func:`_stopped_end` finds it recorded. So a second signal, though it
-    came at the same moment (Ctrl-C on the terminal, and the parent passing a stop on), never lands inside the
-    handling of the first, where it would leave the end message to be sent without a time bound."""
-    _stop_signals.append(signum)
-    if len(_stop_signals) == 1 or _abandon_on_stop:
-        raise _Aborted(f"stopped by {signal.Signals(signum).name}")
-
-
-@contextmanager
-def _stopped_end() -> Iterator[None]:
-    """Around a stopped worker's sending of its end messages: _Aborted when it is stopped again, and _EndAbandoned
-    once :data:`ABORTED_END_S` have passed (a SIGALRM timer), or :data:`STOPPED_AGAIN_S` if it was stopped again
-    already. Outside the main thread, where signals cannot be handled, nothing."""
-    global _abandon_on_stop
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    again = [signal.Signals(signum).name for signum in _stop_signals[1:2]]
-    seconds = STOPPED_AGAIN_S if again else ABORTED_END_S
-
-    def expire(signum: int, frame: Any) -> None:
-        raise _EndAbandoned(f"stopped again by {again[0]}" if again else
-                            f"its end message was not taken within {seconds:g} s of the stop")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    try:
-        _abandon_on_stop = True
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        yield
-    finally:
-        _abandon_on_stop = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def abort_on_signals() -> None:
-    """In a producer process: SIGTERM (Slurm's scancel, a time limit, the parent stopping) and SIGINT (Ctrl-C on the
-    terminal's process group) end its share with an ``aborted`` end message; so does its parent's death.
-
-    SIGINT is unblocked: :func:`run_local` starts its workers with it blocked, so that a Ctrl-C while one starts
-    (imports, no handler yet) is held instead of ending it with a KeyboardInterrupt traceback; one held is raised
-    here, as :class:`_Aborted`."""
-    _stop_signals.clear()
-    signal.signal(signal.SIGTERM, _raise_aborted)
-    signal.signal(signal.SIGINT, _raise_aborted)
-    terminate_with_parent()  # so that no worker outlives a killed `produce`
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-@contextmanager
-def sigint_held() -> Iterator[None]:
-    """Within the block, SIGINT is blocked in this thread (held until the block ends, then handled as usual), and so
-    in the processes it starts (they inherit the mask)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
 
 
 def omitted_by(source: Any) -> np.ndarray:
@@ -189,7 +101,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
             last_seq = message.last_seq
             report(stats)
         stats.status = "ok"
-    except _Aborted as exc:
+    except Aborted as exc:
         stats.status, stats.reason = "aborted", str(exc)
     except Exception as exc:
         stats.status, stats.reason = "error", f"{type(exc).__name__}: {exc}"
@@ -201,13 +113,13 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
                          omitted=omitted_by(source).astype("<i8").tobytes())
         failures = []
         try:
-            with _stopped_end() if stats.status == "aborted" else nullcontext():
+            with stopped_end() if stats.status == "aborted" else nullcontext():
                 for sink in sinks:
                     try:
                         sink.close(end)
                     except Exception as exc:  # every sink gets its end; the first failure is raised below
                         failures.append(exc)
-        except (_EndAbandoned, _Aborted) as exc:  # out of time, or stopped again (a parent's death can signal twice)
+        except (EndAbandoned, Aborted) as exc:  # out of time, or stopped again (a parent's death can signal twice)
             stats.reason = f"{stats.reason}; its end message was abandoned: {exc}"
         report(stats)
         if failures and stats.status != "error":  # an error already on its way is the one to report
@@ -237,7 +149,7 @@ def _local_worker(spec_json: str, rank: int, producers: int, stream_id: str, cou
         key = None if key_text is None else StreamKey.from_text(key_text)
         stats = run_worker(spec, rank, producers, stream_id, report, key=key)
         failure = None if stats.status == "ok" else stats.reason
-    except _Aborted as exc:
+    except Aborted as exc:
         failure = f"{exc}; it sent no end message"
     except BeamstreamError as exc:
         failure = str(exc)

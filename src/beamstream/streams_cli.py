@@ -213,7 +213,7 @@ def streams_credentials(
     """The stream's key, on standard output (for its owner only; keep it secret, e.g. in a file of mode 0600)."""
     with connect(service_url, cert, key, ca) as service:
         credentials = service.find(stream_id).credentials()
-    print(json.dumps(credentials) if as_json else credentials["key"])
+    print(credentials.model_dump_json() if as_json else credentials.key)
 
 
 runs_app = typer.Typer(help="The runs of an experiment that a request service's catalogue finds.",

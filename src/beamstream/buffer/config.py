@@ -1,8 +1,8 @@
 """``BufferConfig``: one buffer's settings, as the ``buffer:`` section of a stream spec or ``beamstream buffer``'s options.
 
     buffer:
-      producers: tcp://0.0.0.0:5555      # the stream's `stream` sinks connect here
-      consumers: tcp://0.0.0.0:5556      # Client(..., group=...) and `beamstream consume --group` connect here
+      producer_endpoint: tcp://0.0.0.0:5555   # the stream's `stream` sinks connect here
+      consumer_endpoint: tcp://0.0.0.0:5556   # Client(..., group=...) and `beamstream consume --group` connect here
       max_memory: 4GiB
       spill_dir: /scratch/run42-spill
       retention_s: 86400
@@ -12,11 +12,14 @@
 A service that runs a stream starts its buffer from the spec (``beamstream buffer --spec
 SPEC``, or :meth:`BufferConfig.open` in Python) before its producers. Sockets, threads,
 nats-py and the admission key file are touched only by :meth:`open`, so validating a spec needs none of them.
+
+The endpoints were called ``producers`` and ``consumers`` before (words that elsewhere count producers, as in the
+wire's ``producers``): those keys are still read, with a warning, until the next release (:data:`RENAMED`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (BeforeValidator, ByteSize, Field, TypeAdapter, ValidationError, WithJsonSchema, field_validator,
@@ -29,6 +32,11 @@ from beamstream.transport import DEFAULT_MAX_MESSAGE
 
 if TYPE_CHECKING:
     from beamstream.buffer.base import Buffer
+
+logger = logging.getLogger(__name__)
+
+RENAMED = {"producers": "producer_endpoint", "consumers": "consumer_endpoint"}
+"""Old keys (and ``beamstream buffer`` options) still read, each as its new name, with a warning; gone next release."""
 
 
 _BYTE_SIZE = TypeAdapter(ByteSize)
@@ -58,8 +66,10 @@ class BufferConfig(SpecModel):
     help of the ``beamstream buffer`` option of the same name.
     """
 
-    producers: str = Field("tcp://127.0.0.1:5555", description="endpoint producers connect to (the buffer binds it)")
-    consumers: str = Field("tcp://127.0.0.1:5556", description="endpoint consumers connect to (local backend only)")
+    producer_endpoint: str = Field("tcp://127.0.0.1:5555",
+                                   description="endpoint producers connect to (the buffer binds it)")
+    consumer_endpoint: str = Field("tcp://127.0.0.1:5556",
+                                   description="endpoint consumers connect to (local backend only)")
     max_memory: Size = Field(2 << 30, description="payload held in memory at most, e.g. 2GiB or 500MB")
     hwm: int = Field(4, ge=1, description="messages ZeroMQ queues per producer")
     max_message: Size = Field(DEFAULT_MAX_MESSAGE, description="largest message frame taken from a producer, e.g. "
@@ -101,6 +111,19 @@ class BufferConfig(SpecModel):
         default = field.default
         shown = "none" if default is None else f"{default / 2**30:g}GiB" if name in ("max_memory", "max_message") else default
         return f"{field.description} (default: {shown})"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """Read the keys of :data:`RENAMED` as their new names, warning; refuse a setting given under both."""
+        if not isinstance(data, dict) or not RENAMED.keys() & data.keys():
+            return data
+        for old, new in RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old} and {new} are the same setting ({new} is its new name): give only {new}")
+                logger.warning("buffer setting %r is now called %r; the old name goes in the next release", old, new)
+        return {RENAMED.get(key, key): value for key, value in data.items()}
 
     @field_validator("backend")
     @classmethod

@@ -41,14 +41,14 @@ def open_buffer(config: BufferConfig) -> Buffer:
             from beamstream.buffer.nats_bridge import NatsBridge
         except ImportError as exc:
             raise MissingDependency(needs_extra("the NATS backend", "nats", package="nats-py", cause=exc)) from exc
-        buffer: Buffer = NatsBridge(config.producers, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
+        buffer: Buffer = NatsBridge(config.producer_endpoint, config.backend, hwm=config.hwm, max_bytes=config.max_spill,
                                     retention_s=config.retention_s, producer_timeout_s=config.producer_timeout_s,
                                     max_message=config.max_message, max_connections=config.max_connections,
                                     admission=admission)
     else:
         from beamstream.buffer.local import LocalBuffer
 
-        buffer = LocalBuffer(config.producers, config.consumers, max_bytes=config.max_memory, hwm=config.hwm,
+        buffer = LocalBuffer(config.producer_endpoint, config.consumer_endpoint, max_bytes=config.max_memory, hwm=config.hwm,
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
                              producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
                              group_stall_s=config.group_stall_s, max_consumers=config.max_consumers,

@@ -3,6 +3,7 @@ what the service answers (:class:`StreamView` and the rest); the OpenAPI documen
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -96,6 +97,14 @@ class Credentials(BaseModel):
 
     stream: str = Field(description="the stream's id")
     key: str = Field(description="the stream's key (URL-safe base64): beamstream.security.streamkey.StreamKey")
+
+    def __getitem__(self, name: str) -> str:
+        """``credentials["key"]``, as when ``Stream.credentials()`` gave a dict: kept one release, warning."""
+        if name not in type(self).model_fields:
+            raise KeyError(name)
+        warnings.warn(f"Stream.credentials() gives a Credentials object now: write .{name}, not [{name!r}]",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, name)
 
 
 class StreamCreated(StreamView):

@@ -20,8 +20,8 @@ The application (:mod:`~beamstream.service.app`) and what it serves:
 What runs behind it:
 
 - :mod:`~beamstream.service.settings`: the service's settings (file and environment, validated).
-- :mod:`~beamstream.service.store`: the job store (SQLAlchemy; SQLite by default, PostgreSQL by URL),
-  its schema kept by Alembic migrations (:mod:`beamstream.service.migrations`), applied by
+- :mod:`~beamstream.service.store`: the job store (SQLAlchemy; SQLite by default, PostgreSQL by URL;
+  its tables in :mod:`~beamstream.service.tables`), its schema kept by Alembic migrations (:mod:`beamstream.service.migrations`), applied by
   ``beamstream service upgrade-db``; secrets in it sealed (:mod:`~beamstream.service.at_rest`).
 - :mod:`~beamstream.service.dispatcher`: starts queued streams within the limits, watches their jobs,
   ends them with their verdict; :mod:`~beamstream.service.executors`: where jobs run (local processes; Slurm

@@ -49,6 +49,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from beamstream.accounting import format_ranges
+from beamstream.buffer.config import RENAMED
 from beamstream.errors import TransportError
 from beamstream.metrics_reading import fetch_status
 from beamstream.modes import make_dirs
@@ -160,9 +161,10 @@ class Dispatcher:
         make_dirs(directory)
         callback = self._write_callback(record)
         host = self.settings.data_host
-        buffer = {**(record.resources.get("buffer") or {}), "producers": f"tcp://{host}:0",
-                  "consumers": f"tcp://{host}:0", "metrics_port": 0, "metrics_addr": host}
-        buffer = {key: value for key, value in buffer.items() if value is not None}
+        asked = {key: value for key, value in (record.resources.get("buffer") or {}).items()
+                 if value is not None and key not in RENAMED}  # a stream stored before the endpoints' rename
+        buffer = {**asked, "producer_endpoint": f"tcp://{host}:0", "consumer_endpoint": f"tcp://{host}:0",
+                  "metrics_port": 0, "metrics_addr": host}
         _write_json(directory / "buffer-spec.json", {**as_the_service_runs_it(record.spec), "buffer": buffer})
         argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
                 "--callback", str(callback)]

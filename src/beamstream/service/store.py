@@ -1,10 +1,11 @@
 """The job store: every stream the service was asked for, its state, and the history of its state changes.
 
 SQLAlchemy 2 over any database it speaks: a SQLite file by default, PostgreSQL by URL
-(``postgresql+psycopg://user@host/db``). :meth:`JobStore.open` brings the schema up to date
-with the Alembic migrations in :mod:`beamstream.service.migrations`, so a store written by an
-older release is upgraded in place. Every change is one transaction: a service killed at any
-moment leaves each stream in a state it really had, with the history that led there.
+(``postgresql+psycopg://user@host/db``); its tables are :mod:`beamstream.service.tables`. :meth:`JobStore.open`
+gives a new database the newest schema (the Alembic migrations in :mod:`beamstream.service.migrations`) and
+refuses one at an older revision until ``beamstream service upgrade-db`` migrates it. Every change is one
+transaction: a service killed at any moment leaves each stream in a state it really had, with the history that
+led there.
 
 Times are seconds since the Unix epoch (float), UTC.
 """
@@ -23,78 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from beamstream.service.at_rest import ServiceKey, is_sealed
 from beamstream.service.notifier import Notifier
+from beamstream.service.tables import ChangeRow, JobRow, StreamRow, TokenRow
 from beamstream.protocol.states import State, check_transition
 from beamstream.service.tokens import Grant
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class StreamRow(Base):
-    __tablename__ = "streams"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(256), index=True)
-    name: Mapped[str | None] = mapped_column(String(256))
-    experiment: Mapped[str | None] = mapped_column(String(256), index=True)
-    run: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    spec: Mapped[str] = mapped_column(Text)  # the stream spec, JSON
-    resources: Mapped[str] = mapped_column(Text)  # JSON
-    secret: Mapped[str] = mapped_column(Text)  # signs the jobs' callbacks; sealed (at_rest)
-    stream_key: Mapped[str | None] = mapped_column(Text)  # the stream's credentials (StreamKey text); sealed; never shown
-    endpoints: Mapped[str | None] = mapped_column(Text)  # JSON, once the buffer said where it listens
-    verdict: Mapped[str | None] = mapped_column(Text)  # JSON, once the stream ended
-    created: Mapped[float] = mapped_column(Float, index=True)
-    updated: Mapped[float] = mapped_column(Float)
-    changes: Mapped[list[ChangeRow]] = relationship(order_by="ChangeRow.id", cascade="all, delete-orphan")
-
-
-class ChangeRow(Base):
-    __tablename__ = "state_changes"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text)
-    at: Mapped[float] = mapped_column(Float)
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(16))  # buffer or producers
-    executor: Mapped[str] = mapped_column(String(16))
-    native_id: Mapped[str] = mapped_column(String(256))
-    directory: Mapped[str] = mapped_column(Text)
-    submitted: Mapped[float] = mapped_column(Float)
-    ended: Mapped[float | None] = mapped_column(Float)
-    outcome: Mapped[str | None] = mapped_column(String(16))  # succeeded, failed or lost, once ended
-    exit_code: Mapped[int | None] = mapped_column(Integer)
-    stop_requested: Mapped[float | None] = mapped_column(Float)
-
-
-class TokenRow(Base):
-    __tablename__ = "tokens"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    digest: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # SHA-256 of the token, hex
-    identity: Mapped[str] = mapped_column(String(256), index=True)
-    experiments: Mapped[str | None] = mapped_column(Text)  # JSON list, or None: not limited
-    stream: Mapped[str | None] = mapped_column(String(32))
-    created: Mapped[float] = mapped_column(Float)
-    expires: Mapped[float] = mapped_column(Float)
-    revoked: Mapped[float | None] = mapped_column(Float)
-    certificate: Mapped[str | None] = mapped_column(String(64))  # serial (hex) of the certificate that minted it
 
 
 def _grant(row: TokenRow) -> Grant:

@@ -14,7 +14,7 @@ import httpx
 
 from beamstream.client import Client, Event
 from beamstream.errors import BeamstreamError, ServiceError, StreamEnded
-from beamstream.protocol.models import Resources, StreamView
+from beamstream.protocol.models import Credentials, Resources, StreamView
 from beamstream.protocol.states import State
 from beamstream.service_client.changes import Change, follow, typed_view
 
@@ -49,12 +49,12 @@ class Stream:
     _info: StreamView | None
 
     def __init__(self, service: ServiceClient, view: dict[str, Any],
-                 credentials: dict[str, str] | None = None) -> None:
+                 credentials: dict[str, str] | Credentials | None = None) -> None:
         self.service = service
         self.view = view
         self.report: StreamReport | None = None
         self.kept = True  # ServiceClient.request makes its stream cancellable on interrupt
-        self._credentials = credentials
+        self._credentials = None if credentials is None else Credentials.model_validate(credentials)
 
     @property
     def view(self) -> dict[str, Any]:
@@ -106,13 +106,13 @@ class Stream:
             if refused.status != 409:
                 exc.add_note(f"stream {self.id} was left running: it could not be cancelled: {refused}")
 
-    def credentials(self) -> dict[str, str]:
-        """The stream's credentials, ``{"stream": id, "key": text}`` (the key as
+    def credentials(self) -> Credentials:
+        """The stream's credentials: ``.stream``, its id, and ``.key``, its key as text (as
         :meth:`StreamKey.from_text <beamstream.security.streamkey.StreamKey.from_text>` reads it): from the
         answer to the request, else ``GET /v1/streams/{id}/credentials`` once. They go to the stream's owner only:
         ServiceError (404) for anyone else, an admin too, as for an unknown stream."""
         if self._credentials is None:
-            self._credentials = self.service.call("GET", f"{self.path}/credentials").json()
+            self._credentials = Credentials.model_validate(self.service.call("GET", f"{self.path}/credentials").json())
         return self._credentials
 
     @property
@@ -192,7 +192,7 @@ class Stream:
         """The stream's key, or None when the service gives this caller none (404: not the owner, or a stream
         or a service without credentials)."""
         try:
-            return self.credentials()["key"]
+            return self.credentials().key
         except ServiceError as exc:
             if exc.status == 404:
                 return None
