@@ -25,4 +25,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,mpi,psana,nats,service,slurm]' \
     2> >(grep -v '^WARNING: Location' >&2)   # this machine's pip.conf names find-links folders it may lack
-.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, fastapi_offline, sqlalchemy, psycopg, psij, playwright"
+# beamstream[torch]: PyTorch's CPU build, from this machine's disk (its wheels folder); asked for by its local
+# version, so that no other torch (PyPI's is a CUDA build of several GB) is ever downloaded. Without it,
+# tests/test_torch.py is skipped, saying so.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/pip install -q --disable-pip-version-check --only-binary :all: -c requirements.lock 'torch==2.13.0+cpu' \
+        2> >(grep -v '^WARNING: Location' >&2) \
+        || echo "setup.sh: PyTorch's CPU build (torch 2.13.0+cpu) is not to be had here: beamstream.torch's tests will be skipped" >&2
+fi
+.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, fastapi_offline, sqlalchemy, psycopg, psij, playwright, karabo_bridge"

@@ -15,6 +15,8 @@ from beamstream.steps.batch import BatchStep
 from beamstream.steps.binning import BinStep
 from beamstream.steps.calibrate import CalibrateStep, ConstantsFile
 from beamstream.steps.cast import CastStep
+from beamstream.steps.channels import ChannelsStep
+from beamstream.wire.metadata import RunMetadata
 from beamstream.steps.pad import PadStep
 from beamstream.steps.roi import RoiStep
 from beamstream.steps.select import SelectStep
@@ -338,6 +340,29 @@ def test_pad_target_smaller_than_the_data() -> None:
         run(PadStep(field="x", shape=[5, 5]), make_batch(0, 3, x=images()))
 
 
+def test_pad_to_the_centre_puts_the_event_in_the_middle_and_moves_its_origin() -> None:
+    raw = images(2, (3, 4), "int32")
+    out = run_one(PadStep(field="x", shape=[8, 7], align="centre"), make_batch(0, 2, x=raw)).data["x"]
+    np.testing.assert_array_equal(out, np.pad(raw, ((0, 0), (2, 3), (1, 2))))
+    metadata = RunMetadata().with_field("x", shape=[3, 4], origin=[10, 20], binning=[2, 1])
+    padded = PadStep(field="x", shape=[8, 7], align="centre").describe(metadata).fields["x"]
+    assert (padded.shape, padded.origin) == ([8, 7], [10 - 2 * 2, 20 - 1])
+    at_start = PadStep(field="x", shape=[8, 7]).describe(metadata).fields["x"]
+    assert (at_start.shape, at_start.origin) == ([8, 7], [10, 20])
+
+
+def test_channels_gives_a_view_with_a_channel_axis_and_leaves_panels_as_they_are() -> None:
+    batch = make_batch(0, 2, x=images(2, (4, 6)))
+    out = run_one(ChannelsStep(field="x"), batch).data["x"]
+    assert out.shape == (2, 1, 4, 6) and np.shares_memory(out, batch.data["x"])
+    panels = make_batch(0, 2, x=images(2, (3, 4, 6)))
+    assert run_one(ChannelsStep(field="x"), panels) is panels
+    described = ChannelsStep(field="x").describe(RunMetadata().with_field("x", shape=[4, 6], pixel_size=[1e-4, 1e-4]))
+    assert described.fields["x"].shape == [1, 4, 6] and described.fields["x"].pixel_size == [1e-4, 1e-4]
+    with pytest.raises(StepError, match=r"events of 1 axes \(6,\); a channel axis makes 2 axes into 3"):
+        run(ChannelsStep(field="x"), make_batch(0, 2, x=images(2, (6,))))
+
+
 def test_pad_value_the_dtype_cannot_hold() -> None:
     with pytest.raises(StepError, match=r"value 0\.5 cannot be stored.*uint16"):
         run(PadStep(field="x", shape=[5, 7], value=0.5), make_batch(0, 3, x=images()))
@@ -420,6 +445,7 @@ def test_select_spec_validation(fields: list[str]) -> None:
         {"type": "pad", "field": "x", "shape": [8]},
         {"type": "cast", "dtype": "float32"},
         {"type": "select", "fields": ["x"]},
+        {"type": "channels", "field": "x"},
     ],
 )
 def test_specs_reject_unknown_keys(spec: dict) -> None:

@@ -14,7 +14,7 @@ from beamstream.atomic import write_atomically
 from beamstream.modes import create_file, make_dirs
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.codecs import decode_payload
-from beamstream.codecs.hdf5 import Compression, batch_to_hdf5_bytes
+from beamstream.codecs.hdf5 import NO_STORAGE, Storage, batch_to_hdf5_bytes
 
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -29,13 +29,13 @@ def message_filename(message: Any) -> str:
     return f"{safe_name(message.stream)}-r{message.rank:03d}-m{message.index:06d}.h5"
 
 
-def message_h5_bytes(message: Any, compression: Compression = "none", level: int | None = None) -> bytes:
-    """The message as an HDF5 file image: an ``hdf5`` payload as it is, others encoded with ``compression``."""
+def message_h5_bytes(message: Any, storage: Storage = NO_STORAGE) -> bytes:
+    """The message as an HDF5 file image: an ``hdf5`` payload as it is, others written as ``storage`` says."""
     if message.serializer == "hdf5":
         if len(message.payload) != 1:
             raise WireFormatError(f"an hdf5 message has one payload frame, got {len(message.payload)}")
         return bytes(message.payload[0])
-    return bytes(batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), compression, level))
+    return bytes(batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), storage))
 
 
 def save_file(path: Path, data: bytes) -> None:

@@ -1,17 +1,21 @@
 """``hdf5``: each message one in-memory HDF5 file, one dataset per field shaped (batch, ...).
 
 The payload opens with plain ``h5py.File(io.BytesIO(payload))`` (with ``import hdf5plugin``
-for the bitshuffle/zstd filters). Sequence numbers and times are stored too, in
+for the bitshuffle, zstd and zfp filters). Sequence numbers and times are stored too, in
 ``/_beamstream/seq`` and ``/_beamstream/time``, so a saved message describes itself.
-h5py is imported only when a file is written or read.
+A field is the dataset of its name at the root, unless :class:`Storage` gives it a path
+(``image`` → ``/data/data``); the paths are then recorded as JSON in the ``paths`` attribute of
+``/_beamstream``, where the reader finds them. h5py is imported only when a file is written or read.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,56 +27,70 @@ META_GROUP = "_beamstream"
 LIBVER = ("earliest", "v110")
 """HDF5 format bounds of every file beamstream writes: readable by HDF5 1.10 (Debian's h5ls/h5dump) and
 later, whatever HDF5 h5py is built on (``"latest"`` with HDF5 2.0 gives files that 1.10 and 1.14 cannot read)."""
-Compression = Literal["none", "gzip", "bitshuffle_lz4", "zstd"]
+ZFP_DTYPES = frozenset(map(np.dtype, ("<f4", "<f8", "<i4", "<i8")))  # what zfp compresses
+PATHS_ATTRIBUTE = "paths"  # of META_GROUP: {field: dataset path}, JSON, where a field is not at /NAME
+MAX_PATHS_TEXT = 1 << 16
 
 
-def filter_options(compression: Compression, level: int | None) -> dict[str, Any]:
-    """h5py create_dataset keywords for ``compression`` at ``level`` (None: the filter's default)."""
-    import hdf5plugin
+@dataclass(frozen=True)
+class Storage:
+    """How fields are stored: ``filters``, the h5py ``create_dataset`` keywords of the compression (hdf5plugin's
+    for bitshuffle, zstd and zfp; empty: none), and ``paths``, a dataset path for some fields (the others: their
+    name at the root). Made from a spec by :class:`beamstream.serializers.storage.HDF5Storage`."""
 
-    if compression == "none":
-        return {}
-    if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 4 if level is None else level}
-    if compression == "bitshuffle_lz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    return dict(hdf5plugin.Zstd(clevel=3 if level is None else level))
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    paths: Mapping[str, str] = field(default_factory=dict)
+    zfp: bool = False  # the filters are zfp's: only ZFP_DTYPES
+
+    def path(self, name: str) -> str:
+        return self.paths.get(name, name)
+
+    def check(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """ValueError naming a field these filters cannot store (zfp: not float32/64 nor int32/64)."""
+        for name, array in arrays.items():
+            if self.zfp and array.dtype.newbyteorder("<") not in ZFP_DTYPES:
+                raise ValueError(f"zfp compresses float32, float64, int32 and int64 arrays; field {name!r} is "
+                                 f"{array.dtype}: convert it first (a cast step) or choose another compression")
+
+
+NO_STORAGE = Storage()
 
 
 def write_batch(target: Any, seq: np.ndarray, time: np.ndarray, arrays: dict[str, np.ndarray],
-                compression: Compression = "none", level: int | None = None) -> None:
-    """Write one batch into an open ``h5py.File`` (or group) ``target``."""
-    options = filter_options(compression, level)
+                storage: Storage = NO_STORAGE) -> None:
+    """Write one batch into an open ``h5py.File`` (or group) ``target``, as ``storage`` says."""
+    storage.check(arrays)
     for name, array in arrays.items():
-        chunks = (1, *array.shape[1:]) if options and array.ndim > 1 else None
-        target.create_dataset(name, data=array, chunks=chunks, **options)
+        chunks = (1, *array.shape[1:]) if storage.filters and array.ndim > 1 else None
+        target.create_dataset(storage.path(name), data=array, chunks=chunks, **storage.filters)
     meta = target.require_group(META_GROUP)
     meta.create_dataset("seq", data=seq)
     meta.create_dataset("time", data=time)
+    if storage.paths:
+        meta.attrs[PATHS_ATTRIBUTE] = json.dumps({name: storage.path(name) for name in arrays})
 
 
 def batch_to_hdf5_bytes(seq: np.ndarray, time: np.ndarray, arrays: dict[str, np.ndarray],
-                        compression: Compression = "none", level: int | None = None) -> bytes:
+                        storage: Storage = NO_STORAGE) -> bytes:
     """An HDF5 file image holding one batch."""
     import h5py
 
     buffer = io.BytesIO()
     with h5py.File(buffer, "w", libver=LIBVER) as h5:
-        write_batch(h5, seq, time, arrays, compression, level)
+        write_batch(h5, seq, time, arrays, storage)
     return buffer.getbuffer()
 
 
 class HDF5Codec:
-    """Encodes a batch as one in-memory HDF5 file."""
+    """Encodes a batch as one in-memory HDF5 file, stored as ``storage`` says."""
 
     name = "hdf5"
 
-    def __init__(self, compression: Compression = "none", level: int | None = None) -> None:
-        self.compression = compression
-        self.level = level
+    def __init__(self, storage: Storage = NO_STORAGE) -> None:
+        self.storage = storage
 
     def encode(self, batch: Batch) -> list[Any]:
-        return [batch_to_hdf5_bytes(batch.seq, batch.time, batch.data, self.compression, self.level)]
+        return [batch_to_hdf5_bytes(batch.seq, batch.time, batch.data, self.storage)]
 
     def decode(self, fields: Sequence[FieldInfo], frames: Sequence[Any]) -> dict[str, np.ndarray]:
         import h5py
@@ -82,7 +100,8 @@ class HDF5Codec:
             raise WireFormatError(f"an hdf5 message has one payload frame, got {len(frames)}")
         try:
             with h5py.File(io.BytesIO(frames[0]), "r") as h5:
-                datasets = {info.name: _checked_dataset(h5, info) for info in fields}
+                paths = _paths(h5)
+                datasets = {info.name: _checked_dataset(h5, info, paths.get(info.name, info.name)) for info in fields}
                 return {name: dataset[()] for name, dataset in datasets.items()}
         except WireFormatError:
             raise
@@ -94,17 +113,43 @@ MAX_DECODED_BYTES = 1 << 32
 """The most one hdf5 message may hold once decompressed: a small payload declaring more is refused."""
 
 
-def _checked_dataset(h5: Any, info: FieldInfo) -> Any:
-    """Dataset ``info.name`` of a received file image, after checking that reading it reads only the message:
-    a hard link to a dataset stored in the file (no external link, external storage or virtual dataset),
-    of the dtype and shape the header declares, no bigger than :data:`MAX_DECODED_BYTES`."""
+def _paths(h5: Any) -> dict[str, str]:
+    """The fields' dataset paths a received file image records (:data:`PATHS_ATTRIBUTE`; none: every field at
+    its name), checked to be a JSON object of texts."""
+    meta = h5.get(META_GROUP)
+    text = None if meta is None else meta.attrs.get(PATHS_ATTRIBUTE)
+    if text is None:
+        return {}
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or len(text) > MAX_PATHS_TEXT:
+        raise WireFormatError(f"hdf5 payload: /{META_GROUP}.{PATHS_ATTRIBUTE} is not a JSON text of at most "
+                              f"{MAX_PATHS_TEXT} characters")
+    try:
+        paths = json.loads(text)
+    except ValueError:
+        paths = None
+    if not isinstance(paths, dict) or not all(isinstance(value, str) and value for value in paths.values()):
+        raise WireFormatError(f"hdf5 payload: /{META_GROUP}.{PATHS_ATTRIBUTE} is not a JSON object of dataset paths")
+    return paths
+
+
+def _checked_dataset(h5: Any, info: FieldInfo, path: str) -> Any:
+    """Dataset ``path`` (field ``info.name``) of a received file image, after checking that reading it reads only
+    the message: a hard link to a dataset stored in the file (no external link, external storage or virtual
+    dataset), of the dtype and shape the header declares, no bigger than :data:`MAX_DECODED_BYTES`."""
     import h5py
 
-    link = h5.get(info.name, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        raise WireFormatError(f"hdf5 payload: {info.name!r} is a {type(link).__name__ if link else 'missing link'}; "
+    try:
+        link = h5.get(path, getlink=True)
+    except (KeyError, ValueError, TypeError):
+        link = None
+    if not isinstance(link, h5py.HardLink) or any(not isinstance(h5.get(parent, getlink=True), h5py.HardLink)
+                                                  for parent in _parents(path)):
+        raise WireFormatError(f"hdf5 payload: {info.name!r} ({path}) is a "
+                              f"{type(link).__name__ if link else 'missing link'} or under one; "
                               "only datasets stored in the message are read")
-    dataset = h5[info.name]
+    dataset = h5[path]
     if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
         raise WireFormatError(f"hdf5 payload: {info.name!r} is not a dataset stored in the message "
                               "(external storage and virtual datasets are refused)")
@@ -116,6 +161,12 @@ def _checked_dataset(h5: Any, info: FieldInfo) -> Any:
                               f"a message holds at most {MAX_DECODED_BYTES:,}")
     _check_stored(dataset, info.name)
     return dataset
+
+
+def _parents(path: str) -> list[str]:
+    """The groups above dataset ``path``: ``/a/b/c`` → ``/a``, ``/a/b``."""
+    parts = [part for part in path.split("/") if part]
+    return ["/" + "/".join(parts[:depth]) for depth in range(1, len(parts))]
 
 
 def _check_stored(dataset: Any, name: str) -> None:

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from beamstream.codecs.hdf5 import Compression, HDF5Codec
+from beamstream.codecs.hdf5 import HDF5Codec
+from beamstream.serializers.storage import HDF5Storage
 from beamstream.stages import SerializerSpec
 
 
-class HDF5Serializer(SerializerSpec):
-    """One in-memory HDF5 file per message.
-
-    Attributes:
-        compression: none, gzip, bitshuffle_lz4 or zstd (the last two through hdf5plugin).
-        level: compression level for gzip (0-9) or zstd (1-22); default 4 and 3.
-    """
+class HDF5Serializer(HDF5Storage, SerializerSpec):
+    """One in-memory HDF5 file per message, its fields compressed and placed as
+    :class:`~beamstream.serializers.storage.HDF5Storage` says (``compression``, ``level``, ``shuffle``, ``zfp``,
+    ``paths``)."""
 
     type: Literal["hdf5"] = "hdf5"
-    compression: Compression = "none"
-    level: int | None = Field(None, ge=0, le=22)
 
     def build(self) -> HDF5Codec:
-        return HDF5Codec(self.compression, self.level)
+        return HDF5Codec(self.storage())

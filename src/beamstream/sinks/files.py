@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Literal
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the bitshuffle and zstd filters)
+import hdf5plugin  # noqa: F401  (registers the bitshuffle, zstd and zfp filters)
 import numpy as np
-from pydantic import Field
+from pydantic import model_validator
 
 from beamstream.errors import TransportError
 from beamstream.codecs import decode_payload
-from beamstream.codecs.hdf5 import LIBVER, Compression, filter_options
+from beamstream.codecs.hdf5 import LIBVER, Storage
 from beamstream.stages import SinkContext, SinkSpec
 from beamstream.atomic import commit, partial_path
 from beamstream.modes import create_file, make_dirs
 from beamstream.saving import message_h5_bytes, safe_name, save_file
+from beamstream.serializers.storage import HDF5Storage
 from beamstream.sinks.cxi import signal_field, write_structure
 from beamstream.spec_paths import WritePath
 from beamstream.wire import DataMessage, EndMessage
@@ -100,15 +101,14 @@ class MessageFiles(FilesWriter):
     field at the root, plus ``/_beamstream/seq`` and ``/_beamstream/time``.
     """
 
-    def __init__(self, directory: Path, context: SinkContext, compression: Compression, level: int | None) -> None:
+    def __init__(self, directory: Path, context: SinkContext, storage: Storage) -> None:
         super().__init__(directory, context)
-        self.compression = compression
-        self.level = level
+        self.storage = storage
 
     def send(self, message: DataMessage) -> None:
         self.describe(message)
         path = self.directory / f"{self.prefix}-m{message.index:06d}.h5"
-        save_file(path, message_h5_bytes(message, self.compression, self.level))
+        save_file(path, message_h5_bytes(message, self.storage))
 
 
 class CxiFile(FilesWriter):
@@ -124,10 +124,10 @@ class CxiFile(FilesWriter):
     (:data:`~beamstream.codecs.hdf5.LIBVER`).
     """
 
-    def __init__(self, directory: Path, context: SinkContext, compression: Compression, level: int | None) -> None:
+    def __init__(self, directory: Path, context: SinkContext, storage: Storage) -> None:
         super().__init__(directory, context)
         self.path = directory / f"{self.prefix}.cxi"
-        self.options = filter_options(compression, level)
+        self.storage = storage
         try:
             os.close(create_file(partial_path(self.path)))  # private from the start; h5py keeps the mode
             self.h5 = h5py.File(partial_path(self.path), "w", libver=LIBVER)
@@ -155,12 +155,16 @@ class CxiFile(FilesWriter):
             raise _write_failed(self.path, exc) from None
 
     def _create_fields(self, arrays: dict[str, np.ndarray]) -> None:
+        try:
+            self.storage.check(arrays)
+        except ValueError as exc:
+            raise TransportError(f"files sink: {exc}") from None
         self.fields = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
         group = self.h5.require_group(CXI_FIELDS)
         for name, (dtype, frame) in self.fields.items():
             chunks = (1, *frame) if frame else True
             group.create_dataset(name, shape=(0, *frame), maxshape=(None, *frame), dtype=dtype,
-                                 chunks=chunks, **self.options)
+                                 chunks=chunks, **self.storage.filters)
 
     def _check_fields(self, message: DataMessage, arrays: dict[str, np.ndarray]) -> None:
         got = {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
@@ -191,7 +195,7 @@ def _describe(fields: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> str:
     return ", ".join(f"{name} {dtype} {shape}" for name, (dtype, shape) in fields.items())
 
 
-class FilesSink(SinkSpec):
+class FilesSink(HDF5Storage, SinkSpec):
     """Writes each worker's messages as HDF5 files into a directory.
 
     Attributes:
@@ -203,20 +207,26 @@ class FilesSink(SinkSpec):
             also writes the stream's description to ``{stream}-r{rank:03d}.metadata.json``
             (the ``cxi`` layout keeps it in the file). A ``cxi`` file of a worker that did not
             end ``ok`` stays ``.cxi.part``.
-        compression: none, gzip, bitshuffle_lz4 or zstd, for arrays the sink writes itself
-            (an ``hdf5`` message in the ``messages`` layout keeps its serializer's choice).
-        level: compression level for gzip (0-9) or zstd (1-22); default 4 and 3.
+        compression, level, shuffle, zfp, paths: how the arrays the sink writes itself are stored
+            (:class:`~beamstream.serializers.storage.HDF5Storage`); an ``hdf5`` message in the ``messages``
+            layout keeps its serializer's choice. ``paths`` is for the ``messages`` layout: the ``cxi`` layout
+            places every field itself.
     """
 
     type: Literal["files"] = "files"
     dir: WritePath
     layout: Literal["messages", "cxi"] = "messages"
-    compression: Compression = "none"
-    level: int | None = Field(None, ge=0, le=22)
+
+    @model_validator(mode="after")
+    def _paths_in_messages_only(self) -> FilesSink:
+        if self.paths and self.layout == "cxi":
+            raise ValueError("paths: the cxi layout places every field under /entry_1/data_1 (its detector data also "
+                             "at /entry_1/data_1/data); paths are for layout: messages")
+        return self
 
     def open(self, context: SinkContext) -> FilesWriter:
         """A writer for worker ``context.rank``; TransportError if ``dir`` is not usable."""
         directory = Path(self.dir).expanduser()
         prepare_directory(directory)
         writer = MessageFiles if self.layout == "messages" else CxiFile
-        return writer(directory, context, self.compression, self.level)
+        return writer(directory, context, self.storage())

@@ -17,7 +17,8 @@ from beamstream.steps import BatchwiseStep, require_field
 
 
 class PadStep(StepSpec):
-    """Pad the last ``len(shape)`` axes of ``field`` at their end up to ``shape``, keeping the dtype.
+    """Pad the last ``len(shape)`` axes of ``field`` up to ``shape``, keeping the dtype: at their end, or evenly on
+    both sides (``align: centre``, as a model that wants the beam centre in the middle of its input).
 
     Events that already have the target shape pass unchanged (no copy); an axis longer
     than its target is an error (crop it first with ``roi``).
@@ -27,35 +28,44 @@ class PadStep(StepSpec):
         shape: target lengths of the trailing event axes (required, each >= 1).
         value: the value of added pixels (default 0); it must be exactly representable
             in the field's dtype (e.g. no 0.5 or NaN for integer fields).
+        align: where the event lies in the padded array: ``start`` (default; pixels added at the end of each
+            axis) or ``centre`` (half before, half after; an odd count puts the extra pixel after). The field's
+            origin (docs/conventions.md) moves back by the pixels added before.
     """
 
     type: Literal["pad"] = "pad"
     field: str = Field(min_length=1, description="the array to pad")
     shape: Shape = Field(description="target lengths of the trailing axes")
     value: float = Field(0.0, description="value of added pixels")
+    align: Literal["start", "centre"] = Field("start", description="the event at the start or in the centre")
 
     def build(self) -> Padder:
-        return Padder(self.field, tuple(self.shape), self.value)
+        return Padder(self.field, tuple(self.shape), self.value, self.align == "centre")
 
     def describe(self, metadata: RunMetadata) -> RunMetadata:
-        """The padded axes take the target lengths (pixels are added at their end: the origin stays)."""
+        """The padded axes take the target lengths; centred, their origin moves back by the pixels added before."""
 
         def enlarge(geometry: Geometry) -> None:
             lead = len(geometry.shape) - len(self.shape)
             for offset, length in enumerate(self.shape):
-                if lead + offset >= 0:
-                    geometry.shape[lead + offset] = max(length, geometry.shape[lead + offset])
+                axis = lead + offset
+                if axis >= 0:
+                    added = max(0, length - geometry.shape[axis])
+                    if self.align == "centre":
+                        geometry.origin[axis] -= added // 2 * geometry.binning[axis]
+                    geometry.shape[axis] += added
 
         return change_geometry(metadata, self.field, enlarge)
 
 
 class Padder(BatchwiseStep):
-    """Pads one field of every batch to the target trailing shape."""
+    """Pads one field of every batch to the target trailing shape, the events at the start or ``centred``."""
 
-    def __init__(self, field: str, shape: tuple[int, ...], value: float) -> None:
+    def __init__(self, field: str, shape: tuple[int, ...], value: float, centred: bool = False) -> None:
         self.field = field
         self.shape = shape
         self.value = value
+        self.centred = centred
 
     def apply(self, batch: Batch) -> Batch:
         """``batch`` with ``field`` padded to the target shape."""
@@ -65,7 +75,8 @@ class Padder(BatchwiseStep):
         if array.shape[lead:] == self.shape:
             return batch
         padded = np.full((*array.shape[:lead], *self.shape), self._fill(array.dtype), dtype=array.dtype)
-        padded[(Ellipsis, *(slice(0, size) for size in array.shape[lead:]))] = array
+        before = [(target - size) // 2 if self.centred else 0 for size, target in zip(array.shape[lead:], self.shape)]
+        padded[(Ellipsis, *(slice(first, first + size) for first, size in zip(before, array.shape[lead:])))] = array
         return batch.replace({**batch.data, self.field: padded})
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
