@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from beamstream.service.store import JobStore
 from servicekit import run_service, stop_service
 
 
@@ -161,5 +162,60 @@ def test_a_request_for_slurm_while_slurm_does_not_answer_is_503(tmp_path):
         assert refused.status_code == 503, refused.text
         assert refused.json()["detail"].startswith("resources: Slurm does not answer (sbatch --test-only: ")
         assert httpx.get(f"{url}/v1/streams", timeout=30).json()["total"] == 0
+    finally:
+        stop_service(service, url)
+
+
+def test_slurm_options_slurm_refuses_are_refused_in_its_words_and_the_others_need_allowing(tmp_path):
+    service, url = run_service(tmp_path, **ON_SLURM, slurm_extra_allowed='["constraint"]')
+    spec = {"source": {"type": "simulated", "n_events": 10}}
+
+    def refusal(slurm: dict) -> str:
+        refused = httpx.post(f"{url}/v1/streams", json={"spec": spec, "resources": {"slurm": slurm}}, timeout=30)
+        assert refused.status_code == 422, refused.text
+        return str(refused.json()["detail"])
+
+    try:
+        assert "invalid partition specified: nope" in refusal({"partition": "nope"})
+        assert "Requested reservation is invalid" in refusal({"reservation": "nope"})
+        assert "Invalid generic resource (gres) specification" in refusal({"gpus_per_task": 1})
+        assert "Invalid feature specification" in refusal({"extra": {"constraint": "nope"}})
+        assert refusal({"extra": {"mem": "1G"}}).endswith(
+            "resources.slurm.extra: mem not allowed here; this service allows constraint (its setting "
+            "slurm_extra_allowed)")
+        assert "cannot be set there" in refusal({"extra": {"partition": "debug"}})
+        assert "should match pattern" in refusal({"account": 'x" --wrap="rm -rf /'})
+        assert httpx.get(f"{url}/v1/streams", timeout=30).json()["total"] == 0
+    finally:
+        stop_service(service, url)
+
+
+def test_a_streams_jobs_have_its_requests_slurm_options_over_the_services_defaults(tmp_path):
+    """The account comes from the service's default for the experiment, the rest from the request; Slurm's own
+    view of the jobs (scontrol) shows them, and so does the stream's. Only the producers' nodes are exclusive."""
+    service, url = run_service(tmp_path, **ON_SLURM, slurm_defaults='{"account": "lcls:{experiment}", "qos": "low"}')
+    try:
+        spec = {"source": {"type": "simulated", "n_events": 20, "detectors": [{"kind": "waveform", "samples": 64}]}}
+        stream = httpx.post(f"{url}/v1/streams", json={
+            "spec": spec, "experiment": "xpptut15",
+            "resources": {"slurm": {"qos": "normal", "exclusive": True, "partition": "debug"}}}, timeout=30).json()
+        assert stream["resources"]["slurm"] == {"account": "lcls:xpptut15", "partition": "debug", "reservation": None,
+                                                "qos": "normal", "gpus_per_task": None, "exclusive": True,
+                                                "extra": {}}, stream
+        store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
+        poll(lambda: "producers" in store.jobs(stream["id"]), 60, "the producers job to be submitted")
+        jobs = {role: job.native_id for role, job in store.jobs(stream["id"]).items()}
+        store.close()
+        for role, native_id in jobs.items():
+            seen = subprocess.run(["scontrol", "show", "job", native_id], capture_output=True, text=True).stdout
+            assert "Account=lcls:xpptut15" in seen and "Partition=debug" in seen, seen
+            assert ("OverSubscribe=NO" in seen) == (role == "producers"), seen  # --exclusive: the producers' nodes
+        scripts = [path.read_text() for path in (tmp_path / "state").rglob("*.job")]
+        assert len(scripts) == 2 and all('#SBATCH --qos="normal"' in script for script in scripts), scripts
+        # (this cluster keeps no accounting, so Slurm takes a QOS without showing it)
+        cancelled = httpx.delete(f"{url}/v1/streams/{stream['id']}", timeout=30)  # its one node is the buffer's:
+        assert cancelled.json()["state"] == "cancelled", cancelled.text  # exclusive producers wait for it forever
+        poll(lambda: not subprocess.run(["squeue", "-h", "-j", ",".join(jobs.values())], capture_output=True,
+                                        text=True).stdout.strip(), 60, "Slurm to list none of the stream's jobs")
     finally:
         stop_service(service, url)

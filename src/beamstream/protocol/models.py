@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from beamstream.buffer.config import BufferConfig
+from beamstream.protocol.slurm import SlurmOptions
 from beamstream.protocol.states import State
 
 DEFAULT_TTL_S = 3600  # of a token, unless asked otherwise
@@ -27,6 +28,8 @@ class Resources(BaseModel):
     executor: Literal["local", "slurm"] | None = Field(None, description="where the jobs run (default: the service's)")
     buffer: BufferConfig | None = Field(None, description="buffer settings (endpoints and the admission key are "
                                                           "the service's)")
+    slurm: SlurmOptions | None = Field(None, description="sbatch options (executor slurm only); the service's "
+                                                          "defaults fill what they leave out")
 
     @field_validator("buffer")
     @classmethod

@@ -53,6 +53,7 @@ from beamstream.buffer.config import RENAMED
 from beamstream.errors import TransportError
 from beamstream.metrics_reading import fetch_status
 from beamstream.modes import make_dirs
+from beamstream.protocol.slurm import SlurmOptions
 from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
@@ -109,7 +110,8 @@ class Dispatcher:
         ranks = workers if executor.launches_ranks else None
         executor.check(JobRequest("producers", [], self.settings.state_dir, ranks=ranks,
                                   nodes=int(resources.get("nodes") or 1),
-                                  time_limit_s=resources.get("time_limit_s") or self.settings.job_time_limit_s))
+                                  time_limit_s=resources.get("time_limit_s") or self.settings.job_time_limit_s,
+                                  slurm=job_options(resources.get("slurm"), "producers")))
 
     def wake(self) -> None:
         """Run the next round now (something changed that it may act on), not after the interval."""
@@ -187,7 +189,8 @@ class Dispatcher:
         request = JobRequest(role, argv, self.folder(record), ranks=ranks,
                              nodes=int(record.resources.get("nodes") or 1),
                              time_limit_s=record.resources.get("time_limit_s") or self.settings.job_time_limit_s,
-                             label=f"beamstream-{record.id[:12]}-{role}")
+                             label=f"beamstream-{record.id[:12]}-{role}",
+                             slurm=job_options(record.resources.get("slurm"), role))
         try:
             native_id = executor.submit(request)
         except OSError as exc:
@@ -374,6 +377,13 @@ def end_with_verdict(store: JobStore, stream_id: str, verdict: dict[str, Any]) -
     state = State.COMPLETED if verdict["complete"] else State.FAILED
     return store.change_state(stream_id, state, verdict_reason(verdict, store.jobs(stream_id).get("producers")),
                               verdict=verdict)
+
+
+def job_options(slurm: dict[str, Any] | None, role: str) -> SlurmOptions:
+    """A stream's sbatch options as its ``role`` job takes them: the buffer, one task, takes no GPU and no node of
+    its own (``exclusive`` and ``gpus_per_task`` are for the producer ranks)."""
+    options = SlurmOptions.model_validate(slurm or {})
+    return options if role == "producers" else options.model_copy(update={"gpus_per_task": None, "exclusive": False})
 
 
 def verdict_reason(verdict: dict[str, Any], producers: Job | None) -> str:

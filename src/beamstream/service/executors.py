@@ -34,6 +34,8 @@ from typing import Protocol
 
 import psutil
 
+from beamstream.protocol.slurm import SlurmOptions
+
 JOBRUN = Path(__file__).with_name("jobrun.py")  # run as a script: no package import delays its signal handlers
 
 
@@ -57,6 +59,7 @@ class JobRequest:
     ``ranks``: None runs ``argv`` once; N runs it as N ranks spread over ``nodes`` nodes (only for an
     executor that ``launches_ranks``). ``nodes`` applies to ranks only: a job without is one node. ``label``: the
     name a scheduler shows for it (``squeue``), ``name`` if empty; ``name`` also names its output files.
+    ``slurm``: sbatch's options for it (the slurm executor's).
     """
 
     name: str
@@ -67,6 +70,7 @@ class JobRequest:
     time_limit_s: float | None = None
     environment: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     @property
     def output(self) -> Path:
@@ -173,7 +177,7 @@ class SlurmExecutor:
             raise CannotRun(str(exc)) from None
         minutes = math.ceil((job.time_limit_s or self.FOREVER_S) / 60)
         argv = ["sbatch", "--test-only", f"--nodes={job.nodes if job.ranks else 1}", f"--ntasks={job.ranks or 1}",
-                f"--time={minutes}", "--wrap=true"]
+                f"--time={minutes}", *job.slurm.sbatch(), "--wrap=true"]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.ANSWER_WITHIN_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -185,7 +189,9 @@ class SlurmExecutor:
 
     def _resources(self, job: JobRequest) -> object:
         try:
-            return self.psij.ResourceSpecV1(node_count=job.nodes if job.ranks else 1, process_count=job.ranks or 1)
+            return self.psij.ResourceSpecV1(node_count=job.nodes if job.ranks else 1, process_count=job.ranks or 1,
+                                            gpu_cores_per_process=job.slurm.gpus_per_task,
+                                            exclusive_node_use=job.slurm.exclusive)
         except self.psij.InvalidJobException as exc:  # e.g. ranks not a multiple of nodes
             raise OSError(f"the job cannot be laid out: {exc}") from None
 
@@ -199,8 +205,11 @@ class SlurmExecutor:
             stdout_path=job.output, stderr_path=job.directory / f"{job.name}.err", environment=job.environment,
             resources=resources, launcher="srun" if job.ranks else "single",
             attributes=self.psij.JobAttributes(  # PSI/J's template leaves the job's name out: Slurm's own option
-                duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S),
-                custom_attributes={"slurm.job-name": job.label or job.name}))
+                duration=timedelta(seconds=job.time_limit_s or self.FOREVER_S), queue_name=job.slurm.partition,
+                account=job.slurm.account, reservation_id=job.slurm.reservation,
+                custom_attributes={"slurm.job-name": job.label or job.name,
+                                   **({"slurm.qos": job.slurm.qos} if job.slurm.qos else {}),
+                                   **{f"slurm.{name}": value for name, value in job.slurm.extra.items()}}))
         psij_job = self.psij.Job(spec)
         try:
             self.executor.submit(psij_job)

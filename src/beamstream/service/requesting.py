@@ -37,11 +37,30 @@ def accept(context: ServiceContext, principal: Principal, request: StreamRequest
     if executor not in context.executors:
         raise Invalid(f"resources.executor: {executor!r} is not available on this service; it runs jobs with: "
                       f"{', '.join(sorted(context.executors))}")
-    context.check_resources(request.resources.model_dump(mode="json"))
+    resources["slurm"] = slurm_options(context, request, executor)
+    context.check_resources(resources)
     record = context.store.create(owner=principal.identity, spec=requested, resources=resources,
                                   name=request.name or spec.name, experiment=request.experiment, run=request.run)
     context.wake()
     return record
+
+
+def slurm_options(context: ServiceContext, request: StreamRequest, executor: str) -> dict[str, Any] | None:
+    """The sbatch options of a stream running on ``executor``: the request's over the service's defaults for its
+    experiment, as JSON (None off Slurm). Invalid for options given for another executor, or an ``extra`` option
+    the service does not allow."""
+    asked = request.resources.slurm
+    if executor != "slurm":
+        if asked is not None:
+            raise Invalid(f"resources.slurm: sbatch options are for the slurm executor; this stream runs on {executor}")
+        return None
+    allowed = set(context.settings.slurm_extra_allowed)
+    refused = sorted(set(asked.extra) - allowed) if asked is not None else []
+    if refused:
+        raise Invalid(f"resources.slurm.extra: {', '.join(refused)} not allowed here; this service allows "
+                      f"{', '.join(sorted(allowed)) or 'none'} (its setting slurm_extra_allowed)")
+    defaults = context.settings.slurm_options_for(request.experiment)
+    return (asked.over(defaults) if asked is not None else defaults).model_dump(mode="json")
 
 
 def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
 
+from beamstream.protocol.slurm import SlurmOptions
+
 _settings_file: ContextVar[Path | None] = ContextVar("settings_file", default=None)  # ServiceSettings.load's file
 
 
@@ -100,6 +102,17 @@ class ServiceSettings(BaseSettings):
                                        "allows clientAuth")
     tls_jobs_key: Path | None = Field(None, description="the key of tls_jobs_cert")
     page_size: int = Field(50, ge=1, le=1000, description="streams listed per page unless a request asks otherwise")
+    slurm_defaults: dict[str, Any] = Field(default_factory=dict, description="sbatch options every slurm stream "
+                                           "gets unless its request says otherwise (resources.slurm's keys: account, "
+                                           "partition, reservation, qos, gpus_per_task, exclusive, extra); "
+                                           "{experiment} in a value is the request's experiment, e.g. "
+                                           "{account: 'lcls:{experiment}', partition: milano}")
+    slurm_extra_allowed: list[str] = Field(default_factory=list, description="the sbatch long options requests may "
+                                           "give in resources.slurm.extra, by name, e.g. [constraint, mem-per-cpu]")
+
+    def slurm_options_for(self, experiment: str | None) -> SlurmOptions:
+        """:attr:`slurm_defaults` for a request of ``experiment`` ({experiment} → its name; "none" without one)."""
+        return SlurmOptions.model_validate(_filled(self.slurm_defaults, experiment or "none"))
 
     @field_validator("public_url")
     @classmethod
@@ -110,6 +123,12 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         return None if path is None else path.expanduser().absolute()  # jobs read them from elsewhere
+
+    @field_validator("slurm_defaults")
+    @classmethod
+    def _slurm_defaults_valid(cls, defaults: dict[str, Any]) -> dict[str, Any]:
+        SlurmOptions.model_validate(_filled(defaults, "experiment"))
+        return defaults
 
     @model_validator(mode="after")
     def _tls_whole(self) -> ServiceSettings:
@@ -184,6 +203,15 @@ class _SettingsFile(YamlConfigSettingsSource):
         if not isinstance(values, dict):
             raise SpecError(f"{files}: not a mapping of settings (setting: value, one a line)")
         return values
+
+
+def _filled(options: Any, experiment: str) -> Any:
+    """``options`` with ``{experiment}`` in every text replaced by ``experiment``."""
+    if isinstance(options, str):
+        return options.replace("{experiment}", experiment)
+    if isinstance(options, dict):
+        return {key: _filled(value, experiment) for key, value in options.items()}
+    return options
 
 
 def reference() -> str:
