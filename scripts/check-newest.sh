@@ -21,7 +21,7 @@ diff <(grep -E '^[A-Za-z0-9]' requirements.lock) <(grep -E '^[A-Za-z0-9]' "$scra
 
 python3 -m venv "$scratch/venv"
 "$scratch/venv/bin/pip" install -q --disable-pip-version-check -c "$scratch/newest.lock" \
-    -e '.[test,mpi,psana,nats,service,slurm]' 2> >(grep -v '^WARNING: Location' >&2)
+    -e '.[test,mpi,psana,nats,service,slurm,azimuthal]' 2> >(grep -v '^WARNING: Location' >&2)
 
 slow=(tests/test_service.py tests/test_credentials.py tests/test_service_schema.py tests/test_remote.py
       tests/test_service_recovery.py tests/test_slurm.py)

@@ -170,6 +170,53 @@ def test_a_keyboard_interrupt_in_a_finaliser_is_delivered_again(hook):
         assert done.stdout == "lost\n" and "Exception ignored" in done.stderr
 
 
+LOST_STOP = """
+import os, signal
+from beamstream.worker_signals import Aborted, abort_on_signals, raise_if_stopped
+
+abort_on_signals()
+
+class Finalised:
+    def __del__(self):  # as h5py's weakref callbacks: the stop's Aborted is raised here, and dropped
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100_000):
+            pass
+
+Finalised()
+print("went on")
+try:
+    raise_if_stopped()
+except Aborted as exc:
+    print(exc)
+"""
+
+
+def test_a_stop_whose_aborted_was_dropped_is_raised_again_at_the_next_batch():
+    """A worker stopped while in a finaliser went on producing until its parent killed it (10 s later, with no end
+    message): its loop now raises the stop again (beamstream.worker_signals.raise_if_stopped)."""
+    done = subprocess.run([sys.executable, "-c", LOST_STOP], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "went on\nstopped by SIGTERM\n", done.stdout + done.stderr
+    assert "Exception ignored" in done.stderr  # where it landed first
+
+
+def test_a_stop_while_a_sink_opens_still_ends_it(tmp_path, write_spec):
+    """SIGTERM just as the cxi file appears (the sink opening): the file is left .part and the end is written,
+    every time (it was lost when the stop landed inside the sink's opening)."""
+    out = tmp_path / "out"
+    path = write_spec({"source": {"type": "simulated", "n_events": 100000, "events_per_read": 1, "rate_hz": 50,
+                                  "detectors": [{"kind": "image", "shape": [8, 8]}]},
+                       "sinks": [{"type": "files", "dir": str(out), "layout": "cxi"}]})
+    for attempt in range(6):
+        for old in out.glob("*"):
+            old.unlink()
+        producer = start_cli("produce", str(path))
+        wait_until(lambda: list(out.glob("*.cxi.part")), "the cxi file to be begun", every=0.002)
+        producer.send_signal(signal.SIGTERM)
+        _, err = producer.communicate(timeout=60)
+        assert [path.suffix for path in sorted(out.iterdir())] == [".part", ".json"], (attempt, err)
+        assert "killed" not in err and "sent no end message" not in err, err
+
+
 def test_ctrl_c_ends_the_demo_while_it_streams(terminal):
     demo = terminal("demo", "--events", "10000000", "--shape", "256", "256")
     demo.wait_for(STREAMING)

@@ -157,6 +157,21 @@ def test_the_service_imports_no_client_and_no_buffer_internals():
     assert {name: targets for name, targets in found.items() if targets} == {}
 
 
+def test_the_consumer_apps_are_above_the_client_and_never_import_the_service():
+    """beamstream.viewer, bridges and apps read streams as any consumer does (beamstream.client); the service uses
+    the viewer for its pages' live view (a lossy group member per stream), so the viewer must not need it back."""
+    graph = import_graph()
+    apps = ("beamstream.viewer", "beamstream.bridges", "beamstream.apps", "beamstream.torch")
+    found = {name: sorted(target for target in targets if within(target, ("beamstream.service",)))
+             for name, targets in graph.items() if within(name, apps)}
+    assert len(found) >= 8, sorted(found)
+    assert {name: targets for name, targets in found.items() if targets} == {}
+    service_uses = {target for name, targets in graph.items() if within(name, ("beamstream.service",))
+                    for target in targets if within(target, apps)}
+    assert service_uses <= {"beamstream.viewer.app", "beamstream.viewer.watch", "beamstream.viewer.latest",
+                            "beamstream.viewer.frames", "beamstream.viewer"}, service_uses
+
+
 def test_the_layout_tests_see_a_forbidden_import():
     assert within("beamstream.service.app", ("beamstream.service",))
     assert not within("beamstream.service_client.client", ("beamstream.service",))

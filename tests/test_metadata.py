@@ -194,7 +194,7 @@ def test_events_psana_skips_are_counted_as_omitted_not_lost(psana, xtc, tmp_path
     events, client = stream_to_client(spec, f"ipc://{tmp_path / 'stream'}")
     assert sorted(events) == list(range(4, 10))
     assert client.report.complete and client.report.omitted == 4 and client.report.missing_events == 0
-    assert "4 events left out by the source on purpose (not lost)" in client.report.summary()
+    assert "4 events left out on purpose by the source or a step (not lost)" in client.report.summary()
 
 
 def test_an_hdf5_run_describes_itself_from_the_datasets_and_attributes_the_spec_names(tmp_path):

@@ -55,7 +55,7 @@ class ProducerRecord:
 
     share: Share
     seqs: list[np.ndarray] = field(default_factory=list)
-    omitted: list[np.ndarray] = field(default_factory=list)  # left out by the source on purpose
+    omitted: list[np.ndarray] = field(default_factory=list)  # left out by the source or a step on purpose
     messages: int = 0
     end: EndMessage | None = None
 
@@ -112,7 +112,7 @@ class StreamReport:
     refused: int = 0  # unreadable messages (malformed, or a payload that did not match its checksum)
     forged: int = 0  # messages of a sealed stream that its key did not open (forged, altered, unsealed): refused
     skipped: int = 0
-    omitted: int = 0  # events the sources left out on purpose (e.g. psana on_missing: skip): not lost
+    omitted: int = 0  # events sources or steps left out on purpose (psana on_missing: skip, a hit veto): not lost
     verdict: Verdict | None = None  # a buffer's verdict on the whole stream, for a consumer of a group
 
     def add_data(self, message: DataMessage) -> None:
@@ -223,7 +223,7 @@ class StreamReport:
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
                 f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
-        extra = [f"{self.omitted} events left out by the source on purpose (not lost)"] if self.omitted else []
+        extra = [f"{self.omitted} events left out on purpose by the source or a step (not lost)"] if self.omitted else []
         extra += [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
         extra += [f"{self.refused} unreadable messages refused"] if self.refused else []

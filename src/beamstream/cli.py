@@ -20,6 +20,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from beamstream.apps.crystallography_cli import crystallography
+from beamstream.apps.tof_cli import tof
+from beamstream.bridge_cli import bridge_app
 from beamstream.buffer_cli import buffer_app
 from beamstream.cli_help import readable_help_types
 from beamstream.display import console, fail, labelled, read_to_the_end
@@ -29,6 +32,7 @@ from beamstream.remote_cli import request
 from beamstream.streams_cli import runs_app, streams_app
 from beamstream.security.cli import ca_app
 from beamstream.service.cli import service_app
+from beamstream.viewer.cli import view
 
 readable_help_types()  # --help says INTEGER, PATH, SECONDS; nothing for flags (typer 0.2x: <int range>, <bool>)
 app = typer.Typer(help="Stream X-ray facility data from sources to consumers.", no_args_is_help=True,
@@ -303,6 +307,10 @@ app.add_typer(runs_app, name="runs")
 
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(service_app, name="service")
+app.command()(view)
+app.add_typer(bridge_app, name="bridge")
+app.command()(tof)
+app.command()(crystallography)
 
 
 @app.command()
@@ -319,24 +327,31 @@ def demo(
                                                             "the Python API (beamstream.Service)")] = False,
     tls: Annotated[bool, typer.Option(help="with --service: mutual TLS, on a CA and certificates the demo makes "
                                            "for itself (--no-tls: plain HTTP)")] = True,
+    view: Annotated[bool, typer.Option("--view", help="show the stream live in a web page (as beamstream view "
+                                                      "does; its URL is printed), and its last event after it "
+                                                      "ended, until Ctrl-C")] = False,
 ) -> None:
     """Stream simulated detector images end to end on this machine and print the rates; exit 1 unless complete.
 
     Ctrl-C stops what the demo started (producers; with --service its stream, the service and its jobs) and exits 130.
     """
-    from beamstream.demo import run_demo, run_service_demo
+    from beamstream.demo import beside_a_viewer, run_demo, run_service_demo
 
     try:
-        if service:
-            outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
-                                                  serializer=serializer, batch=batch, tls=tls)
-        else:
-            outcome, completed = run_demo(workers=workers, events=events or 2000, shape=shape or (1024, 1024),
-                                          serializer=serializer, batch=batch), True
+        with beside_a_viewer(view) as viewer:
+            latest = viewer.latest if viewer else None
+            if service:
+                outcome, completed = run_service_demo(workers=workers, events=events or 300, shape=shape or (64, 64),
+                                                      serializer=serializer, batch=batch, tls=tls, latest=latest)
+            else:
+                outcome, completed = run_demo(workers=workers, events=events or 2000, shape=shape or (1024, 1024),
+                                              serializer=serializer, batch=batch, latest=latest), True
+            console.print(outcome, highlight=False)
+            if viewer:
+                viewer.linger(lambda line: console.print(line, highlight=False))
     except KeyboardInterrupt:
         console.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
-    console.print(outcome, highlight=False)
     if not completed:
         raise typer.Exit(1)
 

@@ -33,6 +33,8 @@ from beamstream.spec import parse_spec
 
 if TYPE_CHECKING:
     from beamstream.service.store import JobStore
+    from beamstream.viewer.latest import Latest
+    from beamstream.viewer.serve import ViewerServer
 
 SERVICE_START_S = 60.0  # for the demo's service to say where it listens
 JOBS_END_S = 30.0  # for the demo's service's jobs to end once stopped (its jobrun kills one 30 s after stopping it)
@@ -55,14 +57,16 @@ def demo_spec(endpoint: str, events: int, shape: tuple[int, int], serializer: st
                        "sinks": [{"type": "stream", "endpoint": endpoint}]}, origin="demo")
 
 
-def run_demo(workers: int, events: int, shape: tuple[int, int], serializer: str, batch: int) -> str:
-    """Stream ``events`` images through ``workers`` producers to one client, showing its progress; return a summary
-    of the rates. On Ctrl-C (KeyboardInterrupt, raised again) the producers are stopped: none outlives this call."""
+def run_demo(workers: int, events: int, shape: tuple[int, int], serializer: str, batch: int,
+             latest: Latest | None = None) -> str:
+    """Stream ``events`` images through ``workers`` producers to one client, showing its progress (and offering
+    each message to ``latest``, a viewer's); return a summary of the rates. On Ctrl-C (KeyboardInterrupt, raised
+    again) the producers are stopped: none outlives this call."""
     with tempfile.TemporaryDirectory(prefix="beamstream-demo-") as folder:
         endpoint = f"ipc://{Path(folder) / 'stream'}"
         spec = demo_spec(endpoint, events, shape, serializer, batch)
         with Client(endpoint, bind=True, timeout=60.0) as client, _producers(spec, workers) as outcome:
-            seconds = _read(client)
+            seconds = _read(client, latest)
         report = client.report
     result = outcome["run"]
     if not result.ok:
@@ -92,18 +96,19 @@ def _producers(spec: Any, workers: int) -> Iterator[dict[str, RunResult]]:
         thread.join()
 
 
-def _read(client: Client) -> float:
-    """Read ``client``'s stream to its end, showing its progress; the seconds from its first message to its end."""
+def _read(client: Client, latest: Latest | None = None) -> float:
+    """Read ``client``'s stream to its end, showing its progress and offering each message to ``latest`` (a viewer's)
+    if given; the seconds from its first message to its end."""
     first = None
     with ConsumerProgress() as progress:
-        for _ in client.messages():
+        for _ in (client.messages() if latest is None else latest.passing(client)):
             first = first or time.perf_counter()
             progress.update(client.report)
     return time.perf_counter() - first
 
 
 def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializer: str,
-                     batch: int, tls: bool = True) -> tuple[str, bool]:
+                     batch: int, tls: bool = True, latest: Latest | None = None) -> tuple[str, bool]:
     """Start a request service (job store and stream folders in a temporary folder, local jobs), ask it for
     ``events`` images from ``workers`` producers, read them through
     :class:`~beamstream.service_client.ServiceClient`, stop it.
@@ -113,7 +118,8 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
     their certificate, and read through the service's relay (wss), so every byte crosses TLS. Without,
     plain HTTP, and the stream is read from its buffer.
 
-    It says what it does as it goes, and shows the reading's progress. Returns the outcome (the account, the rates,
+    It says what it does as it goes, and shows the reading's progress (offering each message to ``latest``, a
+    viewer's, if given). Returns the outcome (the account, the rates,
     the stream's final state and its reason, how it was secured) and whether the stream completed.
     StreamIncomplete if the events did not all arrive. On Ctrl-C (KeyboardInterrupt, raised again) the stream is
     cancelled, its jobs and the service stopped (:func:`demo_service`): nothing the demo started outlives it.
@@ -134,7 +140,7 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
             _say(f"stream {stream.id} running: reading it {'through the relay' if credentials else 'from its buffer'}…")
             with stream.client(relay=credentials is not None) as client:
                 try:
-                    seconds = _read(client)
+                    seconds = _read(client, latest)
                 finally:
                     stream.report = client.report
             *_, final = stream.changes()
@@ -146,6 +152,26 @@ def run_service_demo(workers: int, events: int, shape: tuple[int, int], serializ
                f"certificates from a CA made for the demo" if credentials is not None else "without TLS (plain HTTP)")
     return (f"{stream.report.summary()}\n{rates}\nrequest service at {url}: stream {stream.id} {ended}\n"
             f"ran {secured}"), completed
+
+
+@contextmanager
+def beside_a_viewer(view: bool) -> Iterator[ViewerServer | None]:
+    """With ``view``, the stream viewer (:mod:`beamstream.viewer`) on a free port of 127.0.0.1 while the block runs,
+    its URL said; the demo offers it each message it reads (``.latest``). Without, None. MissingDependency
+    without the ``service`` extra (uvicorn, starlette)."""
+    if not view:
+        yield None
+        return
+    from beamstream.errors import MissingDependency, needs_extra
+
+    try:
+        from beamstream.viewer.latest import Latest
+        from beamstream.viewer.serve import ViewerServer
+    except ImportError as exc:
+        raise MissingDependency(needs_extra("the viewer", "service", cause=exc)) from exc
+    with ViewerServer(Latest("the demo's stream")) as viewer:
+        _say(f"viewer: {viewer.url}")
+        yield viewer
 
 
 @dataclass(frozen=True)

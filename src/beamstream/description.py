@@ -3,9 +3,10 @@
 In this order: what the source knows (its reader's ``metadata()``, where it has one), each
 field's event shape from the first batch the source yields (where the source did not say),
 the spec's ``metadata:`` section put over that, then each step's ``describe`` in the order the
-steps run (roi, bin and pad change a field's geometry; select drops fields). Geometry lists
-(``origin``, ``binning``) have one entry per event axis once a step fills them; ``pixel_size``
-covers the last ``len(pixel_size)`` axes.
+steps run (roi, bin and pad change a field's geometry; select drops fields), each step first
+completed from the description as it reaches it (azimuthal takes its geometry from there).
+Geometry lists (``origin``, ``binning``) have one entry per event axis once a step fills them;
+``pixel_size`` covers the last ``len(pixel_size)`` axes.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def first_batch(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]
     return None, iter(())
 
 
-def describe_stream(spec: Any, reader: Any, first: Batch | None) -> RunMetadata:
-    """The description of the stream ``spec`` makes, read by ``reader``, whose first batch is ``first``."""
+def describe_stream(spec: Any, reader: Any, first: Batch | None) -> tuple[Any, RunMetadata]:
+    """``spec`` with each step completed from the description as it reaches that step (``StepSpec.complete``),
+    and the description of the stream it makes, read by ``reader``, whose first batch is ``first``."""
     describe = getattr(reader, "metadata", None)
     metadata = describe() if describe is not None else RunMetadata()
     if first is not None:
@@ -49,9 +51,11 @@ def describe_stream(spec: Any, reader: Any, first: Batch | None) -> RunMetadata:
             metadata = metadata.merged(metadata_from_spec(spec.metadata))
         except ValueError as exc:  # validated with the spec already; kept for specs built in code
             raise SpecError(str(exc)) from None
+    steps = []
     for step in spec.steps:
-        metadata = step.describe(metadata)
-    return metadata
+        steps.append(step.complete(metadata))
+        metadata = steps[-1].describe(metadata)
+    return spec.model_copy(update={"steps": steps}), metadata
 
 
 class Geometry:

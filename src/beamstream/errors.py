@@ -83,10 +83,12 @@ class StreamIncomplete(BeamstreamError):
 
     ``report`` is the :class:`~beamstream.accounting.StreamReport` that says which
     producers ended and which sequence numbers never arrived. (Typed loosely so that this
-    module, imported by every other, imports none of them.)
+    module, imported by every other, imports none of them.) It is None where the error was
+    made again from its message alone in another process, as a PyTorch DataLoader does with
+    its workers' errors (see :mod:`beamstream.torch`).
     """
 
-    def __init__(self, message: str, report: Any) -> None:
+    def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
 

@@ -31,7 +31,8 @@ from beamstream.stages import SinkContext
 from beamstream.steps.batch import BatchStep
 from beamstream.wire import EndMessage, message_from_batch
 from beamstream.worker_signals import (STOP_GRACE_S, STOP_RELAY_S, Aborted, EndAbandoned, abort_on_signals,
-                                       sigint_held, stopped_end)
+                                       raise_if_stopped, sigint_held, stopped_end,
+                                       stops_deferred)
 
 
 @dataclass(slots=True)
@@ -53,20 +54,27 @@ def new_stream_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def pipeline(spec: Any, source_batches: Iterator[Batch]) -> Iterator[Batch]:
-    """The spec's steps applied to ``source_batches``; one event per message unless a batch step says otherwise."""
-    batches = source_batches
-    for step in spec.steps:
-        batches = step.build()(batches)
+def build_steps(spec: Any) -> list[Any]:
+    """The spec's steps, built in order; one event per message unless a batch step says otherwise."""
+    steps = [step.build() for step in spec.steps]
     if not any(isinstance(step, BatchStep) for step in spec.steps):
-        batches = BatchStep(size=1).build()(batches)
+        steps.append(BatchStep(size=1).build())
+    return steps
+
+
+def pipeline(steps: list[Any], source_batches: Iterator[Batch]) -> Iterator[Batch]:
+    """``steps`` (see :func:`build_steps`) applied to ``source_batches``."""
+    batches = source_batches
+    for step in steps:
+        batches = step(batches)
     return batches
 
 
-def omitted_by(source: Any) -> np.ndarray:
-    """The sequence numbers ``source`` left out on purpose since last asked (its ``take_omitted()``, if it has one)."""
-    take = getattr(source, "take_omitted", None)
-    return np.asarray(take() if take is not None else (), dtype="<i8")
+def omitted_by(*stages: Any) -> np.ndarray:
+    """The sequence numbers the source and steps in ``stages`` left out on purpose since last asked (the union of
+    their ``take_omitted()``, for those that have one), increasing."""
+    taken = [np.asarray(take(), dtype="<i8") for stage in stages if (take := getattr(stage, "take_omitted", None))]
+    return np.unique(np.concatenate(taken)) if taken else np.empty(0, dtype="<i8")
 
 
 def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
@@ -83,14 +91,20 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     share = source.partition(rank, producers)
     codec = spec.serializer.build()
     context = SinkContext(stream_id=stream_id, rank=rank, producers=producers, key=key)
-    sinks = [sink.open(context) for sink in spec.sinks]
+    sinks: list[Any] = []
     last_seq = None
+    steps: list[Any] = []
     try:
+        for sink in spec.sinks:  # whole, one by one: a stop while they open ends those already open
+            with stops_deferred():
+                sinks.append(sink.open(context))
         first, batches = first_batch(source.read(share))
-        metadata = describe_stream(spec, source, first)
-        for batch in pipeline(spec, batches):
+        spec, metadata = describe_stream(spec, source, first)  # steps that take options from the description
+        steps = build_steps(spec)
+        for batch in pipeline(steps, batches):
+            raise_if_stopped()
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
-                                         index=stats.messages, share=share, omitted=omitted_by(source),
+                                         index=stats.messages, share=share, omitted=omitted_by(source, *steps),
                                          metadata=metadata if stats.messages == 0 else None,
                                          checksum=key is None)  # a seal authenticates the payload instead
             for sink in sinks:
@@ -110,7 +124,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
         stats.finished = time.time()
         end = EndMessage(stream=stream_id, rank=rank, producers=producers, share=share, messages=stats.messages,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason,
-                         omitted=omitted_by(source).astype("<i8").tobytes())
+                         omitted=omitted_by(source, *steps).astype("<i8").tobytes())
         failures = []
         try:
             with stopped_end() if stats.status == "aborted" else nullcontext():

@@ -46,7 +46,11 @@ class Source(Protocol):
 
 
 class Step(Protocol):
-    """Transforms a stream of batches (e.g. calibrates, crops, re-batches)."""
+    """Transforms a stream of batches (e.g. calibrates, crops, re-batches).
+
+    A step that drops events on purpose (a hit veto) also has ``take_omitted() -> list[int]``, as a source may:
+    the sequence numbers it dropped since last asked, in increasing order, reported as omitted, not lost.
+    """
 
     def __call__(self, batches: Iterator[Batch]) -> Iterator[Batch]: ...
 
@@ -116,6 +120,11 @@ class StepSpec(SpecModel):
     def fields_after(self, names: set[str]) -> set[str]:
         """The fields of a batch after this step, given those before it (the same, unless a step says otherwise)."""
         return names
+
+    def complete(self, metadata: RunMetadata) -> StepSpec:
+        """These options with what the step takes from the stream's description filled in from ``metadata`` (the
+        description as it reaches this step), before the step is built; the same unless a step does so."""
+        return self
 
     def describe(self, metadata: RunMetadata) -> RunMetadata:
         """The stream's description after this step (:mod:`beamstream.description`); the same unless the step

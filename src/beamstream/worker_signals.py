@@ -1,7 +1,9 @@
 """How a producer worker ends when it is stopped: with an ``aborted`` end message, sent within a bound.
 
 SIGTERM (Slurm's scancel, a time limit, the parent stopping) and SIGINT (Ctrl-C on the terminal's process group)
-raise :class:`Aborted` in a worker wherever it is (:func:`abort_on_signals`); the worker then sends its end
+raise :class:`Aborted` in a worker wherever it is (:func:`abort_on_signals`). Where it lands in code that cannot pass
+it on (a weakref callback or a finaliser, whose exceptions Python prints as "Exception ignored" and drops), the
+worker's loop raises it again at its next batch (:func:`raise_if_stopped`). The worker then sends its end
 messages within :func:`stopped_end`, which abandons them (:class:`EndAbandoned`) once :data:`ABORTED_END_S` passed,
 or :data:`STOPPED_AGAIN_S` after a second stop. :func:`sigint_held` lets a parent start workers with SIGINT held.
 The parent's side (relaying a stop, killing after :data:`STOP_GRACE_S`) is :func:`beamstream.producer.run_local`.
@@ -41,6 +43,7 @@ class EndAbandoned(BaseException):
 
 _stop_signals: list[int] = []  # the stop signals this process received, once abort_on_signals() set their handler
 _abandon_on_stop = False  # True while a stopped worker sends its end message: a further stop signal abandons it
+_deferring = False  # True within stops_deferred(): a stop is recorded, and raised when the block ends
 
 
 def _raise_aborted(signum: int, frame: Any) -> None:
@@ -49,8 +52,28 @@ def _raise_aborted(signum: int, frame: Any) -> None:
     came at the same moment (Ctrl-C on the terminal, and the parent passing a stop on), never lands inside the
     handling of the first, where it would leave the end message to be sent without a time bound."""
     _stop_signals.append(signum)
-    if len(_stop_signals) == 1 or _abandon_on_stop:
+    if (len(_stop_signals) == 1 and not _deferring) or _abandon_on_stop:
         raise Aborted(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Within the block a stop is only recorded; it is raised (Aborted) when the block ends. For what must be done
+    whole or not at all, such as opening a sink (a file half made, a socket not yet handed back)."""
+    global _deferring
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+    raise_if_stopped()
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Aborted` if a stop signal came: between batches, for a stop whose Aborted was dropped where it
+    landed (see the module)."""
+    if _stop_signals:
+        raise Aborted(f"stopped by {signal.Signals(_stop_signals[0]).name}")
 
 
 @contextmanager

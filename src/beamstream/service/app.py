@@ -32,6 +32,7 @@ from beamstream.service.pages import add_pages
 from beamstream.service.problems import add_problem_answers, problem
 from beamstream.service.relay import router as relay_router
 from beamstream.service.routes import callbacks, health, runs, streams, tokens
+from beamstream.service.routes.ui import add_ui
 from beamstream.service.settings import ServiceSettings
 from beamstream.service.store import JobStore
 
@@ -57,6 +58,7 @@ def create_app(settings: ServiceSettings, store: JobStore | None = None, service
     app.state.context = context
     app.openapi = lambda: openapi_document(app)
     add_pages(app)
+    add_ui(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     add_problem_answers(app)  # its request ids outside BodyLimit: a body refused as too large has one too
     for module in (health, streams, runs, tokens, callbacks):

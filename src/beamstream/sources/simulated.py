@@ -43,6 +43,8 @@ class ImageDetector(SpecModel):
         dtype: pixel type; default uint16.
         background: mean of the Gaussian noise; noise: its standard deviation.
         peaks: Bragg-like peaks per frame; peak_sigma their width in pixels; peak_amplitude their height.
+        hit_fraction: the share of frames that show peaks (hits), drawn per frame; the others show
+            background only and their ``NAME_peaks`` rows are NaN. Default 1 (every frame a hit).
     """
 
     kind: Literal["image"] = "image"
@@ -54,6 +56,7 @@ class ImageDetector(SpecModel):
     peaks: int = Field(10, ge=0, le=100_000)
     peak_sigma: float = Field(1.5, gt=0)
     peak_amplitude: float = 500.0
+    hit_fraction: float = Field(1.0, ge=0, le=1)
 
     _dtype = field_validator("dtype")(_check_dtype)
 
@@ -79,6 +82,9 @@ class ImageDetector(SpecModel):
             self._add_peak(planes[panel], row, col)
         panel_index = np.column_stack(np.unravel_index(panels, self.shape[:-2])) if len(self.shape) > 2 else np.empty((self.peaks, 0))
         truth = np.column_stack([panel_index, centres]).astype(np.float32)
+        if self.hit_fraction < 1 and rng.random() >= self.hit_fraction:
+            frame = rng.normal(self.background, self.noise, self.shape)
+            truth[:] = np.nan
         return {self.name: _cast(frame, self.dtype), f"{self.name}_peaks": truth}
 
     def _add_peak(self, plane: np.ndarray, row: float, col: float) -> None:

@@ -44,21 +44,22 @@ class ConstantsFile(SpecModel):
             raise ValueError(f"cannot read constants from {self.file}: expected a file ending in {known}")
         return self
 
-    def load(self) -> np.ndarray:
-        """The array in the file; StepError naming the path when it is missing or unreadable."""
+    def load(self, step: str = "calibrate") -> np.ndarray:
+        """The array in the file; StepError (its message led by ``step``) naming the path when it is missing or
+        unreadable."""
         if not self.file.is_file():
-            raise StepError(f"calibrate: constants file {self.file} (absolute: {self.file.absolute()}) does not exist")
+            raise StepError(f"{step}: constants file {self.file} (absolute: {self.file.absolute()}) does not exist")
         try:
             if self.dataset is None:
                 return np.load(self.file, allow_pickle=False)
-            return _read_hdf5(self.file, self.dataset)
+            return _read_hdf5(self.file, self.dataset, step)
         except StepError:
             raise
         except (OSError, ValueError) as exc:
-            raise StepError(f"calibrate: cannot read constants from {self.file}: {exc}") from exc
+            raise StepError(f"{step}: cannot read constants from {self.file}: {exc}") from exc
 
 
-def _read_hdf5(path: Path, dataset: str) -> np.ndarray:
+def _read_hdf5(path: Path, dataset: str, step: str) -> np.ndarray:
     """Dataset ``dataset`` of HDF5 file ``path``; StepError listing the datasets there when absent."""
     import h5py
     import hdf5plugin  # noqa: F401  (registers the compression filters constants may be stored with)
@@ -69,7 +70,7 @@ def _read_hdf5(path: Path, dataset: str) -> np.ndarray:
             names: list[str] = []
             file.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
             raise StepError(
-                f"calibrate: {path} has no dataset {dataset!r}; datasets there: {', '.join(names) or '(none)'}"
+                f"{step}: {path} has no dataset {dataset!r}; datasets there: {', '.join(names) or '(none)'}"
             )
         return np.asarray(node[()])
 

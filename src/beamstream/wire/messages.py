@@ -58,7 +58,7 @@ class DataHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     ``seq`` and ``time`` are the raw little-endian int64 and float64 arrays of the events.
     ``metadata``, the stream's description, is in each producer's first message only (absent
     from the others). ``omitted``: raw little-endian int64 sequence numbers of this producer's
-    share that its source left out on purpose since its previous message (absent when none).
+    share that its source or a step left out on purpose since its previous message (absent when none).
     ``seal``: the message's nonce if it is sealed (absent when not; docs/wire-format.md, "Sealed messages").
     """
 
@@ -124,7 +124,7 @@ class EndMessage(msgspec.Struct, kw_only=True):
 
     @property
     def omitted_seqs(self) -> np.ndarray:
-        """The sequence numbers the source left out on purpose since this producer's last data message."""
+        """The sequence numbers the source or a step left out on purpose since this producer's last data message."""
         return np.frombuffer(self.omitted, dtype="<i8")
 
     def to_frames(self, key: StreamKey | None = None) -> list[Any]:

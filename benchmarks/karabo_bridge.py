@@ -1,0 +1,157 @@
+"""The Karabo bridge's throughput, against Karabo's own simulated bridge server measured in the same run.
+
+    .venv/bin/python benchmarks/karabo_bridge.py [--detector AGIPDModule|AGIPD] [--trains N] [--repeat N]
+
+Both are read by ``karabo_bridge.Client(..., sock="REQ")`` in this process, over tcp on loopback:
+  baseline  ``karabo-bridge-server-sim PORT -z REP -d DETECTOR -g zeros`` (its own process; AGIPDModule also -r):
+            each request answered with a freshly generated train.
+  bridge    a simulated beamstream stream whose events carry the same arrays as the simulator's trains (same
+            keys, shapes and dtypes; 1-D arrays as waveforms, the others as images, no peaks or hits): producer
+            (run_local, its own process) → ipc:// → ``beamstream bridge karabo --listen`` (its own process).
+A rate counts the array bytes of the trains received from the first train after ``--warmup`` to the last.
+Every train id must arrive once (the bridge's: 0 … warmup+trains-1; the simulator's: consecutive), or the
+run fails. Each pair (baseline, then bridge) gives a ratio; the median ratio's target is ≥ 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+if Path(sys.path[0]).resolve() == Path(__file__).parent.resolve():  # this file would hide the karabo_bridge package
+    sys.path.pop(0)
+
+BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
+SIMULATOR = str(Path(sys.executable).parent / "karabo-bridge-server-sim")
+TARGET = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def simulated_arrays(detector: str) -> dict[str, np.ndarray]:
+    """One train's arrays as the simulator sends them (key → array), from its own generator."""
+    from karabo_bridge.simulation import Detector
+
+    data, _ = Detector.getDetector(detector, raw=detector == "AGIPDModule", gen="zeros").gen_data(0)
+    return {key: value for key, value in next(iter(data.values())).items() if isinstance(value, np.ndarray)}
+
+
+def stream_spec(endpoint: str, arrays: dict[str, np.ndarray], events: int) -> object:
+    """A simulated stream of ``events`` events with ``arrays``' keys (dots as underscores), shapes and dtypes."""
+    from beamstream.spec import parse_spec
+
+    detectors = [{"kind": "image", "name": key.replace(".", "_"), "shape": list(array.shape),
+                  "dtype": str(array.dtype), "peaks": 0} if array.ndim > 1 else
+                 {"kind": "waveform", "name": key.replace(".", "_"), "samples": array.shape[0],
+                  "dtype": str(array.dtype), "hits": 0}
+                 for key, array in arrays.items()]
+    return parse_spec({"source": {"type": "simulated", "n_events": events, "bank_size": 1, "events_per_read": 1,
+                                  "detectors": detectors},
+                       "sinks": [{"type": "stream", "endpoint": endpoint}]})
+
+
+def read(address: str, warmup: int, trains: int) -> tuple[float, float, list[int]]:
+    """GB/s and trains/s of ``trains`` trains read after ``warmup``, and the ids of all of them."""
+    import karabo_bridge
+
+    ids, received, first = [], 0, None
+    with karabo_bridge.Client(address, sock="REQ", timeout=120) as client:
+        for number in range(warmup + trains):
+            data, metadata = client.next()
+            ids.append(next(iter(metadata.values()))["timestamp.tid"])
+            if number == warmup:
+                first = time.perf_counter()
+            elif number > warmup:
+                received += sum(value.nbytes for keys in data.values() for value in keys.values()
+                                if isinstance(value, np.ndarray))
+    seconds = time.perf_counter() - first
+    return received / seconds / 1e9, (trains - 1) / seconds, ids
+
+
+def baseline(detector: str, warmup: int, trains: int) -> tuple[float, float]:
+    port = free_port()
+    raw = ["-r"] if detector == "AGIPDModule" else []
+    server = subprocess.Popen([SIMULATOR, str(port), "-z", "REP", "-d", detector, "-g", "zeros", *raw],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        gbs, rate, ids = read(f"tcp://127.0.0.1:{port}", warmup, trains)
+    finally:
+        server.terminate()
+        server.wait(30)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise SystemExit(f"the simulator's train ids are not consecutive: {ids[:5]} …")
+    return gbs, rate
+
+
+def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, trains: int) -> tuple[float, float]:
+    from beamstream.producer import run_local
+
+    endpoint, port = f"ipc://{folder}/stream-{run}", free_port()
+    server = subprocess.Popen([*BEAMSTREAM, "bridge", "karabo", endpoint, "--listen", "--timeout", "120",
+                               "--bind", f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        while "karabo bridge: serving" not in (line := server.stderr.readline()):
+            if not line:
+                raise SystemExit(f"the bridge exited ({server.wait()}) before serving")
+        outcome: dict = {}
+        producer = threading.Thread(target=lambda: outcome.setdefault(
+            "run", run_local(stream_spec(endpoint, arrays, warmup + trains), 1, poll_interval=2.0)), daemon=True)
+        producer.start()
+        gbs, rate, ids = read(f"tcp://127.0.0.1:{port}", warmup, trains)
+        producer.join(120)
+        _, stderr = server.communicate(timeout=120)
+    finally:
+        server.kill()
+    if sorted(ids) != list(range(warmup + trains)) or server.returncode != 0 or not outcome["run"].ok:
+        raise SystemExit(f"the bridge lost trains or failed (exit {server.returncode}):\n{stderr}")
+    return gbs, rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detector", choices=["AGIPDModule", "AGIPD"], default="AGIPDModule",
+                        help="the simulator's detector: AGIPDModule (raw, 16.8 MB trains; default) or AGIPD "
+                             "(corrected, 277 MB trains)")
+    parser.add_argument("--trains", type=int, default=None, help="trains timed per run (default: 200 AGIPDModule, "
+                                                                 "20 AGIPD)")
+    parser.add_argument("--warmup", type=int, default=3, help="trains read before timing starts (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="pairs of runs (default 3)")
+    args = parser.parse_args()
+    trains = args.trains or (200 if args.detector == "AGIPDModule" else 20)
+    arrays = simulated_arrays(args.detector)
+    size = sum(array.nbytes for array in arrays.values())
+    print(f"{args.detector}: {len(arrays)} arrays, {size / 1e6:.1f} MB per train; {trains} trains timed per run "
+          f"after {args.warmup}; {args.repeat} pair(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback")
+    pairs = []
+    with tempfile.TemporaryDirectory(prefix="beamstream-karabo-bench-") as tmp:
+        for run in range(args.repeat):
+            pairs.append((baseline(args.detector, args.warmup, trains),
+                          bridge(Path(tmp), run, arrays, args.warmup, trains)))
+            (base_gbs, base_rate), (gbs, rate) = pairs[-1]
+            print(f"pair {run + 1}: simulator {base_gbs:5.2f} GB/s {base_rate:7.1f} trains/s   "
+                  f"bridge {gbs:5.2f} GB/s {rate:7.1f} trains/s   ratio {gbs / base_gbs:4.2f}x")
+    ratios = [bridge_run[0] / base[0] for base, bridge_run in pairs]
+    ratio = statistics.median(ratios)
+    print(f"simulator (karabo-bridge-server-sim) {statistics.median(b[0] for b, _ in pairs):5.2f} GB/s "
+          f"{statistics.median(b[1] for b, _ in pairs):7.1f} trains/s")
+    print(f"beamstream bridge karabo             {statistics.median(r[0] for _, r in pairs):5.2f} GB/s "
+          f"{statistics.median(r[1] for _, r in pairs):7.1f} trains/s   every train id once")
+    print(f"ratio bridge/simulator               {ratio:5.2f}x   target >= {TARGET}  "
+          f"{'PASS' if ratio >= TARGET else 'FAIL'}  (runs {', '.join(f'{r:.2f}' for r in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
