@@ -106,7 +106,7 @@ def test_a_page_waits_for_a_newer_event_then_gets_the_figures_alone():
 
 def test_view_refuses_an_option_that_does_not_apply():
     result = run_cli("view", "tcp://127.0.0.1:1", "--redeliver-after", "5")
-    assert result.returncode == 2 and "redeliver_after applies only" in result.stderr
+    assert result.returncode == 2 and "--redeliver-after applies only" in result.stderr  # in the command line's words
     result = run_cli("view", "tcp://127.0.0.1:1", "--start", "soon")
     assert result.returncode == 2 and "--start must be 'earliest' or 'now'" in result.stderr
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from beamstream.display import console, fail
+from beamstream.display import console
+from beamstream.reading_cli import KeyFile, RedeliverAfter, Start, Subscribe, open_client
 
 if TYPE_CHECKING:
     from beamstream.bridges.karabo import KaraboBridge
@@ -36,20 +37,14 @@ def karabo(
     group: Annotated[Optional[str], typer.Option(help="read as a member of this consumer group")] = None,
     lossy: Annotated[bool, typer.Option(
         help="with --group or nats://: always take the newest message, skipping older ones")] = False,
-    start: Annotated[Optional[str], typer.Option(
-        metavar="earliest|now", help="with --group or nats://: a new group starts at the 'earliest' message held or "
-                                     "'now' (default: earliest)")] = None,
+    start: Start = None,
     listen: Annotated[bool, typer.Option(
         "--listen", help="bind ENDPOINT instead of connecting to it (producers connect)")] = False,
-    subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
-    redeliver_after: Annotated[Optional[float], typer.Option(
-        metavar="SECONDS", help="with nats:// and a new group: seconds before a message a member did not "
-                                "acknowledge goes to another (default: 30)")] = None,
+    subscribe: Subscribe = False,
+    redeliver_after: RedeliverAfter = None,
     timeout: Annotated[float, typer.Option(
         metavar="SECONDS", help="seconds of silence from the stream before giving up")] = 30.0,
-    key_file: Annotated[Optional[Path], typer.Option(
-        "--key-file", metavar="FILE", help="the stream is sealed: open its messages with the stream key in FILE "
-                                           "(readable by its owner only)")] = None,
+    key_file: KeyFile = None,
     cert: Annotated[Optional[Path], typer.Option(
         metavar="FILE", help="https:// streams: your certificate (PEM; default: $BEAMSTREAM_CERT, else the "
                              "profile's)")] = None,
@@ -68,18 +63,11 @@ def karabo(
     """
     from beamstream.allocator import release_freed_buffers
     from beamstream.bridges.karabo import PROTOCOL, KaraboBridge
-    from beamstream.client import Client
-    from beamstream.errors import OptionError, StreamIncomplete
-    from beamstream.security.streamkey import read_key_file
+    from beamstream.errors import StreamIncomplete
 
-    if start not in (None, "earliest", "now"):
-        fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
-    try:
-        client = Client(endpoints, timeout=timeout, bind=listen, pattern="sub" if subscribe else "pull", group=group,
-                        lossy=lossy, start=start, redeliver_after=redeliver_after,
-                        key=read_key_file(key_file) if key_file else None, **_credentials(endpoints, cert, key, ca))
-    except OptionError as exc:
-        fail(str(exc), code=2)
+    client = open_client(endpoints, start=start, key_file=key_file, timeout=timeout, bind=listen,
+                         pattern="sub" if subscribe else "pull", group=group, lossy=lossy,
+                         redeliver_after=redeliver_after, **_credentials(endpoints, cert, key, ca))
     release_freed_buffers()  # each received message reuses freed memory, not fresh pages (it holds a few at most)
     with client:
         bridge = KaraboBridge(bind, source=source)

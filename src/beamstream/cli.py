@@ -26,6 +26,7 @@ from beamstream.bridge_cli import bridge_app
 from beamstream.buffer_cli import buffer_app
 from beamstream.cli_help import readable_help_types
 from beamstream.display import console, fail, labelled, read_to_the_end
+from beamstream.reading_cli import KeyFile, RedeliverAfter, Start, Subscribe, open_client, stream_key
 from beamstream.errors import BeamstreamError
 from beamstream.interrupts import deliver_lost_interrupts
 from beamstream.remote_cli import request
@@ -171,7 +172,7 @@ def produce(
             rank, producers = launcher_rank(os.environ)
         except OptionError as exc:
             fail(str(exc), code=2)
-    key = _stream_key(key_file)
+    key = stream_key(key_file)
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
     _say_bound_endpoints(spec, workers if rank is None else producers or 1)
@@ -206,19 +207,6 @@ def produce(
         raise typer.Exit(1)
 
 
-def _stream_key(key_file: Path | None) -> object:
-    """The StreamKey in ``key_file`` (None without one); exit 2 naming the problem for a file that cannot be
-    read, that others may read or change, or that holds no key."""
-    if key_file is None:
-        return None
-    from beamstream.security.streamkey import StreamKey, StreamKeyError, read_key_file
-
-    try:
-        return StreamKey.from_text(read_key_file(key_file))
-    except StreamKeyError as exc:
-        fail(f"--key-file: {exc}", code=2)
-
-
 def _say_bound_endpoints(spec: object, producers: int) -> None:
     """When producers bind their own endpoints, print them (consumers must reach every one)."""
     from beamstream.transport import rank_endpoint
@@ -243,39 +231,26 @@ def consume(
     producers: Annotated[Optional[int], typer.Option(
         min=1, help="the endpoint is the first of this many producers that each bind their own "
                     "(tcp PORT+r, ipc PATH-r): read them all")] = None,
-    subscribe: Annotated[bool, typer.Option("--sub", help="subscribe to a broadcast (pub) stream")] = False,
+    subscribe: Subscribe = False,
     group: Annotated[Optional[str], typer.Option(help="read from a buffer as a member of this consumer group")] = None,
     lossy: Annotated[bool, typer.Option(
         help="with --group or nats://: always take the newest message, skipping older ones")] = False,
-    start: Annotated[Optional[str], typer.Option(
-        metavar="earliest|now", help="with --group or nats://: a new group starts at the 'earliest' message held or "
-                                     "'now' (default: earliest)")] = None,
-    redeliver_after: Annotated[Optional[float], typer.Option(
-        metavar="SECONDS", help="with nats:// and a new group: seconds before a message a member did not "
-                                "acknowledge goes to another (default: 30)")] = None,
-    key_file: Annotated[Optional[Path], typer.Option(
-        "--key-file", metavar="FILE", help="the stream is sealed: open its messages with the stream key in FILE "
-                                           "(readable by its owner only); others are refused as forged")] = None,
+    start: Start = None,
+    redeliver_after: RedeliverAfter = None,
+    key_file: KeyFile = None,
 ) -> None:
     """Read a stream, optionally saving each message as an .h5 file; exit 1 if it is incomplete."""
-    from beamstream.client import Client
-    from beamstream.errors import OptionError
     from beamstream.saving import MessageSaver
 
-    if start not in (None, "earliest", "now"):
-        fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
-    key = _stream_key(key_file)
     if producers is not None:
         from beamstream.transport import rank_endpoint
 
         if len(endpoints) != 1 or bind:
             fail("--producers N takes one endpoint, the first producer's, and connects (no --bind)", code=2)
         endpoints = [rank_endpoint(endpoints[0], rank) for rank in range(producers)]
-    try:
-        client = Client(endpoints, timeout=timeout, bind=bind, pattern="sub" if subscribe else "pull",
-                        group=group, lossy=lossy, start=start, redeliver_after=redeliver_after, key=key)
-    except OptionError as exc:
-        fail(_option_names(str(exc)), code=2)
+    client = open_client(endpoints, start=start, key_file=key_file, timeout=timeout, bind=bind,
+                         pattern="sub" if subscribe else "pull", group=group, lossy=lossy,
+                         redeliver_after=redeliver_after)
     try:
         saver = MessageSaver.open(out, overwrite=force) if out else None
     except BeamstreamError:
@@ -291,14 +266,6 @@ def consume(
             saver.close()
     if not complete:
         raise typer.Exit(1)
-
-
-def _option_names(text: str) -> str:
-    """A Client's OptionError in the command line's words (``lossy`` → ``--lossy``)."""
-    for name, option in (("pattern='sub'", "--sub"), ("redeliver_after", "--redeliver-after"), ("group=...", "--group"),
-                         ("lossy", "--lossy"), ("start", "--start"), ("bind", "--bind")):
-        text = text.replace(name, option)
-    return text
 
 
 app.command()(request)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from beamstream.display import console, fail
-from beamstream.errors import OptionError, needs_extra
+from beamstream.errors import needs_extra
+from beamstream.reading_cli import KeyFile, RedeliverAfter, Start, open_client
 
 
 def view(
@@ -20,17 +20,11 @@ def view(
     lossy: Annotated[bool, typer.Option(
         help="always take the newest message, skipping older ones, so that the viewer never slows the stream "
              "(--no-lossy: a lossless group, which holds the producers back when the viewer falls behind)")] = True,
-    start: Annotated[Optional[str], typer.Option(
-        metavar="earliest|now", help="a new group starts at the 'earliest' message held or 'now' "
-                                     "(default: earliest)")] = None,
-    redeliver_after: Annotated[Optional[float], typer.Option(
-        metavar="SECONDS", help="with nats://, --no-lossy and a new group: seconds before a message the viewer did "
-                                "not acknowledge goes to another member (default: 30)")] = None,
+    start: Start = None,
+    redeliver_after: RedeliverAfter = None,
     timeout: Annotated[Optional[float], typer.Option(
         metavar="SECONDS", help="seconds of silence before the stream counts as ended (default: wait)")] = None,
-    key_file: Annotated[Optional[Path], typer.Option(
-        "--key-file", metavar="FILE", help="the stream is sealed: open its messages with the stream key in FILE "
-                                           "(readable by its owner only)")] = None,
+    key_file: KeyFile = None,
     host: Annotated[str, typer.Option(help="address the page is served at")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="port the page is served at (0: any free one)")] = 8765,
 ) -> None:
@@ -40,25 +34,13 @@ def view(
 
     After the stream ends, the page keeps its last event and the verdict. Ctrl-C stops the viewer (exit 130).
     """
-    if start not in (None, "earliest", "now"):
-        fail(f"--start must be 'earliest' or 'now', not {start!r}", code=2)
     try:
         from beamstream.viewer.latest import Latest, read_into
         from beamstream.viewer.serve import ViewerServer
     except ImportError as exc:
         fail(needs_extra("the viewer", "service", cause=exc))
-    from beamstream.client import Client
-    from beamstream.security.streamkey import StreamKey, StreamKeyError, read_key_file
-
-    try:
-        key = StreamKey.from_text(read_key_file(key_file)) if key_file is not None else None
-    except StreamKeyError as exc:
-        fail(f"--key-file: {exc}", code=2)
-    try:
-        client = Client(endpoint, timeout=timeout, group=group, lossy=lossy, start=start,
-                        redeliver_after=redeliver_after, key=key)
-    except OptionError as exc:
-        fail(str(exc), code=2)
+    client = open_client(endpoint, start=start, key_file=key_file, timeout=timeout, group=group, lossy=lossy,
+                         redeliver_after=redeliver_after)
     latest = Latest(endpoint)
     try:
         server = ViewerServer(latest, host, port)
