@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install beamstream with every extra the tests use (psana, MPI, NATS, the service, Slurm,
-# pyFAI for the azimuthal step; PyTorch as below),
+# pyFAI for the azimuthal step, numba for peakfinder8, cbor2 and bitshuffle for simplon; PyTorch as below),
 # every package at the version requirements.lock pins (refresh it with scripts/lock.sh), so that a new
 # release of a dependency changes nothing here until the lock is refreshed. Idempotent: a second run only
 # checks. Needs Debian's libkrb5-dev for psana, hdf5-tools (HDF5 1.10's h5ls/h5dump, which the tests
@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,mpi,psana,nats,service,slurm,azimuthal]' \
+.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,mpi,psana,nats,service,slurm,azimuthal,crystallography,simplon]' \
     2> >(grep -v '^WARNING: Location' >&2)   # this machine's pip.conf names find-links folders it may lack
 # beamstream[torch]: PyTorch's CPU build, from this machine's disk (its wheels folder); asked for by its local
 # version, so that no other torch (PyPI's is a CUDA build of several GB) is ever downloaded. Without it,
@@ -34,4 +34,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         2> >(grep -v '^WARNING: Location' >&2) \
         || echo "setup.sh: PyTorch's CPU build (torch 2.13.0+cpu) is not to be had here: beamstream.torch's tests will be skipped" >&2
 fi
-.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, fastapi_offline, sqlalchemy, psycopg, psij, playwright, karabo_bridge, pyFAI"
+.venv/bin/python -c "import beamstream, psana, mpi4py, nats, fastapi, fastapi_offline, sqlalchemy, psycopg, psij, playwright, karabo_bridge, pyFAI, numba, cbor2, bitshuffle, dectris.compression"
