@@ -76,7 +76,7 @@ def test_a_message_no_codec_decodes_is_refused_and_counted_and_the_stream_goes_o
         seqs = [event.seq for event in client.events()]
     assert seqs == [0, 1, 2, 3, 4, 5] and client.report.complete and client.report.refused == 1
     assert transport.refusals == ["message encoded by serializer 'x', which this reader cannot decode; "
-                                  "installed: arrays, hdf5"]
+                                  "installed: arrays, hdf5, simplon"]
     alone = MemoryTransport([data(0), data(1, serializer=UnknownSerializer()), data(2), end()])
     with Client.over(alone, timeout=1) as client:  # never decoded, its events are missing, not silently skipped
         with pytest.raises(StreamIncomplete, match="2 events never arrived: 2-3"):

@@ -21,15 +21,13 @@ from pydantic import Field, model_validator
 
 from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, StepError, needs_extra
-from beamstream.quantities import ELECTRONVOLT, to_si
+from beamstream.quantities import PLANCK_EV_M, photon_energy_ev
 from beamstream.spec_paths import ReadPath
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
 from beamstream.steps.calibrate import ConstantsFile
-from beamstream.wire.metadata import FieldMetadata, Quantity, RunMetadata
+from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
-PLANCK_EV_M = 6.62607015e-34 * 299_792_458 / ELECTRONVOLT
-"""h·c in eV·m (exact SI constants): a photon of E eV has wavelength PLANCK_EV_M / E metres."""
 UNITS = Literal["q_nm^-1", "q_A^-1", "2th_deg", "2th_rad", "r_mm"]
 ENGINES = {"csr": ("bbox", "csr", "cython"), "histogram": ("no", "histogram", "cython"),
            "lut": ("bbox", "lut", "cython")}
@@ -105,7 +103,7 @@ class AzimuthalStep(StepSpec):
             changes["distance"] = entry.distance
         if self.pixel_size is None and len(entry.pixel_size) >= 2:
             changes["pixel_size"] = tuple(entry.pixel_size[-2:])
-        if self.energy is None and (energy := _energy_ev(metadata.constants)) is not None:
+        if self.energy is None and (energy := photon_energy_ev(metadata.constants)) is not None:
             changes["energy"] = energy
         return self.model_copy(update=changes)
 
@@ -123,18 +121,6 @@ class AzimuthalStep(StepSpec):
 
     def build(self) -> AzimuthalIntegration:
         return AzimuthalIntegration(self)
-
-
-def _energy_ev(constants: dict[str, Quantity]) -> float | None:
-    """The photon energy in eV the constants ``photon_energy`` or ``wavelength`` give, if any does in a known unit."""
-    for name in ("photon_energy", "wavelength"):
-        quantity = constants.get(name)
-        if quantity is not None and isinstance(quantity.value, (int, float)) and not isinstance(quantity.value, bool):
-            converted = to_si(float(quantity.value), quantity.unit)
-            if converted is not None and converted[0] > 0:
-                value, unit = converted
-                return value / ELECTRONVOLT if unit == "J" else PLANCK_EV_M / value
-    return None
 
 
 def integrator(spec: AzimuthalStep, frame_shape: tuple[int, int]):
