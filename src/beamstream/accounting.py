@@ -103,6 +103,7 @@ class StreamReport:
     endpoints: list[str]
     stream: str | None = None
     producers: int | None = None
+    ranks: range | None = None  # the ranks this reader accounts for: all, or its receiver's ones (``receivers``)
     records: dict[int, ProducerRecord] = field(default_factory=dict)  # by rank
     events: int = 0
     messages: int = 0
@@ -118,7 +119,7 @@ class StreamReport:
     def add_data(self, message: DataMessage) -> None:
         """Count a data message (the first message names the stream, if nothing did before)."""
         self.stream = self.stream or message.stream
-        record = self._record(message.rank, message.share, message.producers)
+        record = self._record(message)
         record.seqs.append(message.seq)
         self._omit(record, message.omitted_seqs)
         record.messages += 1
@@ -129,7 +130,7 @@ class StreamReport:
     def add_end(self, end: EndMessage) -> None:
         """Record a producer's end message (the first message names the stream, if nothing did before)."""
         self.stream = self.stream or end.stream
-        record = self._record(end.rank, end.share, end.producers)
+        record = self._record(end)
         record.end = end
         self._omit(record, end.omitted_seqs)
 
@@ -138,11 +139,23 @@ class StreamReport:
             record.omitted.append(seqs)
             self.omitted += len(seqs)
 
-    def _record(self, rank: int, share: Share, producers: int) -> ProducerRecord:
-        self.producers = producers
-        if rank not in self.records:
-            self.records[rank] = ProducerRecord(share=share)
-        return self.records[rank]
+    def refusal(self, message: DataMessage | EndMessage) -> str | None:
+        """Why ``message`` may not be accounted here, or None: a stream spread over several receivers (its
+        header's ``receivers``) sends rank ``r`` to receiver ``r % receivers``; the first message a reader
+        accounts tells it which receiver it is, and a message of another receiver's ranks is refused."""
+        if self.ranks is None or message.rank in self.ranks:
+            return None
+        return (f"producer {message.rank} of {message.producers} sends to receiver {message.rank % message.receivers} "
+                f"of {message.receivers}; this one reads the producers {_ranks(self.ranks)}: the producers' stream "
+                "sink lists its endpoints in another order, or two of its endpoints reach this reader")
+
+    def _record(self, message: DataMessage | EndMessage) -> ProducerRecord:
+        if self.ranks is None:
+            self.ranks = range(message.rank % message.receivers, message.producers, message.receivers)
+        self.producers = message.producers
+        if message.rank not in self.records:
+            self.records[message.rank] = ProducerRecord(share=message.share)
+        return self.records[message.rank]
 
     @property
     def ended(self) -> list[int]:
@@ -151,7 +164,7 @@ class StreamReport:
 
     @property
     def all_ended(self) -> bool:
-        return self.producers is not None and len(self.ended) == self.producers
+        return self.ranks is not None and len(self.ended) == len(self.ranks)
 
     def all_records(self) -> dict[int, ProducerRecord]:
         """A record for every announced rank; a rank never heard from gets its share derived from the others'."""
@@ -160,7 +173,7 @@ class StreamReport:
         known = next(iter(self.records.values())).share
         return {
             rank: self.records.get(rank) or ProducerRecord(share=known.with_rank(rank))
-            for rank in range(self.producers or 0)
+            for rank in self.ranks or ()
         }
 
     @property
@@ -213,6 +226,13 @@ class StreamReport:
                              "(the source had no announced end)")
         return lines
 
+    def _expected(self) -> str:
+        """The producers this reader expects: their number, ``'?'`` before any message, and which ranks when
+        the stream is spread over several receivers."""
+        if self.ranks is None:
+            return "?"
+        return str(len(self.ranks)) + ("" if self.ranks.step == 1 else f" (ranks {_ranks(self.ranks)})")
+
     def summary(self) -> str:
         """One line on what arrived, then the problems, if any (a buffer's own summary for a group)."""
         if self.verdict is not None:
@@ -222,10 +242,16 @@ class StreamReport:
             return f"{self.verdict.summary}\n{mine}{skipped}{forged}"
         state = "complete" if self.complete else "INCOMPLETE"
         head = (f"stream {self.stream}: {state}: {self.events} events in {self.messages} messages "
-                f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self.producers or '?'} producers")
+                f"({self.bytes / 1e6:.1f} MB) from {len(self.records)}/{self._expected()} producers")
         extra = [f"{self.omitted} events left out on purpose by the source or a step (not lost)"] if self.omitted else []
         extra += [f"{self.duplicates} duplicate messages dropped"] if self.duplicates else []
         extra += [f"{self.foreign} messages of other streams refused"] if self.foreign else []
         extra += [f"{self.refused} unreadable messages refused"] if self.refused else []
         extra += [f"{self.forged} forged messages refused (not sealed with the stream's key)"] if self.forged else []
         return "\n".join([head, *extra, *([] if self.complete else self.problems())])
+
+
+def _ranks(ranks: range) -> str:
+    """``ranks`` in words: ``0, 2, 4`` (the first ones and a count past eight)."""
+    shown = ", ".join(map(str, ranks[:8]))
+    return shown + (f" … ({len(ranks)} in all)" if len(ranks) > 8 else "")

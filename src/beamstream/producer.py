@@ -24,9 +24,9 @@ import numpy as np
 
 from beamstream.batch import Batch
 from beamstream.description import describe_stream, first_batch
-from beamstream.errors import BeamstreamError, MissingDependency, needs_extra
+from beamstream.errors import BeamstreamError, MissingDependency, OptionError, needs_extra
 from beamstream.security.streamkey import StreamKey
-from beamstream.spec import spec_from_json, spec_to_json
+from beamstream.spec import receivers, spec_from_json, spec_to_json
 from beamstream.stages import SinkContext
 from beamstream.steps.batch import BatchStep
 from beamstream.wire import EndMessage, message_from_batch
@@ -86,6 +86,10 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     worker still sends an end message with status ``error`` and the reason (to every sink,
     even if closing one fails), then re-raises that error.
     """
+    if receivers(spec) > producers:
+        raise OptionError(f"the stream sink spreads the producers over {receivers(spec)} endpoints, but there are "
+                          f"{producers} producers: an endpoint would get none (run at least {receivers(spec)} "
+                          "producers, or list fewer endpoints)")
     stats = WorkerStats(rank=rank, started=time.time())
     source = spec.source.open()
     share = source.partition(rank, producers)
@@ -106,7 +110,8 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
                                          index=stats.messages, share=share, omitted=omitted_by(source, *steps),
                                          metadata=metadata if stats.messages == 0 else None,
-                                         checksum=key is None)  # a seal authenticates the payload instead
+                                         checksum=key is None,  # a seal authenticates the payload instead
+                                         receivers=receivers(spec))
             for sink in sinks:
                 sink.send(message)
             stats.messages += 1
@@ -124,7 +129,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
         stats.finished = time.time()
         end = EndMessage(stream=stream_id, rank=rank, producers=producers, share=share, messages=stats.messages,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason,
-                         omitted=omitted_by(source, *steps).astype("<i8").tobytes())
+                         omitted=omitted_by(source, *steps).astype("<i8").tobytes(), receivers=receivers(spec))
         failures = []
         try:
             with stopped_end() if stats.status == "aborted" else nullcontext():

@@ -102,7 +102,24 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
         lines = [f"{origin}: {len(problems)} problem(s) in the stream spec:", *(f"  {line}" for line in problems)]
         raise SpecError("\n".join(lines)) from None
     _check_fields(spec, origin)
+    _check_receivers(spec, origin)
     return spec
+
+
+def receivers(spec: Any) -> int:
+    """Over how many receivers ``spec``'s sinks spread its producers by rank (1: not spread)."""
+    return max(sink.receivers for sink in spec.sinks)
+
+
+def _check_receivers(spec: Any, origin: str) -> None:
+    """SpecError if a sink spreads the producers over several receivers while another stream sink does not (its
+    receiver would take the messages' ``receivers`` for its own and account for part of the stream only)."""
+    spread = receivers(spec)
+    others = [number for number, sink in enumerate(spec.sinks) if sink.type == "stream" and sink.receivers != spread]
+    if spread > 1 and others:
+        raise SpecError(f"{origin}: sinks[{others[0]}] (stream) sends to one endpoint while another stream sink "
+                        f"spreads the producers over {spread}: list the same number of endpoints in both, or use "
+                        "one stream sink")
 
 
 def _check_fields(spec: Any, origin: str) -> None:

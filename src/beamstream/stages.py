@@ -103,6 +103,11 @@ class SourceSpec(SpecModel):
         """The fields every batch of this source has, when the spec alone says so (None: known only once read)."""
         return None
 
+    def described(self) -> RunMetadata | None:
+        """The stream's description as far as the spec alone says it (e.g. each field's shape and dtype), for
+        ``spec check`` to run the steps' ``describe`` on; None when it is known only once read."""
+        return None
+
 
 class StepSpec(SpecModel):
     """Options of a processing step plugin."""
@@ -142,6 +147,12 @@ class SerializerSpec(SpecModel):
 
 class SinkSpec(SpecModel):
     """Options of a sink plugin."""
+
+    @property
+    def receivers(self) -> int:
+        """Over how many receivers the sink spreads the producers by rank (the messages' ``receivers``,
+        docs/wire-format.md): 1 unless the sink says otherwise (a ``stream`` sink with a list of endpoints)."""
+        return 1
 
     @abstractmethod
     def open(self, context: SinkContext) -> Sink:

@@ -201,6 +201,9 @@ class Buffer(ABC):
             self._refuse(identity, f"this buffer serves stream {self.report.stream!r}; stream {message.stream!r} "
                                    "needs a buffer of its own (start another one, or give its producers this stream's id)")
             return None
+        if (reason := self.report.refusal(message)) is not None:
+            self._refuse(identity, reason)
+            return None
         if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
             self.counters["duplicates"] += 1
             self.producer_socket.send_multipart([identity, kept(message.index)])

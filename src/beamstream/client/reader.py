@@ -234,7 +234,9 @@ class Client:
 
     def _accept(self, message: DataMessage | EndMessage) -> Message | None:
         """The message with its arrays, accounted for; None for an end message or a duplicate. WireFormatError
-        (nothing accounted) for a payload this reader cannot decode."""
+        (nothing accounted) for a payload this reader cannot decode, or a message of another receiver's producers."""
+        if (reason := self.report.refusal(message)) is not None:
+            raise WireFormatError(reason)
         if isinstance(message, EndMessage):
             self.report.add_end(message)
             return None

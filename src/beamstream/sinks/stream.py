@@ -33,7 +33,7 @@ from typing import Any, Literal
 from zmq.utils.monitor import recv_monitor_message
 
 import zmq
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from beamstream.errors import StreamTimeout, TransportError, WireFormatError
 from beamstream.stages import SinkContext, SinkSpec
@@ -48,7 +48,10 @@ class StreamSink(SinkSpec):
     """Send messages to consumers over ZeroMQ.
 
     Attributes:
-        endpoint: tcp://HOST:PORT or ipc://PATH.
+        endpoint: tcp://HOST:PORT or ipc://PATH; or a list of them (push producers that connect): the producers
+            are spread over them round-robin by rank, rank r sending to endpoint ``r % len(list)``, and each
+            receiver accounts for its producers alone (the stream's ``receivers``, docs/wire-format.md). Each
+            receiver, a consumer or a buffer, then has a verdict on its part; none more endpoints than producers.
         bind: False (default): every producer connects to a consumer or buffer that binds.
             True: each producer binds; producer r binds PORT+r (ipc: PATH-r).
         pattern: push (default; each message to one consumer) or pub (every subscriber gets every message).
@@ -61,7 +64,7 @@ class StreamSink(SinkSpec):
     """
 
     type: Literal["stream"] = "stream"
-    endpoint: str
+    endpoint: str | list[str]
     bind: bool = False
     pattern: Literal["push", "pub"] = "push"
     hwm: int = Field(4, ge=1)
@@ -71,13 +74,35 @@ class StreamSink(SinkSpec):
 
     @field_validator("endpoint")
     @classmethod
-    def _valid_endpoint(cls, endpoint: str) -> str:
+    def _valid_endpoint(cls, endpoint: str | list[str]) -> str | list[str]:
         try:
-            return check_endpoint(endpoint)
+            if isinstance(endpoint, str):
+                return check_endpoint(endpoint)
+            endpoints = [check_endpoint(each) for each in endpoint]
         except TransportError as exc:
             raise ValueError(str(exc)) from None
+        if not endpoints:
+            raise ValueError("endpoint: give an endpoint, or a list of endpoints to spread the producers over")
+        if len(set(endpoints)) < len(endpoints):
+            raise ValueError(f"endpoint: the list names an endpoint twice: {', '.join(endpoints)}")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _spread_pushes_only(self) -> StreamSink:
+        if self.receivers > 1 and (self.bind or self.pattern != "push"):
+            raise ValueError("a list of endpoints spreads push producers that connect (bind: false, pattern: push); "
+                             "with bind: true each producer binds its own endpoint already, and pub sends every "
+                             "message to every subscriber")
+        return self
+
+    @property
+    def receivers(self) -> int:
+        """How many receivers the producers are spread over: the endpoints listed (1 for one endpoint)."""
+        return 1 if isinstance(self.endpoint, str) else len(self.endpoint)
 
     def open(self, context: SinkContext) -> StreamSender:
+        if isinstance(self.endpoint, list):
+            return StreamSender(self, self.endpoint[context.rank % self.receivers], key=context.key)
         endpoint = rank_endpoint(self.endpoint, context.rank) if self.bind else self.endpoint
         return StreamSender(self, endpoint, key=context.key)
 

@@ -80,10 +80,10 @@ class DataHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     metadata: RunMetadata | None = None
     omitted: bytes = b""
     seal: Seal = b""
+    receivers: ProducerCount = 1
 
     def __post_init__(self) -> None:
-        if self.rank >= self.producers:
-            raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+        _check_ranks(self)
         if len(self.omitted) % 8:
             raise ValueError(f"omitted ({len(self.omitted)} bytes) must hold 8-byte values")
         _check_seal(self.seal)
@@ -114,10 +114,10 @@ class EndMessage(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     omitted: bytes = b""
     seal: Seal = b""
+    receivers: ProducerCount = 1
 
     def __post_init__(self) -> None:
-        if self.rank >= self.producers:
-            raise ValueError(f"rank {self.rank} is not below producers {self.producers}")
+        _check_ranks(self)
         if len(self.omitted) % 8:
             raise ValueError(f"omitted ({len(self.omitted)} bytes) must hold 8-byte values")
         _check_seal(self.seal)
@@ -155,6 +155,7 @@ class DataMessage:
     metadata: RunMetadata | None = None
     omitted_seqs: np.ndarray = field(default_factory=lambda: _NONE)
     seal: bytes = b""  # the nonce of a sealed message as received (its payload then still encrypted unless opened)
+    receivers: int = 1
 
     @property
     def first_seq(self) -> int:
@@ -184,6 +185,7 @@ class DataMessage:
             serializer=self.serializer, fields=self.fields, checksum=self.checksum if key is None else None,
             sent=self.sent, metadata=self.metadata,
             omitted=np.ascontiguousarray(self.omitted_seqs, dtype="<i8").tobytes(), seal=nonce,
+            receivers=self.receivers,
         )
         encoded = _encoder.encode(header)
         if key is None:
@@ -197,7 +199,7 @@ class DataMessage:
                    time=np.frombuffer(header.time, dtype="<f8"), serializer=header.serializer,
                    fields=header.fields, payload=payload, checksum=header.checksum, sent=header.sent,
                    metadata=header.metadata, omitted_seqs=np.frombuffer(header.omitted, dtype="<i8"),
-                   seal=header.seal)
+                   seal=header.seal, receivers=header.receivers)
 
 
 class _Envelope(msgspec.Struct):
@@ -292,6 +294,13 @@ def _what(header: DataHeader | EndMessage) -> str:
     return f"{kind} from producer {header.rank} of stream {header.stream!r}"
 
 
+def _check_ranks(header: DataHeader | EndMessage) -> None:
+    if header.rank >= header.producers:
+        raise ValueError(f"rank {header.rank} is not below producers {header.producers}")
+    if header.receivers > header.producers:
+        raise ValueError(f"receivers {header.receivers} is above producers {header.producers}")
+
+
 def _check_seal(seal: bytes) -> None:
     if seal and len(seal) != NONCE_BYTES:
         raise ValueError(f"seal ({len(seal)} bytes) must be empty or a {NONCE_BYTES}-byte nonce")
@@ -323,14 +332,15 @@ def _check_seqs(share: Share, seqs: np.ndarray, what: str, kind: str = "") -> No
 
 def message_from_batch(batch: Batch, serializer: Any, *, stream: str, rank: int, producers: int, index: int,
                        share: Share, metadata: RunMetadata | None = None, omitted: np.ndarray = _NONE,
-                       checksum: bool = True) -> DataMessage:
+                       checksum: bool = True, receivers: int = 1) -> DataMessage:
     """Encode ``batch`` with ``serializer`` into the ``index``-th data message of a producer (carrying
-    ``metadata`` and the ``omitted`` sequence numbers, if given). ``checksum=False`` leaves the payload's
-    checksum out (a sealed stream's: the seal authenticates the payload)."""
+    ``metadata`` and the ``omitted`` sequence numbers, if given; ``receivers``: the producers' messages are
+    spread by rank over that many receivers). ``checksum=False`` leaves the payload's checksum out (a sealed
+    stream's: the seal authenticates the payload)."""
     payload = serializer.encode(batch)
     return DataMessage(
         stream=stream, rank=rank, producers=producers, index=index, share=share, seq=batch.seq, time=batch.time,
         serializer=serializer.name, fields=[FieldInfo.of(name, array) for name, array in batch.data.items()],
         payload=payload, checksum=payload_checksum(payload) if checksum else None, metadata=metadata,
-        omitted_seqs=omitted,
+        omitted_seqs=omitted, receivers=receivers,
     )
