@@ -1,14 +1,12 @@
-"""The peakfinder8 step (peaks against the simulated ground truth, the hit veto's accounting, OnDA's finder as a
-reference) and ``beamstream crystallography`` members writing hits as CXI files for CrystFEL."""
+"""The peakfinder8 step (peaks against the simulated ground truth, the hit veto's accounting) and ``beamstream
+crystallography`` members writing hits as CXI files for CrystFEL; its engines against psana's and OnDA's finders are
+in tests/test_peakfinder8.py."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,9 @@ from beamstream.sources.simulated import SimulatedSource
 from beamstream.spec import parse_spec
 from conftest import start_cli, stream_into_client, wait_until
 
-pytest.importorskip("psana.peakfinder8", reason="the peakfinder8 step needs psana (pip install 'beamstream[psana]')")
+pytest.importorskip("numba", reason="the peakfinder8 step needs numba (pip install 'beamstream[crystallography]')")
 
-from beamstream.steps.peakfinder import Peakfinder8Step  # noqa: E402  (after the skip: it needs psana)
+from beamstream.steps.peakfinder import Peakfinder8Step  # noqa: E402  (after the skip: it needs numba)
 
 MATCH_PX = 1.5  # a found peak within this many pixels of a true centre finds it
 SMALL = {"kind": "image", "shape": [256, 256], "peaks": 10, "hit_fraction": 0.5}
@@ -89,11 +87,16 @@ def test_options_that_do_not_fit_are_refused_saying_what_to_change():
         Peakfinder8Step(asics=(3, 1)).finder().find(np.zeros((1, 256, 256), np.float32))
 
 
-def test_without_psana_the_step_says_what_to_install(monkeypatch):
+def test_without_the_engines_package_the_step_says_what_to_install(monkeypatch):
     from beamstream.errors import MissingDependency
 
     monkeypatch.setitem(sys.modules, "psana.peakfinder8", None)  # as if psana were not installed
     with pytest.raises(MissingDependency, match=r"the peakfinder8 step needs psana: pip install 'beamstream\[psana\]'"):
+        Peakfinder8Step(engine="psana").build()
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
+    monkeypatch.delitem(sys.modules, "beamstream.steps.peakfinder8_kernel", raising=False)
+    with pytest.raises(MissingDependency,
+                       match=r"the peakfinder8 step needs numba: pip install 'beamstream\[crystallography\]'"):
         Peakfinder8Step().build()
 
 
@@ -206,57 +209,6 @@ def write_json(path: Path, spec) -> Path:
 
     path.write_text(spec_to_json(spec))
     return path
-
-
-ONDA_VENV = Path(tempfile.gettempdir()) / "beamstream-ondamonitor-venv"
-ONDA_SCRIPT = """
-import json, sys
-import numpy as np
-from om.algorithms.crystallography import Peakfinder8PeakDetection
-frames = np.load(sys.argv[1])
-rows, cols = frames.shape[1:]
-rr, cc = np.ogrid[:rows, :cols]
-radius = np.hypot(rr - (rows - 1) / 2, cc - (cols - 1) / 2).astype(np.float32)
-finder = Peakfinder8PeakDetection(
-    radius_pixel_map=radius, layout_info={"asic_nx": cols, "asic_ny": rows, "nasics_x": 1, "nasics_y": 1},
-    crystallography_parameters={"max_num_peaks": 2048, "adc_threshold": 100.0, "minimum_snr": 6.0,
-                                "min_pixel_count": 2, "max_pixel_count": 200, "local_bg_radius": 3,
-                                "min_res": 0, "max_res": 10**6, "bad_pixel_map_filename": None,
-                                "bad_pixel_map_hdf5_path": None})
-print(json.dumps([{k: list(map(float, p[k])) for k in ("ss", "fs", "intensity")}
-                  for p in map(lambda f: finder.find_peaks(data=f), frames)]))
-"""
-
-
-@pytest.fixture(scope="module")
-def ondamonitor() -> Path:
-    """The python of a scratch venv with OnDA's ondamonitor (numpy<2), made once per machine; skipped when pip
-    cannot install it within a few minutes."""
-    python = ONDA_VENV / "bin" / "python"
-    if not python.exists():
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(ONDA_VENV)], check=True, capture_output=True, timeout=60)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "ondamonitor", "numpy<2"], check=True,
-                           capture_output=True, timeout=300)
-        except (subprocess.SubprocessError, OSError) as exc:
-            pytest.skip(f"no scratch venv with ondamonitor (pip install ondamonitor 'numpy<2'): {exc}")
-    return python
-
-
-def test_peaks_agree_with_ondas_peakfinder8(ondamonitor, tmp_path):
-    frames = SimulatedSource(bank_size=4).open().bank()["image"]
-    np.save(tmp_path / "frames.npy", frames)
-    run = subprocess.run([str(ondamonitor), "-c", ONDA_SCRIPT, str(tmp_path / "frames.npy")], capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    reference = json.loads(run.stdout)
-    tables = Peakfinder8Step().finder().find(frames)
-    for ours, theirs in zip(found_peaks(tables), reference, strict=True):
-        assert len(ours) == len(theirs["ss"]) > 0
-        order = np.lexsort((theirs["fs"], theirs["ss"]))
-        mine = np.lexsort((ours[:, 1], ours[:, 0]))
-        np.testing.assert_allclose(ours[mine], np.column_stack([theirs["ss"], theirs["fs"]])[order], atol=0.05)
-    assert Counter(len(p) for p in found_peaks(tables)) == Counter(len(r["ss"]) for r in reference)
 
 
 def test_geometry_takes_pixel_size_distance_and_energy_from_the_description_and_says_what_it_lacks():

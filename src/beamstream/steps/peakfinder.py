@@ -1,23 +1,25 @@
 """``peakfinder8``: find Bragg peaks in detector images and, optionally, keep only hits.
 
-The engine is Cheetah's peakfinder8 (Barty et al., J. Appl. Cryst. 47, 1118, 2014) as the psana
-wheel compiles it (``psana.peakfinder8.peakfinder_8``): per radius from the beam it estimates
-the background and its noise (iteratively, ignoring bright pixels), then grows connected pixels
-above ``adc_threshold`` and ``min_snr`` times the noise within each ASIC, and keeps a peak of
-``min_pixels`` to ``max_pixels`` pixels whose signal stands ``min_snr`` above the background of
-a ring ``local_bg_radius`` pixels wide around it.
+The algorithm is Cheetah's peakfinder8 (Barty et al., J. Appl. Cryst. 47, 1118, 2014): per radius
+from the beam it estimates the background and its noise (iteratively, ignoring bright pixels), then
+grows connected pixels above ``adc_threshold`` and ``min_snr`` times the noise within each ASIC, and
+keeps a peak of ``min_pixels`` to ``max_pixels`` pixels whose signal stands ``min_snr`` above the
+background of a ring ``local_bg_radius`` pixels wide around it. Two engines run it and find the same
+peaks with the same values: ``numba`` (default; :mod:`beamstream.steps.peakfinder8_kernel`, several
+times faster) and ``psana``, the psana wheel's compiled C (``psana.peakfinder8.peakfinder_8``), kept
+as the reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from functools import partial
 from math import prod
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, FiniteFloat, model_validator
 
 from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, StepError, needs_extra
@@ -29,7 +31,6 @@ from beamstream.wire.metadata import FieldMetadata, RunMetadata
 COLUMNS = ("x", "y", "intensity", "snr")
 """The peak table's columns, each the field ``<output>_peak_<column>``; ``x`` (fast scan, column) and ``y``
 (slow scan, row) are peak centres of mass in pixels of the stacked frame (see :class:`Peakfinder8Step`)."""
-_ENGINE_COLUMNS = {"x": 0, "y": 1, "intensity": 2, "snr": 7}  # positions in peakfinder_8's returned tuple
 
 
 class Peakfinder8Step(StepSpec):
@@ -65,6 +66,8 @@ class Peakfinder8Step(StepSpec):
         mask: per-pixel mask (``{file, dataset}``, broadcasting to an event), 0 marking a bad pixel
             (psana's convention); bad pixels are neither peak nor background.
         min_peaks: keep only events with at least this many peaks (default: keep every event).
+        engine: ``numba`` (default, ``pip install 'beamstream[crystallography]'``) or ``psana``
+            (``pip install 'beamstream[psana]'``); both find the same peaks, numba's several times faster.
     """
 
     type: Literal["peakfinder8"] = "peakfinder8"
@@ -77,10 +80,11 @@ class Peakfinder8Step(StepSpec):
     local_bg_radius: int = Field(3, ge=1, le=100, description="width of the local background ring, pixels")
     max_peaks: int = Field(2048, ge=1, le=1 << 16, description="peaks kept per event")
     asics: tuple[int, int] = Field((1, 1), description="ASICs per panel: down, across")
-    centre: tuple[float, float] | None = Field(None, description="beam centre [row, col] (default: the middle)")
+    centre: tuple[FiniteFloat, FiniteFloat] | None = Field(None, description="beam centre [row, col] (default: middle)")
     radius_map: ConstantsFile | None = Field(None, description="per-pixel radius from the beam")
     mask: ConstantsFile | None = Field(None, description="per-pixel mask, 0 = bad pixel")
     min_peaks: int | None = Field(None, ge=0, description="keep only events with at least this many peaks")
+    engine: Literal["numba", "psana"] = Field("numba", description="the compiled peakfinder8: numba's or psana's")
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Peakfinder8Step:
@@ -114,69 +118,94 @@ class Peakfinder8Step(StepSpec):
         return msgspec.structs.replace(metadata, fields={**metadata.fields, **added})
 
     def finder(self) -> Peakfinder8:
-        """The peak search these options describe (MissingDependency without psana)."""
-        return Peakfinder8(self, load_engine())
+        """The peak search these options describe (MissingDependency without the engine's package)."""
+        return Peakfinder8(self, load_engine(self.engine))
 
     def build(self) -> HitFinder:
         return HitFinder(self.finder(), self.field, self.prefix, self.min_peaks)
 
 
-def load_engine() -> Any:
-    """``psana.peakfinder8.peakfinder_8``; MissingDependency saying what to install when psana is absent."""
-    from beamstream.sources.psana2 import import_psana
+class Search(Protocol):
+    """An engine's search over frames of one layout (:class:`~beamstream.steps.peakfinder8_kernel.FrameSearch`)."""
 
+    frame: tuple[int, ...]
+
+    def find(self, frames: np.ndarray, npeaks: np.ndarray, table: np.ndarray) -> None: ...
+
+
+def load_engine(name: str) -> Callable[..., Search]:
+    """What makes engine ``name``'s search for one layout, called as
+    :class:`~beamstream.steps.peakfinder8_kernel.FrameSearch` is; MissingDependency saying what to install when
+    the engine's package is absent."""
+    if name == "psana":
+        from beamstream.sources.psana2 import import_psana
+
+        try:
+            import_psana()
+            from psana.peakfinder8 import peakfinder_8
+        except (ImportError, MissingDependency) as exc:
+            raise MissingDependency(needs_extra("the peakfinder8 step", "psana", package="psana", cause=exc)) from None
+        return partial(PsanaSearch, peakfinder_8)
     try:
-        import_psana()
-        from psana.peakfinder8 import peakfinder_8
-    except (ImportError, MissingDependency) as exc:
-        raise MissingDependency(needs_extra("the peakfinder8 step", "psana", package="psana", cause=exc)) from None
-    return peakfinder_8
+        from beamstream.steps.peakfinder8_kernel import FrameSearch
+    except ImportError as exc:
+        raise MissingDependency(needs_extra("the peakfinder8 step", "crystallography", package="numba",
+                                            cause=exc)) from None
+    return FrameSearch
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """How events of one shape are searched: as a ``(rows, cols)`` frame of ``nasics_y`` by ``nasics_x`` ASICs."""
+class PsanaSearch:
+    """psana's ``peakfinder_8`` over frames of one layout, one frame a call, as FrameSearch's ``find`` is called."""
 
-    frame: tuple[int, int]
-    asic: tuple[int, int]
-    nasics: tuple[int, int]
-    radius: np.ndarray  # float32, frame-shaped, C-contiguous
-    mask: np.ndarray  # int8, frame-shaped, C-contiguous, 1 = good
+    def __init__(self, peakfinder_8: Callable[..., tuple], radius: np.ndarray, good: np.ndarray,
+                 asic: tuple[int, int], **options: Any) -> None:
+        self.frame = radius.shape
+        self._peakfinder_8 = peakfinder_8
+        self._layout = (np.ascontiguousarray(good != 0, dtype=np.int8), np.ascontiguousarray(radius, np.float32),
+                        asic[1], asic[0], radius.shape[1] // asic[1], radius.shape[0] // asic[0])
+        self._options = tuple(options[name] for name in ("adc_threshold", "min_snr", "min_pixels", "max_pixels",
+                                                         "local_bg_radius"))
+        self._max_peaks = options["max_peaks"]
+
+    def find(self, frames: np.ndarray, npeaks: np.ndarray, table: np.ndarray) -> None:
+        """As :meth:`FrameSearch.find <beamstream.steps.peakfinder8_kernel.FrameSearch.find>`."""
+        for index, frame in enumerate(frames):
+            found = self._peakfinder_8(self._max_peaks, np.ascontiguousarray(frame, np.float32), *self._layout,
+                                       *self._options)
+            npeaks[index] = len(found[0])
+            for row, position in enumerate((0, 1, 2, 7)):  # x, y, intensity, snr in peakfinder_8's tuple
+                table[row, index, : npeaks[index]] = found[position]
 
 
 class Peakfinder8:
-    """peakfinder8 with fixed options over events of any shape (the layout of each shape made once)."""
+    """peakfinder8 with fixed options over events of any shape (the engine's search for each shape made once;
+    one call at a time, as a step's batches come)."""
 
-    def __init__(self, spec: Peakfinder8Step, engine: Any) -> None:
+    def __init__(self, spec: Peakfinder8Step, engine: Callable[..., Search]) -> None:
         self.spec = spec
         self.engine = engine
-        self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._searches: dict[tuple[int, ...], Search] = {}
 
     def find(self, events: np.ndarray) -> dict[str, np.ndarray]:
         """The peak table of each event of ``events`` (batch axis first), keyed by the added field names
         (see :class:`Peakfinder8Step`); StepError when the events do not fit the options."""
         spec = self.spec
-        layout = self._layout(events.shape[1:])
+        if events.dtype.kind not in "biuf":
+            raise StepError(f"peakfinder8: field {spec.field!r} holds {events.dtype}; it searches real numbers "
+                            "(integers or floats): cast it first (a cast step)")
+        search = self._search(events.shape[1:])
         count = len(events)
         npeaks = np.zeros(count, np.int32)
-        table = {column: np.zeros((count, spec.max_peaks), np.float32) for column in COLUMNS}
-        frames = events.reshape(count, *layout.frame)
-        for index in range(count):
-            frame = np.ascontiguousarray(frames[index], dtype=np.float32)
-            found = self.engine(spec.max_peaks, frame, layout.mask, layout.radius, layout.asic[1], layout.asic[0],
-                                layout.nasics[1], layout.nasics[0], spec.adc_threshold, spec.min_snr,
-                                spec.min_pixels, spec.max_pixels, spec.local_bg_radius)
-            npeaks[index] = len(found[0])
-            for column, position in _ENGINE_COLUMNS.items():
-                table[column][index, : npeaks[index]] = found[position]
-        return {f"{spec.prefix}_npeaks": npeaks, **{f"{spec.prefix}_peak_{c}": table[c] for c in COLUMNS}}
+        table = np.zeros((len(COLUMNS), count, spec.max_peaks), np.float32)
+        search.find(events.reshape(count, *search.frame), npeaks, table)
+        return {f"{spec.prefix}_npeaks": npeaks, **{f"{spec.prefix}_peak_{c}": table[i] for i, c in enumerate(COLUMNS)}}
 
-    def _layout(self, event_shape: tuple[int, ...]) -> _Layout:
-        if event_shape not in self._layouts:
-            self._layouts[event_shape] = self._make_layout(event_shape)
-        return self._layouts[event_shape]
+    def _search(self, event_shape: tuple[int, ...]) -> Search:
+        if event_shape not in self._searches:
+            self._searches[event_shape] = self._make_search(event_shape)
+        return self._searches[event_shape]
 
-    def _make_layout(self, event_shape: tuple[int, ...]) -> _Layout:
+    def _make_search(self, event_shape: tuple[int, ...]) -> Search:
         spec = self.spec
         if len(event_shape) < 2:
             raise StepError(f"peakfinder8: field {spec.field!r} has event shape {event_shape}; it searches images, "
@@ -186,10 +215,11 @@ class Peakfinder8:
         if rows % down or cols % across:
             raise StepError(f"peakfinder8: asics {list(spec.asics)} do not divide the panels of {rows} rows and "
                             f"{cols} columns of field {spec.field!r}; give ASIC counts that divide them")
-        panels = prod(event_shape[:-2])
-        frame = (panels * rows, cols)
-        return _Layout(frame=frame, asic=(rows // down, cols // across), nasics=(panels * down, across),
-                       radius=self._radius(event_shape, frame), mask=self._mask(event_shape, frame))
+        frame = (prod(event_shape[:-2]) * rows, cols)
+        options = spec.model_dump(include={"adc_threshold", "min_snr", "min_pixels", "max_pixels", "local_bg_radius",
+                                           "max_peaks"})
+        return self.engine(self._radius(event_shape, frame), self._mask(event_shape, frame),
+                           (rows // down, cols // across), **options)
 
     def _radius(self, event_shape: tuple[int, ...], frame: tuple[int, int]) -> np.ndarray:
         spec = self.spec
@@ -198,7 +228,11 @@ class Peakfinder8:
             if radius.shape != event_shape:
                 raise StepError(f"peakfinder8: radius_map has shape {radius.shape}, not the event shape "
                                 f"{event_shape} of field {spec.field!r}; give one radius per pixel")
-            return np.ascontiguousarray(radius.reshape(frame), dtype=np.float32)
+            radius = np.ascontiguousarray(radius.reshape(frame), dtype=np.float32)
+            if not (np.isfinite(radius).all() and radius.min() >= 0):
+                raise StepError("peakfinder8: radius_map has values below 0, NaN or infinite; give each pixel's "
+                                "distance from the beam in pixels")
+            return radius
         row, col = spec.centre if spec.centre is not None else ((frame[0] - 1) / 2, (frame[1] - 1) / 2)
         rr, cc = np.ogrid[: frame[0], : frame[1]]
         return np.hypot(rr - row, cc - col).astype(np.float32)
