@@ -76,7 +76,7 @@ def test_hdf5_payload_is_written_byte_for_byte(tmp_path):
     sent = message(batch(0, 2), 0, "hdf5")
     sink = FilesSink(dir=str(tmp_path)).open(CONTEXT)
     sink.send(sent)
-    assert (tmp_path / "scan-7-r002-m000000.h5").read_bytes() == bytes(sent.payload[0])
+    assert (tmp_path / "scan-7-r002-m000000.h5").read_bytes() == b"".join(sent.payload)
 
 
 def test_messages_layout_compresses_arrays_it_writes(tmp_path):

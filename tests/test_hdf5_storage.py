@@ -44,7 +44,7 @@ def sent(serializer: HDF5Serializer, item: Batch):
 
 
 def dataset(message, path: str) -> h5py.Dataset:
-    h5 = h5py.File(io.BytesIO(bytes(message.payload[0])), "r")
+    h5 = h5py.File(io.BytesIO(b"".join(message.payload)), "r")
     return h5[path]
 
 
@@ -90,7 +90,7 @@ def test_bitshuffle_zstd_is_bitshuffle_with_zstd_at_its_level():
 def test_a_field_goes_to_its_path_and_is_read_back_from_there(tmp_path):
     item = smooth_images()
     message = sent(HDF5Serializer(paths={"image": "/data/data"}), item)
-    with h5py.File(io.BytesIO(bytes(message.payload[0])), "r") as h5:
+    with h5py.File(io.BytesIO(b"".join(message.payload)), "r") as h5:
         assert "image" not in h5 and h5["data/data"].shape == item.data["image"].shape and "energy" in h5
     assert decode_payload(message)["image"].tobytes() == item.data["image"].tobytes()
     sink = FilesSink(dir=str(tmp_path), compression="gzip", shuffle=True, paths={"image": "entry/data/data"})
@@ -158,7 +158,7 @@ def test_zfp_refuses_a_field_it_cannot_store_naming_it(tmp_path):
 ])
 def test_a_payload_whose_paths_mislead_is_refused(paths, words):
     message = sent(HDF5Serializer(paths={"image": "/data/data"}), smooth_images())
-    buffer = io.BytesIO(bytes(message.payload[0]))
+    buffer = io.BytesIO(b"".join(message.payload))
     with h5py.File(buffer, "r+") as h5:
         h5["_beamstream"].attrs["paths"] = paths
     forged = dataclasses.replace(message, payload=[buffer.getvalue()])
@@ -168,7 +168,7 @@ def test_a_payload_whose_paths_mislead_is_refused(paths, words):
 
 def test_a_path_through_a_soft_link_is_refused():
     message = sent(HDF5Serializer(paths={"image": "/data/data"}), smooth_images())
-    buffer = io.BytesIO(bytes(message.payload[0]))
+    buffer = io.BytesIO(b"".join(message.payload))
     with h5py.File(buffer, "r+") as h5:
         h5.move("data", "real")
         h5["data"] = h5py.SoftLink("/real")

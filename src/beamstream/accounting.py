@@ -145,13 +145,15 @@ class StreamReport:
         accounts tells it which receiver it is, and a message of another receiver's ranks is refused."""
         if self.ranks is None or message.rank in self.ranks:
             return None
-        return (f"producer {message.rank} of {message.producers} sends to receiver {message.rank % message.receivers} "
-                f"of {message.receivers}; this one reads the producers {_ranks(self.ranks)}: the producers' stream "
+        spread = message.receivers or 1  # an end message's is unset when 1
+        return (f"producer {message.rank} of {message.producers} sends to receiver {message.rank % spread} "
+                f"of {spread}; this one reads the producers {_ranks(self.ranks)}: the producers' stream "
                 "sink lists its endpoints in another order, or two of its endpoints reach this reader")
 
     def _record(self, message: DataMessage | EndMessage) -> ProducerRecord:
         if self.ranks is None:
-            self.ranks = range(message.rank % message.receivers, message.producers, message.receivers)
+            spread = message.receivers or 1  # an end message's is unset when 1
+            self.ranks = range(message.rank % spread, message.producers, spread)
         self.producers = message.producers
         if message.rank not in self.records:
             self.records[message.rank] = ProducerRecord(share=message.share)

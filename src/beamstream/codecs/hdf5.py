@@ -1,7 +1,8 @@
-"""``hdf5``: each message one in-memory HDF5 file, one dataset per field shaped (batch, ...).
+"""``hdf5``: each message one HDF5 file image, one dataset per field shaped (batch, ...).
 
-The payload opens with plain ``h5py.File(io.BytesIO(payload))`` (with ``import hdf5plugin``
-for the bitshuffle, zstd and zfp filters). Sequence numbers and times are stored too, in
+The payload's frames, concatenated, open with plain ``h5py.File(io.BytesIO(b"".join(frames)))`` (with
+``import hdf5plugin`` for the bitshuffle, zstd and zfp filters). Uncompressed, the frames are the file's fixed
+bytes and the arrays' own buffers (:mod:`beamstream.codecs.hdf5_image`); compressed, one frame. Sequence numbers and times are stored too, in
 ``/_beamstream/seq`` and ``/_beamstream/time``, so a saved message describes itself.
 A field is the dataset of its name at the root, unless :class:`Storage` gives it a path
 (``image`` → ``/data/data``); the paths are then recorded as JSON in the ``paths`` attribute of
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from beamstream.batch import Batch
+from beamstream.codecs.hdf5_image import FramesFile, ImageLayout, LayoutCache, view_of
 from beamstream.errors import WireFormatError
 from beamstream.wire import FieldInfo
 
 META_GROUP = "_beamstream"
+SEQ_PATH, TIME_PATH = f"{META_GROUP}/seq", f"{META_GROUP}/time"
 LIBVER = ("earliest", "v110")
 """HDF5 format bounds of every file beamstream writes: readable by HDF5 1.10 (Debian's h5ls/h5dump) and
 later, whatever HDF5 h5py is built on (``"latest"`` with HDF5 2.0 gives files that 1.10 and 1.14 cannot read)."""
@@ -82,31 +85,57 @@ def batch_to_hdf5_bytes(seq: np.ndarray, time: np.ndarray, arrays: dict[str, np.
 
 
 class HDF5Codec:
-    """Encodes a batch as one in-memory HDF5 file, stored as ``storage`` says."""
+    """Encodes a batch as one HDF5 file image, stored as ``storage`` says: uncompressed, as frames of the file's
+    fixed bytes and the arrays' own buffers (:mod:`beamstream.codecs.hdf5_image`); compressed, in one frame that
+    h5py wrote."""
 
     name = "hdf5"
 
     def __init__(self, storage: Storage = NO_STORAGE) -> None:
         self.storage = storage
+        self.layouts = LayoutCache()
 
     def encode(self, batch: Batch) -> list[Any]:
+        if not self.storage.filters:
+            key = (len(batch.seq), tuple((name, array.dtype.str, array.shape) for name, array in batch.data.items()))
+            layout = self.layouts.get(key, lambda: self._layout(batch))
+            if layout is not None:
+                by_path = {self.storage.path(name): array for name, array in batch.data.items()}
+                return layout.frames({**by_path, SEQ_PATH: batch.seq, TIME_PATH: batch.time})
         return [batch_to_hdf5_bytes(batch.seq, batch.time, batch.data, self.storage)]
 
+    def _layout(self, batch: Batch) -> ImageLayout | None:
+        """The file image of every batch shaped like ``batch``, written once (with zeros)."""
+        zeros = {name: np.zeros_like(array) for name, array in batch.data.items()}
+        paths = [self.storage.path(name) for name in zeros] + [SEQ_PATH, TIME_PATH]
+        return ImageLayout.written_by(
+            lambda h5: write_batch(h5, np.zeros_like(batch.seq), np.zeros_like(batch.time), zeros, self.storage),
+            {path: path for path in paths}, LIBVER)
+
     def decode(self, fields: Sequence[FieldInfo], frames: Sequence[Any]) -> dict[str, np.ndarray]:
+        """The arrays of an hdf5 payload: its frames, concatenated, are the file. A contiguous uncompressed dataset
+        within one frame is a read-only view of it; the others are read (and decompressed) by h5py."""
         import h5py
         import hdf5plugin  # noqa: F401  (registers the bitshuffle and zstd filters)
 
-        if len(frames) != 1:
-            raise WireFormatError(f"an hdf5 message has one payload frame, got {len(frames)}")
+        if not frames:
+            raise WireFormatError("an hdf5 message has at least one payload frame, got none")
+        file = FramesFile(frames)
         try:
-            with h5py.File(io.BytesIO(frames[0]), "r") as h5:
+            with h5py.File(file, "r") as h5:
                 paths = _paths(h5)
                 datasets = {info.name: _checked_dataset(h5, info, paths.get(info.name, info.name)) for info in fields}
-                return {name: dataset[()] for name, dataset in datasets.items()}
+                return {name: _array(file, dataset) for name, dataset in datasets.items()}
         except WireFormatError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise WireFormatError(f"hdf5 payload cannot be read: {exc}") from None
+
+
+def _array(file: FramesFile, dataset: Any) -> np.ndarray:
+    """``dataset``'s values: a view of the frames where they lie whole in one, else read by h5py."""
+    view = view_of(file, dataset)
+    return dataset[()] if view is None else view
 
 
 MAX_DECODED_BYTES = 1 << 32

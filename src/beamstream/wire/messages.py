@@ -114,9 +114,11 @@ class EndMessage(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     omitted: bytes = b""
     seal: Seal = b""
-    receivers: ProducerCount = 1
+    receivers: ProducerCount | msgspec.UnsetType = msgspec.UNSET  # 1 is kept unset: absent on the wire
 
     def __post_init__(self) -> None:
+        if self.receivers == 1:
+            self.receivers = msgspec.UNSET
         _check_ranks(self)
         if len(self.omitted) % 8:
             raise ValueError(f"omitted ({len(self.omitted)} bytes) must hold 8-byte values")
@@ -297,7 +299,7 @@ def _what(header: DataHeader | EndMessage) -> str:
 def _check_ranks(header: DataHeader | EndMessage) -> None:
     if header.rank >= header.producers:
         raise ValueError(f"rank {header.rank} is not below producers {header.producers}")
-    if header.receivers > header.producers:
+    if (header.receivers or 1) > header.producers:
         raise ValueError(f"receivers {header.receivers} is above producers {header.producers}")
 
 
