@@ -94,3 +94,20 @@ def test_hdf5_1_10_and_h5py_open_the_concatenation(tmp_path):
     dumped = h5dump("-d", "/image", "-c", "1,1,4", str(path))
     assert dumped.returncode == 0, dumped.stderr
     assert ", ".join(map(str, item.data["image"][0, 0, :4])) in dumped.stdout.replace("\n", " ")
+
+
+def test_a_payload_of_a_known_layout_is_not_parsed_again_but_its_fixed_bytes_are_checked():
+    codec = HDF5Codec()
+    first, second = batch(3), batch(3)
+    second.data["image"] += 1
+    reader = HDF5Codec()
+    reader.decode(fields_of(first), [bytes(frame) for frame in codec.encode(first)])
+    assert len(reader.read_layouts.layouts) == 1
+    frames = [bytes(frame) for frame in codec.encode(second)]
+    arrays = reader.decode(fields_of(second), frames)
+    for name, array in second.data.items():
+        np.testing.assert_array_equal(arrays[name], array)
+    altered = list(frames)  # the same sizes, a fixed byte changed: parsed again, and refused
+    altered[0] = altered[0][:8] + bytes([altered[0][8] ^ 0xFF]) + altered[0][9:]
+    with pytest.raises(WireFormatError):
+        reader.decode(fields_of(second), altered)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from beamstream.batch import Batch
-from beamstream.codecs.hdf5_image import FramesFile, ImageLayout, LayoutCache, view_of
+from beamstream.codecs.hdf5_image import FramesFile, ImageLayout, LayoutCache, ReadLayouts, view_of
 from beamstream.errors import WireFormatError
 from beamstream.wire import FieldInfo
 
@@ -94,6 +94,7 @@ class HDF5Codec:
     def __init__(self, storage: Storage = NO_STORAGE) -> None:
         self.storage = storage
         self.layouts = LayoutCache()
+        self.read_layouts = ReadLayouts()
 
     def encode(self, batch: Batch) -> list[Any]:
         if not self.storage.filters:
@@ -114,28 +115,33 @@ class HDF5Codec:
 
     def decode(self, fields: Sequence[FieldInfo], frames: Sequence[Any]) -> dict[str, np.ndarray]:
         """The arrays of an hdf5 payload: its frames, concatenated, are the file. A contiguous uncompressed dataset
-        within one frame is a read-only view of it; the others are read (and decompressed) by h5py."""
+        within one frame is a read-only view of it; the others are read (and decompressed) by h5py. A payload whose
+        frames but its data frames are those of the last one of its layout is not parsed again."""
         import h5py
         import hdf5plugin  # noqa: F401  (registers the bitshuffle and zstd filters)
 
         if not frames:
             raise WireFormatError("an hdf5 message has at least one payload frame, got none")
         file = FramesFile(frames)
+        key = tuple(fields)
+        known = self.read_layouts.arrays(key, file)  # the file of the last message of this layout but for its data
+        if known is not None:
+            return known
         try:
             with h5py.File(file, "r") as h5:
                 paths = _paths(h5)
                 datasets = {info.name: _checked_dataset(h5, info, paths.get(info.name, info.name)) for info in fields}
-                return {name: _array(file, dataset) for name, dataset in datasets.items()}
+                found = {name: view_of(file, dataset) for name, dataset in datasets.items()}
+                arrays = {name: dataset[()] if found[name] is None else found[name].array
+                          for name, dataset in datasets.items()}
+                others = [view_of(file, h5[path]) for path in (SEQ_PATH, TIME_PATH)
+                          if isinstance(h5.get(path, getlink=True), h5py.HardLink)]
         except WireFormatError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise WireFormatError(f"hdf5 payload cannot be read: {exc}") from None
-
-
-def _array(file: FramesFile, dataset: Any) -> np.ndarray:
-    """``dataset``'s values: a view of the frames where they lie whole in one, else read by h5py."""
-    view = view_of(file, dataset)
-    return dataset[()] if view is None else view
+        self.read_layouts.learn(key, file, found, others)
+        return arrays
 
 
 MAX_DECODED_BYTES = 1 << 32

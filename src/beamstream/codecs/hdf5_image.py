@@ -142,17 +142,26 @@ class FramesFile(io.RawIOBase):
             self.position += count
         return done
 
-    def where(self, offset: int, nbytes: int) -> tuple[memoryview, int] | None:
-        """(frame, offset in it) of the bytes ``[offset, offset + nbytes)`` if one frame holds them all, else None."""
+    def where(self, offset: int, nbytes: int) -> tuple[int, int] | None:
+        """(frame index, offset in it) of the bytes ``[offset, offset + nbytes)`` if one frame holds them all."""
         if offset < 0 or offset + nbytes > self.size:
             return None
         index = bisect.bisect_right(self.starts, offset) - 1
         inside = offset - self.starts[index]
-        view = self.views[index]
-        return (view, inside) if inside + nbytes <= len(view) else None
+        return (index, inside) if inside + nbytes <= len(self.views[index]) else None
 
 
-def view_of(file: FramesFile, dataset: Any) -> np.ndarray | None:
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A dataset's data in a payload's frames: in frame ``index`` from ``inside``; ``whole`` if that frame is the
+    data and nothing else."""
+
+    array: np.ndarray
+    index: int
+    whole: bool
+
+
+def view_of(file: FramesFile, dataset: Any) -> Found | None:
     """A read-only view of ``dataset``'s data in the frames of ``file`` if they are contiguous, unfiltered and in
     one frame; None otherwise (read it through h5py)."""
     if dataset.chunks is not None or dataset.dtype.hasobject or dataset.dtype.kind not in "biufc":
@@ -162,8 +171,56 @@ def view_of(file: FramesFile, dataset: Any) -> np.ndarray | None:
     found = None if offset is None else file.where(offset, nbytes)
     if found is None:
         return None
-    view, inside = found
-    array = np.frombuffer(view, dtype=dataset.dtype, count=dataset.size, offset=inside).reshape(dataset.shape)
+    index, inside = found
+    return Found(_view(file.views[index], dataset.dtype, dataset.shape, inside), index,
+                 inside == 0 and len(file.views[index]) == nbytes)
+
+
+def _view(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], inside: int = 0) -> np.ndarray:
+    array = np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape)), offset=inside).reshape(shape)
     array.flags.writeable = False
     return array
+
+
+@dataclass(frozen=True)
+class ReadLayout:
+    """What reading one payload found, for the next ones of the same layout: the bytes of its frames that are not
+    data (``fixed``: index → bytes; every piece of the file h5py looked at) and, per field, the frame that is its
+    data alone, with the dtype and shape h5py read."""
+
+    fixed: dict[int, bytes]
+    fields: dict[str, tuple[int, np.dtype, tuple[int, ...]]]
+
+    def arrays(self, views: Sequence[memoryview]) -> dict[str, np.ndarray] | None:
+        """The fields of a payload whose frames are ``views``, if its fixed frames are these bytes exactly (the
+        same file but for the data: what h5py found holds), else None."""
+        if any(views[index] != fixed for index, fixed in self.fixed.items()):
+            return None
+        return {name: _view(views[index], dtype, shape) for name, (index, dtype, shape) in self.fields.items()}
+
+
+class ReadLayouts:
+    """The :class:`ReadLayout` of the payload layouts read lately (at most :data:`LAYOUTS_KEPT`), by their fields
+    and frame sizes."""
+
+    def __init__(self) -> None:
+        self.layouts: OrderedDict[tuple, ReadLayout] = OrderedDict()
+
+    def arrays(self, key: tuple, file: FramesFile) -> dict[str, np.ndarray] | None:
+        layout = self.layouts.get((key, tuple(map(len, file.views))))
+        return None if layout is None else layout.arrays(file.views)
+
+    def learn(self, key: tuple, file: FramesFile, found: Mapping[str, Found | None],
+              others: Sequence[Found | None] = ()) -> None:
+        """Keep what reading ``file`` ``found``, if every field was a frame of its own (else nothing is kept); the
+        frames of ``others`` (datasets not read, such as the events' numbers) that are their data alone are not
+        compared either."""
+        if not found or not all(each is not None and each.whole for each in found.values()):
+            return
+        data = {each.index for each in [*found.values(), *others] if each is not None and each.whole}
+        fields = {name: (each.index, each.array.dtype, each.array.shape) for name, each in found.items()}
+        fixed = {index: bytes(view) for index, view in enumerate(file.views) if index not in data}
+        self.layouts[(key, tuple(map(len, file.views)))] = ReadLayout(fixed, fields)
+        if len(self.layouts) > LAYOUTS_KEPT:
+            self.layouts.popitem(last=False)
 
