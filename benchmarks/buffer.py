@@ -20,13 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import bench_baseline, image_spec  # noqa: E402
+from timing import timed_run  # noqa: E402
 
 from beamstream.jetstream.urls import listening  # noqa: E402
 
@@ -39,7 +38,6 @@ NATS = "nats://127.0.0.1:4222"
 def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool = False) -> float:
     """GB/s of ``images`` 8 MiB messages through a buffer process to ``groups`` consumer groups (the slowest)."""
     from beamstream.client import Client
-    from beamstream.producer import run_local
 
     producers, consumers = f"ipc://{folder}/in-{run}", f"ipc://{folder}/out-{run}"
     if nats:
@@ -52,18 +50,7 @@ def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool 
     try:
         with Client(consumers, group="g0", timeout=120) as client:
             spec = image_spec({"type": "arrays"}, images)(producers)
-            producer = threading.Thread(target=lambda: run_local(spec, 1, poll_interval=2.0), daemon=True)
-            producer.start()
-            first = last = None
-            received = 0
-            for message in client.messages():
-                last = time.perf_counter()
-                if first is None:
-                    first = last
-                else:
-                    received += message.header.nbytes
-            producer.join(120)
-        rate = received / (last - first) / 1e9
+            rate = timed_run(client, spec, 1, name="through the buffer").gb_per_s
         for other in others:
             _, err = other.communicate(timeout=120)
             rate = min(rate, _rate_from_consume(err, rate))

@@ -24,7 +24,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from throughput import FRAME_BYTES, IMAGE_BANK, IMAGE_SHAPE, SINK_HWM, CLIENT_HWM, machine_facts  # noqa: E402
+from timing import timed_run  # noqa: E402
 
 TARGET = 0.8
 
@@ -60,34 +60,12 @@ def image_spec(endpoint: str, messages: int) -> object:
 def run_stream(messages: int, workers: int, key: object | None) -> float:
     """GB/s of one run: ``workers`` producer processes → tcp loopback → a Client here (sealed with ``key``)."""
     from beamstream.client import Client
-    from beamstream.producer import run_local
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     spec = image_spec(endpoint, messages)
-    outcome: dict = {}
-    first = last = None
-    nbytes = 0
     with Client(endpoint, bind=True, timeout=120.0, hwm=CLIENT_HWM, key=key) as client:
-        producers = threading.Thread(
-            target=lambda: outcome.setdefault("run", run_local(spec, workers, poll_interval=2.0, key=key)),
-            daemon=True)
-        producers.start()
-        try:
-            for message in client.messages():
-                last = time.perf_counter()
-                if first is None:
-                    first = last
-                else:
-                    nbytes += message.header.nbytes
-        finally:
-            producers.join(150)
-        report = client.report
-    result = outcome.get("run")
-    if result is None or not result.ok:
-        raise RuntimeError(f"producers failed: {result.errors if result else 'no result'}")
-    if not report.complete or report.forged:
-        raise RuntimeError(f"stream incomplete or forged messages:\n{report.summary()}")
-    return nbytes / (last - first) / 1e9
+        received = timed_run(client, spec, workers, key=key)
+    return received.gb_per_s
 
 
 def one_core_gcm(repeat: int = 20) -> tuple[float, float]:

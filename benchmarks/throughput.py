@@ -38,14 +38,17 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import timed_run  # noqa: E402
 
 IMAGE_SHAPE = (2048, 2048)  # uint16: 8 MiB per event
 FRAME_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * 2
@@ -178,41 +181,19 @@ def run_stream(folder: Path, name: str, spec_for: Callable[[str], object], worke
                keep_latency: bool = False) -> StreamRun:
     """Run ``spec_for(endpoint)`` in ``workers`` spawned processes into a Client in this process."""
     from beamstream.client import Client
-    from beamstream.producer import run_local
 
     endpoint = f"ipc://{folder / name}-{next(_RUNS)}"
     spec = spec_for(endpoint)
-    outcome: dict = {}
     latencies: list[np.ndarray] = []
     producer_lag: list[np.ndarray] = []
-    first = last = None
-    nbytes = events = messages = 0
+
+    def latency(message: Any) -> None:
+        latencies.append(time.time() - message.header.time)
+        producer_lag.append(message.header.sent - message.header.time)
+
     with Client(endpoint, bind=True, timeout=120.0, verify=verify, hwm=CLIENT_HWM) as client:
-        producers = threading.Thread(
-            target=lambda: outcome.setdefault("run", run_local(spec, workers, poll_interval=2.0)), daemon=True)
-        producers.start()
-        try:
-            for message in client.messages():
-                now = time.time()
-                last = time.perf_counter()
-                messages += 1
-                if keep_latency:
-                    latencies.append(now - message.header.time)
-                    producer_lag.append(message.header.sent - message.header.time)
-                if first is None:
-                    first = last
-                else:
-                    nbytes += message.header.nbytes
-                    events += len(message.header.seq)
-        finally:
-            producers.join(150)
-        report = client.report
-    result = outcome.get("run")
-    if result is None or not result.ok:
-        raise RuntimeError(f"{name}: producers failed: {result.errors if result else 'no result'}")
-    if not report.complete:
-        raise RuntimeError(f"{name}: stream incomplete:\n{report.summary()}")
-    return StreamRun(last - first, nbytes, events, messages,
+        received = timed_run(client, spec, workers, each=latency if keep_latency else None, name=name)
+    return StreamRun(received.seconds, received.bytes, received.events, received.messages,
                      np.concatenate(latencies) if latencies else np.empty(0),
                      np.concatenate(producer_lag) if producer_lag else np.empty(0))
 
