@@ -96,14 +96,20 @@ def psana():
         pytest.skip("psana is not installed (pip install 'beamstream[psana]')")
 
 
+def psana_program(psana, name: str) -> str:
+    """The path of a program the psana wheel ships in ``site-packages/bin`` (``xtcwriter``, ``smdwriter``), its run
+    bit set."""
+    program = Path(psana.__file__).parent.parent / "bin" / name
+    if not os.access(program, os.X_OK):
+        program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return str(program)
+
+
 @pytest.fixture(scope="module")
 def xtc(psana, tmp_path_factory) -> str:
     """A 10-event XTC2 file (events 0-9) written by the psana wheel's ``bin/xtcwriter``."""
-    writer = Path(psana.__file__).parent.parent / "bin" / "xtcwriter"
-    if not os.access(writer, os.X_OK):
-        writer.chmod(writer.stat().st_mode | stat.S_IXUSR)
     path = tmp_path_factory.mktemp("xtc") / "data.xtc2"
-    subprocess.run([str(writer), "-f", str(path), "-n", "10"], check=True, capture_output=True)
+    subprocess.run([psana_program(psana, "xtcwriter"), "-f", str(path), "-n", "10"], check=True, capture_output=True)
     return str(path)
 
 

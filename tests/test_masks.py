@@ -101,3 +101,47 @@ def test_a_frame_beyond_the_dataset_is_refused_saying_how_many_there_are(tmp_pat
     with pytest.raises(StepError, match=r"has 2 frames along axis 0 \(shape \(2, 6, 8\)\); give a frame below"):
         CalibrateStep(field="image", mask={"file": path, "dataset": "/good", "frame": 2},
                       mask_convention="zero-is-bad").build()
+
+
+def test_peakfinder8_and_azimuthal_read_a_mask_by_its_stated_convention(tmp_path):
+    from beamstream.steps.azimuthal import AzimuthalIntegration, AzimuthalStep
+    from beamstream.steps.peakfinder import Peakfinder8Step
+
+    path = tmp_path / "constants.h5"
+    with h5py.File(path, "w") as h5:
+        h5["bad_pixels"] = (~GOOD).astype(np.uint8)
+        h5["bad_pixels"].attrs["mask_convention"] = "nonzero-is-bad"
+        h5["good_pixels"] = GOOD.astype(np.uint8)
+        h5["good_pixels"].attrs["mask_convention"] = "zero-is-bad"
+        h5["entry/pixel_mask"] = (~GOOD).astype(np.uint8)  # CXI's name, no convention stated
+    for dataset in ("/bad_pixels", "/good_pixels"):
+        finder = Peakfinder8Step(mask={"file": path, "dataset": dataset}).finder()
+        np.testing.assert_array_equal(finder._mask((1, *SHAPE), SHAPE), GOOD.astype(np.int8))
+        integration = AzimuthalIntegration(AzimuthalStep(field="image", mask={"file": path, "dataset": dataset}))
+        np.testing.assert_array_equal(integration.mask, (~GOOD).astype(np.int8))  # pyFAI's: non-zero is masked
+    named = {"file": path, "dataset": "/entry/pixel_mask"}
+    with pytest.raises(StepError, match="peakfinder8: mask /entry/pixel_mask .* does not say which pixels"):
+        Peakfinder8Step(mask=named).finder()._mask((1, *SHAPE), SHAPE)
+    integration = AzimuthalIntegration(AzimuthalStep(field="image", mask=named))  # its default is CXI's
+    np.testing.assert_array_equal(integration.mask, (~GOOD).astype(np.int8))
+
+
+def test_padding_is_neither_peak_nor_background_nor_integrated():
+    from beamstream.steps.azimuthal import AzimuthalIntegration, AzimuthalStep
+    from beamstream.steps.peakfinder import Peakfinder8Step
+    from beamstream.wire.metadata import FieldMetadata, RunMetadata
+
+    described = RunMetadata(fields={"image": FieldMetadata(shape=list(SHAPE), valid=[[1, 5], [0, 6]])})
+    finder = Peakfinder8Step().complete(described)
+    assert finder.valid == [(1, 5), (0, 6)]
+    expected = np.zeros(SHAPE, np.int8)
+    expected[1:5, 0:6] = 1
+    np.testing.assert_array_equal(finder.finder()._mask(SHAPE, SHAPE), expected)
+    assert Peakfinder8Step(valid=[(0, 6), (0, 8)]).complete(described).valid == [(0, 6), (0, 8)], "given: kept"
+    integration = AzimuthalIntegration(AzimuthalStep(field="image", distance=0.1, pixel_size=(1e-4, 1e-4),
+                                                     energy=9000).complete(described))
+    integration._prepare(SHAPE)
+    np.testing.assert_array_equal(integration.mask, 1 - expected)
+    with pytest.raises(StepError, match=r"peakfinder8: field 'image': the real pixels \[\[1, 5\], \[0, 6\]\] do not "
+                                        r"fit events of shape \(6, 4\)"):
+        finder.finder()._mask((6, 4), (6, 4))

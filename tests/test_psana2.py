@@ -50,9 +50,8 @@ def test_registered_as_plugin():
 @pytest.mark.parametrize(
     ("fields", "text"),
     [
-        ({"image": "xppcspad.raw"}, "neither detector.interface.method"),
-        ({"image": "xppcspad..raw"}, "neither detector.interface.method"),
-        ({"image": "a.b.c.d"}, "neither detector.interface.method"),
+        ({"image": "xppcspad..raw"}, "'xppcspad..raw' has an empty name between dots"),
+        ({"image": ".raw.raw"}, "'.raw.raw' has an empty name between dots"),
         ({"timestamp": "xppcspad.raw.raw"}, "'timestamp' is taken"),
         ({}, "at least 1"),
     ],
@@ -62,12 +61,26 @@ def test_spec_rejects_malformed_fields(fields, text):
         Psana2Source(files=["data.xtc2"], fields=fields)
 
 
-@pytest.mark.parametrize("path", ["xppcspad.raw.calib", "xppcspad.raw.image", "xpphsd.fex.calib"])
-def test_spec_refuses_calibrated_methods_without_calibration_constants(path):
+@pytest.mark.psana
+@pytest.mark.parametrize("path", ["xppcspad.raw.calib", "xppcspad.raw.image"])
+def test_an_area_detectors_calibrated_methods_are_refused_without_calibration_constants(xtc, path):
     reader = path.rpartition(".")[0]
-    with pytest.raises(pydantic.ValidationError, match=rf"field 'frame': {path} applies calibration constants, "
+    with pytest.raises(SourceError, match=rf"field 'frame': {path} applies calibration constants, "
                        rf"but skip_calib_load is true.*read {reader}.raw instead, or set skip_calib_load: false"):
-        Psana2Source(files=["data.xtc2"], fields={"raw": "xppcspad.raw.raw", "frame": path})
+        Psana2Source(files=[xtc], fields={"raw": "xppcspad.raw.raw", "frame": path}).open()
+
+
+@pytest.mark.psana
+def test_a_digitizers_calib_is_read_without_calibration_constants(xtc, psana):
+    """hsd's ``raw`` and ``fex`` offer ``calib`` but no ``image``: not an area detector, nothing to refuse."""
+    (batches,) = read_all(Psana2Source(files=[xtc], fields={"wave": "xpphsd.raw.calib", "fex": "xpphsd.fex.calib"}))
+    run = next(psana.DataSource(files=xtc, skip_calib_load="all").runs())
+    hsd = run.Detector("xpphsd")
+    expected = [(hsd.raw.calib(evt), hsd.fex.calib(evt)) for evt in run.events()]
+    assert len(batches) == len(expected) == EVENTS
+    for batch, (wave, fex) in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(batch.data["wave"][0], wave)
+        np.testing.assert_array_equal(batch.data["fex"][0], fex)
 
 
 def test_calibrated_methods_are_accepted_where_constants_load():

@@ -176,6 +176,7 @@ def test_calibrate_with_hdf5_constants(tmp_path) -> None:
         pedestal={"file": path, "dataset": "calib/pedestal"},
         gain={"file": path, "dataset": "/calib/gain"},
         mask={"file": path, "dataset": "calib/mask"},
+        mask_convention="zero-is-bad",  # a dataset named mask says none: CXI's would be non-zero = bad
     )
     out = run_one(spec, make_batch(0, 3, x=raw))
     np.testing.assert_array_equal(out.data["x"], expected_calibration(raw, pedestal, gain, mask, 0))

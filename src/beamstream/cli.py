@@ -90,17 +90,21 @@ def spec_check(
                               "sinks may be left out, as it replaces their stream sinks with one to the stream's "
                               "buffer")] = False,
 ) -> None:
-    """Validate spec files; print every problem with its location."""
+    """Validate spec files; print every problem with its location. Without --for-service, also what can be checked
+    in the source's files that are on this machine (a psana2 source's exp/run labels and fields)."""
     from beamstream.spec import load_spec
 
     results = []
     for path in files:
         try:
             spec = load_spec(path, for_service=for_service)
+            if not for_service:
+                spec.source.check_here()
         except BeamstreamError as exc:
-            results.append({"file": str(path), "ok": False, "problems": str(exc)})
+            problems = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            results.append({"file": str(path), "ok": False, "problems": problems})
             if not as_json:
-                console.print(labelled("✗", "red", str(exc)), highlight=False)
+                console.print(labelled("✗", "red", problems), highlight=False)
             continue
         stages = {"source": spec.source.type, "steps": [step.type for step in spec.steps],
                   "serializer": spec.serializer.type, "sinks": [sink.type for sink in spec.sinks]}

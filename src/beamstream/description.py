@@ -1,12 +1,12 @@
 """A stream's description (:class:`~beamstream.wire.metadata.RunMetadata`) as each worker assembles it.
 
 In this order: what the source knows (its reader's ``metadata()``, where it has one), each
-field's event shape from the first batch the source yields (where the source did not say),
+field's event shape (where the source did not say) and dtype from the first batch the source yields,
 the spec's ``metadata:`` section put over that, then each step's ``describe`` in the order the
 steps run (roi, bin and pad change a field's geometry; select drops fields), each step first
 completed from the description as it reaches it (azimuthal takes its geometry from there).
-Geometry lists (``origin``, ``binning``) have one entry per event axis once a step fills them;
-``pixel_size`` covers the last ``len(pixel_size)`` axes.
+Geometry lists (``origin``, ``binning``, and ``valid`` once a ``pad`` added pixels) have one entry per event
+axis once a step fills them; ``pixel_size`` covers the last ``len(pixel_size)`` axes.
 """
 
 from __future__ import annotations
@@ -17,17 +17,29 @@ from typing import Any
 
 import msgspec
 
-from beamstream.batch import Batch
-from beamstream.errors import SpecError
+from beamstream.batch import Batch, little_endian
+from beamstream.errors import SpecError, StepError
+from beamstream.quantities import description_problems
+from beamstream.spec_input import texts_read_from_numbers
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
+
+
+TEXT_KEYS = frozenset({"facility", "instrument", "experiment", "sample", "times", "detector", "source", "units", "mask",
+                       "unit"})
+"""The keys of a description that hold text (a value that looks like a number there is meant)."""
 
 
 def metadata_from_spec(section: dict[str, Any]) -> RunMetadata:
     """The spec's ``metadata:`` section as a RunMetadata; ValueError saying which key is wrong."""
+    if numbers := texts_read_from_numbers(section, TEXT_KEYS):
+        raise ValueError("\n  metadata: ".join(numbers))
     try:
-        return msgspec.convert(section, RunMetadata)
+        metadata = msgspec.convert(section, RunMetadata)
     except msgspec.ValidationError as exc:
         raise ValueError(f"metadata: {exc}") from None
+    if problems := description_problems(metadata):
+        raise ValueError("\n  metadata: ".join(problems))
+    return metadata
 
 
 def first_batch(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:
@@ -44,22 +56,37 @@ def describe_stream(spec: Any, reader: Any, first: Batch | None) -> tuple[Any, R
     metadata = describe() if describe is not None else RunMetadata()
     if first is not None:
         for name, array in first.data.items():
-            if not metadata.fields.get(name, FieldMetadata()).shape:
+            metadata = metadata.with_field(name, dtype=little_endian(array.dtype).str)
+            if not metadata.fields[name].shape:
                 metadata = metadata.with_field(name, shape=list(array.shape[1:]))
     if spec.metadata is not None:
         try:
             metadata = metadata.merged(metadata_from_spec(spec.metadata))
         except ValueError as exc:  # validated with the spec already; kept for specs built in code
             raise SpecError(str(exc)) from None
-    steps = []
-    for step in spec.steps:
-        steps.append(step.complete(metadata))
-        metadata = steps[-1].describe(metadata)
+    if problems := description_problems(metadata):  # what the source says, too
+        raise SpecError("\n".join(f"metadata: {problem}" for problem in problems))
+    steps, metadata = describe_steps(spec.steps, metadata)
     return spec.model_copy(update={"steps": steps}), metadata
 
 
+def describe_steps(steps: list[Any], metadata: RunMetadata) -> tuple[list[Any], RunMetadata]:
+    """``steps`` each completed from the description ``metadata`` as it reaches it, and the description after the
+    last; SpecError led by ``steps[N] (TYPE)`` when a step refuses the description (a ``pad`` value the field's
+    dtype cannot hold)."""
+    completed = []
+    for number, step in enumerate(steps):
+        try:
+            completed.append(step.complete(metadata))
+            metadata = completed[-1].describe(metadata)
+        except (SpecError, StepError) as exc:
+            raise SpecError(f"steps[{number}] ({step.type}): {exc}") from None
+    return completed, metadata
+
+
 class Geometry:
-    """A field's shape, origin and binning (one entry per event axis) and pixel size, to change and put back."""
+    """A field's shape, origin and binning (one entry per event axis), pixel size and ``valid`` region (one
+    ``[start, stop]`` per event axis; empty when every pixel is real), to change and put back."""
 
     def __init__(self, entry: FieldMetadata) -> None:
         self.shape = list(entry.shape)
@@ -67,6 +94,7 @@ class Geometry:
         self.origin = list(entry.origin) if len(entry.origin) == axes else [0] * axes
         self.binning = list(entry.binning) if len(entry.binning) == axes else [1] * axes
         self.pixel_size = list(entry.pixel_size)
+        self.valid = [list(pair) for pair in entry.valid] if len(entry.valid) == axes else []
 
     def pixel_axis(self, axis: int) -> int | None:
         """The index in ``pixel_size`` of event axis ``axis`` (None if no pixel size covers it)."""
@@ -74,7 +102,9 @@ class Geometry:
         return index if 0 <= index < len(self.pixel_size) else None
 
     def changes(self) -> dict[str, list]:
-        return {"shape": self.shape, "origin": self.origin, "binning": self.binning, "pixel_size": self.pixel_size}
+        every = [[0, length] for length in self.shape]  # no padding left: valid is absent
+        return {"shape": self.shape, "origin": self.origin, "binning": self.binning, "pixel_size": self.pixel_size,
+                "valid": [] if self.valid == every else self.valid}
 
 
 def change_geometry(metadata: RunMetadata, field: str, change: Any) -> RunMetadata:

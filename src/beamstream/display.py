@@ -190,7 +190,7 @@ def read_to_the_end(client: Client, saver: MessageSaver | None = None, max_event
         with ConsumerProgress() as progress:
             for message in client.messages():
                 if saver:
-                    saver.save(message.header)
+                    saver.save(message.header, client.metadata)
                 progress.update(client.report)
                 if max_events is not None and client.report.events >= max_events:
                     console.print(f"stopped after {client.report.events:,} events (--max-events {max_events})")

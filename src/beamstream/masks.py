@@ -10,7 +10,7 @@ with :func:`bad_pixels`; a convention that contradicts the one the mask states i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -48,3 +48,17 @@ def bad_pixels(mask: np.ndarray, convention: str) -> np.ndarray:
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown mask convention {convention!r}; use {' or '.join(CONVENTIONS)}")
     return np.asarray(mask) == 0 if convention == "zero-is-bad" else np.asarray(mask) != 0
+
+
+def padding(valid: Sequence[Sequence[int]] | None, shape: tuple[int, ...], where: str) -> np.ndarray | None:
+    """True at the pixels of an event of ``shape`` outside ``valid`` (a field's real pixels once a ``pad`` step
+    added some: one ``[start, stop]`` per event axis, its ``valid`` description entry); None when ``valid`` is
+    empty (every pixel real). ValueError, naming ``where``, when ``valid`` does not fit ``shape``."""
+    if not valid:
+        return None
+    if len(valid) != len(shape) or any(not 0 <= start <= stop <= size for (start, stop), size in zip(valid, shape)):
+        raise ValueError(f"{where}: the real pixels {[list(pair) for pair in valid]} do not fit events of shape "
+                         f"{shape}")
+    outside = np.ones(shape, dtype=bool)
+    outside[tuple(slice(start, stop) for start, stop in valid)] = False
+    return outside

@@ -1,8 +1,16 @@
-"""Saving received messages as .h5 files, in a directory or a tar archive (``beamstream consume --out``)."""
+"""Saving received messages as .h5 files, in a directory or a tar archive (``beamstream consume --out``).
+
+Every file beamstream writes carries the stream's description (:class:`~beamstream.wire.metadata.RunMetadata`,
+docs/wire-format.md) where the stream has one: as JSON in the attribute ``description``
+(:data:`DESCRIPTION_ATTRIBUTE`) of its ``_beamstream`` group, ``/_beamstream`` in a saved message and
+``/entry_1/_beamstream`` in a ``cxi`` file. ``RunMetadata`` reads it back:
+``msgspec.json.decode(h5["_beamstream"].attrs["description"], type=RunMetadata)``.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tarfile
@@ -12,11 +20,15 @@ from typing import Any
 
 from beamstream.atomic import write_atomically
 from beamstream.modes import create_file, make_dirs
-from beamstream.errors import TransportError, WireFormatError
+from beamstream.errors import TransportError
 from beamstream.codecs import decode_payload
-from beamstream.codecs.hdf5 import NO_STORAGE, Storage, batch_to_hdf5_bytes
+from beamstream.codecs.hdf5 import LIBVER, META_GROUP, NO_STORAGE, Storage, batch_to_hdf5_bytes
+from beamstream.wire.frames import frame_buffer
+from beamstream.wire.metadata import RunMetadata
 
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+DESCRIPTION_ATTRIBUTE = "description"
+"""The attribute of a file's ``_beamstream`` group that holds the stream's description as JSON."""
 
 
 def safe_name(text: str) -> str:
@@ -29,13 +41,26 @@ def message_filename(message: Any) -> str:
     return f"{safe_name(message.stream)}-r{message.rank:03d}-m{message.index:06d}.h5"
 
 
-def message_h5_bytes(message: Any, storage: Storage = NO_STORAGE) -> bytes:
-    """The message as an HDF5 file image: an ``hdf5`` payload as it is, others written as ``storage`` says."""
-    if message.serializer == "hdf5":
-        if len(message.payload) != 1:
-            raise WireFormatError(f"an hdf5 message has one payload frame, got {len(message.payload)}")
-        return bytes(message.payload[0])
-    return bytes(batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), storage))
+def write_description(group: Any, metadata: RunMetadata) -> None:
+    """Store ``metadata`` in h5py group ``group`` (a file's ``_beamstream``) as :data:`DESCRIPTION_ATTRIBUTE`."""
+    group.attrs[DESCRIPTION_ATTRIBUTE] = json.dumps(metadata.to_builtins())
+
+
+def message_h5_bytes(message: Any, storage: Storage = NO_STORAGE, metadata: RunMetadata | None = None) -> bytes:
+    """The message as an HDF5 file image: an ``hdf5`` payload's datasets as they are, others written as
+    ``storage`` says; with ``metadata``, the stream's description in ``/_beamstream`` (:func:`write_description`)."""
+    if message.serializer == "hdf5":  # its frames, concatenated, are the file
+        image = b"".join(frame_buffer(frame) for frame in message.payload)
+    else:
+        image = batch_to_hdf5_bytes(message.seq, message.time, decode_payload(message), storage)
+    if metadata is None:
+        return bytes(image)
+    import h5py
+
+    buffer = io.BytesIO(image)
+    with h5py.File(buffer, "r+", libver=LIBVER) as h5:
+        write_description(h5.require_group(META_GROUP), metadata)
+    return buffer.getvalue()
 
 
 def save_file(path: Path, data: bytes) -> None:
@@ -49,6 +74,7 @@ def save_file(path: Path, data: bytes) -> None:
 class MessageSaver:
     """Writes each message as one .h5 file into a directory, or as one member of a tar archive.
 
+    Each file holds the stream's description (:func:`write_description`) where :meth:`save` is given it.
     Files are created private (:mod:`beamstream.modes`). An existing file is not overwritten
     unless ``overwrite``: TransportError names it and says to pass ``--force``. An archive that got no
     message is removed when closed, so that nothing blocks the next try.
@@ -76,9 +102,10 @@ class MessageSaver:
             raise TransportError(f"cannot write to {out}: {exc.strerror or exc}") from None
         return cls(directory=out, overwrite=overwrite)
 
-    def save(self, message: Any) -> None:
+    def save(self, message: Any, metadata: RunMetadata | None = None) -> None:
+        """Write data message ``message`` with ``metadata``, the stream's description (``client.metadata``)."""
         name = message_filename(message)
-        image = message_h5_bytes(message)
+        image = message_h5_bytes(message, metadata=metadata)
         if self.archive is None:
             path = self.directory / name
             if not self.overwrite and path.exists():

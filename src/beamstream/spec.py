@@ -15,10 +15,10 @@ from typing import Annotated, Any, Union, get_args
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 
 from beamstream.buffer.config import BufferConfig
-from beamstream.description import metadata_from_spec
+from beamstream.description import describe_steps, metadata_from_spec
 from beamstream.errors import MissingDependency, SpecError
 from beamstream.plugins import plugin, plugin_names
-from beamstream.spec_input import check_data_shape, parse_yaml, read_spec_text
+from beamstream.spec_input import check_data_shape, exponent_hint, parse_yaml, read_spec_text
 from beamstream.stages import SerializerSpec, SinkSpec, SourceSpec, SpecModel, StepSpec
 
 SPEC_DOC = """A stream: where events come from, how they are processed, encoded and delivered.
@@ -102,6 +102,7 @@ def parse_spec(data: Any, origin: str = "spec") -> Any:
         lines = [f"{origin}: {len(problems)} problem(s) in the stream spec:", *(f"  {line}" for line in problems)]
         raise SpecError("\n".join(lines)) from None
     _check_fields(spec, origin)
+    _check_description(spec, origin)
     _check_receivers(spec, origin)
     return spec
 
@@ -137,6 +138,20 @@ def _check_fields(spec: Any, origin: str) -> None:
         names = step.fields_after(names)
     if problems:
         raise SpecError("\n".join([f"{origin}: {len(problems)} problem(s) in the stream spec:", *problems]))
+
+
+def _check_description(spec: Any, origin: str) -> None:
+    """SpecError from the first step that refuses the description as it reaches it (a ``pad`` value the field's
+    dtype cannot hold), when the source spec alone describes its fields; the producer checks the same once read."""
+    metadata = spec.source.described()
+    if metadata is None:
+        return
+    if spec.metadata is not None:
+        metadata = metadata.merged(metadata_from_spec(spec.metadata))
+    try:
+        describe_steps(spec.steps, metadata)
+    except SpecError as exc:
+        raise SpecError(f"{origin}: 1 problem(s) in the stream spec:\n  {exc}") from None
 
 
 def load_spec(path: str | Path, for_service: bool = False) -> Any:
@@ -276,7 +291,8 @@ def _mismatch(loc: tuple[Any, ...], errors: list[Any], data: dict[str, Any]) -> 
             form = f"a mapping ({', '.join(models[0].model_fields)})"
         if form not in forms:
             forms.append(form)
-    return f"{_location(loc)}: expected {' or '.join(forms)}; got {_shown(errors[0].get('input'))}"
+    got = errors[0].get("input")
+    return f"{_location(loc)}: expected {' or '.join(forms)}; got {_shown(got)}{exponent_hint(got)}"
 
 
 def _mapping_models(loc: tuple[Any, ...], data: dict[str, Any]) -> list[type[BaseModel]]:
@@ -314,6 +330,8 @@ def describe_error(error: Any, data: dict[str, Any], readable: tuple[Any, ...] |
         return f"{_location(readable)}: required, not given{hint}"
     if kind == "path_type":
         return f"{_location(readable)}: expected a path; got {_shown(error.get('input'))}"
+    if kind in TYPE_MISMATCH:
+        hint += exponent_hint(error.get("input"))
     return f"{_location(readable)}: {error['msg'].removeprefix('Value error, ')}{hint}"
 
 

@@ -9,12 +9,16 @@ A spec arrives from a person's file or over the network, so before any model see
   longer than :data:`MAX_INT_DIGITS` digits;
 - already parsed data (JSON from the API) is held to the same depth and size.
 
-Every refusal is a SpecError naming the file and what to change.
+Every refusal is a SpecError naming the file and what to change. PyYAML (YAML 1.1) reads a number written
+with an exponent but no dot (``75e-6``) as text; where a spec's number is such a text, the error says so and
+gives the number with a dot (:func:`exponent_hint`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 32
 MAX_NODES = 100_000
 MAX_INT_DIGITS = 30
+EXPONENT_WITHOUT_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+"""A number PyYAML reads as text: an exponent and no dot (``75e-6``; ``7.5e-6`` and ``75.e-6`` are numbers)."""
 
 
 def read_spec_text(path: Path) -> str:
@@ -128,3 +134,29 @@ def check_data_shape(data: Any, origin: str) -> None:
             pending.extend((child, depth + 1) for child in children)
         elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAX_INT_DIGITS:
             raise SpecError(f"{origin}: a number of more than {MAX_INT_DIGITS} digits; numbers in a spec are smaller")
+
+
+def exponent_hint(value: Any) -> str:
+    """For ``value``, a text PyYAML read from a number with an exponent and no dot (:data:`EXPONENT_WITHOUT_DOT`),
+    `` (YAML read 75e-6 as text: ... write 7.5e-05)``, to add to an error that wanted a number; else ``""``."""
+    if not isinstance(value, str) or not EXPONENT_WITHOUT_DOT.fullmatch(text := value.strip()):
+        return ""
+    number = float(text)
+    written = (str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
+               if math.isfinite(number) else re.sub("([eE])", r".0\1", text))
+    return f" (YAML read {text} as text: PyYAML reads a number with an exponent only with a dot; write {written})"
+
+
+def texts_read_from_numbers(data: Any, texts: frozenset[str] = frozenset()) -> list[str]:
+    """``location: 'text' (YAML read ...)`` for each text in ``data`` (parsed YAML) that PyYAML read from a number
+    with an exponent and no dot (:func:`exponent_hint`), outside the keys named in ``texts`` (those hold text)."""
+    found, pending = [], [("", data)]
+    while pending:
+        location, value = pending.pop(0)
+        if isinstance(value, dict):
+            pending += [(f"{location}.{key}".lstrip("."), item) for key, item in value.items() if key not in texts]
+        elif isinstance(value, list):
+            pending += [(f"{location}[{index}]", item) for index, item in enumerate(value)]
+        elif hint := exponent_hint(value):
+            found.append(f"{location}: {value!r}{hint}")
+    return found

@@ -103,6 +103,10 @@ class SourceSpec(SpecModel):
         """The fields every batch of this source has, when the spec alone says so (None: known only once read)."""
         return None
 
+    def check_here(self) -> None:
+        """What ``beamstream spec check`` can also check in the data this source names where it is on this machine
+        (SourceError, as ``open`` would raise); nothing by default. Not run for a spec checked for the service."""
+
     def described(self) -> RunMetadata | None:
         """The stream's description as far as the spec alone says it (e.g. each field's shape and dtype), for
         ``spec check`` to run the steps' ``describe`` on; None when it is known only once read."""

@@ -34,7 +34,8 @@ from beamstream.atomic import commit, partial_path
 from beamstream.codecs.hdf5 import LIBVER
 from beamstream.modes import create_file, make_dirs
 from beamstream.saving import safe_name, save_file
-from beamstream.sinks.cxi import in_si, write_structure
+from beamstream.quantities import photon_energy_ev
+from beamstream.sinks.cxi import write_structure
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
 FILE_LIST = "files.lst"
@@ -45,7 +46,6 @@ DATA = "/entry_1/data_1"
 PEAK_DATASETS = {"nPeaks": "npeaks", "peakXPosRaw": "peak_x", "peakYPosRaw": "peak_y",
                  "peakTotalIntensity": "peak_intensity"}
 """CXI peak list dataset → suffix of the stream field (``<prefix>_<suffix>``) it is written from."""
-JOULES_PER_EV = 1.602176634e-19
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +179,10 @@ def geometry_text(event_shape: tuple[int, ...], entry: FieldMetadata, metadata: 
     rows, cols = event_shape[-2:]
     panels = int(np.prod(event_shape[:-2], dtype=int))
     row, col = centre if centre is not None else ((panels * rows - 1) / 2, (cols - 1) / 2)
-    energy = metadata.constants.get("photon_energy")
-    joules = in_si(energy) if energy is not None else None
+    energy = photon_energy_ev(metadata.constants)  # from photon_energy or wavelength
     lines = [f"; CrystFEL geometry written by beamstream for {panels} panel(s) of {rows} x {cols} pixels",
              f"; ({entry.detector or 'detector'}), stacked along the slow scan as in the hit files",
-             f"photon_energy = {joules[0] / JOULES_PER_EV:.6g}" if joules and joules[1] == "J"
+             f"photon_energy = {energy:.6g}" if energy is not None
              else "; photon_energy = ?  (eV; the stream does not say: set it)",
              f"clen = {entry.distance:.6g}" if entry.distance is not None
              else "; clen = ?  (m; the stream does not say: set it)",

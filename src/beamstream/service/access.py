@@ -103,7 +103,7 @@ def path_grant(context: ServiceContext, principal: Principal, experiment: str | 
     if context.authorizer.may_open_any_path(principal.identity).allowed:
         return PathGrant(any_path=True)
     folder = context.catalogue.calibration_folder(experiment) if experiment is not None else None
-    files = frozenset(run.files) if run is not None else frozenset()
+    files = frozenset([*run.files, *([run.dir] if run.dir else [])]) if run is not None else frozenset()
     if folder is None and not files:
         return PathGrant(any_path=False)
     named = [f"the files of run {run.run} of experiment {experiment!r} that the service finds"] if run else []

@@ -5,7 +5,9 @@ Two layouts, each configured in the service's settings:
 - ``xtc_root``: the LCLS-II layout,
   ``<xtc_root>/<instrument>/<experiment>/xtc/<experiment>-r<run:04d>-s<NNN>-c<NNN>.xtc2``, the
   instrument being the experiment's first three letters (``xpptut15`` → ``xpp``); read with the
-  ``psana2`` source.
+  ``psana2`` source. A run with small data (``xtc/smalldata/<experiment>-r<run:04d>-s<NNN>-*.smd.xtc2``)
+  also has its ``dir``, the xtc folder: psana reads it by experiment, run and folder, as the facility
+  does, and shares it out among MPI ranks (:mod:`beamstream.sources.psana_runs`).
 - ``hdf5_pattern``: a glob with ``{experiment}`` and ``{run}`` (format fields, e.g.
   ``/data/{experiment}/raw/r{run:04d}/*.h5``); read with the ``hdf5`` source.
 
@@ -38,6 +40,7 @@ class Run:
     run: int
     source: str  # the source type that reads its files
     files: list[str]
+    dir: str | None = None  # the xtc folder of a run with small data: psana reads it by exp, run and dir
 
 
 class Catalogue:
@@ -80,7 +83,8 @@ class Catalogue:
                 match = XTC_FILE.fullmatch(path.name)
                 if match and match["experiment"] == experiment and (run is None or int(match["run"]) == run):
                     by_run.setdefault(int(match["run"]), []).append(str(path))
-            found += [Run(experiment, number, "psana2", files) for number, files in by_run.items()]
+            found += [Run(experiment, number, "psana2", files, self._small_data_folder(experiment, number))
+                      for number, files in by_run.items()]
         if self.hdf5_pattern is not None and not found:
             numbers = [run] if run is not None else self._hdf5_runs(experiment)
             for number in numbers:
@@ -95,6 +99,11 @@ class Catalogue:
         wildcard = pattern.replace(_RunMarker.TOKEN, "*")
         regex = re.compile(re.escape(pattern).replace(re.escape(_RunMarker.TOKEN), r"(\d+)").replace(r"\*", ".*"))
         return sorted({int(match[1]) for path in glob.glob(wildcard) if (match := regex.fullmatch(path))})
+
+    def _small_data_folder(self, experiment: str, run: int) -> str | None:
+        """The xtc folder of ``run`` when it has small data (what psana's DataSource(exp=, run=, dir=) reads)."""
+        folder = self._xtc_folder(experiment)
+        return str(folder) if any((folder / "smalldata").glob(f"{experiment}-r{run:04d}-s*.smd.xtc2")) else None
 
     def _xtc_folder(self, experiment: str) -> Path:
         return self.xtc_root / experiment[:3].lower() / experiment / "xtc"

@@ -6,14 +6,17 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once
 1. **Start** queued streams, oldest first, while fewer than ``max_streams`` (in total) and
    ``max_streams_per_user`` (per owner) are starting or running: write the stream's folder
    (its spec, the buffer's settings, the private callback file), submit the buffer job
-   (``beamstream buffer --callback``, on free ports) → ``starting``.
+   (``beamstream buffer --callback``, on free ports) → ``starting``. With an executor whose jobs run
+   on the service's host (local), the buffer takes its producers on an ipc socket in the stream's
+   folder and the producers job is submitted with it, so that both start at once (producers wait
+   for the buffer to listen; a stream whose buffer fails stops them).
 2. **Watch** each starting or running stream (and stop any job still running of a stream that
    has ended, e.g. one cancelled while its buffer job was being submitted; a cancelled stream's
    buffer only once its producers have ended and :data:`CANCEL_LINGER_S` passed, so that their
    aborted ends reach its readers as the stream's end):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
-   - once the buffer listens (its callback made the stream ``running``): submit the producers
-     job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
+   - once the buffer listens (its callback made the stream ``running``), unless submitted with the
+     buffer's: submit the producers job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
      ``--workers N`` local processes (one worker: ``--rank 0``, in the job's own process), or, with
      an executor that launches ranks (Slurm), N ranks (``srun``) on the request's nodes, each
      ``--rank-from-env``;
@@ -39,16 +42,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from beamstream.accounting import format_ranges
 from beamstream.buffer.config import RENAMED
 from beamstream.errors import TransportError
 from beamstream.metrics_reading import fetch_status
@@ -57,6 +56,7 @@ from beamstream.protocol.slurm import SlurmOptions
 from beamstream.security.streamkey import StreamKey, write_key_file
 from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
+from beamstream.service.job_endings import end_with_verdict, log_tail, outcome, read_verdict
 from beamstream.service.job_paths import stream_folder
 from beamstream.spec import as_the_service_runs_it
 from beamstream.service.settings import ServiceSettings
@@ -66,10 +66,10 @@ from beamstream.service.store import Job, JobStore, StreamRecord
 logger = logging.getLogger(__name__)
 KEY_FILE = "stream.key"  # the stream's key, for its producers job
 ADMISSION_KEY_FILE = "admission.key"  # only the admission key derived from it, for its buffer job
-MAX_VERDICT_BYTES = 1 << 20
 VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its verdict, though it seems ended
 CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
-LOG_TAIL = 2000  # characters of a failed job's log quoted in the stream's history
+PRODUCERS_SOCKET = "producers.ipc"  # the buffer's producer endpoint in the stream's folder, when jobs run here
+IPC_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, less its NUL)
 
 
 class Dispatcher:
@@ -165,7 +165,8 @@ class Dispatcher:
         host = self.settings.data_host
         asked = {key: value for key, value in (record.resources.get("buffer") or {}).items()
                  if value is not None and key not in RENAMED}  # a stream stored before the endpoints' rename
-        buffer = {**asked, "producer_endpoint": f"tcp://{host}:0", "consumer_endpoint": f"tcp://{host}:0",
+        early = self._early_producer_endpoint(record)
+        buffer = {**asked, "producer_endpoint": early or f"tcp://{host}:0", "consumer_endpoint": f"tcp://{host}:0",
                   "metrics_port": 0, "metrics_addr": host}
         _write_json(directory / "buffer-spec.json", {**as_the_service_runs_it(record.spec), "buffer": buffer})
         argv = [sys.executable, "-m", "beamstream.cli", "buffer", "--spec", "buffer-spec.json",
@@ -173,7 +174,18 @@ class Dispatcher:
         if record.key is not None:  # the buffer holds the admission key only: it cannot open a payload
             write_key_file(directory / ADMISSION_KEY_FILE, StreamKey.from_text(record.key).admission)
             argv += ["--admission-key-file", str(directory / ADMISSION_KEY_FILE)]
-        self._submit(record, "buffer", argv, state=State.STARTING)
+        if self._submit(record, "buffer", argv, state=State.STARTING) and early is not None:
+            self._submit_producers(record, early)
+
+    def _early_producer_endpoint(self, record: StreamRecord) -> str | None:
+        """Where the producers reach the buffer when their job starts with the buffer's (the request's first event
+        then waits for one job start, not two in turn): an ipc socket in the stream's folder, for an executor whose
+        jobs run on the service's host; None for the others (the buffer's tcp port is known once it listens) and
+        for a folder whose path is too long for a socket's."""
+        if not self.executor(record).shares_host:
+            return None
+        endpoint = f"ipc://{self.folder(record).resolve() / PRODUCERS_SOCKET}"
+        return endpoint if len(endpoint.removeprefix("ipc://").encode()) <= IPC_PATH_MAX else None
 
     def _write_callback(self, record: StreamRecord) -> Path:
         """Write the stream's callback file (where its jobs call this service back, and the secret); its path."""
@@ -184,7 +196,8 @@ class Dispatcher:
         return path
 
     def _submit(self, record: StreamRecord, role: str, argv: list[str], ranks: int | None = None,
-                state: State | None = None) -> None:
+                state: State | None = None) -> bool:
+        """Submit ``record``'s ``role`` job; False (the stream failed, saying why) if it could not be."""
         executor = self.executor(record)
         request = JobRequest(role, argv, self.folder(record), ranks=ranks,
                              nodes=int(record.resources.get("nodes") or 1),
@@ -195,13 +208,14 @@ class Dispatcher:
             native_id = executor.submit(request)
         except OSError as exc:
             self._fail(record, f"could not submit the {role} job ({executor.name}): {exc}")
-            return
+            return False
         self.store.add_job(record.id, role, executor.name, native_id, str(request.directory))
         reason = f"{role} job submitted ({executor.name} {native_id})"
         if state is None:
             logger.info("stream %s: %s", record.id, reason)
         else:
             self.store.change_state(record.id, state, reason)
+        return True
 
     # --- watching ------------------------------------------------------------------------------
 
@@ -229,7 +243,7 @@ class Dispatcher:
             return
         producers = jobs.get("producers")
         if producers is None:
-            self._submit_producers(record)
+            self._submit_producers(record, record.endpoints["producers"])
             return
         if self._status(producers).state is JobState.RUNNING or buffer.stop_requested is not None:
             return
@@ -238,8 +252,9 @@ class Dispatcher:
             self.executor(record).cancel(buffer.native_id)
             self.store.update_job(buffer.id, stop_requested=time.time())
 
-    def _submit_producers(self, record: StreamRecord) -> None:
-        spec = as_the_service_runs_it(record.spec, record.endpoints["producers"])
+    def _submit_producers(self, record: StreamRecord, endpoint: str) -> None:
+        """Submit the producers job, its stream sink to the buffer's producer ``endpoint``."""
+        spec = as_the_service_runs_it(record.spec, endpoint)
         spec.pop("buffer", None)
         _write_json(self.folder(record) / "producers-spec.json", spec)
         workers = int(record.resources.get("workers") or 1)
@@ -319,90 +334,11 @@ def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
     return executors
 
 
-def outcome(state: JobState, exit_code: int | None) -> str:
-    """How a job ended, in words: ``exit code 1``, ``exit code 137 (SIGKILL)`` (128 + a signal, as shells and
-    jobrun record a command a signal ended), or that it is gone or left no exit code (e.g. cancelled by Slurm)."""
-    if state is JobState.LOST:
-        return "it is gone, with no exit code recorded"
-    if exit_code is None:
-        return "no exit code"
-    if exit_code is not None and 128 < exit_code < 128 + signal.NSIG:
-        return f"exit code {exit_code} ({signal.Signals(exit_code - 128).name})"
-    return f"exit code {exit_code}"
-
-
-def log_tail(job: Job) -> str:
-    """``; its log ends: ...``: the last :data:`LOG_TAIL` characters of the job's output (its ``.log``, then its
-    ``.err`` where the executor keeps standard error apart), or "" if there is none."""
-    parts = []
-    for suffix in (".log", ".err"):
-        try:
-            with open(Path(job.directory) / f"{job.role}{suffix}", "rb") as file:
-                file.seek(0, 2)
-                file.seek(max(0, file.tell() - LOG_TAIL))
-                parts.append(file.read().decode(errors="replace").strip())
-        except OSError:
-            pass
-    text = "\n".join(part for part in parts if part)[-LOG_TAIL:]
-    return f"; its log ends: {text}" if text else ""
-
-
-class VerdictBody(BaseModel):
-    """A stream's verdict as its buffer job reports it (in its callback, and in :data:`VERDICT_FILE`)."""
-
-    complete: bool
-    summary: str = Field(max_length=1 << 16)
-    missing: list[tuple[int, int]] = Field(max_length=1000)
-
-
-def read_verdict(path: Path) -> dict[str, Any] | None:
-    """The verdict a buffer job wrote to ``path`` before it called back, if it is there, well-formed and no larger
-    than :data:`MAX_VERDICT_BYTES`."""
-    try:
-        with open(path, "rb") as file:
-            text = file.read(MAX_VERDICT_BYTES + 1)
-        if len(text) > MAX_VERDICT_BYTES:
-            raise ValueError(f"larger than {MAX_VERDICT_BYTES} bytes")
-        return VerdictBody.model_validate_json(text).model_dump()
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        logger.warning("ignored the verdict file %s: %s", path, exc)
-        return None
-
-
-def end_with_verdict(store: JobStore, stream_id: str, verdict: dict[str, Any]) -> StreamRecord:
-    """End the stream as its buffer's ``verdict`` says: completed or failed, with :func:`verdict_reason`.
-    Raises TransitionError if it has ended already."""
-    state = State.COMPLETED if verdict["complete"] else State.FAILED
-    return store.change_state(stream_id, state, verdict_reason(verdict, store.jobs(stream_id).get("producers")),
-                              verdict=verdict)
-
-
 def job_options(slurm: dict[str, Any] | None, role: str) -> SlurmOptions:
     """A stream's sbatch options as its ``role`` job takes them: the buffer, one task, takes no GPU and no node of
     its own (``exclusive`` and ``gpus_per_task`` are for the producer ranks)."""
     options = SlurmOptions.model_validate(slurm or {})
     return options if role == "producers" else options.model_copy(update={"gpus_per_task": None, "exclusive": False})
-
-
-def verdict_reason(verdict: dict[str, Any], producers: Job | None) -> str:
-    """Why a stream ended as its buffer's ``verdict`` says: the verdict's first line; when it is incomplete, also
-    the missing sequence ranges and how the ``producers`` job ended (with its log's tail if it failed)."""
-    summary = verdict.get("summary") or ""
-    reason = summary.splitlines()[0] if summary else "the buffer ended"
-    if verdict.get("complete"):
-        return reason
-    if verdict.get("missing"):
-        reason += f"; missing sequence ranges: {format_ranges([tuple(r) for r in verdict['missing']])}"
-    if producers is None:
-        return f"{reason}; no producers job was started"
-    if producers.ended is None:
-        return f"{reason}; the producers job was still running"
-    state = JobState(producers.outcome)
-    ended = "ended" if state is JobState.LOST else state.value
-    said = f"{reason}; the producers job {ended} ({outcome(state, producers.exit_code)})"
-    return said if state is JobState.SUCCEEDED else said + log_tail(producers)
 
 
 def _write_json(path: Path, data: Any) -> None:

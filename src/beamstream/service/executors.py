@@ -93,6 +93,7 @@ class CannotRun(Exception):
 class Executor(Protocol):
     name: str
     launches_ranks: bool  # whether it takes a JobRequest with ranks (else the job runs its workers itself)
+    shares_host: bool  # whether its jobs run on the service's host (they may then meet on an ipc socket)
 
     def check(self, job: JobRequest) -> None:
         """Raise :class:`CannotRun` if ``job`` could not run here; nothing is submitted."""
@@ -116,6 +117,7 @@ class LocalExecutor:
 
     name = "local"
     launches_ranks = False
+    shares_host = True
 
     def check(self, job: JobRequest) -> None:
         """Any job runs here (the service's settings bound how many workers a stream may ask for)."""
@@ -154,6 +156,7 @@ class SlurmExecutor:
 
     name = "slurm"
     launches_ranks = True
+    shares_host = False
     FOREVER_S = 365 * 86400  # PSI/J's default walltime is 10 minutes: a job without a limit gets this
     ANSWER_WITHIN_S = 10.0  # for sbatch --test-only
 

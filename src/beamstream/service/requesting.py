@@ -65,12 +65,16 @@ def slurm_options(context: ServiceContext, request: StreamRequest, executor: str
 
 def with_run_files(spec: dict[str, Any], run: Run) -> dict[str, Any]:
     """``spec`` whose source reads ``run``'s files (the source type the run needs, unless the spec names one; the
-    files unless it names some; a psana2 source's ``exp`` and ``run`` labels; an hdf5 source's CXI detector data
-    as the field ``image``, unless it names its datasets), and whose description says which experiment and run it
-    is (unless the spec's ``metadata:`` says otherwise)."""
+    files unless it names some, or for a psana2 source of a run with small data, the run's ``dir`` (psana reads it
+    by ``exp``, ``run`` and ``dir``, shared out among MPI ranks); a psana2 source's ``exp`` and ``run``; an hdf5
+    source's CXI detector data as the field ``image``, unless it names its datasets), and whose description says
+    which experiment and run it is (unless the spec's ``metadata:`` says otherwise)."""
     source = dict(spec.get("source") or {})
     source.setdefault("type", run.source)
-    source.setdefault("files", run.files)
+    if source["type"] == "psana2" and run.dir is not None and "files" not in source:
+        source.setdefault("dir", run.dir)
+    else:
+        source.setdefault("files", run.files)
     if source["type"] == "psana2":
         source.setdefault("exp", run.experiment)
         source.setdefault("run", run.run)

@@ -96,19 +96,22 @@ class FilesWriter:
 class MessageFiles(FilesWriter):
     """Layout ``messages``: data message ``index`` becomes ``{prefix}-m{index:06d}.h5``.
 
-    An ``hdf5`` payload is written byte for byte; other payloads are decoded and written with
+    An ``hdf5`` payload is written as it is, the description added; other payloads are decoded and written with
     :func:`beamstream.codecs.hdf5.write_batch`, so both read the same: one dataset per
-    field at the root, plus ``/_beamstream/seq`` and ``/_beamstream/time``.
+    field at the root, plus ``/_beamstream/seq`` and ``/_beamstream/time``, and the stream's description in
+    ``/_beamstream`` (:func:`beamstream.saving.write_description`).
     """
 
     def __init__(self, directory: Path, context: SinkContext, storage: Storage) -> None:
         super().__init__(directory, context)
         self.storage = storage
+        self.metadata: RunMetadata | None = None  # the stream's description, from the first message carrying it
 
     def send(self, message: DataMessage) -> None:
         self.describe(message)
+        self.metadata = self.metadata or message.metadata
         path = self.directory / f"{self.prefix}-m{message.index:06d}.h5"
-        save_file(path, message_h5_bytes(message, self.storage))
+        save_file(path, message_h5_bytes(message, self.storage, self.metadata))
 
 
 class CxiFile(FilesWriter):

@@ -22,12 +22,12 @@ from typing import Literal
 import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle, lz4 and zstd filters for reading)
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from beamstream.batch import Batch, Share, little_endian
 from beamstream.errors import SourceError
 from beamstream.limits import MAX_EVENTS, MAX_EVENTS_PER_BATCH, MAX_FILES, check_memory
-from beamstream.sources.hdf5_metadata import describe_files
+from beamstream.sources.hdf5_metadata import check_keys, describe_files
 from beamstream.spec_paths import ReadPattern
 from beamstream.stages import SourceSpec
 from beamstream.wire.metadata import RunMetadata
@@ -258,10 +258,11 @@ class HDF5Source(SourceSpec):
         metadata: description key -> where the first file holds it: ``/dataset`` (scalar or
             short 1-D), ``/path@attribute`` or ``@attribute``. Keys ``facility``,
             ``instrument``, ``experiment``, ``sample``, ``run``; ``FIELD.distance`` and
-            ``FIELD.pixel_size`` (converted to metres by the dataset's ``units``); any other
-            key is a per-run constant with its dataset's ``units``
-            (:mod:`beamstream.sources.hdf5_metadata`). Each field's entry says its dataset;
-            without ``time_dataset`` the description says ``times: none``.
+            ``FIELD.pixel_size`` (or ``FIELD.x_pixel_size`` with ``FIELD.y_pixel_size``),
+            converted to metres by the dataset's ``units``; any other key is a per-run constant
+            with its dataset's ``units``, unless it looks like a mistyped key, which is refused
+            (:mod:`beamstream.sources.hdf5_metadata`). Each field's entry says its dataset, and
+            a mask's convention; without ``time_dataset`` the description says ``times: none``.
     """
 
     type: Literal["hdf5"] = "hdf5"
@@ -281,6 +282,11 @@ class HDF5Source(SourceSpec):
                                  "folder): start a pattern with the folder the files are in, e.g. "
                                  "/data/xpptut15/r0014/*.h5")
         return files
+
+    @model_validator(mode="after")
+    def _known_metadata_keys(self) -> HDF5Source:
+        check_keys(self.metadata, self.datasets)
+        return self
 
     def field_names(self) -> set[str]:
         return set(self.datasets)

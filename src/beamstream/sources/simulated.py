@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from beamstream.batch import Batch, Share
+from beamstream.batch import Batch, Share, little_endian
 from beamstream.limits import MAX_EVENT_BYTES, Axis, BatchSize, EventCount, Rate, Shape, check_memory
 from beamstream.stages import SourceSpec, SpecModel
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
@@ -185,6 +185,9 @@ class SimulatedSource(SourceSpec):
         suffix = {"image": "_peaks", "waveform": "_hits"}
         return {name for detector in self.detectors for name in (detector.name, detector.name + suffix[detector.kind])}
 
+    def described(self) -> RunMetadata:
+        return SimulatedReader(self).metadata()
+
     def memory_estimate(self) -> int:
         """Bytes a worker holds: its bank of frames, plus one read of events."""
         return (self.bank_size + self.events_per_read) * sum(detector.event_bytes() for detector in self.detectors)
@@ -205,10 +208,13 @@ class SimulatedReader:
         return Share(rank=rank, producers=producers, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
 
     def metadata(self) -> RunMetadata:
-        """Facility ``simulated``; each detector's field and its ground truth, with what they hold."""
+        """Facility ``simulated``; each detector's field (with its shape and dtype) and its ground truth, with what
+        they hold."""
         fields = {}
         for detector in self.spec.detectors:
-            fields[detector.name] = FieldMetadata(detector=detector.name, source=f"simulated {detector.kind}")
+            shape = list(detector.shape) if detector.kind == "image" else [detector.samples]
+            fields[detector.name] = FieldMetadata(detector=detector.name, source=f"simulated {detector.kind}",
+                                                  shape=shape, dtype=little_endian(np.dtype(detector.dtype)).str)
             fields.update(detector.truth_metadata())
         return RunMetadata(facility="simulated", fields=fields)
 

@@ -25,7 +25,8 @@ from beamstream.quantities import PLANCK_EV_M, photon_energy_ev
 from beamstream.spec_paths import ReadPath
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
-from beamstream.steps.calibrate import ConstantsFile
+from beamstream.masks import MaskConvention, padding
+from beamstream.steps.calibrate import ConstantsFile, bad_pixels
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
 UNITS = Literal["q_nm^-1", "q_A^-1", "2th_deg", "2th_rad", "r_mm"]
@@ -59,7 +60,11 @@ class AzimuthalStep(StepSpec):
         centre: beam centre ``[row, col]`` in pixels (default: the frame's middle).
         energy: photon energy in eV (default: the constant ``photon_energy`` or ``wavelength``).
         mask: a ``{file, dataset}`` reference to a per-pixel mask of the frame's shape.
-        mask_convention: ``nonzero-is-bad`` (CXI, pyFAI; default) or ``zero-is-bad`` (psana).
+        mask_convention: which pixels ``mask`` marks bad: what an HDF5 mask's ``mask_convention`` attribute
+            states (a value here must agree), else this, else ``nonzero-is-bad`` (CXI's and pyFAI's); or
+            ``zero-is-bad`` (psana's).
+        valid: the real pixels of a frame, ``[start, stop]`` per axis (default: the field's ``valid``
+            description entry, which a ``pad`` step sets); the others (padding) are masked.
         solid_angle: correct for each pixel's solid angle (default true).
         polarization: the beam's polarization factor in [-1, 1] (default none: no correction).
     """
@@ -76,7 +81,8 @@ class AzimuthalStep(StepSpec):
     centre: tuple[float, float] | None = Field(None, description="beam centre [row, col] (pixels)")
     energy: float | None = Field(None, gt=0, description="photon energy (eV)")
     mask: ConstantsFile | None = Field(None, description="a per-pixel mask")
-    mask_convention: Literal["nonzero-is-bad", "zero-is-bad"] = Field("nonzero-is-bad", description="mask values")
+    mask_convention: MaskConvention | None = Field(None, description="zero-is-bad or nonzero-is-bad")
+    valid: list[tuple[int, int]] | None = Field(None, description="the real pixels, [start, stop] per axis")
     solid_angle: bool = Field(True, description="correct for each pixel's solid angle")
     polarization: float | None = Field(None, ge=-1, le=1, description="polarization factor")
 
@@ -94,11 +100,12 @@ class AzimuthalStep(StepSpec):
         return profile_fields(self.output or f"{self.field}_azimuthal")
 
     def complete(self, metadata: RunMetadata) -> AzimuthalStep:
-        """Distance, pixel size and energy the options leave out, from ``metadata``; unchanged with a PONI file."""
-        if self.poni is not None:
-            return self
+        """Distance, pixel size and energy the options leave out, from ``metadata`` (not with a PONI file), and
+        the real pixels (``valid``)."""
         entry = metadata.fields.get(self.field, FieldMetadata())
-        changes = {}
+        changes = {"valid": [tuple(pair) for pair in entry.valid]} if self.valid is None and entry.valid else {}
+        if self.poni is not None:
+            return self.model_copy(update=changes)
         if self.distance is None and entry.distance is not None:
             changes["distance"] = entry.distance
         if self.pixel_size is None and len(entry.pixel_size) >= 2:
@@ -157,7 +164,8 @@ class AzimuthalIntegration(BatchwiseStep):
 
     def __init__(self, spec: AzimuthalStep) -> None:
         self.spec = spec
-        self.mask = None if spec.mask is None else _bad_pixels(spec.mask.load(), spec.mask_convention)
+        self.mask = None if spec.mask is None else bad_pixels(spec.mask, spec.mask_convention, "azimuthal",
+                                                              default="nonzero-is-bad").astype(np.int8)
         self.integrator = None
         self.shape: tuple[int, ...] | None = None
 
@@ -191,11 +199,13 @@ class AzimuthalIntegration(BatchwiseStep):
                             f"{frame_shape}; give a mask of the frame's shape")
         if self.integrator is None:
             self.integrator, self.shape = integrator(self.spec, frame_shape), frame_shape
+            try:
+                padded = padding(self.spec.valid, frame_shape, f"azimuthal: field {self.spec.field!r}")
+            except ValueError as exc:
+                raise StepError(str(exc)) from None
+            if padded is not None:
+                self.mask = padded.astype(np.int8) | (0 if self.mask is None else self.mask)
         elif frame_shape != self.shape:
             raise StepError(f"azimuthal: frames of {self.spec.field!r} changed shape from {self.shape} to "
                             f"{frame_shape}")
 
-
-def _bad_pixels(mask: np.ndarray, convention: str) -> np.ndarray:
-    """pyFAI's mask (non-zero: masked) from ``mask`` in ``convention``."""
-    return (mask == 0 if convention == "zero-is-bad" else mask != 0).astype(np.int8)

@@ -51,7 +51,8 @@ class BinStep(StepSpec):
         return Binner(self.field, self.factors, self.reduce)
 
     def describe(self, metadata: RunMetadata) -> RunMetadata:
-        """The binned axes shrink by their factor; their binning and pixel size grow by it."""
+        """The binned axes shrink by their factor; their binning and pixel size grow by it; a ``valid`` region (after
+        ``pad``) keeps the bins made only of real pixels (a bin mixing real pixels and padding lies outside it)."""
 
         def combine(geometry: Geometry) -> None:
             lead = len(geometry.shape) - len(self.factors)
@@ -61,10 +62,21 @@ class BinStep(StepSpec):
                     continue
                 geometry.shape[axis] //= factor
                 geometry.binning[axis] *= factor
+                if geometry.valid:
+                    first, last = geometry.valid[axis]
+                    start = min(-(-first // factor), geometry.shape[axis])
+                    geometry.valid[axis] = [start, max(start, last // factor)]
                 if (pixel := geometry.pixel_axis(axis)) is not None:
                     geometry.pixel_size[pixel] *= factor
 
-        return change_geometry(metadata, self.field, combine)
+        metadata = change_geometry(metadata, self.field, combine)
+        dtype = metadata.fields[self.field].dtype if self.field in metadata.fields else ""
+        return metadata.with_field(self.field, dtype=self.binned_dtype(np.dtype(dtype)).str) if dtype else metadata
+
+    def binned_dtype(self, dtype: np.dtype) -> np.dtype:
+        """The dtype binning gives values of ``dtype`` (see Result dtypes above)."""
+        summed = sum_dtype(dtype, prod(self.factors))
+        return (np.zeros(0, summed) / prod(self.factors)).dtype if self.reduce == "mean" else summed
 
 
 class Binner(BatchwiseStep):

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from beamstream.batch import BOOKKEEPING_FIELDS, Batch, little_endian
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
+from beamstream.wire.metadata import RunMetadata
 
 NUMERIC_KINDS = "biufc"
 DTYPE_EXAMPLES = "float32, float64, uint16, int32, bool, complex64, '<f4'"
@@ -48,6 +49,15 @@ class CastStep(StepSpec):
             raise ValueError(f"{value!r} is big-endian; the stream is little-endian (docs/conventions.md), "
                              f"so write {little_endian(dtype).str!r} or a name such as float32")
         return value
+
+    def describe(self, metadata: RunMetadata) -> RunMetadata:
+        """The converted fields' ``dtype`` is the target's (without ``fields``: every described field with a
+        dtype, but the bookkeeping ones)."""
+        names = self.fields or [name for name, entry in metadata.fields.items()
+                                if entry.dtype and name not in BOOKKEEPING_FIELDS]
+        for name in names:
+            metadata = metadata.with_field(name, dtype=np.dtype(self.dtype).str)
+        return metadata
 
     def build(self) -> Caster:
         return Caster(self.fields, np.dtype(self.dtype))

@@ -39,6 +39,8 @@ class ChannelsStep(StepSpec):
                 geometry.shape.insert(0, 1)
                 geometry.origin.insert(0, 0)
                 geometry.binning.insert(0, 1)
+                if geometry.valid:
+                    geometry.valid.insert(0, [0, 1])
 
         return change_geometry(metadata, self.field, add_axis)
 

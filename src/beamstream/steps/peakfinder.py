@@ -25,7 +25,8 @@ from beamstream.batch import Batch
 from beamstream.errors import MissingDependency, StepError, needs_extra
 from beamstream.stages import StepSpec
 from beamstream.steps import require_field
-from beamstream.steps.calibrate import ConstantsFile
+from beamstream.masks import MaskConvention, padding
+from beamstream.steps.calibrate import ConstantsFile, bad_pixels
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
 
 COLUMNS = ("x", "y", "intensity", "snr")
@@ -63,8 +64,13 @@ class Peakfinder8Step(StepSpec):
             which each pixel's radius is taken; ignored with ``radius_map``.
         radius_map: per-pixel radius from the beam (``{file, dataset}``, shaped as an event), for a
             detector whose panels do not sit as they are stacked.
-        mask: per-pixel mask (``{file, dataset}``, broadcasting to an event), 0 marking a bad pixel
-            (psana's convention); bad pixels are neither peak nor background.
+        mask: per-pixel mask (``{file, dataset}``, broadcasting to an event); the pixels it marks bad are neither
+            peak nor background.
+        mask_convention: which pixels ``mask`` marks bad, as for ``calibrate``: what an HDF5 mask's
+            ``mask_convention`` attribute states (a value here must agree), else this, else ``zero-is-bad``
+            (psana's); a mask named ``pixel_mask`` or ``mask`` that states none needs it.
+        valid: the real pixels of an event, ``[start, stop]`` per event axis (default: the field's ``valid``
+            description entry, which a ``pad`` step sets); the others (padding) are neither peak nor background.
         min_peaks: keep only events with at least this many peaks (default: keep every event).
         engine: ``numba`` (default, ``pip install 'beamstream[crystallography]'``) or ``psana``
             (``pip install 'beamstream[psana]'``); both find the same peaks, numba's several times faster.
@@ -82,7 +88,9 @@ class Peakfinder8Step(StepSpec):
     asics: tuple[int, int] = Field((1, 1), description="ASICs per panel: down, across")
     centre: tuple[FiniteFloat, FiniteFloat] | None = Field(None, description="beam centre [row, col] (default: middle)")
     radius_map: ConstantsFile | None = Field(None, description="per-pixel radius from the beam")
-    mask: ConstantsFile | None = Field(None, description="per-pixel mask, 0 = bad pixel")
+    mask: ConstantsFile | None = Field(None, description="per-pixel mask")
+    mask_convention: MaskConvention | None = Field(None, description="zero-is-bad or nonzero-is-bad")
+    valid: list[tuple[int, int]] | None = Field(None, description="the real pixels, [start, stop] per event axis")
     min_peaks: int | None = Field(None, ge=0, description="keep only events with at least this many peaks")
     engine: Literal["numba", "psana"] = Field("numba", description="the compiled peakfinder8: numba's or psana's")
 
@@ -120,6 +128,13 @@ class Peakfinder8Step(StepSpec):
     def finder(self) -> Peakfinder8:
         """The peak search these options describe (MissingDependency without the engine's package)."""
         return Peakfinder8(self, load_engine(self.engine))
+
+    def complete(self, metadata: RunMetadata) -> Peakfinder8Step:
+        """The real pixels (``valid``) from the field's description when the options do not say."""
+        entry = metadata.fields.get(self.field)
+        if self.valid is None and entry is not None and entry.valid:
+            return self.model_copy(update={"valid": [tuple(pair) for pair in entry.valid]})
+        return self
 
     def build(self) -> HitFinder:
         return HitFinder(self.finder(), self.field, self.prefix, self.min_peaks)
@@ -238,15 +253,22 @@ class Peakfinder8:
         return np.hypot(rr - row, cc - col).astype(np.float32)
 
     def _mask(self, event_shape: tuple[int, ...], frame: tuple[int, int]) -> np.ndarray:
+        """1 where a pixel may be searched: not marked bad by ``mask``, not padding (outside ``valid``)."""
         spec = self.spec
-        if spec.mask is None:
-            return np.ones(frame, np.int8)
-        mask = spec.mask.load("peakfinder8")
+        good = np.ones(event_shape, bool)
+        if spec.mask is not None:
+            bad = bad_pixels(spec.mask, spec.mask_convention, "peakfinder8")
+            try:
+                good &= ~np.broadcast_to(bad, event_shape)
+            except ValueError:
+                raise StepError(f"peakfinder8: mask has shape {bad.shape}, which does not broadcast to the event "
+                                f"shape {event_shape} of field {spec.field!r}; give a mask of that shape") from None
         try:
-            good = np.broadcast_to(mask != 0, event_shape)
-        except ValueError:
-            raise StepError(f"peakfinder8: mask has shape {mask.shape}, which does not broadcast to the event "
-                            f"shape {event_shape} of field {spec.field!r}; give a mask of that shape") from None
+            padded = padding(spec.valid, event_shape, f"peakfinder8: field {spec.field!r}")
+        except ValueError as exc:
+            raise StepError(str(exc)) from None
+        if padded is not None:
+            good &= ~padded
         return np.ascontiguousarray(good.reshape(frame), dtype=np.int8)
 
 

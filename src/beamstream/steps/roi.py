@@ -52,13 +52,17 @@ class RoiStep(StepSpec):
         return Cropper(self.field, self.start, self.stop)
 
     def describe(self, metadata: RunMetadata) -> RunMetadata:
-        """The field's shape is the region's; its origin moves by ``start`` (in source pixels)."""
+        """The field's shape is the region's; its origin moves by ``start`` (in source pixels); a ``valid`` region
+        (after ``pad``) is cropped with it, ``[k, k]`` when the region holds only padding along an axis."""
 
         def crop(geometry: Geometry) -> None:
             for axis, (first, stop) in enumerate(zip(self.start, self.stop, strict=True)):
                 if axis < len(geometry.shape):
                     geometry.origin[axis] += first * geometry.binning[axis]
                     geometry.shape[axis] = stop - first
+                    if geometry.valid:
+                        geometry.valid[axis] = [min(max(index - first, 0), stop - first)
+                                                for index in geometry.valid[axis]]
 
         return change_geometry(metadata, self.field, crop)
 

@@ -3,9 +3,10 @@
 A :class:`RunMetadata` travels once per stream: in the header of each producer's first data
 message (``metadata``), in the local buffer's :class:`~beamstream.wire.control.Describe` to every
 group member (so a member that never sees a first message, or joins late, still has it), and
-in the files the files sink writes. Sources fill what they know, a spec's ``metadata:`` section
-adds or overrides entries, and steps that change geometry (roi, bin, pad) update the field they
-change. What changes within a run (a scan variable) stays a per-event field.
+in every file beamstream writes (:mod:`beamstream.saving`). Sources fill what they know, a spec's ``metadata:`` section
+adds or overrides entries, and steps that change geometry (roi, bin, pad), dtype (cast, calibrate, bin) or
+which fields there are (calibrate's ``output``, peakfinder8, select) update the fields they change.
+What changes within a run (a scan variable) stays a per-event field.
 
 Units: each constant carries its own (``unit``, as written by whoever filled it); geometry is
 in metres. Conventions for axes, pixels and times are in docs/conventions.md.
@@ -40,7 +41,10 @@ class FieldMetadata(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     ``binning`` how many source pixels one sent pixel sums along each axis, ``pixel_size`` the
     size (metres) of one sent pixel along each axis; ``distance`` the sample-to-detector distance
     (metres). ``mask`` names the convention of a mask field: ``zero-is-bad`` (psana) or
-    ``nonzero-is-bad`` (CXI/NeXus ``pixel_mask``).
+    ``nonzero-is-bad`` (CXI/NeXus ``pixel_mask``). ``dtype`` is the values' numpy dtype as sent
+    (``array.dtype.str``, e.g. ``<u2``). ``valid``, set once a ``pad`` step added pixels, is one
+    ``[start, stop]`` pair per event axis: the sent indices ``start <= k < stop`` hold real pixels, the
+    rest padding (absent: every pixel is real).
     """
 
     detector: Text = ""
@@ -52,6 +56,9 @@ class FieldMetadata(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=Tru
     pixel_size: Lengths = []
     distance: float | None = None
     mask: Literal["", "zero-is-bad", "nonzero-is-bad"] = ""
+    dtype: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    valid: Annotated[list[Annotated[list[int], msgspec.Meta(min_length=2, max_length=2)]],
+                     msgspec.Meta(max_length=MAX_AXES)] = []
 
 
 class RunMetadata(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):

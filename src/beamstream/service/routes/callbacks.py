@@ -14,7 +14,7 @@ from beamstream.protocol.models import Problem
 from beamstream.protocol.states import State
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused
 from beamstream.service.context import Context
-from beamstream.service.dispatcher import VerdictBody, end_with_verdict
+from beamstream.service.job_endings import VerdictBody, end_with_verdict
 from beamstream.service.problems import Invalid
 
 logger = logging.getLogger("beamstream.service.callbacks")
