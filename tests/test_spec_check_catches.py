@@ -1,5 +1,6 @@
 """What `beamstream spec check` finds before `produce` would: a psana2 source's exp/run labels and calibrated
-fields checked in its files where they are on this machine, and numbers PyYAML read as text."""
+fields checked in its files where they are on this machine, numbers PyYAML read as text, and mistyped keys of the
+description."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 
 import pytest
 
+from beamstream.errors import SpecError
+from beamstream.spec import parse_spec
 from conftest import run_cli
 
 SINKS = [{"type": "stream", "endpoint": "tcp://127.0.0.1:5555"}]
@@ -60,3 +63,17 @@ def test_spec_check_says_yaml_read_a_number_without_a_dot_as_text(tmp_path):
     assert f"metadata: constants.dose.value: '75e-6' {hint.format('75e-6', '7.5e-05')}" in problems
     assert f"metadata: fields.image.pixel_size[0]: '75e-6' {hint.format('75e-6', '7.5e-05')}" in problems
     assert "pixel_size[1]" not in problems and "unit" not in problems
+
+
+@pytest.mark.parametrize("metadata, words", [
+    ({"experimnt": "x"}, "metadata: experimnt: not a key of the description (did you mean 'experiment'?"),
+    ({"fields": {"image": {"pixel_sise": [1e-4]}}}, "fields.image.pixel_sise: not a key of the description (did "
+                                                     "you mean 'pixel_size'?"),
+    ({"constants": {"photon_energy": {"value": 9000, "units": "eV"}}}, "constants.photon_energy.units: not a key "
+                                                                        "of the description (did you mean 'unit'?"),
+])
+def test_a_mistyped_metadata_key_is_refused_not_dropped(metadata, words):
+    spec = {"source": {"type": "simulated", "n_events": 2}, "sinks": [{"type": "stream", "endpoint": "ipc:///tmp/x"}]}
+    with pytest.raises(SpecError) as refused:
+        parse_spec({**spec, "metadata": metadata})
+    assert words in str(refused.value)

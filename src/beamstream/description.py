@@ -11,6 +11,7 @@ axis once a step fills them; ``pixel_size`` covers the last ``len(pixel_size)`` 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any
@@ -21,7 +22,7 @@ from beamstream.batch import Batch, little_endian
 from beamstream.errors import SpecError, StepError
 from beamstream.quantities import description_problems
 from beamstream.spec_input import texts_read_from_numbers
-from beamstream.wire.metadata import FieldMetadata, RunMetadata
+from beamstream.wire.metadata import FieldMetadata, Quantity, RunMetadata
 
 
 TEXT_KEYS = frozenset({"facility", "instrument", "experiment", "sample", "times", "detector", "source", "units", "mask",
@@ -30,7 +31,10 @@ TEXT_KEYS = frozenset({"facility", "instrument", "experiment", "sample", "times"
 
 
 def metadata_from_spec(section: dict[str, Any]) -> RunMetadata:
-    """The spec's ``metadata:`` section as a RunMetadata; ValueError saying which key is wrong."""
+    """The spec's ``metadata:`` section as a RunMetadata; ValueError saying which key is wrong (a key the
+    description does not have, with the one meant if it is close; a value of the wrong type or unit)."""
+    if unknown := unknown_keys(section):
+        raise ValueError("\n  metadata: ".join(unknown))
     if numbers := texts_read_from_numbers(section, TEXT_KEYS):
         raise ValueError("\n  metadata: ".join(numbers))
     try:
@@ -40,6 +44,32 @@ def metadata_from_spec(section: dict[str, Any]) -> RunMetadata:
     if problems := description_problems(metadata):
         raise ValueError("\n  metadata: ".join(problems))
     return metadata
+
+
+def unknown_keys(section: Any) -> list[str]:
+    """``location: what is wrong`` for each key of a spec's ``metadata:`` section that a description does not have
+    (:class:`RunMetadata`, its fields' :class:`FieldMetadata`, its constants' ``{value, unit}``): a mistyped key
+    would otherwise be dropped without a word."""
+    if not isinstance(section, dict):
+        return []
+    problems = _unknown(section, RunMetadata, "")
+    for kind, struct in (("fields", FieldMetadata), ("constants", Quantity)):
+        entries = section.get(kind)
+        if isinstance(entries, dict):
+            problems += [problem for name, entry in entries.items() if isinstance(entry, dict)
+                         for problem in _unknown(entry, struct, f"{kind}.{name}.")]
+    return problems
+
+
+def _unknown(mapping: dict[str, Any], struct: type, where: str) -> list[str]:
+    known = [field.encode_name for field in msgspec.structs.fields(struct)]
+    problems = []
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+            meant = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(f"{where}{key}: not a key of the description ({meant}its keys here: {', '.join(known)})")
+    return problems
 
 
 def first_batch(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:

@@ -31,13 +31,13 @@ from pydantic import Discriminator, Field, Tag, field_validator
 from beamstream.batch import TIMESTAMP_FIELD, little_endian
 from beamstream.errors import SourceError
 from beamstream.stages import SpecModel
-from beamstream.wire.metadata import MAX_ENTRIES, FieldMetadata, Quantity, Text
+from beamstream.wire.metadata import MAX_ENTRIES, ConstantText, FieldMetadata, Quantity
 
 CALIBRATED_METHODS = frozenset({"calib", "image"})
 """Methods that apply calibration constants on an area detector's interface (one offering ``image``): ``AreaDetector``'s
 in ``psana.detector.areadetector`` (epix, jungfrau, opal, archon, axis); a digitizer's ``calib`` (hsd) does not."""
 NUMERIC_KINDS = frozenset("biufc")
-TEXT_LIMIT = Text.__metadata__[0].max_length  # the most characters a text of the description holds
+TEXT_LIMIT = ConstantText.__metadata__[0].max_length  # the most characters a constant's text holds
 
 
 class FieldEntry(SpecModel):

@@ -24,7 +24,8 @@ MAX_ENTRIES = 1024
 MAX_AXES = 32
 Axes = Annotated[list[int], msgspec.Meta(max_length=MAX_AXES)]
 Lengths = Annotated[list[float], msgspec.Meta(max_length=MAX_AXES)]
-Value = float | int | bool | Text | Annotated[list[float], msgspec.Meta(max_length=MAX_ENTRIES)]
+ConstantText = Annotated[str, msgspec.Meta(max_length=1 << 16)]  # a constant's text: a detector's geometry file
+Value = float | int | bool | ConstantText | Annotated[list[float], msgspec.Meta(max_length=MAX_ENTRIES)]
 
 
 class Quantity(msgspec.Struct, frozen=True, omit_defaults=True):
