@@ -252,3 +252,20 @@ def test_mpirun_4_a_rank_that_fails_ends_the_run_instead_of_leaving_psana_waitin
                             env=produce_environment())
     assert result.returncode != 0
     assert "has no data for field 'pmon' (HX2:DVD:GCC:01:PMON); set on_missing: skip" in result.stderr + result.stdout
+
+
+@pytest.mark.psana
+@pytest.mark.mpi
+def test_mpirun_4_a_rank_whose_sink_fails_before_reading_lets_the_others_end(run_dir, write_spec, tmp_path):
+    """Rank 3 cannot bind its endpoint (a folder is in the way), so it never reads its part of the run: it ends
+    psana's distribution early (``abandon``), and the job ends, naming the failure, instead of psana's other ranks
+    waiting for it forever."""
+    endpoint = tmp_path / "stream"
+    (tmp_path / "stream-3").mkdir()  # where rank 3 would bind
+    spec = write_spec({"source": {"type": "psana2", **RUN, "dir": str(run_dir), "fields": FIELDS, "batch_size": 2},
+                       "sinks": [{"type": "stream", "endpoint": f"ipc://{endpoint}", "bind": True, "pattern": "pub",
+                                  "send_timeout_s": 5}]})  # no subscriber: the others give up their end at once
+    result = subprocess.run([mpirun(), "-n", "4", sys.executable, "-m", "beamstream.cli", "produce", str(spec)],
+                            capture_output=True, text=True, timeout=120, env=produce_environment())
+    assert result.returncode != 0
+    assert "worker 3 failed" in result.stdout + result.stderr, result.stdout + result.stderr

@@ -98,10 +98,12 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
     sinks: list[Any] = []
     last_seq = None
     steps: list[Any] = []
+    reading = False
     try:
         for sink in spec.sinks:  # whole, one by one: a stop while they open ends those already open
             with stops_deferred():
                 sinks.append(sink.open(context))
+        reading = True
         first, batches = first_batch(source.read(share))
         spec, metadata = describe_stream(spec, source, first)  # steps that take options from the description
         steps = build_steps(spec)
@@ -127,6 +129,8 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
         raise
     finally:
         stats.finished = time.time()
+        if not reading and (abandon := getattr(source, "abandon", None)) is not None:
+            abandon()  # it failed or was stopped first: ranks that read together (psana's MPI mode) would wait
         end = EndMessage(stream=stream_id, rank=rank, producers=producers, share=share, messages=stats.messages,
                          events=stats.events, last_seq=last_seq, status=stats.status, reason=stats.reason,
                          omitted=omitted_by(source, *steps).astype("<i8").tobytes(), receivers=receivers(spec))

@@ -33,7 +33,9 @@ class Source(Protocol):
     A source may also have ``metadata() -> RunMetadata``: what it knows of the run (experiment,
     run, constants, where each field was read), called once before the first event is sent; and
     ``take_omitted() -> list[int]``: the sequence numbers of its share it left out on purpose since
-    last asked, in increasing order (they are reported as omitted, not lost).
+    last asked, in increasing order (they are reported as omitted, not lost); and ``abandon()``: called
+    when the producer fails before it reads its share (a sink that cannot open), for a source whose
+    ranks read together (psana's MPI mode) to let the others end.
     """
 
     def partition(self, rank: int, producers: int) -> Share:

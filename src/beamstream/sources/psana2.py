@@ -177,6 +177,14 @@ class Psana2Reader:
                     end_early(run, events)
                 raise
 
+    def abandon(self) -> None:
+        """This rank will not read its share (its producer failed first): where psana shares the run out, end the
+        run early on this rank (:func:`~beamstream.sources.psana_runs.end_early`), so that the other ranks,
+        which psana would keep waiting for this one, end with what they were given."""
+        if self.runs.parallel:
+            for _, run in self.runs.each():
+                end_early(run, run.events())
+
     def _check_labels(self, run: Any, file: str) -> None:
         """SourceError when the spec's ``exp`` or ``run`` disagrees with the file's own."""
         for label, wanted, found in (("exp", self.spec.exp, run.expt), ("run", self.spec.run, run.runnum)):
