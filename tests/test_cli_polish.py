@@ -145,10 +145,10 @@ def spec_with(step: dict) -> dict:
     ({"file": "p.txt"}, "steps[1].pedestal: cannot read constants from p.txt: expected a file ending in .npy, .h5, "
                         ".hdf5, .cxi"),
     ({"file": "p.h5"}, "steps[1].pedestal: p.h5 is an HDF5 file; say which array to read with `dataset: /path/in/file`"),
-    ({"file": "p.npy", "x": 1}, "steps[1].pedestal.x: unknown option; allowed: file, dataset"),
+    ({"file": "p.npy", "x": 1}, "steps[1].pedestal.x: unknown option; allowed: file, dataset, frame"),
     ({"dataset": "/x"}, "steps[1].pedestal.file: required, not given"),
     ({"file": 1}, "steps[1].pedestal.file: expected a path; got 1"),
-    ("abc", "steps[1].pedestal: expected a number or a mapping (file, dataset); got 'abc'"),
+    ("abc", "steps[1].pedestal: expected a number or a mapping (file, dataset, frame); got 'abc'"),
 ])
 def test_spec_errors_read_as_the_yaml_path_without_validation_internals(constants, expected):
     with pytest.raises(SpecError) as raised:
