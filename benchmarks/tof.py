@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/tof.py                 # 4096 waveforms of 8192 float32 samples, 5 runs
     .venv/bin/python benchmarks/tof.py --events 1024 --repeat 3
+    .venv/bin/python benchmarks/tof.py --dtype int16       # a digitizer's own samples
 
 The waveforms are the simulated source's (5 Gaussian hits of width 2 samples, height 100, noise 1).
 Each figure is the median of ``--repeat`` runs of the whole set, in this process, one thread
@@ -32,9 +33,9 @@ SAMPLES = 8192
 OPTIONS = {"threshold": 10.0, "delay": 3, "fraction": 0.5}
 
 
-def waveforms(events: int) -> np.ndarray:
-    """``events`` simulated waveforms of SAMPLES float32 samples."""
-    detector = WaveformDetector(samples=SAMPLES, hits=5)
+def waveforms(events: int, dtype: str = "float32") -> np.ndarray:
+    """``events`` simulated waveforms of SAMPLES samples of type ``dtype``."""
+    detector = WaveformDetector(samples=SAMPLES, hits=5, dtype=dtype)
     bank = [detector.draw(np.random.default_rng([0, index]))["waveform"] for index in range(min(events, 256))]
     return np.stack([bank[index % len(bank)] for index in range(events)])
 
@@ -54,8 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=4096, help="waveforms per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per row")
+    parser.add_argument("--dtype", default="float32", help="sample type (the simulated source's dtype)")
     args = parser.parse_args()
-    data = waveforms(args.events)
+    data = waveforms(args.events, args.dtype)
     batch = Batch(np.arange(len(data)), np.zeros(len(data)), {"waveform": data})
     step = CfdStep(field="waveform", **OPTIONS).build()
     rows = {"cfd step": rate(lambda: step.apply(batch), len(data), args.repeat)}
@@ -75,7 +77,7 @@ def main() -> None:
     except ImportError:
         print("scipy is not installed: its row is left out")
     ours = rows["cfd step"][0]
-    print(f"{args.events} waveforms of {SAMPLES} float32 samples, one core, median of {args.repeat} runs")
+    print(f"{args.events} waveforms of {SAMPLES} {args.dtype} samples, one core, median of {args.repeat} runs")
     print(f"{'row':<24}{'waveforms/s':>14}{'Msamples/s':>12}{'step ×':>10}  runs")
     for name, (median, runs) in rows.items():
         ratio = "" if name == "cfd step" else f"{ours / median:.0f}×"

@@ -74,8 +74,10 @@ def test_cxi_files_pass_nxcheck_with_only_the_warning_cxi_requires(tmp_path):
 
 
 def test_without_units_in_the_description_nxcheck_warns_of_the_detector_data_only(tmp_path):
-    source = {"type": "simulated", "n_events": 2, "detectors": [{"kind": "image", "shape": [8, 8]}]}
-    (path,) = cxi_files(tmp_path, source)
+    run = tmp_path / "run.h5"
+    with h5py.File(run, "w") as h5:
+        h5["data"] = np.zeros((2, 8, 8), dtype="<u2")  # no units attribute: the description has none
+    (path,) = cxi_files(tmp_path, {"type": "hdf5", "files": [str(run)], "datasets": {"image": "/data"}})
     assert nxcheck_warnings(path) == [*CXI_ONLY, ("/entry_1/instrument_1/detector_1/data",
                                                   "Units of NX_ANY not specified")]
 

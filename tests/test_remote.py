@@ -474,7 +474,7 @@ def test_beamstream_streams_lists_shows_cancels_and_reads_logs(service, write_sp
     logs = start_cli("streams", "logs", stream.id, env_extra={"BEAMSTREAM_SERVICE": url})
     out, err = logs.communicate(timeout=60)
     assert logs.returncode == 0, err
-    assert "==> buffer (buffer.log) <==" in out and "buffer: producers → tcp://127.0.0.1:" in out
+    assert "==> buffer (buffer.log) <==" in out and "buffer: producers → ipc://" in out
     cancelled = run_cli("streams", "cancel", stream.id, "--service", url)
     assert cancelled.returncode == 0 and f"stream {stream.id} cancelled: cancelled by local" in cancelled.stderr
     again = run_cli("streams", "cancel", stream.id, "--service", url)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from beamstream.apps.tof import TofSnapshot
+from beamstream.apps.tof import SnapshotWriter, TofSnapshot
 from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.sources.simulated import WaveformDetector
+from beamstream.steps.select import SelectStep
 from beamstream.steps.tof import CfdStep, hit_fields
 
 DELAY, FRACTION, WIDTH, THRESHOLD = 3, 0.5, 2.0, 10.0
@@ -74,6 +76,25 @@ def test_negative_pulses_on_an_integer_baseline_give_the_same_hits():
     times_neg, count_neg = cfd(inverted, polarity="negative")
     assert np.array_equal(count, count_neg)
     np.testing.assert_allclose(times_neg, times, atol=0.05, equal_nan=True)  # the rounding to integers moves them
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint8", "int32"])
+@pytest.mark.parametrize("threshold", [10.0, 10.5])
+def test_integer_waveforms_give_the_hits_of_the_same_values_as_floats(dtype, threshold):
+    """Integer samples are compared in their own type, with the integer next to the level: the same samples pass.
+    Pulses about as high as the threshold put many crossings next to the level. Negative pulses as well."""
+    waveforms, _ = simulated(100, samples=2048, amplitude=13.0)
+    integers = np.rint(waveforms + 40.0).astype(dtype)
+    inverted = (np.iinfo(dtype).max - integers).astype(dtype)
+    for polarity, values in (("positive", integers), ("negative", inverted)):
+        step = CfdStep(field="waveform", threshold=threshold, polarity=polarity)
+        times, count = cfd_counts(values, step)
+        float_times, float_count = cfd_counts(values.astype(np.float64), step)
+        assert np.array_equal(count, float_count) and count.sum() > 100
+        np.testing.assert_array_equal(times, float_times)
+    saturated = np.full((2, 256), np.iinfo(dtype).max - 5, dtype)  # the level lies beyond the type's range
+    saturated[:, 100:104] = np.iinfo(dtype).max
+    assert cfd_counts(saturated, CfdStep(field="waveform", threshold=threshold))[1].tolist() == [0, 0]
 
 
 def test_count_is_hits_found_and_times_keep_the_first_max_hits():
@@ -155,7 +176,8 @@ def test_group_members_histograms_sum_to_the_streams_hits(tmp_path):
               "detectors": [{"kind": "waveform", "samples": samples, "hits": 8}]}
     spec = parse_spec({"source": source, "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}]})
     step = CfdStep(field="waveform", threshold=THRESHOLD, max_hits=6)
-    spec = spec.model_copy(update={"steps": [step]})  # built in code: no entry point needed
+    hits_only = SelectStep(fields=list(hit_fields("waveform")))  # the waveforms stay in the producers
+    spec = spec.model_copy(update={"steps": [step, hits_only]})  # built in code: no entry point needed
     bank = spec.source.open().bank()["waveform"]
     _, expected = cfd_counts(bank, step)
     expected = expected[np.arange(events) % 64]
@@ -188,8 +210,52 @@ def test_group_members_histograms_sum_to_the_streams_hits(tmp_path):
     assert np.array_equal(merged.count[0], expected)
     assert totals["hits_found"] == expected.sum() and totals["hits_kept"] == np.minimum(expected, 6).sum()
     assert merged.counts.sum() == totals["hits_kept"] and totals["hits_outside"] == 0
+    assert merged.edges[-1] == samples, "the range is the waveforms' length, though they were not sent"
     assert expected.max() > 6, "some events had more hits than were kept"
     assert any(0 < seen["events"] < events for seen in during), "snapshots were readable while the stream ran"
+
+
+def hit_lists(first: int, events: int, hits: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seq, counts and NaN-padded times of ``events`` events from ``first``, each with ``hits`` hits."""
+    times = np.random.default_rng(first).uniform(0, 100, (events, hits)).astype(np.float32)
+    return np.arange(first, first + events), np.full(events, hits, np.int32), times
+
+
+def test_snapshots_are_written_in_the_background_as_they_were_when_due(tmp_path):
+    out = tmp_path / "tof.h5"
+    writer = SnapshotWriter(out, member="m", every=0.0)
+    snapshot = TofSnapshot(np.linspace(0, 100, 101), stream="s")
+    snapshot.add(*hit_lists(0, 10))
+    assert writer.write_when_due(snapshot)
+    snapshot.add(*hit_lists(10, 10))  # while that snapshot is written
+    writer.writing.result()
+    assert TofSnapshot.read(out).totals == {"events": 10, "hits_found": 160, "hits_kept": 160, "hits_outside": 0}
+    writer.close(snapshot)
+    final = TofSnapshot.read(out)
+    assert np.array_equal(final.seq[0], np.arange(20)) and final.counts.sum() == 320
+
+
+def test_a_member_writes_snapshots_at_most_a_tenth_of_the_time(tmp_path, monkeypatch):
+    """However short ``every``: the writes grow with the run, and must not take over the machine."""
+    starts, durations = [], []
+    write = SnapshotWriter.write
+
+    def timed(self, snapshot):
+        starts.append(time.monotonic())
+        write(self, snapshot)
+        durations.append(time.monotonic() - starts[-1])
+
+    monkeypatch.setattr(SnapshotWriter, "write", timed)
+    snapshot = TofSnapshot(np.linspace(0, 100, 101), stream="s")
+    snapshot.add(*hit_lists(0, 50_000))
+    writer = SnapshotWriter(tmp_path / "tof.h5", member="m", every=0.0)
+    started = time.monotonic()
+    while len(starts) < 5:
+        assert time.monotonic() - started < 60, f"five snapshots within a minute: {durations}"
+        writer.write_when_due(snapshot)
+        time.sleep(0.005)  # the member reading its messages
+    writer.close(None)
+    assert sum(durations[:4]) / (starts[4] - starts[0]) < 0.15, (starts, durations)
 
 
 def test_tof_says_which_step_the_stream_lacks(tmp_path):

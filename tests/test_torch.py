@@ -3,6 +3,7 @@ service, and the example that trains on a stream (examples/train_peaks.py)."""
 
 from __future__ import annotations
 
+import gc
 import random
 import re
 import subprocess
@@ -70,8 +71,11 @@ def test_two_workers_share_a_live_buffer_stream_once_and_the_next_epoch_replays_
     dataset.set_epoch(1)
     assert read_epoch(loader) == live, "epoch 1 (group train-epoch1) replays the same events, the same bytes"
     assert set(buffer.message_log.groups) == {"train", "train-epoch1"}
+    iterator = iter(loader)
     with pytest.raises(RuntimeError, match=r"epoch 1 \(group 'train-epoch1'\) was read already: call set_epoch\(2\)"):
-        read_epoch(loader)
+        read_epoch(iterator)
+    del iterator  # its workers are shut down (joined) before the next epoch is set: a worker of it that had not
+    gc.collect()  # started its part yet would otherwise start it after set_epoch(2), as a reader of epoch 2
     dataset.set_epoch(2)
     alone = [seq for _, seq in torch.utils.data.DataLoader(dataset, batch_size=None)]  # num_workers=0
     assert sorted(alone) == list(range(200)), "without workers, the process itself reads every event"

@@ -124,21 +124,27 @@ class HitFiles:
         self._path = self.directory / f"hits-{safe_name(stream)}-{self.member}-{self.files:04d}.cxi"
         self.files += 1
         self._count = 0
-        os.close(create_file(partial_path(self._path)))
-        h5 = h5py.File(partial_path(self._path), "w", libver=LIBVER)
+        partial = partial_path(self._path)
+        os.close(create_file(partial))
+        h5 = h5py.File(partial, "w", libver=LIBVER)
+        try:  # whole or not at all: a Ctrl-C here must not leave close() a file without its datasets
+            h5["cxi_version"] = 150
+            frame = hits.frames.shape[1:]
+            h5.create_dataset(f"{DATA}/data", shape=(0, *frame), maxshape=(None, *frame), dtype=hits.frames.dtype,
+                              chunks=(1, *frame))
+            meta = h5.require_group(META)
+            meta.create_dataset("seq", shape=(0,), maxshape=(None,), dtype="<i8", chunks=True)
+            meta.create_dataset("time", shape=(0,), maxshape=(None,), dtype="<f8", chunks=True)
+            result = h5.require_group(RESULT)
+            for name, table in hits.peaks.items():
+                result.create_dataset(name, shape=(0, *table.shape[1:]), maxshape=(None, *table.shape[1:]),
+                                      dtype=table.dtype, chunks=(64, *table.shape[1:]))
+            write_structure(h5, _signal_described(metadata, field), DATA, "data", META)
+        except BaseException:
+            h5.close()
+            partial.unlink()
+            raise
         self._h5 = h5
-        h5["cxi_version"] = 150
-        frame = hits.frames.shape[1:]
-        h5.create_dataset(f"{DATA}/data", shape=(0, *frame), maxshape=(None, *frame), dtype=hits.frames.dtype,
-                          chunks=(1, *frame))
-        meta = h5.require_group(META)
-        meta.create_dataset("seq", shape=(0,), maxshape=(None,), dtype="<i8", chunks=True)
-        meta.create_dataset("time", shape=(0,), maxshape=(None,), dtype="<f8", chunks=True)
-        result = h5.require_group(RESULT)
-        for name, table in hits.peaks.items():
-            result.create_dataset(name, shape=(0, *table.shape[1:]), maxshape=(None, *table.shape[1:]),
-                                  dtype=table.dtype, chunks=(64, *table.shape[1:]))
-        write_structure(h5, _signal_described(metadata, field), DATA, "data", META)
 
     def _append(self, hits: Hits, start: int, stop: int) -> None:
         h5, old, new = self._h5, self._count, self._count + stop - start

@@ -6,7 +6,6 @@ the events it gets and ``FILE`` always holds the sum over the members (:mod:`bea
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,9 +27,11 @@ def tof(
     bins: Annotated[Optional[int], typer.Option(
         min=1, help="histogram bins (default: one per sample of --range)")] = None,
     range_: Annotated[Optional[tuple[float, float]], typer.Option(
-        "--range", metavar="LO HI", help="histogram range in samples (default: 0 to the waveform's length, from the "
-                                         "stream's description)")] = None,
-    every: Annotated[float, typer.Option(metavar="SECONDS", min=0.0, help="seconds between snapshots")] = 2.0,
+        "--range", metavar="LO HI", help="histogram range in samples (default: 0 to the waveforms' length, which the "
+                                         "cfd step puts in the stream's description)")] = None,
+    every: Annotated[float, typer.Option(
+        metavar="SECONDS", min=0.0, help="seconds between snapshots (more, once writing them would take over a tenth "
+                                         "of the time)")] = 2.0,
     timeout: Annotated[Optional[float], typer.Option(
         metavar="SECONDS", help="seconds of silence before giving up (default: 30)")] = 30.0,
 ) -> None:
@@ -41,12 +42,11 @@ def tof(
     from beamstream.steps.tof import hit_fields
 
     times_field, count_field = hit_fields(field)
-    writer = SnapshotWriter(out)
+    writer = SnapshotWriter(out, every=every)
     snapshot: TofSnapshot | None = None
     complete = True
     try:
         with Client(endpoint, timeout=timeout, **({"group": group} if group else {})) as client:
-            written = time.monotonic()
             try:
                 for message in client.messages():
                     if times_field not in message.arrays or count_field not in message.arrays:
@@ -56,9 +56,7 @@ def tof(
                         edges = _edges(client.metadata, field, bins, range_)
                         snapshot = TofSnapshot(edges, stream=client.report.stream or "")
                     snapshot.add(message.seq, message.arrays[count_field], message.arrays[times_field])
-                    if time.monotonic() - written >= every:
-                        writer.write(snapshot)
-                        written = time.monotonic()
+                    writer.write_when_due(snapshot)
             except StreamIncomplete as exc:
                 complete = False
                 console.print(exc.report.summary(), highlight=False)
@@ -69,8 +67,7 @@ def tof(
     except BeamstreamError as exc:
         fail(str(exc))
     finally:
-        if snapshot is not None:
-            writer.write(snapshot)
+        writer.close(snapshot)
     if snapshot is None:
         console.print("no events: nothing written")
     else:
@@ -82,12 +79,15 @@ def tof(
 
 
 def _edges(metadata, field: str, bins: int | None, range_: tuple[float, float] | None) -> np.ndarray:
-    """Bin edges from ``--range``/``--bins``, the range defaulting to the waveform's length in the description."""
+    """Bin edges from ``--range``/``--bins``, the range defaulting to the waveforms' length, which the cfd step
+    records in the description (even when the waveforms themselves are not sent)."""
+    from beamstream.steps.tof import length_constant
+
     if range_ is None:
-        entry = metadata.fields.get(field) if metadata is not None else None
-        if entry is None or not entry.shape:
+        length = metadata.constants.get(length_constant(field)) if metadata is not None else None
+        if length is None:
             fail(f"the stream's description does not give the length of field {field!r}; give --range LO HI", code=2)
-        range_ = (0.0, float(entry.shape[-1]))
+        range_ = (0.0, float(length.value))
     low, high = range_
     if not high > low:
         fail(f"--range {low} {high}: HI must be above LO", code=2)

@@ -208,13 +208,14 @@ class SimulatedReader:
         return Share(rank=rank, producers=producers, start=0, stop=self.spec.n_events, block=self.spec.events_per_read)
 
     def metadata(self) -> RunMetadata:
-        """Facility ``simulated``; each detector's field (with its shape and dtype) and its ground truth, with what
-        they hold."""
+        """Facility ``simulated``; each detector's field (with its shape, dtype and unit: the values are counts) and
+        its ground truth, with what they hold."""
         fields = {}
         for detector in self.spec.detectors:
             shape = list(detector.shape) if detector.kind == "image" else [detector.samples]
             fields[detector.name] = FieldMetadata(detector=detector.name, source=f"simulated {detector.kind}",
-                                                  shape=shape, dtype=little_endian(np.dtype(detector.dtype)).str)
+                                                  shape=shape, dtype=little_endian(np.dtype(detector.dtype)).str,
+                                                  units="counts")
             fields.update(detector.truth_metadata())
         return RunMetadata(facility="simulated", fields=fields)
 

@@ -11,7 +11,8 @@ For a pulse of fixed shape the time sits at a fixed offset from the pulse's cent
 height (for a Gaussian of width sigma: ``delay / 2 + sigma**2 * ln(fraction) / delay``).
 
 Speed: one pass over the batch compares every sample with its waveform's level
-(``b + p * threshold``) in cache-sized row blocks and keeps the indices of samples above it
+(``b + p * threshold``; for integer samples, the integer next to it, in their own type) in cache-sized
+row blocks and keeps the indices of samples above it
 (``numpy.flatnonzero``); the CFD signal is evaluated only at those few samples, all waveforms at
 once, with no Python loop per waveform or per hit.
 """
@@ -27,7 +28,7 @@ from beamstream.batch import Batch
 from beamstream.errors import StepError
 from beamstream.stages import StepSpec
 from beamstream.steps import BatchwiseStep, require_field
-from beamstream.wire.metadata import FieldMetadata, RunMetadata
+from beamstream.wire.metadata import FieldMetadata, Quantity, RunMetadata
 
 BLOCK_SAMPLES = 1 << 20
 """Samples compared per block: the block's mask (1 MiB) stays in cache while its indices are taken."""
@@ -39,12 +40,19 @@ def hit_fields(field: str) -> tuple[str, str]:
     return f"{field}_cfd", f"{field}_cfd_count"
 
 
+def length_constant(field: str) -> str:
+    """The run constant in which the cfd step records the length (samples) of the waveforms of ``field``: the
+    range of its hit times, still known to consumers when a later step drops the waveforms."""
+    return f"{field}_cfd_samples"
+
+
 class CfdStep(StepSpec):
     """Find hits in the waveforms of ``field`` (one waveform per event, samples on its last axis).
 
     Adds two fields: ``FIELD_cfd``, float32 ``(max_hits,)`` per event, the hit times in samples
     in increasing order, NaN after the last hit; ``FIELD_cfd_count``, int32, the number of hits
-    found, which may exceed ``max_hits`` (then only the first ``max_hits`` times are kept).
+    found, which may exceed ``max_hits`` (then only the first ``max_hits`` times are kept). Records
+    the waveforms' length in the description: the run constant ``FIELD_cfd_samples``.
 
     Attributes:
         field: the waveform field (required); shape ``(samples,)`` per event, any numeric dtype.
@@ -78,9 +86,14 @@ class CfdStep(StepSpec):
         return names | set(hit_fields(self.field))
 
     def describe(self, metadata: RunMetadata) -> RunMetadata:
-        """The two hit fields, described (times in samples)."""
+        """The two hit fields, described (times in samples), and the waveforms' length as the run constant
+        :func:`length_constant` (when the description gives their shape)."""
         times, count = hit_fields(self.field)
-        detector = metadata.fields.get(self.field, FieldMetadata()).detector
+        waveform = metadata.fields.get(self.field, FieldMetadata())
+        detector = waveform.detector
+        if waveform.shape:
+            length = {length_constant(self.field): Quantity(waveform.shape[-1], "samples")}
+            metadata = metadata.merged(RunMetadata(constants=length))
         metadata = metadata.with_field(times, detector=detector, units="samples", shape=[self.max_hits],
                                        source=f"cfd hit times of {self.field!r}, NaN after the last hit")
         return metadata.with_field(count, detector=detector, shape=[],
@@ -148,7 +161,7 @@ def _samples_above(waveforms: np.ndarray, level: np.ndarray, sign: float) -> np.
     rows = max(1, BLOCK_SAMPLES // samples)
     mask = np.empty((min(rows, events), samples), dtype=bool)
     compare = np.greater if sign > 0 else np.less
-    level = level.astype(waveforms.dtype if waveforms.dtype.kind == "f" else np.float64)[:, None]
+    level = _level_for(waveforms.dtype, level, sign)[:, None]
     found = []
     for first in range(0, events, rows):
         block = waveforms[first:first + rows]
@@ -156,6 +169,16 @@ def _samples_above(waveforms: np.ndarray, level: np.ndarray, sign: float) -> np.
         compare(block, level[first:first + rows], out=out)
         found.append(np.flatnonzero(out) + first * samples)
     return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+def _level_for(dtype: np.dtype, level: np.ndarray, sign: float) -> np.ndarray:
+    """``level`` (float64) in a type ``dtype`` compares with directly, the same samples beyond it: integers of up to
+    32 bits compare with the integer below it (above it, for sign -1), clipped to the type's range, several times
+    faster than with a float64 level; other integers with float64; floats in their own type."""
+    if dtype.kind in "iu" and dtype.itemsize <= 4:
+        info = np.iinfo(dtype)
+        return np.clip(np.floor(level) if sign > 0 else np.ceil(level), info.min, info.max).astype(dtype)
+    return level.astype(dtype if dtype.kind == "f" else np.float64)
 
 
 def _cubic_zero(before: np.ndarray, here: np.ndarray, after: np.ndarray, next_: np.ndarray) -> np.ndarray:
