@@ -219,7 +219,7 @@ def test_a_channel_missing_fails_the_producer_saying_so(ipc_endpoint, pull):
 @pytest.mark.parametrize("serializer, message", [
     ({"type": "simplon"}, "serializer.channels: required, not given"),
     ({"type": "simplon", "channels": []}, "at least 1 item"),
-    ({"type": "simplon", "channels": ["image", "image"]}, "each channel once: image given twice"),
+    ({"type": "simplon", "channels": ["image", "image"]}, "each of the channels once: image given more than once"),
     ({"type": "simplon", "channels": ["image"], "compression": "lz4"}, "serializer.compression: unknown option; allowed: channels"),
 ])
 def test_bad_serializer_options_are_spec_errors(serializer, message):

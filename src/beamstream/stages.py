@@ -27,6 +27,14 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def each_once(names: list[str], what: str) -> list[str]:
+    """``names`` if none is given twice; ValueError naming those that are (``what``: the items, e.g. ``channels``)."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"each of the {what} once: {', '.join(repeated)} given more than once")
+    return names
+
+
 class Source(Protocol):
     """Reads events. ``partition`` says which events a rank owns, ``read`` yields them.
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator
 
 from beamstream.errors import MissingDependency, needs_extra
-from beamstream.stages import SerializerSpec
+from beamstream.stages import SerializerSpec, each_once
 
 try:
     from beamstream.codecs.simplon import SimplonCodec
@@ -37,10 +37,7 @@ class SimplonSerializer(SerializerSpec):
     @field_validator("channels")
     @classmethod
     def _distinct(cls, channels: list[str]) -> list[str]:
-        repeated = sorted({name for name in channels if channels.count(name) > 1})
-        if repeated:
-            raise ValueError(f"each channel once: {', '.join(repeated)} given twice")
-        return channels
+        return each_once(channels, "channels")
 
     def build(self) -> SimplonCodec:
         return SimplonCodec(self.channels)

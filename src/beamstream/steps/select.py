@@ -8,7 +8,7 @@ import msgspec
 from pydantic import Field, field_validator
 
 from beamstream.batch import Batch
-from beamstream.stages import StepSpec
+from beamstream.stages import StepSpec, each_once
 from beamstream.wire.metadata import RunMetadata
 from beamstream.steps import BatchwiseStep, require_field
 
@@ -26,10 +26,7 @@ class SelectStep(StepSpec):
     @field_validator("fields")
     @classmethod
     def _check_unique(cls, value: list[str]) -> list[str]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"fields {repeated} are listed more than once; list each field once")
-        return value
+        return each_once(value, "fields")
 
     def fields_after(self, names: set[str]) -> set[str]:
         return set(self.fields)
