@@ -14,6 +14,8 @@ from beamstream.display import fail
 if TYPE_CHECKING:
     from beamstream.client import Client
 
+GroupEndpoint = Annotated[str, typer.Argument(
+    metavar="ENDPOINT", help="a buffer's consumer endpoint (tcp://, ipc://) or another endpoint a Client reads")]
 Start = Annotated[Optional[str], typer.Option(
     metavar="earliest|now", help="with --group or nats://: a new group starts at the 'earliest' message held or "
                                  "'now' (default: earliest)")]

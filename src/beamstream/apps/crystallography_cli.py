@@ -15,11 +15,11 @@ from typing import Annotated, Optional
 import typer
 
 from beamstream.display import console, fail
+from beamstream.reading_cli import GroupEndpoint
 
 
 def crystallography(
-    endpoint: Annotated[str, typer.Argument(help="a buffer's consumer endpoint (tcp://, ipc://) or another endpoint "
-                                                 "a Client reads", metavar="ENDPOINT")],
+    endpoint: GroupEndpoint,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory of the hit files, files.lst and detector.geom "
                                                           "(shared by the members)")],
     group: Annotated[Optional[str], typer.Option(help="read as a member of this consumer group (the members "

@@ -13,11 +13,11 @@ import numpy as np
 import typer
 
 from beamstream.display import console, fail
+from beamstream.reading_cli import GroupEndpoint
 
 
 def tof(
-    endpoint: Annotated[str, typer.Argument(help="a buffer's consumer endpoint (tcp://, ipc://) or another endpoint "
-                                                 "a Client reads", metavar="ENDPOINT")],
+    endpoint: GroupEndpoint,
     out: Annotated[Path, typer.Option("--out", "-o", help="the merged snapshot (HDF5); each member writes its own "
                                                           "into FILE.members/ beside it")],
     group: Annotated[Optional[str], typer.Option(help="read as a member of this consumer group (the members "

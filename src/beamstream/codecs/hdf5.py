@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from beamstream.batch import Batch
-from beamstream.codecs.hdf5_image import FramesFile, ImageLayout, LayoutCache, ReadLayouts, view_of
+from beamstream.codecs.hdf5_image import FramesFile, ImageLayout, Layouts, ReadLayouts, view_of
 from beamstream.errors import WireFormatError
 from beamstream.wire import FieldInfo
 
@@ -93,7 +93,7 @@ class HDF5Codec:
 
     def __init__(self, storage: Storage = NO_STORAGE) -> None:
         self.storage = storage
-        self.layouts = LayoutCache()
+        self.layouts: Layouts[ImageLayout | None] = Layouts()
         self.read_layouts = ReadLayouts()
 
     def encode(self, batch: Batch) -> list[Any]:

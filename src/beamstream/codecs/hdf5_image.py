@@ -19,12 +19,13 @@ import io
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from beamstream.wire.frames import frame_buffer
 
+T = TypeVar("T")
 LAYOUTS_KEPT = 8
 """Batch layouts a codec keeps the image of (a stream has a few: a full batch, the last shorter one)."""
 
@@ -86,17 +87,31 @@ class ImageLayout:
         return frames
 
 
-class LayoutCache:
-    """The :class:`ImageLayout` of each batch layout met lately (at most :data:`LAYOUTS_KEPT`), made on first use."""
+class Layouts(Generic[T]):
+    """Layouts met lately, by key: at most :data:`LAYOUTS_KEPT`, the least recently used dropped first."""
 
     def __init__(self) -> None:
-        self.layouts: OrderedDict[tuple, ImageLayout | None] = OrderedDict()
+        self.layouts: OrderedDict[tuple, T] = OrderedDict()
 
-    def get(self, key: tuple, make: Callable[[], ImageLayout | None]) -> ImageLayout | None:
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def get(self, key: tuple, make: Callable[[], T]) -> T:
+        """The layout of ``key``, made by ``make()`` on first use."""
         if key in self.layouts:
             self.layouts.move_to_end(key)
             return self.layouts[key]
-        layout = self.layouts[key] = make()
+        return self.put(key, make())
+
+    def find(self, key: tuple) -> T | None:
+        """The layout of ``key``, if it is kept."""
+        if key in self.layouts:
+            self.layouts.move_to_end(key)
+        return self.layouts.get(key)
+
+    def put(self, key: tuple, layout: T) -> T:
+        self.layouts[key] = layout
+        self.layouts.move_to_end(key)
         if len(self.layouts) > LAYOUTS_KEPT:
             self.layouts.popitem(last=False)
         return layout
@@ -204,10 +219,10 @@ class ReadLayouts:
     and frame sizes."""
 
     def __init__(self) -> None:
-        self.layouts: OrderedDict[tuple, ReadLayout] = OrderedDict()
+        self.layouts: Layouts[ReadLayout] = Layouts()
 
     def arrays(self, key: tuple, file: FramesFile) -> dict[str, np.ndarray] | None:
-        layout = self.layouts.get((key, tuple(map(len, file.views))))
+        layout = self.layouts.find((key, tuple(map(len, file.views))))
         return None if layout is None else layout.arrays(file.views)
 
     def learn(self, key: tuple, file: FramesFile, found: Mapping[str, Found | None],
@@ -220,7 +235,5 @@ class ReadLayouts:
         data = {each.index for each in [*found.values(), *others] if each is not None and each.whole}
         fields = {name: (each.index, each.array.dtype, each.array.shape) for name, each in found.items()}
         fixed = {index: bytes(view) for index, view in enumerate(file.views) if index not in data}
-        self.layouts[(key, tuple(map(len, file.views)))] = ReadLayout(fixed, fields)
-        if len(self.layouts) > LAYOUTS_KEPT:
-            self.layouts.popitem(last=False)
+        self.layouts.put((key, tuple(map(len, file.views))), ReadLayout(fixed, fields))
 
