@@ -6,7 +6,8 @@
 On two cores the direct path (producer process → Client in this process, ipc://) is bound by
 CPU, not by the wire: every thread that touches a message — the sender's Python code and its
 ZeroMQ I/O thread, the receiver's I/O thread and its Python code — shares the same two cores.
-This script measures, for raw pyzmq PUSH/PULL and for beamstream (checksums verified or not),
+This script measures, for raw pyzmq PUSH/PULL and for beamstream (checksums verified or not; ipc://, and
+shm:// where the payloads go through the producer's shared memory),
 the CPU seconds each side spends per 8 MiB message, as the difference between a run of 480
 and a run of 160 messages (so process start-up and the simulated source drawing its bank
 cancel out). The receiving side is this process (``RUSAGE_SELF``: every thread, ZeroMQ's
@@ -67,6 +68,9 @@ def main() -> None:
             "raw pyzmq PUSH/PULL": lambda n: bench_baseline(folder, n),
             "beamstream arrays, verify on": lambda n: run_stream(folder, "on", image_spec({"type": "arrays"}, n), 1),
             "beamstream arrays, verify off": lambda n: run_stream(folder, "off", image_spec({"type": "arrays"}, n), 1,
+                                                                  verify=False),
+            "beamstream arrays over shm://": lambda n: run_stream(folder, "shm", image_spec({"type": "arrays"}, n), 1),
+            "beamstream shm://, verify off": lambda n: run_stream(folder, "shm", image_spec({"type": "arrays"}, n), 1,
                                                                   verify=False),
         }
         print(f"per 8 MiB message ({FRAME_BYTES / 1e6:.1f} MB), marginal between {SMALL} and {LARGE} messages, "

@@ -21,6 +21,9 @@ Rows:
   arrays    simulated 2048×2048 uint16 images (8 MiB), ``arrays`` serializer, one event per
             message (no batch step), 1 and 2 producer workers. Target: ratio >= 0.85.
   hdf5      the same with the ``hdf5`` serializer, compression none. No target: reported for comparison.
+  shm       the ``arrays`` row over shm:// (payloads in the producers' shared memory, read as views of it;
+            docs/wire-format.md, "Shared memory"). Target: ratio >= 2.0 (issue 24: one write by the
+            source and one read by the consumer, against raw ZeroMQ's two copies through the kernel).
   small     simulated 4096-sample float32 waveforms (16 kB/event), ``arrays``, a batch step of
             ``--batch`` events per message, 1 and 2 workers. Target: >= 100 000 events/s.
   latency   16 kB waveforms at rate_hz=1000, one event per message, one worker, 3000 events:
@@ -182,7 +185,8 @@ def run_stream(folder: Path, name: str, spec_for: Callable[[str], object], worke
     """Run ``spec_for(endpoint)`` in ``workers`` spawned processes into a Client in this process."""
     from beamstream.client import Client
 
-    endpoint = f"ipc://{folder / name}-{next(_RUNS)}"
+    scheme = "shm" if name == "shm" else "ipc"  # the shm row: payloads through shared memory
+    endpoint = f"{scheme}://{folder / name}-{next(_RUNS)}"
     spec = spec_for(endpoint)
     latencies: list[np.ndarray] = []
     producer_lag: list[np.ndarray] = []
@@ -257,7 +261,7 @@ def machine_facts() -> str:
         f"python   : {sys.version.split()[0]} ({sys.executable})",
         f"zmq      : pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}",
         f"packages : numpy {np.__version__}; beamstream {version} from {Path(beamstream.__file__).parent}",
-        "transport: ipc:// in a temporary folder (every row)",
+        "transport: ipc:// in a temporary folder (every row; the shm row: shm:// there)",
     ])
 
 
@@ -276,7 +280,7 @@ def print_row(row: Row) -> None:
           + (f"  ({row.note})" if row.note else ""), flush=True)
 
 
-ROWS = ("baseline", "arrays", "hdf5", "small", "latency")
+ROWS = ("baseline", "arrays", "hdf5", "shm", "small", "latency")
 
 
 def main() -> int:
@@ -341,6 +345,9 @@ def main() -> int:
             if "hdf5" in rows:
                 planned += [("hdf5 8 MiB images", image_spec({"type": "hdf5", "compression": "none"}, image_events),
                              n, verify, False, "(none; reported)", None) for n in workers]
+            if "shm" in rows:
+                planned += [("shm arrays 8 MiB images", image_spec({"type": "arrays"}, image_events), n, verify,
+                             False, "ratio >= 2.0", lambda rate, ratio: ratio >= 2.0) for n in workers]
             if "small" in rows:
                 planned += [(f"small 16 kB waveforms, batch {args.batch}", small_spec(small_events, args.batch),
                              n, verify, True, ">= 100000 events/s", small_ok) for n in workers]

@@ -135,7 +135,7 @@ def test_options_that_do_not_apply_are_refused(endpoints, options, expected):
 def test_the_scheme_picks_the_transport_and_a_ready_transport_takes_no_options():
     from beamstream.errors import TransportError
 
-    with pytest.raises(TransportError, match="a Client reads tcp://, ipc://, inproc://, http://, https://, nats://"):
+    with pytest.raises(TransportError, match="a Client reads tcp://, ipc://, inproc://, shm://, http://, https://, nats://"):
         Client("udp://127.0.0.1:1")
     with pytest.raises(TypeError, match="unexpected keyword argument 'lossyy'"):
         Client("tcp://127.0.0.1:1", lossyy=True)

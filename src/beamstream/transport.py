@@ -1,6 +1,8 @@
 """ZeroMQ sockets for streams: endpoints per rank, bind/connect, errors translated at the edge.
 
-What travels over them is defined in :mod:`beamstream.wire`.
+What travels over them is defined in :mod:`beamstream.wire`. An ``shm://PATH`` endpoint is the ipc:// socket
+``PATH`` whose data messages carry their payload in shared memory (:mod:`beamstream.wire.slots`,
+:mod:`beamstream.shared_memory`): the socket is the same, what its senders and receivers put in it differs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from beamstream.modes import file_mode
 def rank_endpoint(endpoint: str, rank: int) -> str:
     """The endpoint producer ``rank`` binds when every producer binds its own.
 
-    ``tcp://host:PORT`` → ``tcp://host:PORT+rank``; ``ipc://PATH`` → ``ipc://PATH-rank``
+    ``tcp://host:PORT`` → ``tcp://host:PORT+rank``; ``ipc://PATH`` → ``ipc://PATH-rank`` (``shm://`` alike)
     (rank 0 keeps the endpoint as written).
     """
     if rank == 0:
@@ -26,16 +28,26 @@ def rank_endpoint(endpoint: str, rank: int) -> str:
     parts = urlsplit(endpoint)
     if parts.scheme == "tcp":
         return f"tcp://{parts.hostname}:{parts.port + rank}"
-    if parts.scheme == "ipc":
+    if parts.scheme in ("ipc", "shm"):
         return f"{endpoint}-{rank}"
-    raise TransportError(f"{endpoint}: several producers can only bind tcp:// or ipc:// endpoints")
+    raise TransportError(f"{endpoint}: several producers can only bind tcp://, ipc:// or shm:// endpoints")
+
+
+def shared(endpoint: str) -> bool:
+    """True for an ``shm://`` endpoint: payloads in shared memory."""
+    return endpoint.startswith("shm://")
+
+
+def socket_endpoint(endpoint: str) -> str:
+    """The ZeroMQ endpoint of ``endpoint``: an ``shm://PATH`` is the ipc:// socket ``PATH``."""
+    return "ipc://" + endpoint.removeprefix("shm://") if shared(endpoint) else endpoint
 
 
 def check_endpoint(endpoint: str) -> str:
-    """``endpoint`` if it is a tcp://host:port, ipc://path or inproc://name address."""
+    """``endpoint`` if it is a tcp://host:port, ipc://path, shm://path or inproc://name address."""
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("tcp", "ipc", "inproc"):
-        raise TransportError(f"{endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if parts.scheme not in ("tcp", "ipc", "shm", "inproc"):
+        raise TransportError(f"{endpoint!r}: expected tcp://HOST:PORT, ipc://PATH, shm://PATH or inproc://NAME")
     if parts.scheme == "tcp":
         try:
             port = parts.port
@@ -74,7 +86,7 @@ def open_socket(context: zmq.Context, kind: int, endpoint: str, *, bind: bool, h
     ``max_message`` (ZMQ_MAXMSGSIZE) is the largest frame it accepts: ZeroMQ disconnects a peer
     that sends a larger one before allocating it.
     """
-    check_endpoint(endpoint)
+    endpoint = socket_endpoint(check_endpoint(endpoint))
     socket = context.socket(kind)
     if max_message is not None:
         socket.setsockopt(zmq.MAXMSGSIZE, max_message)

@@ -170,6 +170,9 @@ class Client:
                 break
             if item.skipped is not None:
                 self.report.skipped = item.skipped
+            if item.problem is not None:
+                self._refuse(item, item.problem)
+                continue
             try:
                 message = parse_message(item.frames, verify=self.verify, key=self.key)
             except SealRefused as exc:

@@ -31,7 +31,7 @@ from beamstream.codecs import decoder
 from beamstream.errors import StreamTimeout, TransportError
 from beamstream.sinks.stream import NOTICE_AFTER_S
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import check_endpoint, open_socket, rank_endpoint, shared
 from beamstream.wire import DataMessage, EndMessage
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,13 @@ class PlainSink(SinkSpec):
     @classmethod
     def _valid_endpoint(cls, endpoint: str) -> str:
         try:
-            return check_endpoint(endpoint)
+            check_endpoint(endpoint)
         except TransportError as exc:
             raise ValueError(str(exc)) from None
+        if shared(endpoint):
+            raise ValueError(f"{endpoint}: the plain sink sends blobs over ZeroMQ itself; shared memory (shm://) is "
+                             "the stream sink's: give an ipc:// or tcp:// endpoint")
+        return endpoint
 
     def open(self, context: SinkContext) -> PlainSender:
         """A PUSH socket for producer ``context.rank``; TransportError for a sealed stream."""

@@ -17,6 +17,12 @@ by (rank, message index). So a message in flight to a buffer that died is not lo
 several consumers connected at once a producer cannot tell which one had a message, so it
 resends only when the connection that came back is its only one.
 
+Over an ``shm://PATH`` endpoint (push only) the producer writes each payload into its own shared-memory arena
+(:mod:`beamstream.shared_memory`, ``shm_bytes`` of /dev/shm) and sends the header with a reference to the slot
+(:mod:`beamstream.wire.slots`); the receiver maps the arena read-only and tells the producer when it has released
+the slot, which the producer then reuses. A send waits while the arena has no room. When its receivers have all
+disconnected (gone), the slots they had kept are the producer's again; the ones not yet kept are sent again.
+
 A push producer whose receivers have all disconnected (a buffer stopped or killed, a consumer gone) says so at
 once and waits ``reconnect_s`` (default 30 s) for one to come back; then, with messages still unacknowledged, it
 fails with StreamTimeout naming the endpoint, how long ago it lost it and what to do, instead of waiting out
@@ -36,9 +42,11 @@ import zmq
 from pydantic import Field, field_validator, model_validator
 
 from beamstream.errors import StreamTimeout, TransportError, WireFormatError
+from beamstream.shared_memory import DEFAULT_ARENA_BYTES, Arena, ArenaFull
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, open_socket, rank_endpoint
+from beamstream.transport import check_endpoint, open_socket, rank_endpoint, shared
 from beamstream.wire.replies import parse_reply
+from beamstream.wire.slots import encode_ref
 
 logger = logging.getLogger(__name__)
 NOTICE_AFTER_S = 2.0  # a producer waiting this long for a consumer says so
@@ -48,7 +56,8 @@ class StreamSink(SinkSpec):
     """Send messages to consumers over ZeroMQ.
 
     Attributes:
-        endpoint: tcp://HOST:PORT or ipc://PATH; or a list of them (push producers that connect): the producers
+        endpoint: tcp://HOST:PORT, ipc://PATH or shm://PATH (ipc:// with payloads in shared memory: receivers on
+            this node only, push only); or a list of them (push producers that connect): the producers
             are spread over them round-robin by rank, rank r sending to endpoint ``r % len(list)``, and each
             receiver accounts for its producers alone (the stream's ``receivers``, docs/wire-format.md). Each
             receiver, a consumer or a buffer, then has a verdict on its part; none more endpoints than producers.
@@ -61,6 +70,8 @@ class StreamSink(SinkSpec):
             producer waits for one to come back (a buffer restarted on its spill) before it fails, saying so.
             Default 30; null: as long as ``send_timeout_s``.
         subscribers: pub only: wait for this many subscribers before sending. Default 0 (don't wait).
+        shm_bytes: shm:// only: bytes of shared memory each producer writes its payloads into (default 256 MiB);
+            a send waits while receivers hold all of it, and a message larger than it is refused.
     """
 
     type: Literal["stream"] = "stream"
@@ -71,6 +82,7 @@ class StreamSink(SinkSpec):
     send_timeout_s: float | None = Field(300.0, gt=0)
     reconnect_s: float | None = Field(30.0, gt=0)
     subscribers: int = Field(0, ge=0)
+    shm_bytes: int = Field(DEFAULT_ARENA_BYTES, ge=1 << 20)
 
     @field_validator("endpoint")
     @classmethod
@@ -95,6 +107,14 @@ class StreamSink(SinkSpec):
                              "message to every subscriber")
         return self
 
+    @model_validator(mode="after")
+    def _shared_memory_pushes(self) -> StreamSink:
+        endpoints = [self.endpoint] if isinstance(self.endpoint, str) else self.endpoint
+        if self.pattern == "pub" and any(shared(each) for each in endpoints):
+            raise ValueError("shm:// endpoints carry push streams (pattern: push): a pub stream's subscribers would "
+                             "each have to release every slot; publish over ipc:// instead")
+        return self
+
     @property
     def receivers(self) -> int:
         """How many receivers the producers are spread over: the endpoints listed (1 for one endpoint)."""
@@ -115,11 +135,20 @@ class StreamSender:
         self.spec = spec
         self.endpoint = endpoint
         self.key = key
+        self.arena = Arena(spec.shm_bytes) if shared(endpoint) else None
+        self.slots: dict[int, int | str] = {}  # shm: generation → message index (or "end") of every slot held
         self.context = zmq.Context()
         kind = zmq.DEALER if spec.pattern == "push" else zmq.XPUB
-        self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm, replies="in")
+        try:
+            self.socket = open_socket(self.context, kind, endpoint, bind=spec.bind, hwm=spec.hwm, replies="in")
+        except TransportError:
+            if self.arena is not None:
+                self.arena.close()
+            raise
         if spec.send_timeout_s is not None:
             self.socket.setsockopt(zmq.SNDTIMEO, int(spec.send_timeout_s * 1000))
+        if self.arena is not None:  # queue only on live connections: nothing queued for a receiver that died is
+            self.socket.setsockopt(zmq.IMMEDIATE, 1)  # sent later to the next one as well as resent (a duplicate)
         self.subscribers = 0
         self.acks = 0
         self.poller = zmq.Poller()
@@ -130,6 +159,7 @@ class StreamSender:
         self.window = 2 * spec.hwm + 2
         self.peers = 0
         self.lost_peer = False
+        self.resends = 0  # how many times every unacknowledged message was sent again (a connection came back)
         self.gone_since: float | None = None  # when the last connection dropped (monotonic), until one is back
         self.may_say_waiting = True  # until a consumer replies, or the producer said it waits for one
         self.monitor: zmq.Socket | None = None
@@ -165,6 +195,9 @@ class StreamSender:
             self.gone_since = None  # a receiver answers: one is there, whatever the connection events said
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)
+        elif reply.kind == "released":
+            if self.arena is not None and self.arena.release(reply.index):
+                self.slots.pop(reply.index)
         elif reply.kind == "ack":
             self.acks += 1
             self.unacked.pop("end", None)
@@ -181,6 +214,7 @@ class StreamSender:
             self.lost_peer = True
             if had_peers and self.peers == 0 and self.gone_since is None:
                 self.gone_since = time.monotonic()
+                self._reclaim_kept_slots()
                 reconnect_s = self._reconnect_s()
                 logger.warning("%s disconnected (stopped?); waiting %s for it to come back", self._receivers(),
                                "without a limit" if reconnect_s is None else f"up to {reconnect_s:g} s")
@@ -189,8 +223,17 @@ class StreamSender:
             self.gone_since = None
             if self.lost_peer and self.peers == 1:
                 self.lost_peer = False
+                self.resends += 1
                 for frames in list(self.unacked.values()):
                     self._send(frames, resend=True)
+
+    def _reclaim_kept_slots(self) -> None:
+        """Every receiver is gone: the slots of the messages they kept are nobody's any more (the others are sent
+        again, slot and all, when one comes back)."""
+        for generation, index in list(self.slots.items()):
+            if index not in self.unacked:
+                self.arena.release(generation)
+                del self.slots[generation]
 
     def _wait_until(self, done: Callable[[], bool], what: str, *, failure: Callable[[], str] | None = None,
                     writable: bool = False) -> None:
@@ -241,13 +284,18 @@ class StreamSender:
 
     def _send(self, frames: list[Any], *, resend: bool = False) -> None:
         """Send ``frames``. push: wait (handling replies and connection events) until the socket has room, so that
-        receivers gone are noticed; a ``resend``, on a connection just back, waits on the socket alone."""
+        receivers gone are noticed; a ``resend``, on a connection just back, waits on the socket alone. Frames
+        that went out with every unacknowledged message while this send waited are not sent twice (over shared
+        memory, the second copy could reach its receiver after the first had released the slot)."""
         if self.monitor is not None and not resend:
+            resends = self.resends
             if self.may_say_waiting and not self.socket.poll(int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
                 self.may_say_waiting = False
                 logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream "
                                "consume` or a buffer there)", self.endpoint)
             self._wait_until(self._writable, "room to send", failure=self._nobody_takes, writable=True)
+            if self.resends != resends and any(frames is unacked for unacked in self.unacked.values()):
+                return
         try:
             self.socket.send_multipart(frames, copy=False)
         except zmq.Again:
@@ -262,8 +310,29 @@ class StreamSender:
         frames = message.to_frames(self.key)
         if self.monitor is not None:
             self._wait_until(lambda: len(self.unacked) < self.window, "acknowledgements", failure=self._nobody_takes)
+            if self.arena is not None:
+                frames = self._in_arena(frames, message.index)
             self.unacked[message.index] = frames
         self._send(frames)
+
+    def _in_arena(self, frames: list[Any], index: int) -> list[Any]:
+        """``[header, ref]``: the message with every frame after its header written into a slot of the arena,
+        once readers have released enough of it (StreamTimeout after ``send_timeout_s``)."""
+        placed: list[Any] = []
+
+        def put() -> bool:
+            try:
+                placed.append(self.arena.put(frames[1:]))
+            except ArenaFull:
+                return False
+            return True
+
+        self._wait_until(put, "readers to release shared memory", failure=lambda: (
+            f"the readers of {self.endpoint} kept all {self.spec.shm_bytes} bytes of this producer's shared memory "
+            f"for {self.spec.send_timeout_s} s ({self.arena.held()} messages): a reader holds messages without "
+            "moving on, or shm_bytes is too small for the messages in flight"))
+        self.slots[placed[0].generation] = index
+        return [frames[0], encode_ref(placed[0])]
 
     def close(self, end: Any) -> None:
         """Send ``end`` and wait until it is acknowledged (StreamTimeout after ``send_timeout_s``)."""
@@ -284,3 +353,5 @@ class StreamSender:
             self.monitor.close(linger=0)
         self.socket.close(linger=0)
         self.context.term()
+        if self.arena is not None:
+            self.arena.close()

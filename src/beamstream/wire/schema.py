@@ -23,11 +23,12 @@ import msgspec
 from beamstream.wire.control import Ack, Deliver, Describe, End, Error, Hello, Ping, Rejoin, Verdict
 from beamstream.wire.messages import WIRE_VERSION, DataHeader, EndMessage
 from beamstream.wire.metadata import FieldMetadata, RunMetadata
+from beamstream.wire.slots import SlotRef
 
 MESSAGES: dict[str, type[msgspec.Struct]] = {
     "DataHeader": DataHeader, "EndMessage": EndMessage,
     "Hello": Hello, "Ack": Ack, "Deliver": Deliver, "Describe": Describe, "End": End, "Ping": Ping, "Rejoin": Rejoin, "Error": Error,
-    "Verdict": Verdict, "RunMetadata": RunMetadata, "FieldMetadata": FieldMetadata,
+    "Verdict": Verdict, "RunMetadata": RunMetadata, "FieldMetadata": FieldMetadata, "SlotRef": SlotRef,
 }
 """Every message with a msgpack map of its own, by the name its schema has."""
 

@@ -43,6 +43,9 @@ class Options(TypedDict, total=False):
             notices a departed member within a second).
         max_message: the largest frame (relay: message) this client takes (default 1 GiB); a sender of a larger
             one is disconnected before it is allocated. Not for nats:// (its server bounds its own messages).
+        copy: shm:// only: copy each message out of shared memory as it arrives and release its slot at once,
+            instead of handing out read-only views of the slot, valid until the application asks for the next
+            message (the slot is then released, and its producer reuses it).
         tls: ``(cert, key, ca)`` for an ``https://`` stream of a service with mutual TLS: the client certificate
             and key (PEM; both or neither) and the CA certificate that verifies the service (None: the system's).
         token: a bearer token of that service (``POST /v1/tokens``), for a reader without a certificate
@@ -57,6 +60,7 @@ class Options(TypedDict, total=False):
     start: Literal["earliest", "now"]
     redeliver_after: float
     max_message: int
+    copy: bool
     tls: tuple
     token: str
 
@@ -86,7 +90,8 @@ class Delivery:
     it (a message of another stream: a direct transport tells its producer why); ``done()``
     once the application asks for the next message (a group member acknowledges it, so a
     message being worked on when a consumer dies goes to another member). ``skipped``: the
-    running count of messages a lossy reader skipped, where the transport knows it.
+    running count of messages a lossy reader skipped, where the transport knows it. ``problem``: why the
+    transport could not read the message's frames (the Client refuses it, saying so).
     """
 
     frames: list[Any]
@@ -94,6 +99,7 @@ class Delivery:
     refuse: Callable[[str], None] = _nothing
     done: Callable[[], None] = _nothing
     skipped: int | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

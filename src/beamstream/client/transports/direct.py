@@ -63,8 +63,15 @@ class DirectTransport(Transport):
                 continue
             frames = self.socket.recv_multipart(copy=False)
             routing = frames[:1] if self.routed else []
-            yield Delivery(frames[len(routing):], receipt=lambda message, routing=routing: self._reply(routing, message),
-                           refuse=lambda reason, routing=routing: self._refuse(routing, reason))
+            delivery = self._delivery(routing, frames[len(routing):])
+            if delivery is not None:
+                yield delivery
+
+    def _delivery(self, routing: list[zmq.Frame], frames: list[zmq.Frame]) -> Delivery | None:
+        """The delivery of ``frames``, which came from the producer ``routing`` names (nobody, for XSUB); None
+        for one to drop unseen."""
+        return Delivery(frames, receipt=lambda message: self._reply(routing, message),
+                        refuse=lambda reason: self._refuse(routing, reason))
 
     def _reply(self, routing: list[zmq.Frame], message: DataMessage | EndMessage) -> None:
         if isinstance(message, EndMessage):

@@ -7,6 +7,7 @@ refused, naming where it applies (the scopes of the transports that take it); th
 itself (:meth:`Transport.from_options`).
 
     tcp://, ipc://, inproc://   DirectTransport, or with group=... GroupTransport
+    shm://                      SharedMemoryTransport (producers on this node, payloads in shared memory)
     http://, https://           RelayTransport (a request service's stream, through its relay)
     nats://                     NatsTransport
 """
@@ -21,6 +22,7 @@ from beamstream.client.transports.direct import DirectTransport
 from beamstream.client.transports.group import GroupTransport
 from beamstream.client.transports.nats import NatsTransport
 from beamstream.client.transports.relay import RelayTransport
+from beamstream.client.transports.shared import SharedMemoryTransport
 from beamstream.errors import OptionError, TransportError
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 SCHEMES: dict[str, tuple[type[Transport], type[Transport]]] = {}
 """scheme → (the transport that reads it, the one that reads it with ``group=...``)."""
 
-NOT_GIVEN = {"bind": False, "pattern": "pull", "lossy": False}
+NOT_GIVEN = {"bind": False, "pattern": "pull", "lossy": False, "copy": False}
 """Options that, at these values (or None, for any option), count as not given."""
 
 
@@ -40,6 +42,7 @@ def register(scheme: str, transport: type[Transport], grouped: type[Transport] |
 
 for _scheme in ("tcp", "ipc", "inproc"):
     register(_scheme, DirectTransport, GroupTransport)
+register("shm", SharedMemoryTransport)
 register("http", RelayTransport)
 register("https", RelayTransport)
 register("nats", NatsTransport)

@@ -1,0 +1,239 @@
+"""Payloads through shared memory (shm:// endpoints): the arena's ring, hostile references, and real streams —
+every event once and bit-exact, sealed streams refused without their key, slots freed when a consumer is killed,
+and no stale arena after a producer is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beamstream.client import Client
+from beamstream.errors import OptionError, SealRefused, StreamIncomplete, TransportError, WireFormatError
+from beamstream.producer import run_local
+from beamstream.security.streamkey import StreamKey
+from beamstream.shared_memory import SHM_DIR, Arena, ArenaFull, ArenaMaps, remove_stale
+from beamstream.spec import parse_spec
+from beamstream.wire.replies import parse_reply, released
+from beamstream.wire.slots import ALIGN, SlotRef, encode_ref, parse_ref
+
+MiB = 1 << 20
+
+
+def image_spec(endpoint: str, n_events: int = 40, shape=(256, 512), shm_bytes: int = 4 * MiB, **source) -> object:
+    return parse_spec({
+        "source": {"type": "simulated", "n_events": n_events, "events_per_read": 1, "bank_size": 5, **source,
+                   "detectors": [{"kind": "image", "shape": list(shape), "dtype": "uint16"}]},
+        "sinks": [{"type": "stream", "endpoint": endpoint, "shm_bytes": shm_bytes}],
+    })
+
+
+def read_all(endpoint: str, spec, workers: int = 1, **options) -> tuple[dict[int, np.ndarray], Client]:
+    """Every event's image (copied) by seq, read at ``endpoint`` (bound) while ``spec`` runs."""
+    outcome: dict = {}
+    images: dict[int, np.ndarray] = {}
+    with Client(endpoint, bind=True, timeout=60, **options) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, workers=workers)))
+        producers.start()
+        try:
+            for event in client.events():
+                assert event.seq not in images
+                images[event.seq] = np.array(event.data["image"])
+        finally:
+            producers.join()
+    assert outcome["result"].ok, outcome["result"].errors
+    return images, client
+
+
+# --- the arena ------------------------------------------------------------------------------
+
+
+def test_arena_ring_reuses_released_slots_in_order(tmp_path):
+    arena = Arena(MiB, directory=tmp_path)
+    try:
+        maps = ArenaMaps(tmp_path)
+        frame = bytes(range(256)) * 1024  # 256 KiB
+        refs = [arena.put([frame]) for _ in range(3)]
+        with pytest.raises(ArenaFull):
+            arena.put([frame, frame])  # 512 KiB: three slots of 256 KiB + headers leave less
+        assert arena.held() == 3
+        assert arena.release(refs[1].generation)  # out of order: the space comes back with the oldest
+        assert not arena.release(refs[1].generation)  # twice: no
+        with pytest.raises(ArenaFull):
+            arena.put([frame, frame])
+        assert arena.release(refs[0].generation)
+        wrapped = arena.put([frame, b"x" * 100])  # reclaimed from the start of the ring
+        assert wrapped.offset == 0 and arena.held() == 2
+        frames = maps.frames(wrapped)
+        assert bytes(frames[0]) == frame and bytes(frames[1]) == b"x" * 100
+        assert frames[0].readonly and all(int(np.frombuffer(f, np.uint8).ctypes.data) % ALIGN == 0 for f in frames)
+        with pytest.raises(WireFormatError, match="reused"):
+            maps.frames(refs[0])  # its space now holds another slot
+        maps.close()
+    finally:
+        arena.close()
+    assert not (tmp_path / arena.name).exists()
+
+
+def test_a_message_larger_than_the_arena_names_the_setting(tmp_path):
+    arena = Arena(MiB, directory=tmp_path)
+    try:
+        with pytest.raises(TransportError, match="shm_bytes"):
+            arena.put([bytes(2 * MiB)])
+    finally:
+        arena.close()
+
+
+def test_hostile_references_are_refused(tmp_path):
+    arena = Arena(MiB, directory=tmp_path)
+    try:
+        maps = ArenaMaps(tmp_path)
+        ref = arena.put([b"payload"])
+        for frame in (b"\xc1", encode_ref(ref)[:-1], b"\x94\xa3abc\x01\x00\x90"):
+            with pytest.raises(WireFormatError):
+                parse_ref(frame)
+        with pytest.raises(WireFormatError):  # a name outside the arena pattern: never opened as a path
+            parse_ref(encode_ref(SlotRef(arena="../../etc/passwd", generation=1, offset=0, sizes=[1])))
+        beyond = SlotRef(arena=ref.arena, generation=ref.generation, offset=ref.offset, sizes=[2 * MiB])
+        with pytest.raises(WireFormatError, match="beyond"):
+            maps.frames(beyond)
+        missing = SlotRef(arena="beamstream-shm-1-0123456789abcdef", generation=1, offset=0, sizes=[1])
+        with pytest.raises(WireFormatError, match="cannot open"):
+            maps.frames(missing)
+        assert bytes(maps.frames(ref)[0]) == b"payload"
+        maps.close()
+    finally:
+        arena.close()
+
+
+def test_released_reply_round_trips():
+    assert parse_reply(released(12345)) == ("released", 12345, "")
+    with pytest.raises(WireFormatError, match="released"):
+        parse_reply(b"beamstream-released x")
+
+
+def test_stale_arenas_of_dead_producers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"beamstream-shm-{dead.pid}-0123456789abcdef"
+    alive = tmp_path / f"beamstream-shm-{os.getppid()}-0123456789abcdef"
+    stale.write_bytes(b"x")
+    alive.write_bytes(b"x")
+    assert remove_stale(tmp_path) == [stale]
+    assert alive.exists() and not stale.exists()
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+def test_every_event_once_and_bit_exact_against_ipc(tmp_path):
+    shm, ipc = read_all(f"shm://{tmp_path}/s", image_spec(f"shm://{tmp_path}/s"), workers=2)[0], \
+        read_all(f"ipc://{tmp_path}/i", image_spec(f"ipc://{tmp_path}/i"), workers=2)[0]
+    assert sorted(shm) == list(range(40))
+    for seq, image in ipc.items():
+        np.testing.assert_array_equal(shm[seq], image)
+    assert not [path for path in SHM_DIR.glob("beamstream-shm-*") if not _alive(int(path.name.split("-")[2]))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_views_are_read_only_until_the_next_message_and_copies_stay(tmp_path):
+    endpoint = f"shm://{tmp_path}/s"
+    spec = image_spec(endpoint, n_events=30, shm_bytes=MiB)  # 256 KiB images: four slots, reused over and over
+    expected = read_all(f"ipc://{tmp_path}/i", image_spec(f"ipc://{tmp_path}/i", n_events=30))[0]
+    outcome: dict = {}
+    with Client(endpoint, bind=True, timeout=60, copy=True) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec)))
+        producers.start()
+        kept = [message for message in client.messages()]  # held while the producer reuses the slots
+        producers.join()
+    assert outcome["result"].ok and client.report.complete
+    for message in kept:
+        np.testing.assert_array_equal(message.arrays["image"][0], expected[int(message.seq[0])])
+    with Client(endpoint, bind=True, timeout=60) as client:
+        producers = threading.Thread(target=lambda: run_local(spec))
+        producers.start()
+        for message in client.messages():
+            image = message.arrays["image"]
+            assert not image.flags.writeable
+            with pytest.raises(ValueError):
+                image[0, 0, 0] = 1
+            np.testing.assert_array_equal(image[0], expected[int(message.seq[0])])
+        producers.join()
+
+
+def test_a_sealed_stream_is_refused_without_its_key(tmp_path):
+    key = StreamKey.generate()
+    endpoint = f"shm://{tmp_path}/s"
+    spec = image_spec(endpoint, n_events=10)
+    outcome: dict = {}
+    with Client(endpoint, bind=True, timeout=30) as client:
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec, key=key)))
+        producers.start()
+        with pytest.raises(SealRefused):
+            list(client.messages())
+    producers.join()
+    assert not outcome["result"].ok  # refused, the producer says so
+    with Client(endpoint, bind=True, timeout=30, key=key) as client:
+        producers = threading.Thread(target=lambda: outcome.update(result=run_local(spec, key=key)))
+        producers.start()
+        events = [event.seq for event in client.events()]
+        producers.join()
+    assert sorted(events) == list(range(10)) and client.report.complete and outcome["result"].ok
+
+
+def test_group_and_pub_are_refused_where_they_do_not_apply(tmp_path):
+    with pytest.raises(OptionError, match="group"):
+        Client(f"shm://{tmp_path}/s", group="g")
+    with pytest.raises(Exception, match="push"):
+        parse_spec({"source": {"type": "simulated", "n_events": 1},
+                    "sinks": [{"type": "stream", "endpoint": f"shm://{tmp_path}/s", "pattern": "pub",
+                               "bind": True}]})
+
+
+CONSUMER = """
+import os, signal, sys
+from beamstream.client import Client
+with Client(sys.argv[1], bind=True, timeout=60) as client:
+    messages = client.messages()
+    held = [next(messages) for _ in range(int(sys.argv[2]))]  # views of slots never released
+    print("holding", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_slots_a_killed_consumer_held_come_back(tmp_path):
+    """A consumer killed with kill -9 while it holds most of a small arena: the producer takes its slots back,
+    goes on with the next consumer, and ends; what the dead one had is missing, nothing else."""
+    endpoint = f"shm://{tmp_path}/s"
+    spec = image_spec(endpoint, n_events=40, shm_bytes=MiB, rate_hz=200.0)  # four slots
+    first = subprocess.Popen([sys.executable, "-c", CONSUMER, endpoint, "3"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    outcome: dict = {}
+    producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(spec)))
+    producers.start()
+    try:
+        assert first.stdout.readline() == "holding\n"
+        assert first.wait(timeout=30) == -signal.SIGKILL
+        first.stdout.close()
+        with Client(endpoint, bind=True, timeout=60) as client, pytest.raises(StreamIncomplete) as failed:
+            list(client.events())
+    finally:
+        producers.join(timeout=120)
+    assert outcome["result"].ok, outcome["result"].errors
+    report = failed.value.report
+    assert report.all_ended and report.duplicates == 0
+    assert 3 <= report.missing_events <= 3 + 10  # the three it held, and at most those in flight to it
