@@ -83,7 +83,7 @@ def test_buffer_protocol_doc_lists_every_control_message_and_field():
     documented = {names(op).pop(): names(fields) | {"op", "protocol"} for _, op, fields, _ in rows}
     defined = {msgspec.inspect.type_info(struct).tag: fields_of(struct)
                for name, struct in MESSAGES.items()
-               if name not in ("DataHeader", "EndMessage", "Verdict", "RunMetadata", "FieldMetadata")}
+               if name not in ("DataHeader", "EndMessage", "Verdict", "RunMetadata", "FieldMetadata", "SlotRef")}
     assert documented == defined, "docs/buffer-protocol.md's control table and src/beamstream/wire/control.py disagree"
 
 
@@ -97,7 +97,7 @@ def test_nats_doc_names_every_header_and_the_verdict_fields():
 
 def test_docs_name_the_replies_and_the_spill_magic():
     wire_doc = (DOCS / "wire-format.md").read_text()
-    for reply in (replies.ACK, replies.KEPT.strip(), replies.REFUSED.strip()):
+    for reply in (replies.ACK, replies.KEPT.strip(), replies.REFUSED.strip(), replies.RELEASED.strip()):
         assert reply.decode() in wire_doc
     assert spill.MAGIC.decode() in (spill.__doc__ or "") and spill.INDEX_MAGIC.decode() in (spill.__doc__ or "")
 
