@@ -21,7 +21,7 @@ from beamstream.producer import run_local
 from beamstream.security.streamkey import StreamKey
 from beamstream.shared_memory import SHM_DIR, Arena, ArenaFull, ArenaMaps, remove_stale
 from beamstream.spec import parse_spec
-from beamstream.wire.replies import parse_reply, released
+from beamstream.wire.replies import kept, parse_reply, released
 from beamstream.wire.slots import ALIGN, SlotRef, encode_ref, parse_ref
 
 MiB = 1 << 20
@@ -113,10 +113,13 @@ def test_hostile_references_are_refused(tmp_path):
         arena.close()
 
 
-def test_released_reply_round_trips():
-    assert parse_reply(released(12345)) == ("released", 12345, "")
-    with pytest.raises(WireFormatError, match="released"):
-        parse_reply(b"beamstream-released x")
+def test_released_and_kept_with_a_session_round_trip():
+    assert parse_reply(released(12345)) == ("released", 12345, "", "")
+    assert parse_reply(kept(7, "0123456789abcdef")) == ("kept", 7, "", "0123456789abcdef")
+    for frame in (b"beamstream-released x", b"beamstream-released 1 0123456789abcdef", b"beamstream-kept 1 xyz",
+                  b"beamstream-kept 1 0123456789ABCDEF"):
+        with pytest.raises(WireFormatError, match="malformed"):
+            parse_reply(frame)
 
 
 def test_stale_arenas_of_dead_producers_are_removed(tmp_path):
@@ -195,9 +198,9 @@ def test_a_sealed_stream_is_refused_without_its_key(tmp_path):
     assert sorted(events) == list(range(10)) and client.report.complete and outcome["result"].ok
 
 
-def test_group_and_pub_are_refused_where_they_do_not_apply(tmp_path):
-    with pytest.raises(OptionError, match="group"):
-        Client(f"shm://{tmp_path}/s", group="g")
+def test_copy_and_pub_are_refused_where_they_do_not_apply(tmp_path):
+    with pytest.raises(OptionError, match="copy applies only to shm:// streams"):
+        Client(f"ipc://{tmp_path}/s", group="g", copy=True)
     with pytest.raises(Exception, match="push"):
         parse_spec({"source": {"type": "simulated", "n_events": 1},
                     "sinks": [{"type": "stream", "endpoint": f"shm://{tmp_path}/s", "pattern": "pub",
@@ -237,3 +240,138 @@ def test_slots_a_killed_consumer_held_come_back(tmp_path):
     report = failed.value.report
     assert report.all_ended and report.duplicates == 0
     assert 3 <= report.missing_events <= 3 + 10  # the three it held, and at most those in flight to it
+
+
+# --- through a buffer --------------------------------------------------------------------------
+
+
+def read_group(endpoint: str, group: str, results: dict, key=None, name: str | None = None,
+               **options) -> threading.Thread:
+    """Read ``group`` of the buffer at ``endpoint`` on a thread: ``results[name]`` (``name`` defaults to the group)
+    gets {seq: image copy}, or the exception raised; ``results[name + ".report"]`` the report."""
+    name = name or group
+
+    def read() -> None:
+        images: dict[int, np.ndarray] = {}
+        try:
+            with Client(endpoint, group=group, timeout=60, key=key, **options) as client:
+                for event in client.events():
+                    images[event.seq] = np.array(event.data["image"])
+                results[name + ".report"] = client.report
+            results[name] = images
+        except Exception as exc:  # noqa: BLE001 - the test asserts on it
+            results[name] = exc
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    """The 40 images of :func:`image_spec` as read over ipc://, by seq."""
+    folder = tmp_path_factory.mktemp("expected")
+    return read_all(f"ipc://{folder}/i", image_spec(f"ipc://{folder}/i"))[0]
+
+
+@pytest.mark.parametrize("out", ["shm", "ipc"])
+def test_a_buffer_passes_slots_to_two_groups(tmp_path, expected, out):
+    """Producers write into shared memory; the buffer keeps views and hands members references (shm://) or the
+    payload (ipc://); two groups each get every event once, bit-exact, and the producers' arenas come back."""
+    from beamstream.buffer.local import LocalBuffer
+
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"{out}://{tmp_path}/out", max_bytes=64 * MiB).start()
+    try:
+        results: dict = {}
+        readers = [read_group(f"{out}://{tmp_path}/out", name, results) for name in ("a", "b")]
+        outcome = run_local(image_spec(f"shm://{tmp_path}/in", shm_bytes=MiB), workers=2)  # four slots each
+        for reader in readers:
+            reader.join(timeout=120)
+    finally:
+        buffer.close()
+    assert outcome.ok, outcome.errors
+    for name in ("a", "b"):
+        assert sorted(results[name]) == list(range(40)) and results[name + ".report"].complete
+        for seq, image in expected.items():
+            np.testing.assert_array_equal(results[name][seq], image)
+    assert not [path for path in SHM_DIR.glob("beamstream-shm-*") if not _alive(int(path.name.split("-")[2]))]
+
+
+def test_a_group_that_joins_later_reads_the_spill_through_the_buffers_own_slots(tmp_path, expected):
+    from beamstream.buffer.local import LocalBuffer
+
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out", spill=tmp_path / "spill",
+                         shm_bytes=MiB).start()  # the buffer's own arena: four slots for two members
+    try:
+        outcome = run_local(image_spec(f"shm://{tmp_path}/in", shm_bytes=MiB), workers=1)
+        assert outcome.ok, outcome.errors  # no group yet: the spill has every message, the producer's arena is free
+        results: dict = {}
+        readers = [read_group(f"shm://{tmp_path}/out", "late", results, name=f"member{n}") for n in range(2)]
+        for reader in readers:
+            reader.join(timeout=120)
+    finally:
+        buffer.close()
+    got = [results[f"member{n}"] for n in range(2)]
+    assert not any(isinstance(images, Exception) for images in got), got
+    assert sorted([*got[0], *got[1]]) == list(range(40))
+    for seq, image in expected.items():
+        np.testing.assert_array_equal({**got[0], **got[1]}[seq], image)
+    assert buffer.lent == {} and buffer.arena.held() == 0
+
+
+CONSUMER_IN_GROUP = """
+import os, signal, sys
+from beamstream.client import Client
+with Client(sys.argv[1], group="g", timeout=60) as client:
+    messages = client.messages()
+    held = [next(messages) for _ in range(3)]
+    print("holding", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_member_killed_holding_slots_loses_nothing(tmp_path, expected):
+    """kill -9 a member of a lossless group while it holds slots: the other member gets what it had not
+    acknowledged, the slots come back, and the producer (four slots) ends."""
+    from beamstream.buffer.local import LocalBuffer
+
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out").start()
+    try:
+        victim = subprocess.Popen([sys.executable, "-c", CONSUMER_IN_GROUP, f"shm://{tmp_path}/out"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        outcome: dict = {}
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(
+            image_spec(f"shm://{tmp_path}/in", shm_bytes=MiB, rate_hz=100.0))))
+        producers.start()
+        assert victim.stdout.readline() == "holding\n"
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+        victim.stdout.close()
+        results: dict = {}
+        read_group(f"shm://{tmp_path}/out", "g", results).join(timeout=120)
+        producers.join(timeout=120)
+    finally:
+        buffer.close()
+    assert outcome["result"].ok, outcome["result"].errors
+    survivor = results["g"]
+    assert not isinstance(survivor, Exception), survivor
+    assert set(range(40)) - set(survivor) <= {0, 1}  # the victim acknowledged at most its first two
+    assert results["g.report"].complete
+
+
+def test_a_member_without_the_key_is_refused_by_a_buffer_over_shared_memory(tmp_path):
+    from beamstream.buffer.local import LocalBuffer
+
+    key = StreamKey.generate()
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out", admission=key.admission).start()
+    try:
+        results: dict = {}
+        stranger = read_group(f"shm://{tmp_path}/out", "stranger", results)
+        member = read_group(f"shm://{tmp_path}/out", "member", results, key=key)
+        outcome = run_local(image_spec(f"shm://{tmp_path}/in", n_events=10), key=key)
+        stranger.join(timeout=60)
+        member.join(timeout=60)
+    finally:
+        buffer.close()
+    assert outcome.ok, outcome.errors
+    assert isinstance(results["stranger"], TransportError) and "refused" in str(results["stranger"])
+    assert sorted(results["member"]) == list(range(10))

@@ -157,13 +157,22 @@ class ArenaMaps:
     """A reader's read-only mappings of the arenas it was referred to (at most ``keep``, the least recently used
     unmapped first), in ``directory``.
 
-    :meth:`frames` is a slot's frames as read-only memoryviews, valid while the slot is not released.
+    :meth:`frames` is a slot's frames as read-only memoryviews, valid while the slot is not released. A reader that
+    passes slots on to others (a buffer) ``adopt``\ s each arena: it links the arena's file under a name of its own
+    (:meth:`alias`), so that its readers can still map the arena after its producer has ended and removed its name;
+    :meth:`close` removes those links (and :func:`remove_stale` those of a reader that was killed).
     """
 
-    def __init__(self, directory: Path = SHM_DIR, keep: int = 64) -> None:
+    def __init__(self, directory: Path = SHM_DIR, keep: int = 64, adopt: bool = False) -> None:
         self.directory = directory
         self.keep = keep
+        self.adopt = adopt
         self._maps: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
+        self._aliases: dict[str, str] = {}  # an adopted arena's name → the name of this reader's link to it
+
+    def alias(self, name: str) -> str:
+        """The name under which this reader's own readers find arena ``name`` (adopted when it was mapped)."""
+        return self._aliases.get(name, name)
 
     def frames(self, ref: SlotRef) -> list[memoryview]:
         """The frames ``ref`` points at; WireFormatError if the arena cannot be mapped, the slot does not lie
@@ -196,14 +205,23 @@ class ArenaMaps:
         finally:
             os.close(descriptor)
         self._maps[name] = (mapping, memoryview(mapping))  # read-only: the mapping is
+        if self.adopt and name not in self._aliases:
+            alias = f"beamstream-shm-{os.getpid()}-{secrets.token_hex(8)}"
+            with contextlib.suppress(OSError):  # gone already: its slots are then readable only here
+                os.link(self.directory / name, self.directory / alias)
+                self._aliases[name] = alias
         while len(self._maps) > self.keep:
             self._unmap(*self._maps.popitem(last=False)[1])
         return self._maps[name][1]
 
     def close(self) -> None:
-        """Unmap every arena whose frames nobody holds any more (the others go with their last view)."""
+        """Unmap every arena whose frames nobody holds any more (the others go with their last view), and remove
+        this reader's links to the arenas it adopted."""
         while self._maps:
             self._unmap(*self._maps.popitem()[1])
+        for alias in self._aliases.values():
+            (self.directory / alias).unlink(missing_ok=True)
+        self._aliases.clear()
 
     @staticmethod
     def _unmap(mapping: mmap.mmap, view: memoryview) -> None:

@@ -19,6 +19,11 @@ passes on to readers that never see that message (:meth:`described`).
 Each socket a buffer binds keeps at most ``max_connections`` connections
 (:class:`~beamstream.buffer.connections.ConnectionLimit`).
 
+Shared memory: a buffer whose producer endpoint is ``shm://PATH`` maps its producers' arenas (adopting each, so
+that its own readers can map it after its producer ended; :class:`~beamstream.shared_memory.ArenaMaps`) and takes
+each data message's payload as views of its slot, without a copy: :class:`Lease` says which slot, and
+:meth:`release` tells the producer once the backend no longer needs it.
+
 Admission: a buffer given its stream's ``admission`` key (:mod:`beamstream.buffer.admission`) takes only
 sealed messages whose seal matches that key; any other is refused like an unreadable one, before it is
 kept, spilled, forwarded or counted in the stream's account (so a forged end cannot end the stream).
@@ -31,7 +36,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 
@@ -41,11 +46,13 @@ from beamstream.buffer.metrics import MetricsServer, connection_metrics, intake_
 from beamstream.buffer.status import BufferStatus, status_of
 from beamstream.errors import WireFormatError
 from beamstream.logs import WarnOnce
-from beamstream.transport import bound_address, open_socket
-from beamstream.wire import DataMessage, EndMessage, parse_message
+from beamstream.shared_memory import ArenaMaps
+from beamstream.transport import bound_address, open_socket, shared
+from beamstream.wire import DataHeader, DataMessage, EndMessage, parse_header, parse_message
 from beamstream.wire.control import Verdict
 from beamstream.wire.metadata import RunMetadata
-from beamstream.wire.replies import ACK, kept, refused
+from beamstream.wire.replies import ACK, kept, new_session, refused, released
+from beamstream.wire.slots import SlotRef, encode_ref, parse_ref
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -53,7 +60,28 @@ if TYPE_CHECKING:
     from beamstream.security.streamkey import AdmissionKey
 
 logger = logging.getLogger(__name__)
-Received = tuple[bytes, list[zmq.Frame], DataMessage | EndMessage]
+MAX_ARENAS = 1024  # producers' arenas a buffer keeps mapped
+
+
+class Lease(NamedTuple):
+    """A producer's shared-memory slot that a kept message's payload frames are views of: the producer (its
+    identity on the producer socket), the slot's ``generation``, and the slot reference as the buffer's own readers
+    get it (``ref``: the arena under the buffer's name for it)."""
+
+    producer: bytes
+    generation: int
+    ref: bytes
+
+
+Received = tuple[bytes, list[Any], DataMessage | EndMessage, Lease | None]
+
+
+class _Duplicate(Exception):
+    """A data message already kept, sent again by its producer (its ``index``)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 class Buffer(ABC):
@@ -86,6 +114,8 @@ class Buffer(ABC):
         self.seen: set[tuple[int, int]] = set()  # (rank, index) of every data message kept
         self.counters = {"messages_in": 0, "bytes_in": 0, "rejected": 0, "duplicates": 0}
         self.warn_once = WarnOnce(logger)
+        self.arenas = ArenaMaps(keep=MAX_ARENAS, adopt=True) if shared(producer_endpoint) else None
+        self.session = new_session() if self.arenas is not None else ""  # said in each kept, over shared memory
         self.producer_timeout_s = producer_timeout_s
         self.last_producer_message = time.monotonic()
         self._stopping = threading.Event()
@@ -163,6 +193,8 @@ class Buffer(ABC):
         self._release()
         self.producer_socket.close(linger=0)
         self.context.term()
+        if self.arenas is not None:
+            self.arenas.close()
 
     def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> str:
         """Serve Prometheus metrics at ``http://ADDR:PORT/metrics`` (port 0: a free one) until :meth:`close`;
@@ -189,13 +221,20 @@ class Buffer(ABC):
     # --- the producer side ---------------------------------------------------------------------
 
     def receive(self, frames: list[zmq.Frame]) -> Received | None:
-        """(producer identity, message frames, parsed header) of what a producer sent; None if refused or already kept."""
+        """(producer identity, message frames, parsed header, its lease on a shared-memory slot) of what a producer
+        sent; None if refused or already kept."""
         identity = frames[0].bytes
         self.last_producer_message = time.monotonic()
+        lease = None
         try:
-            message = self.parse(frames[1:])
+            message_frames, lease = self._mapped(identity, frames[1:])
+            message = self.parse(message_frames)
         except WireFormatError as exc:  # SealRefused too
             self._refuse(identity, str(exc))
+            return None
+        except _Duplicate as duplicate:
+            self.counters["duplicates"] += 1
+            self.producer_socket.send_multipart([identity, kept(duplicate.index, self.session)])
             return None
         if self.report.stream is not None and message.stream != self.report.stream:
             self._refuse(identity, f"this buffer serves stream {self.report.stream!r}; stream {message.stream!r} "
@@ -206,9 +245,38 @@ class Buffer(ABC):
             return None
         if isinstance(message, DataMessage) and (message.rank, message.index) in self.seen:
             self.counters["duplicates"] += 1
-            self.producer_socket.send_multipart([identity, kept(message.index)])
+            self.producer_socket.send_multipart([identity, kept(message.index, self.session)])
+            if lease is not None:
+                self.release(lease)
             return None
-        return identity, frames[1:], message
+        return identity, message_frames, message, lease
+
+    def _mapped(self, identity: bytes, frames: list[Any]) -> tuple[list[Any], Lease | None]:
+        """A producer's message frames with its payload as views of its shared-memory slot, and the lease on that
+        slot (without shared memory: as they came, and None). WireFormatError for a reference that cannot be
+        mapped; _Duplicate for a message already kept whose slot is gone (sent again after a reconnect)."""
+        if self.arenas is None:
+            return frames, None
+        header = parse_header(frames[0])
+        if not isinstance(header, DataHeader):
+            return frames, None
+        if len(frames) != 2:
+            raise WireFormatError(f"a data message over shared memory is a header and a slot reference, got "
+                                  f"{len(frames)} frames")
+        ref = parse_ref(frames[1].buffer)
+        try:
+            payload = self.arenas.frames(ref)
+        except WireFormatError:
+            if (header.rank, header.index) in self.seen:
+                raise _Duplicate(header.index) from None
+            raise
+        ours = SlotRef(arena=self.arenas.alias(ref.arena), generation=ref.generation, offset=ref.offset,
+                       sizes=ref.sizes)
+        return [frames[0], *payload], Lease(identity, ref.generation, encode_ref(ours))
+
+    def release(self, lease: Lease) -> None:
+        """Tell a producer that its slot ``lease`` names is free (dropped silently if the producer is gone)."""
+        self.producer_socket.send_multipart([lease.producer, released(lease.generation)])
 
     def parse(self, frames: list[zmq.Frame]) -> DataMessage | EndMessage:
         """The message in a producer's ``frames``; WireFormatError if it may not be taken: SealRefused, with the
@@ -230,7 +298,7 @@ class Buffer(ABC):
             return
         self.counters["messages_in"] += 1
         self.counters["bytes_in"] += message.nbytes
-        self.producer_socket.send_multipart([identity, kept(message.index)])
+        self.producer_socket.send_multipart([identity, kept(message.index, self.session)])
 
     def account(self, message: DataMessage | EndMessage) -> None:
         """Add a kept message to the stream's account (also for messages kept before a restart)."""

@@ -26,6 +26,7 @@ from pydantic import (BeforeValidator, ByteSize, Field, TypeAdapter, ValidationE
                       model_validator)
 
 from beamstream.jetstream.urls import split_url
+from beamstream.shared_memory import DEFAULT_ARENA_BYTES
 from beamstream.spec_paths import ReadPath, WritePath
 from beamstream.stages import SpecModel
 from beamstream.transport import DEFAULT_MAX_MESSAGE
@@ -71,6 +72,9 @@ class BufferConfig(SpecModel):
     consumer_endpoint: str = Field("tcp://127.0.0.1:5556",
                                    description="endpoint consumers connect to (local backend only)")
     max_memory: Size = Field(2 << 30, description="payload held in memory at most, e.g. 2GiB or 500MB")
+    shm_bytes: Size = Field(DEFAULT_ARENA_BYTES, description="with an shm:// consumer endpoint: shared memory the "
+                            "buffer lends members for messages that are not in its producers' shared memory (read "
+                            "back from the spill, or from ipc:// or tcp:// producers), e.g. 256MiB")
     hwm: int = Field(4, ge=1, description="messages ZeroMQ queues per producer")
     max_message: Size = Field(DEFAULT_MAX_MESSAGE, description="largest message frame taken from a producer, e.g. "
                               "1GiB; a producer that sends a larger one is disconnected before it is allocated")
@@ -109,7 +113,8 @@ class BufferConfig(SpecModel):
         """The help of the command-line option for field ``name``: its description and default."""
         field = cls.model_fields[name]
         default = field.default
-        shown = "none" if default is None else f"{default / 2**30:g}GiB" if name in ("max_memory", "max_message") else default
+        shown = "none" if default is None else f"{default / 2**30:g}GiB" if name in ("max_memory", "max_message") \
+            else f"{default / 2**20:g}MiB" if name == "shm_bytes" else default
         return f"{field.description} (default: {shown})"
 
     @model_validator(mode="before")

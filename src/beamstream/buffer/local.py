@@ -28,15 +28,27 @@ a restart. Without an admission key anyone who reaches the consumer endpoint may
 on this run that has acknowledged nothing since it was made holds a full buffer's producers back for at most
 ``NEW_GROUP_STALL_S`` (or ``group_stall_s`` if shorter), every other lossless group for ``group_stall_s``.
 
-Speed: the context has two I/O threads, the producer socket's connections on one and the
-consumer socket's on the other, so receiving a message and sending the previous one (each a
-copy between kernel and memory) run side by side.
+Shared memory: with an ``shm://`` producer endpoint the log holds views of the producers' slots (released to them
+as :class:`~beamstream.buffer.message_log.MessageLog` says); with an ``shm://`` consumer endpoint members get slot
+references instead of payloads: to the producer's slot (under the buffer's name for its arena), or, for a message
+not in shared memory (read back from the spill, or from ipc:// or tcp:// producers), to a slot of the buffer's
+own arena (``shm_bytes``), lent to that member until it acknowledges the message or leaves. A member's views of
+a slot stay valid until it acknowledges the message (asks for the next one).
+
+Speed: a received message is handed to every group from the same memory (its zmq.Frames, sent with copy=False,
+are reference-counted, not copied); what each group costs on ipc:// and tcp:// is ZeroMQ's copy of the message into
+the kernel, which no sender avoids (a send to two sockets is two writes). The producer socket's connections have an
+I/O thread of their own, and the consumer socket's are spread over :func:`consumer_io_threads` others (ZeroMQ gives
+each new connection the least loaded; connections that arrive at the same moment may share one), so receiving a
+message and sending the previous one run side by side, and each group's copy runs on a thread of its own rather
+than after the other groups' (benchmarks/README.md, "Where the buffer's time goes").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from collections.abc import Iterator
@@ -54,8 +66,10 @@ from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
-from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket
+from beamstream.shared_memory import DEFAULT_ARENA_BYTES, Arena, ArenaFull
+from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket, shared
 from beamstream.wire import EndMessage, parse_message
+from beamstream.wire.slots import encode_ref
 from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 from beamstream.wire.metadata import RunMetadata
 
@@ -70,6 +84,14 @@ ADMITTED_HELLOS_FILE = "admitted-hellos.msgpack"  # the admitted hellos' nonces 
 NEW_GROUP_STALL_S = 10.0  # without an admission key: how long a new group that reads nothing may hold producers back
 PING = pack(Ping())
 REJOIN = pack(Rejoin())
+MAX_CONSUMER_IO_THREADS = 8  # the most I/O threads sending to consumers
+
+
+def consumer_io_threads() -> int:
+    """How many I/O threads send to consumers: one per CPU this process may use but one (the loop's), at least 2
+    (so two groups' copies run side by side) and at most :data:`MAX_CONSUMER_IO_THREADS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, min(MAX_CONSUMER_IO_THREADS, cpus - 1))
 
 
 class LocalBuffer(Buffer):
@@ -80,18 +102,23 @@ class LocalBuffer(Buffer):
                  max_spill: int | None = None, retention_s: float | None = None,
                  producer_timeout_s: float = 60.0, max_message: int = DEFAULT_MAX_MESSAGE,
                  group_stall_s: float = 60.0, max_consumers: int = 1024, max_connections: int = 4096,
-                 admission: AdmissionKey | None = None) -> None:
-        # an I/O thread per side (affinity bits 1 and 2 name I/O threads 0 and 1; a bit with no
-        # thread behind it would leave the socket unable to connect)
-        super().__init__(zmq.Context(io_threads=2), producer_endpoint, hwm=hwm, bind=bind,
+                 admission: AdmissionKey | None = None, shm_bytes: int = DEFAULT_ARENA_BYTES) -> None:
+        # I/O thread 0 for the producers' connections, threads 1 to n for the consumers' (affinity bit k names
+        # thread k; a bit with no thread behind it would leave the socket unable to connect)
+        consumer_threads = consumer_io_threads()
+        super().__init__(zmq.Context(io_threads=1 + consumer_threads), producer_endpoint, hwm=hwm, bind=bind,
                          producer_timeout_s=producer_timeout_s, max_message=max_message,
-                         max_connections=max_connections, affinity=0b01, admission=admission)
+                         max_connections=max_connections, affinity=0b1, admission=admission)
         self.consumer_socket = open_socket(self.context, zmq.ROUTER, consumer_endpoint, bind=bind, hwm=0,  # credit bounds it
-                                           affinity=0b10, max_message=MAX_CONTROL_BYTES)
+                                           affinity=((1 << consumer_threads) - 1) << 1, max_message=MAX_CONTROL_BYTES)
         if bind:
             self.limit_connections(self.consumer_socket, "consumer")
         self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.consumer_endpoint = consumer_endpoint
+        self.shared_out = shared(consumer_endpoint)
+        self.shm_bytes = shm_bytes
+        self.arena: Arena | None = None  # made when a member over shm:// first needs a message not in shared memory
+        self.lent: dict[tuple[bytes, int], int] = {}  # (member, offset) → generation of the buffer's slot it holds
         self.probe_interval = probe_interval
         self.group_stall_s = group_stall_s
         self.new_group_stall_s = min(group_stall_s, NEW_GROUP_STALL_S)
@@ -103,7 +130,8 @@ class LocalBuffer(Buffer):
         # segments small enough that a full spill always has whole, deletable segments
         segment_bytes = 256 << 20 if max_spill is None else min(256 << 20, max(1 << 20, max_spill // 8))
         segments = Segments.recover(self.spill, segment_bytes) if self.spill else None
-        self.message_log = MessageLog(max_bytes, segments, max_spill, retention_s)
+        self.message_log = MessageLog(max_bytes, segments, max_spill, retention_s,
+                                      released=lambda entry: self.release(entry.lease))
         record = self.spill / ADMITTED_HELLOS_FILE if self.spill else None
         self.hello_check = HelloCheck(admission, record=record) if admission is not None else None
         self._saved_groups: dict[str, dict[str, Any]] = {}
@@ -172,6 +200,8 @@ class LocalBuffer(Buffer):
             self.ends.close()
         told = self.spill is None and self._tell_members_it_stopped()
         self.consumer_socket.close(linger=STOP_NOTICE_LINGER_MS if told else 0)
+        if self.arena is not None:
+            self.arena.close()
 
     def _tell_members_it_stopped(self) -> bool:
         """A buffer without a spill that stops before it sent a member the stream's end tells that member so
@@ -266,12 +296,12 @@ class LocalBuffer(Buffer):
         received = self.receive(frames)
         if received is None:
             return
-        identity, message_frames, message = received
+        identity, message_frames, message, lease = received
         if isinstance(message, EndMessage):
             if self.ends is not None:
                 self.ends.append(len(self.ends.index), message_frames, "end")
         else:
-            self.message_log.append(message_frames, message.nbytes, "data")
+            self.message_log.append(message_frames, message.nbytes, "data", lease)
             self.last_size = message.nbytes
         self.acknowledge(identity, message)
 
@@ -295,6 +325,8 @@ class LocalBuffer(Buffer):
         else:
             group = self.members[identity]
             self.message_log.acknowledge(group, group.members[identity], control.offsets, control.credit)
+            for offset in control.offsets:
+                self._take_back(identity, offset)
 
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
@@ -324,6 +356,8 @@ class LocalBuffer(Buffer):
 
     def _forget(self, identity: bytes) -> None:
         group = self.members.pop(identity, None)
+        for held_by, offset in [lent for lent in self.lent if lent[0] == identity]:
+            self._take_back(held_by, offset)
         if group is not None:
             returned = self.message_log.leave(group, identity)
             logger.info("consumer %s left group %s; %d messages go to the others", identity.hex(), group.name, returned)
@@ -344,10 +378,36 @@ class LocalBuffer(Buffer):
         for identity in list(self.members):
             self._send_consumer(identity, [PING])
 
+    def _take_back(self, identity: bytes, offset: int) -> None:
+        """A slot of the buffer's arena lent to a member for message ``offset`` is the buffer's again."""
+        generation = self.lent.pop((identity, offset), None)
+        if generation is not None:
+            self.arena.release(generation)
+
+    def _frames_for(self, identity: bytes, entry: Any) -> list[Any] | None:
+        """What a member gets of ``entry``: its frames; over shm://, its header and a slot reference (None while
+        the buffer's own arena has no room for a message that is not in shared memory)."""
+        if not self.shared_out:
+            return entry.frames
+        if entry.lease is not None:
+            return [entry.frames[0], entry.lease.ref]
+        if self.arena is None:
+            self.arena = Arena(self.shm_bytes)
+        try:
+            ref = self.arena.put(entry.frames[1:])
+        except ArenaFull:
+            return None
+        self.lent[(identity, entry.offset)] = ref.generation
+        return [entry.frames[0], encode_ref(ref)]
+
     def _dispatch(self) -> None:
         for group, member, entry in list(self.message_log.dispatch()):
+            frames = self._frames_for(member.identity, entry)
+            if frames is None:
+                self.message_log.hand_back(group, member, entry.offset)
+                continue
             control = pack(Deliver(offset=entry.offset, skipped=group.skipped))
-            if self._send_consumer(member.identity, [control, *entry.frames]):
+            if self._send_consumer(member.identity, [control, *frames]):
                 self.counters["messages_out"] += 1
                 self.counters["bytes_out"] += entry.nbytes
         if self.producers_done():

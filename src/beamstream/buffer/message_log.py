@@ -13,13 +13,19 @@ service stops reading from producers (so they block) while it does not. With a s
 arrives; memory then only caches the newest messages, groups read older ones from disk, a new
 group can replay the whole retained stream, and producers block only when the spill is full
 of messages some lossless group still needs.
+
+A message whose payload lies in its producer's shared memory (an ``shm://`` producer endpoint) carries a
+``lease`` on that slot. Such a message leaves memory, and ``released`` is called with it (the buffer tells its
+producer the slot is free), as soon as no member holds it and every lossless group has acknowledged it, or, with
+a spill directory and no lossless group, once it is on disk: the producer's arena, not ``max_bytes``, is then what
+holds it, and the producer waits while its arena is full.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +41,7 @@ class Entry:
     frames: list[Any]
     nbytes: int
     kind: Literal["data", "end"]
+    lease: Any = None  # the producer's shared-memory slot its payload frames are views of, if they are
 
 
 @dataclass(slots=True)
@@ -91,8 +98,9 @@ class MessageLog:
     """
 
     def __init__(self, max_bytes: int, segments: Segments | None = None, max_spill: int | None = None,
-                 retention_s: float | None = None) -> None:
+                 retention_s: float | None = None, released: Callable[[Entry], None] = lambda entry: None) -> None:
         self.max_bytes = max_bytes
+        self.released = released
         self.segments = segments
         self.max_spill = max_spill
         self.retention_s = retention_s
@@ -125,9 +133,10 @@ class MessageLog:
             self.full_since = time.monotonic()
         return room
 
-    def append(self, frames: list[Any], nbytes: int, kind: Literal["data", "end"]) -> Entry:
-        """Accept a message (written through to disk first, with a spill directory)."""
-        entry = Entry(self.next_offset, frames, nbytes, kind)
+    def append(self, frames: list[Any], nbytes: int, kind: Literal["data", "end"], lease: Any = None) -> Entry:
+        """Accept a message (written through to disk first, with a spill directory); ``lease``: the shared-memory
+        slot its payload lies in."""
+        entry = Entry(self.next_offset, frames, nbytes, kind, lease)
         if self.segments is not None:
             self.segments.append(entry.offset, frames, kind)
         self.entries[entry.offset] = entry
@@ -196,6 +205,14 @@ class MessageLog:
         return entry
 
     @staticmethod
+    def hand_back(group: Group, member: Member, offset: int) -> None:
+        """Undo the handing of ``offset`` to ``member`` (it could not be sent now): the group hands it out again."""
+        member.unacked.discard(offset)
+        member.credit += 1
+        group.delivered -= 1
+        group.redeliver.appendleft(offset)
+
+    @staticmethod
     def _skip_to(group: Group, offset: int) -> None:
         for skipped in range(group.next_offset, offset):
             group.acknowledge(skipped)
@@ -245,6 +262,7 @@ class MessageLog:
         """
         needed_by = min((group.low_water for group in self.groups.values() if not group.lossy),
                         default=self.next_offset)
+        self._return_leases(needed_by)
         if self.segments is None:
             self._drop_memory(needed, until=needed_by)
             self.first_offset = max(self.first_offset, min(self.entries, default=self.next_offset))
@@ -259,4 +277,24 @@ class MessageLog:
         for offset in list(self.entries):
             if offset >= until or self.resident_bytes + needed <= self.max_bytes:
                 return
-            self.resident_bytes -= self.entries.pop(offset).nbytes
+            self._drop(offset)
+
+    def _drop(self, offset: int) -> None:
+        entry = self.entries.pop(offset)
+        self.resident_bytes -= entry.nbytes
+        if entry.lease is not None:
+            self.released(entry)
+
+    def _return_leases(self, needed_by: int) -> None:
+        """Drop the messages in shared memory that nobody needs from it any more (see the module's docstring)."""
+        lossless = any(not group.lossy for group in self.groups.values())
+        if not lossless and self.segments is None:
+            return  # kept for the groups to come, as long as the producers' arenas hold them
+        held = [offset for group in self.groups.values() for member in group.members.values()
+                for offset in member.unacked]
+        until = min(needed_by if lossless else self.next_offset, min(held, default=self.next_offset))
+        for offset in list(self.entries):
+            if offset >= until:
+                return
+            if self.entries[offset].lease is not None:
+                self._drop(offset)

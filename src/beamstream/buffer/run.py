@@ -52,7 +52,7 @@ def open_buffer(config: BufferConfig) -> Buffer:
                              spill=config.spill_dir, max_spill=config.max_spill, retention_s=config.retention_s,
                              producer_timeout_s=config.producer_timeout_s, max_message=config.max_message,
                              group_stall_s=config.group_stall_s, max_consumers=config.max_consumers,
-                             max_connections=config.max_connections, admission=admission)
+                             max_connections=config.max_connections, admission=admission, shm_bytes=config.shm_bytes)
     if config.metrics_port is not None:
         try:
             buffer.serve_metrics(config.metrics_port, config.metrics_addr)

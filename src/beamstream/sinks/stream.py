@@ -20,8 +20,11 @@ resends only when the connection that came back is its only one.
 Over an ``shm://PATH`` endpoint (push only) the producer writes each payload into its own shared-memory arena
 (:mod:`beamstream.shared_memory`, ``shm_bytes`` of /dev/shm) and sends the header with a reference to the slot
 (:mod:`beamstream.wire.slots`); the receiver maps the arena read-only and tells the producer when it has released
-the slot, which the producer then reuses. A send waits while the arena has no room. When its receivers have all
-disconnected (gone), the slots they had kept are the producer's again; the ones not yet kept are sent again.
+the slot, which the producer then reuses. A send waits while the arena has no room. Over shared memory a receiver
+says in each ``kept`` which session of it holds the slot; a producer connects to one receiver, so when another
+session answers, the one before is gone (killed, restarted) and the slots it held are the producer's again
+(``bind: true`` is refused: several readers could share a producer). Messages not yet kept are sent again as
+over ipc://, from their slots.
 
 A push producer whose receivers have all disconnected (a buffer stopped or killed, a consumer gone) says so at
 once and waits ``reconnect_s`` (default 30 s) for one to come back; then, with messages still unacknowledged, it
@@ -110,9 +113,10 @@ class StreamSink(SinkSpec):
     @model_validator(mode="after")
     def _shared_memory_pushes(self) -> StreamSink:
         endpoints = [self.endpoint] if isinstance(self.endpoint, str) else self.endpoint
-        if self.pattern == "pub" and any(shared(each) for each in endpoints):
-            raise ValueError("shm:// endpoints carry push streams (pattern: push): a pub stream's subscribers would "
-                             "each have to release every slot; publish over ipc:// instead")
+        if any(shared(each) for each in endpoints) and (self.pattern == "pub" or self.bind):
+            raise ValueError("shm:// endpoints carry push streams to a receiver that binds (pattern: push, bind: "
+                             "false): each producer's slots are held by the one receiver it connects to; publish or "
+                             "bind over ipc:// instead")
         return self
 
     @property
@@ -136,7 +140,12 @@ class StreamSender:
         self.endpoint = endpoint
         self.key = key
         self.arena = Arena(spec.shm_bytes) if shared(endpoint) else None
-        self.slots: dict[int, int | str] = {}  # shm: generation → message index (or "end") of every slot held
+        self.slots: dict[int, int] = {}  # shm: generation → message index of every slot held
+        self.slot_of: dict[int, int] = {}  # shm: message index → its slot's generation, until kept
+        self.holders: dict[int, str] = {}  # shm: generation → the receiver session that kept it
+        self.resent: set[int] = set()  # shm: slots sent again on a connection that came back, not yet kept there
+        self.session: str | None = None  # shm: the receiver's session that kept a message last
+        self.gone_sessions: set[str] = set()
         self.context = zmq.Context()
         kind = zmq.DEALER if spec.pattern == "push" else zmq.XPUB
         try:
@@ -195,9 +204,11 @@ class StreamSender:
             self.gone_since = None  # a receiver answers: one is there, whatever the connection events said
         if reply.kind == "kept":
             self.unacked.pop(reply.index, None)
+            if self.arena is not None and reply.session:
+                self._on_kept(self.slot_of.get(reply.index), reply.session)
         elif reply.kind == "released":
-            if self.arena is not None and self.arena.release(reply.index):
-                self.slots.pop(reply.index)
+            if self.arena is not None and reply.index not in self.resent:  # resent: the next session's to release
+                self._take_back(reply.index)
         elif reply.kind == "ack":
             self.acks += 1
             self.unacked.pop("end", None)
@@ -214,7 +225,6 @@ class StreamSender:
             self.lost_peer = True
             if had_peers and self.peers == 0 and self.gone_since is None:
                 self.gone_since = time.monotonic()
-                self._reclaim_kept_slots()
                 reconnect_s = self._reconnect_s()
                 logger.warning("%s disconnected (stopped?); waiting %s for it to come back", self._receivers(),
                                "without a limit" if reconnect_s is None else f"up to {reconnect_s:g} s")
@@ -224,16 +234,40 @@ class StreamSender:
             if self.lost_peer and self.peers == 1:
                 self.lost_peer = False
                 self.resends += 1
+                for index in self.unacked:
+                    if index in self.slot_of:
+                        self.resent.add(self.slot_of[index])
+                        self.holders.pop(self.slot_of[index], None)
                 for frames in list(self.unacked.values()):
                     self._send(frames, resend=True)
 
-    def _reclaim_kept_slots(self) -> None:
-        """Every receiver is gone: the slots of the messages they kept are nobody's any more (the others are sent
-        again, slot and all, when one comes back)."""
-        for generation, index in list(self.slots.items()):
-            if index not in self.unacked:
-                self.arena.release(generation)
-                del self.slots[generation]
+    def _on_kept(self, generation: int | None, session: str) -> None:
+        """Shared memory: the receiver ``session`` holds slot ``generation`` until it releases it.
+
+        A push producer talks to one receiver at a time, so a new session means the ones before are gone
+        (killed, restarted): the slots they held are the producer's again. A slot sent again on a connection
+        that came back is the next session's: a late ``kept`` of the one before does not make it theirs."""
+        if generation is None:
+            return
+        if session != self.session and session not in self.gone_sessions:
+            if self.session is not None:
+                self.gone_sessions.add(self.session)
+            self.session = session
+            for held, holder in list(self.holders.items()):
+                if holder != session:
+                    self._take_back(held)
+        if session == self.session:
+            self.holders[generation] = session
+            self.resent.discard(generation)
+        elif generation not in self.resent:
+            self._take_back(generation)  # a gone receiver said late that it had kept it
+
+    def _take_back(self, generation: int) -> None:
+        """Slot ``generation`` is free (released, or its holder is gone)."""
+        if self.arena.release(generation):
+            self.holders.pop(generation, None)
+            self.resent.discard(generation)
+            self.slot_of.pop(self.slots.pop(generation), None)
 
     def _wait_until(self, done: Callable[[], bool], what: str, *, failure: Callable[[], str] | None = None,
                     writable: bool = False) -> None:
@@ -282,11 +316,11 @@ class StreamSender:
     def _writable(self) -> bool:
         return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
 
-    def _send(self, frames: list[Any], *, resend: bool = False) -> None:
+    def _send(self, frames: list[Any], *, resend: bool = False, key: int | str | None = None) -> None:
         """Send ``frames``. push: wait (handling replies and connection events) until the socket has room, so that
-        receivers gone are noticed; a ``resend``, on a connection just back, waits on the socket alone. Frames
-        that went out with every unacknowledged message while this send waited are not sent twice (over shared
-        memory, the second copy could reach its receiver after the first had released the slot)."""
+        receivers gone are noticed; a ``resend``, on a connection just back, waits on the socket alone. A message
+        (``key``: its index in :attr:`unacked`) that went out with every unacknowledged one while this send waited
+        is not sent twice (over shared memory, its slot has changed since)."""
         if self.monitor is not None and not resend:
             resends = self.resends
             if self.may_say_waiting and not self.socket.poll(int(NOTICE_AFTER_S * 1000), zmq.POLLOUT):
@@ -294,7 +328,7 @@ class StreamSender:
                 logger.warning("waiting for a consumer at %s (nothing has taken a message yet: start `beamstream "
                                "consume` or a buffer there)", self.endpoint)
             self._wait_until(self._writable, "room to send", failure=self._nobody_takes, writable=True)
-            if self.resends != resends and any(frames is unacked for unacked in self.unacked.values()):
+            if self.resends != resends and key in self.unacked:
                 return
         try:
             self.socket.send_multipart(frames, copy=False)
@@ -313,7 +347,7 @@ class StreamSender:
             if self.arena is not None:
                 frames = self._in_arena(frames, message.index)
             self.unacked[message.index] = frames
-        self._send(frames)
+        self._send(frames, key=message.index)
 
     def _in_arena(self, frames: list[Any], index: int) -> list[Any]:
         """``[header, ref]``: the message with every frame after its header written into a slot of the arena,
@@ -332,6 +366,7 @@ class StreamSender:
             f"for {self.spec.send_timeout_s} s ({self.arena.held()} messages): a reader holds messages without "
             "moving on, or shm_bytes is too small for the messages in flight"))
         self.slots[placed[0].generation] = index
+        self.slot_of[index] = placed[0].generation
         return [frames[0], encode_ref(placed[0])]
 
     def close(self, end: Any) -> None:
@@ -340,7 +375,7 @@ class StreamSender:
             frames = end.to_frames(self.key)
             if self.monitor is not None:
                 self.unacked["end"] = frames
-            self._send(frames)
+            self._send(frames, key="end")
             expected = 1 if self.spec.pattern == "push" else max(1, self.subscribers)
             self._wait_until(lambda: self.acks >= expected, "the consumer to acknowledge the end of the stream")
         finally:

@@ -50,6 +50,7 @@ class DirectTransport(Transport):
         if kind == zmq.XSUB:
             self.socket.send(b"\x01")  # subscribe to everything
         self.routed = kind == zmq.ROUTER
+        self.session = ""  # what this reader tells producers it is, in each kept (over shared memory)
 
     @classmethod
     def from_options(cls, endpoints: list[str], options: Options, key: StreamKey | None) -> DirectTransport:
@@ -77,7 +78,7 @@ class DirectTransport(Transport):
         if isinstance(message, EndMessage):
             self.socket.send_multipart([*routing, ACK])
         elif routing:  # a push producer keeps each message until told it arrived
-            self.socket.send_multipart([*routing, kept(message.index)])
+            self.socket.send_multipart([*routing, kept(message.index, self.session)])
 
     def _refuse(self, routing: list[zmq.Frame], reason: str) -> None:
         if routing:  # a push producer then fails with the reason; a publisher cannot be told apart

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
-from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options, StreamEnd, Transport
+from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options, StreamEnd, Transport, refusal
+from beamstream.client.transports.shared import mapped
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket
+from beamstream.shared_memory import ArenaMaps
+from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket, shared
 from beamstream.wire.control import (Ack, Deliver, Describe, End, Error, Ping, Rejoin, ToConsumer, pack,
                                       proven_hello, unpack)
 from beamstream.wire.metadata import RunMetadata
@@ -186,23 +188,48 @@ class DealerCarrier(Carrier):
 
 
 class GroupTransport(GroupMember):
-    """A member of ``group`` over a DEALER connected to the buffer's consumer ``endpoint`` (its HWM: ``credit``)."""
+    """A member of ``group`` over a DEALER connected to the buffer's consumer ``endpoint`` (its HWM: ``credit``).
 
-    takes = frozenset({"group", "hwm", "lossy", "start", "max_message"})
+    Over an ``shm://`` endpoint the buffer sends slot references, and each message's payload is read-only views of
+    the slot (:mod:`beamstream.client.transports.shared`), valid until the message is acknowledged (the
+    application asks for the next one); ``copy``: copies instead.
+    """
+
+    takes = frozenset({"group", "hwm", "lossy", "start", "max_message", "copy"})
     scope = GROUP_SCOPE
+    scopes = {"copy": "to shm:// streams"}
     refuses = {"endpoints": "a group reads one buffer", "bind": "a group member connects to its buffer",
                "pattern": "every group gets every message",
                "redeliver_after": "the local buffer notices a departed member itself"}
 
     def __init__(self, endpoint: str, *, group: str, lossy: bool = False,
                  start: Literal["earliest", "now"] = "earliest", credit: int = DEFAULT_HWM,
-                 max_message: int = DEFAULT_MAX_MESSAGE, admission: AdmissionKey | None = None) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, admission: AdmissionKey | None = None,
+                 copy: bool = False) -> None:
         super().__init__(DealerCarrier(endpoint, hwm=credit, max_message=max_message), group=group, lossy=lossy,
                          start=start, credit=credit, admission=admission)
+        self.maps = ArenaMaps() if shared(endpoint) else None
+        self.copy = copy
 
     @classmethod
     def from_options(cls, endpoints: list[str], options: Options, key: StreamKey | None) -> GroupTransport:
+        if options.get("copy") and not shared(endpoints[0]):
+            raise refusal("copy", "to shm:// streams", endpoints, options)
         return cls(endpoints[0], **member_options(options, key))
+
+    def deliveries(self, timeout: float | None) -> Iterator[Delivery | StreamEnd | None]:
+        for delivery in super().deliveries(timeout):
+            if self.maps is not None and isinstance(delivery, Delivery):
+                try:
+                    delivery.frames = mapped(self.maps, delivery.frames, copy=self.copy)[0]
+                except WireFormatError as exc:
+                    delivery.problem = str(exc)
+            yield delivery
+
+    def close(self) -> None:
+        super().close()
+        if self.maps is not None:
+            self.maps.close()
 
 
 def member_options(options: Options, key: StreamKey | None) -> dict[str, Any]:

@@ -7,7 +7,8 @@ refused, naming where it applies (the scopes of the transports that take it); th
 itself (:meth:`Transport.from_options`).
 
     tcp://, ipc://, inproc://   DirectTransport, or with group=... GroupTransport
-    shm://                      SharedMemoryTransport (producers on this node, payloads in shared memory)
+    shm://                      SharedMemoryTransport (producers on this node, payloads in shared memory), or with
+                                group=... GroupTransport (a buffer on this node that lends its slots)
     http://, https://           RelayTransport (a request service's stream, through its relay)
     nats://                     NatsTransport
 """
@@ -42,7 +43,7 @@ def register(scheme: str, transport: type[Transport], grouped: type[Transport] |
 
 for _scheme in ("tcp", "ipc", "inproc"):
     register(_scheme, DirectTransport, GroupTransport)
-register("shm", SharedMemoryTransport)
+register("shm", SharedMemoryTransport, GroupTransport)
 register("http", RelayTransport)
 register("https", RelayTransport)
 register("nats", NatsTransport)

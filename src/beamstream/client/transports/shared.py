@@ -17,9 +17,9 @@ from beamstream.client.transports.direct import DirectTransport
 from beamstream.errors import WireFormatError
 from beamstream.shared_memory import ArenaMaps
 from beamstream.transport import DEFAULT_MAX_MESSAGE
-from beamstream.wire import DataHeader, parse_header
-from beamstream.wire.replies import released
-from beamstream.wire.slots import parse_ref
+from beamstream.wire import DataHeader, EndMessage, frame_buffer, parse_header
+from beamstream.wire.replies import new_session, released
+from beamstream.wire.slots import SlotRef, parse_ref
 
 if TYPE_CHECKING:
     from beamstream.security.streamkey import StreamKey
@@ -36,6 +36,7 @@ class SharedMemoryTransport(DirectTransport):
     def __init__(self, endpoints: Sequence[str], *, bind: bool = False, hwm: int = DEFAULT_HWM,
                  max_message: int = DEFAULT_MAX_MESSAGE, copy: bool = False) -> None:
         super().__init__(endpoints, bind=bind, hwm=hwm, max_message=max_message)
+        self.session = new_session()
         self.copy = copy
         self.maps = ArenaMaps()
         self.delivered: set[tuple[str, int, int]] = set()  # (stream, rank, index) of every data message mapped
@@ -49,26 +50,21 @@ class SharedMemoryTransport(DirectTransport):
         a message delivered before whose slot its producer has reused since (the producer's copy is gone)."""
         delivery = super()._delivery(routing, frames)
         try:
-            header = parse_header(frames[0])
-            if not isinstance(header, DataHeader):
-                return delivery
-            if len(frames) != 2:
-                raise WireFormatError(f"a data message over shared memory is a header and a slot reference, "
-                                      f"got {len(frames)} frames")
-            ref = parse_ref(frames[1].buffer)
-            payload: list[Any] = self.maps.frames(ref)
+            delivery.frames, ref = mapped(self.maps, frames, copy=self.copy)
         except WireFormatError as exc:
+            header = _header(frames[0])
             if isinstance(header, DataHeader) and (header.stream, header.rank, header.index) in self.delivered:
                 return None  # sent again after it was read and released (a reconnect): a duplicate, nothing lost
             delivery.problem = str(exc)
             return delivery
+        if ref is None:
+            return delivery
+        header = parse_header(frames[0])
         self.delivered.add((header.stream, header.rank, header.index))
         if self.copy:
-            payload = [bytes(frame) for frame in payload]
             self._release(routing, ref.generation)
         else:
             delivery.done = lambda: self._release(routing, ref.generation)
-        delivery.frames = [frames[0], *payload]
         return delivery
 
     def _release(self, routing: list[zmq.Frame], generation: int) -> None:
@@ -78,3 +74,27 @@ class SharedMemoryTransport(DirectTransport):
     def close(self) -> None:
         super().close()
         self.maps.close()
+
+
+def mapped(maps: ArenaMaps, frames: list[Any], *, copy: bool = False) -> tuple[list[Any], SlotRef | None]:
+    """A message received over shared memory as the Client reads it: a data message's header and its slot's
+    frames (read-only views of the mapped slot, or with ``copy`` copies of them) and the slot's reference; an end
+    message as it came, and None. WireFormatError if the frames are no such message or the slot cannot be read."""
+    header = parse_header(frames[0])
+    if not isinstance(header, DataHeader):
+        return frames, None
+    if len(frames) != 2:
+        raise WireFormatError(f"a data message over shared memory is a header and a slot reference, got "
+                              f"{len(frames)} frames")
+    ref = parse_ref(frame_buffer(frames[1]))
+    payload: list[Any] = maps.frames(ref)
+    if copy:
+        payload = [bytes(frame) for frame in payload]
+    return [frames[0], *payload], ref
+
+
+def _header(frame: Any) -> DataHeader | EndMessage | None:
+    try:
+        return parse_header(frame)
+    except WireFormatError:
+        return None
