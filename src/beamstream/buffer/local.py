@@ -30,10 +30,8 @@ on this run that has acknowledged nothing since it was made holds a full buffer'
 
 Shared memory: with an ``shm://`` producer endpoint the log holds views of the producers' slots (released to them
 as :class:`~beamstream.buffer.message_log.MessageLog` says); with an ``shm://`` consumer endpoint members get slot
-references instead of payloads: to the producer's slot (under the buffer's name for its arena), or, for a message
-not in shared memory (read back from the spill, or from ipc:// or tcp:// producers), to a slot of the buffer's
-own arena (``shm_bytes``), lent to that member until it acknowledges the message or leaves. A member's views of
-a slot stay valid until it acknowledges the message (asks for the next one).
+references instead of payloads (:class:`~beamstream.buffer.lending.SlotLender`, whose own arena is ``shm_bytes``).
+A member's views of a slot stay valid until it acknowledges the message (asks for the next one).
 
 Speed: a received message is handed to every group from the same memory (its zmq.Frames, sent with copy=False,
 are reference-counted, not copied); what each group costs on ipc:// and tcp:// is ZeroMQ's copy of the message into
@@ -66,10 +64,10 @@ from beamstream.buffer.metrics import group_metrics, log_metrics
 from beamstream.buffer.segments import Segments
 from beamstream.buffer.message_log import Group, MessageLog
 from beamstream.errors import WireFormatError
-from beamstream.shared_memory import DEFAULT_ARENA_BYTES, Arena, ArenaFull
+from beamstream.buffer.lending import SlotLender
+from beamstream.shared_memory import DEFAULT_ARENA_BYTES
 from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket, shared
 from beamstream.wire import EndMessage, parse_message
-from beamstream.wire.slots import encode_ref
 from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
 from beamstream.wire.metadata import RunMetadata
 
@@ -115,10 +113,7 @@ class LocalBuffer(Buffer):
             self.limit_connections(self.consumer_socket, "consumer")
         self.consumer_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.consumer_endpoint = consumer_endpoint
-        self.shared_out = shared(consumer_endpoint)
-        self.shm_bytes = shm_bytes
-        self.arena: Arena | None = None  # made when a member over shm:// first needs a message not in shared memory
-        self.lent: dict[tuple[bytes, int], int] = {}  # (member, offset) → generation of the buffer's slot it holds
+        self.lender = SlotLender(shm_bytes) if shared(consumer_endpoint) else None
         self.probe_interval = probe_interval
         self.group_stall_s = group_stall_s
         self.new_group_stall_s = min(group_stall_s, NEW_GROUP_STALL_S)
@@ -200,8 +195,8 @@ class LocalBuffer(Buffer):
             self.ends.close()
         told = self.spill is None and self._tell_members_it_stopped()
         self.consumer_socket.close(linger=STOP_NOTICE_LINGER_MS if told else 0)
-        if self.arena is not None:
-            self.arena.close()
+        if self.lender is not None:
+            self.lender.close()
 
     def _tell_members_it_stopped(self) -> bool:
         """A buffer without a spill that stops before it sent a member the stream's end tells that member so
@@ -325,8 +320,8 @@ class LocalBuffer(Buffer):
         else:
             group = self.members[identity]
             self.message_log.acknowledge(group, group.members[identity], control.offsets, control.credit)
-            for offset in control.offsets:
-                self._take_back(identity, offset)
+            for offset in control.offsets if self.lender is not None else ():
+                self.lender.take_back(identity, offset)
 
     def _hello(self, identity: bytes, hello: Hello) -> None:
         if identity in self.members:
@@ -356,8 +351,8 @@ class LocalBuffer(Buffer):
 
     def _forget(self, identity: bytes) -> None:
         group = self.members.pop(identity, None)
-        for held_by, offset in [lent for lent in self.lent if lent[0] == identity]:
-            self._take_back(held_by, offset)
+        if self.lender is not None:
+            self.lender.forget(identity)
         if group is not None:
             returned = self.message_log.leave(group, identity)
             logger.info("consumer %s left group %s; %d messages go to the others", identity.hex(), group.name, returned)
@@ -378,31 +373,9 @@ class LocalBuffer(Buffer):
         for identity in list(self.members):
             self._send_consumer(identity, [PING])
 
-    def _take_back(self, identity: bytes, offset: int) -> None:
-        """A slot of the buffer's arena lent to a member for message ``offset`` is the buffer's again."""
-        generation = self.lent.pop((identity, offset), None)
-        if generation is not None:
-            self.arena.release(generation)
-
-    def _frames_for(self, identity: bytes, entry: Any) -> list[Any] | None:
-        """What a member gets of ``entry``: its frames; over shm://, its header and a slot reference (None while
-        the buffer's own arena has no room for a message that is not in shared memory)."""
-        if not self.shared_out:
-            return entry.frames
-        if entry.lease is not None:
-            return [entry.frames[0], entry.lease.ref]
-        if self.arena is None:
-            self.arena = Arena(self.shm_bytes)
-        try:
-            ref = self.arena.put(entry.frames[1:])
-        except ArenaFull:
-            return None
-        self.lent[(identity, entry.offset)] = ref.generation
-        return [entry.frames[0], encode_ref(ref)]
-
     def _dispatch(self) -> None:
         for group, member, entry in list(self.message_log.dispatch()):
-            frames = self._frames_for(member.identity, entry)
+            frames = entry.frames if self.lender is None else self.lender.frames_for(member.identity, entry)
             if frames is None:
                 self.message_log.hand_back(group, member, entry.offset)
                 continue
