@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import socket
@@ -164,6 +165,29 @@ def wait_until(condition, what: str = "the condition", timeout: float = 30.0, ev
 
 SESSION_MARK = "BEAMSTREAM_TEST_SESSION"
 LEFT_BEHIND_GRACE_S = 30.0
+
+
+def digest(data: dict) -> str:
+    """One event's arrays, each name with its dtype, shape and bytes, as a SHA-256 (what bit-exact compares)."""
+    sha = hashlib.sha256()
+    for name in sorted(data):
+        array = data[name]
+        sha.update(f"{name} {array.dtype.str} {array.shape}".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
+def wait_for_line(path: Path, text: str, process: subprocess.Popen, timeout: float) -> str:
+    """The first line of the log ``path`` holding ``text``, once there; AssertionError with the log if ``process``
+    ends first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in path.read_text(errors="replace").splitlines():
+            if text in line:
+                return line
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no {text!r} in {path} (process exit code {process.poll()}):\n{path.read_text()}")
+        time.sleep(0.05)
 
 
 def processes_of_this_session(session: str) -> list:

@@ -58,6 +58,18 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind, or a name) reaches only this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def bound_address(socket: zmq.Socket) -> str:
     """Where peers reach a bound ``socket``: its last endpoint (the port chosen, for port 0), with a wildcard
     host (``0.0.0.0``, ``[::]``) replaced by this machine's name."""

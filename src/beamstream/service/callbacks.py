@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -90,6 +91,25 @@ def write_callback_file(path: Path, url: str, secret: str, tls: dict[str, str] |
     write_atomically(path, json.dumps(target).encode())
 
 
+def advertised(endpoints: dict[str, str | None], host: str | None) -> dict[str, str | None]:
+    """The endpoints a buffer job reported listening at (``producers`` and ``consumers``, ``tcp://HOST:PORT``;
+    ``metrics``, ``http://HOST:PORT``) with each one's host replaced by ``host`` (the setting ``data_advertise``:
+    the buffer's host as others reach it); unchanged without ``host``, and those of other schemes (``ipc://``,
+    ``nats://``) always."""
+    from urllib.parse import urlsplit
+
+    if host is None:
+        return dict(endpoints)
+    name = f"[{host}]" if ":" in host else host
+    changed: dict[str, str | None] = {}
+    for role, endpoint in endpoints.items():
+        parts = urlsplit(endpoint) if endpoint else None
+        if parts is not None and parts.scheme in ("tcp", "http", "https") and parts.port is not None:
+            endpoint = parts._replace(netloc=f"{name}:{parts.port}").geturl()
+        changed[role] = endpoint
+    return changed
+
+
 def _tls_context(target: dict[str, Any]) -> ssl.SSLContext | None:
     """The SSL context for calling back the service of callback file contents ``target`` (None: plain HTTP): the
     one client context (:func:`~beamstream.security.tls_context.client_tls_context`). TLS files that cannot be
@@ -155,7 +175,8 @@ def call_back(path: Path, event: dict[str, Any], retry_for_s: float = 60.0,
                     "Content-Type": "application/json", TIMESTAMP: timestamp,
                     SIGNATURE: signature(target["secret"], timestamp, body)})
     except (httpx.TransportError, OSError) as exc:  # it did not answer, for as long as we tried
-        logger.warning("could not call the service back (%s): %s", url, exc)
+        logger.warning("could not call the service back (%s): %s; the service's public_url setting must be its URL "
+                       "as this job's host (%s) reaches it", url, exc, socket.gethostname())
         return False
     if answer.is_success:
         return True

@@ -16,10 +16,11 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once
    aborted ends reach its readers as the stream's end):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
    - once the buffer listens (its callback made the stream ``running``), unless submitted with the
-     buffer's: submit the producers job (``beamstream produce`` with a stream sink to the buffer, the stream id the service's):
-     ``--workers N`` local processes (one worker: ``--rank 0``, in the job's own process), or, with
-     an executor that launches ranks (Slurm), N ranks (``srun``) on the request's nodes, each
-     ``--rank-from-env``;
+     buffer's: connect to each of the buffer's endpoints as advertised (:func:`unreachable`; one this host
+     cannot reach fails the stream, naming it and ``data_advertise``), then submit the producers job
+     (``beamstream produce`` with a stream sink to the buffer, the stream id the service's): ``--workers N``
+     local processes (one worker: ``--rank 0``, in the job's own process), or, with an executor that
+     launches ranks (Slurm), N ranks (``srun``) on the request's nodes, each ``--rank-from-env``;
    - the buffer job ended: if its verdict is in its folder (:data:`VERDICT_FILE`, written before it
      calls back) the stream ends as the verdict says, as if the callback had come; if not →
      producers stopped, ``failed`` (a buffer told to stop gets :data:`VERDICT_GRACE_S` first);
@@ -70,6 +71,7 @@ VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its v
 CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
 PRODUCERS_SOCKET = "producers.ipc"  # the buffer's producer endpoint in the stream's folder, when jobs run here
 IPC_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, less its NUL)
+REACH_TIMEOUT_S = 3.0  # a buffer's endpoint that does not answer a connection within this is unreachable
 
 
 class Dispatcher:
@@ -243,6 +245,13 @@ class Dispatcher:
             return
         producers = jobs.get("producers")
         if producers is None:
+            if (why := unreachable(record.endpoints)) is not None:
+                self.stop_jobs(record.id)
+                now = (f"it is {self.settings.data_advertise}" if self.settings.data_advertise else
+                       f"unset: the buffer reports its endpoints as bound, at data_host {self.settings.data_host}")
+                self._fail(record, f"{why}; set data_advertise to the name or address of the buffer jobs' host as "
+                                   f"the service, producers and consumers reach it ({now})")
+                return
             self._submit_producers(record, record.endpoints["producers"])
             return
         if self._status(producers).state is JobState.RUNNING or buffer.stop_requested is not None:
@@ -328,10 +337,33 @@ class Dispatcher:
 def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
     """The executors ``settings`` names (Slurm's work files under the state directory)."""
     names = set(settings.executors) | {settings.executor}
-    executors: dict[str, Executor] = {"local": LocalExecutor()} if "local" in names else {}
+    launchers = {"buffer": settings.buffer_launcher, "producers": settings.producers_launcher}
+    executors: dict[str, Executor] = {"local": LocalExecutor(launchers)} if "local" in names else {}
     if "slurm" in names:
         executors["slurm"] = SlurmExecutor(settings.state_dir.resolve() / "slurm")
     return executors
+
+
+def unreachable(endpoints: dict[str, str | None], timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """Why the service's host cannot reach one of a buffer's ``tcp://`` and ``http://`` ``endpoints`` (its name does
+    not resolve, the connection is refused or not answered within ``timeout`` seconds), naming it; None if it
+    reaches each (a TCP connection is opened and closed: neither ZeroMQ nor the metrics server minds)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    for role, endpoint in endpoints.items():
+        parts = urlsplit(endpoint) if endpoint else None
+        if parts is None or parts.scheme not in ("tcp", "http", "https") or parts.port is None:
+            continue
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+        except socket.gaierror as exc:
+            return f"the buffer's {role} endpoint {endpoint} cannot be reached from the service's host: " \
+                   f"{parts.hostname} does not resolve there ({exc.strerror})"
+        except OSError as exc:
+            why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            return f"the buffer's {role} endpoint {endpoint} cannot be reached from the service's host: {why}"
+    return None
 
 
 def job_options(slurm: dict[str, Any] | None, role: str) -> SlurmOptions:

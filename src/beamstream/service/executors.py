@@ -113,11 +113,20 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Jobs as processes on this machine, each in its own session (they outlive the service)."""
+    """Jobs as processes started from this machine, each in its own session (they outlive the service).
+
+    ``launchers`` maps a job's role (``buffer``, ``producers``) to a command put before the job's, which runs it on
+    another host (the settings ``buffer_launcher``, ``producers_launcher``: ``ssh HOST``, ``ip netns exec NS``);
+    the job is then whatever that command's process is here: its end, its exit code (through jobrun's exit file in
+    the job's folder, which that host must share) and SIGTERM go through it. With any launcher, jobs do not
+    share the service's host (no ipc socket between them)."""
 
     name = "local"
     launches_ranks = False
-    shares_host = True
+
+    def __init__(self, launchers: dict[str, list[str]] | None = None) -> None:
+        self.launchers = {role: list(command) for role, command in (launchers or {}).items() if command}
+        self.shares_host = not self.launchers
 
     def check(self, job: JobRequest) -> None:
         """Any job runs here (the service's settings bound how many workers a stream may ask for)."""
@@ -127,7 +136,7 @@ class LocalExecutor:
         job.exit_file.unlink(missing_ok=True)
         with open(job.output, "ab") as output:
             process = subprocess.Popen(
-                [sys.executable, str(JOBRUN), str(job.exit_file),
+                [*self.launchers.get(job.name, []), sys.executable, str(JOBRUN), str(job.exit_file),
                  str(job.time_limit_s or 0), "--", *job.argv],
                 cwd=job.directory, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, **job.environment})

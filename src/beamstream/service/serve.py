@@ -37,8 +37,11 @@ def serve(settings: ServiceSettings) -> None:
     tls_options = _tls_options(settings)
     listening = _bind(settings.host, settings.port)
     host, port = listening.getsockname()[:2]
-    url = f"{'https' if settings.tls else 'http'}://{host}:{port}"
+    url = f"{'https' if settings.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
     public = settings.public_url or url  # where jobs call back
+    if settings.tls and (why := _not_named(settings, public)) is not None:
+        listening.close()
+        fail(f"cannot serve HTTPS: {why}", code=2)
     reached = f"; jobs call back to {public}" if public != url else ""
     store = make_url(settings.database_url).render_as_string(hide_password=True)
     started = Text(f"service: {url} (API /v1, docs /docs{reached}), store {store}")
@@ -68,11 +71,29 @@ def _bind(host: str, port: int) -> socket.socket:
     return listening
 
 
+def _not_named(settings: ServiceSettings, public: str) -> str | None:
+    """Why clients reaching the service at ``public`` (public_url, or the URL it is bound at) would refuse its
+    tls_cert: its subject alternative names do not name that URL's host; None if they do."""
+    from urllib.parse import urlsplit
+
+    from beamstream.service.tls import certificate_names, names_host
+
+    host = urlsplit(public).hostname or ""
+    names = certificate_names(settings.tls_cert)
+    if names_host(names, host):
+        return None
+    return (f"tls_cert {settings.tls_cert} names {', '.join(names) or 'no host'} (its subject alternative names), "
+            f"not {host}, the host jobs and users reach the service at ({public}"
+            f"{', public_url' if settings.public_url else ''}): they would refuse it; issue one that names it "
+            f"(`beamstream ca issue DIR --service {host}`) or set public_url to a URL with a name it has")
+
+
 def _tls_options(settings: ServiceSettings) -> dict[str, Any]:
     """The uvicorn options that serve ``settings``' mutual TLS (none without it: then a loud warning if the
     service is bound beyond this machine); exits 2 with one line naming the setting and the file if a TLS file
     cannot be used (missing, unreadable, not PEM, a key that is not its certificate's)."""
-    from beamstream.service.tls import ServerTLS, TLSFileError, client_certificate_usable, loopback, uvicorn_options
+    from beamstream.service.tls import ServerTLS, TLSFileError, client_certificate_usable, uvicorn_options
+    from beamstream.transport import loopback
 
     if not settings.tls:
         if not loopback(settings.host):

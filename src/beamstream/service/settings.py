@@ -6,7 +6,9 @@ Every value is validated when the service starts; a wrong one stops it with a me
 
 Two addresses matter: the one the REST API is bound at (``host``, ``port``) and the one jobs and
 users reach it at (``public_url``: behind a proxy, or on a node whose bound address other nodes
-cannot use). Jobs call back to ``public_url`` through their stream's callback file, which a
+cannot use); buffer jobs likewise bind ``data_host`` and are advertised as ``data_advertise``, and
+``buffer_launcher`` and ``producers_launcher`` run jobs on other hosts (the reference's last
+section). Jobs call back to ``public_url`` through their stream's callback file, which a
 restarted service rewrites for every stream still starting or running, so a job whose service
 came back elsewhere (another port, another host) still reaches it.
 
@@ -65,7 +67,21 @@ class ServiceSettings(BaseSettings):
                                           "missing; default: <state_dir>/service.key); a database without it "
                                           "opens no stream")
     data_host: str = Field("127.0.0.1", description="address the buffer jobs bind (0.0.0.0: every interface; "
-                           "consumers are then told the machine's name)")
+                           "consumers are then told the machine's name, unless data_advertise gives another)")
+    data_advertise: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$",
+                                       description="the name (or address) of the buffer jobs' host as the service, "
+                                       "producers and consumers reach it, put in the endpoints the buffer jobs "
+                                       "report (e.g. buf7.example.org: its address behind a NAT, or a name other "
+                                       "hosts resolve). Default: as the buffer job bound them (data_host, or its "
+                                       "machine's name for 0.0.0.0). A stream whose buffer the service cannot "
+                                       "reach at these endpoints fails saying so")
+    buffer_launcher: list[str] = Field(default_factory=list, description="the command the local executor puts "
+                                       "before each buffer job's command, to run it on another host: e.g. "
+                                       "[ssh, -tt, buf7] or [ip, netns, exec, bs-buf] (it must run the command in "
+                                       "the foreground and pass SIGTERM on; the host must see the same Python "
+                                       "and state_dir). Empty: on the service's host")
+    producers_launcher: list[str] = Field(default_factory=list, description="the same for each producers job "
+                                          "(all its workers run on that host)")
     job_time_limit_s: float = Field(86400.0, gt=0, le=7 * 86400, description="wall-clock limit of a stream's "
                                     "jobs when its request gives none (resources.time_limit_s); a scheduler needs "
                                     "one (PSI/J's own default is 10 minutes)")
@@ -143,6 +159,30 @@ class ServiceSettings(BaseSettings):
         if given and self.public_url is not None and not self.public_url.startswith("https://"):
             raise ValueError(f"public_url {self.public_url} is not https://, but the service serves HTTPS only "
                              "(tls_cert is set)")
+        return self
+
+    @model_validator(mode="after")
+    def _reachable_from_other_hosts(self) -> ServiceSettings:
+        """Jobs launched on other hosts call the service back at public_url (buffer jobs) and meet at the buffer's
+        endpoints (all jobs): neither may be a loopback address then."""
+        launchers = [name for name in ("buffer_launcher", "producers_launcher") if getattr(self, name)]
+        if not launchers:
+            return self
+        from urllib.parse import urlsplit
+
+        from beamstream.transport import loopback
+
+        public = urlsplit(self.public_url).hostname if self.public_url else None
+        if self.buffer_launcher and (public is None or loopback(public) or public in ("0.0.0.0", "::")):
+            raise ValueError("buffer_launcher runs buffer jobs on another host, which call the service back at "
+                             f"public_url, but public_url {self.public_url or 'is not set'}"
+                             f"{' names this host only' if self.public_url else ''}: set it to the service's URL "
+                             "as other hosts reach it, e.g. https://svc7.example.org:8080")
+        if loopback(self.data_advertise or self.data_host):
+            raise ValueError(f"{launchers[0]} runs jobs on another host, but the buffer's endpoints would be "
+                             f"{self.data_advertise or self.data_host}, which is this host only: set data_host to "
+                             "an address the buffer jobs bind (0.0.0.0: every interface) and data_advertise to "
+                             "their host's name as the service, producers and consumers reach it")
         return self
 
     @property
@@ -224,10 +264,31 @@ def reference() -> str:
              "value stops the service with a message naming it.", "",
              "| setting | environment variable | default | what it does |", "| --- | --- | --- | --- |"]
     for name, field in ServiceSettings.model_fields.items():
-        default = "" if field.default is None else f"`{field.default}`"
+        value = field.get_default(call_default_factory=True)
+        default = "" if value is None else f"`{value}`"
         description = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{name}` | `BEAMSTREAM_SERVICE_{name.upper()}` | {default} | {description} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *HOSTS_APART]) + "\n"
+
+
+HOSTS_APART = """## Where each part listens, and the address others are told
+
+| part | binds | is reached at (advertised) | used by |
+| --- | --- | --- | --- |
+| the service | `host`, `port` | `public_url` (default: the bound URL) | buffer jobs' callbacks, users, relay readers |
+| a buffer job | `data_host` (free ports) | `data_advertise` (default: as bound) | producers, consumers, the service |
+| a producers job | nothing | - | - |
+
+The local executor runs every job on the service's host unless `buffer_launcher` or `producers_launcher` puts a
+command before the job's (`[ssh, -tt, HOST]`, `[ip, netns, exec, NS]`). Jobs on other hosts need addresses
+those hosts reach: the service refuses to start with a buffer launcher and a `public_url` that is unset or
+loopback (buffer jobs could not call back), or with a launcher and buffer endpoints that would be loopback
+(`data_host` 127.0.0.1 and no `data_advertise`). With TLS, `tls_cert` must name `public_url`'s host among its
+subject alternative names (`beamstream ca issue DIR --service HOST`), or the service does not start. Once a buffer job has called back, the
+service connects to each of its endpoints as advertised: a stream whose buffer it cannot reach fails, naming the
+endpoint and `data_advertise`. A buffer job that cannot call the service back logs that `public_url` must name the
+service as its host reaches it. tests/test_hosts_apart.py runs the service, a buffer job, producers and consumers on
+four hosts (network namespaces, tests/hosts.py; `scripts/hosts.sh up` makes such hosts by hand).""".splitlines()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ What this module promises, with the settings ``tls_cert``, ``tls_key``, ``tls_ca
   ended is no refusal: it is logged at DEBUG.
 - A TLS file the service cannot use stops it at start with :class:`TLSFileError`, one line naming the
   setting and the file and what is wrong: missing or unreadable, not PEM, or a key that is not the
-  certificate's.
+  certificate's. So does a ``tls_cert`` whose subject alternative names do not name the host of the URL jobs
+  and users reach the service at (``public_url``): their clients would refuse it (:func:`names_host`).
 """
 
 from __future__ import annotations
@@ -252,14 +253,36 @@ def client_certificate_usable(cert: tuple[str, Path], key: tuple[str, Path]) -> 
     return f"{cert[0]} {cert[1]} is not for TLS clients (its extended key usage has no clientAuth)"
 
 
-def loopback(host: str) -> bool:
-    """Whether ``host`` (an address to bind) reaches only this machine."""
+def certificate_names(path: Path) -> list[str]:
+    """The DNS names and IP addresses a PEM certificate's subject alternative names give (none without them)."""
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    try:
+        alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*alternatives.get_values_for_type(x509.DNSName),
+            *(str(address) for address in alternatives.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(names: list[str], host: str) -> bool:
+    """Whether a certificate with the subject alternative ``names`` (:func:`certificate_names`) is one for ``host``,
+    as TLS clients check it: an IP address equal to one, or a DNS name equal to one (case aside) or matched by a
+    ``*.`` wildcard in its first label."""
+    address = _address(host.strip("[]"))
+    if address is not None:
+        return any(_address(name) == address for name in names)
+    host = host.lower().rstrip(".")
+    return any(name.lower() == host or name.startswith("*.") and "." in host
+               and host.split(".", 1)[1] == name[2:].lower() for name in names)
+
+
+def _address(text: str) -> Any:
+    """``text`` as an IP address (``ipaddress``'s), or None if it is not one."""
     import ipaddress
 
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
-
+        return None

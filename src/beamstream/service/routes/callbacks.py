@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from beamstream.protocol.models import Problem
 from beamstream.protocol.states import State
-from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused
+from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, CallbackRefused, advertised
 from beamstream.service.context import Context
 from beamstream.service.job_endings import VerdictBody, end_with_verdict
 from beamstream.service.problems import Invalid
@@ -64,7 +64,8 @@ async def job_callback(stream_id: str, request: Request, context: Context) -> No
         raise Invalid(f"callback body: {exc}") from None
     if isinstance(event, Listening):
         context.store.change_state(stream_id, State.RUNNING, "the buffer is listening",
-                                   endpoints=event.model_dump(exclude={"event"}))
+                                   endpoints=advertised(event.model_dump(exclude={"event"}),
+                                                        context.settings.data_advertise))
     else:
         end_with_verdict(context.store, stream_id, event.verdict.model_dump())
     context.wake()
