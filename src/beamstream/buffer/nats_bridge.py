@@ -1,5 +1,8 @@
 """``NatsBridge``: the buffer with ``--backend nats://HOST:PORT/NAME``: producers in, the stream kept in NATS.
 
+The URL may name several servers of one cluster and how many of them keep the stream:
+``nats://H1:P1,H2:P2,H3:P3/NAME?replicas=3`` (:func:`~beamstream.jetstream.urls.split_url`).
+
 Producers connect exactly as to the local buffer (the ``stream`` sink's DEALER to this ROUTER);
 consumers do not connect here but read JetStream stream ``BEAMSTREAM_<NAME>`` themselves
 (``Client("nats://HOST:PORT/NAME", group=...)``), from any machine that reaches the server.
@@ -7,14 +10,20 @@ Layout of the stream: :mod:`beamstream.wire.nats`.
 
 Promises:
 
+- **Accepted means stored by a quorum.** A producer's message is acknowledged (``kept``) only once
+  JetStream's PubAck for it came back: with ``?replicas=N`` in the URL the stream is kept on N servers
+  and the PubAck is sent once a majority of them wrote the message, so it survives losing any
+  minority of the servers. Given several servers (``nats://H1:P1,H2:P2,H3:P3/NAME``), the bridge
+  reaches the cluster through whichever answers.
 - **Backpressure, bounded memory.** One message is stored at a time, and the next is read from
   the producers only once the server has stored it; producers block on their HWM while NATS is
   slower. The bridge holds at most the message being stored, plus ZeroMQ's ``hwm`` queued
   messages per producer.
 - **Nothing accepted is dropped.** If the server fails or the stream is full, the message in
   hand is kept and stored again every ``retry_s`` (producers blocked meanwhile), with one
-  warning per outage. A second copy that reached the server anyway is dropped by it
-  (``Nats-Msg-Id``).
+  warning per outage; meanwhile the connection moves to another server of the cluster (or waits
+  for the one server to come back, a minute at most, before the next attempt connects afresh). A
+  second copy that reached the server anyway is dropped by it (``Nats-Msg-Id``).
 - **Nothing lost passes as stored.** If the server holds another record under a message's id (so
   it dropped the message as a duplicate: someone else published under that id first), the message
   is not accounted as stored: it is counted (``displaced``), logged, named in the verdict, which then
@@ -70,9 +79,9 @@ class NatsBridge(Buffer):
                  max_message: int = DEFAULT_MAX_MESSAGE, max_connections: int = 4096,
                  admission: AdmissionKey | None = None) -> None:
         self.url = url
-        self.server, self.name = split_url(url)
+        self.server, self.name, replicas = split_url(url)
         self.store_options: dict[str, Any] = {"timeout": timeout, "max_age_s": retention_s, "max_bytes": max_bytes,
-                                              "admission": admission}
+                                              "admission": admission, "replicas": replicas}
         self.store: NatsStore | None = NatsStore(self.server, self.name, **self.store_options)
         try:
             super().__init__(zmq.Context(), producer_endpoint, hwm=hwm, bind=bind, producer_timeout_s=producer_timeout_s,
@@ -125,7 +134,7 @@ class NatsBridge(Buffer):
     def _store_pending(self) -> bool:
         """Store the message in hand; False (and keep it) if the server did not take it."""
         assert self.pending is not None
-        identity, frames, message = self.pending
+        identity, frames, message, lease = self.pending
         try:
             if self.store is None:
                 self.store = NatsStore(self.server, self.name, **self.store_options)
@@ -134,7 +143,8 @@ class NatsBridge(Buffer):
             if self.outage is None:
                 logger.warning("could not store in NATS (retrying every %g s, producers wait): %s", self.retry_s, exc)
             self.outage = str(exc)
-            self._drop_store()
+            if self.store is not None and self.store.conn.closed:
+                self._drop_store()  # given up reconnecting: the next attempt connects afresh
             return False
         except MessageIdTaken as exc:
             self._displace(identity, message, str(exc))
@@ -144,6 +154,8 @@ class NatsBridge(Buffer):
         if self.outage is not None:
             logger.warning("NATS stores again after: %s", self.outage)
             self.outage = None
+        if lease is not None:  # NATS has the payload now: the producer's shared memory may be reused
+            self.release(lease)
         self.pending = None
         return True
 
@@ -158,7 +170,7 @@ class NatsBridge(Buffer):
         self.producer_socket.send_multipart([identity, ACK if isinstance(message, EndMessage) else kept(message.index)])
 
     def _drop_store(self) -> None:
-        """Close the store after a failure; the next attempt connects afresh."""
+        """Close the store (after its connection gave up, or when stopping); the next attempt connects afresh."""
         store, self.store = self.store, None
         if store is not None:
             try:

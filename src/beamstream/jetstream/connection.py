@@ -2,6 +2,12 @@
 
 nats-py is asyncio only; :class:`NatsConnection` runs its loop in a background thread so that
 the buffer's and the client's synchronous code can call it with a timeout.
+
+Over a cluster (several servers in the URL) a connection whose server is lost moves to another
+one by itself; calls made meanwhile fail (TransportError) and :meth:`NatsConnection.call_retried`
+tries the idempotent ones again until the cluster has elected new leaders. A request whose answer
+was to come from a server that is gone is not waited for: :meth:`NatsConnection.until_turned` gives
+up on it as soon as the connection moves or JetStream announces a new leader.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
 import nats
@@ -18,6 +24,8 @@ import nats.errors
 import nats.js.errors
 
 from beamstream.errors import TransportError, WireFormatError
+from beamstream.jetstream.urls import servers
+from beamstream.retrying import retrying
 from beamstream.wire import nats as layout
 
 logger = logging.getLogger(__name__)
@@ -25,18 +33,39 @@ T = TypeVar("T")
 _Self = TypeVar("_Self", bound="UsesConnection")
 Ends = Literal["first", "first and last"]
 NATS_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
+STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}"  # JetStream's advisories: a stream's …
+CONSUMER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}"  # … or a consumer's leader
+RECONNECT_WAIT_S = 0.25  # pause before trying a server again that was just tried …
+RECONNECT_ATTEMPTS = 240  # … and how often, once connected, before giving it up: a minute per server
+FAILOVER_S = 60.0  # how long call_retried tries again: a lost server's place taken, JetStream leaders elected
+PASSING = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.StaleConnectionError,
+           nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError,
+           nats.js.errors.NoStreamResponseError, OSError, asyncio.TimeoutError)
+
+
+class ServerUnavailable(TransportError):
+    """A NATS request failed the way a failover makes it fail (no answer in time, nobody answering the subject,
+    the connection being remade, JetStream unavailable while it elects a leader): trying again in a few seconds
+    is likely to work."""
 
 
 class NatsConnection:
     """A synchronous NATS connection: one asyncio loop in a background thread runs nats-py.
 
+    ``url`` is ``nats://HOST:PORT``, or several comma-separated (the servers of one cluster): the
+    connection is made to any of them that answers, and when its server is lost it reconnects to
+    another (or the same, back again) for up to a minute per server, resubscribing as it goes.
+
     Promises: every call returns within its timeout; every failure (no server, timeout,
-    JetStream error) is raised as TransportError whose text names the server URL.
+    JetStream error, the server lost meanwhile) is raised as TransportError whose text names the
+    server URL (ServerUnavailable where a failover would explain it); :meth:`call_retried` tries
+    those again for ``failover_s`` seconds first.
     """
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, failover_s: float = FAILOVER_S) -> None:
         self.url = url
         self.timeout = timeout
+        self.failover_s = failover_s
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"nats {url}", daemon=True)
         self.thread.start()
@@ -48,18 +77,29 @@ class NatsConnection:
         self.js = self.nc.jetstream(timeout=timeout)
 
     async def _connect(self) -> Any:
-        """Connect once (one retry after 0.1 s); raise the connection's own error if that fails."""
+        """Connect to one of the servers (each tried twice, 0.1 s apart); raise the connection's own error if none
+        answers. Once connected, a lost server is replaced by another for up to RECONNECT_ATTEMPTS tries each."""
         failures: list[Exception] = []
+        self.turned: asyncio.Future[None] = self.loop.create_future()
 
         async def report(exc: Exception) -> None:
             failures.append(exc)
             logger.debug("NATS at %s: %s", self.url, exc)
 
+        async def moved() -> None:
+            logger.info("lost a NATS server of %s; reconnected to %s", self.url,
+                        nc.connected_url.netloc if nc.connected_url else "another")
+            self._turn()
+
         try:
-            return await nats.connect(self.url, connect_timeout=self.timeout, error_cb=report, allow_reconnect=False,
-                                      max_reconnect_attempts=1, reconnect_time_wait=0.1)
+            nc = await nats.connect(servers(self.url), connect_timeout=self.timeout, error_cb=report,
+                                    reconnected_cb=moved, max_reconnect_attempts=1, reconnect_time_wait=0.1)
         except nats.errors.NoServersError:
             raise failures[-1] if failures else nats.errors.NoServersError() from None
+        # nats-py takes one setting for the first connection and for reconnecting: connect quickly or fail
+        # (above), then keep reconnecting through a failover (its options are read at each attempt).
+        nc.options.update(max_reconnect_attempts=RECONNECT_ATTEMPTS, reconnect_time_wait=RECONNECT_WAIT_S)
+        return nc
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None, prefix: str | None = None) -> T:
         """Run ``coro`` on the loop and return its result; TransportError on failure or after ``timeout``."""
@@ -70,9 +110,60 @@ class NatsConnection:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise TransportError(f"{prefix}: no answer within {timeout:g} s") from None
+            raise ServerUnavailable(f"{prefix}: no answer within {timeout:g} s") from None
         except NATS_ERRORS as exc:
-            raise TransportError(f"{prefix}: {exc or type(exc).__name__}") from exc
+            error = ServerUnavailable if isinstance(exc, PASSING) else TransportError
+            raise error(f"{prefix}: {exc or type(exc).__name__}") from exc
+
+    def call_retried(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float | None = None) -> T:
+        """``call(until_turned(make()))``, tried again (pauses growing to 5 s) while it raises ServerUnavailable,
+        for up to ``failover_s`` seconds: for idempotent requests only (reads, acknowledgements), which a failover
+        (a server lost, a stream or consumer leader being elected) makes fail for a few seconds. Any other
+        TransportError is raised at once; one that lasts, after ``failover_s``."""
+        result: T
+        for attempt in retrying(ServerUnavailable, for_s=self.failover_s):
+            with attempt:
+                result = self.call(self.until_turned(make()), timeout)
+        return result
+
+    def watch(self, *subjects: str) -> None:
+        """Take every message on ``subjects`` (JetStream's advisories that a leader was elected: STREAM_ELECTED,
+        CONSUMER_ELECTED) as a turn, like the connection moving to another server (:meth:`until_turned`)."""
+
+        async def turn(_: Any) -> None:
+            self._turn()
+
+        for subject in subjects:
+            self.call(self.nc.subscribe(subject, cb=turn))
+
+    async def until_turned(self, coro: Coroutine[Any, Any, T]) -> T:
+        """The result of ``coro``; ServerUnavailable (``coro`` cancelled) if a turn comes first: the connection moves
+        to another server, or a leader is elected (:meth:`watch`). An answer awaited then may never come: the
+        server that was to send it may be gone; asking again reaches the one that has taken its place."""
+        turned = self.turned
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait({task, turned}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # a turn, or this call cancelled (its timeout): the request is dropped with it
+            answered = task.done()
+            if not answered:
+                task.cancel()
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())  # its end is of no interest
+        if not answered:
+            raise ServerUnavailable(f"NATS server at {self.url}: a JetStream leader was elected, or the connection "
+                                    "moved to another server, before the answer came")
+        return task.result()
+
+    def _turn(self) -> None:
+        """Resolve the current turn (waking every until_turned) and start the next."""
+        turned, self.turned = self.turned, self.loop.create_future()
+        turned.set_result(None)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed for good: closed here, or its servers lost for longer than
+        reconnecting tries (a connection reconnecting is not closed)."""
+        return self.nc.is_closed
 
     @property
     def max_payload(self) -> int:

@@ -9,6 +9,14 @@ Layout of the stream: :mod:`beamstream.wire.nats`. A record on the data subject 
 follow it (published there by someone else) stops no reader: it is handed over as its body alone,
 one frame, for the Client to judge as every message (one that is not a beamstream message is
 refused, counted and acknowledged).
+
+Over a cluster a reader rides out a failover: every request (fetch, acknowledgement, reads of
+the verdict and of stored parts) that fails the way a lost server or a leader election makes it
+fail is tried again for up to a minute (:meth:`~beamstream.jetstream.connection.NatsConnection.call_retried`)
+while the connection moves to another server; one awaiting an answer when the connection moves or
+the reader's consumer elects a leader is asked again at once. Every reader's consumer (a group's durable one, and
+an ephemeral one too) has as many replicas as its stream, so it outlives the loss of a minority of
+the servers.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.jetstream.connection import NatsConnection, UsesConnection, last_on, next_on, stored_frames
+from beamstream.jetstream.connection import (CONSUMER_ELECTED, NatsConnection, UsesConnection, last_on, next_on,
+                                             stored_frames)
 from beamstream.logs import WarnOnce
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, unpack
@@ -65,11 +74,18 @@ class NatsReader(UsesConnection, ABC):
             raise
 
     def _subscribed(self) -> bool:
-        """Subscribe if not yet done; False while the stream does not exist."""
+        """Subscribe if not yet done; False while the stream does not exist. An ephemeral consumer is kept on as
+        many servers as the stream (the server would keep it on one, and lose it with that one). Requests wait no
+        longer for an answer once the consumer elects a leader (the one that owed it may be gone)."""
         if self.sub is None:
             try:
-                self.sub = self.conn.call(self.conn.js.pull_subscribe(
+                if self.durable is None:
+                    info = self.conn.call_retried(lambda: self.conn.js.stream_info(self.stream))
+                    self.config.num_replicas = info.config.num_replicas
+                self.sub = self.conn.call_retried(lambda: self.conn.js.pull_subscribe(
                     layout.subject(self.name, "data"), durable=self.durable, stream=self.stream, config=self.config))
+                consumer = self.durable or self.conn.call_retried(self.sub.consumer_info).name
+                self.conn.watch(CONSUMER_ELECTED.format(stream=self.stream, consumer=consumer))
             except TransportError as exc:
                 if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                     raise
@@ -81,7 +97,7 @@ class NatsReader(UsesConnection, ABC):
             time.sleep(timeout)  # polling for the stream to be created: there is no event for it
             if not self._subscribed():
                 return []
-        return self.conn.call(self._next(timeout, batch), timeout=timeout + self.conn.timeout)
+        return self.conn.call_retried(lambda: self._next(timeout, batch), timeout=timeout + self.conn.timeout)
 
     async def _next(self, timeout: float, batch: int = 1) -> list[Any]:
         try:
@@ -93,7 +109,7 @@ class NatsReader(UsesConnection, ABC):
         """The frames of a fetched record; for one that does not follow :mod:`beamstream.wire.nats`, its body
         alone as one frame (the Client refuses it unless it is a whole beamstream message), the reason logged once."""
         try:
-            return self.conn.call(stored_frames(self.conn, self.stream, msg))
+            return self.conn.call_retried(lambda: stored_frames(self.conn, self.stream, msg))
         except WireFormatError as exc:
             self.warn_once("layout", "records of %s that do not follow the beamstream layout are handed over as their "
                            "body alone (the first: %s)", self.stream, exc)
@@ -107,14 +123,14 @@ class NatsReader(UsesConnection, ABC):
         """True if this reader's consumer has nothing left: no message pending, none awaiting an ack."""
         if not self._subscribed():
             return False
-        info = self.conn.call(self.sub.consumer_info())
+        info = self.conn.call_retried(self.sub.consumer_info)
         return info.num_pending == 0 and not info.num_ack_pending
 
     def metadata(self) -> RunMetadata | None:
         """The stream's newest description, or None before there is one (or if it is unreadable: logged)."""
         if not self._subscribed():
             return None
-        found = self.conn.call(last_on(self.conn, self.stream, layout.subject(self.name, "metadata")))
+        found = self.conn.call_retried(lambda: last_on(self.conn, self.stream, layout.subject(self.name, "metadata")))
         if found is None:
             return None
         try:
@@ -129,12 +145,12 @@ class NatsReader(UsesConnection, ABC):
         if not self._subscribed():
             return None
         subject = layout.subject(self.name, "verdict")
-        found = self.conn.call(last_on(self.conn, self.stream, subject))
+        found = self.conn.call_retried(lambda: last_on(self.conn, self.stream, subject))
         if found is not None and self.admission is not None and not self._proven(found):
             self.warn_once("verdict", "ignored verdict records in %s that the stream's buffer did not write (no proof "
                                       "of its admission key)", self.stream)
             found, seq = None, 1
-            while (record := self.conn.call(next_on(self.conn, self.stream, subject, seq))) is not None:
+            while (record := self.conn.call_retried(lambda: next_on(self.conn, self.stream, subject, seq))) is not None:
                 found, seq = (record if self._proven(record) else found), record.seq + 1
         return None if found is None else unpack(found.data, Verdict)
 
@@ -172,7 +188,7 @@ class NatsGroupReader(NatsReader):
         if not found:
             return None
         msg = found[0]
-        return self._frames(msg), lambda: self.conn.call(msg.ack_sync(self.conn.timeout))
+        return self._frames(msg), lambda: self.conn.call_retried(lambda: msg.ack_sync(self.conn.timeout))
 
 
 class NatsLatestReader(NatsReader):
@@ -203,7 +219,8 @@ class NatsLatestReader(NatsReader):
         if not found:
             return None
         self.skipped += len(found) - 1
-        newest = self.conn.call(self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream, direct=True))
+        newest = self.conn.call_retried(lambda: self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream,
+                                                                     direct=True))
         return self._frames(newest), lambda: None
 
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats.js.errors
-from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from beamstream.errors import BeamstreamError, WireFormatError
-from beamstream.jetstream.connection import Ends, NatsConnection, UsesConnection, next_on, stored_frames
+from beamstream.jetstream.connection import (STREAM_ELECTED, Ends, NatsConnection, UsesConnection, next_on,
+                                             stored_frames)
 from beamstream.wire import DataMessage, EndMessage, parse_message
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, pack
@@ -36,41 +37,51 @@ class MessageIdTaken(BeamstreamError):
 class NatsStore(UsesConnection):
     """Appends beamstream messages to JetStream stream ``BEAMSTREAM_<name>`` (created if missing).
 
-    A stream this store creates keeps messages ``max_age_s`` seconds (None: until deleted) and
-    at most ``max_bytes`` bytes (None: no bound); when full, the server refuses new messages
-    (nothing stored is discarded) and :meth:`append` raises TransportError saying so. An
-    existing stream keeps its own limits.
+    A stream this store creates is kept in files on ``replicas`` servers of the cluster (None: 1),
+    keeps messages ``max_age_s`` seconds (None: until deleted) and at most ``max_bytes`` bytes
+    (None: no bound); when full, the server refuses new messages (nothing stored is discarded) and
+    :meth:`append` raises TransportError saying so. An existing stream keeps its own settings (a
+    different number of replicas is logged).
 
     Given the stream's ``admission`` key (a sealed stream), each record's ``Nats-Msg-Id`` is one
     nobody without the stream's credentials can compute (:class:`~beamstream.wire.nats.MessageIds`),
     and :meth:`stored` yields only messages sealed with that key.
 
     Promises: when :meth:`append` returns, the message is stored by the server (every part's
-    PubAck arrived, and where the server answered that it already had a record under the id, that
-    record is this one: same subject, body and headers); messages appended by one store keep their
-    order on the data subject.
+    PubAck arrived: of a stream with replicas, sent by its leader once a majority of them wrote it, so
+    losing any minority of the servers loses none of it; and where the server answered that it
+    already had a record under the id, that record is this one: same subject, body and headers);
+    messages appended by one store keep their order on the data subject.
     """
 
     def __init__(self, url: str, name: str, timeout: float = 10.0, max_age_s: float | None = None,
-                 max_bytes: int | None = None, admission: AdmissionKey | None = None) -> None:
+                 max_bytes: int | None = None, admission: AdmissionKey | None = None,
+                 replicas: int | None = None) -> None:
         self.name = name
         self.stream = layout.stream_name(name)
         self.admission = admission
         self.ids = layout.MessageIds(admission)
         self.conn = NatsConnection(url, timeout)
         try:
-            self.conn.call(self._ensure_stream(max_age_s, max_bytes))
+            self.conn.call(self._ensure_stream(max_age_s, max_bytes, replicas))
+            self.conn.watch(STREAM_ELECTED.format(stream=self.stream))
         except BaseException:
             self.conn.close()
             raise
 
-    async def _ensure_stream(self, max_age_s: float | None, max_bytes: int | None) -> None:
+    async def _ensure_stream(self, max_age_s: float | None, max_bytes: int | None, replicas: int | None) -> None:
         try:
-            await self.conn.js.stream_info(self.stream)
+            info = await self.conn.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
             await self.conn.js.add_stream(StreamConfig(
                 name=self.stream, subjects=[layout.subject(self.name, ">")], allow_direct=True, max_age=max_age_s,
-                max_bytes=max_bytes or -1, discard=DiscardPolicy.NEW))
+                max_bytes=max_bytes or -1, discard=DiscardPolicy.NEW, storage=StorageType.FILE,
+                num_replicas=replicas or 1))
+            return
+        if replicas is not None and info.config.num_replicas != replicas:
+            logger.warning("%s exists with %s replicas, not the %d asked for: it keeps its own (change it with the "
+                           "nats CLI: nats stream edit %s --replicas %d)", self.stream, info.config.num_replicas,
+                           replicas, self.stream, replicas)
 
     def append(self, frames: Sequence[Any], message: DataMessage | EndMessage | None = None) -> int:
         """Store one beamstream message (all its frames); returns its stream sequence number.
@@ -92,9 +103,10 @@ class NatsStore(UsesConnection):
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
         """Store one record; its sequence number. MessageIdTaken if the server answers that it already has
-        the record's id and what it has there is another record."""
-        ack = await self.conn.js.publish(subject, data, stream=self.stream,
-                                         headers={**headers, layout.MSG_ID: self.ids.of(headers)})
+        the record's id and what it has there is another record; ServerUnavailable at once if the stream elects
+        a leader or the connection moves meanwhile (sent again, the server drops a second copy by its id)."""
+        ack = await self.conn.until_turned(self.conn.js.publish(  # a PubAck the lost leader owed: sent again
+            subject, data, stream=self.stream, headers={**headers, layout.MSG_ID: self.ids.of(headers)}))
         if ack.duplicate and not await self._holds(ack.seq, subject, data, headers):
             raise MessageIdTaken(f"{self.stream} already holds another record (sequence {ack.seq}) under the "
                                  f"message id of {layout.record_identity(headers)}, and dropped it as a duplicate")

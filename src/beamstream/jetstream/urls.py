@@ -1,25 +1,73 @@
-"""``nats://HOST:PORT/NAME`` URLs of beamstream streams kept in NATS JetStream (no nats-py needed)."""
+"""``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N]`` URLs of beamstream streams kept in NATS JetStream (no
+nats-py needed)."""
 
 from __future__ import annotations
 
 import socket
 import urllib.parse
+from typing import NamedTuple
 
 from beamstream.wire.nats import check_name
 
+MAX_REPLICAS = 5  # JetStream keeps a stream on at most five servers
+EXAMPLE = "nats://127.0.0.1:4222/run42, or for a cluster nats://h1:4222,h2:4222,h3:4222/run42?replicas=3"
 
-def split_url(url: str) -> tuple[str, str]:
-    """(server URL, stream name) of ``nats://HOST:PORT/NAME``; ValueError saying what to write otherwise."""
+
+class StreamUrl(NamedTuple):
+    """A parsed stream URL: ``server`` (``nats://HOST:PORT``, or several comma-separated: one cluster, any of
+    whose servers will do), the stream's ``name``, and ``replicas``: on how many servers a buffer that creates the
+    stream keeps it (None: not given, one)."""
+
+    server: str
+    name: str
+    replicas: int | None
+
+
+def split_url(url: str) -> StreamUrl:
+    """The server(s), stream name and replicas of ``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N]``; ValueError
+    saying what to write otherwise."""
     parts = urllib.parse.urlsplit(url)
     name = parts.path.strip("/")
     if parts.scheme != "nats" or not parts.netloc or not name:
-        raise ValueError(f"{url!r}: name the NATS server and the stream, e.g. nats://127.0.0.1:4222/run42")
-    return f"nats://{parts.netloc}", check_name("stream name", name)
+        raise ValueError(f"{url!r}: name the NATS server and the stream, e.g. {EXAMPLE}")
+    hosts = parts.netloc.split(",")
+    for host in hosts:
+        try:
+            address = urllib.parse.urlsplit(f"nats://{host}")
+            usable = bool(address.hostname) and (address.port or 0) >= 0  # .port: ValueError if not 0 to 65535
+        except ValueError:
+            usable = False
+        if not usable:
+            raise ValueError(f"{url!r}: {host!r} is not HOST:PORT; e.g. {EXAMPLE}")
+    return StreamUrl(",".join(f"nats://{host}" for host in hosts), check_name("stream name", name),
+                     _replicas(url, parts.query))
+
+
+def _replicas(url: str, query: str) -> int | None:
+    """``replicas`` of a URL's query (the only setting it may carry); ValueError naming what is wrong."""
+    settings = urllib.parse.parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(settings) - {"replicas"})
+    if unknown:
+        raise ValueError(f"{url!r}: the only setting a nats:// URL takes is ?replicas=N, not {', '.join(unknown)}")
+    if "replicas" not in settings:
+        return None
+    given = settings["replicas"][-1]
+    if not given.isdigit() or not 1 <= int(given) <= MAX_REPLICAS:
+        raise ValueError(f"{url!r}: replicas must be a whole number from 1 to {MAX_REPLICAS}, not {given!r}")
+    return int(given)
+
+
+def servers(server: str) -> list[str]:
+    """Each ``nats://HOST:PORT`` of a server string from :func:`split_url` (one, or several comma-separated, with
+    or without ``nats://`` on the later ones)."""
+    first, *others = server.split(",")
+    return [first, *(other if "://" in other else f"nats://{other}" for other in others)]
 
 
 def listening(server: str, timeout: float = 1.0) -> bool:
-    """True if something accepts TCP connections at the host and port of ``server`` (``nats://HOST:PORT``)."""
-    parts = urllib.parse.urlsplit(server)
+    """True if something accepts TCP connections at the host and port of ``server`` (``nats://HOST:PORT``; of
+    several: the first)."""
+    parts = urllib.parse.urlsplit(servers(server)[0])
     try:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=timeout):
             return True

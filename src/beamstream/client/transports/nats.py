@@ -24,6 +24,10 @@ DEFAULT_REDELIVER_AFTER = 30.0
 class NatsTransport(Transport):
     """One reader of ``nats://HOST:PORT/NAME``: a member of a lossless group, a lossy reader, or (no group) alone.
 
+    The URL may name several servers of one cluster (``nats://H1:P1,H2:P2,H3:P3/NAME``, and the
+    buffer's ``?replicas=N``, which a reader ignores): the reader reads through any of them and
+    carries on through another when one is lost (a group's position is kept on the stream's replicas).
+
     The stream ends for this reader once the buffer has stored its verdict and the reader's
     consumer has nothing left: no message waiting and none handed to a member of its group
     unacknowledged. ``redeliver_after``: for a group this reader creates, seconds after which a
@@ -42,7 +46,7 @@ class NatsTransport(Transport):
                  request_timeout: float = 10.0, admission: Any = None) -> None:
         from beamstream.jetstream.urls import split_url  # here: importing beamstream.client imports no jetstream
 
-        server, name = split_url(url)
+        server, name, _ = split_url(url)  # replicas: for the buffer that creates the stream
         try:
             from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
         except ImportError as exc:
