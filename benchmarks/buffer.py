@@ -68,8 +68,8 @@ def delete_nats_stream(url: str) -> None:
     from beamstream.jetstream.store import NatsStore
     from beamstream.jetstream.urls import split_url
 
-    server, name = split_url(url)
-    with NatsStore(server, name) as store:
+    stream = split_url(url)
+    with NatsStore(stream.server, stream.name) as store:
         store.delete()
 
 
