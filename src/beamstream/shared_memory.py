@@ -158,7 +158,7 @@ class ArenaMaps:
     unmapped first), in ``directory``.
 
     :meth:`frames` is a slot's frames as read-only memoryviews, valid while the slot is not released. A reader that
-    passes slots on to others (a buffer) ``adopt``\ s each arena: it links the arena's file under a name of its own
+    passes slots on to others (a buffer) adopts each arena (``adopt``): it links the arena's file under a name of its own
     (:meth:`alias`), so that its readers can still map the arena after its producer has ended and removed its name;
     :meth:`close` removes those links (and :func:`remove_stale` those of a reader that was killed).
     """
