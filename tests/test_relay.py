@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import time
 import httpx
 import numpy as np
 import pytest
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -18,10 +22,11 @@ from beamstream.client import Client
 from beamstream.client.transports.relay import relay_url
 from beamstream.errors import OptionError, TransportError
 from beamstream.security.streamkey import StreamKey, write_key_file
+from beamstream.service.relay_worker import PING, QUEUED, BufferLink
 from beamstream.wire.control import Error, Hello, ToConsumer, pack, unpack
 from beamstream.wire.relay import join_frames, split_frames
 from conftest import run_cli, start_cli, wait_until
-from servicekit import run_service, shown, stop_service
+from servicekit import end_jobs_under, run_service, shown, stop_service
 
 EVENTS = 120
 
@@ -186,3 +191,59 @@ def test_relay_messages_split_into_views_of_their_frames():
     for bad in (b"", b"\0\0\0\0", b"\x02\0\0\0" + b"\0" * 8, join_frames(frames) + b"x"):
         with pytest.raises(ValueError, match="relay message"):
             split_frames(bad)
+
+
+def test_the_buffer_link_forwards_both_ways_in_order_without_pings_and_leaves_the_buffer_at_once():
+    """A stand-in buffer (a ROUTER) and one relay thread: a reader's message reaches it; its messages come back as
+    relay messages, in order, pings left out, at most QUEUED joined ahead of the WebSocket; closing the link closes
+    its DEALER at once (the buffer sees the member leave), and receive() then says the thread has ended."""
+
+    async def scenario() -> None:
+        context = zmq.asyncio.Context()
+        try:
+            buffer = context.socket(zmq.ROUTER)
+            port = buffer.bind_to_random_port("tcp://127.0.0.1")
+            left = buffer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            heard = [0.0]
+            link = BufferLink(context, f"tcp://127.0.0.1:{port}", heard)
+            await link.send([memoryview(b"hello"), b"second frame"])
+            member, *said = await asyncio.wait_for(buffer.recv_multipart(), 30)
+            assert said == [b"hello", b"second frame"]
+            for number in range(QUEUED + 1):
+                await buffer.send_multipart([member, PING])
+                await buffer.send_multipart([member, b"deliver", str(number).encode()])
+            got = [split_frames(await asyncio.wait_for(link.receive(), 30)) for _ in range(QUEUED)]
+            assert [[bytes(frame) for frame in frames] for frames in got] == [
+                [b"deliver", str(number).encode()] for number in range(QUEUED)]
+            assert heard[0] > 0, "the buffer's messages, pings included, count as heard"
+            with pytest.raises(TimeoutError):  # none sent to the WebSocket yet: no more joined
+                await asyncio.wait_for(asyncio.shield(next_one := asyncio.ensure_future(link.receive())), 0.5)
+            link.sent()
+            assert split_frames(await asyncio.wait_for(next_one, 30))[1] == str(QUEUED).encode()
+            await asyncio.wait_for(link.close(), 30)
+            event = parse_monitor_message(await asyncio.wait_for(left.recv_multipart(), 30))
+            assert event["event"] == zmq.EVENT_DISCONNECTED
+            assert await asyncio.wait_for(link.receive(), 30) is None
+        finally:
+            context.destroy(linger=0)
+
+    asyncio.run(scenario())
+
+
+def test_the_service_stops_at_once_while_it_relays_a_reader(tmp_path):
+    """SIGTERM while a reader is relayed (its relay thread holding the buffer's DEALER): the service closes the
+    relay with the reason and exits, instead of waiting for the stream to end."""
+    process, url = run_service(tmp_path, drain_grace_s="60")
+    try:
+        stream_id, key = request(url, waveforms(events=100_000))
+        with Client(f"{url}/v1/streams/{stream_id}", group="held", timeout=60, key=key) as client:
+            messages = client.messages()
+            next(messages)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)  # uvicorn ends by raising the SIGTERM it caught again: the code is -15
+            with pytest.raises(TransportError, match="closed the connection"):
+                for _ in messages:
+                    pass
+    finally:
+        process.kill()
+        end_jobs_under(tmp_path)

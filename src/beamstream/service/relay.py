@@ -29,7 +29,11 @@ for any consumer. Each WebSocket message is one ZeroMQ multipart message
 - At most :data:`MAX_RELAYS` readers are relayed at once; one more is closed with 1013.
 - The DEALER is closed as soon as either side goes away, so the buffer hands a departed
   reader's unacknowledged messages to the other members of its group; it queues at most
-  :data:`QUEUED` messages, so a slow reader holds back its buffer, not the service's memory.
+  :data:`~beamstream.service.relay_worker.QUEUED` messages, so a slow reader holds back its
+  buffer, not the service's memory.
+- The DEALER is served by a thread per reader (:class:`~beamstream.service.relay_worker.BufferLink`),
+  which receives the buffer's messages and joins them into relay messages: the event loop only
+  hands them to the WebSocket, and the reader's messages to the thread.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import asyncio
 import contextlib
 import time
 
-import zmq
 import zmq.asyncio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -53,8 +56,8 @@ from beamstream.service.context import Context
 from beamstream.service.principal import Caller
 from beamstream.service.problems import NotFound
 from beamstream.service.store import JobStore, StreamNotFound
-from beamstream.transport import open_socket
-from beamstream.wire.control import Error, Hello, Ping, pack, proof_refusal, proven_hello, unpack
+from beamstream.service.relay_worker import BufferLink
+from beamstream.wire.control import Error, Hello, pack, proof_refusal, proven_hello, unpack
 from beamstream.wire.relay import join_frames, split_frames
 
 MAX_CLIENT_MESSAGE = 64 << 10  # a reader sends only control messages (hello, ack)
@@ -63,10 +66,8 @@ CHECK_EVERY_S = 0.1  # while waiting for a stream to run
 WATCH_EVERY_S = 1.0  # while relaying: is the stream still running?
 SILENT_AFTER_END_S = 2.0  # a buffer that says nothing for this long after its stream ended has stopped
 PENDING = 16  # reader's messages held while the stream is not yet running
-QUEUED = 4  # messages the DEALER queues each way
-MAX_RELAYS = 256  # readers relayed at once (each holds a connection, a DEALER and a few messages)
+MAX_RELAYS = 256  # readers relayed at once (each holds a connection, a thread, its DEALER and a few messages)
 MAX_REASON_BYTES = 123  # what a WebSocket close frame can carry
-PING = pack(Ping())
 
 
 class RelayClosed(Exception):
@@ -111,7 +112,7 @@ async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: 
     heard = [time.monotonic()]  # when the buffer last said something
     connected = asyncio.Event()
     tasks = {asyncio.create_task(_from_reader(websocket, inbox, connected))}
-    dealer = None
+    link = None
     try:
         waiting = asyncio.create_task(_consumer_endpoint(store, stream_id))
         tasks.add(waiting)
@@ -121,10 +122,10 @@ async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: 
             return
         tasks.discard(waiting)
         endpoint, admission = waiting.result()
-        dealer = _connect(context, endpoint)
+        link = _connect(context, endpoint, heard)
         connected.set()
-        tasks |= {asyncio.create_task(_to_buffer(dealer, inbox, admission, websocket)),
-                  asyncio.create_task(_to_reader(dealer, websocket, heard)),
+        tasks |= {asyncio.create_task(_to_buffer(link, inbox, admission, websocket)),
+                  asyncio.create_task(_to_reader(link, websocket)),
                   asyncio.create_task(_watch(store, stream_id, heard))}
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         _outcome(done)
@@ -134,8 +135,8 @@ async def _pipe(websocket: WebSocket, store: JobStore, stream_id: str, context: 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if dealer is not None:
-            dealer.close(linger=0)
+        if link is not None:
+            await link.close()
 
 
 def _outcome(tasks: set[asyncio.Task]) -> None:
@@ -171,9 +172,9 @@ def _unknown(stream_id: str) -> RelayClosed:
     return RelayClosed(4404, f"no stream {stream_id!r} on this service")
 
 
-def _connect(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+def _connect(context: zmq.asyncio.Context, endpoint: str, heard: list[float]) -> BufferLink:
     try:
-        return open_socket(context, zmq.DEALER, endpoint, bind=False, hwm=QUEUED)
+        return BufferLink(context, endpoint, heard)
     except TransportError as exc:
         raise RelayClosed(1011, f"cannot reach the stream's buffer: {exc}") from None
 
@@ -196,7 +197,7 @@ async def _from_reader(websocket: WebSocket, inbox: asyncio.Queue, connected: as
         await inbox.put(frames)
 
 
-async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue, admission: AdmissionKey | None,
+async def _to_buffer(link: BufferLink, inbox: asyncio.Queue, admission: AdmissionKey | None,
                      websocket: WebSocket) -> None:
     """Forward the reader's messages to the buffer, its hellos vouched for; a hello whose own proof is wrong is
     answered, as the buffer answers it on the direct path, with an ``error`` (the reader then stops at once)."""
@@ -205,7 +206,7 @@ async def _to_buffer(dealer: zmq.asyncio.Socket, inbox: asyncio.Queue, admission
         if isinstance(frames, Error):
             await websocket.send_bytes(join_frames([pack(frames)]))
         else:
-            await dealer.send_multipart(frames, copy=False)
+            await link.send(frames)
 
 
 def vouched(frames: list, admission: AdmissionKey | None) -> list | Error:
@@ -227,17 +228,15 @@ def vouched(frames: list, admission: AdmissionKey | None) -> list | Error:
                               credit=hello.credit))]
 
 
-async def _to_reader(dealer: zmq.asyncio.Socket, websocket: WebSocket, heard: list[float]) -> None:
-    """Send each of the buffer's messages but its pings to the reader; return when the reader has gone."""
-    while True:
-        frames = await dealer.recv_multipart(copy=False)
-        heard[0] = time.monotonic()
-        if len(frames) == 1 and frames[0].bytes == PING:
-            continue
+async def _to_reader(link: BufferLink, websocket: WebSocket) -> None:
+    """Send each of the buffer's messages but its pings to the reader; return when the reader has gone (or the
+    link's thread has ended: the service is stopping)."""
+    while (message := await link.receive()) is not None:
         try:
-            await websocket.send_bytes(join_frames(frames))
+            await websocket.send_bytes(message)
         except WebSocketDisconnect:
             return
+        link.sent()
 
 
 async def _watch(store: JobStore, stream_id: str, heard: list[float]) -> None:
