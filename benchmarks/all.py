@@ -6,8 +6,8 @@
 
 Each script runs in its own process, as its own command line would run it (the command is printed); its output is
 kept, and its rows (the lines that give a verdict, PASS or FAIL, or a ratio; for a script that prints neither, the
-last lines of its table) are gathered at the end, under the script's name. The first five scripts give the rows of issue 24's table: the direct path and the ``hdf5``
-serializer (throughput), the buffer with one and two groups and NATS (buffer), the relay against its paired direct
+last lines of its table) are gathered at the end, under the script's name. The first five scripts give the rows of issue 24's table: the direct path, the ``hdf5``
+serializer and shared memory (throughput), the buffer with one and two groups, NATS and shared memory (buffer), the relay against its paired direct
 read and the time from a request to its first event (request_latency). The others are every other benchmark, so
 that one command also shows that each still runs. A script that fails (a non-zero exit) is named at the end and
 makes this command exit 1; a FAIL row does not (a target missed is a measurement).
@@ -38,7 +38,7 @@ class Benchmark:
 
 
 BENCHMARKS = (
-    Benchmark("throughput.py", ("--only", "baseline,arrays,hdf5", "--workers", "1", "--repeat", "3")),
+    Benchmark("throughput.py", ("--only", "baseline,arrays,hdf5,shm", "--workers", "1", "--repeat", "3")),
     Benchmark("buffer.py", ("--quick",), ("--repeat", "3")),
     Benchmark("request_latency.py", ("--repeat", "1", "--images", "50")),
     Benchmark("sealed_throughput.py", ("--quick",)),
@@ -52,6 +52,7 @@ BENCHMARKS = (
     Benchmark("tof_stream.py", ("--events", "400000")),
     Benchmark("azimuthal.py", ("--repeat", "1", "--frames", "8")),
     Benchmark("psana_ranks.py", ("--events", "2000", "--ranks", "1,3")),
+    Benchmark("stage_costs.py", ("--quick",)),
 )
 
 

@@ -10,7 +10,11 @@ Rows, each a median of ``--repeat`` runs paired with a raw baseline run just bef
   NATS       the same as 1 group with `beamstream buffer --backend nats://127.0.0.1:4222/NAME`:
              the stream goes into JetStream (file storage) and the consumer reads it from there.
              Skipped when no NATS server listens there.
-The buffer runs as `beamstream buffer` in its own process; everything else uses ipc:// endpoints.
+  shm        the 1- and 2-group rows over shm:// endpoints: the producer writes each payload once into its
+             shared memory, the buffer and the groups read views of it (docs/wire-format.md, "Shared
+             memory"). Target for 1 group: ≥ 2.0× (issue 24: one write by the source, one read by the consumer).
+The buffer runs as `beamstream buffer` in its own process; everything else uses ipc:// endpoints (shm:// rows:
+shm:// there).
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ BEAMSTREAM = [sys.executable, "-m", "beamstream.cli"]
 NATS = "nats://127.0.0.1:4222"
 
 
-def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool = False) -> float:
-    """GB/s of ``images`` 8 MiB messages through a buffer process to ``groups`` consumer groups (the slowest)."""
+def through_buffer(folder: Path, run: int, images: int, groups: int, nats: bool = False, scheme: str = "ipc") -> float:
+    """GB/s of ``images`` 8 MiB messages through a buffer process to ``groups`` consumer groups (the slowest), over
+    ``scheme`` (ipc or shm) endpoints."""
     from beamstream.client import Client
 
-    producers, consumers = f"ipc://{folder}/in-{run}", f"ipc://{folder}/out-{run}"
+    producers, consumers = f"{scheme}://{folder}/in-{run}", f"{scheme}://{folder}/out-{run}"
     if nats:
         consumers = f"{NATS}/bench-{uuid.uuid4().hex[:8]}"
     where = ["--backend" if nats else "--consumer-endpoint", consumers]
@@ -90,18 +95,21 @@ def main() -> None:
     print(f"{images} × 8 MiB per run, {repeat} run(s) per row, ipc://, buffer --max-memory 512MiB")
     with tempfile.TemporaryDirectory(prefix="beamstream-buffer-bench-") as tmp:
         folder = Path(tmp)
-        rows = [(1, 0.6, False), (2, None, False)] + ([(1, None, True)] if listening(NATS) else [])
-        for groups, target, nats in rows:
+        rows = [(1, 0.6, False, "ipc"), (2, None, False, "ipc")] + \
+            ([(1, None, True, "ipc")] if listening(NATS) else []) + [(1, 2.0, False, "shm"), (2, None, False, "shm")]
+        for groups, target, nats, scheme in rows:
             rates, ratios, baselines = [], [], []
             for run in range(repeat):
                 baselines.append(bench_baseline(folder, images))
-                rates.append(through_buffer(folder, run + 10 * groups + 100 * nats, images, groups, nats))
+                rates.append(through_buffer(folder, run + 10 * groups + 100 * nats + 1000 * (scheme == "shm"), images,
+                                            groups, nats, scheme))
                 ratios.append(rates[-1] / baselines[-1])
             ratio = statistics.median(ratios)
             verdict = "" if target is None else ("PASS" if ratio >= target else "FAIL")
-            label = f"producer → buffer → {groups} group{'s' * (groups > 1)}" + (" (NATS)" if nats else "")
+            label = f"producer → buffer → {groups} group{'s' * (groups > 1)}" + (" (NATS)" if nats else "") \
+                + (" over shm://" if scheme == "shm" else "")
             goal = f"ratio ≥ {target}" if target else ""
-            print(f"{label:<38} {statistics.median(rates):6.2f} GB/s  {ratio:5.2f}×  {goal:<12} {verdict:<4} "
+            print(f"{label:<50} {statistics.median(rates):6.2f} GB/s  {ratio:5.2f}×  {goal:<12} {verdict:<4} "
                   f"(runs {', '.join(f'{r:.2f}' for r in rates)}; baselines {', '.join(f'{b:.2f}' for b in baselines)})")
 
 
