@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,3 +373,26 @@ def test_a_member_without_the_key_is_refused_by_a_buffer_over_shared_memory(tmp_
     assert outcome.ok, outcome.errors
     assert isinstance(results["stranger"], TransportError) and "refused" in str(results["stranger"])
     assert sorted(results["member"]) == list(range(10))
+
+
+def test_the_log_keeps_leases_within_half_an_arena_and_never_what_a_group_needs():
+    from beamstream.buffer.base import Lease
+    from beamstream.buffer.message_log import MessageLog
+
+    released: list[int] = []
+    log = MessageLog(max_bytes=1 << 30, released=lambda entry: released.append(entry.lease.generation))
+
+    def lease(generation: int) -> Lease:
+        return Lease(b"p", generation, b"", "arena", 100, budget=300)
+
+    group = log.group("g", lossy=False, start="earliest")
+    member = log.join(group, b"m", credit=10)
+    for generation in range(1, 6):
+        log.append([b"h", b"x" * 100], 100, "data", lease(generation))
+        log.make_room(0)
+    assert released == []  # 500 bytes over a budget of 300, but the group needs all of them
+    list(log.dispatch())
+    log.acknowledge(group, member, [0, 1, 3], credit=0)
+    log.make_room(0)
+    assert released == [1, 2]  # the oldest it acknowledged, down to the budget; 4 waits for 3 (not acknowledged)
+    assert log.first_offset == 2 and log.leased["arena"] == 300

@@ -170,6 +170,10 @@ class ArenaMaps:
         self._maps: OrderedDict[str, tuple[mmap.mmap, memoryview]] = OrderedDict()
         self._aliases: dict[str, str] = {}  # an adopted arena's name → the name of this reader's link to it
 
+    def size(self, name: str) -> int:
+        """Bytes of arena ``name`` (mapped)."""
+        return self._view(name).nbytes
+
     def alias(self, name: str) -> str:
         """The name under which this reader's own readers find arena ``name`` (adopted when it was mapped)."""
         return self._aliases.get(name, name)

@@ -65,12 +65,16 @@ MAX_ARENAS = 1024  # producers' arenas a buffer keeps mapped
 
 class Lease(NamedTuple):
     """A producer's shared-memory slot that a kept message's payload frames are views of: the producer (its
-    identity on the producer socket), the slot's ``generation``, and the slot reference as the buffer's own readers
-    get it (``ref``: the arena under the buffer's name for it)."""
+    identity on the producer socket), the slot's ``generation``, the slot reference as the buffer's own readers
+    get it (``ref``: the arena under the buffer's name for it), the ``arena``, the slot's ``nbytes`` in it, and the
+    ``budget``: how many bytes of that arena the buffer holds at most for groups to come (half of it)."""
 
     producer: bytes
     generation: int
     ref: bytes
+    arena: str
+    nbytes: int
+    budget: int
 
 
 Received = tuple[bytes, list[Any], DataMessage | EndMessage, Lease | None]
@@ -272,7 +276,8 @@ class Buffer(ABC):
             raise
         ours = SlotRef(arena=self.arenas.alias(ref.arena), generation=ref.generation, offset=ref.offset,
                        sizes=ref.sizes)
-        return [frames[0], *payload], Lease(identity, ref.generation, encode_ref(ours))
+        return [frames[0], *payload], Lease(identity, ref.generation, encode_ref(ours), ref.arena, ref.end - ref.offset,
+                                            self.arenas.size(ref.arena) // 2)
 
     def release(self, lease: Lease) -> None:
         """Tell a producer that its slot ``lease`` names is free (dropped silently if the producer is gone)."""

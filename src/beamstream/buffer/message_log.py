@@ -15,10 +15,12 @@ group can replay the whole retained stream, and producers block only when the sp
 of messages some lossless group still needs.
 
 A message whose payload lies in its producer's shared memory (an ``shm://`` producer endpoint) carries a
-``lease`` on that slot. Such a message leaves memory, and ``released`` is called with it (the buffer tells its
-producer the slot is free), as soon as no member holds it and every lossless group has acknowledged it, or, with
-a spill directory and no lossless group, once it is on disk: the producer's arena, not ``max_bytes``, is then what
-holds it, and the producer waits while its arena is full.
+``lease`` on that slot (``arena``, ``nbytes``, ``budget``). It stays in memory as any other message, and also while
+the leases on its arena hold at most the arena's ``budget`` (half of it); beyond that the oldest messages of that
+arena that no lossless group needs and no member holds leave memory, and ``released`` is called with each (the
+buffer tells its producer the slot is free; with a spill directory the disk still has it). So a producer's arena,
+like ``max_bytes``, bounds what the buffer keeps for groups to come, and the producer waits while its arena is full
+of messages a group still needs.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class MessageLog:
                  retention_s: float | None = None, released: Callable[[Entry], None] = lambda entry: None) -> None:
         self.max_bytes = max_bytes
         self.released = released
+        self.leased: dict[str, int] = {}  # arena → bytes of its slots that messages in memory hold
         self.segments = segments
         self.max_spill = max_spill
         self.retention_s = retention_s
@@ -137,6 +140,8 @@ class MessageLog:
         """Accept a message (written through to disk first, with a spill directory); ``lease``: the shared-memory
         slot its payload lies in."""
         entry = Entry(self.next_offset, frames, nbytes, kind, lease)
+        if lease is not None:
+            self.leased[lease.arena] = self.leased.get(lease.arena, 0) + lease.nbytes
         if self.segments is not None:
             self.segments.append(entry.offset, frames, kind)
         self.entries[entry.offset] = entry
@@ -283,18 +288,24 @@ class MessageLog:
         entry = self.entries.pop(offset)
         self.resident_bytes -= entry.nbytes
         if entry.lease is not None:
+            self.leased[entry.lease.arena] -= entry.lease.nbytes
             self.released(entry)
 
     def _return_leases(self, needed_by: int) -> None:
-        """Drop the messages in shared memory that nobody needs from it any more (see the module's docstring)."""
-        lossless = any(not group.lossy for group in self.groups.values())
-        if not lossless and self.segments is None:
-            return  # kept for the groups to come, as long as the producers' arenas hold them
-        held = [offset for group in self.groups.values() for member in group.members.values()
-                for offset in member.unacked]
-        until = min(needed_by if lossless else self.next_offset, min(held, default=self.next_offset))
+        """Drop the oldest messages of every arena whose leases are over its budget, as far as no lossless group
+        needs them and no member holds them (see the module's docstring)."""
+        over = {entry.lease.arena: entry.lease.budget for entry in self.entries.values()
+                if entry.lease is not None and self.leased[entry.lease.arena] > entry.lease.budget}
+        if not over:
+            return
+        held = (offset for group in self.groups.values() for member in group.members.values()
+                for offset in member.unacked)
+        until = min(needed_by, min(held, default=needed_by))
         for offset in list(self.entries):
-            if offset >= until:
+            if offset >= until or not over:
                 return
-            if self.entries[offset].lease is not None:
+            lease = self.entries[offset].lease
+            if lease is not None and lease.arena in over:
                 self._drop(offset)
+                if self.leased[lease.arena] <= over[lease.arena]:
+                    del over[lease.arena]
