@@ -94,14 +94,16 @@ def rate(loader: DataLoader, buffer: psutil.Process) -> tuple[float, int, float]
     return after_first / (last - first), total, (cpu_seconds(buffer) - cpu) / total * 1e6
 
 
-def produce(folder: Path, images: int, size: int, per_message: int, producers: int) -> list[Path]:
-    """Stream ``images`` simulated images to the buffer at ``folder/in`` and into CXI files; the files."""
+def produce(folder: Path, images: int, size: int, per_message: int, producers: int, scheme: str) -> list[Path]:
+    """Stream ``images`` simulated images to the buffer at ``folder/in`` (over ``scheme``: ipc, or shm with an arena
+    twice the stream, so that the buffer keeps all of it for the replays) and into CXI files; the files."""
+    shared = {"shm_bytes": 2 * images * size**2 * 2 + (64 << 20)} if scheme == "shm" else {}
     spec = parse_spec({
         "source": {"type": "simulated", "n_events": images, "bank_size": 16, "events_per_read": per_message,
                    "detectors": [{"kind": "image", "shape": [size, size], "peaks": 10}]},
         "steps": [{"type": "batch", "size": per_message}],
         "serializer": {"type": "arrays"},
-        "sinks": [{"type": "stream", "endpoint": f"ipc://{folder}/in"},
+        "sinks": [{"type": "stream", "endpoint": f"{scheme}://{folder}/in", **shared},
                   {"type": "files", "dir": str(folder / "files"), "layout": "cxi"}],
     }, origin="training_input")
     result = run_local(spec, producers)
@@ -119,19 +121,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--repeat", type=int, default=5, help="pairs of runs (default 5)")
+    parser.add_argument("--scheme", choices=("ipc", "shm"), default="ipc",
+                        help="the stream's endpoints: ipc (default) or shm (payloads in shared memory)")
     args = parser.parse_args()
     megabytes = args.images * args.size**2 * 2 / 2**20
-    print(f"{args.images} images of {args.size}×{args.size} uint16 ({megabytes:.0f} MiB), {args.per_message} per "
+    print(f"{args.images} images of {args.size}×{args.size} uint16 ({megabytes:.0f} MiB) over {args.scheme}://, "
+          f"{args.per_message} per "
           f"message; DataLoader batch_size={args.batch}, num_workers={args.workers}, in_order=False; "
           f"{args.repeat} pairs")
     with tempfile.TemporaryDirectory(prefix="beamstream-training-bench-") as tmp:
         folder = Path(tmp)
-        buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producer-endpoint", f"ipc://{folder}/in",
-                                   "--consumer-endpoint", f"ipc://{folder}/out",
+        buffer = subprocess.Popen([*BEAMSTREAM, "buffer", "--producer-endpoint", f"{args.scheme}://{folder}/in",
+                                   "--consumer-endpoint", f"{args.scheme}://{folder}/out",
                                    "--max-memory", f"{int(megabytes) + 64}MiB"], stderr=subprocess.DEVNULL)
         try:
-            files = H5Images(produce(folder, args.images, args.size, args.per_message, args.producers))
-            stream = StreamDataset(f"ipc://{folder}/out", inputs="image", group="bench")
+            files = H5Images(produce(folder, args.images, args.size, args.per_message, args.producers, args.scheme))
+            stream = StreamDataset(f"{args.scheme}://{folder}/out", inputs="image", group="bench")
             options = {"batch_size": args.batch, "num_workers": args.workers, "in_order": False}
             rates: dict[str, list[float]] = {"files": [], "stream": []}
             cpu: dict[str, list[float]] = {"files": [], "stream": []}
