@@ -43,6 +43,7 @@ BENCHMARKS = (
     Benchmark("request_latency.py", ("--repeat", "1", "--images", "50")),
     Benchmark("sealed_throughput.py", ("--quick",)),
     Benchmark("direct_cpu.py", ("--rounds", "1")),
+    Benchmark("buffer_cpu.py", ("--rounds", "1")),
     Benchmark("spill_restart.py", ("--gb", "2", "--repeat", "1")),
     Benchmark("training_input.py", ("--repeat", "3")),
     Benchmark("karabo_bridge.py", ("--repeat", "1")),

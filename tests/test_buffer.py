@@ -325,15 +325,62 @@ print(refaulted, (busy - psutil.Process().memory_info().rss) >> 20)
     assert returned_mib >= 100, f"trimming gave back only {returned_mib} MiB of 128 MiB freed"
 
 
-def test_producers_and_consumers_have_an_io_thread_each(tmp_path):
+def test_producers_have_an_io_thread_and_consumers_the_others(tmp_path):
     import zmq
+
+    from beamstream.buffer.local import consumer_io_threads
 
     service = LocalBuffer(f"ipc://{tmp_path / 'in'}", f"ipc://{tmp_path / 'out'}")
     try:
-        assert service.context.get(zmq.IO_THREADS) == 2
-        assert (service.producer_socket.getsockopt(zmq.AFFINITY), service.consumer_socket.getsockopt(zmq.AFFINITY)) == (1, 2)
+        threads = service.context.get(zmq.IO_THREADS)
+        assert threads == 1 + consumer_io_threads() >= 3
+        assert service.producer_socket.getsockopt(zmq.AFFINITY) == 1, "I/O thread 0 only"
+        assert service.consumer_socket.getsockopt(zmq.AFFINITY) == (1 << threads) - 2, "every I/O thread but 0"
     finally:
         service.close()
+
+
+def _io_thread_cpu() -> dict[str, int]:
+    """CPU nanoseconds so far of each ZeroMQ I/O thread of this process, by thread name (``ZMQbg/IO/N``; a name
+    that several contexts' threads share has their sum)."""
+    import os
+
+    used: Counter = Counter()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm, open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+                name, nanoseconds = comm.read().strip(), int(schedstat.read().split()[0])
+        except OSError:
+            continue  # a thread that ended meanwhile
+        if name.startswith("ZMQbg/IO/"):
+            used[name] += nanoseconds
+    return used
+
+
+def test_two_groups_are_sent_to_by_io_threads_of_their_own(buffer, tmp_path):
+    """The copy into the kernel that each group's messages cost runs on a consumer-side I/O thread per group, not
+    one after the other on one thread: both threads do a good share of the sending (4 MiB images, two groups that
+    joined one after the other). Only the buffer's context has I/O threads numbered above 0 in this process (the
+    clients' have one each)."""
+    spec = parse_spec({
+        "source": {"type": "simulated", "n_events": 40, "bank_size": 2, "events_per_read": 1,
+                   "detectors": [{"kind": "image", "shape": [1024, 2048], "peaks": 0}]},
+        "sinks": [{"type": "stream", "endpoint": f"ipc://{tmp_path / 'in'}"}],
+    })
+    before = _io_thread_cpu()
+    results: dict = {}
+    readers = []
+    for group in ("a", "b"):  # one after the other: ZeroMQ counts a connection's load once it is set up
+        readers.append(read_in_thread(f"ipc://{tmp_path / 'out'}", results, group, group=group))
+        wait_until(lambda: len(buffer.members) == len(readers), f"group {group} to join")
+    assert run_local(spec, workers=1).ok
+    for reader in readers:
+        reader.join(timeout=60)
+    assert results["a"] == results["b"] == list(range(40))
+    used = _io_thread_cpu()
+    sending = sorted((used[name] - before.get(name, 0) for name in used if name != "ZMQbg/IO/0"), reverse=True)
+    assert len(sending) >= 2 and sending[1] >= sending[0] / 3, (
+        f"the consumer-side I/O threads' CPU (ns): {sending}; one thread sends to both groups")
 
 
 def test_freed_memory_is_given_back_once_the_buffer_is_idle(tmp_path, monkeypatch):
