@@ -96,10 +96,11 @@ def baseline(detector: str, warmup: int, trains: int) -> tuple[float, float]:
     return gbs, rate
 
 
-def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, trains: int) -> tuple[float, float]:
+def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, trains: int,
+           scheme: str = "ipc") -> tuple[float, float]:
     from beamstream.producer import run_local
 
-    endpoint, port = f"ipc://{folder}/stream-{run}", free_port()
+    endpoint, port = f"{scheme}://{folder}/stream-{run}", free_port()
     server = subprocess.Popen([*BEAMSTREAM, "bridge", "karabo", endpoint, "--listen", "--timeout", "120",
                                "--bind", f"tcp://127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
     try:
@@ -129,17 +130,20 @@ def main() -> None:
                                                                  "20 AGIPD)")
     parser.add_argument("--warmup", type=int, default=3, help="trains read before timing starts (default 3)")
     parser.add_argument("--repeat", type=int, default=3, help="pairs of runs (default 3)")
+    parser.add_argument("--scheme", choices=("ipc", "shm"), default="ipc",
+                        help="the stream from producer to bridge: ipc (default) or shm (payloads in shared memory)")
     args = parser.parse_args()
     trains = args.trains or (200 if args.detector == "AGIPDModule" else 20)
     arrays = simulated_arrays(args.detector)
     size = sum(array.nbytes for array in arrays.values())
     print(f"{args.detector}: {len(arrays)} arrays, {size / 1e6:.1f} MB per train; {trains} trains timed per run "
-          f"after {args.warmup}; {args.repeat} pair(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback")
+          f"after {args.warmup}; {args.repeat} pair(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback; "
+          f"producer → bridge over {args.scheme}://")
     pairs = []
     with tempfile.TemporaryDirectory(prefix="beamstream-karabo-bench-") as tmp:
         for run in range(args.repeat):
             pairs.append((baseline(args.detector, args.warmup, trains),
-                          bridge(Path(tmp), run, arrays, args.warmup, trains)))
+                          bridge(Path(tmp), run, arrays, args.warmup, trains, args.scheme)))
             (base_gbs, base_rate), (gbs, rate) = pairs[-1]
             print(f"pair {run + 1}: simulator {base_gbs:5.2f} GB/s {base_rate:7.1f} trains/s   "
                   f"bridge {gbs:5.2f} GB/s {rate:7.1f} trains/s   ratio {gbs / base_gbs:4.2f}x")

@@ -67,10 +67,10 @@ def test_arena_ring_reuses_released_slots_in_order(tmp_path):
         with pytest.raises(ArenaFull):
             arena.put([frame, frame])
         assert arena.release(refs[0].generation)
-        wrapped = arena.put([frame, b"x" * 100])  # reclaimed from the start of the ring
+        wrapped = arena.put([frame, b"x" * 100, np.empty((0, 16))])  # reclaimed from the start of the ring
         assert wrapped.offset == 0 and arena.held() == 2
         frames = maps.frames(wrapped)
-        assert bytes(frames[0]) == frame and bytes(frames[1]) == b"x" * 100
+        assert bytes(frames[0]) == frame and bytes(frames[1]) == b"x" * 100 and bytes(frames[2]) == b""
         assert frames[0].readonly and all(int(np.frombuffer(f, np.uint8).ctypes.data) % ALIGN == 0 for f in frames)
         with pytest.raises(WireFormatError, match="reused"):
             maps.frames(refs[0])  # its space now holds another slot

@@ -106,7 +106,7 @@ class Arena:
 
     def put(self, frames: Sequence[Any]) -> SlotRef:
         """Copy ``frames`` (bytes-like, contiguous) into a new slot; ArenaFull if it does not fit now."""
-        views = [memoryview(frame_buffer(frame)).cast("B") for frame in frames]
+        views = [np.frombuffer(frame_buffer(frame), dtype=np.uint8) for frame in frames]  # empty ones too
         sizes = [view.nbytes for view in views]
         needed = slot_bytes(sizes)
         if needed > self.nbytes:
@@ -119,7 +119,7 @@ class Arena:
         ref = SlotRef(arena=self.name, generation=self._generation, offset=offset, sizes=sizes)
         self._bytes[offset:offset + 8].view(_GENERATION)[0] = self._generation
         for view, (start, end) in zip(views, ref.spans(), strict=True):
-            self._bytes[start:end] = np.frombuffer(view, dtype=np.uint8)
+            self._bytes[start:end] = view
         self._live.append((self._generation, offset, offset + needed))
         self._head = offset + needed
         return ref
