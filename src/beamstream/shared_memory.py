@@ -29,7 +29,8 @@ import numpy as np
 from beamstream.errors import TransportError, WireFormatError
 from beamstream.modes import file_mode
 from beamstream.wire.frames import frame_buffer
-from beamstream.wire.slots import ARENA_NAME, SLOT_HEADER, SlotRef, aligned, slot_bytes
+from beamstream.wire.messages import DataHeader, parse_header
+from beamstream.wire.slots import ARENA_NAME, SLOT_HEADER, SlotRef, aligned, parse_ref, slot_bytes
 
 SHM_DIR = Path("/dev/shm")
 DEFAULT_ARENA_BYTES = 256 << 20
@@ -232,3 +233,21 @@ class ArenaMaps:
         with contextlib.suppress(BufferError):
             view.release()
             mapping.close()
+
+
+def read_slot(maps: ArenaMaps, frames: list[Any], *, copy: bool = False) -> tuple[list[Any], SlotRef | None]:
+    """A message received over shared memory as the Client reads it: a data message's header and its slot's
+    frames (read-only views of the mapped slot, or with ``copy`` copies of them) and the slot's reference; an end
+    message as it came, and None. WireFormatError if the frames are no such message or the slot cannot be read."""
+    header = parse_header(frames[0])
+    if not isinstance(header, DataHeader):
+        return frames, None
+    if len(frames) != 2:
+        raise WireFormatError(f"a data message over shared memory is a header and a slot reference, got "
+                              f"{len(frames)} frames")
+    ref = parse_ref(frame_buffer(frames[1]))
+    payload: list[Any] = maps.frames(ref)
+    if copy:
+        payload = [bytes(frame) for frame in payload]
+    return [frames[0], *payload], ref
+

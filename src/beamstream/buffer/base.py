@@ -46,13 +46,13 @@ from beamstream.buffer.metrics import MetricsServer, connection_metrics, intake_
 from beamstream.buffer.status import BufferStatus, status_of
 from beamstream.errors import WireFormatError
 from beamstream.logs import WarnOnce
-from beamstream.shared_memory import ArenaMaps
+from beamstream.shared_memory import ArenaMaps, read_slot
 from beamstream.transport import bound_address, open_socket, shared
 from beamstream.wire import DataHeader, DataMessage, EndMessage, parse_header, parse_message
 from beamstream.wire.control import Verdict
 from beamstream.wire.metadata import RunMetadata
 from beamstream.wire.replies import ACK, kept, new_session, refused, released
-from beamstream.wire.slots import SlotRef, encode_ref, parse_ref
+from beamstream.wire.slots import SlotRef, encode_ref
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -261,22 +261,18 @@ class Buffer(ABC):
         mapped; _Duplicate for a message already kept whose slot is gone (sent again after a reconnect)."""
         if self.arenas is None:
             return frames, None
-        header = parse_header(frames[0])
-        if not isinstance(header, DataHeader):
-            return frames, None
-        if len(frames) != 2:
-            raise WireFormatError(f"a data message over shared memory is a header and a slot reference, got "
-                                  f"{len(frames)} frames")
-        ref = parse_ref(frames[1].buffer)
         try:
-            payload = self.arenas.frames(ref)
+            mapped, ref = read_slot(self.arenas, frames)
         except WireFormatError:
-            if (header.rank, header.index) in self.seen:
+            header = parse_header(frames[0])
+            if isinstance(header, DataHeader) and (header.rank, header.index) in self.seen:
                 raise _Duplicate(header.index) from None
             raise
+        if ref is None:
+            return frames, None
         ours = SlotRef(arena=self.arenas.alias(ref.arena), generation=ref.generation, offset=ref.offset,
                        sizes=ref.sizes)
-        return [frames[0], *payload], Lease(identity, ref.generation, encode_ref(ours), ref.arena, ref.end - ref.offset,
+        return mapped, Lease(identity, ref.generation, encode_ref(ours), ref.arena, ref.end - ref.offset,
                                             self.arenas.size(ref.arena) // 2)
 
     def release(self, lease: Lease) -> None:

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import zmq
 
 from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options, StreamEnd, Transport, refusal
-from beamstream.client.transports.shared import mapped
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.shared_memory import ArenaMaps
+from beamstream.shared_memory import ArenaMaps, read_slot
 from beamstream.transport import DEFAULT_MAX_MESSAGE, open_socket, shared
 from beamstream.wire.control import (Ack, Deliver, Describe, End, Error, Ping, Rejoin, ToConsumer, pack,
                                       proven_hello, unpack)
@@ -221,7 +220,7 @@ class GroupTransport(GroupMember):
         for delivery in super().deliveries(timeout):
             if self.maps is not None and isinstance(delivery, Delivery):
                 try:
-                    delivery.frames = mapped(self.maps, delivery.frames, copy=self.copy)[0]
+                    delivery.frames = read_slot(self.maps, delivery.frames, copy=self.copy)[0]
                 except WireFormatError as exc:
                     delivery.problem = str(exc)
             yield delivery

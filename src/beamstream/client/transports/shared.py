@@ -15,11 +15,10 @@ import zmq
 from beamstream.client.transports.base import DEFAULT_HWM, Delivery, Options
 from beamstream.client.transports.direct import DirectTransport
 from beamstream.errors import WireFormatError
-from beamstream.shared_memory import ArenaMaps
+from beamstream.shared_memory import ArenaMaps, read_slot
 from beamstream.transport import DEFAULT_MAX_MESSAGE
-from beamstream.wire import DataHeader, EndMessage, frame_buffer, parse_header
+from beamstream.wire import DataHeader, EndMessage, parse_header
 from beamstream.wire.replies import new_session, released
-from beamstream.wire.slots import SlotRef, parse_ref
 
 if TYPE_CHECKING:
     from beamstream.security.streamkey import StreamKey
@@ -50,7 +49,7 @@ class SharedMemoryTransport(DirectTransport):
         a message delivered before whose slot its producer has reused since (the producer's copy is gone)."""
         delivery = super()._delivery(routing, frames)
         try:
-            delivery.frames, ref = mapped(self.maps, frames, copy=self.copy)
+            delivery.frames, ref = read_slot(self.maps, frames, copy=self.copy)
         except WireFormatError as exc:
             header = _header(frames[0])
             if isinstance(header, DataHeader) and (header.stream, header.rank, header.index) in self.delivered:
@@ -74,23 +73,6 @@ class SharedMemoryTransport(DirectTransport):
     def close(self) -> None:
         super().close()
         self.maps.close()
-
-
-def mapped(maps: ArenaMaps, frames: list[Any], *, copy: bool = False) -> tuple[list[Any], SlotRef | None]:
-    """A message received over shared memory as the Client reads it: a data message's header and its slot's
-    frames (read-only views of the mapped slot, or with ``copy`` copies of them) and the slot's reference; an end
-    message as it came, and None. WireFormatError if the frames are no such message or the slot cannot be read."""
-    header = parse_header(frames[0])
-    if not isinstance(header, DataHeader):
-        return frames, None
-    if len(frames) != 2:
-        raise WireFormatError(f"a data message over shared memory is a header and a slot reference, got "
-                              f"{len(frames)} frames")
-    ref = parse_ref(frame_buffer(frames[1]))
-    payload: list[Any] = maps.frames(ref)
-    if copy:
-        payload = [bytes(frame) for frame in payload]
-    return [frames[0], *payload], ref
 
 
 def _header(frame: Any) -> DataHeader | EndMessage | None:
