@@ -308,3 +308,24 @@ if __name__ == "__main__":
         consume(*sys.argv[1:])
     else:
         sys.exit("usage: test_hosts_apart.py consume|outcome URL URL_BY_ADDRESS CA CERT KEY OUT")
+
+
+def test_a_reader_that_cannot_reach_the_advertised_endpoint_is_told_to_use_the_relay():
+    """The endpoint a service hands out may be reachable from its host but not the reader's: the reader gets a
+    ServiceError naming the endpoint, why, and the relay URL to read instead, not a timeout."""
+    import socket
+
+    from beamstream.errors import ServiceError
+    from beamstream.service_client.stream import Stream
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: refused
+        service = SimpleNamespace(url="https://svc.beamstream.test:8443", tls=None, token=None)
+        stream = Stream(service, {"id": "abc123", "state": "running",
+                                  "endpoints": {"consumers": f"tcp://127.0.0.1:{port}"}})
+        with pytest.raises(ServiceError) as refused:
+            stream.client(key=None)
+    message = str(refused.value)
+    assert f"tcp://127.0.0.1:{port}" in message and "relay=True" in message
+    assert "https://svc.beamstream.test:8443/v1/streams/abc123" in message

@@ -70,6 +70,28 @@ def loopback(host: str) -> bool:
         return False
 
 
+REACH_TIMEOUT_S = 3.0
+"""An endpoint that does not answer a connection within this many seconds counts as unreachable."""
+
+
+def unreachable(endpoint: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """Why this machine cannot reach ``endpoint`` (tcp://, http:// or https://: its name does not resolve here, the
+    connection is refused or not answered within ``timeout`` seconds), or None if a TCP connection to it opens (it is
+    closed at once: neither ZeroMQ nor an HTTP server minds) or it is no such endpoint."""
+    import socket as sockets
+
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("tcp", "http", "https") or parts.port is None:
+        return None
+    try:
+        sockets.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except sockets.gaierror as exc:
+        return f"{parts.hostname} does not resolve here ({exc.strerror})"
+    except OSError as exc:
+        return "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+    return None
+
+
 def bound_address(socket: zmq.Socket) -> str:
     """Where peers reach a bound ``socket``: its last endpoint (the port chosen, for port 0), with a wildcard
     host (``0.0.0.0``, ``[::]``) replaced by this machine's name."""

@@ -17,6 +17,7 @@ from beamstream.errors import BeamstreamError, ServiceError, StreamEnded
 from beamstream.protocol.models import Credentials, Resources, StreamView
 from beamstream.protocol.states import State
 from beamstream.service_client.changes import Change, follow, typed_view
+from beamstream.transport import unreachable
 
 if TYPE_CHECKING:
     from beamstream.accounting import StreamReport
@@ -167,7 +168,8 @@ class Stream:
         cannot reach the buffer. ``client_options`` go to the Client (``timeout`` defaults to
         :data:`READ_TIMEOUT`; ``key`` to the stream's key, from :meth:`credentials`, when the caller has them:
         an admin reading another's stream has not, and reads without it). ServiceError if the stream has no
-        endpoint yet (it does not run).
+        endpoint yet (it does not run), or if this machine cannot reach the endpoint (saying why, and to read
+        through the relay).
         """
         client_options.setdefault("timeout", READ_TIMEOUT)
         if "key" not in client_options:
@@ -186,6 +188,11 @@ class Stream:
         if not endpoint:
             raise ServiceError(f"stream {self.id} is {self.state.value} and has no endpoint to read yet; "
                                "wait_until_running() first")
+        if (why := unreachable(endpoint)) is not None:
+            raise ServiceError(f"stream {self.id}'s buffer advertises {endpoint}, which this machine cannot reach "
+                               f"({why}): read it through the service's relay (relay=True, or `beamstream consume "
+                               f"{self.service.url}{self.path}`), or have the service's operator set data_advertise "
+                               "to an address readers reach")
         return Client(endpoint, group=group, **client_options)
 
     def _key(self) -> str | None:
