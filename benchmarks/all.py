@@ -54,6 +54,7 @@ BENCHMARKS = (
     Benchmark("azimuthal.py", ("--repeat", "1", "--frames", "8")),
     Benchmark("psana_ranks.py", ("--events", "2000", "--ranks", "1,3")),
     Benchmark("stage_costs.py", ("--quick",)),
+    Benchmark("nats_spread.py", ("--quick",)),
 )
 
 

@@ -89,7 +89,8 @@ def test_buffer_protocol_doc_lists_every_control_message_and_field():
 
 def test_nats_doc_names_every_header_and_the_verdict_fields():
     text = (DOCS / "nats-backend.md").read_text()
-    headers = {layout.MSG, layout.FRAMES, layout.PARTS, layout.PART, layout.PART_SEQS, layout.MSG_ID, layout.PROOF}
+    headers = {layout.MSG, layout.FRAMES, layout.PARTS, layout.PART, layout.PART_SEQS, layout.MSG_ID, layout.PROOF,
+               layout.POS}
     assert set(re.findall(r"`((?:Bs|Nats)-[A-Za-z-]+)`", text)) == headers
     verdict_row = next(line for line in text.splitlines() if "beamstream.NAME.verdict" in line)
     assert names(verdict_row) >= fields_of(MESSAGES["Verdict"])

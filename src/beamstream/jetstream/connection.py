@@ -103,9 +103,17 @@ class NatsConnection:
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None, prefix: str | None = None) -> T:
         """Run ``coro`` on the loop and return its result; TransportError on failure or after ``timeout``."""
+        return self.result(self.submit(coro), timeout, prefix)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop (coroutines start in the order submitted); its result: :meth:`result`."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def result(self, future: concurrent.futures.Future[T], timeout: float | None = None,
+               prefix: str | None = None) -> T:
+        """The result of a :meth:`submit`; TransportError on failure or after ``timeout`` (then cancelled)."""
         timeout = self.timeout if timeout is None else timeout
         prefix = prefix or f"NATS server at {self.url}"
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

@@ -17,13 +17,21 @@ while the connection moves to another server; one awaiting an answer when the co
 the reader's consumer elects a leader is asked again at once. Every reader's consumer (a group's durable one, and
 an ephemeral one too) has as many replicas as its stream, so it outlives the loss of a minority of
 the servers.
+
+A stream spread over N JetStream streams (:mod:`beamstream.wire.nats`; the buffer's ``?streams=N``, which
+readers need not be given: shard 0's description says N) is read through one consumer per shard, of the same
+name; the records are merged by log position (``Bs-Pos``): a reader alone in its group, or without one, gets the
+data messages in the order the buffer stored them.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,8 +41,8 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from beamstream.errors import TransportError, WireFormatError
-from beamstream.jetstream.connection import (CONSUMER_ELECTED, NatsConnection, UsesConnection, last_on, next_on,
-                                             stored_frames)
+from beamstream.jetstream.connection import (CONSUMER_ELECTED, NatsConnection, ServerUnavailable, UsesConnection,
+                                             last_on, next_on, stored_frames)
 from beamstream.logs import WarnOnce
 from beamstream.wire import nats as layout
 from beamstream.wire.control import Verdict, unpack
@@ -63,7 +71,8 @@ class NatsReader(UsesConnection, ABC):
         self.admission = admission
         self.stream = layout.stream_name(name)
         self.durable, self.config = durable, config
-        self.sub: Any = None
+        self.sub: Any = None  # shard 0's subscription (of a stream not spread: the only one)
+        self.subs: list[Any] = []  # one per shard
         self.skipped = 0
         self.warn_once = WarnOnce(logger)
         self.conn = NatsConnection(url, timeout)
@@ -79,37 +88,57 @@ class NatsReader(UsesConnection, ABC):
         longer for an answer once the consumer elects a leader (the one that owed it may be gone)."""
         if self.sub is None:
             try:
+                info = self.conn.call_retried(lambda: self.conn.js.stream_info(self.stream))
                 if self.durable is None:
-                    info = self.conn.call_retried(lambda: self.conn.js.stream_info(self.stream))
                     self.config.num_replicas = info.config.num_replicas
-                self.sub = self.conn.call_retried(lambda: self.conn.js.pull_subscribe(
-                    layout.subject(self.name, "data"), durable=self.durable, stream=self.stream, config=self.config))
-                consumer = self.durable or self.conn.call_retried(self.sub.consumer_info).name
-                self.conn.watch(CONSUMER_ELECTED.format(stream=self.stream, consumer=consumer))
+                subs = [self._subscribe(shard) for shard in range(layout.spread_of(info.config.description))]
             except TransportError as exc:
                 if not isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                     raise
+            else:
+                self.subs, self.sub = subs, subs[0]
         return self.sub is not None
 
-    def _fetch(self, timeout: float, batch: int = 1) -> list[Any]:
-        """Up to ``batch`` messages, waiting at most ``timeout`` for the first (the stream's arrival included)."""
+    def _subscribe(self, shard: int) -> Any:
+        """This reader's pull subscription to the data records of shard ``shard``, its consumer's elections watched."""
+        stream = layout.stream_name(self.name, shard)
+        sub = self.conn.call_retried(lambda: self.conn.js.pull_subscribe(
+            layout.subject(self.name, "data", shard), durable=self.durable, stream=stream,
+            config=dataclasses.replace(self.config)))
+        consumer = self.durable or self.conn.call_retried(sub.consumer_info).name
+        self.conn.watch(CONSUMER_ELECTED.format(stream=stream, consumer=consumer))
+        return sub
+
+    def _fetch(self, timeout: float, batch: int = 1, shard: int = 0) -> list[Any]:
+        """Up to ``batch`` messages of shard ``shard``, waiting at most ``timeout`` for the first (the stream's
+        arrival included)."""
         if not self._subscribed():
             time.sleep(timeout)  # polling for the stream to be created: there is no event for it
             if not self._subscribed():
                 return []
-        return self.conn.call_retried(lambda: self._next(timeout, batch), timeout=timeout + self.conn.timeout)
+        sub = self.subs[shard]
+        return self.conn.call_retried(lambda: self._next(sub, timeout, batch), timeout=timeout + self.conn.timeout)
 
-    async def _next(self, timeout: float, batch: int = 1) -> list[Any]:
+    @staticmethod
+    async def _next(sub: Any, timeout: float, batch: int = 1) -> list[Any]:
         try:
-            return await self.sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+            return await sub.fetch(batch, timeout=timeout)
+        except (nats.errors.TimeoutError, TimeoutError):
             return []
 
-    def _frames(self, msg: Any) -> list[Any]:
-        """The frames of a fetched record; for one that does not follow :mod:`beamstream.wire.nats`, its body
-        alone as one frame (the Client refuses it unless it is a whole beamstream message), the reason logged once."""
+    def _frames(self, msg: Any, shard: int = 0,
+                started: concurrent.futures.Future[list[memoryview]] | None = None) -> list[Any]:
+        """The frames of a fetched record of shard ``shard`` (``started``: their reading, begun); for one that does
+        not follow :mod:`beamstream.wire.nats`, its body alone as one frame (the Client refuses it unless it is a
+        whole beamstream message), the reason logged once."""
+        stream = layout.stream_name(self.name, shard)
         try:
-            return self.conn.call_retried(lambda: stored_frames(self.conn, self.stream, msg))
+            if started is not None:
+                try:
+                    return self.conn.result(started)
+                except ServerUnavailable:
+                    pass  # read again below, for as long as a failover takes
+            return self.conn.call_retried(lambda: stored_frames(self.conn, stream, msg))
         except WireFormatError as exc:
             self.warn_once("layout", "records of %s that do not follow the beamstream layout are handed over as their "
                            "body alone (the first: %s)", self.stream, exc)
@@ -123,8 +152,8 @@ class NatsReader(UsesConnection, ABC):
         """True if this reader's consumer has nothing left: no message pending, none awaiting an ack."""
         if not self._subscribed():
             return False
-        info = self.conn.call_retried(self.sub.consumer_info)
-        return info.num_pending == 0 and not info.num_ack_pending
+        infos = [self.conn.call_retried(sub.consumer_info) for sub in self.subs]
+        return all(info.num_pending == 0 and not info.num_ack_pending for info in infos)
 
     def metadata(self) -> RunMetadata | None:
         """The stream's newest description, or None before there is one (or if it is unreadable: logged)."""
@@ -167,7 +196,17 @@ class NatsGroupReader(NatsReader):
     goes on where it is. ``ack_wait`` applies only when this call creates the group. With
     ``group=None`` the reader has an ephemeral consumer of its own (the server removes it a
     minute after the reader stops asking).
+
+    Records come in batches of up to ``BATCH`` per fetch, their frames read (parts fetched) at once
+    while the application takes those before: a member holds up to ``BATCH`` messages
+    unacknowledged. Of a spread stream, the shards are merged by log position: the next one
+    (``Bs-Pos``) if its shard has it, else (taken by another member, or never stored: its shard's
+    consumer has nothing waiting) the lowest waiting, so a reader alone in its group gets the messages
+    in the order the buffer stored them.
     """
+
+    BATCH = 4
+    GLANCE_S = 0.01  # how long a look into a shard waits for a record before the merge goes on without
 
     def __init__(self, url: str, name: str, group: str | None, start: Start = "earliest",
                  ack_wait: float = 30.0, timeout: float = 10.0, admission: AdmissionKey | None = None) -> None:
@@ -177,6 +216,8 @@ class NatsGroupReader(NatsReader):
             inactive_threshold=None if group else 60.0,
         )
         super().__init__(url, name, timeout, group, config, admission)
+        self.queues: list[deque[tuple[Any, concurrent.futures.Future[list[memoryview]]]]] = []  # per shard
+        self.expected = 0  # the log position next in order (of a spread stream)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
         """The next message of the group as (frames, ack), or None if none came within ``timeout``.
@@ -184,11 +225,55 @@ class NatsGroupReader(NatsReader):
         Calling ``ack()`` returns once the server has recorded the acknowledgement; a message
         not acknowledged within ``ack_wait`` goes to a member again.
         """
-        found = self._fetch(timeout)
-        if not found:
+        if not self._subscribed():
+            time.sleep(timeout)  # polling for the stream to be created: there is no event for it
+            if not self._subscribed():
+                return None
+        if not self.queues:
+            self.queues = [deque() for _ in self.subs]
+        shard = self._next_shard(timeout)
+        if shard is None:
             return None
-        msg = found[0]
-        return self._frames(msg), lambda: self.conn.call_retried(lambda: msg.ack_sync(self.conn.timeout))
+        msg, started = self.queues[shard].popleft()
+        frames = self._frames(msg, shard, started)
+        return frames, lambda: self.conn.call_retried(lambda: msg.ack_sync(self.conn.timeout))
+
+    def _next_shard(self, timeout: float) -> int | None:
+        """The shard whose first waiting record comes next (see the class), waiting up to ``timeout`` if none is."""
+        if len(self.queues) == 1:
+            if not self.queues[0]:
+                self._fill(0, timeout)
+            return 0 if self.queues[0] else None
+        for shard, queue in enumerate(self.queues):
+            if not queue:
+                self._fill(shard, self.GLANCE_S)
+        want = self.expected % len(self.queues)
+        heads = {shard: _position(queue[0][0]) for shard, queue in enumerate(self.queues) if queue}
+        if not heads:
+            self._fill(want, timeout)
+        elif want not in heads and min(heads.values()) > self.expected:  # stored before those, or never
+            self._look(want, timeout)
+        heads = {shard: _position(queue[0][0]) for shard, queue in enumerate(self.queues) if queue}
+        if not heads:
+            return None
+        shard = min(heads, key=heads.__getitem__)
+        self.expected = max(self.expected, heads[shard] + 1)
+        return shard
+
+    def _look(self, shard: int, timeout: float) -> None:
+        """Fetch what ``shard`` holds for this reader, as its consumer says: records waiting for the group come within
+        ``timeout``; records delivered but not acknowledged may be this reader's, come after an earlier fetch gave up
+        (nats-py keeps them for the next): taken at once. None of either: nothing to wait for."""
+        info = self.conn.call_retried(self.subs[shard].consumer_info)
+        if info.num_pending or info.num_ack_pending:
+            self._fill(shard, timeout if info.num_pending else self.GLANCE_S)
+
+    def _fill(self, shard: int, timeout: float) -> None:
+        """Fetch the records waiting in ``shard`` (up to BATCH, waiting up to ``timeout`` for the first) into its
+        queue, and start reading their frames."""
+        stream = layout.stream_name(self.name, shard)
+        for msg in self._fetch(timeout, self.BATCH, shard):
+            self.queues[shard].append((msg, self.conn.submit(stored_frames(self.conn, stream, msg))))
 
 
 class NatsLatestReader(NatsReader):
@@ -209,19 +294,37 @@ class NatsLatestReader(NatsReader):
         super().__init__(url, name, timeout, None, config, admission)
 
     def fetch(self, timeout: float) -> tuple[list[memoryview], Callable[[], None]] | None:
-        """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing."""
-        found = self._fetch(timeout, self.BATCH)
-        while len(found) % self.BATCH == 0 and found:  # a full batch: more may be waiting
-            more = self._fetch(0.05, self.BATCH)
-            found += more
-            if not more:
-                break
+        """The newest message as (frames, ack), or None if none came within ``timeout``; ack does nothing. Of a
+        spread stream: the one with the highest log position in any shard (each waited for ``timeout`` / shards)."""
+        shards = len(self.subs) if self._subscribed() else 1
+        found = [(shard, msg) for shard in range(shards) for msg in self._waiting(shard, timeout / shards)]
         if not found:
             return None
         self.skipped += len(found) - 1
-        newest = self.conn.call_retried(lambda: self.conn.js.get_msg(self.stream, found[-1].metadata.sequence.stream,
+        shard, last = max(found, key=lambda record: _position(record[1])) if shards > 1 else found[-1]
+        stream = layout.stream_name(self.name, shard)
+        newest = self.conn.call_retried(lambda: self.conn.js.get_msg(stream, last.metadata.sequence.stream,
                                                                      direct=True))
-        return self._frames(newest), lambda: None
+        return self._frames(newest, shard), lambda: None
+
+    def _waiting(self, shard: int, timeout: float) -> list[Any]:
+        """Every header waiting in ``shard`` (waiting up to ``timeout`` for the first)."""
+        found = self._fetch(timeout, self.BATCH, shard)
+        while len(found) % self.BATCH == 0 and found:  # a full batch: more may be waiting
+            more = self._fetch(0.05, self.BATCH, shard)
+            found += more
+            if not more:
+                break
+        return found
+
+
+def _position(msg: Any) -> int:
+    """The log position of a fetched data record of a spread stream; -1 (first) for one without (not following the
+    layout: handed over to be refused)."""
+    try:
+        return layout.position(msg.headers or {})
+    except WireFormatError:
+        return -1
 
 
 def _deliver_policy(start: str) -> DeliverPolicy:

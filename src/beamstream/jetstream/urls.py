@@ -1,4 +1,4 @@
-"""``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N]`` URLs of beamstream streams kept in NATS JetStream (no
+"""``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N][&streams=N]`` URLs of beamstream streams kept in NATS JetStream (no
 nats-py needed)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import socket
 import urllib.parse
 from typing import NamedTuple
 
-from beamstream.wire.nats import check_name
+from beamstream.wire.nats import MAX_STREAMS, check_name
 
 MAX_REPLICAS = 5  # JetStream keeps a stream on at most five servers
 EXAMPLE = "nats://127.0.0.1:4222/run42, or for a cluster nats://h1:4222,h2:4222,h3:4222/run42?replicas=3"
@@ -24,8 +24,8 @@ class StreamUrl(NamedTuple):
 
 
 def split_url(url: str) -> StreamUrl:
-    """The server(s), stream name and replicas of ``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N]``; ValueError
-    saying what to write otherwise."""
+    """The server(s), stream name and replicas of ``nats://HOST:PORT[,HOST:PORT…]/NAME[?replicas=N][&streams=N]``
+    (``streams``: :func:`spread`); ValueError saying what to write otherwise."""
     parts = urllib.parse.urlsplit(url)
     name = parts.path.strip("/")
     if parts.scheme != "nats" or not parts.netloc or not name:
@@ -43,17 +43,31 @@ def split_url(url: str) -> StreamUrl:
                      _replicas(url, parts.query))
 
 
+def spread(url: str) -> int | None:
+    """``streams`` of a stream URL (``?streams=N``: over how many JetStream streams a buffer that creates the stream
+    spreads its data messages; None: not given, one); ValueError as :func:`split_url`."""
+    split_url(url)
+    return _setting(url, urllib.parse.urlsplit(url).query, "streams", MAX_STREAMS)
+
+
 def _replicas(url: str, query: str) -> int | None:
-    """``replicas`` of a URL's query (the only setting it may carry); ValueError naming what is wrong."""
-    settings = urllib.parse.parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(settings) - {"replicas"})
+    """``replicas`` of a URL's query; ValueError naming what is wrong (with any setting but it and ``streams``)."""
+    unknown = sorted(set(urllib.parse.parse_qs(query, keep_blank_values=True)) - {"replicas", "streams"})
     if unknown:
-        raise ValueError(f"{url!r}: the only setting a nats:// URL takes is ?replicas=N, not {', '.join(unknown)}")
-    if "replicas" not in settings:
+        raise ValueError(f"{url!r}: apart from ?streams=N, the only setting a nats:// URL takes is ?replicas=N, not "
+                         f"{', '.join(unknown)}")
+    _setting(url, query, "streams", MAX_STREAMS)
+    return _setting(url, query, "replicas", MAX_REPLICAS)
+
+
+def _setting(url: str, query: str, key: str, most: int) -> int | None:
+    """The whole number ``key`` of a URL's query, from 1 to ``most`` (None: not given); ValueError otherwise."""
+    settings = urllib.parse.parse_qs(query, keep_blank_values=True)
+    if key not in settings:
         return None
-    given = settings["replicas"][-1]
-    if not given.isdigit() or not 1 <= int(given) <= MAX_REPLICAS:
-        raise ValueError(f"{url!r}: replicas must be a whole number from 1 to {MAX_REPLICAS}, not {given!r}")
+    given = settings[key][-1]
+    if not given.isdigit() or not 1 <= int(given) <= most:
+        raise ValueError(f"{url!r}: {key} must be a whole number from 1 to {most}, not {given!r}")
     return int(given)
 
 

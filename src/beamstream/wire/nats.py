@@ -20,6 +20,14 @@ Stream ``name`` is the JetStream stream ``BEAMSTREAM_<name>`` with subjects ``be
   (msgpack), written by the buffer when the first message that carries it arrives, so a reader
   that never sees that message still has it (until the stream's ``max_age`` removes it).
 
+A stream **spread** over N JetStream streams (``?streams=N`` in the buffer's URL, N > 1) keeps the
+records above in ``BEAMSTREAM_<name>`` (shard 0) except the data messages: the buffer numbers
+them 0, 1, 2, … in the order it stores them (its *log position*, header ``Bs-Pos`` on the data
+record) and keeps message p, with its parts, in shard ``p % N``: JetStream stream
+``BEAMSTREAM-<k>_<name>`` with subjects ``beamstream-<k>.<name>.>`` for k ≥ 1 (``data`` and
+``part`` only). Shard 0's description says N (:func:`spread_description`). Readers merge the
+shards by ``Bs-Pos``.
+
 Every data, part and end record carries a ``Nats-Msg-Id`` (:class:`MessageIds`), so the server
 drops a copy stored twice within its duplicate window. On a sealed stream the id is a MAC
 under a key derived from the stream's admission key, which nobody without the stream's
@@ -51,6 +59,8 @@ PART = "Bs-Part"
 PART_SEQS = "Bs-Part-Seqs"
 MSG_ID = "Nats-Msg-Id"
 PROOF = "Bs-Proof"
+POS = "Bs-Pos"
+MAX_STREAMS = 64  # JetStream streams one beamstream stream may be spread over
 _VERDICT_CONTEXT = b"beamstream-nats/1 verdict "
 ID_BYTES = 16  # MAC bytes in a sealed stream's message ids: 128 bits, 22 characters of URL-safe base64
 _ID_KEY_CONTEXT = b"beamstream-nats/1 message id key"
@@ -66,14 +76,38 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-def stream_name(name: str) -> str:
-    """The JetStream stream that holds beamstream stream ``name``."""
-    return f"BEAMSTREAM_{check_name('stream name', name)}"
+def stream_name(name: str, shard: int = 0) -> str:
+    """The JetStream stream that holds beamstream stream ``name`` (of a spread one: its shard ``shard``)."""
+    checked = check_name('stream name', name)
+    return f"BEAMSTREAM_{checked}" if shard == 0 else f"BEAMSTREAM-{shard}_{checked}"
 
 
-def subject(name: str, kind: Subject | Literal[">"]) -> str:
-    """The subject of ``kind`` records of beamstream stream ``name`` (``>``: all of them)."""
-    return f"beamstream.{check_name('stream name', name)}.{kind}"
+def subject(name: str, kind: Subject | Literal[">"], shard: int = 0) -> str:
+    """The subject of ``kind`` records of beamstream stream ``name`` (``>``: all of them) in shard ``shard``."""
+    checked = check_name('stream name', name)
+    return f"beamstream.{checked}.{kind}" if shard == 0 else f"beamstream-{shard}.{checked}.{kind}"
+
+
+_SPREAD = "beamstream: spread over {streams} JetStream streams"
+
+
+def spread_description(streams: int) -> str | None:
+    """The description of shard 0 of a stream spread over ``streams`` JetStream streams (1: None, not spread)."""
+    return None if streams == 1 else _SPREAD.format(streams=streams)
+
+
+def spread_of(description: str | None) -> int:
+    """Over how many JetStream streams the stream whose shard 0 has ``description`` is spread (1: not spread)."""
+    match = re.fullmatch(_SPREAD.format(streams=r"(\d+)"), description or "")
+    return int(match.group(1)) if match else 1
+
+
+def position(headers: Mapping[str, str]) -> int:
+    """The log position (``Bs-Pos``) of a data record of a spread stream; WireFormatError if it has none."""
+    value = headers.get(POS, "")
+    if not value.isdigit():
+        raise WireFormatError(f"data record {headers.get(MSG)!r} of a spread stream has no {POS} header")
+    return int(value)
 
 
 def message_id(message: Any) -> str:
@@ -130,8 +164,8 @@ def header_bytes(headers: dict[str, str]) -> int:
     return len("NATS/1.0\r\n\r\n") + sum(len(key) + len(value) + 4 for key, value in headers.items())
 
 
-def split(data: bytes, size: int) -> list[bytes]:
-    """``data`` cut into consecutive slices of at most ``size`` bytes."""
+def split(data: bytes | memoryview, size: int) -> list[Any]:
+    """``data`` cut into consecutive slices of at most ``size`` bytes (of a memoryview: views, no copies)."""
     return [data[start:start + size] for start in range(0, len(data), size)]
 
 

@@ -27,6 +27,8 @@ class NatsTransport(Transport):
     The URL may name several servers of one cluster (``nats://H1:P1,H2:P2,H3:P3/NAME``, and the
     buffer's ``?replicas=N``, which a reader ignores): the reader reads through any of them and
     carries on through another when one is lost (a group's position is kept on the stream's replicas).
+    A stream the buffer spread over several JetStream streams (its ``?streams=N``, which a reader need
+    not be given: the stream says it) is read from all of them, merged in the order the buffer stored it.
 
     The stream ends for this reader once the buffer has stored its verdict and the reader's
     consumer has nothing left: no message waiting and none handed to a member of its group
@@ -46,7 +48,7 @@ class NatsTransport(Transport):
                  request_timeout: float = 10.0, admission: Any = None) -> None:
         from beamstream.jetstream.urls import split_url  # here: importing beamstream.client imports no jetstream
 
-        server, name, _ = split_url(url)  # replicas: for the buffer that creates the stream
+        server, name, _ = split_url(url)  # replicas (and streams): for the buffer that creates the stream
         try:
             from beamstream.jetstream.readers import NatsGroupReader, NatsLatestReader
         except ImportError as exc:
