@@ -92,11 +92,14 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Dispatcher:
-        """Point the callback files of the streams still starting or running at this service, then tick on a
-        thread."""
+        """Point the callback files of the streams still starting or running at this service, warm up the local
+        executor (:meth:`~beamstream.service.executors.LocalExecutor.warm_up`), then tick on a thread."""
         for state in (State.STARTING, State.RUNNING):
             for record in self.store.list(state=state, limit=10_000)[0]:
                 self._write_callback(record)
+        for executor in self.executors.values():
+            if isinstance(executor, LocalExecutor):  # its jobs start a second sooner, forked warm
+                executor.warm_up()
         self._thread = threading.Thread(target=self._run, name="beamstream-dispatcher", daemon=True)
         self._thread.start()
         return self
@@ -124,6 +127,9 @@ class Dispatcher:
         self._woken.set()
         if self._thread is not None:
             self._thread.join()
+        for executor in self.executors.values():
+            if isinstance(executor, LocalExecutor):
+                executor.close()
 
     def _run(self) -> None:
         while True:

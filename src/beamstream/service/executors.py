@@ -7,8 +7,10 @@ come back while they run.
 
 Local jobs run in a session of their own through :mod:`beamstream.service.jobrun`, which writes
 the job's exit code to a file when it ends, so that its outcome is known also to a service that
-did not start it. The native id is ``PID:START`` (``START``: the process's start time in clock
-ticks since boot, as psutil reads it), so a reused pid is not taken for the job.
+did not start it; a service's executor forks them from a warm starter that has imported beamstream
+already (:meth:`LocalExecutor.warm_up`, :mod:`beamstream.service.warm_start`). The native id is
+``PID:START`` (``START``: the process's start time in clock ticks since boot, as psutil reads it),
+so a reused pid is not taken for the job.
 
 Slurm jobs are submitted through PSI/J (``psij-python``: one interface for Slurm, PBS, LSF and
 Flux, so another batch system is a name away); the native id is Slurm's job id, and a restarted
@@ -35,6 +37,7 @@ from typing import Protocol
 import psutil
 
 from beamstream.protocol.slurm import SlurmOptions
+from beamstream.service.warm_start import WarmStarter
 
 JOBRUN = Path(__file__).with_name("jobrun.py")  # run as a script: no package import delays its signal handlers
 
@@ -127,6 +130,20 @@ class LocalExecutor:
     def __init__(self, launchers: dict[str, list[str]] | None = None) -> None:
         self.launchers = {role: list(command) for role, command in (launchers or {}).items() if command}
         self.shares_host = not self.launchers
+        self.starter: WarmStarter | None = None
+
+    def warm_up(self) -> None:
+        """Start a warm job starter (:mod:`beamstream.service.warm_start`): from now on, the jobs of a role without
+        a launcher are forked from a process that has imported beamstream already, not started cold (a second
+        sooner, the same processes otherwise). :meth:`close` ends it."""
+        if self.starter is None:
+            self.starter = WarmStarter()
+
+    def close(self) -> None:
+        """End the warm job starter, if any (not the jobs: they outlive it)."""
+        if self.starter is not None:
+            self.starter.close()
+            self.starter = None
 
     def check(self, job: JobRequest) -> None:
         """Any job runs here (the service's settings bound how many workers a stream may ask for)."""
@@ -134,14 +151,19 @@ class LocalExecutor:
     def submit(self, job: JobRequest) -> str:
         job.directory.mkdir(parents=True, exist_ok=True)
         job.exit_file.unlink(missing_ok=True)
+        launcher = self.launchers.get(job.name, [])
+        command = [*launcher, sys.executable, str(JOBRUN), str(job.exit_file), str(job.time_limit_s or 0), "--",
+                   *job.argv]
+        environment = {**os.environ, **job.environment}
         with open(job.output, "ab") as output:
-            process = subprocess.Popen(
-                [*self.launchers.get(job.name, []), sys.executable, str(JOBRUN), str(job.exit_file),
-                 str(job.time_limit_s or 0), "--", *job.argv],
-                cwd=job.directory, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, **job.environment})
-        start = _start_time(process.pid)
-        return f"{process.pid}:{'' if start is None else start}"
+            pid = None
+            if self.starter is not None and not launcher:
+                pid = self.starter.start(command, job.directory, output.fileno(), environment)
+            if pid is None:
+                pid = subprocess.Popen(command, cwd=job.directory, stdout=output, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, env=environment).pid
+        start = _start_time(pid)
+        return f"{pid}:{'' if start is None else start}"
 
     def status(self, native_id: str, job: JobRequest) -> JobStatus:
         if _alive(native_id):  # also between jobrun writing its exit file and exiting: the end is seen (and the

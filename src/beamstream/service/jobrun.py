@@ -7,7 +7,9 @@ before the child has started stops it as soon as it has); a ``LIMIT_S`` above 0 
 wall-clock limit (SIGTERM). A child that has not ended :data:`KILL_AFTER_S` seconds after it was
 told to stop either way is killed (SIGKILL), as Slurm does after its ``KillWait``. Only the
 standard library is imported, and it runs as a script (not ``-m``, which would import the
-beamstream package first), so its signal handlers are in place within milliseconds.
+beamstream package first), so its signal handlers are in place within milliseconds. The warm job
+starter (:mod:`beamstream.service.warm_start`) runs the same :func:`main` in a process it forked,
+the child forked too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 KILL_AFTER_S = 30.0  # Slurm's default KillWait
 POLL_S = 0.2
@@ -60,10 +63,12 @@ def _record(exit_file: str, code: int) -> None:
     os.replace(partial, exit_file)
 
 
-def main(arguments: list[str]) -> int:
+def main(arguments: list[str], start: Callable[[list[str]], subprocess.Popen] = subprocess.Popen) -> int:
+    """Run ``EXIT_FILE LIMIT_S -- ARGV...``: ``start(ARGV)`` (the child; the warm starter's forks it), wait for it,
+    record its exit code; that code."""
     global child
     exit_file, limit, _, *argv = arguments
-    child = subprocess.Popen(argv)
+    child = start(argv)
     for signum in received[:1]:  # a signal that came while the child was being started
         child.send_signal(signum)
     code = _wait(child, float(limit))
@@ -72,8 +77,12 @@ def main(arguments: list[str]) -> int:
     return code
 
 
-for _signum in (signal.SIGTERM, signal.SIGINT):  # passed on once: a second signal means "now" to produce
-    signal.signal(_signum, _pass_on)
+def pass_signals_on() -> None:
+    """From now on, SIGTERM and SIGINT go to the child (passed on once: a second signal means "now" to produce)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _pass_on)
+
 
 if __name__ == "__main__":
+    pass_signals_on()
     sys.exit(main(sys.argv[1:]))
