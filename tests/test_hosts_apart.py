@@ -138,7 +138,7 @@ def test_a_buffer_advertised_at_a_name_the_service_cannot_reach_fails_the_stream
     state, reason = outcome["final"]
     assert state == "failed"
     assert reason.startswith("the buffer's producers endpoint tcp://nobuf.beamstream.test:"), reason
-    assert ("cannot be reached from the service's host: nobuf.beamstream.test does not resolve there") in reason
+    assert ("cannot be reached from the service's host: nobuf.beamstream.test does not resolve here") in reason
     assert reason.endswith("set data_advertise to the name or address of the buffer jobs' host as the service, "
                            "producers and consumers reach it (it is nobuf.beamstream.test)"), reason
 
@@ -254,7 +254,7 @@ def test_a_buffer_endpoint_the_service_cannot_reach_is_named():
         closed.close()
     why = unreachable({"producers": "ipc:///x", "metrics": "http://nowhere.invalid:9100"})
     assert why.startswith("the buffer's metrics endpoint http://nowhere.invalid:9100 cannot be reached from the "
-                          "service's host: nowhere.invalid does not resolve there")
+                          "service's host: nowhere.invalid does not resolve here")
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()

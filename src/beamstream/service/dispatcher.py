@@ -59,6 +59,7 @@ from beamstream.service.callbacks import VERDICT_FILE, write_callback_file
 from beamstream.service.executors import CannotRun, Executor, JobRequest, JobState, JobStatus, LocalExecutor, SlurmExecutor
 from beamstream.service.job_endings import end_with_verdict, log_tail, outcome, read_verdict
 from beamstream.service.job_paths import stream_folder
+from beamstream.transport import unreachable as reach_problem
 from beamstream.spec import as_the_service_runs_it
 from beamstream.service.settings import ServiceSettings
 from beamstream.protocol.states import State, TransitionError
@@ -71,7 +72,6 @@ VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its v
 CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
 PRODUCERS_SOCKET = "producers.ipc"  # the buffer's producer endpoint in the stream's folder, when jobs run here
 IPC_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, less its NUL)
-REACH_TIMEOUT_S = 3.0  # a buffer's endpoint that does not answer a connection within this is unreachable
 
 
 class Dispatcher:
@@ -350,24 +350,11 @@ def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
     return executors
 
 
-def unreachable(endpoints: dict[str, str | None], timeout: float = REACH_TIMEOUT_S) -> str | None:
-    """Why the service's host cannot reach one of a buffer's ``tcp://`` and ``http://`` ``endpoints`` (its name does
-    not resolve, the connection is refused or not answered within ``timeout`` seconds), naming it; None if it
-    reaches each (a TCP connection is opened and closed: neither ZeroMQ nor the metrics server minds)."""
-    import socket
-    from urllib.parse import urlsplit
-
+def unreachable(endpoints: dict[str, str | None]) -> str | None:
+    """Why the service's host cannot reach one of a buffer's ``tcp://`` and ``http://`` ``endpoints``
+    (:func:`beamstream.transport.unreachable`), naming it; None if it reaches each."""
     for role, endpoint in endpoints.items():
-        parts = urlsplit(endpoint) if endpoint else None
-        if parts is None or parts.scheme not in ("tcp", "http", "https") or parts.port is None:
-            continue
-        try:
-            socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
-        except socket.gaierror as exc:
-            return f"the buffer's {role} endpoint {endpoint} cannot be reached from the service's host: " \
-                   f"{parts.hostname} does not resolve there ({exc.strerror})"
-        except OSError as exc:
-            why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        if endpoint and (why := reach_problem(endpoint)) is not None:
             return f"the buffer's {role} endpoint {endpoint} cannot be reached from the service's host: {why}"
     return None
 
