@@ -85,4 +85,12 @@ def _settings(config: Path | None, **given: Any) -> ServiceSettings:
     try:
         return ServiceSettings.load(config, **{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()), code=2)
+        fail("; ".join(_problem(error) for error in exc.errors()), code=2)
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One settings problem in a line: ``LOCATION: MESSAGE``, or the message alone for a check across settings
+    (which has no location); pydantic's "Value error, " prefix left out."""
+    message = error["msg"].removeprefix("Value error, ")
+    location = ".".join(map(str, error["loc"]))
+    return f"{location}: {message}" if location else message
