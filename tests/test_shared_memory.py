@@ -237,7 +237,7 @@ def test_slots_a_killed_consumer_held_come_back(tmp_path):
     assert outcome["result"].ok, outcome["result"].errors
     report = failed.value.report
     assert report.all_ended  # (a message sent on the new connection just before the resend arrives twice: counted)
-    assert 3 <= report.missing_events <= 3 + 10  # the three it held, and at most those in flight to it
+    assert report.missing_events <= 3  # at most the three it read (its kept replies may die with it: then resent)
 
 
 # --- through a buffer --------------------------------------------------------------------------
