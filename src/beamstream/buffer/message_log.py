@@ -104,6 +104,7 @@ class MessageLog:
         self.max_bytes = max_bytes
         self.released = released
         self.leased: dict[str, int] = {}  # arena → bytes of its slots that messages in memory hold
+        self.budgets: dict[str, int] = {}  # arena → how many of its bytes the log holds at most
         self.segments = segments
         self.max_spill = max_spill
         self.retention_s = retention_s
@@ -142,6 +143,7 @@ class MessageLog:
         entry = Entry(self.next_offset, frames, nbytes, kind, lease)
         if lease is not None:
             self.leased[lease.arena] = self.leased.get(lease.arena, 0) + lease.nbytes
+            self.budgets[lease.arena] = lease.budget
         if self.segments is not None:
             self.segments.append(entry.offset, frames, kind)
         self.entries[entry.offset] = entry
@@ -294,8 +296,7 @@ class MessageLog:
     def _return_leases(self, needed_by: int) -> None:
         """Drop the oldest messages of every arena whose leases are over its budget, as far as no lossless group
         needs them and no member holds them (see the module's docstring)."""
-        over = {entry.lease.arena: entry.lease.budget for entry in self.entries.values()
-                if entry.lease is not None and self.leased[entry.lease.arena] > entry.lease.budget}
+        over = {arena: self.budgets[arena] for arena, held in self.leased.items() if held > self.budgets[arena]}
         if not over:
             return
         held = (offset for group in self.groups.values() for member in group.members.values()
