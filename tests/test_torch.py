@@ -22,6 +22,7 @@ from beamstream.buffer.local import LocalBuffer  # noqa: E402
 from beamstream.client import Client, Event  # noqa: E402
 from beamstream.errors import OptionError, StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
+from beamstream.spec import parse_spec  # noqa: E402
 from beamstream.torch import StreamDataset, as_tensor, shuffled  # noqa: E402
 from conftest import waveform_spec  # noqa: E402
 from servicekit import run_service, stop_service  # noqa: E402
@@ -79,6 +80,31 @@ def test_two_workers_share_a_live_buffer_stream_once_and_the_next_epoch_replays_
     dataset.set_epoch(2)
     alone = [seq for _, seq in torch.utils.data.DataLoader(dataset, batch_size=None)]  # num_workers=0
     assert sorted(alone) == list(range(200)), "without workers, the process itself reads every event"
+
+
+def test_over_shared_memory_every_sample_keeps_its_bytes_while_the_slots_are_reused(tmp_path):
+    """Over shm:// a message's arrays are views of a slot that goes back to its producer once the worker asks for
+    the next message, and a batch gathers samples of several messages: with three slots (320 KiB messages) reused over and over, every
+    sample is still its event's waveform (the dataset reads copies there)."""
+    spec = parse_spec({
+        "source": {"type": "simulated", "n_events": 300, "events_per_read": 5, "bank_size": 7,
+                   "detectors": [{"kind": "waveform", "samples": 16384, "dtype": "float32"}]},
+        "sinks": [{"type": "stream", "endpoint": f"shm://{tmp_path}/in", "shm_bytes": 1 << 20}],
+    })
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out", max_bytes=64 << 20).start()
+    try:
+        producers, outcome = produce(spec)
+        dataset = StreamDataset(f"shm://{tmp_path}/out", inputs="waveform", targets=seq_of)
+        samples = read_epoch(dataset.loader(batch_size=8, num_workers=2))
+        producers.join(timeout=120)
+    finally:
+        buffer.close()
+    assert outcome["run"].ok, outcome["run"].errors
+    assert sorted(samples) == list(range(300))
+    bank = spec.source.open().bank()["waveform"]
+    assert [seq for seq, row in samples.items() if row != bank[seq % len(bank)].tobytes()] == []
+    with pytest.raises(OptionError, match="copy"):
+        StreamDataset(f"shm://{tmp_path}/out", copy=False)
 
 
 def test_an_incomplete_stream_raises_out_of_the_dataloader_instead_of_ending_the_epoch(buffer, tmp_path):

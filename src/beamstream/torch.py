@@ -43,7 +43,9 @@ What it promises:
   ``inputs`` alone or ``(inputs, targets)``. A field's tensor shares the received message's memory (no copy):
   it is read-only, as received arrays are. The DataLoader's default collate copies samples once into each
   batch, which is then the caller's to write; with ``batch_size=None``, ``clone()`` a sample before writing
-  into it. (``torch.from_numpy`` warns once a process about a not-writable array; this module silences that one
+  into it. Over ``shm://`` the worker reads copies instead (the Client's ``copy=True``): a received message's
+  arrays are views of a slot that goes back to its producer once the worker asks for the next message, and a
+  batch gathers samples of several messages. (``torch.from_numpy`` warns once a process about a not-writable array; this module silences that one
   warning, as what it hands out is read-only by the promise above; torch then warns no more in that process.)
   In a DataLoader worker (a process of its own) received messages reuse freed memory instead of fresh pages
   (:func:`~beamstream.allocator.release_freed_buffers`, as in the buffer): that saves a page fault per 4 KiB.
@@ -67,6 +69,7 @@ from beamstream.client import Client, Event, Message
 from beamstream.client.transports.base import Options
 from beamstream.errors import MissingDependency, OptionError, needs_extra
 from beamstream.security.streamkey import StreamKey
+from beamstream.transport import shared
 
 try:
     import torch
@@ -138,6 +141,10 @@ class StreamDataset(IterableDataset):
         if refused:
             raise OptionError(f"StreamDataset takes no {', '.join(refused)} option: its workers read as members of "
                               "a lossless consumer group (group=), so that each event comes once per epoch")
+        if "copy" in options:
+            raise OptionError("StreamDataset takes no copy option: it reads copies over shm:// itself (a batch "
+                              "gathers samples of several messages, and a message's slot is reused once the next "
+                              "one is read), and other schemes' messages are the worker's own")
         if shuffle < 0:
             raise OptionError(f"shuffle is a number of samples (0: no shuffling), not {shuffle}")
         self.endpoint, self.inputs, self.targets = endpoint, inputs, targets
@@ -178,8 +185,9 @@ class StreamDataset(IterableDataset):
             release_freed_buffers()
         rng = random.Random(f"{self.seed}/{epoch}/{0 if worker is None else worker.id}")
         start = self.start if epoch == 0 else "earliest"
+        copies = {"copy": True} if shared(self.endpoint) else {}
         with Client(self.endpoint, group=self.group_of(epoch), start=start, timeout=self.timeout, key=self.key,
-                    **self.options) as client:
+                    **copies, **self.options) as client:
             samples = (sample for message in client.messages() for sample in self.samples(message))
             yield from shuffled(samples, self.shuffle, rng)
 
