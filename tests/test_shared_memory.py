@@ -375,6 +375,37 @@ def test_a_member_without_the_key_is_refused_by_a_buffer_over_shared_memory(tmp_
     assert sorted(results["member"]) == list(range(10))
 
 
+def test_the_viewer_keeps_each_newest_event_intact_while_its_slot_is_written_again(tmp_path, expected):
+    """The viewer's reader keeps the newest event while it reads on (the page takes it later): over shm:// it reads
+    copies, so each event a page took is still that event's image after its slot went back to the producer."""
+    from beamstream.buffer.local import LocalBuffer
+    from beamstream.viewer.watch import Watches
+
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out", max_bytes=64 * MiB).start()
+    taken: list = []
+    outcome: dict = {}
+    try:
+        latest = Watches().latest("s", f"shm://{tmp_path}/out", None)
+        producers = threading.Thread(target=lambda: outcome.setdefault("result", run_local(
+            image_spec(f"shm://{tmp_path}/in", shm_bytes=MiB, rate_hz=200.0))))  # four slots, reused ten times
+        producers.start()
+        version = 0
+        while producers.is_alive() or latest.status()["state"] == "live":
+            data, status = latest.newer(version, 0.5)
+            if data is not None:
+                taken.append((status["seq"], data["image"]))
+                version = status["version"]
+            if status["state"] in ("complete", "incomplete", "ended"):
+                break
+        producers.join(timeout=60)
+    finally:
+        buffer.close()
+    assert outcome["result"].ok, outcome["result"].errors
+    assert len(taken) > 5, "the page took several events while the stream ran"
+    for seq, image in taken:
+        np.testing.assert_array_equal(image, expected[seq])
+
+
 def test_the_log_keeps_leases_within_half_an_arena_and_never_what_a_group_needs():
     from beamstream.buffer.base import Lease
     from beamstream.buffer.message_log import MessageLog

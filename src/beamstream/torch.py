@@ -69,7 +69,7 @@ from beamstream.client import Client, Event, Message
 from beamstream.client.transports.base import Options
 from beamstream.errors import MissingDependency, OptionError, needs_extra
 from beamstream.security.streamkey import StreamKey
-from beamstream.transport import shared
+from beamstream.transport import copies_if_shared
 
 try:
     import torch
@@ -185,9 +185,8 @@ class StreamDataset(IterableDataset):
             release_freed_buffers()
         rng = random.Random(f"{self.seed}/{epoch}/{0 if worker is None else worker.id}")
         start = self.start if epoch == 0 else "earliest"
-        copies = {"copy": True} if shared(self.endpoint) else {}
         with Client(self.endpoint, group=self.group_of(epoch), start=start, timeout=self.timeout, key=self.key,
-                    **copies, **self.options) as client:
+                    **copies_if_shared(self.endpoint), **self.options) as client:
             samples = (sample for message in client.messages() for sample in self.samples(message))
             yield from shuffled(samples, self.shuffle, rng)
 

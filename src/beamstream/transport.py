@@ -38,6 +38,14 @@ def shared(endpoint: str) -> bool:
     return endpoint.startswith("shm://")
 
 
+def copies_if_shared(endpoint: str) -> dict[str, bool]:
+    """The Client options of a reader that keeps a message's arrays after it reads the next message: over
+    ``shm://`` such a reader reads copies (``copy=True``), as a message's arrays are views of a slot that goes back
+    to its producer, to be written again, once the next message is read; other schemes' messages are the reader's
+    own (no option)."""
+    return {"copy": True} if shared(endpoint) else {}
+
+
 def socket_endpoint(endpoint: str) -> str:
     """The ZeroMQ endpoint of ``endpoint``: an ``shm://PATH`` is the ipc:// socket ``PATH``."""
     return "ipc://" + endpoint.removeprefix("shm://") if shared(endpoint) else endpoint

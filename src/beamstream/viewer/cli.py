@@ -10,6 +10,7 @@ import typer
 from beamstream.display import console, fail
 from beamstream.errors import needs_extra
 from beamstream.reading_cli import KeyFile, RedeliverAfter, Start, open_client
+from beamstream.transport import copies_if_shared
 
 
 def view(
@@ -40,7 +41,7 @@ def view(
     except ImportError as exc:
         fail(needs_extra("the viewer", "service", cause=exc))
     client = open_client(endpoint, start=start, key_file=key_file, timeout=timeout, group=group, lossy=lossy,
-                         redeliver_after=redeliver_after)
+                         redeliver_after=redeliver_after, **copies_if_shared(endpoint))  # the page keeps the newest
     latest = Latest(endpoint)
     try:
         server = ViewerServer(latest, host, port)

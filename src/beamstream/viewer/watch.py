@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from beamstream.client import Client
+from beamstream.transport import copies_if_shared
 from beamstream.viewer.latest import Latest, read_into
 
 LINGER_S = 30.0
@@ -52,7 +53,8 @@ class Watches:
                 self._watched.pop(unseen).stop.set()
             watched = self._watched.get(stream_id)
             if watched is None:
-                client = Client(endpoint, group=GROUP, lossy=True, key=key, timeout=SILENT_S)
+                client = Client(endpoint, group=GROUP, lossy=True, key=key, timeout=SILENT_S,
+                                **copies_if_shared(endpoint))  # the pages keep the newest event
                 watched = self._watched[stream_id] = Watched(Latest(where), now)
                 threading.Thread(target=read_into, args=(watched.latest, client, watched.stop),
                                  name=f"beamstream-watch-{stream_id}", daemon=True).start()
