@@ -1,21 +1,34 @@
 """The Karabo bridge's throughput, against Karabo's own simulated bridge server measured in the same run.
 
     .venv/bin/python benchmarks/karabo_bridge.py [--detector AGIPDModule|AGIPD] [--trains N] [--repeat N]
+                                                 [--scheme ipc|shm]
 
 Both are read by ``karabo_bridge.Client(..., sock="REQ")`` in this process, over tcp on loopback:
   baseline  ``karabo-bridge-server-sim PORT -z REP -d DETECTOR -g zeros`` (its own process; AGIPDModule also -r):
-            each request answered with a freshly generated train.
+            each request answered with a freshly generated train. ``-g zeros`` is its cheapest generator, and
+            real memory: after the first trains its arrays come from reused heap that calloc clears (perf: a
+            memset is a fifth of its CPU, the tcp send's copy a third; 2–9 minor faults per 16.8 MB train, where
+            fresh zero pages fault about 1000 times), so the kernel copies ordinary pages, not the zero page.
   bridge    a simulated beamstream stream whose events carry the same arrays as the simulator's trains (same
             keys, shapes and dtypes; 1-D arrays as waveforms, the others as images, no peaks or hits): producer
-            (run_local, its own process) → ipc:// → ``beamstream bridge karabo --listen`` (its own process).
+            (run_local, its own process) → ipc:// or shm:// → ``beamstream bridge karabo --listen`` (its own
+            process; over shm:// it reads copies, as it must: docs/karabo-bridge.md, "Speed").
 A rate counts the array bytes of the trains received from the first train after ``--warmup`` to the last.
 Every train id must arrive once (the bridge's: 0 … warmup+trains-1; the simulator's: consecutive), or the
 run fails. Each pair (baseline, then bridge) gives a ratio; the median ratio's target is ≥ 1.0.
+
+Each pair also prints the CPU time (user + system, all threads) each process spent per timed train, against
+what the machine's cores offer per train at the rate reached: the REQ round trip leaves the baseline's cores
+partly idle, while the bridge's chain (one process more, which reads, checks the checksum of and re-sends every
+byte) is bound by CPU where cores are few. The producer's share is what a stream costs its source's node; in
+production that is not the bridge's node.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -26,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 if Path(sys.path[0]).resolve() == Path(__file__).parent.resolve():  # this file would hide the karabo_bridge package
     sys.path.pop(0)
@@ -63,41 +77,63 @@ def stream_spec(endpoint: str, arrays: dict[str, np.ndarray], events: int) -> ob
                        "sinks": [{"type": "stream", "endpoint": endpoint}]})
 
 
-def read(address: str, warmup: int, trains: int) -> tuple[float, float, list[int]]:
-    """GB/s and trains/s of ``trains`` trains read after ``warmup``, and the ids of all of them."""
+def cpu_seconds() -> dict[int, float]:
+    """CPU time (user + system, all threads) so far of this process and of each process it started, by pid."""
+    this = psutil.Process()
+    seconds = {}
+    for process in (this, *this.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):  # one that has just ended
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_per_train(before: dict[int, float], trains: int, roles: dict[int, str]) -> dict[str, float]:
+    """Milliseconds of CPU per train since ``before``, by role: ``roles`` names pids, any other is the producer."""
+    spent: dict[str, float] = {}
+    for pid, seconds in cpu_seconds().items():
+        role = roles.get(pid, "producer")
+        spent[role] = spent.get(role, 0.0) + (seconds - before.get(pid, 0.0)) * 1e3 / trains
+    return spent
+
+
+def read(address: str, warmup: int, trains: int, roles: dict[int, str]) -> tuple[float, float, list[int], dict]:
+    """GB/s and trains/s of ``trains`` trains read after ``warmup``, the ids of all of them, and the CPU each
+    process spent per train meanwhile (:func:`cpu_per_train`; this process, the reader, is ``client``)."""
     import karabo_bridge
 
-    ids, received, first = [], 0, None
+    ids, received, first, before = [], 0, None, {}
     with karabo_bridge.Client(address, sock="REQ", timeout=120) as client:
         for number in range(warmup + trains):
             data, metadata = client.next()
             ids.append(next(iter(metadata.values()))["timestamp.tid"])
             if number == warmup:
-                first = time.perf_counter()
+                before, first = cpu_seconds(), time.perf_counter()
             elif number > warmup:
                 received += sum(value.nbytes for keys in data.values() for value in keys.values()
                                 if isinstance(value, np.ndarray))
     seconds = time.perf_counter() - first
-    return received / seconds / 1e9, (trains - 1) / seconds, ids
+    cpu = cpu_per_train(before, trains - 1, {os.getpid(): "client", **roles})
+    return received / seconds / 1e9, (trains - 1) / seconds, ids, cpu
 
 
-def baseline(detector: str, warmup: int, trains: int) -> tuple[float, float]:
+def baseline(detector: str, warmup: int, trains: int) -> tuple[float, float, dict]:
     port = free_port()
     raw = ["-r"] if detector == "AGIPDModule" else []
     server = subprocess.Popen([SIMULATOR, str(port), "-z", "REP", "-d", detector, "-g", "zeros", *raw],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        gbs, rate, ids = read(f"tcp://127.0.0.1:{port}", warmup, trains)
+        gbs, rate, ids, cpu = read(f"tcp://127.0.0.1:{port}", warmup, trains, {server.pid: "simulator"})
     finally:
         server.terminate()
         server.wait(30)
     if ids != list(range(ids[0], ids[0] + len(ids))):
         raise SystemExit(f"the simulator's train ids are not consecutive: {ids[:5]} …")
-    return gbs, rate
+    return gbs, rate, cpu
 
 
 def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, trains: int,
-           scheme: str = "ipc") -> tuple[float, float]:
+           scheme: str = "ipc") -> tuple[float, float, dict]:
     from beamstream.producer import run_local
 
     endpoint, port = f"{scheme}://{folder}/stream-{run}", free_port()
@@ -111,14 +147,20 @@ def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, t
         producer = threading.Thread(target=lambda: outcome.setdefault(
             "run", run_local(stream_spec(endpoint, arrays, warmup + trains), 1, poll_interval=2.0)), daemon=True)
         producer.start()
-        gbs, rate, ids = read(f"tcp://127.0.0.1:{port}", warmup, trains)
+        gbs, rate, ids, cpu = read(f"tcp://127.0.0.1:{port}", warmup, trains, {server.pid: "bridge"})
         producer.join(120)
         _, stderr = server.communicate(timeout=120)
     finally:
         server.kill()
     if sorted(ids) != list(range(warmup + trains)) or server.returncode != 0 or not outcome["run"].ok:
         raise SystemExit(f"the bridge lost trains or failed (exit {server.returncode}):\n{stderr}")
-    return gbs, rate
+    return gbs, rate, cpu
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    """Each role's milliseconds (none for a process that spent nothing, e.g. a previous run's leftover) and the sum."""
+    spent = " + ".join(f"{role} {cpu[role]:.1f}" for role in sorted(cpu) if cpu[role] >= 0.05)
+    return f"{spent} = {sum(cpu.values()):.1f}"
 
 
 def main() -> None:
@@ -139,14 +181,16 @@ def main() -> None:
     print(f"{args.detector}: {len(arrays)} arrays, {size / 1e6:.1f} MB per train; {trains} trains timed per run "
           f"after {args.warmup}; {args.repeat} pair(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback; "
           f"producer → bridge over {args.scheme}://")
-    pairs = []
+    pairs, cores = [], os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="beamstream-karabo-bench-") as tmp:
         for run in range(args.repeat):
             pairs.append((baseline(args.detector, args.warmup, trains),
                           bridge(Path(tmp), run, arrays, args.warmup, trains, args.scheme)))
-            (base_gbs, base_rate), (gbs, rate) = pairs[-1]
+            (base_gbs, base_rate, base_cpu), (gbs, rate, cpu) = pairs[-1]
             print(f"pair {run + 1}: simulator {base_gbs:5.2f} GB/s {base_rate:7.1f} trains/s   "
-                  f"bridge {gbs:5.2f} GB/s {rate:7.1f} trains/s   ratio {gbs / base_gbs:4.2f}x")
+                  f"bridge {gbs:5.2f} GB/s {rate:7.1f} trains/s   ratio {gbs / base_gbs:4.2f}x\n"
+                  f"        CPU ms/train: {cpu_text(base_cpu)} (of {cores * 1e3 / base_rate:.1f} on {cores} cores)   "
+                  f"{cpu_text(cpu)} (of {cores * 1e3 / rate:.1f})")
     ratios = [bridge_run[0] / base[0] for base, bridge_run in pairs]
     ratio = statistics.median(ratios)
     print(f"simulator (karabo-bridge-server-sim) {statistics.median(b[0] for b, _ in pairs):5.2f} GB/s "

@@ -64,10 +64,12 @@ def karabo(
     from beamstream.allocator import release_freed_buffers
     from beamstream.bridges.karabo import PROTOCOL, KaraboBridge
     from beamstream.errors import StreamIncomplete
+    from beamstream.transport import copies_if_shared
 
     client = open_client(endpoints, start=start, key_file=key_file, timeout=timeout, bind=listen,
                          pattern="sub" if subscribe else "pull", group=group, lossy=lossy,
-                         redeliver_after=redeliver_after, **_credentials(endpoints, cert, key, ca))
+                         redeliver_after=redeliver_after, **copies_if_shared(endpoints[0]),  # see serve()
+                         **_credentials(endpoints, cert, key, ca))
     release_freed_buffers()  # each received message reuses freed memory, not fresh pages (it holds a few at most)
     with client:
         bridge = KaraboBridge(bind, source=source)

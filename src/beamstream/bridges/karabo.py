@@ -6,7 +6,10 @@ order of name: a msgpack header (``source``, ``content: msgpack``, the train's `
 of the source's scalar values; then for each of its arrays a msgpack header (``source``, ``content: array``,
 ``path``: the key, ``dtype``, ``shape``) and the array's bytes in a frame of their own, sent without a copy
 (ZeroMQ zero-copy: the frame is a view of the beamstream message the Client received, kept alive until ZeroMQ
-has sent it; frames under pyzmq's copy threshold, 64 KiB, are copied, which is cheaper for them).
+has sent it; frames under pyzmq's copy threshold, 64 KiB, are copied, which is cheaper for them). Over ``shm://`` the
+Client must read copies (``copy=True``, :func:`beamstream.transport.copies_if_shared`, as ``beamstream bridge karabo``
+does): a train may still be leaving when the next event is read, and that read gives the train's slot back to its
+producer, which may write the slot again at once.
 
 An event becomes a train (:class:`TrainEncoder`):
 
@@ -187,8 +190,10 @@ class KaraboBridge:
     def serve(self, client: Client) -> Served:
         """Serve every event of ``client``'s stream, each once and in the order read, one per request, until the
         stream ends; what reading raises (StreamIncomplete, StreamTimeout, KeyboardInterrupt) propagates, with
-        :attr:`served` counting what was served. An event is served before the next one is read: a lossless
-        group's message is acknowledged only once its every event has gone to a client."""
+        :attr:`served` counting what was served. An event is served (handed to ZeroMQ) before the next one is read:
+        a lossless group's message is acknowledged only once its every event has gone to a client. The next event
+        is read and encoded while the client receives the train, before it asks again; over ``shm://`` ``client``
+        must therefore read copies (module docstring)."""
         encoder = TrainEncoder(lambda: client.metadata, self.source)
         for event in client.events():
             frames = encoder.frames(event)
