@@ -45,8 +45,9 @@ What it promises:
   batch, which is then the caller's to write; with ``batch_size=None``, ``clone()`` a sample before writing
   into it. Over ``shm://`` the worker reads copies instead (the Client's ``copy=True``): a received message's
   arrays are views of a slot that goes back to its producer once the worker asks for the next message, and a
-  batch gathers samples of several messages. (``torch.from_numpy`` warns once a process about a not-writable array; this module silences that one
-  warning, as what it hands out is read-only by the promise above; torch then warns no more in that process.)
+  batch gathers samples of several messages. (``torch.from_numpy`` warns once a process about a not-writable
+  array; this module silences that one warning, as what it hands out is read-only by the promise above; torch
+  then warns no more in that process.)
   In a DataLoader worker (a process of its own) received messages reuse freed memory instead of fresh pages
   (:func:`~beamstream.allocator.release_freed_buffers`, as in the buffer): that saves a page fault per 4 KiB.
 - **Shuffling.** ``shuffle`` > 0 keeps that many samples per worker and yields a random one of them as each
