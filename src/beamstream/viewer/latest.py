@@ -2,7 +2,8 @@
 
 :class:`Latest` keeps only a reference to the newest message's last event (its arrays stay views of the
 received message: nothing is copied or encoded until a page asks; over ``shm://`` the reader reads copies, see
-:func:`~beamstream.transport.copies_if_shared`), so whoever reads the stream is never held up by the pages; a page gets the newest event when it asks, and whatever arrived meanwhile is never drawn.
+:func:`~beamstream.transport.copies_if_shared`), so whoever reads the stream is never held up by the pages; a page
+gets the newest event when it asks, and whatever arrived meanwhile is never drawn.
 """
 
 from __future__ import annotations
