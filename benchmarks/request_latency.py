@@ -7,8 +7,9 @@ whose jobs are real processes on this machine, or real Slurm jobs.
 
 latency   Seconds from ``POST /v1/streams`` to the first event a consumer holds, for the local
           executor and for Slurm (skipped, with the reason, when ``sinfo`` does not answer), each
-          read two ways in alternation: ``direct`` polls ``GET /v1/streams/{id}`` every 20 ms until
-          the stream runs, then joins a group at ``endpoints.consumers``; ``relay`` opens
+          read two ways in alternation: ``direct`` waits as ``ServiceClient`` does
+          (``Stream.wait_until_running``: the stream's changes, server-sent), then joins a group at
+          ``endpoints.consumers`` (``Stream.client``); ``relay`` opens
           ``Client("http://SERVICE/v1/streams/ID", group=...)`` right after the POST (the relay
           waits for the stream to run). Each stream is cancelled once its first event is in. Also
           printed: the median time to ``starting`` (buffer job submitted) and ``running`` (buffer
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from servicekit import jobs_under, run_service, shown, slurm_answers, stop_service  # noqa: E402
 
 from beamstream.client import Client  # noqa: E402
+from beamstream.service_client import ServiceClient  # noqa: E402
 from beamstream.service.executors import JobRequest, JobState, LocalExecutor  # noqa: E402
 
 POLL_S = 0.02
@@ -68,13 +70,12 @@ def first_event_s(url: str, executor: str, way: str) -> tuple[float, list[float]
     try:
         if way == "relay":
             endpoint = f"{url}/v1/streams/{stream_id}"
-        else:
-            while (view := shown(url, stream_id))["state"] != "running":
-                if view["state"] in ("completed", "failed", "cancelled"):
-                    raise RuntimeError(f"stream {stream_id} {view['state']}: {view['history'][-1]['reason']}")
-                time.sleep(POLL_S)
-            endpoint = view["endpoints"]["consumers"]
-        with Client(endpoint, group="first", timeout=120, key=key) as client:
+            reader = Client(endpoint, group="first", timeout=120, key=key)
+        else:  # as a user's program waits: told by the service's stream of changes, not polling it
+            with ServiceClient(url) as service:
+                reader = service.stream(stream_id).wait_until_running(timeout=120).client(
+                    group="first", timeout=120, key=key)
+        with reader as client:
             next(client.events())
             seconds = time.perf_counter() - started
         changes = {change["state"]: change["at"] - requested for change in shown(url, stream_id)["history"]}

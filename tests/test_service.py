@@ -312,8 +312,22 @@ def test_a_requested_stream_runs_on_jobs_and_completes_with_its_verdict(tmp_path
             assert f"stream {stream['id']}, rank 0 of 2" in logs and f"stream {stream['id']}, rank 1 of 2" in logs
             submitted = (tmp_path / "state" / "slurm" / "slurm").glob("*.job")
             assert {path.read_text().count("#SBATCH --ntasks=2") for path in submitted} == {0, 1}
+            store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")  # the producers job went in with the
+            jobs = store.jobs(stream["id"])  # buffer's, and was told where it listens once it had called back
+            store.close()
+            assert jobs["producers"].submitted < final["history"][2]["at"], (jobs, final["history"])
+            folder = tmp_path / "state" / "streams" / stream["id"]
+            assert (folder / "buffer.endpoint").read_text() == f"{shown(url, stream['id'])['endpoints']['producers']}\n"
+            assert json.loads((folder / "producers-spec.json").read_text())["sinks"] == [
+                {"type": "stream", "endpoint": "tcp://buffer:1"}]
     finally:
         stop_service(service, url)
+
+
+def slurm_processes(stream_id: str) -> list[psutil.Process]:
+    """The processes whose command line names the stream (its buffer job's and its producer ranks')."""
+    return [process for process in psutil.process_iter(["cmdline"])
+            if any(stream_id in part for part in process.info["cmdline"] or [])]
 
 
 def sse_events(response: httpx.Response) -> list[dict]:
@@ -383,9 +397,10 @@ def test_cancelling_a_running_stream_stops_every_job(tmp_path, executor):
         if executor == "local":
             processes = [psutil.Process(int(job.native_id.split(":")[0])) for job in jobs]
             processes += [child for process in processes for child in process.children(recursive=True)]
-        else:
-            processes = [process for process in psutil.process_iter(["cmdline"])
-                         if any(stream["id"] in part for part in process.info["cmdline"] or [])]
+        else:  # the jobs' processes, once Slurm has started both (the producers job is submitted with the buffer's)
+            wait_until(lambda: len(slurm_processes(stream["id"])) >= 3, "the buffer and two producer ranks to run",
+                       timeout=60)
+            processes = slurm_processes(stream["id"])
         assert len(processes) >= 3, "the buffer and two producers run"
         if executor == "slurm":  # named after their stream, limited to the service's default time limit (1 day)
             listed = subprocess.run(["squeue", "-h", "-j", ",".join(job.native_id for job in jobs), "-o", "%j %l"],

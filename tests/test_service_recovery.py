@@ -184,7 +184,7 @@ def test_a_buffer_whose_service_never_comes_back_ends_by_itself_leaving_its_verd
         "resources": {"workers": 2, "buffer": {"orphan_after_s": 3}}}).json()
     wait_until(lambda: shown(url, stream["id"])["state"] == "running", "the stream to run", timeout=60)
     folder = tmp_path / "state" / "streams" / stream["id"]
-    wait_until((folder / "producers.log").exists, "the producers job (submitted once the stream runs)", timeout=60)
+    wait_until((folder / "producers.log").exists, "the producers job", timeout=60)
     service.send_signal(signal.SIGKILL)
     service.wait(timeout=30)
     buffers = [process for process in psutil.process_iter(["cmdline"])

@@ -157,6 +157,10 @@ def produce(
     key_file: Annotated[Optional[Path], typer.Option(
         "--key-file", metavar="FILE", help="seal every message with the stream key in FILE (readable by its owner "
                                            "only); consumers then need the same key")] = None,
+    endpoint_from: Annotated[Optional[Path], typer.Option(
+        "--endpoint-from", metavar="FILE", help="send the stream to the endpoint in FILE, waiting until it exists "
+                                                "(the request service writes it once the stream's buffer listens)")]
+    = None,
 ) -> None:
     """Run a stream spec with N local workers, one worker per rank under mpirun, or one given rank.
 
@@ -179,6 +183,11 @@ def produce(
     key = stream_key(key_file)
     spec = load_spec(spec_file)
     spec.source.open()  # fail fast on a missing file or detector, before any worker starts
+    if endpoint_from is not None:  # started with the buffer: wait for it to listen, ready to send at once
+        from beamstream.endpoint_file import wait_for_endpoint
+        from beamstream.spec import with_buffer_endpoint
+
+        spec = with_buffer_endpoint(spec, wait_for_endpoint(endpoint_from))
     _say_bound_endpoints(spec, workers if rank is None else producers or 1)
     if rank is not None or producers is not None:
         if rank is None or producers is None or stream_id is None or rank >= producers:

@@ -180,6 +180,13 @@ def as_the_service_runs_it(data: dict[str, Any], endpoint: str = SERVICE_SINK_EN
     return {**data, "sinks": [*kept, {"type": "stream", "endpoint": endpoint}]}
 
 
+def with_buffer_endpoint(spec: Any, endpoint: str) -> Any:
+    """``spec`` (a StreamSpec the service wrote for its producers) with its stream sink sent to ``endpoint``, where the
+    buffer listens (:func:`as_the_service_runs_it`). Raises SpecError if ``endpoint`` is no endpoint."""
+    return parse_spec(as_the_service_runs_it(json.loads(spec_to_json(spec)), endpoint),
+                      origin=f"the spec with its stream sent to {endpoint!r}")
+
+
 def spec_to_json(spec: BaseModel) -> str:
     """The spec as JSON, as handed to workers and stored with jobs."""
     return spec.model_dump_json()

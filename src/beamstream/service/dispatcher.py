@@ -6,18 +6,21 @@ One thread calls :meth:`Dispatcher.tick` every ``interval`` seconds, and at once
 1. **Start** queued streams, oldest first, while fewer than ``max_streams`` (in total) and
    ``max_streams_per_user`` (per owner) are starting or running: write the stream's folder
    (its spec, the buffer's settings, the private callback file), submit the buffer job
-   (``beamstream buffer --callback``, on free ports) → ``starting``. With an executor whose jobs run
+   (``beamstream buffer --callback``, on free ports) → ``starting``, and the producers job with it, so
+   that both start at once (a stream whose buffer fails stops them). With an executor whose jobs run
    on the service's host (local), the buffer takes its producers on an ipc socket in the stream's
-   folder and the producers job is submitted with it, so that both start at once (producers wait
-   for the buffer to listen; a stream whose buffer fails stops them).
+   folder, and the producers wait for it to listen; with one whose jobs may run elsewhere (Slurm),
+   the producers wait for the service to tell them the buffer's endpoint
+   (:mod:`beamstream.endpoint_file`).
 2. **Watch** each starting or running stream (and stop any job still running of a stream that
    has ended, e.g. one cancelled while its buffer job was being submitted; a cancelled stream's
    buffer only once its producers have ended and :data:`CANCEL_LINGER_S` passed, so that their
    aborted ends reach its readers as the stream's end):
    - the buffer job ended before it called back → ``failed``, with its exit code and log tail;
-   - once the buffer listens (its callback made the stream ``running``), unless submitted with the
-     buffer's: connect to each of the buffer's endpoints as advertised (:func:`unreachable`; one this host
-     cannot reach fails the stream, naming it and ``data_advertise``), then submit the producers job
+   - once the buffer listens (its callback made the stream ``running``), unless its producers were told
+     already: connect to each of the buffer's endpoints as advertised (:func:`unreachable`; one this host
+     cannot reach fails the stream, naming it and ``data_advertise``), then write the producer endpoint
+     to the file the producers wait for, or (a local folder too deep for an ipc socket) submit the producers job
      (``beamstream produce`` with a stream sink to the buffer, the stream id the service's): ``--workers N``
      local processes (one worker: ``--rank 0``, in the job's own process), or, with an executor that
      launches ranks (Slurm), N ranks (``srun``) on the request's nodes, each ``--rank-from-env``;
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from beamstream.buffer.config import RENAMED
+from beamstream.endpoint_file import ENDPOINT_FILE, write_endpoint
 from beamstream.errors import TransportError
 from beamstream.metrics_reading import fetch_status
 from beamstream.modes import make_dirs
@@ -182,8 +186,12 @@ class Dispatcher:
         if record.key is not None:  # the buffer holds the admission key only: it cannot open a payload
             write_key_file(directory / ADMISSION_KEY_FILE, StreamKey.from_text(record.key).admission)
             argv += ["--admission-key-file", str(directory / ADMISSION_KEY_FILE)]
-        if self._submit(record, "buffer", argv, state=State.STARTING) and early is not None:
+        if not self._submit(record, "buffer", argv, state=State.STARTING):
+            return
+        if early is not None:
             self._submit_producers(record, early)
+        elif not self.executor(record).shares_host:  # they wait for ENDPOINT_FILE, written once the buffer listens
+            self._submit_producers(record, None)
 
     def _early_producer_endpoint(self, record: StreamRecord) -> str | None:
         """Where the producers reach the buffer when their job starts with the buffer's (the request's first event
@@ -250,7 +258,7 @@ class Dispatcher:
         if record.state is not State.RUNNING:
             return
         producers = jobs.get("producers")
-        if producers is None:
+        if producers is None or self._endpoint_untold(record):
             if (why := unreachable(record.endpoints)) is not None:
                 self.stop_jobs(record.id)
                 now = (f"it is {self.settings.data_advertise}" if self.settings.data_advertise else
@@ -258,7 +266,10 @@ class Dispatcher:
                 self._fail(record, f"{why}; set data_advertise to the name or address of the buffer jobs' host as "
                                    f"the service, producers and consumers reach it ({now})")
                 return
-            self._submit_producers(record, record.endpoints["producers"])
+            if producers is None:
+                self._submit_producers(record, record.endpoints["producers"])
+            else:
+                write_endpoint(self.folder(record) / ENDPOINT_FILE, record.endpoints["producers"])
             return
         if self._status(producers).state is JobState.RUNNING or buffer.stop_requested is not None:
             return
@@ -267,13 +278,16 @@ class Dispatcher:
             self.executor(record).cancel(buffer.native_id)
             self.store.update_job(buffer.id, stop_requested=time.time())
 
-    def _submit_producers(self, record: StreamRecord, endpoint: str) -> None:
-        """Submit the producers job, its stream sink to the buffer's producer ``endpoint``."""
-        spec = as_the_service_runs_it(record.spec, endpoint)
+    def _submit_producers(self, record: StreamRecord, endpoint: str | None) -> None:
+        """Submit the producers job, its stream sink to the buffer's producer ``endpoint``; None: to the endpoint
+        the service writes to :data:`~beamstream.endpoint_file.ENDPOINT_FILE` once the buffer listens."""
+        spec = as_the_service_runs_it(record.spec, *([] if endpoint is None else [endpoint]))
         spec.pop("buffer", None)
         _write_json(self.folder(record) / "producers-spec.json", spec)
         workers = int(record.resources.get("workers") or 1)
         argv = [sys.executable, "-m", "beamstream.cli", "produce", "producers-spec.json", "--stream-id", record.id]
+        if endpoint is None:
+            argv += ["--endpoint-from", str(self.folder(record).resolve() / ENDPOINT_FILE)]
         if record.key is not None:
             key_file = write_key_file(self.folder(record) / KEY_FILE, StreamKey.from_text(record.key))
             argv += ["--key-file", str(key_file)]
@@ -283,6 +297,11 @@ class Dispatcher:
             self._submit(record, "producers", [*argv, "--rank", "0", "--producers", "1"])
         else:
             self._submit(record, "producers", [*argv, "--workers", str(workers)])
+
+    def _endpoint_untold(self, record: StreamRecord) -> bool:
+        """True while producers started with the buffer (an executor whose jobs run on other hosts) have not yet been
+        told where it listens."""
+        return not self.executor(record).shares_host and not (self.folder(record) / ENDPOINT_FILE).exists()
 
     def _status(self, job: Job) -> JobStatus:
         """The job's status; its end is recorded the first time it is seen."""
