@@ -1,9 +1,9 @@
-"""The Karabo bridge's throughput, against Karabo's own simulated bridge server measured in the same run.
+"""The Karabo bridge's and the karabo sink's throughput, against Karabo's own simulated bridge server, in one run.
 
     .venv/bin/python benchmarks/karabo_bridge.py [--detector AGIPDModule|AGIPD] [--trains N] [--repeat N]
                                                  [--scheme ipc|shm]
 
-Both are read by ``karabo_bridge.Client(..., sock="REQ")`` in this process, over tcp on loopback:
+Each is read by ``karabo_bridge.Client(..., sock="REQ")`` in this process, over tcp on loopback:
   baseline  ``karabo-bridge-server-sim PORT -z REP -d DETECTOR -g zeros`` (its own process; AGIPDModule also -r):
             each request answered with a freshly generated train. ``-g zeros`` is its cheapest generator, and
             real memory: after the first trains its arrays come from reused heap that calloc clears (perf: a
@@ -13,9 +13,11 @@ Both are read by ``karabo_bridge.Client(..., sock="REQ")`` in this process, over
             keys, shapes and dtypes; 1-D arrays as waveforms, the others as images, no peaks or hits): producer
             (run_local, its own process) → ipc:// or shm:// → ``beamstream bridge karabo --listen`` (its own
             process; over shm:// it reads copies, as it must: docs/karabo-bridge.md, "Speed").
+  sink      the same simulated source, its producer (run_local, its own process) serving the trains itself
+            through the ``karabo`` sink: no stream between, no second process.
 A rate counts the array bytes of the trains received from the first train after ``--warmup`` to the last.
-Every train id must arrive once (the bridge's: 0 … warmup+trains-1; the simulator's: consecutive), or the
-run fails. Each pair (baseline, then bridge) gives a ratio; the median ratio's target is ≥ 1.0.
+Every train id must arrive once (beamstream's: 0 … warmup+trains-1; the simulator's: consecutive), or the
+run fails. Each round (baseline, bridge, sink) gives a ratio for each; each median ratio's target is ≥ 1.0.
 
 Each pair also prints the CPU time (user + system, all threads) each process spent per timed train, against
 what the machine's cores offer per train at the rate reached: the REQ round trip leaves the baseline's cores
@@ -63,8 +65,9 @@ def simulated_arrays(detector: str) -> dict[str, np.ndarray]:
     return {key: value for key, value in next(iter(data.values())).items() if isinstance(value, np.ndarray)}
 
 
-def stream_spec(endpoint: str, arrays: dict[str, np.ndarray], events: int) -> object:
-    """A simulated stream of ``events`` events with ``arrays``' keys (dots as underscores), shapes and dtypes."""
+def stream_spec(endpoint: str, arrays: dict[str, np.ndarray], events: int, sink: str = "stream") -> object:
+    """A simulated stream of ``events`` events with ``arrays``' keys (dots as underscores), shapes and dtypes, sent
+    to ``endpoint`` by a ``sink`` sink (``stream``, or ``karabo``: served there as Karabo bridge trains)."""
     from beamstream.spec import parse_spec
 
     detectors = [{"kind": "image", "name": key.replace(".", "_"), "shape": list(array.shape),
@@ -74,7 +77,7 @@ def stream_spec(endpoint: str, arrays: dict[str, np.ndarray], events: int) -> ob
                  for key, array in arrays.items()]
     return parse_spec({"source": {"type": "simulated", "n_events": events, "bank_size": 1, "events_per_read": 1,
                                   "detectors": detectors},
-                       "sinks": [{"type": "stream", "endpoint": endpoint}]})
+                       "sinks": [{"type": sink, "endpoint": endpoint}]})
 
 
 def cpu_seconds() -> dict[int, float]:
@@ -157,6 +160,22 @@ def bridge(folder: Path, run: int, arrays: dict[str, np.ndarray], warmup: int, t
     return gbs, rate, cpu
 
 
+def sink(arrays: dict[str, np.ndarray], warmup: int, trains: int) -> tuple[float, float, dict]:
+    from beamstream.producer import run_local
+
+    port = free_port()
+    spec = stream_spec(f"tcp://127.0.0.1:{port}", arrays, warmup + trains, sink="karabo")
+    outcome: dict = {}
+    producer = threading.Thread(target=lambda: outcome.setdefault("run", run_local(spec, 1, poll_interval=2.0)),
+                                daemon=True)
+    producer.start()
+    gbs, rate, ids, cpu = read(f"tcp://127.0.0.1:{port}", warmup, trains, {})
+    producer.join(120)
+    if sorted(ids) != list(range(warmup + trains)) or not outcome["run"].ok:
+        raise SystemExit(f"the karabo sink lost trains or failed: {outcome.get('run')}")
+    return gbs, rate, cpu
+
+
 def cpu_text(cpu: dict[str, float]) -> str:
     """Each role's milliseconds (none for a process that spent nothing, e.g. a previous run's leftover) and the sum."""
     spent = " + ".join(f"{role} {cpu[role]:.1f}" for role in sorted(cpu) if cpu[role] >= 0.05)
@@ -171,7 +190,7 @@ def main() -> None:
     parser.add_argument("--trains", type=int, default=None, help="trains timed per run (default: 200 AGIPDModule, "
                                                                  "20 AGIPD)")
     parser.add_argument("--warmup", type=int, default=3, help="trains read before timing starts (default 3)")
-    parser.add_argument("--repeat", type=int, default=3, help="pairs of runs (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of runs (default 3)")
     parser.add_argument("--scheme", choices=("ipc", "shm"), default="ipc",
                         help="the stream from producer to bridge: ipc (default) or shm (payloads in shared memory)")
     args = parser.parse_args()
@@ -179,26 +198,32 @@ def main() -> None:
     arrays = simulated_arrays(args.detector)
     size = sum(array.nbytes for array in arrays.values())
     print(f"{args.detector}: {len(arrays)} arrays, {size / 1e6:.1f} MB per train; {trains} trains timed per run "
-          f"after {args.warmup}; {args.repeat} pair(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback; "
+          f"after {args.warmup}; {args.repeat} round(s) of runs; karabo_bridge.Client(sock='REQ'), tcp loopback; "
           f"producer → bridge over {args.scheme}://")
-    pairs, cores = [], os.cpu_count()
+    rounds: list[dict[str, tuple[float, float, dict]]] = []
+    cores = os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="beamstream-karabo-bench-") as tmp:
         for run in range(args.repeat):
-            pairs.append((baseline(args.detector, args.warmup, trains),
-                          bridge(Path(tmp), run, arrays, args.warmup, trains, args.scheme)))
-            (base_gbs, base_rate, base_cpu), (gbs, rate, cpu) = pairs[-1]
-            print(f"pair {run + 1}: simulator {base_gbs:5.2f} GB/s {base_rate:7.1f} trains/s   "
-                  f"bridge {gbs:5.2f} GB/s {rate:7.1f} trains/s   ratio {gbs / base_gbs:4.2f}x\n"
-                  f"        CPU ms/train: {cpu_text(base_cpu)} (of {cores * 1e3 / base_rate:.1f} on {cores} cores)   "
-                  f"{cpu_text(cpu)} (of {cores * 1e3 / rate:.1f})")
-    ratios = [bridge_run[0] / base[0] for base, bridge_run in pairs]
-    ratio = statistics.median(ratios)
-    print(f"simulator (karabo-bridge-server-sim) {statistics.median(b[0] for b, _ in pairs):5.2f} GB/s "
-          f"{statistics.median(b[1] for b, _ in pairs):7.1f} trains/s")
-    print(f"beamstream bridge karabo             {statistics.median(r[0] for _, r in pairs):5.2f} GB/s "
-          f"{statistics.median(r[1] for _, r in pairs):7.1f} trains/s   every train id once")
-    print(f"ratio bridge/simulator               {ratio:5.2f}x   target >= {TARGET}  "
-          f"{'PASS' if ratio >= TARGET else 'FAIL'}  (runs {', '.join(f'{r:.2f}' for r in ratios)})")
+            rounds.append({"simulator": baseline(args.detector, args.warmup, trains),
+                           "bridge": bridge(Path(tmp), run, arrays, args.warmup, trains, args.scheme),
+                           "sink": sink(arrays, args.warmup, trains)})
+            base_gbs = rounds[-1]["simulator"][0]
+            print(f"round {run + 1}:")
+            for path, (gbs, rate, cpu) in rounds[-1].items():
+                ratio = "" if path == "simulator" else f"ratio {gbs / base_gbs:4.2f}x"
+                print(f"  {path:<9} {gbs:5.2f} GB/s {rate:7.1f} trains/s  {ratio:<12} CPU ms/train: {cpu_text(cpu)} "
+                      f"(of {cores * 1e3 / rate:.1f} on {cores} cores)")
+    names = {"simulator": "simulator (karabo-bridge-server-sim)", "bridge": "beamstream bridge karabo",
+             "sink": "producers with the karabo sink"}
+    for path, name in names.items():
+        print(f"{name:<37} {statistics.median(r[path][0] for r in rounds):5.2f} GB/s "
+              f"{statistics.median(r[path][1] for r in rounds):7.1f} trains/s"
+              f"{'' if path == 'simulator' else '   every train id once'}")
+    for path in ("bridge", "sink"):
+        ratios = [r[path][0] / r["simulator"][0] for r in rounds]
+        ratio = statistics.median(ratios)
+        print(f"ratio {path}/simulator{'':<{15 - len(path)}} {ratio:5.2f}x   target >= {TARGET}  "
+              f"{'PASS' if ratio >= TARGET else 'FAIL'}  (runs {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from beamstream.producer import run_local
 from beamstream.serializers.arrays import ArraysSerializer
 from beamstream.spec import parse_spec
 from beamstream.wire import EndMessage, message_from_batch
-from conftest import run_cli, start_cli, waveform_spec
+from conftest import free_tcp_ports, run_cli, start_cli, waveform_spec
 from test_client import data, end
 
 karabo_bridge = pytest.importorskip(
@@ -310,3 +310,52 @@ def test_the_command_serves_a_service_stream_read_through_its_https_relay_with_a
         for key, array in train["waveform"].items():
             assert_bitwise(array, bank[key][train_id(metadata) % 7])
     assert "served 40 trains" in stderr
+
+
+def test_producers_with_the_karabo_sink_serve_every_train_bitwise_each_rank_at_its_own_port(tmp_path):
+    """The sink: two producers, each binding PORT+rank, every event a train once, arrays as the source made them,
+    sources named from the stream's description; a sealed stream and an endpoint no Karabo client can reach
+    are refused, saying what to give."""
+    port = free_tcp_ports(2)
+    spec = multi_field_spec("tcp://127.0.0.1:1", n_events=24)
+    spec = parse_spec({**spec.model_dump(mode="json"), "sinks": [{"type": "karabo", "endpoint": f"tcp://127.0.0.1:{port}"}]})
+    bank = spec.source.open().bank()
+    outcome: dict = {}
+    producers = threading.Thread(target=lambda: outcome.setdefault("run", run_local(spec, workers=2)))
+    producers.start()
+    trains = {rank: [] for rank in range(2)}
+    readers = [threading.Thread(target=lambda rank=rank: trains[rank].extend(
+        read_trains(f"tcp://127.0.0.1:{port + rank}", 12))) for rank in range(2)]
+    [reader.start() for reader in readers]
+    [reader.join(READ_S) for reader in readers]
+    producers.join(READ_S)
+    assert outcome["run"].ok, outcome["run"]
+    everything = [train for rank in range(2) for train in trains[rank]]
+    assert sorted(train_id(metadata) for _, metadata in everything) == list(range(24)), "every train once"
+    for train, metadata in everything:
+        assert set(train) == {"image", "waveform"}, "one source per detector the metadata names"
+        for keys in train.values():
+            for key, array in keys.items():
+                assert_bitwise(array, bank[key][train_id(metadata) % 5])
+    assert trains[0] and trains[1], "each rank served its share at its own port"
+
+    from beamstream.errors import SpecError, TransportError
+    from beamstream.security.streamkey import StreamKey
+    from beamstream.stages import SinkContext
+
+    with pytest.raises(TransportError, match="the Karabo bridge protocol, which has no sealing"):
+        spec.sinks[0].open(SinkContext("s", 0, 1, key=StreamKey.generate()))
+    for endpoint, expected in (("shm:///dev/shm/x", "give a tcp:// \\(or ipc://\\) endpoint"),
+                               ("tcp://127.0.0.1:0", "give the port Karabo clients are told")):
+        with pytest.raises(SpecError, match=expected):
+            parse_spec({"source": {"type": "simulated"}, "sinks": [{"type": "karabo", "endpoint": endpoint}]})
+
+
+def test_a_karabo_sink_whose_train_nobody_asks_for_fails_its_producer_saying_so():
+    port = free_tcp_ports(1)
+    spec = parse_spec({"source": {"type": "simulated", "n_events": 2, "detectors": [{"kind": "waveform", "samples": 8}]},
+                       "sinks": [{"type": "karabo", "endpoint": f"tcp://127.0.0.1:{port}", "request_timeout_s": 0.5,
+                                  "linger_s": 0}]})
+    result = run_local(spec, workers=1)
+    assert not result.ok
+    assert "no Karabo bridge client asked for a train at tcp://127.0.0.1:" in " ".join(result.errors.values())

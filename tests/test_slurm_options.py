@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from beamstream.protocol.slurm import SlurmOptions
 from beamstream.service.settings import ServiceSettings
-from servicekit import run_service, stop_service
+from servicekit import end_jobs_under, run_service, stop_service
 
 
 def test_the_requests_options_go_over_the_services_defaults_for_its_experiment():
@@ -60,3 +60,4 @@ def test_a_local_stream_is_refused_slurm_options(tmp_path):
         assert accepted.status_code == 201 and accepted.json()["resources"]["slurm"] is None, accepted.text
     finally:
         stop_service(service, url)
+        end_jobs_under(tmp_path)  # the accepted stream's jobs, started cold if the service's warm starter was not up

@@ -104,6 +104,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
             with stops_deferred():
                 sinks.append(sink.open(context))
         reading = True
+        checksum = key is None and any(sink.checksummed for sink in spec.sinks)  # a seal authenticates instead
         first, batches = first_batch(source.read(share))
         spec, metadata = describe_stream(spec, source, first)  # steps that take options from the description
         steps = build_steps(spec)
@@ -112,7 +113,7 @@ def run_worker(spec: Any, rank: int, producers: int, stream_id: str,
             message = message_from_batch(batch, codec, stream=stream_id, rank=rank, producers=producers,
                                          index=stats.messages, share=share, omitted=omitted_by(source, *steps),
                                          metadata=metadata if stats.messages == 0 else None,
-                                         checksum=key is None,  # a seal authenticates the payload instead
+                                         checksum=checksum,
                                          receivers=receivers(spec))
             for sink in sinks:
                 sink.send(message)

@@ -168,6 +168,12 @@ class SinkSpec(SpecModel):
         docs/wire-format.md): 1 unless the sink says otherwise (a ``stream`` sink with a list of endpoints)."""
         return 1
 
+    @property
+    def checksummed(self) -> bool:
+        """Whether what the sink sends or writes carries each payload's checksum: the producer computes it only
+        if a sink does (True unless the sink says otherwise)."""
+        return True
+
     @abstractmethod
     def open(self, context: SinkContext) -> Sink:
         """A sink for the producer described by ``context``."""

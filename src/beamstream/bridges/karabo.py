@@ -36,6 +36,7 @@ import logging
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from beamstream.errors import TransportError
+from beamstream.errors import StreamTimeout, TransportError
 from beamstream.logs import WarnOnce
 from beamstream.transport import bound_address, open_socket
 
@@ -70,13 +71,13 @@ LINGER_S = 10.0
 """Once the stream has ended, how long the last trains sent may take to leave before the socket closes."""
 
 
-def train_metadata(seq: int, time: float) -> dict[str, Any]:
+def train_metadata(seq: int, when: float) -> dict[str, Any]:
     """A train's metadata (what every source's header carries besides its name): the train id ``seq`` and,
-    unless ``time`` is NaN, the timestamp in Karabo's three forms."""
+    unless ``when`` (s since the epoch) is NaN, the timestamp in Karabo's three forms."""
     metadata: dict[str, Any] = {"timestamp.tid": seq}
-    if not math.isnan(time):
-        seconds, fraction = f"{time:.9f}".split(".")
-        metadata.update({"timestamp": time, "timestamp.sec": seconds, "timestamp.frac": fraction.ljust(18, "0")})
+    if not math.isnan(when):
+        seconds, fraction = f"{when:.9f}".split(".")
+        metadata.update({"timestamp": when, "timestamp.sec": seconds, "timestamp.frac": fraction.ljust(18, "0")})
     return metadata
 
 
@@ -156,13 +157,15 @@ class Served:
 
 class KaraboBridge:
     """A Karabo bridge server bound at ``bind`` (e.g. ``tcp://*:4545``; port 0: any free one, see
-    :attr:`address`); :meth:`serve` answers its clients' requests with a beamstream Client's events.
+    :attr:`address`); :meth:`serve` answers its clients' requests with a beamstream Client's events,
+    :meth:`serve_event` with one event at a time (the ``karabo`` sink's producers).
 
-    TransportError if it cannot bind. Use it as a context manager: on leaving, trains already sent get up to
-    :data:`LINGER_S` to leave (none after a KeyboardInterrupt), then the socket closes.
+    ``wait_s``: how long a train waits for a request before :meth:`serve_event` gives up (StreamTimeout); None
+    (default): as long as it takes. TransportError if it cannot bind. Use it as a context manager: on leaving,
+    trains already sent get up to :data:`LINGER_S` to leave (none after a KeyboardInterrupt), then the socket closes.
     """
 
-    def __init__(self, bind: str, *, source: str | None = None) -> None:
+    def __init__(self, bind: str, *, source: str | None = None, wait_s: float | None = None) -> None:
         self.context = zmq.Context()
         try:
             self.socket = open_socket(self.context, zmq.ROUTER, bind, bind=True, hwm=QUEUED, max_message=MAX_REQUEST)
@@ -172,6 +175,7 @@ class KaraboBridge:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.address = bound_address(self.socket)
         self.source = source
+        self.wait_s = wait_s
         self.served = Served()
         self.warn_once = WarnOnce(logger)
 
@@ -196,23 +200,33 @@ class KaraboBridge:
         must therefore read copies (module docstring)."""
         encoder = TrainEncoder(lambda: client.metadata, self.source)
         for event in client.events():
-            frames = encoder.frames(event)
-            while True:
-                route = self._request()
-                with interrupts_deferred():  # a train sent is a train counted, Ctrl-C or not
-                    if self._answer(route, frames):
-                        self.served.trains += 1
-                        self.served.bytes += sum(array.nbytes for array in event.data.values())
-                        break
-                    self.served.passed_over += 1
+            self.serve_event(event, encoder)
         return self.served
+
+    def serve_event(self, event: Event, encoder: TrainEncoder) -> None:
+        """Send ``event``'s train (``encoder``'s frames) to the next client that asks for one and is still there
+        to take it; StreamTimeout if none asks within ``wait_s``. Its arrays must stay unchanged until ZeroMQ
+        has sent them (they are sent without a copy)."""
+        frames = encoder.frames(event)
+        while True:
+            route = self._request()
+            with interrupts_deferred():  # a train sent is a train counted, Ctrl-C or not
+                if self._answer(route, frames):
+                    self.served.trains += 1
+                    self.served.bytes += sum(array.nbytes for array in event.data.values())
+                    return
+                self.served.passed_over += 1
 
     def _request(self) -> list[bytes]:
         """The route back to the next client asking for a train: its identity and, from a REQ client, the empty
-        delimiter. Any other request is answered with an error text (as Karabo's bridge does), logged once."""
+        delimiter. Any other request is answered with an error text (as Karabo's bridge does), logged once.
+        StreamTimeout if none comes within ``wait_s``."""
+        deadline = None if self.wait_s is None else time.monotonic() + self.wait_s
         while True:
-            while not self.socket.poll(int(WAKE_S * 1000)):
-                pass  # Python runs a signal handler between polls: Ctrl-C ends the wait
+            while not self.socket.poll(int(WAKE_S * 1000)):  # Python runs a signal handler between polls: Ctrl-C
+                if deadline is not None and time.monotonic() > deadline:  # ends the wait
+                    raise StreamTimeout(f"no Karabo bridge client asked for a train at {self.address} within "
+                                        f"{self.wait_s:g} s: start one (karabo_bridge.Client(..., sock='REQ'))")
             frames = self.socket.recv_multipart()
             split = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
             route, body = frames[:split], frames[split:]
