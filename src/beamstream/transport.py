@@ -66,6 +66,14 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def spec_endpoint(endpoint: str) -> str:
+    """:func:`check_endpoint` for a spec field's validator: its refusal as a ValueError, which pydantic reports."""
+    try:
+        return check_endpoint(endpoint)
+    except TransportError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def loopback(host: str) -> bool:
     """Whether ``host`` (an address to bind, or a name) reaches only this machine."""
     import ipaddress

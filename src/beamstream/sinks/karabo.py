@@ -27,7 +27,7 @@ from beamstream.client.reader import Message
 from beamstream.codecs import decode_payload
 from beamstream.errors import TransportError
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, rank_endpoint, shared
+from beamstream.transport import rank_endpoint, shared, spec_endpoint
 from beamstream.wire import DataMessage, EndMessage
 from beamstream.wire.metadata import RunMetadata
 
@@ -57,10 +57,7 @@ class KaraboSink(SinkSpec):
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, endpoint: str) -> str:
-        try:
-            check_endpoint(endpoint)
-        except TransportError as exc:
-            raise ValueError(str(exc)) from None
+        spec_endpoint(endpoint)
         if shared(endpoint) or endpoint.startswith("inproc://"):
             raise ValueError(f"{endpoint}: Karabo clients connect from their own process over ZeroMQ: give a tcp:// "
                              "(or ipc://) endpoint")

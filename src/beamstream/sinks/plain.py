@@ -31,7 +31,7 @@ from beamstream.codecs import decoder
 from beamstream.errors import StreamTimeout, TransportError
 from beamstream.sinks.stream import NOTICE_AFTER_S
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, open_socket, rank_endpoint, shared
+from beamstream.transport import open_socket, rank_endpoint, shared, spec_endpoint
 from beamstream.wire import DataMessage, EndMessage
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,7 @@ class PlainSink(SinkSpec):
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, endpoint: str) -> str:
-        try:
-            check_endpoint(endpoint)
-        except TransportError as exc:
-            raise ValueError(str(exc)) from None
+        spec_endpoint(endpoint)
         if shared(endpoint):
             raise ValueError(f"{endpoint}: the plain sink sends blobs over ZeroMQ itself; shared memory (shm://) is "
                              "the stream sink's: give an ipc:// or tcp:// endpoint")

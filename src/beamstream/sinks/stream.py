@@ -47,7 +47,7 @@ from pydantic import Field, field_validator, model_validator
 from beamstream.errors import StreamTimeout, TransportError, WireFormatError
 from beamstream.shared_memory import DEFAULT_ARENA_BYTES, Arena, ArenaFull
 from beamstream.stages import SinkContext, SinkSpec
-from beamstream.transport import check_endpoint, open_socket, rank_endpoint, shared
+from beamstream.transport import open_socket, rank_endpoint, shared, spec_endpoint
 from beamstream.wire.replies import parse_reply
 from beamstream.wire.slots import encode_ref
 
@@ -90,12 +90,9 @@ class StreamSink(SinkSpec):
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, endpoint: str | list[str]) -> str | list[str]:
-        try:
-            if isinstance(endpoint, str):
-                return check_endpoint(endpoint)
-            endpoints = [check_endpoint(each) for each in endpoint]
-        except TransportError as exc:
-            raise ValueError(str(exc)) from None
+        if isinstance(endpoint, str):
+            return spec_endpoint(endpoint)
+        endpoints = [spec_endpoint(each) for each in endpoint]
         if not endpoints:
             raise ValueError("endpoint: give an endpoint, or a list of endpoints to spread the producers over")
         if len(set(endpoints)) < len(endpoints):
