@@ -94,6 +94,8 @@ async def _read(names: list[str], total: int) -> tuple[float, int]:
                 batch = await sub.fetch(per_message, timeout=1.0)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
+            if not batch:  # nats-py answers a pull that timed out on the server's side with no messages
+                continue
             await batch[-1].ack()  # AckPolicy.ALL: one acknowledgement per batch (a message's parts)
             now = time.perf_counter()
             for msg in batch:
