@@ -5,22 +5,24 @@
     .venv/bin/python examples/train_peaks.py --endpoint tcp://HOST:5556 --group peaks        # a buffer's stream
     .venv/bin/python examples/train_peaks.py --endpoint http://SERVICE/v1/streams/ID --key-file stream.key
 
-Without --endpoint it starts a buffer (spilling to a temporary folder, so later epochs replay the stream) and
-producers of simulated 64x64 images with peaks, whose ground truth travels in the ``image_peaks`` field. Epoch 0
-reads the stream live, while it is produced; each later epoch replays it from the buffer as a new consumer group.
-The network learns a map of where the peaks are (pixels within 1.5 of a peak's centre) and prints its loss once
+Without --endpoint it starts, in a process of its own, a buffer (spilling to a temporary folder, so later epochs
+replay the stream) and producers of simulated 64x64 images with peaks, whose ground truth travels in the
+``image_peaks`` field. Epoch 0 reads the stream live, while it is produced; each later epoch replays it from the
+buffer as a new consumer group. The network learns a map of where the peaks are (pixels within 1.5 of a peak's centre) and prints its loss once
 per epoch, which falls.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,23 +64,39 @@ def image_spec(endpoint: str, events: int, size: int) -> object:
     }, origin="train_peaks")
 
 
+def serve_stream(folder: str, events: int, size: int, workers: int, done: Any) -> None:
+    """The stream's own process: a buffer spilling to ``folder``, fed by ``workers`` producer processes, serving
+    until ``done`` is set; exit status 1 if the producers failed."""
+    buffer = LocalBuffer(f"ipc://{folder}/in", f"ipc://{folder}/out", spill=Path(folder) / "spill").start()
+    try:
+        run = run_local(image_spec(f"ipc://{folder}/in", events, size), workers)
+        if not run.ok:
+            print(f"the producers failed: {run.errors}", file=sys.stderr, flush=True)
+        done.wait()
+    finally:
+        buffer.close()
+    sys.exit(0 if run.ok else 1)
+
+
 @contextmanager
 def own_stream(events: int, size: int, workers: int) -> Iterator[str]:
-    """A buffer (spilling to a temporary folder) fed by ``workers`` producer processes on a thread while the block
-    runs: the endpoint its consumer groups read. RuntimeError if the producers failed."""
+    """A buffer fed by ``workers`` producer processes while the block runs, in a process of its own: the endpoint its
+    consumer groups read. RuntimeError if that process failed.
+
+    Not threads of this process: the DataLoader forks its workers from here at each epoch, and a thread that holds
+    a lock (an import's, a library's) when another forks leaves it held for ever in the child."""
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="train-peaks-") as folder:
-        buffer = LocalBuffer(f"ipc://{folder}/in", f"ipc://{folder}/out", spill=Path(folder) / "spill").start()
-        outcome: dict = {}
-        producers = threading.Thread(target=lambda: outcome.setdefault(
-            "run", run_local(image_spec(f"ipc://{folder}/in", events, size), workers)))
-        producers.start()
+        done = spawn.Event()
+        stream = spawn.Process(target=serve_stream, args=(folder, events, size, workers, done), name="stream")
+        stream.start()
         try:
             yield f"ipc://{folder}/out"
         finally:
-            producers.join()
-            buffer.close()
-        if not outcome["run"].ok:
-            raise RuntimeError(f"the producers failed: {outcome['run'].errors}")
+            done.set()
+            stream.join()
+        if stream.exitcode != 0:
+            raise RuntimeError(f"the stream's process failed (exit status {stream.exitcode}): see its errors above")
 
 
 def train(endpoint: str, group: str, epochs: int, workers: int, batch: int, shuffle: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import socket
 import subprocess
@@ -70,6 +71,25 @@ def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedP
     """Run ``beamstream ARGS`` in a subprocess and capture its output."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([*BEAMSTREAM, *args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def run_or_show_stacks(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` and capture its output; if it runs past ``timeout`` s, fail with the Python stacks of every
+    process it started (each has the fault handler on, and the session gets SIGABRT), so a hang says where."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+        pytest.fail(f"{' '.join(command)} ran past {timeout} s; its output, then its processes' stacks:\n{out}\n"
+                    f"{err[-30000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def banner(process: subprocess.Popen) -> str:

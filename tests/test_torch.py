@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import random
 import re
-import subprocess
 import sys
 import threading
 from itertools import islice
@@ -24,7 +23,7 @@ from beamstream.errors import OptionError, StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
 from beamstream.spec import parse_spec  # noqa: E402
 from beamstream.torch import StreamDataset, as_tensor, shuffled  # noqa: E402
-from conftest import waveform_spec  # noqa: E402
+from conftest import run_or_show_stacks, waveform_spec  # noqa: E402
 from servicekit import run_service, stop_service  # noqa: E402
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "train_peaks.py"
@@ -148,8 +147,7 @@ def test_a_sealed_service_stream_read_through_the_relay_by_two_workers_once_per_
 
 
 def test_the_example_trains_on_a_stream_and_its_loss_falls():
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--events", "128", "--epochs", "3"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_or_show_stacks([sys.executable, str(EXAMPLE), "--events", "128", "--epochs", "3"], timeout=300)
     assert done.returncode == 0, done.stderr
     losses = [float(loss) for loss in re.findall(r"^epoch \d: loss ([\d.]+) over 128 samples", done.stdout, re.M)]
     assert len(losses) == 3, done.stdout

@@ -9,15 +9,14 @@ from typing import Any
 
 @functools.cache
 def _libc() -> Any:
-    """glibc, or None where it is not the C library (then the allocator is left alone); looked up once."""
-    import ctypes
-    import ctypes.util
+    """glibc, or None where it is not the C library (then the allocator is left alone); looked up once.
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    Through the symbols the process already has (``dlopen(NULL)``), not ``ctypes.util.find_library``: that runs
+    ``ldconfig`` in a subprocess, in every DataLoader worker of :mod:`beamstream.torch` at every epoch."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018 (AttributeError where the C library is not glibc)
     except (OSError, AttributeError):
         return None

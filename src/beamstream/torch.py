@@ -22,6 +22,12 @@ What it promises:
   make the DataLoader with :meth:`StreamDataset.loader`, or pass ``in_order=False`` yourself: it keeps giving
   tasks to the workers that can make progress. ``timeout`` is also how long one worker may wait at an epoch's
   end while the others' remaining batches are trained on: raise it for training steps of many seconds.
+- **The training process should run no threads of its own while its workers start.** A DataLoader forks its
+  workers (Linux's default) at each epoch, and a thread that holds a lock (an import's, a library's) at that
+  moment leaves it held for ever in the worker, which then hangs with no timeout to end it. Run a buffer and
+  producers in a process of their own (``examples/train_peaks.py`` does), or pass
+  ``multiprocessing_context="forkserver"`` to :meth:`StreamDataset.loader` (callables given as ``inputs`` or
+  ``targets`` must then be importable functions, not lambdas).
 - **Epochs.** Epoch 0 reads as group ``group``, from ``start`` (``earliest`` by default; ``now`` for a live
   stream's newest events only), while the stream may still be produced. Epoch N > 0 reads as a new group,
   ``{group}-epoch{N}``, from the earliest message the buffer holds: a replay of the stream from its beginning,
