@@ -8,8 +8,8 @@
 Without --endpoint it starts, in a process of its own, a buffer (spilling to a temporary folder, so later epochs
 replay the stream) and producers of simulated 64x64 images with peaks, whose ground truth travels in the
 ``image_peaks`` field. Epoch 0 reads the stream live, while it is produced; each later epoch replays it from the
-buffer as a new consumer group. The network learns a map of where the peaks are (pixels within 1.5 of a peak's centre) and prints its loss once
-per epoch, which falls.
+buffer as a new consumer group. The network learns a map of where the peaks are (pixels within 1.5 of a peak's
+centre) and prints its loss once per epoch, which falls.
 """
 
 from __future__ import annotations

@@ -65,6 +65,12 @@ def test_spec_check_for_the_service_checks_a_spec_as_the_service_does(write_spec
     refused = run_cli("spec", "check", "--for-service", str(bad))
     assert refused.returncode == 1 and "source.n_events: Input should be greater than or equal to 1" in refused.stderr
     assert "sinks" not in refused.stderr
+    karabo = write_spec({"source": {"type": "simulated"}, "sinks": [{"type": "karabo", "endpoint": "tcp://*:4545"}]},
+                        name="karabo.yaml")
+    assert run_cli("spec", "check", str(karabo)).returncode == 0, "a producer run alone may serve Karabo clients"
+    unsealable = run_cli("spec", "check", "--for-service", str(karabo))
+    assert unsealable.returncode == 1
+    assert "sinks[0] (karabo) cannot carry a sealed stream, and a request service seals every stream" in unsealable.stderr
 
 
 def test_spec_check_reports_yaml_position(tmp_path):

@@ -131,6 +131,8 @@ def test_the_api_refuses_bad_requests_clearly(api):
     unknown = api.post("/v1/streams", json={"spec": SPEC, "resources": {"workers": 0, "gpus": 1}})
     assert unknown.status_code == 422 and sorted(unknown.json()["detail"]) == [
         "resources.gpus: Extra inputs are not permitted", "resources.workers: Input should be greater than or equal to 1"]
+    plain = api.post("/v1/streams", json={"spec": {**SPEC, "sinks": [{"type": "plain", "endpoint": "tcp://*:4546"}]}})
+    assert plain.status_code == 422 and "sinks[0] (plain) cannot carry a sealed stream" in plain.text, plain.text
     keyed = api.post("/v1/streams", json={"spec": SPEC, "resources": {"buffer": {"admission_key_file": "/etc/k"}}})
     assert keyed.status_code == 422 and "admission_key_file is the service's to give" in keyed.text
     missing = api.get("/v1/streams/0123456789abcdef")

@@ -317,6 +317,25 @@ def test_a_group_that_joins_later_reads_the_spill_through_the_buffers_own_slots(
     assert buffer.lender.lent == {} and buffer.lender.arena.held() == 0
 
 
+def test_a_group_made_after_the_buffer_let_go_of_the_first_messages_ends_incomplete(tmp_path):
+    """Without a spill directory a buffer keeps shared-memory messages no group needs within half the producer's
+    arena; a group made after the stream ran gets the ones left and an end that says what it never got."""
+    from beamstream.buffer.local import LocalBuffer
+
+    buffer = LocalBuffer(f"shm://{tmp_path}/in", f"shm://{tmp_path}/out", max_bytes=64 * MiB).start()
+    try:
+        outcome = run_local(image_spec(f"shm://{tmp_path}/in", shm_bytes=MiB), workers=1)  # four 256 KiB slots
+        assert outcome.ok, outcome.errors
+        results: dict = {}
+        read_group(f"shm://{tmp_path}/out", "late", results).join(timeout=120)
+    finally:
+        buffer.close()
+    assert isinstance(results["late"], StreamIncomplete), results["late"]
+    report = results["late"].report
+    assert 0 < report.events < 40 and report.skipped == 40 - report.events, (report.events, report.skipped)
+    assert f"group 'late' never got the stream's first {report.skipped} messages" in str(results["late"])
+    assert "spill directory" in str(results["late"])
+
 CONSUMER_IN_GROUP = """
 import os, signal, sys
 from beamstream.client import Client
@@ -427,3 +446,7 @@ def test_the_log_keeps_leases_within_half_an_arena_and_never_what_a_group_needs(
     log.make_room(0)
     assert released == [1, 2]  # the oldest it acknowledged, down to the budget; 4 waits for 3 (not acknowledged)
     assert log.first_offset == 2 and log.leased["arena"] == 300
+    assert log.group("late", lossy=False, start="earliest").skipped == 2, "made after the log let go of two"
+    assert log.group("live", lossy=False, start="now").skipped == 0, "a group from now misses nothing of its own"
+    restored = log.restore_group("back", lossy=False, low_water=1)  # a spill's record: it had acknowledged one
+    assert (restored.next_offset, restored.low_water, restored.skipped) == (2, 2, 1)

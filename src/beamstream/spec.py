@@ -161,8 +161,20 @@ def load_spec(path: str | Path, for_service: bool = False) -> Any:
     path = Path(path)
     data = parse_yaml(read_spec_text(path), str(path))
     if for_service and isinstance(data, dict):
-        data = as_the_service_runs_it(data)
+        return parse_service_spec(data, origin=str(path))
     return parse_spec(data, origin=str(path))
+
+
+def parse_service_spec(data: Any, origin: str = "spec") -> Any:
+    """``data`` (a spec sent to the request service) validated as the service runs it (:func:`as_the_service_runs_it`):
+    SpecError as :func:`parse_spec` says, and for a sink that cannot carry the service's sealed stream."""
+    spec = parse_spec(as_the_service_runs_it(data) if isinstance(data, dict) else data, origin)
+    unsealable = [f"sinks[{number}] ({sink.type})" for number, sink in enumerate(spec.sinks) if not sink.sealable]
+    if unsealable:
+        raise SpecError(f"{origin}: {', '.join(unsealable)} cannot carry a sealed stream, and a request service seals "
+                        "every stream it runs: read the stream with a beamstream client (its key comes with the "
+                        "request's answer), or run that sink with `beamstream produce` outside the service")
+    return spec
 
 
 SERVICE_SINK_ENDPOINT = "tcp://buffer:1"  # stands for the stream's buffer, which binds once the stream starts

@@ -174,6 +174,12 @@ class SinkSpec(SpecModel):
         if a sink does (True unless the sink says otherwise)."""
         return True
 
+    @property
+    def sealable(self) -> bool:
+        """Whether the sink can carry a sealed stream (``--key-file``; every request service stream is sealed): True
+        unless the sink says otherwise (one that speaks another protocol, with no room for a seal)."""
+        return True
+
     @abstractmethod
     def open(self, context: SinkContext) -> Sink:
         """A sink for the producer described by ``context``."""

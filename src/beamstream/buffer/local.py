@@ -68,7 +68,8 @@ from beamstream.buffer.lending import SlotLender
 from beamstream.shared_memory import DEFAULT_ARENA_BYTES
 from beamstream.transport import DEFAULT_MAX_MESSAGE, bound_address, open_socket, shared
 from beamstream.wire import EndMessage, parse_message
-from beamstream.wire.control import Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, pack, unpack
+from beamstream.wire.control import (Deliver, Describe, End, Error, Hello, Ping, Rejoin, ToBuffer, Verdict, pack,
+                                      unpack)
 from beamstream.wire.metadata import RunMetadata
 
 if TYPE_CHECKING:
@@ -159,8 +160,7 @@ class LocalBuffer(Buffer):
             self.account(parse_message(frames[:1], verify=False))
         saved = self.spill / "groups.json"
         for name, state in (json.loads(saved.read_text()) if saved.exists() else {}).items():
-            offset = max(int(state["low_water"]), self.message_log.first_offset)
-            self.message_log.groups[name] = Group(name=name, lossy=bool(state["lossy"]), next_offset=offset, low_water=offset)
+            self.message_log.restore_group(name, bool(state["lossy"]), int(state["low_water"]))
         if self.message_log.next_offset:
             logger.info("restored %d messages and %d groups from %s", self.message_log.next_offset - self.message_log.first_offset,
                      len(self.message_log.groups), self.spill)
@@ -395,6 +395,16 @@ class LocalBuffer(Buffer):
                 if identity not in group.end_sent:
                     group.end_sent.add(identity)
                     verdict = verdict or self.report.final_verdict()
-                    end = End(complete=verdict.complete, summary=verdict.summary, skipped=group.skipped,
-                              missing=verdict.missing)
-                    self._send_consumer(identity, [pack(end)])
+                    self._send_consumer(identity, [pack(self._end_for(group, verdict))])
+
+    @staticmethod
+    def _end_for(group: Group, verdict: Verdict) -> End:
+        """The stream's end as ``group`` gets it: incomplete for a lossless group that skipped messages (it was made,
+        or came back, after the log had let go of them), whatever the stream's own verdict."""
+        if group.lossy or not group.skipped:
+            return End(complete=verdict.complete, summary=verdict.summary, skipped=group.skipped,
+                       missing=verdict.missing)
+        return End(complete=False, skipped=group.skipped, missing=verdict.missing,
+                   summary=f"{verdict.summary}\ngroup {group.name!r} never got the stream's first {group.skipped} "
+                           "messages: the buffer had let go of them before the group was made (a buffer with a "
+                           "spill directory keeps a stream for groups to come)")

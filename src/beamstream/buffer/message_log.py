@@ -162,10 +162,22 @@ class MessageLog:
     # --- groups -------------------------------------------------------------------------------
 
     def group(self, name: str, lossy: bool, start: Literal["earliest", "now"]) -> Group:
-        """The group ``name``, created at the oldest held offset (``earliest``) or the next one (``now``)."""
+        """The group ``name``, created at the oldest held offset (``earliest``) or the next one (``now``).
+
+        A group made to read from the earliest after the log let go of the stream's first messages (no spill
+        directory, or its retention or size bound) counts them as skipped: it will never see them."""
         if name not in self.groups:
             offset = self.first_offset if start == "earliest" else self.next_offset
-            self.groups[name] = Group(name=name, lossy=lossy, next_offset=offset, low_water=offset)
+            self.groups[name] = Group(name=name, lossy=lossy, next_offset=offset, low_water=offset,
+                                      skipped=self.first_offset if start == "earliest" else 0)
+        return self.groups[name]
+
+    def restore_group(self, name: str, lossy: bool, low_water: int) -> Group:
+        """The group ``name`` as a spill directory recorded it (everything below ``low_water`` acknowledged), at the
+        oldest held offset if the log let go of messages it had not acknowledged (counted as skipped)."""
+        offset = max(low_water, self.first_offset)
+        self.groups[name] = Group(name=name, lossy=lossy, next_offset=offset, low_water=offset,
+                                  skipped=offset - low_water)
         return self.groups[name]
 
     def join(self, group: Group, identity: bytes, credit: int) -> Member:

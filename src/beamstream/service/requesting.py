@@ -16,7 +16,7 @@ from beamstream.service.principal import Principal
 from beamstream.service.problems import Invalid
 from beamstream.service.store import StreamRecord
 from beamstream.sources.hdf5 import CXI_DATA
-from beamstream.spec import as_the_service_runs_it, parse_spec
+from beamstream.spec import parse_service_spec
 
 
 def accept(context: ServiceContext, principal: Principal, request: StreamRequest) -> StreamRecord:
@@ -29,7 +29,7 @@ def accept(context: ServiceContext, principal: Principal, request: StreamRequest
     run = context.catalogue.find(request.experiment, request.run) if request.from_catalogue else None
     if run is not None:
         requested = with_run_files(requested, run)
-    spec = parse_spec(as_the_service_runs_it(requested), origin="spec")  # a request need not name its sinks
+    spec = parse_service_spec(requested, origin="spec")  # a request need not name its sinks
     grant = path_grant(context, principal, request.experiment, run)
     requested = confined(requested, spec, grant, "spec")
     resources = confined(request.resources.model_dump(mode="json"), request.resources, grant, "resources")

@@ -54,6 +54,10 @@ class KaraboSink(SinkSpec):
     def checksummed(self) -> bool:
         return False  # a Karabo train carries no checksum: the producer need not compute one
 
+    @property
+    def sealable(self) -> bool:
+        return False  # a Karabo train has no room for a seal
+
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, endpoint: str) -> str:

@@ -56,6 +56,10 @@ class PlainSink(SinkSpec):
     hwm: int = Field(4, ge=1)
     send_timeout_s: float = Field(300.0, gt=0)
 
+    @property
+    def sealable(self) -> bool:
+        return False  # blobs without beamstream's header have no room for a seal
+
     @field_validator("endpoint")
     @classmethod
     def _valid_endpoint(cls, endpoint: str) -> str:
