@@ -243,6 +243,36 @@ def test_a_buffer_jobs_verdict_is_read_from_its_file_when_its_callback_never_cam
     store.close()
 
 
+def test_a_job_the_service_died_before_recording_is_stopped_when_a_service_starts_again(tmp_path):
+    """A service killed while it submitted a stream's jobs left their markers: the next one stops a job it had not
+    recorded, and one it had recorded for a stream that is still queued (both would run again in the same folder),
+    but not a recorded job of a stream that went on (the dispatcher's to end)."""
+    store = JobStore.open(f"sqlite:///{tmp_path / 'service.db'}")
+    dispatcher = Dispatcher(store, ServiceSettings(state_dir=tmp_path / "state"), "http://127.0.0.1:9")
+    executor = LocalExecutor()
+    started, queued = (store.create(owner="alice", spec=SPEC, resources={}) for _ in range(2))
+    jobs = {(stream.id, role): JobRequest(role, ["sleep", "600"], dispatcher.folder(stream))
+            for stream in (started, queued) for role in ("buffer", "producers")}
+    native = {key: executor.submit(job) for key, job in jobs.items()}
+    for (stream_id, role), job in jobs.items():
+        if (stream_id, role) != (started.id, "buffer"):  # killed before recording that one only
+            store.add_job(stream_id, role, "local", native[stream_id, role], str(job.directory))
+        (job.directory / f"{role}.submitting").touch()
+    store.change_state(started.id, State.STARTING, "buffer job submitted")
+    try:
+        dispatcher._end_unrecorded()
+        running = {key for key, job in jobs.items() if executor.status(native[key], job).state is JobState.RUNNING}
+        assert running == {(started.id, "producers")}
+        assert executor.status(native[started.id, "buffer"], jobs[started.id, "buffer"]) == \
+            JobStatus(JobState.FAILED, 128 + signal.SIGTERM)
+        assert list((tmp_path / "state").glob("streams/*/*.submitting")) == []
+    finally:
+        kept = (started.id, "producers")
+        executor.cancel(native[kept])
+        wait_until(lambda: executor.status(native[kept], jobs[kept]).state is not JobState.RUNNING, "the job to end")
+        store.close()
+
+
 def test_a_local_job_past_its_time_limit_is_stopped_and_its_end_recorded(tmp_path):
     job = JobRequest("sleeper", ["sleep", "600"], tmp_path, time_limit_s=1)
     executor = LocalExecutor()

@@ -119,6 +119,21 @@ def test_long_job_is_cancelled_and_leaves_the_queue(submit):
     poll(lambda: not job_processes(job.native_id, ["/bin/sleep", "600"]), 10, "the job's sleep 600 is gone")
 
 
+def test_a_job_left_by_an_earlier_service_is_found_by_its_name(tmp_path):
+    """SlurmExecutor.leftovers: what a service restarted after dying mid-submission finds by the job's name."""
+    from beamstream.service.executors import JobRequest, SlurmExecutor
+
+    executor = SlurmExecutor(tmp_path / "psij", polling_s=1)
+    job = JobRequest("buffer", ["/bin/sleep", "600"], tmp_path / "stream", label=f"beamstream-{tmp_path.name[-12:]}-b")
+    native_id = executor.submit(job)
+    try:
+        assert executor.leftovers(job) == [native_id]
+        assert executor.leftovers(JobRequest("buffer", [], tmp_path, label="beamstream-no-such-job")) == []
+    finally:
+        executor.cancel(native_id)
+    poll(lambda: not listed_by_squeue(native_id), 30, "the job to leave the queue")
+
+
 def test_request_the_cluster_cannot_meet_is_refused_at_submit(submit):
     """scripts/slurm.sh sets EnforcePartLimits=ALL: without it sbatch accepts the job, which then waits forever
     (PENDING, reason PartitionConfig)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ import psutil
 from beamstream.protocol.slurm import SlurmOptions
 from beamstream.service.warm_start import WarmStarter
 
+logger = logging.getLogger(__name__)
 JOBRUN = Path(__file__).with_name("jobrun.py")  # run as a script: no package import delays its signal handlers
 
 
@@ -114,6 +116,11 @@ class Executor(Protocol):
         """Ask the job to stop (SIGTERM: producers send their end messages, a buffer its verdict)."""
         ...
 
+    def leftovers(self, job: JobRequest) -> list[str]:
+        """The native ids of ``job``'s jobs running now, found by its folder or its name, not by a record: those an
+        earlier service submitted and died before recording."""
+        ...
+
 
 class LocalExecutor:
     """Jobs as processes started from this machine, each in its own session (they outlive the service).
@@ -173,6 +180,14 @@ class LocalExecutor:
             code = int(job.exit_file.read_text().strip() or 1)
             return JobStatus(JobState.SUCCEEDED if code == 0 else JobState.FAILED, code)
         return JobStatus(JobState.LOST)
+
+    def leftovers(self, job: JobRequest) -> list[str]:
+        """The jobrun processes (or their launchers) whose command names ``job``'s exit file."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if str(job.exit_file) in (process.info["cmdline"] or []) and (start := _start_time(process.pid)):
+                found.append(f"{process.pid}:{start}")
+        return found
 
     def cancel(self, native_id: str) -> None:
         if (process := _process(native_id)) is not None:  # jobrun passes it on to the job, which stops its own
@@ -263,6 +278,17 @@ class SlurmExecutor:
 
     def cancel(self, native_id: str) -> None:
         self.executor.cancel(self._job(native_id))  # scancel: SIGTERM to the job's processes
+
+    def leftovers(self, job: JobRequest) -> list[str]:
+        """The ids of this user's pending or running jobs named ``job``'s label (``squeue --name``); none if Slurm
+        does not answer (logged)."""
+        argv = ["squeue", "--noheader", "--format=%i", f"--name={job.label or job.name}"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.ANSWER_WITHIN_S, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("could not look for %s's jobs left by an earlier service (squeue: %s)", job.label, exc)
+            return []
+        return done.stdout.split()
 
     def _job(self, native_id: str) -> object:
         if native_id not in self.jobs:  # a job a previous service submitted
