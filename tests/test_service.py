@@ -26,6 +26,7 @@ from beamstream.service.store import JobStore, StreamNotFound
 from beamstream.client import Client
 from beamstream.service.callbacks import SIGNATURE, TIMESTAMP, VERDICT_FILE, signature
 from beamstream.service.dispatcher import Dispatcher
+from beamstream.service.unrecorded_jobs import end_unrecorded
 from beamstream.service.at_rest import ServiceKey
 from beamstream.service.executors import JobRequest, JobState, JobStatus, LocalExecutor
 from conftest import wait_until
@@ -260,7 +261,7 @@ def test_a_job_the_service_died_before_recording_is_stopped_when_a_service_start
         (job.directory / f"{role}.submitting").touch()
     store.change_state(started.id, State.STARTING, "buffer job submitted")
     try:
-        dispatcher._end_unrecorded()
+        end_unrecorded(store, tmp_path / "state", dispatcher.executor)
         running = {key for key, job in jobs.items() if executor.status(native[key], job).state is JobState.RUNNING}
         assert running == {(started.id, "producers")}
         assert executor.status(native[started.id, "buffer"], jobs[started.id, "buffer"]) == \

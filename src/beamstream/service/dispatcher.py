@@ -69,7 +69,8 @@ from beamstream.transport import unreachable as reach_problem
 from beamstream.spec import as_the_service_runs_it
 from beamstream.service.settings import ServiceSettings
 from beamstream.protocol.states import State, TransitionError
-from beamstream.service.store import Job, JobStore, StreamNotFound, StreamRecord
+from beamstream.service.store import Job, JobStore, StreamRecord
+from beamstream.service.unrecorded_jobs import end_unrecorded, job_label, submission_marker
 
 logger = logging.getLogger(__name__)
 KEY_FILE = "stream.key"  # the stream's key, for its producers job
@@ -78,8 +79,6 @@ VERDICT_GRACE_S = 30.0  # a buffer job told to stop has this long to leave its v
 CANCEL_LINGER_S = 3.0  # a cancelled stream's buffer outlives its ended producers this long, to tell its readers
 PRODUCERS_SOCKET = "producers.ipc"  # the buffer's producer endpoint in the stream's folder, when jobs run here
 IPC_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, less its NUL)
-SUBMITTING = ".submitting"  # ROLE.submitting in a stream's folder: its ROLE job may have been submitted, not recorded
-LEFTOVER_END_S = 10.0  # how long a restarted service waits for an unrecorded job on its host to end
 
 
 class Dispatcher:
@@ -100,10 +99,11 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Dispatcher:
-        """End the jobs an earlier service submitted and died before recording (:meth:`_end_unrecorded`), point the
-        callback files of the streams still starting or running at this service, warm up the local
-        executor (:meth:`~beamstream.service.executors.LocalExecutor.warm_up`), then tick on a thread."""
-        self._end_unrecorded()
+        """End the jobs an earlier service submitted and did not see through
+        (:func:`~beamstream.service.unrecorded_jobs.end_unrecorded`), point the callback files of the streams still
+        starting or running at this service, warm up the local executor
+        (:meth:`~beamstream.service.executors.LocalExecutor.warm_up`), then tick on a thread."""
+        end_unrecorded(self.store, self.settings.state_dir, self.executor)
         for state in (State.STARTING, State.RUNNING):
             for record in self.store.list(state=state, limit=10_000)[0]:
                 self._write_callback(record)
@@ -220,13 +220,13 @@ class Dispatcher:
     def _submit(self, record: StreamRecord, role: str, argv: list[str], ranks: int | None = None,
                 state: State | None = None) -> bool:
         """Submit ``record``'s ``role`` job; False (the stream failed, saying why) if it could not be. A marker in the
-        stream's folder says, until the job is recorded, that it may run unrecorded (:meth:`_end_unrecorded`)."""
+        stream's folder says, until the job is recorded, that it may run unrecorded (:mod:`unrecorded_jobs`)."""
         executor = self.executor(record)
         request = JobRequest(role, argv, self.folder(record), ranks=ranks,
                              nodes=int(record.resources.get("nodes") or 1),
                              time_limit_s=record.resources.get("time_limit_s") or self.settings.job_time_limit_s,
                              label=job_label(record.id, role), slurm=job_options(record.resources.get("slurm"), role))
-        marker = request.directory / f"{role}{SUBMITTING}"
+        marker = submission_marker(request.directory, role)
         marker.touch()
         try:
             native_id = executor.submit(request)
@@ -244,33 +244,6 @@ class Dispatcher:
         finally:
             marker.unlink()
         return True
-
-    def _end_unrecorded(self) -> None:
-        """Stop every job that an earlier service submitted and died before recording, or before its stream left
-        ``queued`` (its marker is still in its stream's folder): the stream would otherwise run twice, and the job for
-        ever. Jobs on this host
-        are given :data:`LEFTOVER_END_S` to end, as the stream started again uses the same folder."""
-        for marker in sorted((self.settings.state_dir.resolve() / "streams").glob(f"*/*{SUBMITTING}")):
-            stream_id, role = marker.parent.name, marker.name.removesuffix(SUBMITTING)
-            try:
-                record = self.store.get(stream_id)
-            except StreamNotFound:
-                marker.unlink()
-                continue
-            executor = self.executor(record)
-            request = JobRequest(role, [], marker.parent, label=job_label(stream_id, role))
-            # a stream still queued has no job of its own: one recorded is from a start that did not become one
-            recorded = set() if record.state is State.QUEUED else {job.native_id
-                                                                   for job in self.store.jobs(stream_id).values()}
-            for native_id in sorted(set(executor.leftovers(request)) - recorded):
-                logger.warning("stream %s: stopping its %s job %s, which an earlier service submitted but did not "
-                               "see through", stream_id, role, native_id)
-                executor.cancel(native_id)
-                deadline = time.monotonic() + LEFTOVER_END_S
-                while (executor.shares_host and time.monotonic() < deadline
-                       and executor.status(native_id, request).state is JobState.RUNNING):
-                    time.sleep(0.05)
-            marker.unlink()
 
     # --- watching ------------------------------------------------------------------------------
 
@@ -396,11 +369,6 @@ class Dispatcher:
 
     def folder(self, record: StreamRecord) -> Path:
         return stream_folder(self.settings.state_dir, record.id)
-
-
-def job_label(stream_id: str, role: str) -> str:
-    """The name a stream's ``role`` job has at its executor (what ``squeue`` shows)."""
-    return f"beamstream-{stream_id[:12]}-{role}"
 
 
 def make_executors(settings: ServiceSettings) -> dict[str, Executor]:
