@@ -587,3 +587,16 @@ def test_a_verdict_a_stranger_publishes_is_not_taken_for_the_buffers(sealed_brid
         producer.close()
     verdict = raised.value.report.verdict
     assert not verdict.complete and verdict.missing == [(8, 11)] and "forged" not in verdict.summary
+
+
+def test_a_stream_made_with_a_retention_warns_that_it_removes_records_no_group_read(caplog):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    with caplog.at_level("WARNING", logger="beamstream.jetstream.store"), NatsStore(URL, name, max_age_s=60) as store:
+        try:
+            assert store.conn.call(store.conn.js.stream_info(store.stream)).config.max_age == 60
+            with NatsStore(URL, name, max_age_s=60):  # the stream exists: its settings were told when it was made
+                pass
+        finally:
+            store.delete()
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "read or not" in warnings[0] and "is not told" in warnings[0], warnings

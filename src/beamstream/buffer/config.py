@@ -83,7 +83,8 @@ class BufferConfig(SpecModel):
     max_spill: Size | None = Field(None, description="disk the spill may use, e.g. 50GiB (none: no bound); "
                                                      "with backend: the JetStream stream's size")
     retention_s: float | None = Field(None, gt=0, description="seconds acknowledged messages stay for replay "
-                                      "(none: until the spill is full); with backend: the JetStream stream's maximum age")
+                                      "(none: until the spill is full); with backend: the JetStream stream's maximum age, "
+                                      "which removes records whether or not every group read them")
     producer_timeout_s: float = Field(60.0, gt=0, description="seconds without a word from producers that have "
                                       "not ended before the stream is declared incomplete")
     max_consumers: int = Field(1024, ge=1, le=1 << 16, description="consumers (group members) served at once; "

@@ -96,6 +96,10 @@ class NatsStore(UsesConnection):
                                "the nats CLI: nats stream edit %s --replicas %d)", self.stream,
                                info.config.num_replicas, replicas, self.stream, replicas)
             replicas = info.config.num_replicas
+        elif max_age_s is not None:
+            logger.warning("%s keeps records %g s (--retention), read or not: a lossless group that reads them later "
+                           "than that does not get them and is not told (docs/nats-backend.md, Limits)",
+                           self.stream, max_age_s)
         for shard in range(self.streams):
             if shard == 0 and info is not None:
                 continue
