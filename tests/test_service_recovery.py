@@ -198,3 +198,22 @@ def test_a_buffer_whose_service_never_comes_back_ends_by_itself_leaving_its_verd
         assert "nobody used this buffer and its service did not answer" in (folder / "buffer.log").read_text()
     finally:
         end_jobs_under(tmp_path)
+
+
+def test_a_buffer_that_cannot_call_its_service_back_ends_and_the_stream_fails_saying_why(tmp_path):
+    """A public_url the jobs cannot reach: the buffer tries for callback_retry_s (here 2 s), then ends at once, and
+    the stream fails naming public_url, instead of staying 'starting' until the buffer ends as orphaned (600 s)."""
+    service, url = run_service(tmp_path, public_url="http://127.0.0.1:9/")  # the discard port: nothing listens
+    try:
+        stream = httpx.post(f"{url}/v1/streams", timeout=30, json={
+            "spec": SLOW_SPEC, "resources": {"buffer": {"callback_retry_s": 2}}}).json()
+        wait_until(lambda: shown(url, stream["id"])["state"] == "failed", "the stream to fail", timeout=60)
+        reason = shown(url, stream["id"])["history"][-1]["reason"]
+        assert reason.startswith("the buffer job ended before it listened (exit code 1)"), reason
+        assert "could not call the service back (http://127.0.0.1:9/v1/streams/" in reason, reason
+        assert "public_url setting must be its URL" in reason, reason
+        assert ("the request service never took this buffer's call-back saying where it listens (tried for 2 s"
+                in reason), reason
+    finally:
+        stop_service(service, url)
+        end_jobs_under(tmp_path)

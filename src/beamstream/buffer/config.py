@@ -104,6 +104,10 @@ class BufferConfig(SpecModel):
                                   "(--callback) ends by itself, leaving its verdict beside its callback file, once "
                                   "no message went in or out, no consumer was attached and its service did not "
                                   "answer for this many seconds (a service gone for good, or a stream long over)")
+    callback_retry_s: float = Field(60.0, gt=0, le=86400, description="a buffer run by a request service "
+                                    "(--callback) tries this many seconds to tell its service where it listens; "
+                                    "if the service never takes it (unreachable at its public_url, or it refused "
+                                    "it), the buffer ends at once, as nobody could be told where to read")
     admission_key_file: ReadPath | None = Field(None, description="admit only the stream's credential holders: "
                                             "the file (mode 600) holding the stream's admission key; producer "
                                             "messages must be sealed with it, consumers prove it in their hello "
