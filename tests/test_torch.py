@@ -27,6 +27,8 @@ from conftest import run_or_show_stacks, waveform_spec  # noqa: E402
 from servicekit import run_service, stop_service  # noqa: E402
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "train_peaks.py"
+WORKER_TIMEOUT_S = 120  # a DataLoader worker that sends no batch for this long fails the test (a hung worker, e.g. one
+# forked while a thread of this process held a lock, would otherwise hang the suite)
 
 
 def seq_of(event: Event) -> int:
@@ -61,7 +63,7 @@ def produce(spec, **options) -> tuple[threading.Thread, dict]:
 def test_two_workers_share_a_live_buffer_stream_once_and_the_next_epoch_replays_it(buffer, tmp_path):
     producers, outcome = produce(waveform_spec(f"ipc://{tmp_path / 'in'}", n_events=200, samples=64))
     dataset = StreamDataset(f"ipc://{tmp_path / 'out'}", inputs="waveform", targets=seq_of, shuffle=16)
-    loader = dataset.loader(batch_size=8, num_workers=2)
+    loader = dataset.loader(batch_size=8, num_workers=2, timeout=WORKER_TIMEOUT_S)
     live = read_epoch(loader)  # epoch 0, as group "train", while the stream is produced
     producers.join(timeout=120)
     assert outcome["run"].ok, outcome["run"].errors
@@ -94,7 +96,7 @@ def test_over_shared_memory_every_sample_keeps_its_bytes_while_the_slots_are_reu
     try:
         producers, outcome = produce(spec)
         dataset = StreamDataset(f"shm://{tmp_path}/out", inputs="waveform", targets=seq_of)
-        samples = read_epoch(dataset.loader(batch_size=8, num_workers=2))
+        samples = read_epoch(dataset.loader(batch_size=8, num_workers=2, timeout=WORKER_TIMEOUT_S))
         producers.join(timeout=120)
     finally:
         buffer.close()
@@ -113,7 +115,7 @@ def test_an_incomplete_stream_raises_out_of_the_dataloader_instead_of_ending_the
     dataset = StreamDataset(f"ipc://{tmp_path / 'out'}", inputs="waveform", targets=seq_of)
     seen = 0
     with pytest.raises(StreamIncomplete, match="ended incomplete") as raised:
-        for _, seqs in dataset.loader(batch_size=4, num_workers=2):
+        for _, seqs in dataset.loader(batch_size=4, num_workers=2, timeout=WORKER_TIMEOUT_S):
             seen += len(seqs)
             stop.set()  # the producer is told to stop once a batch came: it ends its share "aborted"
     producers.join(timeout=120)
@@ -136,7 +138,7 @@ def test_a_sealed_service_stream_read_through_the_relay_by_two_workers_once_per_
             events = witness.events()
             assert sorted(event.seq for event in islice(events, 120)) == list(range(120))
             dataset = StreamDataset(stream_url, inputs="waveform", targets=seq_of, key=key, group="relay")
-            loader = dataset.loader(batch_size=8, num_workers=2)
+            loader = dataset.loader(batch_size=8, num_workers=2, timeout=WORKER_TIMEOUT_S)
             first = read_epoch(loader)
             dataset.set_epoch(1)
             assert sorted(first) == list(range(120)) and read_epoch(loader) == first
