@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from contextlib import ExitStack
 
 import msgpack
 import numpy as np
@@ -20,6 +21,8 @@ from beamstream.errors import TransportError, WireFormatError  # noqa: E402
 from beamstream.security.streamkey import StreamKey  # noqa: E402
 from beamstream.serializers.arrays import ArraysSerializer  # noqa: E402
 from beamstream.wire import DataMessage, EndMessage, message_from_batch, parse_message  # noqa: E402
+from beamstream.wire.control import Verdict  # noqa: E402
+from conftest import wait_until  # noqa: E402
 
 URL = "nats://127.0.0.1:4222"
 N = 1000
@@ -599,4 +602,31 @@ def test_a_stream_made_with_a_retention_warns_that_it_removes_records_no_group_r
         finally:
             store.delete()
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert len(warnings) == 1 and "read or not" in warnings[0] and "is not told" in warnings[0], warnings
+    assert len(warnings) == 1 and "read or not" in warnings[0] and "loses records untold" in warnings[0], warnings
+
+
+def test_a_group_made_after_the_streams_first_records_aged_out_is_told_it_never_got_them():
+    """JetStream removes records older than the stream's max_age (the buffer's --retention), read or not: a group
+    made after that ends incomplete, saying why, and so does each later member of it and a reader alone; a group
+    made before reads everything and ends as the stream did."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    with NatsStore(URL, name, max_age_s=1) as store, ExitStack() as readers:
+        try:
+            early = readers.enter_context(NatsGroupReader(URL, name, "early"))
+            for index in range(3):
+                store.append(data_frames(index))
+            assert sorted(drain([early])[0]) == [0, 1, 2] and not early.aged_out
+            wait_until(lambda: store.conn.call(store.conn.js.stream_info(store.stream)).state.first_seq > 1,
+                       "the first records to age out", timeout=30, every=0.1)
+            store.append(data_frames(3))
+            store.write_verdict(Verdict(complete=True, summary="stream run1: complete", missing=[]))
+            late = [readers.enter_context(NatsGroupReader(URL, name, group)) for group in ("late", "late", None)]
+            for reader in late:
+                verdict = reader.verdict()
+                assert reader.aged_out and not verdict.complete, verdict
+                assert verdict.summary.startswith("stream run1: complete\n"), verdict.summary
+                assert "began after the stream's first records had aged out of NATS JetStream" in verdict.summary
+            assert early.verdict().complete
+            assert not readers.enter_context(NatsGroupReader(URL, name, "new", start="now")).aged_out
+        finally:
+            store.delete()

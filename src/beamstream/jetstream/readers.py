@@ -18,6 +18,9 @@ the reader's consumer elects a leader is asked again at once. Every reader's con
 an ephemeral one too) has as many replicas as its stream, so it outlives the loss of a minority of
 the servers.
 
+A group made after the stream's first records aged out of JetStream (its ``max_age``) never gets them, and
+its verdict says so (:meth:`NatsGroupReader.verdict`); one that falls behind by more than ``max_age`` is not told.
+
 A stream spread over N JetStream streams (:mod:`beamstream.wire.nats`; the buffer's ``?streams=N``, which
 readers need not be given: shard 0's description says N) is read through one consumer per shard, of the same
 name; the records are merged by log position (``Bs-Pos``): a reader alone in its group, or without one, gets the
@@ -104,10 +107,14 @@ class NatsReader(UsesConnection, ABC):
         stream = layout.stream_name(self.name, shard)
         sub = self.conn.call_retried(lambda: self.conn.js.pull_subscribe(
             layout.subject(self.name, "data", shard), durable=self.durable, stream=stream,
-            config=dataclasses.replace(self.config)))
+            config=self._consumer_config(shard)))
         consumer = self.durable or self.conn.call_retried(sub.consumer_info).name
         self.conn.watch(CONSUMER_ELECTED.format(stream=stream, consumer=consumer))
         return sub
+
+    def _consumer_config(self, shard: int) -> ConsumerConfig:
+        """The settings of the consumer this reader makes on shard ``shard``, if none of its name exists there."""
+        return dataclasses.replace(self.config)
 
     def _fetch(self, timeout: float, batch: int = 1, shard: int = 0) -> list[Any]:
         """Up to ``batch`` messages of shard ``shard``, waiting at most ``timeout`` for the first (the stream's
@@ -207,6 +214,7 @@ class NatsGroupReader(NatsReader):
 
     BATCH = 4
     GLANCE_S = 0.01  # how long a look into a shard waits for a record before the merge goes on without
+    AGED_OUT = "beamstream: made after the stream's first records aged out"  # its consumer's description then
 
     def __init__(self, url: str, name: str, group: str | None, start: Start = "earliest",
                  ack_wait: float = 30.0, timeout: float = 10.0, admission: AdmissionKey | None = None) -> None:
@@ -215,6 +223,7 @@ class NatsGroupReader(NatsReader):
             ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, deliver_policy=_deliver_policy(start),
             inactive_threshold=None if group else 60.0,
         )
+        self.aged_out = False  # whether the group began after the stream's first records aged out (see verdict)
         super().__init__(url, name, timeout, group, config, admission)
         self.queues: list[deque[tuple[Any, concurrent.futures.Future[list[memoryview]]]]] = []  # per shard
         self.expected = 0  # the log position next in order (of a spread stream)
@@ -237,6 +246,45 @@ class NatsGroupReader(NatsReader):
         msg, started = self.queues[shard].popleft()
         frames = self._frames(msg, shard, started)
         return frames, lambda: self.conn.call_retried(lambda: msg.ack_sync(self.conn.timeout))
+
+    def verdict(self) -> Verdict | None:
+        """The stream's verdict as it stands for this group: not complete, whatever the producers sent, if the
+        group began after the stream's first records had aged out of JetStream (its ``max_age``, the buffer's
+        ``--retention``): the group never got them. (A group that falls behind by more than ``max_age`` loses
+        records too, and is not told: docs/nats-backend.md, Limits.)"""
+        verdict = super().verdict()
+        if verdict is None or not self.aged_out:
+            return verdict
+        who = f"group {self.durable!r}" if self.durable else "this reader"
+        return Verdict(complete=False, missing=verdict.missing, summary=(
+            f"{verdict.summary}\n{who} began after the stream's first records had aged out of NATS JetStream "
+            f"(its max_age, the buffer's --retention): it never got the stream's first messages; read the stream "
+            f"sooner, or keep it longer"))
+
+    def _subscribe(self, shard: int) -> Any:
+        """As every reader, and learn whether the group began after shard ``shard``'s first records aged out:
+        from its consumer's description, written by the member that made it (:meth:`_consumer_config`)."""
+        try:
+            sub = super()._subscribe(shard)
+        except TransportError as exc:  # another member made the group meanwhile, having seen otherwise: join it
+            if not isinstance(exc.__cause__, nats.js.errors.BadRequestError) or self.durable is None:
+                raise
+            sub = super()._subscribe(shard)
+        if self.config.deliver_policy is DeliverPolicy.ALL:
+            info = self.conn.call_retried(sub.consumer_info)
+            self.aged_out = self.aged_out or info.config.description == self.AGED_OUT
+        return sub
+
+    def _consumer_config(self, shard: int) -> ConsumerConfig:
+        """A consumer this reader makes to read from the earliest record (a new group, or a reader alone) says in its
+        description if shard ``shard``'s first records had aged out before it (the stream's first sequence is past
+        1: nothing else removes records), so that every member of the group knows it never gets them."""
+        config = super()._consumer_config(shard)
+        if config.deliver_policy is DeliverPolicy.ALL:
+            stream = layout.stream_name(self.name, shard)
+            if self.conn.call_retried(lambda: self.conn.js.stream_info(stream)).state.first_seq > 1:
+                config.description = self.AGED_OUT
+        return config
 
     def _next_shard(self, timeout: float) -> int | None:
         """The shard whose first waiting record comes next (see the class), waiting up to ``timeout`` if none is."""

@@ -97,9 +97,9 @@ class NatsStore(UsesConnection):
                                info.config.num_replicas, replicas, self.stream, replicas)
             replicas = info.config.num_replicas
         elif max_age_s is not None:
-            logger.warning("%s keeps records %g s (--retention), read or not: a lossless group that reads them later "
-                           "than that does not get them and is not told (docs/nats-backend.md, Limits)",
-                           self.stream, max_age_s)
+            logger.warning("%s keeps records %g s (--retention), read or not: a group made after the first ones aged "
+                           "out ends incomplete, and one that falls further behind loses records untold "
+                           "(docs/nats-backend.md, Limits)", self.stream, max_age_s)
         for shard in range(self.streams):
             if shard == 0 and info is not None:
                 continue
