@@ -173,7 +173,7 @@ from beamstream.errors import StreamIncomplete  # noqa: E402
 from beamstream.producer import run_local  # noqa: E402
 from beamstream.transport import open_socket  # noqa: E402
 from beamstream.wire.replies import ACK, KEPT, REFUSED  # noqa: E402
-from conftest import read_shared_and_broadcast, wait_until, waveform_spec  # noqa: E402
+from conftest import read_shared_and_broadcast, waveform_spec  # noqa: E402
 
 
 @pytest.fixture
