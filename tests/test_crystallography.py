@@ -223,3 +223,33 @@ def test_geometry_takes_pixel_size_distance_and_energy_from_the_description_and_
     bare = geometry_text((4, 6), FieldMetadata(), RunMetadata())
     assert "; photon_energy = ?  (eV; the stream does not say: set it)" in bare.splitlines()
     assert "; clen = ?" in bare and "; res = ?" in bare and "p1/" not in bare
+
+
+def test_a_ctrl_c_while_a_full_hit_file_is_finished_waits_until_it_is_listed(tmp_path, monkeypatch):
+    """A Ctrl-C that comes just before a full file is renamed is raised once the file has its final name and its line
+    in files.lst, not there, which left it .part and unlisted (its hits, acknowledged, in no listed file)."""
+    import os
+
+    import h5py
+
+    from beamstream.apps import crystallography
+    from beamstream.wire.metadata import RunMetadata
+
+    real_commit = crystallography.commit
+
+    def commit_after_a_ctrl_c(path):
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs its handler before the next line
+        real_commit(path)
+
+    monkeypatch.setattr(crystallography, "commit", commit_after_a_ctrl_c)
+    files = crystallography.HitFiles(tmp_path, "m0", hits_per_file=2)
+    n = 2
+    hits = crystallography.Hits(np.arange(n), np.zeros(n), np.ones((n, 4, 4), np.uint16),
+                                {name: np.zeros((n, 3), np.float32) if name != "nPeaks" else np.full(n, 3, np.int32)
+                                 for name in crystallography.PEAK_DATASETS})
+    with pytest.raises(KeyboardInterrupt):
+        files.add(hits, "s1", RunMetadata(), "image")  # full at 2 hits: finished at once
+    (listed,) = (tmp_path / "files.lst").read_text().splitlines()
+    assert listed.endswith("hits-s1-m0-0000.cxi") and not list(tmp_path.glob("*.part"))
+    with h5py.File(listed, "r") as h5:
+        assert h5["entry_1/_beamstream/seq"][()].tolist() == [0, 1]

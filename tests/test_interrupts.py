@@ -341,3 +341,19 @@ def _state_folder(command_lines: list[list[str]]) -> Path:
     """The ``--state-dir`` of the service among ``command_lines``."""
     arguments = next(line for line in command_lines if "service" in line)
     return Path(arguments[arguments.index("--state-dir") + 1])
+
+
+def test_a_ctrl_c_during_steps_that_must_run_whole_is_raised_once_they_have():
+    from beamstream.interrupts import deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs before the next line is
+            steps.append("after the Ctrl-C")
+        steps.append("after the block")
+    assert steps == ["after the Ctrl-C"], "the block ran whole, and the interrupt came as it ended"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with deferred():
+        steps.append("without a Ctrl-C")
+    assert steps[-1] == "without a Ctrl-C"

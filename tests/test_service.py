@@ -255,6 +255,8 @@ def test_a_job_the_service_died_before_recording_is_stopped_when_a_service_start
     jobs = {(stream.id, role): JobRequest(role, ["sleep", "600"], dispatcher.folder(stream))
             for stream in (started, queued) for role in ("buffer", "producers")}
     native = {key: executor.submit(job) for key, job in jobs.items()}
+    wait_until(lambda: all(psutil.Process(int(native_id.split(":")[0])).children() for native_id in native.values()),
+               "each job's command to start (its jobrun then passes SIGTERM on and records the end)", timeout=30)
     for (stream_id, role), job in jobs.items():
         if (stream_id, role) != (started.id, "buffer"):  # killed before recording that one only
             store.add_job(stream_id, role, "local", native[stream_id, role], str(job.directory))

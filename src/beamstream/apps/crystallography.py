@@ -32,6 +32,7 @@ import numpy as np
 
 from beamstream.atomic import commit, partial_path
 from beamstream.codecs.hdf5 import LIBVER
+from beamstream.interrupts import deferred
 from beamstream.modes import create_file, make_dirs
 from beamstream.saving import safe_name, save_file
 from beamstream.quantities import photon_energy_ev
@@ -104,30 +105,36 @@ class HitFiles:
 
     def close(self) -> None:
         """Finish the open file (its datasets cut to the hits wholly written), give it its final name and list it;
-        a file without hits is removed instead. Safe to call again."""
+        a file without hits is removed instead. Safe to call again. A Ctrl-C meanwhile waits until it is done."""
         if self._h5 is None:
             return
-        h5, path, count = self._h5, self._path, self._count
-        self._h5 = None
-        for dataset in (h5[f"{DATA}/data"], h5[f"{META}/seq"], h5[f"{META}/time"],
-                        *(h5[f"{RESULT}/{name}"] for name in PEAK_DATASETS)):
-            dataset.resize(count, axis=0)
-        h5.close()
-        if count == 0:
-            partial_path(path).unlink()
-            return
-        commit(path)
-        append_line(self.directory / FILE_LIST, str(path.absolute()))
-        self.written.append(path)
+        with deferred():
+            h5, path, count = self._h5, self._path, self._count
+            self._h5 = None
+            for dataset in (h5[f"{DATA}/data"], h5[f"{META}/seq"], h5[f"{META}/time"],
+                            *(h5[f"{RESULT}/{name}"] for name in PEAK_DATASETS)):
+                dataset.resize(count, axis=0)
+            h5.close()
+            if count == 0:
+                partial_path(path).unlink()
+                return
+            commit(path)
+            append_line(self.directory / FILE_LIST, str(path.absolute()))
+            self.written.append(path)
 
     def _open(self, hits: Hits, stream: str, metadata: RunMetadata, field: str) -> None:
         self._path = self.directory / f"hits-{safe_name(stream)}-{self.member}-{self.files:04d}.cxi"
         self.files += 1
         self._count = 0
         partial = partial_path(self._path)
-        os.close(create_file(partial))
-        h5 = h5py.File(partial, "w", libver=LIBVER)
-        try:  # whole or not at all: a Ctrl-C here must not leave close() a file without its datasets
+        with deferred():  # a Ctrl-C here waits: the file is made whole, for close() to finish, or not at all
+            os.close(create_file(partial))
+            self._h5 = self._created(h5py.File(partial, "w", libver=LIBVER), partial, hits, metadata, field)
+
+    @staticmethod
+    def _created(h5: h5py.File, partial: Path, hits: Hits, metadata: RunMetadata, field: str) -> h5py.File:
+        """``h5`` with the hit file's structure (for ``hits``' shapes); removed if that fails."""
+        try:
             h5["cxi_version"] = 150
             frame = hits.frames.shape[1:]
             h5.create_dataset(f"{DATA}/data", shape=(0, *frame), maxshape=(None, *frame), dtype=hits.frames.dtype,
@@ -144,7 +151,7 @@ class HitFiles:
             h5.close()
             partial.unlink()
             raise
-        self._h5 = h5
+        return h5
 
     def _append(self, hits: Hits, start: int, stop: int) -> None:
         h5, old, new = self._h5, self._count, self._count + stop - start
