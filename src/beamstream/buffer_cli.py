@@ -146,7 +146,7 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
     from beamstream.buffer.run import run_buffer
     from beamstream.service.callbacks import VERDICT_FILE, call_back, end_when_orphaned
 
-    service_gone = threading.Event()  # orphaned, or it never took the call-back: its end is told once, not retried
+    orphaned = threading.Event()
     unheard = threading.Event()  # the service never took the call-back saying where the buffer listens
 
     def say_where(buffer: Buffer) -> None:
@@ -161,10 +161,9 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
                                     "metrics": buffer.metrics_server.url if buffer.metrics_server else None},
                          retry_for_s=config.callback_retry_s, give_up=lambda: buffer.stopping)
         if told or buffer.stopping:
-            end_when_orphaned(buffer, callback, config.orphan_after_s, service_gone)
+            end_when_orphaned(buffer, callback, config.orphan_after_s, orphaned)
         else:  # nobody can be told where it listens: it ends now rather than as orphaned, orphan_after_s later
             unheard.set()
-            service_gone.set()
             buffer.stop()
 
     report = run_buffer(config, on_ready=say_where)
@@ -172,7 +171,8 @@ def serve_buffer(config: BufferConfig, callback: Path | None = None) -> None:
     if callback is not None:  # the verdict goes to a file beside the callback file first: the service reads it
         verdict = to_builtins(report.final_verdict())  # there should the callback not arrive
         write_atomically(callback.with_name(VERDICT_FILE), json.dumps(verdict).encode())
-        call_back(callback, {"event": "ended", "verdict": verdict}, retry_for_s=0 if service_gone.is_set() else 60.0)
+        gone = orphaned.is_set() or unheard.is_set()  # told once, not tried again for a minute
+        call_back(callback, {"event": "ended", "verdict": verdict}, retry_for_s=0 if gone else 60.0)
     if unheard.is_set():
         fail(f"ended: the request service never took this buffer's call-back saying where it listens (tried for "
              f"{config.callback_retry_s:g} s; why: above), so no producer or reader could be told where to go")
